@@ -1,0 +1,103 @@
+"""The factory: validated integration config in, one export asset per (integration, event type)."""
+
+import dagster as dg
+
+from affise_s3_assets.config import EventExportConfig, EventType, IntegrationConfig
+from affise_s3_assets.csv_export import GzipCsvBody, filter_events
+from affise_s3_assets.io_manager import Delivery, S3Destination
+from affise_s3_assets.partitions import window_partitions
+from affise_s3_assets.source import EVENT_COLUMNS, EVENT_SOURCE_KEYS, EventsDatabase
+
+IO_MANAGER_KEY = "date_folder_s3_io_manager"
+
+# Raw event tables, owned upstream of this project; declared so the UI shows the lineage.
+event_sources = [
+    dg.AssetSpec(
+        key,
+        group_name="events",
+        description=f"Raw {event_type} of the affiliate network (DuckDB table `{event_type}`).",
+        kinds={"duckdb"},
+    )
+    for event_type, key in EVENT_SOURCE_KEYS.items()
+]
+
+
+def export_asset_key(integration: str, event_type: EventType) -> dg.AssetKey:
+    return dg.AssetKey(["affise", integration, event_type])
+
+
+def _filters_text(ids: tuple[object, ...]) -> str:
+    return ", ".join(str(i) for i in ids) if ids else "all"
+
+
+def build_export_asset(
+    integration: IntegrationConfig, event_type: EventType, export: EventExportConfig
+) -> dg.AssetsDefinition:
+    """The asset delivering one integration's `event_type`, one partition per window."""
+    destination = S3Destination(
+        integration=integration.name,
+        event_type=event_type,
+        bucket=export.bucket,
+        region=export.region,
+        directory=export.directory,
+        access_key=export.access_key,
+        secret_key=export.secret_key,
+        endpoint_url=export.endpoint_url,
+    )
+    folder = f"s3://{export.bucket}/{export.directory + '/' if export.directory else ''}"
+    filters = {
+        "affiliates": _filters_text(export.affiliates),
+        "advertisers": _filters_text(export.advertisers),
+    }
+
+    @dg.asset(
+        key=export_asset_key(integration.name, event_type),
+        group_name=integration.name,
+        deps=[EVENT_SOURCE_KEYS[event_type]],
+        partitions_def=window_partitions(integration.start, export.frequency),
+        io_manager_key=IO_MANAGER_KEY,
+        # A range backfill must still produce one object per window.
+        backfill_policy=dg.BackfillPolicy.multi_run(1),
+        description=(
+            f"Raw {event_type} of integration `{integration.name}`, one gzipped CSV every "
+            f"{export.frequency} minutes under `{folder}YYYY/MM/DD/`."
+        ),
+        # Shown in the UI for every operator: never the credentials or their references.
+        metadata={
+            "destination": folder,
+            "region": export.region,
+            "endpoint_url": export.endpoint_url or "AWS",
+            "frequency_minutes": export.frequency,
+            "compression_level": export.compression_level,
+            "enabled": integration.enabled,
+            **{f"filter_{name}": value for name, value in filters.items()},
+        },
+        kinds={"s3", "csv"},
+        tags={"integration": integration.name, "event_type": event_type},
+    )
+    def export_window(context: dg.AssetExecutionContext, events: EventsDatabase) -> dg.Output:
+        window = context.partition_time_window
+        frames = events.window_frames(event_type, window.start, window.end)
+        body = GzipCsvBody(
+            filter_events(frames, export.affiliates, export.advertisers),
+            EVENT_COLUMNS[event_type],
+            export.compression_level,
+        )
+        return dg.Output(
+            Delivery(destination=destination, chunks=body, summary=body.summary),
+            metadata={
+                "window_start": window.start.strftime("%Y-%m-%d %H:%M:%S"),
+                "window_end": window.end.strftime("%Y-%m-%d %H:%M:%S"),
+                **filters,
+            },
+        )
+
+    return export_window
+
+
+def build_export_assets(integrations: tuple[IntegrationConfig, ...]) -> list[dg.AssetsDefinition]:
+    return [
+        build_export_asset(integration, event_type, export)
+        for integration in integrations
+        for event_type, export in integration.exports()
+    ]

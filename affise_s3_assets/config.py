@@ -1,0 +1,328 @@
+"""The one place that knows `integrations.yaml`: its schema, its rules and its error messages.
+
+Everything downstream receives validated, frozen models. Secrets stay as `${VAR}` references
+until the moment a delivery needs them (`resolve_reference`), so definitions load with every
+secret unset and no secret value ever lives in a Dagster object.
+"""
+
+import os
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+EventType = Literal["clicks", "conversions"]
+EVENT_TYPES: tuple[EventType, ...] = ("clicks", "conversions")
+
+DEFAULT_INTEGRATIONS_PATH = Path(__file__).resolve().parent.parent / "integrations.yaml"
+
+# Frequencies (minutes) that cut every UTC day into equal windows expressible by one cron:
+# divisors of an hour, and whole hours dividing a day.
+ALLOWED_FREQUENCIES: tuple[int, ...] = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    10,
+    12,
+    15,
+    20,
+    30,
+    60,
+    120,
+    180,
+    240,
+    360,
+    480,
+    720,
+    1440,
+)
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+# YAML 1.1 turns these bare words into booleans; a directory or bucket written that way
+# arrives as True/False and must not become a folder called "False".
+_YAML_BOOL_WORDS = "yes/no/on/off/true/false"
+
+
+class ConfigError(ValueError):
+    """integrations.yaml is unreadable or breaks a rule; the message says where and which."""
+
+
+def _reject_yaml_bool(value: Any, field: str) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(
+            f"{field} was read as the boolean {value} (YAML reads bare {_YAML_BOOL_WORDS} as "
+            f'booleans); quote it, e.g. "off"'
+        )
+    return value
+
+
+class EventExportConfig(BaseModel):
+    """One form of an integration (Clicks or Conversions): where and how often to deliver."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frequency: int = Field(default=15, description="minutes per window and file")
+    bucket: str
+    region: str
+    directory: str = ""
+    access_key: str
+    secret_key: str
+    endpoint_url: str | None = None
+    affiliates: tuple[int, ...] = ()
+    advertisers: tuple[str, ...] = ()
+    compression_level: int = Field(default=6, ge=1, le=9)
+
+    @field_validator("frequency", mode="before")
+    @classmethod
+    def _frequency_allowed(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number of minutes, got {value!r}")
+        if value not in ALLOWED_FREQUENCIES:
+            allowed = ", ".join(str(f) for f in ALLOWED_FREQUENCIES)
+            raise ValueError(
+                f"{value} minutes does not cut a UTC day into equal windows aligned to midnight; "
+                f"allowed values: {allowed}"
+            )
+        return value
+
+    @field_validator("bucket", "region", "directory", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, value: Any, info: Any) -> Any:
+        return _reject_yaml_bool(value, info.field_name)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not _BUCKET_RE.fullmatch(value) or ".." in value:
+            raise ValueError(
+                f"{value!r} is not an S3 bucket name (3-63 characters: lowercase letters, "
+                "digits, dots and hyphens, starting and ending with a letter or digit)"
+            )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, value: str) -> str:
+        if not _REGION_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an AWS region name such as us-west-2")
+        return value
+
+    @field_validator("directory")
+    @classmethod
+    def _directory_path(cls, value: str) -> str:
+        if value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"{value!r} must not start or end with a slash")
+        if value and any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError(f"{value!r} must not contain empty, '.' or '..' path segments")
+        if any(ord(ch) < 32 or ch == "\x7f" for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("access_key", "secret_key", mode="before")
+    @classmethod
+    def _credential(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a ${ENV_VAR} reference")
+        is_reference = _ENV_REF_RE.fullmatch(value) is not None
+        if info.field_name == "secret_key" and not is_reference:
+            # Never echo the value: it may be the secret itself.
+            raise ValueError(
+                "must be an ${ENV_VAR} reference such as ${ACME_AWS_SECRET_ACCESS_KEY}, "
+                "never a literal secret"
+            )
+        if "${" in value and not is_reference:
+            raise ValueError("must be exactly one ${ENV_VAR} reference, e.g. ${ACME_AWS_KEY_ID}")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
+            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        return value
+
+    @field_validator("affiliates", mode="before")
+    @classmethod
+    def _affiliate_ids(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ValueError("must be a list of integer affiliate ids")
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise ValueError(f"affiliate ids are integers, got {item!r}")
+        return tuple(value)
+
+    @field_validator("advertisers", mode="before")
+    @classmethod
+    def _advertiser_ids(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ValueError("must be a list of advertiser id strings")
+        for item in value:
+            if not isinstance(item, str) or not item:
+                raise ValueError(f"advertiser ids are non-empty strings (quote them), got {item!r}")
+        return tuple(value)
+
+
+class IntegrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    start: datetime
+    enabled: bool = True
+    clicks: EventExportConfig | None = None
+    conversions: EventExportConfig | None = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} must match [a-z][a-z0-9_]{{0,63}} (it becomes part of asset keys)"
+            )
+        return value
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> Any:
+        if isinstance(value, datetime):
+            parsed = value
+        elif isinstance(value, str):
+            try:
+                parsed = datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+            except ValueError:
+                raise ValueError(
+                    f'{value!r} must be "YYYY-MM-DD hh:mm:ss" in UTC, e.g. "2026-11-01 00:00:00"'
+                ) from None
+        else:
+            raise ValueError(f'must be a "YYYY-MM-DD hh:mm:ss" string (UTC), got {value!r}')
+        if parsed.tzinfo is not None:
+            if parsed.utcoffset() != timedelta(0):
+                raise ValueError("must be UTC: write it without an offset")
+            parsed = parsed.replace(tzinfo=None)
+        return parsed
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _enabled(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_an_export(self) -> "IntegrationConfig":
+        if self.clicks is None and self.conversions is None:
+            raise ValueError("needs a clicks block, a conversions block, or both")
+        return self
+
+    def exports(self) -> list[tuple[EventType, EventExportConfig]]:
+        """The configured (event type, export) pairs, clicks first."""
+        pairs = [(event_type, getattr(self, event_type)) for event_type in EVENT_TYPES]
+        return [(event_type, export) for event_type, export in pairs if export is not None]
+
+
+class IntegrationsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    integrations: tuple[IntegrationConfig, ...] = ()
+
+
+def _describe(error: dict[str, Any], raw: Any) -> str:
+    """Turn one pydantic error into 'integration X: field Y: rule' in the YAML's own terms."""
+    loc = list(error["loc"])
+    where = "integrations.yaml"
+    if len(loc) >= 2 and loc[0] == "integrations" and isinstance(loc[1], int):
+        index = loc[1]
+        name = None
+        items = raw.get("integrations") if isinstance(raw, dict) else None
+        if isinstance(items, list) and index < len(items) and isinstance(items[index], dict):
+            name = items[index].get("name")
+        where = f"integration {name!r}" if isinstance(name, str) else f"integration #{index + 1}"
+        loc = loc[2:]
+    field = ".".join(str(part) for part in loc) or "(entry)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "is required"
+    elif error["type"] == "extra_forbidden":
+        message = "is not a known field"
+    return f"{where}: {field}: {message}"
+
+
+def parse_integrations(text: str, source: str = "integrations.yaml") -> IntegrationsFile:
+    """Parse and validate the YAML text; raise ConfigError listing every rule broken."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {"integrations": []}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: must be a mapping with an 'integrations' list")
+    if raw.get("integrations") is None:
+        raw = {**raw, "integrations": []}
+    try:
+        parsed = IntegrationsFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error, raw) for error in exc.errors(include_input=False)]
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems)) from None
+    seen: set[str] = set()
+    for integration in parsed.integrations:
+        if integration.name in seen:
+            raise ConfigError(
+                f"{source} is invalid:\n  integration {integration.name!r}: name: "
+                "appears more than once; names must be unique"
+            )
+        seen.add(integration.name)
+    return parsed
+
+
+def integrations_path() -> Path:
+    return Path(os.environ.get("AFFISE_INTEGRATIONS") or DEFAULT_INTEGRATIONS_PATH)
+
+
+def load_integrations(path: str | Path | None = None) -> IntegrationsFile:
+    """Read and validate the integrations file (default: $AFFISE_INTEGRATIONS)."""
+    path = Path(path) if path is not None else integrations_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read integrations file {path}: {exc.strerror}") from None
+    return parse_integrations(text, source=str(path))
+
+
+def env_reference_name(reference: str) -> str | None:
+    """The variable named by a `${VAR}` reference, or None for a literal."""
+    match = _ENV_REF_RE.fullmatch(reference)
+    return match.group(1) if match else None
+
+
+def resolve_reference(reference: str, what: str) -> str:
+    """Resolve `${VAR}` from the environment at delivery time; literals pass through.
+
+    The error names the variable and `what` it is for, never a value.
+    """
+    variable = env_reference_name(reference)
+    if variable is None:
+        return reference
+    value = os.environ.get(variable)
+    if not value:
+        raise ConfigError(f"{what}: environment variable {variable} is not set")
+    return value

@@ -1,0 +1,14 @@
+CREATE TABLE IF NOT EXISTS clicks (
+  id VARCHAR, created_at TIMESTAMP, affiliate_id INTEGER, advertiser_id VARCHAR,
+  offer_id INTEGER, landing_id INTEGER, ip VARCHAR, country VARCHAR, city VARCHAR,
+  device_type VARCHAR, device VARCHAR, os VARCHAR, os_version VARCHAR, browser VARCHAR,
+  ua VARCHAR, referrer VARCHAR, connection_type VARCHAR, isp VARCHAR, uniq BOOLEAN,
+  sub1 VARCHAR, sub2 VARCHAR, sub3 VARCHAR, sub4 VARCHAR, sub5 VARCHAR,
+  sub6 VARCHAR, sub7 VARCHAR, sub8 VARCHAR);
+CREATE TABLE IF NOT EXISTS conversions (
+  id VARCHAR, created_at TIMESTAMP, updated_at TIMESTAMP, click_id VARCHAR, action_id VARCHAR,
+  click_time TIMESTAMP, affiliate_id INTEGER, advertiser_id VARCHAR, offer_id INTEGER,
+  goal VARCHAR, status VARCHAR, payouts DECIMAL(18,4), revenue DECIMAL(18,4), currency VARCHAR,
+  country VARCHAR, city VARCHAR, ip VARCHAR, os VARCHAR, device VARCHAR, browser VARCHAR,
+  ua VARCHAR, referrer VARCHAR, sub1 VARCHAR, sub2 VARCHAR, sub3 VARCHAR, sub4 VARCHAR,
+  sub5 VARCHAR, sub6 VARCHAR, sub7 VARCHAR, sub8 VARCHAR);
