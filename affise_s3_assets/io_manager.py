@@ -94,8 +94,10 @@ def upload_stream(
     chunks: Iterable[bytes],
     part_size: int = 16 * MIB,
     content_type: str = "application/gzip",
-) -> int:
-    """Stream chunks to one object, holding at most one part in memory; return bytes sent.
+) -> tuple[int, int]:
+    """Stream chunks to one object, holding at most one part in memory.
+
+    Returns (bytes sent, parts): parts is 0 for a single PUT.
 
     A stream that fits in one part is a single PUT. A longer one is a multipart upload that is
     aborted if anything fails, so a failed delivery leaves neither an object nor orphan parts;
@@ -118,13 +120,13 @@ def upload_stream(
                 del buffer[:size]
         if upload_id is None:
             client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer), ContentType=content_type)
-            return len(buffer)
+            return len(buffer), 0
         if buffer:
             sent += _upload_part(client, bucket, key, upload_id, parts, bytes(buffer))
         client.complete_multipart_upload(
             Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
-        return sent
+        return sent, len(parts)
     except BaseException:
         if upload_id is not None:
             # The original failure is the one worth reporting.
@@ -192,7 +194,7 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
         uri = f"s3://{destination.bucket}/{key}"
         try:
             client = s3_client(destination)
-            sent = upload_stream(
+            sent, parts = upload_stream(
                 client, destination.bucket, key, obj.chunks, self.part_size_mib * MIB
             )
             head = client.head_object(Bucket=destination.bucket, Key=key)
@@ -217,6 +219,7 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
             {
                 **obj.summary(),
                 "object_bytes": sent,
+                "multipart_parts": parts,
                 "s3_uri": uri,
                 "etag": head.get("ETag", "").strip('"'),
             }

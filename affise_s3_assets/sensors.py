@@ -29,6 +29,16 @@ def plan_catch_up(
     The cursor maps each export asset to its next window to check and the last window that
     was already closed when the asset first appeared (later ones are the schedule's).
     """
+    with dg.partition_loading_context(effective_dt=now):
+        return _plan_catch_up(assets, cursor, materialized, budget)
+
+
+def _plan_catch_up(
+    assets: Sequence[dg.AssetsDefinition],
+    cursor: dict[str, dict[str, str | None]],
+    materialized: Callable[[dg.AssetKey], set[str]],
+    budget: int,
+) -> tuple[list[dg.RunRequest], dict[str, dict[str, str | None]]]:
     requests: list[dg.RunRequest] = []
     next_cursor: dict[str, dict[str, str | None]] = {}
     for asset in assets:
@@ -38,8 +48,8 @@ def plan_catch_up(
         state = cursor.get(name)
         if state is None:
             state = {
-                "next": partitions.get_first_partition_key(current_time=now),
-                "until": partitions.get_last_partition_key(current_time=now),
+                "next": partitions.get_first_partition_key(),
+                "until": partitions.get_last_partition_key(),
             }
         pending = state["next"]
         done: set[str] | None = None
@@ -57,7 +67,7 @@ def plan_catch_up(
                         tags={"dagster/priority": CATCH_UP_RUN_PRIORITY, "affise/catch_up": "1"},
                     )
                 )
-            pending = partitions.get_next_partition_key(pending, current_time=now)
+            pending = partitions.get_next_partition_key(pending)
         if pending is not None and state["until"] is not None and pending > state["until"]:
             pending = None
         next_cursor[name] = {"next": pending, "until": state["until"]}

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real S3 server (Ceph RGW over HTTP) and a real DuckDB events file."""
+
+import os
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import dagster as dg
+import pytest
+
+from affise_s3_assets.demo import generate_demo_events
+
+ROOT = Path(__file__).resolve().parent.parent
+S3_SCRIPT = ROOT / "scripts" / "s3-server.sh"
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+# The day the test events cover; windows are cut out of it.
+EVENTS_START = datetime(2026, 11, 25)
+EVENTS_END = datetime(2026, 11, 26)
+
+
+@dataclass(frozen=True)
+class Account:
+    access_key: str
+    secret_key: str
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+    admin: Account
+    customer: Account  # owns the test buckets
+    intruder: Account  # a valid account with no rights on them
+
+    def client(self, account: Account | None = None) -> Any:
+        account = account or self.customer
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=account.access_key,
+            aws_secret_access_key=account.secret_key,
+            config=botocore.config.Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Starts the project's own RGW (scripts/s3-server.sh) on ports of its own, for this session.
+
+    Set AFFISE_TEST_S3_REUSE=1 to reuse a server already started with the same S3_DIR/ports.
+    """
+    env = {
+        **os.environ,
+        "S3_DIR": os.environ.get("AFFISE_TEST_S3_DIR", "/tmp/affise-test-s3"),
+        "RGW_PORT": os.environ.get("AFFISE_TEST_RGW_PORT", "7481"),
+        "MON_PORT": os.environ.get("AFFISE_TEST_MON_PORT", "6790"),
+        "S3_ACCESS_KEY": "TESTADMINACCESSKEY",
+        "S3_SECRET_KEY": "testadminsecretkey123",
+    }
+    reuse = os.environ.get("AFFISE_TEST_S3_REUSE") == "1"
+    if not reuse:
+        started = subprocess.run(
+            ["bash", str(S3_SCRIPT), "start"], env=env, capture_output=True, text=True
+        )
+        if started.returncode != 0:
+            pytest.fail(
+                "could not start the test S3 server (is Ceph RGW installed? "
+                f"`bash {S3_SCRIPT.relative_to(ROOT)} install`):\n{started.stderr[-2000:]}"
+            )
+        exported = dict(re.findall(r"export (\w+)=(\S+)", started.stdout))
+        endpoint = exported["AWS_ENDPOINT_URL"]
+    else:
+        endpoint = f"http://127.0.0.1:{env['RGW_PORT']}"
+    customer = Account("TESTCUSTOMERKEYID01", "testcustomersecret/0123456789")
+    intruder = Account("TESTINTRUDERKEYID01", "testintrudersecret/0123456789")
+    for uid, account in (("customer", customer), ("intruder", intruder)):
+        subprocess.run(
+            ["bash", str(S3_SCRIPT), "adduser", uid, account.access_key, account.secret_key],
+            env=env,
+            check=not reuse,
+            capture_output=True,
+        )
+    server = S3Server(
+        endpoint, Account(env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"]), customer, intruder
+    )
+    try:
+        yield server
+    finally:
+        if not reuse:
+            subprocess.run(["bash", str(S3_SCRIPT), "stop"], env=env, capture_output=True)
+
+
+_bucket_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket owned by the customer account."""
+    name = f"affise-test-{os.getpid()}-{next(_bucket_counter)}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def events_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real DuckDB file with one day of demo events (hostile strings, window-edge rows)."""
+    path = tmp_path_factory.mktemp("events") / "events.duckdb"
+    generate_demo_events(path, EVENTS_START, EVENTS_END, clicks_per_day=20_000, seed=11)
+    return path
+
+
+@pytest.fixture
+def customer_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> dict[str, str]:
+    """The customer's credentials in the environment variables the test configs reference."""
+    values = {
+        "TEST_ACCESS_KEY_ID": s3_server.customer.access_key,
+        "TEST_SECRET_ACCESS_KEY": s3_server.customer.secret_key,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values

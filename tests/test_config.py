@@ -1,0 +1,168 @@
+"""integrations.yaml rules: every broken rule names the integration, the field and the rule."""
+
+from datetime import datetime
+
+import pytest
+
+from affise_s3_assets.config import (
+    ALLOWED_FREQUENCIES,
+    ConfigError,
+    load_integrations,
+    parse_integrations,
+    resolve_reference,
+)
+
+VALID_EXPORT = """
+      bucket: acme-affise-raw
+      region: us-west-2
+      directory: affise/clicks
+      access_key: ${ACME_KEY_ID}
+      secret_key: ${ACME_SECRET}
+"""
+
+
+def one_integration(extra: str = "", export: str = VALID_EXPORT, head: str = "") -> str:
+    return f"""
+integrations:
+  - name: acme
+    start: "2026-11-01 00:00:00"
+{head}    clicks:
+{export}{extra}
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_integrations(text)
+    return str(caught.value)
+
+
+def test_full_example_parses_with_defaults() -> None:
+    parsed = parse_integrations(
+        one_integration(
+            extra="""      affiliates: [101, 102]
+      advertisers: ["5a0c7d1e9f3b2a0012c4e8f1"]
+      endpoint_url: http://127.0.0.1:7480
+    conversions:
+      frequency: 60
+      bucket: acme-conv
+      region: eu-west-1
+      directory: ""
+      access_key: AKIDLITERALISFINE
+      secret_key: ${ACME_SECRET}
+"""
+        )
+    )
+    (acme,) = parsed.integrations
+    assert acme.name == "acme"
+    assert acme.start == datetime(2026, 11, 1)
+    assert acme.enabled is True
+    assert acme.clicks is not None and acme.conversions is not None
+    assert acme.clicks.frequency == 15
+    assert acme.clicks.affiliates == (101, 102)
+    assert acme.clicks.advertisers == ("5a0c7d1e9f3b2a0012c4e8f1",)
+    assert acme.conversions.frequency == 60
+    assert acme.conversions.directory == ""
+    assert acme.conversions.affiliates == ()
+    assert [event for event, _ in acme.exports()] == ["clicks", "conversions"]
+
+
+@pytest.mark.parametrize("frequency", [7, 45, 90, 0, -15, 2880])
+def test_frequency_that_cannot_cut_a_day_evenly_is_rejected_with_allowed_list(
+    frequency: int,
+) -> None:
+    message = error_of(one_integration(f"      frequency: {frequency}\n"))
+    assert "integration 'acme': clicks.frequency:" in message
+    assert "allowed values: " + ", ".join(map(str, ALLOWED_FREQUENCIES)) in message
+
+
+@pytest.mark.parametrize("frequency", ALLOWED_FREQUENCIES)
+def test_every_allowed_frequency_is_accepted(frequency: int) -> None:
+    parsed = parse_integrations(one_integration(f"      frequency: {frequency}\n"))
+    assert parsed.integrations[0].clicks.frequency == frequency
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "rule"),
+    [
+        ("      directory: off\n", "clicks.directory", "read as the boolean False"),
+        ("      directory: /leading\n", "clicks.directory", "must not start or end with a slash"),
+        ("      directory: a//b\n", "clicks.directory", "empty, '.' or '..'"),
+        ("      bucket: Not_A_Bucket\n", "clicks.bucket", "is not an S3 bucket name"),
+        ("      region: mars\n", "clicks.region", "is not an AWS region name"),
+        ("      affiliates: [101, x]\n", "clicks.affiliates", "affiliate ids are integers"),
+        ("      advertisers: [5]\n", "clicks.advertisers", "advertiser ids are non-empty strings"),
+        ("      endpoint_url: ftp://x\n", "clicks.endpoint_url", "http:// or https:// URL"),
+        ("      compression_level: 12\n", "clicks.compression_level", "less than or equal to 9"),
+        ("      colour: blue\n", "clicks.colour", "is not a known field"),
+    ],
+)
+def test_broken_field_names_integration_field_and_rule(line: str, field: str, rule: str) -> None:
+    # Later keys win in YAML mappings, so appending overrides the valid value.
+    message = error_of(one_integration(line))
+    assert f"integration 'acme': {field}: " in message
+    assert rule in message
+
+
+def test_literal_secret_is_rejected_without_echoing_it() -> None:
+    export = VALID_EXPORT.replace("${ACME_SECRET}", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    message = error_of(one_integration(export=export))
+    assert "integration 'acme': clicks.secret_key: must be an ${ENV_VAR} reference" in message
+    assert "wJalrXUtnFEMI" not in message
+
+
+def test_missing_required_field_is_named() -> None:
+    export = VALID_EXPORT.replace("      bucket: acme-affise-raw\n", "")
+    assert "integration 'acme': clicks.bucket: is required" in error_of(
+        one_integration(export=export)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"), [("Acme", "must match"), ("1acme", "must match"), ("a-b", "must match")]
+)
+def test_bad_names_are_rejected(name: str, rule: str) -> None:
+    message = error_of(one_integration().replace("name: acme", f"name: {name}"))
+    assert f"integration '{name}': name: " in message
+    assert rule in message
+
+
+def test_bad_start_and_enabled_are_named() -> None:
+    text = one_integration(head="    enabled: maybe\n").replace(
+        '"2026-11-01 00:00:00"', '"1 Nov 2026"'
+    )
+    message = error_of(text)
+    assert "integration 'acme': start: '1 Nov 2026' must be \"YYYY-MM-DD hh:mm:ss\"" in message
+    assert "integration 'acme': enabled: must be true or false" in message
+
+
+def test_duplicate_names_and_empty_integration_are_rejected() -> None:
+    text = one_integration() + one_integration().replace("integrations:\n", "")
+    assert "integration 'acme': name: appears more than once" in error_of(text)
+    lone = 'integrations:\n  - name: lonely\n    start: "2026-11-01 00:00:00"\n'
+    assert "integration 'lonely': (entry): needs a clicks block" in error_of(lone)
+
+
+def test_unnamed_entry_is_identified_by_position() -> None:
+    text = one_integration() + '  - start: "2026-11-01 00:00:00"\n'
+    assert "integration #2: name: is required" in error_of(text)
+
+
+def test_unreadable_yaml_and_missing_file_are_reported(tmp_path) -> None:
+    assert "not valid YAML" in error_of("integrations: [\n")
+    with pytest.raises(ConfigError, match="cannot read integrations file"):
+        load_integrations(tmp_path / "absent.yaml")
+
+
+def test_empty_file_means_no_integrations() -> None:
+    assert parse_integrations("").integrations == ()
+    assert parse_integrations("integrations:\n").integrations == ()
+
+
+def test_references_resolve_at_run_time_and_errors_never_show_values(monkeypatch) -> None:
+    monkeypatch.setenv("ACME_SECRET", "s3cr3t-value")
+    assert resolve_reference("${ACME_SECRET}", "acme secret_key") == "s3cr3t-value"
+    assert resolve_reference("AKIDLITERAL", "acme access_key") == "AKIDLITERAL"
+    monkeypatch.delenv("ACME_SECRET")
+    with pytest.raises(ConfigError, match="acme secret_key: environment variable ACME_SECRET"):
+        resolve_reference("${ACME_SECRET}", "acme secret_key")

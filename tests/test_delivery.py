@@ -1,0 +1,344 @@
+"""End to end against the real S3 server: materialize a partition, read the object back,
+gunzip, parse strictly and compare every field with the source rows in DuckDB."""
+
+import gzip
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pytest
+
+from affise_s3_assets.assets import IO_MANAGER_KEY, build_export_asset, event_sources
+from affise_s3_assets.config import IntegrationConfig, parse_integrations
+from affise_s3_assets.io_manager import DateFolderS3IOManager
+from affise_s3_assets.source import EventsDatabase
+from tests.conftest import S3Server
+from tests.csv_reader import read_rfc4180
+
+ADVERTISER = "5a0c7d1e9f3b2a0012c4e8f1"
+
+
+def integration(
+    s3: S3Server,
+    bucket: str,
+    event_type: str = "clicks",
+    frequency: int = 60,
+    directory: str = "affise/raw",
+    extra: str = "",
+    name: str = "acme",
+    access_key: str = "${TEST_ACCESS_KEY_ID}",
+    secret_key: str = "${TEST_SECRET_ACCESS_KEY}",
+) -> IntegrationConfig:
+    text = f"""
+integrations:
+  - name: {name}
+    start: "2026-11-24 00:00:00"
+    {event_type}:
+      frequency: {frequency}
+      bucket: {bucket}
+      region: us-west-2
+      directory: "{directory}"
+      access_key: "{access_key}"
+      secret_key: "{secret_key}"
+      endpoint_url: {s3.endpoint_url}
+{extra}"""
+    return parse_integrations(text).integrations[0]
+
+
+def export_asset(config: IntegrationConfig) -> dg.AssetsDefinition:
+    ((event_type, export),) = config.exports()
+    return build_export_asset(config, event_type, export)
+
+
+def deliver(
+    assets: Sequence[dg.AssetsDefinition],
+    partition_key: str,
+    events_db: Path,
+    part_size_mib: int = 16,
+    raise_on_error: bool = True,
+    tags: dict[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*assets, *event_sources],
+        selection=[asset.key for asset in assets],
+        partition_key=partition_key,
+        resources={
+            "events": EventsDatabase(path=str(events_db)),
+            IO_MANAGER_KEY: DateFolderS3IOManager(part_size_mib=part_size_mib),
+        },
+        raise_on_error=raise_on_error,
+        tags=tags,
+    )
+
+
+def keys_in(s3: S3Server, bucket: str) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def fetch(s3: S3Server, bucket: str, key: str) -> bytes:
+    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def as_csv_text(value: Any) -> str | None:
+    """How the contract says a source value appears in the file."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def source_rows(
+    events_db: Path,
+    event_type: str,
+    start: datetime,
+    end: datetime,
+    affiliates: Sequence[int] = (),
+    advertisers: Sequence[str] = (),
+) -> tuple[list[str], list[list[str | None]]]:
+    """Header and rows as the contract describes them, straight from DuckDB and Python."""
+    with duckdb.connect(str(events_db), read_only=True) as con:
+        header = [
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                "ORDER BY ordinal_position",
+                [event_type],
+            ).fetchall()
+        ]
+        rows = con.execute(
+            f"SELECT * FROM {event_type} WHERE created_at >= ? AND created_at < ?", [start, end]
+        ).fetchall()
+    by_name = [dict(zip(header, row, strict=True)) for row in rows]
+    kept = [
+        row
+        for row in by_name
+        if (not affiliates or row["affiliate_id"] in affiliates)
+        and (not advertisers or row["advertiser_id"] in advertisers)
+    ]
+    kept.sort(key=lambda row: (row["created_at"], row["id"]))
+    return header, [[as_csv_text(row[column]) for column in header] for row in kept]
+
+
+def delivered_rows(data: bytes) -> tuple[list[str | None], list[list[str | None]]]:
+    rows = read_rfc4180(gzip.decompress(data).decode("utf-8"))
+    return rows[0], rows[1:]
+
+
+@pytest.mark.parametrize(
+    ("frequency", "directory", "partition_key", "expected_key"),
+    [
+        (
+            15,
+            "affise/clicks",
+            "2026-11-25-10:15",
+            "affise/clicks/2026/11/25/2026-11-25 10:15:00.csv.gz",
+        ),
+        (60, "", "2026-11-25-23:00", "2026/11/25/2026-11-25 23:00:00.csv.gz"),
+        (5, "a/b/c", "2026-11-25-00:05", "a/b/c/2026/11/25/2026-11-25 00:05:00.csv.gz"),
+        (1440, "daily", "2026-11-25-00:00", "daily/2026/11/25/2026-11-25 00:00:00.csv.gz"),
+        (180, "x", "2026-11-24-21:00", "x/2026/11/24/2026-11-24 21:00:00.csv.gz"),
+    ],
+)
+def test_exact_key_for_frequency_and_directory(
+    s3_server: S3Server,
+    bucket: str,
+    customer_env: dict[str, str],
+    events_db: Path,
+    frequency: int,
+    directory: str,
+    partition_key: str,
+    expected_key: str,
+) -> None:
+    asset = export_asset(integration(s3_server, bucket, frequency=frequency, directory=directory))
+    result = deliver([asset], partition_key, events_db)
+    assert keys_in(s3_server, bucket) == [expected_key]
+    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    metadata = {name: value.value for name, value in materialization.metadata.items()}
+    assert metadata["s3_uri"] == f"s3://{bucket}/{expected_key}"
+    window_start = datetime.strptime(partition_key, "%Y-%m-%d-%H:%M")
+    assert metadata["window_start"] == f"{window_start:%Y-%m-%d %H:%M:%S}"
+    window_end = window_start + timedelta(minutes=frequency)
+    assert metadata["window_end"] == f"{window_end:%Y-%m-%d %H:%M:%S}"
+    head = s3_server.client().head_object(Bucket=bucket, Key=expected_key)
+    assert metadata["object_bytes"] == head["ContentLength"]
+    _, expected = source_rows(events_db, "clicks", window_start, window_end)
+    assert metadata["rows"] == len(expected)
+
+
+@pytest.mark.parametrize("event_type", ["clicks", "conversions"])
+@pytest.mark.parametrize(
+    ("affiliates", "advertisers"),
+    [((), ()), ((101, 102), ()), ((), (ADVERTISER,)), ((101, 102), (ADVERTISER,))],
+)
+def test_delivered_rows_equal_source_rows_after_filters(
+    s3_server: S3Server,
+    bucket: str,
+    customer_env: dict[str, str],
+    events_db: Path,
+    event_type: str,
+    affiliates: tuple[int, ...],
+    advertisers: tuple[str, ...],
+) -> None:
+    extra = ""
+    if affiliates:
+        extra += f"      affiliates: {list(affiliates)}\n"
+    if advertisers:
+        extra += f"      advertisers: {list(advertisers)}\n"
+    asset = export_asset(integration(s3_server, bucket, event_type, frequency=180, extra=extra))
+    deliver([asset], "2026-11-25-09:00", events_db)
+    (key,) = keys_in(s3_server, bucket)
+    header, rows = delivered_rows(fetch(s3_server, bucket, key))
+
+    start, end = datetime(2026, 11, 25, 9), datetime(2026, 11, 25, 12)
+    expected_header, expected = source_rows(
+        events_db, event_type, start, end, affiliates, advertisers
+    )
+    assert header == expected_header
+    assert len(rows) == len(expected) > 0
+    assert rows == expected
+    cells = [cell for row in rows for cell in row]
+    # The comparison only proves something if the hostile cases are in it.
+    if not affiliates and not advertisers:
+        assert None in cells and "" in cells
+        assert any("\n" in c for c in cells if c) and any('"' in c for c in cells if c)
+        assert any("," in c for c in cells if c) and any(not c.isascii() for c in cells if c)
+    affiliate_column = header.index("affiliate_id")
+    advertiser_column = header.index("advertiser_id")
+    if affiliates:
+        assert {row[affiliate_column] for row in rows} <= {str(a) for a in affiliates}
+    if advertisers:
+        assert {row[advertiser_column] for row in rows} == set(advertisers)
+
+
+def test_both_filters_mean_and(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
+) -> None:
+    start, end = datetime(2026, 11, 25, 9), datetime(2026, 11, 25, 12)
+    _, by_affiliate = source_rows(events_db, "clicks", start, end, (101, 102))
+    _, by_advertiser = source_rows(events_db, "clicks", start, end, (), (ADVERTISER,))
+    extra = f'      affiliates: [101, 102]\n      advertisers: ["{ADVERTISER}"]\n'
+    asset = export_asset(integration(s3_server, bucket, frequency=180, extra=extra))
+    deliver([asset], "2026-11-25-09:00", events_db)
+    (key,) = keys_in(s3_server, bucket)
+    _, rows = delivered_rows(fetch(s3_server, bucket, key))
+    ids = {row[0] for row in rows}
+    assert ids == {row[0] for row in by_affiliate} & {row[0] for row in by_advertiser}
+    assert 0 < len(ids) < min(len(by_affiliate), len(by_advertiser))
+
+
+def test_window_edges_include_start_and_exclude_end_at_full_precision(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
+) -> None:
+    # A window whose end has a row exactly on it and a row one microsecond before it.
+    with duckdb.connect(str(events_db), read_only=True) as con:
+        end, on_end, before_end = con.execute(
+            "SELECT a.created_at, a.id, b.id FROM clicks a JOIN clicks b "
+            "ON b.created_at = a.created_at - INTERVAL 1 MICROSECOND "
+            "WHERE a.created_at = time_bucket(INTERVAL 15 MINUTE, a.created_at) "
+            "ORDER BY a.created_at LIMIT 1"
+        ).fetchone()
+    start = end - timedelta(minutes=15)
+    asset = export_asset(integration(s3_server, bucket, frequency=15))
+    deliver([asset], f"{start:%Y-%m-%d-%H:%M}", events_db)
+    (key,) = keys_in(s3_server, bucket)
+    _, rows = delivered_rows(fetch(s3_server, bucket, key))
+    by_id = {row[0]: row for row in rows}
+    assert before_end in by_id and on_end not in by_id
+    # Cut to whole seconds in the file, although selected at full precision.
+    assert by_id[before_end][1] == f"{end - timedelta(seconds=1):%Y-%m-%d %H:%M:%S}"
+    _, expected = source_rows(events_db, "clicks", start, end)
+    assert rows == expected
+
+
+def test_empty_window_delivers_a_header_only_file(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
+) -> None:
+    asset = export_asset(integration(s3_server, bucket, "conversions", frequency=60))
+    result = deliver([asset], "2026-11-24-03:00", events_db)  # before any event
+    (key,) = keys_in(s3_server, bucket)
+    text = gzip.decompress(fetch(s3_server, bucket, key)).decode()
+    header, _ = source_rows(events_db, "conversions", datetime(2000, 1, 1), datetime(2000, 1, 1))
+    assert text == ",".join(header) + "\n"
+    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    assert materialization.metadata["rows"].value == 0
+
+
+def test_redelivery_is_byte_identical_and_overwrites_the_same_key(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
+) -> None:
+    asset = export_asset(integration(s3_server, bucket, frequency=30))
+    deliver([asset], "2026-11-25-14:30", events_db)
+    (key,) = keys_in(s3_server, bucket)
+    first = fetch(s3_server, bucket, key)
+    deliver([asset], "2026-11-25-14:30", events_db)
+    assert keys_in(s3_server, bucket) == [key]
+    second = fetch(s3_server, bucket, key)
+    assert first == second
+    assert first[:4] == b"\x1f\x8b\x08\x00"  # gzip, no FNAME flag: no file name inside
+    assert first[4:8] == b"\x00\x00\x00\x00"  # mtime 0: no timestamp inside
+
+
+def test_multipart_object_round_trips_against_the_real_server(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "big.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute((Path(__file__).parent.parent / "affise_s3_assets" / "schema.sql").read_text())
+        # Hex digests compress about 2:1, so 120k rows make a gzip of several 5 MiB parts.
+        con.execute(
+            "INSERT INTO clicks (id, created_at, affiliate_id, sub1, sub2, sub3, sub4) "
+            "SELECT lpad(i::VARCHAR, 8, '0'), TIMESTAMP '2026-11-25 10:00:00' + i * INTERVAL 20 "
+            "MILLISECOND, 101, md5(i::VARCHAR), md5((i+1)::VARCHAR), sha256(i::VARCHAR), "
+            "sha256((i+7)::VARCHAR) FROM range(120000) t(i)"
+        )
+    asset = export_asset(integration(s3_server, bucket, frequency=60))
+    result = deliver([asset], "2026-11-25-10:00", db, part_size_mib=5)
+    (key,) = keys_in(s3_server, bucket)
+    client = s3_server.client()
+    data = fetch(s3_server, bucket, key)
+    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    parts = materialization.metadata["multipart_parts"].value
+    assert parts == -(-len(data) // (5 * 1024 * 1024)) >= 2
+    # The server's own record of a multipart object: an ETag ending in -<parts>.
+    assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith(f"-{parts}")
+    assert materialization.metadata["object_bytes"].value == len(data)
+    _, rows = delivered_rows(data)
+    _, expected = source_rows(db, "clicks", datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))
+    assert len(rows) == 120_000
+    assert rows == expected
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_partition_range_is_refused_not_merged(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
+) -> None:
+    asset = export_asset(integration(s3_server, bucket, frequency=60))
+    result = dg.materialize(
+        [asset, *event_sources],
+        selection=[asset.key],
+        resources={
+            "events": EventsDatabase(path=str(events_db)),
+            IO_MANAGER_KEY: DateFolderS3IOManager(),
+        },
+        tags={
+            "dagster/asset_partition_range_start": "2026-11-25-10:00",
+            "dagster/asset_partition_range_end": "2026-11-25-12:00",
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "one run delivers one window per object; got a range of 3 partitions" in str(
+        failure.message
+    )
+    assert keys_in(s3_server, bucket) == []
