@@ -1,27 +1,34 @@
-"""Schedules: one per enabled (integration, event type), ticking at every window boundary."""
+"""Jobs and schedules: one of each per enabled (integration, event type)."""
 
 import dagster as dg
+
+# Not re-exported at the top level, but it is what define_asset_job returns.
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"
 
 
-def schedule_name(asset: dg.AssetsDefinition) -> str:
+def _names(asset: dg.AssetsDefinition) -> tuple[str, str]:
     _, integration, event_type = asset.key.path
-    return f"{integration}_{event_type}_schedule"
+    return integration, event_type
 
 
-def build_export_schedule(asset: dg.AssetsDefinition) -> dg.ScheduleDefinition:
-    """Requests the window that just closed, on the cron its frequency implies."""
-    _, integration, event_type = asset.key.path
-    job = dg.define_asset_job(
+def build_export_job(asset: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition:
+    """A job materializing one window of one export asset."""
+    integration, event_type = _names(asset)
+    return dg.define_asset_job(
         name=f"{integration}_{event_type}_job",
         selection=[asset.key],
         partitions_def=asset.partitions_def,
     )
+
+
+def build_export_schedule(job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    """Requests the window that just closed, on the cron its frequency implies."""
     return dg.build_schedule_from_partitioned_job(
         job,
-        name=schedule_name(asset),
+        name=job.name.removesuffix("_job") + "_schedule",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         tags={"dagster/priority": SCHEDULED_RUN_PRIORITY},
     )

@@ -12,13 +12,16 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+# Not re-exported at the top level, but it is what define_asset_job returns.
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 CATCH_UP_RUNS_PER_TICK = 20
 # Lower than scheduled runs: the newest window of every integration goes first.
 CATCH_UP_RUN_PRIORITY = "-1"
 
 
 def plan_catch_up(
-    assets: Sequence[dg.AssetsDefinition],
+    assets: Sequence[tuple[dg.AssetsDefinition, str]],
     cursor: dict[str, dict[str, str | None]],
     materialized: Callable[[dg.AssetKey], set[str]],
     now: datetime,
@@ -34,14 +37,14 @@ def plan_catch_up(
 
 
 def _plan_catch_up(
-    assets: Sequence[dg.AssetsDefinition],
+    assets: Sequence[tuple[dg.AssetsDefinition, str]],
     cursor: dict[str, dict[str, str | None]],
     materialized: Callable[[dg.AssetKey], set[str]],
     budget: int,
 ) -> tuple[list[dg.RunRequest], dict[str, dict[str, str | None]]]:
     requests: list[dg.RunRequest] = []
     next_cursor: dict[str, dict[str, str | None]] = {}
-    for asset in assets:
+    for asset, job_name in assets:
         name = asset.key.to_user_string()
         partitions = asset.partitions_def
         assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
@@ -62,7 +65,7 @@ def _plan_catch_up(
                 requests.append(
                     dg.RunRequest(
                         run_key=f"{name}|{pending}",
-                        asset_selection=[asset.key],
+                        job_name=job_name,
                         partition_key=pending,
                         tags={"dagster/priority": CATCH_UP_RUN_PRIORITY, "affise/catch_up": "1"},
                     )
@@ -75,11 +78,14 @@ def _plan_catch_up(
 
 
 def build_new_integrations_sensor(
-    assets: Sequence[dg.AssetsDefinition],
+    jobs: Sequence[tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition]],
 ) -> dg.SensorDefinition:
+    """`jobs` pairs each export asset with the job that materializes one of its windows."""
+    assets = [(asset, job.name) for asset, job in jobs]
+
     @dg.sensor(
         name="new_integrations_sensor",
-        target=[asset.key for asset in assets],
+        jobs=[job for _, job in jobs],
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(

@@ -1,5 +1,6 @@
 """Windows are exactly `frequency` minutes, aligned to UTC midnight."""
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -18,7 +19,7 @@ def test_every_window_of_two_days_is_exactly_frequency_minutes(frequency: int) -
     windows = [partitions.time_window_for_partition_key(key) for key in keys]
     assert windows[0].start == datetime(2026, 11, 1, tzinfo=UTC)
     assert windows[-1].end == now
-    for window, following in zip(windows, windows[1:], strict=False):
+    for window, following in itertools.pairwise(windows):
         assert window.end - window.start == timedelta(minutes=frequency)
         assert following.start == window.end
 
