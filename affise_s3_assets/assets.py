@@ -1,5 +1,7 @@
 """The factory: validated integration config in, one export asset per (integration, event type)."""
 
+import warnings
+
 import dagster as dg
 
 from affise_s3_assets.config import EventExportConfig, EventType, IntegrationConfig
@@ -34,6 +36,16 @@ def build_export_asset(
     integration: IntegrationConfig, event_type: EventType, export: EventExportConfig
 ) -> dg.AssetsDefinition:
     """The asset delivering one integration's `event_type`, one partition per window."""
+    # backfill_policy is beta in Dagster 1.13; its warning would repeat for every asset at
+    # every code-location load and bury real warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _define_export_asset(integration, event_type, export)
+
+
+def _define_export_asset(
+    integration: IntegrationConfig, event_type: EventType, export: EventExportConfig
+) -> dg.AssetsDefinition:
     destination = S3Destination(
         integration=integration.name,
         event_type=event_type,

@@ -21,6 +21,8 @@ def build_export_job(asset: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition
         name=f"{integration}_{event_type}_job",
         selection=[asset.key],
         partitions_def=asset.partitions_def,
+        # One step per run: a second process per run would only double the start-up cost.
+        executor_def=dg.in_process_executor,
     )
 
 

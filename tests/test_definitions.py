@@ -37,7 +37,10 @@ def snapshot(defs: dg.Definitions) -> dict:
         for schedule in defs.get_repository_def().schedule_defs
     }
     sensors = {
-        sensor.name: (sorted(target.job_name for target in sensor.targets), sensor.default_status.value)
+        sensor.name: (
+            sorted(target.job_name for target in sensor.targets),
+            sensor.default_status.value,
+        )
         for sensor in defs.get_repository_def().sensor_defs
     }
     return {"assets": assets, "schedules": schedules, "sensors": sensors}

@@ -1,0 +1,40 @@
+#!/bin/bash
+# The main command: sets up, writes demo events, starts a local S3 server with the demo
+# customers' accounts and buckets, and runs `dagster dev` with schedules and sensor running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$PWD/data/events.duckdb}
+export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$PWD/integrations.yaml}
+.venv/bin/python -m affise_s3_assets.demo --db "$AFFISE_EVENTS_DB" --days 3
+
+# Demo-only credentials of the two demo customers on the local server (not AWS keys).
+export ACME_AWS_ACCESS_KEY_ID=ACMEDEMOACCESSKEY01 ACME_AWS_SECRET_ACCESS_KEY=acme-demo-secret-0001
+export GLOBEX_AWS_ACCESS_KEY_ID=GLOBEXDEMOACCESSKEY1 GLOBEX_AWS_SECRET_ACCESS_KEY=globex-demo-secret-01
+export S3_DIR=${S3_DIR:-/tmp/affise-s3} RGW_PORT=7480 MON_PORT=${MON_PORT:-6789}
+bash scripts/s3-server.sh start >/dev/null
+trap 'bash scripts/s3-server.sh stop' EXIT
+bash scripts/s3-server.sh adduser acme "$ACME_AWS_ACCESS_KEY_ID" "$ACME_AWS_SECRET_ACCESS_KEY"
+bash scripts/s3-server.sh adduser globex "$GLOBEX_AWS_ACCESS_KEY_ID" "$GLOBEX_AWS_SECRET_ACCESS_KEY"
+.venv/bin/python - <<'PY'
+import os
+import boto3
+
+for who, bucket in (("ACME", "acme-affise-raw"), ("GLOBEX", "globex-events")):
+    boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:7480",
+        region_name="us-east-1",
+        aws_access_key_id=os.environ[f"{who}_AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=os.environ[f"{who}_AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket=bucket)
+    print(f"bucket {bucket} ready on http://127.0.0.1:7480")
+PY
+
+# A persistent instance, so run history and sensor cursors survive a restart of this script.
+export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
+mkdir -p "$DAGSTER_HOME"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp scripts/dagster.dev.yaml "$DAGSTER_HOME/dagster.yaml"
+echo "Dagster UI: http://127.0.0.1:${DAGSTER_PORT:-3000}  (Ctrl-C stops Dagster and the S3 server)"
+.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}"
