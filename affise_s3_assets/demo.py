@@ -2,7 +2,8 @@
 
 The rows are meant to break naive CSV exporters: sub-second and exact-boundary timestamps,
 user agents with commas, sub values with quotes, newlines, emoji, ``''`` next to ``NULL``, ``'007'``
-and formula-looking strings. Same arguments always give the same rows.
+and formula-looking strings. Same arguments always give the same rows, and with the same seed and
+clicks per day an hour holds the same rows whichever window it was generated in.
 
 Usage as a script::
 
@@ -26,7 +27,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Bounds the Arrow working set: a 10M-click day is generated and inserted 500k rows at a time.
+# Bounds the Arrow working set: a 10M-click day is generated and inserted at most 500k rows at a
+# time.
 CHUNK_ROWS = 500_000
 CONVERSION_RATE = 0.03
 
@@ -330,7 +332,7 @@ def _with_edge_cases(
     n = len(ts)
     kind = draws.index(n, 1000)
     if n >= 2:
-        # Guarantees both edge cases even in tiny chunks; row order is random before sorting.
+        # Guarantees both edge cases even in tiny blocks; row order is random before sorting.
         kind = pa.concat_arrays([pa.array([0, 1], pa.int64()), kind[2:]])
     on_boundary = pc.floor_temporal(ts, multiple=15, unit="minute")
     before_boundary = _shift(pc.ceil_temporal(ts, multiple=15, unit="minute"), -1)
@@ -422,6 +424,7 @@ def _conversion_chunk(draws: _Draws, clicks: pa.Table) -> pa.Table:
         "revenue": revenue,
         "currency": draws.pick(_CURRENCIES, m)["currency"],
     }
+    # A postback carries the click's context, subs included.
     for name in ("country", "city", "ip_a", "ip_b", "ip_v6", "os", "device", "browser", "ua"):
         columns[name] = src[name]
     for name in ("referrer", *(f"sub{i}" for i in range(1, 9))):
