@@ -20,7 +20,6 @@ def build_export_job(asset: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition
     return dg.define_asset_job(
         name=f"{integration}_{event_type}_job",
         selection=[asset.key],
-        partitions_def=asset.partitions_def,
         # One step per run: a second process per run would only double the start-up cost.
         executor_def=dg.in_process_executor,
     )
