@@ -77,6 +77,7 @@ def _define_export_asset(
         # Shown in the UI for every operator: never the credentials or their references.
         metadata={
             "destination": folder,
+            "bucket": export.bucket,
             "region": export.region,
             "endpoint_url": export.endpoint_url or "AWS",
             "frequency_minutes": export.frequency,

@@ -4,17 +4,39 @@ Knows neither DuckDB nor S3, so the loader and the delivery can change independe
 """
 
 import io
+import queue
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import polars as pl
+from isal import isal_zlib
 
-# File timestamps carry whole seconds; the window itself was selected at full precision.
-CSV_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-# zlib's gzip wrapper (wbits 16+15) writes mtime 0 and no file name: the same rows give the
-# same bytes, whenever and wherever they are compressed.
+# gzip wrapper (wbits 16+15): mtime 0 and no file name, so the same rows give the same bytes
+# whenever and wherever they are compressed.
 _GZIP_WBITS = 31
+# Levels up to this one use ISA-L (about 9x zlib's speed at level 1, ratio close to zlib's 6);
+# higher levels use zlib for the last few percent of size.
+ISAL_MAX_LEVEL = 3
+# ISA-L's output depends on how its input is cut into calls; feeding it fixed-size blocks
+# makes the bytes depend on the rows only, not on batch sizes or on which path exported them.
+COMPRESS_BLOCK = 1024 * 1024
+_T = TypeVar("_T")
+
+
+class Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+def gzip_compressor(level: int) -> Compressor:
+    """A streaming gzip compressor for `level` 1-9; same input and level, same bytes."""
+    if not 1 <= level <= 9:
+        raise ValueError(f"gzip level must be 1-9, got {level}")
+    if level <= ISAL_MAX_LEVEL:
+        return isal_zlib.compressobj(level, isal_zlib.DEFLATED, _GZIP_WBITS)
+    return zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
 
 
 def filter_events(
@@ -23,44 +45,111 @@ def filter_events(
     advertisers: Sequence[str] = (),
 ) -> Iterator[pl.DataFrame]:
     """Keep rows whose affiliate is listed AND whose advertiser is listed; an empty list = all."""
+    conditions = event_filter(affiliates, advertisers)
+    for frame in frames:
+        yield frame.filter(conditions) if conditions is not None else frame
+
+
+def event_filter(affiliates: Sequence[int] = (), advertisers: Sequence[str] = ()) -> pl.Expr | None:
+    """The polars predicate of an integration's filters; None when it takes every row."""
     conditions = []
     if affiliates:
         conditions.append(pl.col("affiliate_id").is_in(list(affiliates)))
     if advertisers:
         conditions.append(pl.col("advertiser_id").is_in(list(advertisers)))
-    for frame in frames:
-        yield frame.filter(*conditions) if conditions else frame
+    if not conditions:
+        return None
+    return conditions[0] if len(conditions) == 1 else conditions[0] & conditions[1]
 
 
 def csv_header(columns: Sequence[str]) -> bytes:
     return (",".join(columns) + "\n").encode()
 
 
+def _whole_second_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """Timestamps as `YYYY-MM-DD hh:mm:ss` text, sub-seconds cut.
+
+    Cutting the ISO text is a third cheaper than polars' strftime-style datetime_format, and
+    CSV writing is the most expensive stage of an export.
+    """
+    timestamps = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Datetime)]
+    if not timestamps:
+        return frame
+    return frame.with_columns(pl.col(timestamps).cast(pl.String).str.slice(0, 19))
+
+
 def csv_bytes(frame: pl.DataFrame) -> bytes:
     """RFC 4180 rows without header: NULL is an empty field, an empty string is `""`."""
     buffer = io.BytesIO()
-    frame.write_csv(
+    _whole_second_text(frame).write_csv(
         buffer,
         include_header=False,
         separator=",",
         quote_char='"',
         line_terminator="\n",
-        datetime_format=CSV_DATETIME_FORMAT,
         null_value="",
         quote_style="necessary",
     )
     return buffer.getvalue()
 
 
+def in_background(items: Iterable[_T], depth: int = 3) -> Iterator[_T]:
+    """Iterate `items` in a worker thread, at most `depth` items ahead of the consumer.
+
+    Reading the source and writing CSV (DuckDB and polars release the GIL) then overlaps with
+    compression and upload in the consuming thread: two stages on two cores. The worker's
+    exception is re-raised here; closing this generator early stops the worker.
+    """
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(message: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as exc:
+            put(("error", exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name="csv-producer", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "item":
+                yield value
+            elif kind == "done":
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        worker.join()
+
+
 class GzipCsvBody:
     """An iterable of gzip chunks: header line, then each frame's rows, compressed as it goes.
 
-    Only one frame and its compressed output are in memory at a time. The counters are final
-    once iteration has finished.
+    Memory stays bounded whatever the window: a few frames' CSV in flight, never the window.
+    The counters are final once iteration has finished.
     """
 
     def __init__(
-        self, frames: Iterable[pl.DataFrame], columns: Sequence[str], compression_level: int = 6
+        self, frames: Iterable[pl.DataFrame], columns: Sequence[str], compression_level: int = 1
     ) -> None:
         self._frames = frames
         self._columns = tuple(columns)
@@ -68,25 +157,42 @@ class GzipCsvBody:
         self.rows = 0
         self.csv_bytes = 0
 
-    def __iter__(self) -> Iterator[bytes]:
-        compressor = zlib.compressobj(self._level, zlib.DEFLATED, _GZIP_WBITS)
-        header = csv_header(self._columns)
-        self.csv_bytes = len(header)
-        chunk = compressor.compress(header)
-        if chunk:
-            yield chunk
-        for frame in self._frames:
+    def _csv_chunks(self) -> Iterator[tuple[int, bytes]]:
+        # Three stages on their own threads: read and sort (DuckDB, polars), write CSV
+        # (polars), compress (this consumer). Each holds the GIL only between native calls.
+        for frame in in_background(self._frames, depth=2):
             if frame.columns != list(self._columns):
                 raise ValueError(f"frame columns {frame.columns} differ from {self._columns}")
-            if frame.height == 0:
-                continue
-            data = csv_bytes(frame)
-            self.rows += frame.height
+            if frame.height:
+                yield frame.height, csv_bytes(frame)
+
+    def __iter__(self) -> Iterator[bytes]:
+        compressor = gzip_compressor(self._level)
+        header = csv_header(self._columns)
+        self.rows, self.csv_bytes = 0, len(header)
+        # Cut the CSV stream into exact COMPRESS_BLOCK pieces without copying it: only the
+        # tail shorter than a block is carried over to the next chunk.
+        carry = bytearray(header)
+        for rows, data in in_background(self._csv_chunks()):
+            self.rows += rows
             self.csv_bytes += len(data)
-            chunk = compressor.compress(data)
-            if chunk:
-                yield chunk
-        yield compressor.flush()
+            view = memoryview(data)
+            if carry:
+                need = COMPRESS_BLOCK - len(carry)
+                if len(view) < need:
+                    carry += view
+                    continue
+                carry += view[:need]
+                view = view[need:]
+                yield compressor.compress(carry)
+                carry = bytearray()
+            whole = len(view) - len(view) % COMPRESS_BLOCK
+            for offset in range(0, whole, COMPRESS_BLOCK):
+                chunk = compressor.compress(view[offset : offset + COMPRESS_BLOCK])
+                if chunk:
+                    yield chunk
+            carry = bytearray(view[whole:])
+        yield compressor.compress(carry) + compressor.flush()
 
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows, "csv_bytes": self.csv_bytes}

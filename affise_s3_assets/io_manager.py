@@ -4,6 +4,7 @@ streams the object there. Knows keys and S3, nothing of DuckDB or CSV.
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -95,59 +96,77 @@ def upload_stream(
     part_size: int = 16 * MIB,
     content_type: str = "application/gzip",
 ) -> tuple[int, int]:
-    """Stream chunks to one object, holding at most one part in memory.
+    """Stream chunks to one object; return (bytes sent, parts), parts 0 for a single PUT.
 
-    Returns (bytes sent, parts): parts is 0 for a single PUT.
-
-    A stream that fits in one part is a single PUT. A longer one is a multipart upload that is
-    aborted if anything fails, so a failed delivery leaves neither an object nor orphan parts;
-    until completion the previous object under the key (if any) stays as it was.
+    A stream that fits in one part is a single PUT. A longer one is a multipart upload whose
+    parts go up one at a time in a worker thread while the next part is being produced, so at
+    most two parts are in memory. It is aborted if anything fails: a failed delivery leaves
+    neither an object nor orphan parts, and the previous object under the key (if any) stays.
     """
     buffer = bytearray()
     upload_id: str | None = None
     parts: list[dict[str, Any]] = []
     sent = 0
-    try:
-        for chunk in chunks:
-            buffer += chunk
-            while len(buffer) >= part_size_for(len(parts) + 1, part_size):
-                if upload_id is None:
-                    upload_id = client.create_multipart_upload(
-                        Bucket=bucket, Key=key, ContentType=content_type
-                    )["UploadId"]
-                size = part_size_for(len(parts) + 1, part_size)
-                sent += _upload_part(client, bucket, key, upload_id, parts, bytes(buffer[:size]))
-                del buffer[:size]
-        if upload_id is None:
-            client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer), ContentType=content_type)
-            return len(buffer), 0
-        if buffer:
-            sent += _upload_part(client, bucket, key, upload_id, parts, bytes(buffer))
-        client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-        )
-        return sent, len(parts)
-    except BaseException:
-        if upload_id is not None:
-            # The original failure is the one worth reporting.
-            with contextlib.suppress(
-                botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
-            ):
-                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        raise
+    in_flight: Future[dict[str, Any]] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part") as uploader:
+        try:
+            for chunk in chunks:
+                buffer += chunk
+                while len(buffer) >= part_size_for(len(parts) + 1, part_size):
+                    if upload_id is None:
+                        upload_id = client.create_multipart_upload(
+                            Bucket=bucket, Key=key, ContentType=content_type
+                        )["UploadId"]
+                    number = len(parts) + 1
+                    if number > MAX_PARTS:
+                        raise ValueError(f"s3://{bucket}/{key}: more than {MAX_PARTS} parts")
+                    size = part_size_for(number, part_size)
+                    body = bytes(buffer[:size])
+                    del buffer[:size]
+                    if in_flight is not None:
+                        in_flight.result()
+                    parts.append({"PartNumber": number})
+                    in_flight = uploader.submit(
+                        _upload_part, client, bucket, key, upload_id, parts[-1], body
+                    )
+                    sent += size
+            if upload_id is None:
+                client.put_object(
+                    Bucket=bucket, Key=key, Body=bytes(buffer), ContentType=content_type
+                )
+                return len(buffer), 0
+            if in_flight is not None:
+                in_flight.result()
+            if buffer:
+                parts.append({"PartNumber": len(parts) + 1})
+                _upload_part(client, bucket, key, upload_id, parts[-1], bytes(buffer))
+                sent += len(buffer)
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+            return sent, len(parts)
+        except BaseException:
+            if in_flight is not None:
+                in_flight.cancel()
+                with contextlib.suppress(BaseException):
+                    in_flight.result()
+            if upload_id is not None:
+                # The original failure is the one worth reporting.
+                with contextlib.suppress(
+                    botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
+                ):
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
 
 
 def _upload_part(
-    client: Any, bucket: str, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytes
-) -> int:
-    number = len(parts) + 1
-    if number > MAX_PARTS:
-        raise ValueError(f"s3://{bucket}/{key}: more than {MAX_PARTS} parts")
+    client: Any, bucket: str, key: str, upload_id: str, part: dict[str, Any], body: bytes
+) -> dict[str, Any]:
     response = client.upload_part(
-        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part["PartNumber"], Body=body
     )
-    parts.append({"PartNumber": number, "ETag": response["ETag"]})
-    return len(body)
+    part["ETag"] = response["ETag"]
+    return part
 
 
 def describe_s3_error(exc: BaseException) -> str:

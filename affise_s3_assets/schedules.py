@@ -20,6 +20,12 @@ def build_export_job(asset: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition
     return dg.define_asset_job(
         name=f"{integration}_{event_type}_job",
         selection=[asset.key],
+        # Run-queue limits key on these (deploy/dagster.yaml): one run per integration at a
+        # time, a few per bucket.
+        tags={
+            "affise/integration": integration,
+            "affise/bucket": asset.metadata_by_key[asset.key]["bucket"],
+        },
         # One step per run: a second process per run would only double the start-up cost.
         executor_def=dg.in_process_executor,
     )

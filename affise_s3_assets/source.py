@@ -1,6 +1,8 @@
 """The loader: reads one window of raw events out of DuckDB. Knows DuckDB, nothing of S3."""
 
+import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,13 +73,17 @@ EVENT_SOURCE_KEYS: dict[EventType, dg.AssetKey] = {
 
 
 def window_query(event_type: EventType) -> str:
-    """SQL selecting one `[start, end)` window by created_at, in the file's column and row order."""
+    """SQL selecting one `[start, end)` window by created_at, in the file's column order.
+
+    Unordered on purpose: DuckDB scans in parallel without keeping insertion order, and the
+    caller sorts each bounded slice (see `EventsDatabase.window_frames`).
+    """
     columns = ", ".join(f'"{column}"' for column in EVENT_COLUMNS[event_type])
-    # `id` breaks created_at ties so the same rows always serialize to the same bytes.
-    return (
-        f"SELECT {columns} FROM {event_type} "
-        "WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at, id"
-    )
+    return f"SELECT {columns} FROM {event_type} WHERE created_at >= $1 AND created_at < $2"
+
+
+# `id` breaks created_at ties so the same rows always serialize to the same bytes.
+ROW_ORDER = ("created_at", "id")
 
 
 def naive_utc(moment: datetime) -> datetime:
@@ -93,11 +99,29 @@ class EventsDatabase(dg.ConfigurableResource):
         default=None,
         description="DuckDB file; unset means $AFFISE_EVENTS_DB, then data/events.duckdb",
     )
-    batch_rows: int = Field(default=100_000, description="rows per batch handed to the writer")
+    batch_rows: int = Field(default=50_000, description="rows per batch handed to the writer")
+    slice_rows: int = Field(
+        default=100_000,
+        description="rows DuckDB sorts at a time: a window is read as consecutive sub-windows "
+        "of about this many rows, each sorted, so sorting memory does not grow with the window",
+    )
+    memory_limit: str = Field(default="128MB", description="DuckDB memory_limit; it spills past it")
+    threads: int = Field(default=2, description="DuckDB threads")
 
     def database_path(self) -> Path:
         # Read at run time, not at import, so definitions load the same everywhere.
         return Path(self.path or os.environ.get("AFFISE_EVENTS_DB") or DEFAULT_EVENTS_DB)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        path = self.database_path()
+        if not path.exists():
+            raise FileNotFoundError(f"events database {path} does not exist")
+        con = duckdb.connect(str(path), read_only=True)
+        con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        con.execute(f"SET threads = {int(self.threads)}")
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET temp_directory = '{tempfile.gettempdir()}/affise-duckdb-spill'")
+        return con
 
     def window_frames(
         self, event_type: EventType, start: datetime, end: datetime
@@ -109,15 +133,29 @@ class EventsDatabase(dg.ConfigurableResource):
         """
         # The columns are naive UTC TIMESTAMPs; binding an aware datetime would make DuckDB
         # compare through the session time zone.
-        bounds = [naive_utc(start), naive_utc(end)]
-        path = self.database_path()
-        if not path.exists():
-            raise FileNotFoundError(f"events database {path} does not exist")
-        with duckdb.connect(str(path), read_only=True) as con:
-            reader = con.sql(window_query(event_type), params=bounds).to_arrow_reader(
-                self.batch_rows
-            )
-            for batch in reader:
-                frame = pl.from_arrow(batch)
-                assert isinstance(frame, pl.DataFrame)
-                yield frame
+        start, end = naive_utc(start), naive_utc(end)
+        with self._connect() as con:
+            ((rows,),) = con.execute(
+                f"SELECT count(*) FROM {event_type} WHERE created_at >= $1 AND created_at < $2",
+                [start, end],
+            ).fetchall()
+            query = window_query(event_type)
+            # Sorted sub-windows, one after the other, are the sorted window. polars sorts a
+            # slice several times faster than DuckDB's ORDER BY, which also materializes the
+            # whole result under its memory limit.
+            for slice_start, slice_end in sub_windows(start, end, rows, self.slice_rows):
+                frame = con.sql(query, params=[slice_start, slice_end]).pl()
+                frame = frame.sort(ROW_ORDER)
+                for offset in range(0, frame.height, self.batch_rows):
+                    yield frame.slice(offset, self.batch_rows)
+                del frame
+
+
+def sub_windows(
+    start: datetime, end: datetime, rows: int, slice_rows: int
+) -> list[tuple[datetime, datetime]]:
+    """Cut [start, end) into consecutive equal slices of about `slice_rows` rows each."""
+    slices = max(1, -(-rows // max(1, slice_rows)))
+    step = (end - start) / slices
+    bounds = [start + step * i for i in range(slices)] + [end]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if a < b]

@@ -159,3 +159,10 @@ def test_definitions_validate_with_secrets_unset() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "All code locations passed validation" in done.stderr + done.stdout
+
+
+def test_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
+    defs = build_definitions(SHIPPED)
+    tags = defs.resolve_job_def("globex_clicks_job").tags
+    assert tags["affise/integration"] == "globex"
+    assert tags["affise/bucket"] == "globex-events"

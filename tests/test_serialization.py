@@ -1,0 +1,77 @@
+"""The loader and the serializer on their own: bytes depend on the rows, not on how the
+window was cut, batched or compressed in pieces."""
+
+import gzip
+import itertools
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from affise_s3_assets.csv_export import GzipCsvBody, filter_events, in_background
+from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, sub_windows
+
+DAY = (datetime(2026, 11, 25), datetime(2026, 11, 26))
+
+
+def export_bytes(events_db: Path, level: int = 1, **tuning: int) -> tuple[bytes, int]:
+    database = EventsDatabase(path=str(events_db), **tuning)
+    body = GzipCsvBody(database.window_frames("clicks", *DAY), EVENT_COLUMNS["clicks"], level)
+    return b"".join(body), body.rows
+
+
+def test_bytes_do_not_depend_on_slices_or_batches(events_db: Path) -> None:
+    reference, rows = export_bytes(events_db)
+    assert rows == 20_000
+    for tuning in ({"slice_rows": 3_000, "batch_rows": 777}, {"slice_rows": 10**9}):
+        assert export_bytes(events_db, **tuning) == (reference, rows)
+
+
+@pytest.mark.parametrize("level", [1, 3, 6, 9])
+def test_every_level_is_plain_gzip_of_the_same_csv(events_db: Path, level: int) -> None:
+    reference, _ = export_bytes(events_db, 1)
+    data, _ = export_bytes(events_db, level)
+    assert gzip.decompress(data) == gzip.decompress(reference)
+    assert data[4:8] == b"\x00\x00\x00\x00" and not data[3] & 0x08  # no mtime, no name
+
+
+def test_sub_windows_are_consecutive_and_cover_the_window() -> None:
+    start, end = DAY
+    for rows, slice_rows in ((0, 100), (1, 100), (10_000_000, 100_000), (7, 2)):
+        slices = sub_windows(start, end, rows, slice_rows)
+        assert slices[0][0] == start and slices[-1][1] == end
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
+        assert len(slices) == max(1, -(-rows // slice_rows))
+    odd = sub_windows(start, start + timedelta(microseconds=5), 10, 1)
+    assert odd[0][0] == start and odd[-1][1] == start + timedelta(microseconds=5)
+
+
+def test_background_iteration_propagates_errors_and_stops_early() -> None:
+    def failing():
+        yield 1
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        list(in_background(failing()))
+    produced = []
+
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    iterator = in_background(endless(), depth=2)
+    assert [next(iterator) for _ in range(3)] == [0, 1, 2]
+    iterator.close()  # joins the worker: it must notice and stop
+    assert len(produced) <= 3 + 2 + 1
+
+
+def test_filters_keep_columns_and_order(events_db: Path) -> None:
+    database = EventsDatabase(path=str(events_db))
+    frames = list(database.window_frames("conversions", *DAY))
+    kept = list(filter_events(frames, affiliates=[101], advertisers=()))
+    assert all(frame.columns == list(EVENT_COLUMNS["conversions"]) for frame in kept)
+    assert all(set(frame["affiliate_id"].to_list()) <= {101} for frame in kept)
+    assert sum(frame.height for frame in kept) > 0
