@@ -1,0 +1,347 @@
+"""The cluster deployment files (docs/scaling.md), checked with Dagster's own validation.
+
+No network, no cluster: the instance file is validated the way `DagsterInstance.get()` (and so
+every `dagster` CLI command) validates $DAGSTER_HOME/dagster.yaml, then each configured class
+checks its own config; the Helm values are checked for the facts docs/scaling.md promises.
+"""
+
+import copy
+import shutil
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import dagster_k8s
+import dagster_postgres
+import pytest
+import yaml
+from dagster._config import process_config
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_DIR = ROOT / "deploy"
+INSTANCE_YAML = DEPLOY_DIR / "dagster.yaml"
+HELM_VALUES = DEPLOY_DIR / "helm-values.yaml"
+SCALING_DOC = ROOT / "docs" / "scaling.md"
+
+MODULE_NAME = "affise_s3_assets.definitions"
+INTEGRATION_TAG = "affise/integration"
+BUCKET_TAG = "affise/bucket"
+PER_VALUE = {"applyLimitPerUniqueValue": True}
+
+# Fake values: the files must take every Postgres field from these variables.
+PG_ENV = {
+    "DAGSTER_PG_USERNAME": "dagster-test-user",
+    "DAGSTER_PG_PASSWORD": "not-a-real-password",
+    "DAGSTER_PG_HOST": "postgres.test.invalid",
+    "DAGSTER_PG_DB": "dagster_test",
+}
+
+POSTGRES_STORAGES = {
+    "run_storage": dagster_postgres.PostgresRunStorage,
+    "event_log_storage": dagster_postgres.PostgresEventLogStorage,
+    "schedule_storage": dagster_postgres.PostgresScheduleStorage,
+}
+
+
+@pytest.fixture
+def pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in PG_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def instance_config(pg_env: None) -> Mapping[str, Any]:
+    """deploy/dagster.yaml as validated by Dagster's instance loader."""
+    config, custom_instance_class = dagster_instance_config(str(DEPLOY_DIR))
+    assert custom_instance_class is None
+    return config
+
+
+@pytest.fixture(scope="module")
+def helm_values() -> Mapping[str, Any]:
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert isinstance(values, dict)
+    return values
+
+
+def _user_deployment(helm_values: Mapping[str, Any]) -> Mapping[str, Any]:
+    deployments = helm_values["dagster-user-deployments"]["deployments"]
+    assert [d["name"] for d in deployments] == ["affise-s3-assets"]
+    return deployments[0]
+
+
+def _k8s_launcher_values(helm_values: Mapping[str, Any]) -> Mapping[str, Any]:
+    launcher = helm_values["runLauncher"]
+    assert launcher["type"] == "K8sRunLauncher"
+    return launcher["config"]["k8sRunLauncher"]
+
+
+def _names(env_sources: list[Mapping[str, str]]) -> set[str]:
+    return {source["name"] for source in env_sources}
+
+
+def _env_value(env: list[Mapping[str, str]], name: str) -> str:
+    (value,) = [item["value"] for item in env if item["name"] == name]
+    return value
+
+
+# --- (a) deploy/dagster.yaml through Dagster's instance validation -------------------------
+
+
+def test_instance_yaml_passes_dagsters_instance_validation(
+    instance_config: Mapping[str, Any],
+) -> None:
+    for section in (
+        *POSTGRES_STORAGES,
+        "run_launcher",
+        "run_coordinator",
+        "run_monitoring",
+        "run_retries",
+    ):
+        assert section in instance_config, f"deploy/dagster.yaml has no {section}"
+    assert instance_config["telemetry"] == {"enabled": False}
+
+
+def test_instance_validation_rejects_an_unknown_section(tmp_path: Path, pg_env: None) -> None:
+    # The same check must fail on a broken file, or passing it above would prove nothing.
+    broken = yaml.safe_load(INSTANCE_YAML.read_text())
+    broken["run_launchr"] = broken.pop("run_launcher")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(DagsterInvalidConfigError, match="run_launchr"):
+        dagster_instance_config(str(tmp_path))
+
+
+def test_run_launcher_is_dagster_k8s_k8s_run_launcher(instance_config: Mapping[str, Any]) -> None:
+    launcher = instance_config["run_launcher"]
+    klass = class_from_code_pointer(launcher["module"], launcher["class"])
+    assert klass is dagster_k8s.K8sRunLauncher
+    config = launcher["config"]
+    assert config["load_incluster_config"] is True
+    assert "affise-s3-credentials" in config["env_secrets"]
+    assert config["postgres_password_secret"] == "dagster-postgresql-secret"
+
+
+def test_storage_is_postgres_with_every_field_from_the_environment(
+    instance_config: Mapping[str, Any],
+) -> None:
+    for section, expected in POSTGRES_STORAGES.items():
+        storage = instance_config[section]
+        assert class_from_code_pointer(storage["module"], storage["class"]) is expected
+        db = storage["config"]["postgres_db"]
+        assert db["username"] == {"env": "DAGSTER_PG_USERNAME"}
+        assert db["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+        assert db["hostname"] == {"env": "DAGSTER_PG_HOST"}
+        assert db["db_name"] == {"env": "DAGSTER_PG_DB"}
+
+
+def test_queued_coordinator_limits_per_integration_and_per_bucket(
+    instance_config: Mapping[str, Any],
+) -> None:
+    coordinator = instance_config["run_coordinator"]
+    klass = class_from_code_pointer(coordinator["module"], coordinator["class"])
+    assert klass is QueuedRunCoordinator
+    config = coordinator["config"]
+    assert config["max_concurrent_runs"] > 0
+    limits = {limit["key"]: limit for limit in config["tag_concurrency_limits"]}
+    assert limits[INTEGRATION_TAG] == {"key": INTEGRATION_TAG, "value": PER_VALUE, "limit": 1}
+    assert limits[BUCKET_TAG]["value"] == PER_VALUE
+    assert 1 <= limits[BUCKET_TAG]["limit"] < config["max_concurrent_runs"]
+
+
+def test_retries_only_for_crashed_run_workers(instance_config: Mapping[str, Any]) -> None:
+    retries = instance_config["run_retries"]
+    assert retries["enabled"] is True
+    assert retries["max_retries"] >= 1
+    assert retries["retry_on_asset_or_op_failure"] is False
+    assert instance_config["run_monitoring"]["enabled"] is True
+
+
+# --- (b) each configured class validates its own config -------------------------------------
+
+
+def _configured_classes() -> dict[str, ConfigurableClassData]:
+    """What the instance would rehydrate, as `InstanceRef.from_dir` builds it."""
+    ref = InstanceRef.from_dir(str(DEPLOY_DIR))
+    data = {
+        "run_storage": ref.run_storage_data,
+        "event_log_storage": ref.event_storage_data,
+        "schedule_storage": ref.schedule_storage_data,
+        "run_launcher": ref.run_launcher_data,
+        "run_coordinator": ref.run_coordinator_data,
+    }
+    resolved = {name: value for name, value in data.items() if value is not None}
+    assert resolved.keys() == data.keys()
+    return resolved
+
+
+def _process(data: ConfigurableClassData, config: Mapping[str, Any] | None = None) -> Any:
+    klass = class_from_code_pointer(data.module_name, data.class_name)
+    value = yaml.safe_load(data.config_yaml) if config is None else config
+    return process_config(klass.config_type(), value or {})
+
+
+@pytest.mark.parametrize(
+    "section",
+    ["run_storage", "event_log_storage", "schedule_storage", "run_launcher", "run_coordinator"],
+)
+def test_each_class_accepts_its_config(pg_env: None, section: str) -> None:
+    result = _process(_configured_classes()[section])
+    assert result.success, [error.message for error in result.errors or []]
+
+
+def test_postgres_fields_resolve_from_the_environment(pg_env: None) -> None:
+    for section in POSTGRES_STORAGES:
+        result = _process(_configured_classes()[section])
+        assert result.success
+        db = result.value["postgres_db"]
+        assert db["hostname"] == PG_ENV["DAGSTER_PG_HOST"]
+        assert db["password"] == PG_ENV["DAGSTER_PG_PASSWORD"]
+
+
+def test_storage_config_fails_without_its_env_var(
+    pg_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAGSTER_PG_HOST")
+    result = _process(_configured_classes()["run_storage"])
+    assert not result.success
+    assert "DAGSTER_PG_HOST" in " ".join(error.message for error in result.errors or [])
+
+
+def test_class_check_catches_a_typo_the_instance_check_lets_through(
+    tmp_path: Path, pg_env: None
+) -> None:
+    # The instance schema treats each class's `config:` as free-form: only the class's own
+    # config_type() sees a mistyped key. That is why the per-class test above exists.
+    broken = yaml.safe_load(INSTANCE_YAML.read_text())
+    coordinator = copy.deepcopy(broken["run_coordinator"]["config"])
+    coordinator["max_concurent_runs"] = coordinator.pop("max_concurrent_runs")
+    broken["run_coordinator"]["config"] = coordinator
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(broken))
+    dagster_instance_config(str(tmp_path))
+    result = _process(_configured_classes()["run_coordinator"], coordinator)
+    assert not result.success
+    assert "max_concurent_runs" in " ".join(error.message for error in result.errors or [])
+
+
+def test_deploy_dir_is_a_usable_dagster_home(tmp_path: Path, pg_env: None) -> None:
+    # Mounted as $DAGSTER_HOME/dagster.yaml, the file loads under its own name.
+    shutil.copy(INSTANCE_YAML, tmp_path / "dagster.yaml")
+    ref = InstanceRef.from_dir(str(tmp_path))
+    assert ref.run_launcher_data is not None
+    assert ref.run_launcher_data.class_name == "K8sRunLauncher"
+
+
+# --- (c) the Helm values keep the promises of docs/scaling.md ------------------------------
+
+
+def test_user_deployment_serves_this_code_location(helm_values: Mapping[str, Any]) -> None:
+    assert helm_values["dagster-user-deployments"]["enabled"] is True
+    deployment = _user_deployment(helm_values)
+    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", MODULE_NAME]
+    assert deployment["port"] == 3030
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["dagster"]["module_name"] == MODULE_NAME
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    assert [entry["python_module"]["module_name"] for entry in workspace["load_from"]] == [
+        MODULE_NAME
+    ]
+
+
+def test_secrets_reach_user_code_and_every_run_pod(
+    helm_values: Mapping[str, Any], instance_config: Mapping[str, Any]
+) -> None:
+    deployment_secrets = _names(_user_deployment(helm_values)["envSecrets"])
+    launcher_secrets = _names(_k8s_launcher_values(helm_values)["envSecrets"])
+    instance_secrets = set(instance_config["run_launcher"]["config"]["env_secrets"])
+    assert "affise-s3-credentials" in deployment_secrets
+    assert deployment_secrets == launcher_secrets == instance_secrets
+    assert (
+        helm_values["global"]["postgresqlSecretName"]
+        == (instance_config["run_launcher"]["config"]["postgres_password_secret"])
+    )
+
+
+def test_integrations_file_comes_from_a_mounted_configmap(
+    helm_values: Mapping[str, Any], instance_config: Mapping[str, Any]
+) -> None:
+    deployment = _user_deployment(helm_values)
+    path = PurePosixPath(_env_value(deployment["env"], "AFFISE_INTEGRATIONS"))
+    volumes = {volume["name"]: volume for volume in deployment["volumes"]}
+    (mount,) = [
+        m for m in deployment["volumeMounts"] if path.parent == PurePosixPath(m["mountPath"])
+    ]
+    assert volumes[mount["name"]]["configMap"]["name"] == "affise-integrations"
+    assert mount["readOnly"] is True
+    # The plain instance file gives run pods the same path and the same ConfigMap.
+    launcher = instance_config["run_launcher"]["config"]
+    assert f"AFFISE_INTEGRATIONS={path}" in launcher["env_vars"]
+    (run_mount,) = [m for m in launcher["volume_mounts"] if m["mount_path"] == str(path.parent)]
+    (run_volume,) = [v for v in launcher["volumes"] if v["name"] == run_mount["name"]]
+    assert run_volume["config_map"]["name"] == "affise-integrations"
+
+
+def test_events_database_location_is_configured_for_runs(
+    helm_values: Mapping[str, Any], instance_config: Mapping[str, Any]
+) -> None:
+    # AFFISE_EVENTS_DB comes from this ConfigMap in user code and in run pods alike.
+    env_map = "affise-s3-assets-env"
+    assert env_map in _names(_user_deployment(helm_values)["envConfigMaps"])
+    assert env_map in _names(_k8s_launcher_values(helm_values)["envConfigMaps"])
+    assert env_map in instance_config["run_launcher"]["config"]["env_config_maps"]
+
+
+def test_queue_limits_equal_the_instance_file(
+    helm_values: Mapping[str, Any], instance_config: Mapping[str, Any]
+) -> None:
+    coordinator = helm_values["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["enabled"] is True
+    assert coordinator["type"] == "QueuedRunCoordinator"
+    queued = coordinator["config"]["queuedRunCoordinator"]
+    expected = instance_config["run_coordinator"]["config"]
+    assert queued["maxConcurrentRuns"] == expected["max_concurrent_runs"]
+    assert queued["tagConcurrencyLimits"] == expected["tag_concurrency_limits"]
+    # The chart copies these into dagster.yaml verbatim: they must pass the same class check.
+    result = process_config(
+        QueuedRunCoordinator.config_type(),
+        {
+            "max_concurrent_runs": queued["maxConcurrentRuns"],
+            "tag_concurrency_limits": queued["tagConcurrencyLimits"],
+        },
+    )
+    assert result.success, [error.message for error in result.errors or []]
+
+
+def test_run_launcher_postgres_retries_and_home_match(
+    helm_values: Mapping[str, Any], instance_config: Mapping[str, Any]
+) -> None:
+    launcher = instance_config["run_launcher"]["config"]
+    assert _k8s_launcher_values(helm_values)["loadInclusterConfig"] is True
+    assert helm_values["global"]["serviceAccountName"] == launcher["service_account_name"]
+    assert helm_values["global"]["dagsterHome"] == launcher["dagster_home"]
+    postgres = helm_values["postgresql"]
+    assert postgres["enabled"] is False
+    assert postgres["postgresqlHost"]
+    assert postgres["postgresqlPassword"] == ""
+    assert helm_values["generatePostgresqlPasswordSecret"] is False
+    daemon = helm_values["dagsterDaemon"]
+    retries = instance_config["run_retries"]
+    assert daemon["runRetries"]["enabled"] is retries["enabled"]
+    assert daemon["runRetries"]["maxRetries"] == retries["max_retries"]
+    assert daemon["runMonitoring"]["enabled"] is True
+    assert helm_values["telemetry"] == {"enabled": False}
+
+
+def test_scaling_doc_names_the_files_and_the_tags(instance_config: Mapping[str, Any]) -> None:
+    doc = SCALING_DOC.read_text()
+    for name in ("deploy/dagster.yaml", "deploy/helm-values.yaml", "tests/test_deploy_config.py"):
+        assert name in doc
+    for limit in instance_config["run_coordinator"]["config"]["tag_concurrency_limits"]:
+        assert f"`{limit['key']}`" in doc, f"docs/scaling.md does not explain {limit['key']}"
+    for secret in instance_config["run_launcher"]["config"]["env_secrets"]:
+        assert secret in doc
