@@ -141,11 +141,57 @@ def in_background(items: Iterable[_T], depth: int = 3) -> Iterator[_T]:
         worker.join()
 
 
+class GzipCsvEncoder:
+    """Push side of the format: CSV rows in, gzip chunks out, header first.
+
+    The CSV stream is cut into exact COMPRESS_BLOCK pieces without copying it (only a tail
+    shorter than a block is carried to the next call), so the bytes depend on the rows alone.
+    """
+
+    def __init__(self, columns: Sequence[str], compression_level: int = 1) -> None:
+        header = csv_header(columns)
+        self._compressor = gzip_compressor(compression_level)
+        self._carry = bytearray(header)
+        self.rows = 0
+        self.csv_bytes = len(header)
+
+    def add(self, rows: int, data: bytes) -> Iterator[bytes]:
+        """Compress `rows` rows of CSV; yields whatever compressed output is ready."""
+        self.rows += rows
+        self.csv_bytes += len(data)
+        view = memoryview(data)
+        if self._carry:
+            need = COMPRESS_BLOCK - len(self._carry)
+            if len(view) < need:
+                self._carry += view
+                return
+            self._carry += view[:need]
+            view = view[need:]
+            yield self._compressor.compress(self._carry)
+            self._carry = bytearray()
+        whole = len(view) - len(view) % COMPRESS_BLOCK
+        for offset in range(0, whole, COMPRESS_BLOCK):
+            chunk = self._compressor.compress(view[offset : offset + COMPRESS_BLOCK])
+            if chunk:
+                yield chunk
+        self._carry = bytearray(view[whole:])
+
+    def add_frame(self, frame: pl.DataFrame) -> Iterator[bytes]:
+        if frame.height:
+            yield from self.add(frame.height, csv_bytes(frame))
+
+    def finish(self) -> bytes:
+        return self._compressor.compress(self._carry) + self._compressor.flush()
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.rows, "csv_bytes": self.csv_bytes}
+
+
 class GzipCsvBody:
-    """An iterable of gzip chunks: header line, then each frame's rows, compressed as it goes.
+    """Pull side: an iterable of gzip chunks for one window, header line first.
 
     Memory stays bounded whatever the window: a few frames' CSV in flight, never the window.
-    The counters are final once iteration has finished.
+    `summary()` is final once iteration has finished.
     """
 
     def __init__(
@@ -153,9 +199,7 @@ class GzipCsvBody:
     ) -> None:
         self._frames = frames
         self._columns = tuple(columns)
-        self._level = compression_level
-        self.rows = 0
-        self.csv_bytes = 0
+        self._encoder = GzipCsvEncoder(columns, compression_level)
 
     def _csv_chunks(self) -> Iterator[tuple[int, bytes]]:
         # Three stages on their own threads: read and sort (DuckDB, polars), write CSV
@@ -167,32 +211,13 @@ class GzipCsvBody:
                 yield frame.height, csv_bytes(frame)
 
     def __iter__(self) -> Iterator[bytes]:
-        compressor = gzip_compressor(self._level)
-        header = csv_header(self._columns)
-        self.rows, self.csv_bytes = 0, len(header)
-        # Cut the CSV stream into exact COMPRESS_BLOCK pieces without copying it: only the
-        # tail shorter than a block is carried over to the next chunk.
-        carry = bytearray(header)
         for rows, data in in_background(self._csv_chunks()):
-            self.rows += rows
-            self.csv_bytes += len(data)
-            view = memoryview(data)
-            if carry:
-                need = COMPRESS_BLOCK - len(carry)
-                if len(view) < need:
-                    carry += view
-                    continue
-                carry += view[:need]
-                view = view[need:]
-                yield compressor.compress(carry)
-                carry = bytearray()
-            whole = len(view) - len(view) % COMPRESS_BLOCK
-            for offset in range(0, whole, COMPRESS_BLOCK):
-                chunk = compressor.compress(view[offset : offset + COMPRESS_BLOCK])
-                if chunk:
-                    yield chunk
-            carry = bytearray(view[whole:])
-        yield compressor.compress(carry) + compressor.flush()
+            yield from self._encoder.add(rows, data)
+        yield self._encoder.finish()
+
+    @property
+    def rows(self) -> int:
+        return self._encoder.rows
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": self.rows, "csv_bytes": self.csv_bytes}
+        return self._encoder.summary()

@@ -88,6 +88,115 @@ def part_size_for(part_number: int, base_part_size: int) -> int:
     return base_part_size * 2 ** ((part_number - 1) // _PARTS_PER_SIZE_STEP)
 
 
+class S3ObjectWriter:
+    """Push-based upload of one object of unknown length, holding at most two parts.
+
+    Up to one part it is a single PUT at `close()`. Beyond, a multipart upload whose parts go
+    up one at a time in a worker thread while the next is being filled. `abort()` (or any
+    failure inside `upload_stream`) discards it: no object, no orphan parts, and the previous
+    object under the key, if any, stays as it was.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        part_size: int = 16 * MIB,
+        content_type: str = "application/gzip",
+    ) -> None:
+        self.client, self.bucket, self.key = client, bucket, key
+        self._part_size = part_size
+        self._content_type = content_type
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._in_flight: Future[dict[str, Any]] | None = None
+        self._uploader: ThreadPoolExecutor | None = None
+        self.sent = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while len(self._buffer) >= part_size_for(len(self._parts) + 1, self._part_size):
+            size = part_size_for(len(self._parts) + 1, self._part_size)
+            body = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            self._send_part(body, wait=False)
+
+    def _send_part(self, body: bytes, wait: bool) -> None:
+        if self._upload_id is None:
+            self._upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self._content_type
+            )["UploadId"]
+            self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise ValueError(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts")
+        if self._in_flight is not None:
+            self._in_flight.result()
+        part: dict[str, Any] = {"PartNumber": number}
+        self._parts.append(part)
+        assert self._uploader is not None
+        self._in_flight = self._uploader.submit(self._upload_part, part, body)
+        self.sent += len(body)
+        if wait:
+            self._in_flight.result()
+
+    def _upload_part(self, part: dict[str, Any], body: bytes) -> dict[str, Any]:
+        response = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            PartNumber=part["PartNumber"],
+            Body=body,
+        )
+        part["ETag"] = response["ETag"]
+        return part
+
+    def close(self) -> tuple[int, int]:
+        """Complete the object; returns (bytes sent, parts), parts 0 for a single PUT."""
+        if self._upload_id is None:
+            body = bytes(self._buffer)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=body, ContentType=self._content_type
+            )
+            self.sent = len(body)
+            return self.sent, 0
+        if self._buffer:
+            self._send_part(bytes(self._buffer), wait=True)
+            self._buffer = bytearray()
+        elif self._in_flight is not None:
+            self._in_flight.result()
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+        self._shutdown()
+        return self.sent, len(self._parts)
+
+    def abort(self) -> None:
+        """Discard everything sent; never raises, the original failure is the one to report."""
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+            with contextlib.suppress(BaseException):
+                self._in_flight.result()
+        self._shutdown()
+        if self._upload_id is not None:
+            with contextlib.suppress(
+                botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
+            ):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self._upload_id
+                )
+
+    def _shutdown(self) -> None:
+        if self._uploader is not None:
+            self._uploader.shutdown(wait=True)
+            self._uploader = None
+
+
 def upload_stream(
     client: Any,
     bucket: str,
@@ -96,77 +205,15 @@ def upload_stream(
     part_size: int = 16 * MIB,
     content_type: str = "application/gzip",
 ) -> tuple[int, int]:
-    """Stream chunks to one object; return (bytes sent, parts), parts 0 for a single PUT.
-
-    A stream that fits in one part is a single PUT. A longer one is a multipart upload whose
-    parts go up one at a time in a worker thread while the next part is being produced, so at
-    most two parts are in memory. It is aborted if anything fails: a failed delivery leaves
-    neither an object nor orphan parts, and the previous object under the key (if any) stays.
-    """
-    buffer = bytearray()
-    upload_id: str | None = None
-    parts: list[dict[str, Any]] = []
-    sent = 0
-    in_flight: Future[dict[str, Any]] | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part") as uploader:
-        try:
-            for chunk in chunks:
-                buffer += chunk
-                while len(buffer) >= part_size_for(len(parts) + 1, part_size):
-                    if upload_id is None:
-                        upload_id = client.create_multipart_upload(
-                            Bucket=bucket, Key=key, ContentType=content_type
-                        )["UploadId"]
-                    number = len(parts) + 1
-                    if number > MAX_PARTS:
-                        raise ValueError(f"s3://{bucket}/{key}: more than {MAX_PARTS} parts")
-                    size = part_size_for(number, part_size)
-                    body = bytes(buffer[:size])
-                    del buffer[:size]
-                    if in_flight is not None:
-                        in_flight.result()
-                    parts.append({"PartNumber": number})
-                    in_flight = uploader.submit(
-                        _upload_part, client, bucket, key, upload_id, parts[-1], body
-                    )
-                    sent += size
-            if upload_id is None:
-                client.put_object(
-                    Bucket=bucket, Key=key, Body=bytes(buffer), ContentType=content_type
-                )
-                return len(buffer), 0
-            if in_flight is not None:
-                in_flight.result()
-            if buffer:
-                parts.append({"PartNumber": len(parts) + 1})
-                _upload_part(client, bucket, key, upload_id, parts[-1], bytes(buffer))
-                sent += len(buffer)
-            client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-            return sent, len(parts)
-        except BaseException:
-            if in_flight is not None:
-                in_flight.cancel()
-                with contextlib.suppress(BaseException):
-                    in_flight.result()
-            if upload_id is not None:
-                # The original failure is the one worth reporting.
-                with contextlib.suppress(
-                    botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
-                ):
-                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            raise
-
-
-def _upload_part(
-    client: Any, bucket: str, key: str, upload_id: str, part: dict[str, Any], body: bytes
-) -> dict[str, Any]:
-    response = client.upload_part(
-        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part["PartNumber"], Body=body
-    )
-    part["ETag"] = response["ETag"]
-    return part
+    """Stream chunks to one object; returns (bytes sent, parts). See `S3ObjectWriter`."""
+    writer = S3ObjectWriter(client, bucket, key, part_size, content_type)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def describe_s3_error(exc: BaseException) -> str:
