@@ -1,13 +1,15 @@
 """The factory: validated integration config in, one export asset per (integration, event type)."""
 
 import warnings
+from collections.abc import Sequence
 
 import dagster as dg
 
 from affise_s3_assets.config import EventExportConfig, EventType, IntegrationConfig
 from affise_s3_assets.csv_export import GzipCsvBody, filter_events
+from affise_s3_assets.fanout import ExportTarget
 from affise_s3_assets.io_manager import Delivery, S3Destination
-from affise_s3_assets.partitions import window_partitions
+from affise_s3_assets.partitions import first_window_start, window_partitions
 from affise_s3_assets.source import EVENT_COLUMNS, EVENT_SOURCE_KEYS, EventsDatabase
 
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
@@ -43,10 +45,10 @@ def build_export_asset(
         return _define_export_asset(integration, event_type, export)
 
 
-def _define_export_asset(
+def export_destination(
     integration: IntegrationConfig, event_type: EventType, export: EventExportConfig
-) -> dg.AssetsDefinition:
-    destination = S3Destination(
+) -> S3Destination:
+    return S3Destination(
         integration=integration.name,
         event_type=event_type,
         bucket=export.bucket,
@@ -56,6 +58,12 @@ def _define_export_asset(
         secret_key=export.secret_key,
         endpoint_url=export.endpoint_url,
     )
+
+
+def _define_export_asset(
+    integration: IntegrationConfig, event_type: EventType, export: EventExportConfig
+) -> dg.AssetsDefinition:
+    destination = export_destination(integration, event_type, export)
     folder = f"s3://{export.bucket}/{export.directory + '/' if export.directory else ''}"
     filters = {
         "affiliates": _filters_text(export.affiliates),
@@ -106,6 +114,25 @@ def _define_export_asset(
         )
 
     return export_window
+
+
+def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[ExportTarget]:
+    """What the window jobs deliver: every export of every enabled integration."""
+    return [
+        ExportTarget(
+            asset_key=export_asset_key(integration.name, event_type),
+            event_type=event_type,
+            destination=export_destination(integration, event_type, export),
+            frequency=export.frequency,
+            first_window=first_window_start(integration.start, export.frequency),
+            affiliates=export.affiliates,
+            advertisers=export.advertisers,
+            compression_level=export.compression_level,
+        )
+        for integration in integrations
+        if integration.enabled
+        for event_type, export in integration.exports()
+    ]
 
 
 def build_export_assets(integrations: tuple[IntegrationConfig, ...]) -> list[dg.AssetsDefinition]:

@@ -18,6 +18,7 @@ from pydantic import Field
 from affise_s3_assets.config import ConfigError, resolve_reference
 
 MIB = 1024 * 1024
+DEFAULT_PART_SIZE_MIB = 16
 # S3 caps a multipart upload at 10,000 parts; part sizes grow so a stream of unknown length
 # never reaches the cap before 5 TiB (the largest object S3 accepts).
 MAX_PARTS = 10_000
@@ -218,7 +219,7 @@ def upload_stream(
 
 def describe_s3_error(exc: BaseException) -> str:
     """A short, secret-free reason. RGW sends empty messages, so the error Code leads."""
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | DeliveryError):
         return str(exc)
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -231,6 +232,45 @@ def describe_s3_error(exc: BaseException) -> str:
     return type(exc).__name__ + (f": {exc}" if str(exc) else "")
 
 
+class DeliveryError(Exception):
+    """The object is not what was sent; reported like an S3 error."""
+
+
+# What a delivery can fail with, other than a bug: reported per destination, never a secret.
+DELIVERY_ERRORS = (
+    ConfigError,
+    DeliveryError,
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+)
+
+
+def object_uri(destination: S3Destination, key: str) -> str:
+    return f"s3://{destination.bucket}/{key}"
+
+
+def delivery_failure(destination: S3Destination, key: str, exc: BaseException) -> str:
+    return (
+        f"Delivery failed for {destination.label} to bucket {destination.bucket!r}, "
+        f"key {key!r}: {describe_s3_error(exc)}"
+    )
+
+
+def verify_object(
+    client: Any, destination: S3Destination, key: str, sent: int, parts: int
+) -> dict[str, Any]:
+    """HEAD the object (RGW's multipart answer has no ETag) and return its metadata."""
+    head = client.head_object(Bucket=destination.bucket, Key=key)
+    if head["ContentLength"] != sent:
+        raise DeliveryError(f"the object holds {head['ContentLength']} bytes after sending {sent}")
+    return {
+        "object_bytes": sent,
+        "multipart_parts": parts,
+        "s3_uri": object_uri(destination, key),
+        "etag": head.get("ETag", "").strip('"'),
+    }
+
+
 class DateFolderS3IOManager(dg.ConfigurableIOManager):
     """Writes each partition of an export asset to `directory/YYYY/MM/DD/<window start>.csv.gz`.
 
@@ -239,7 +279,10 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
     """
 
     part_size_mib: int = Field(
-        default=16, ge=5, le=512, description="multipart part size; bounds memory per delivery"
+        default=DEFAULT_PART_SIZE_MIB,
+        ge=5,
+        le=512,
+        description="multipart part size; bounds memory per delivery",
     )
 
     def handle_output(self, context: dg.OutputContext, obj: Delivery) -> None:
@@ -257,40 +300,19 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
             )
         window = context.asset_partitions_time_window
         key = build_object_key(destination.directory, window.start)
-        uri = f"s3://{destination.bucket}/{key}"
         try:
             client = s3_client(destination)
             sent, parts = upload_stream(
                 client, destination.bucket, key, obj.chunks, self.part_size_mib * MIB
             )
-            head = client.head_object(Bucket=destination.bucket, Key=key)
-        except (
-            ConfigError,
-            botocore.exceptions.BotoCoreError,
-            botocore.exceptions.ClientError,
-        ) as exc:
+            metadata = verify_object(client, destination, key, sent, parts)
+        except DELIVERY_ERRORS as exc:
             raise dg.Failure(
-                description=(
-                    f"Delivery failed for {destination.label} to bucket "
-                    f"{destination.bucket!r}, key {key!r}: {describe_s3_error(exc)}"
-                ),
-                metadata={"s3_uri": uri, "integration": destination.integration},
+                description=delivery_failure(destination, key, exc),
+                metadata={"s3_uri": object_uri(destination, key)},
             ) from None
-        if head["ContentLength"] != sent:
-            raise dg.Failure(
-                f"{destination.label}: {uri} holds {head['ContentLength']} bytes after sending "
-                f"{sent}"
-            )
-        context.add_output_metadata(
-            {
-                **obj.summary(),
-                "object_bytes": sent,
-                "multipart_parts": parts,
-                "s3_uri": uri,
-                "etag": head.get("ETag", "").strip('"'),
-            }
-        )
-        context.log.info(f"{destination.label}: delivered {uri} ({sent} bytes)")
+        context.add_output_metadata({**obj.summary(), **metadata})
+        context.log.info(f"{destination.label}: delivered {metadata['s3_uri']} ({sent} bytes)")
 
     def load_input(self, context: dg.InputContext) -> Any:
         raise NotImplementedError(

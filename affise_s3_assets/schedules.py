@@ -1,41 +1,62 @@
-"""Jobs and schedules: one of each per enabled (integration, event type)."""
+"""Schedules: one per enabled (integration, event type), each ticking at its window boundaries.
+
+All integrations sharing an event type and frequency are delivered by one run per window (the
+window job, see fanout.py). Each integration's schedule asks for that run; the first to tick
+creates it and the others record that the window is already requested, so the schedules keep
+their per-integration names, crons and on/off switches while runs grow with windows, not with
+integrations.
+"""
+
+from datetime import timedelta
 
 import dagster as dg
 
-# Not re-exported at the top level, but it is what define_asset_job returns.
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from affise_s3_assets.fanout import ExportTarget
+from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"
+SCHEDULED_TAG = "affise/scheduled"
 
 
-def _names(asset: dg.AssetsDefinition) -> tuple[str, str]:
-    _, integration, event_type = asset.key.path
-    return integration, event_type
+def schedule_name(target: ExportTarget) -> str:
+    return f"{target.integration}_{target.event_type}_schedule"
 
 
-def build_export_job(asset: dg.AssetsDefinition) -> UnresolvedAssetJobDefinition:
-    """A job materializing one window of one export asset."""
-    integration, event_type = _names(asset)
-    return dg.define_asset_job(
-        name=f"{integration}_{event_type}_job",
-        selection=[asset.key],
-        # Run-queue limits key on these (deploy/dagster.yaml): one run per integration at a
-        # time, a few per bucket.
-        tags={
-            "affise/integration": integration,
-            "affise/bucket": asset.metadata_by_key[asset.key]["bucket"],
-        },
-        # One step per run: a second process per run would only double the start-up cost.
-        executor_def=dg.in_process_executor,
-    )
+def build_export_schedule(target: ExportTarget, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+    """Requests the window that just closed from the job delivering the target's group."""
 
-
-def build_export_schedule(job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
-    """Requests the window that just closed, on the cron its frequency implies."""
-    return dg.build_schedule_from_partitioned_job(
-        job,
-        name=job.name.removesuffix("_job") + "_schedule",
+    @dg.schedule(
+        name=schedule_name(target),
+        cron_schedule=cron_for_frequency(target.frequency),
+        job=job,
+        execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        tags={"dagster/priority": SCHEDULED_RUN_PRIORITY},
+        description=f"Every {target.frequency} minutes, the {target.event_type} window that "
+        f"just closed for integration {target.integration}.",
     )
+    def export_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        tick = context.scheduled_execution_time
+        window_start = tick - timedelta(minutes=target.frequency)
+        partition_key = window_start.strftime(PARTITION_KEY_FORMAT)
+        if window_start.replace(tzinfo=None) < target.first_window:
+            return dg.SkipReason(f"window {partition_key} is before the integration's start")
+        requested = context.instance.get_run_records(
+            dg.RunsFilter(
+                job_name=job.name,
+                tags={"dagster/partition": partition_key, SCHEDULED_TAG: "1"},
+            ),
+            limit=1,
+        )
+        if requested:
+            return dg.SkipReason(
+                f"window {partition_key} is delivered for every {target.event_type} integration "
+                f"at {target.frequency} minutes by run {requested[0].dagster_run.run_id}"
+            )
+        return dg.RunRequest(
+            run_key=f"{job.name}|{partition_key}",
+            partition_key=partition_key,
+            tags={"dagster/priority": SCHEDULED_RUN_PRIORITY, SCHEDULED_TAG: "1"},
+        )
+
+    return export_schedule

@@ -2,105 +2,122 @@
 
 Schedules only request the window that has just closed. An integration added with a `start`
 in the past (or a whole deployment started on an empty instance) would otherwise leave every
-earlier window undelivered, so the first time this sensor sees an export asset it records
-the windows closed so far and requests the undelivered ones, a bounded number per tick.
+earlier window undelivered. The first time this sensor sees an export it records the windows
+already closed, then requests them oldest first, a bounded number of runs per tick. New
+integrations sharing a window job and a window are delivered by one run.
 """
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-# Not re-exported at the top level, but it is what define_asset_job returns.
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from affise_s3_assets.fanout import ExportTarget
+from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
 
 CATCH_UP_RUNS_PER_TICK = 20
+# Windows examined per tick at most, so a tick stays fast whatever the backlog.
+CATCH_UP_WINDOWS_PER_TICK = 20_000
 # Lower than scheduled runs: the newest window of every integration goes first.
 CATCH_UP_RUN_PRIORITY = "-1"
 
+Cursor = dict[str, dict[str, str | None]]
+
+
+def _key(moment: datetime) -> str:
+    return moment.strftime(PARTITION_KEY_FORMAT)
+
+
+def _moment(key: str) -> datetime:
+    return datetime.strptime(key, PARTITION_KEY_FORMAT)
+
 
 def plan_catch_up(
-    assets: Sequence[tuple[dg.AssetsDefinition, str]],
-    cursor: dict[str, dict[str, str | None]],
-    materialized: Callable[[dg.AssetKey], set[str]],
+    targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
+    cursor: Cursor,
     now: datetime,
     budget: int = CATCH_UP_RUNS_PER_TICK,
-) -> tuple[list[dg.RunRequest], dict[str, dict[str, str | None]]]:
-    """Run requests for this tick and the next cursor; pure, so tests can drive it directly.
+) -> tuple[list[dg.RunRequest], Cursor]:
+    """This tick's run requests and the next cursor; pure, so tests drive it directly.
 
-    The cursor maps each export asset to its next window to check and the last window that
-    was already closed when the asset first appeared (later ones are the schedule's).
+    The cursor maps each export asset to its next window to request and the last window that
+    had already closed when the export first appeared (later ones are the schedule's).
     """
-    with dg.partition_loading_context(effective_dt=now):
-        return _plan_catch_up(assets, cursor, materialized, budget)
+    now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+    state: Cursor = {}
+    pending: dict[str, datetime] = {}
+    until: dict[str, datetime] = {}
+    for target, _ in targets:
+        name = target.asset_key.to_user_string()
+        entry = cursor.get(name)
+        if entry is None:
+            last_closed = first_window_start(now, target.frequency) - timedelta(
+                minutes=target.frequency
+            )
+            entry = {"next": _key(target.first_window), "until": _key(last_closed)}
+        state[name] = entry
+        if entry["next"] is not None and entry["until"] is not None:
+            if entry["next"] <= entry["until"]:
+                pending[name] = _moment(entry["next"])
+                until[name] = _moment(entry["until"])
+            else:
+                entry["next"] = None
 
+    requested: dict[tuple[str, str], list[str]] = {}
+    examined = 0
+    while pending and len(requested) < budget and examined < CATCH_UP_WINDOWS_PER_TICK:
+        window = min(pending.values())
+        for target, job in targets:
+            name = target.asset_key.to_user_string()
+            if pending.get(name) != window:
+                continue
+            examined += 1
+            requested.setdefault((job.name, _key(window)), []).append(target.integration)
+            following = window + timedelta(minutes=target.frequency)
+            if following <= until[name]:
+                pending[name] = following
+                state[name]["next"] = _key(following)
+            else:
+                del pending[name]
+                state[name]["next"] = None
 
-def _plan_catch_up(
-    assets: Sequence[tuple[dg.AssetsDefinition, str]],
-    cursor: dict[str, dict[str, str | None]],
-    materialized: Callable[[dg.AssetKey], set[str]],
-    budget: int,
-) -> tuple[list[dg.RunRequest], dict[str, dict[str, str | None]]]:
-    requests: list[dg.RunRequest] = []
-    next_cursor: dict[str, dict[str, str | None]] = {}
-    for asset, job_name in assets:
-        name = asset.key.to_user_string()
-        partitions = asset.partitions_def
-        assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
-        state = cursor.get(name)
-        if state is None:
-            state = {
-                "next": partitions.get_first_partition_key(),
-                "until": partitions.get_last_partition_key(),
-            }
-        pending = state["next"]
-        done: set[str] | None = None
-        while pending is not None and state["until"] is not None and pending <= state["until"]:
-            if len(requests) >= budget:
-                break
-            if done is None:
-                done = materialized(asset.key)
-            if pending not in done:
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"{name}|{pending}",
-                        job_name=job_name,
-                        partition_key=pending,
-                        tags={"dagster/priority": CATCH_UP_RUN_PRIORITY, "affise/catch_up": "1"},
-                    )
-                )
-            pending = partitions.get_next_partition_key(pending)
-        if pending is not None and state["until"] is not None and pending > state["until"]:
-            pending = None
-        next_cursor[name] = {"next": pending, "until": state["until"]}
-    return requests, next_cursor
+    ops = {job.name: next(iter(job.graph.node_dict)) for _, job in targets}
+    requests = [
+        dg.RunRequest(
+            run_key=f"catch-up|{job_name}|{partition_key}|"
+            + hashlib.sha256(",".join(sorted(names)).encode()).hexdigest()[:16],
+            job_name=job_name,
+            partition_key=partition_key,
+            run_config={"ops": {ops[job_name]: {"config": {"integrations": sorted(names)}}}},
+            tags={"dagster/priority": CATCH_UP_RUN_PRIORITY, "affise/catch_up": "1"},
+        )
+        for (job_name, partition_key), names in requested.items()
+    ]
+    return requests, state
 
 
 def build_new_integrations_sensor(
-    jobs: Sequence[tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition]],
+    targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
 ) -> dg.SensorDefinition:
-    """`jobs` pairs each export asset with the job that materializes one of its windows."""
-    assets = [(asset, job.name) for asset, job in jobs]
+    """`targets` pairs each enabled export with the window job that delivers it."""
+    jobs = list({job.name: job for _, job in targets}.values())
 
     @dg.sensor(
         name="new_integrations_sensor",
-        jobs=[job for _, job in jobs],
+        jobs=jobs,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Delivers every window of a newly configured integration from its start up to the "
-            f"moment it appeared, at most {CATCH_UP_RUNS_PER_TICK} runs per tick, oldest first."
+            f"moment it appeared: at most {CATCH_UP_RUNS_PER_TICK} runs per tick, oldest first, "
+            "one run per window for all new integrations sharing it."
         ),
     )
     def new_integrations_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
-        requests, next_cursor = plan_catch_up(
-            assets,
-            cursor,
-            lambda key: set(context.instance.get_materialized_partitions(key)),
-            datetime.now(UTC),
-        )
+        requests, next_cursor = plan_catch_up(targets, cursor, datetime.now(UTC))
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(next_cursor))
 
     return new_integrations_sensor

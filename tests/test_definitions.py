@@ -6,9 +6,10 @@ import sys
 from datetime import UTC, datetime
 
 import dagster as dg
+from dagster._core.test_utils import create_run_for_test
 
 from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.sensors import CATCH_UP_RUN_PRIORITY, CATCH_UP_RUNS_PER_TICK
+from affise_s3_assets.sensors import CATCH_UP_RUN_PRIORITY, CATCH_UP_RUNS_PER_TICK, plan_catch_up
 from tests.conftest import ROOT
 
 SHIPPED = ROOT / "integrations.yaml"
@@ -80,18 +81,22 @@ def test_shipped_integrations_snapshot() -> None:
         },
         # initech is disabled: its asset stays, nothing is scheduled for it.
         "schedules": {
-            "acme_clicks_schedule": ("*/15 * * * *", "acme_clicks_job", "RUNNING"),
-            "acme_conversions_schedule": ("0 * * * *", "acme_conversions_job", "RUNNING"),
-            "globex_clicks_schedule": ("*/5 * * * *", "globex_clicks_job", "RUNNING"),
-            "globex_conversions_schedule": ("*/30 * * * *", "globex_conversions_job", "RUNNING"),
+            "acme_clicks_schedule": ("*/15 * * * *", "clicks_every_15min_job", "RUNNING"),
+            "acme_conversions_schedule": ("0 * * * *", "conversions_every_60min_job", "RUNNING"),
+            "globex_clicks_schedule": ("*/5 * * * *", "clicks_every_5min_job", "RUNNING"),
+            "globex_conversions_schedule": (
+                "*/30 * * * *",
+                "conversions_every_30min_job",
+                "RUNNING",
+            ),
         },
         "sensors": {
             "new_integrations_sensor": (
                 [
-                    "acme_clicks_job",
-                    "acme_conversions_job",
-                    "globex_clicks_job",
-                    "globex_conversions_job",
+                    "clicks_every_15min_job",
+                    "clicks_every_5min_job",
+                    "conversions_every_30min_job",
+                    "conversions_every_60min_job",
                 ],
                 "RUNNING",
             )
@@ -114,33 +119,108 @@ def test_removing_an_integration_removes_its_assets_and_schedules(tmp_path) -> N
     assert sorted(snap["schedules"]) == ["acme_clicks_schedule", "acme_conversions_schedule"]
 
 
-def test_schedule_requests_the_window_that_just_closed() -> None:
-    defs = build_definitions(SHIPPED)
-    schedule = defs.resolve_schedule_def("acme_clicks_schedule")
-    context = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2026, 11, 26, 10, 30, tzinfo=UTC),
-        repository_def=defs.get_repository_def(),
-    )
-    (request,) = schedule.evaluate_tick(context).run_requests
-    assert request.partition_key == "2026-11-26-10:15"
-    assert request.tags["dagster/priority"] == "10"
-
-
-def test_catch_up_sensor_requests_each_undelivered_window_once(tmp_path) -> None:
-    defs = build_definitions(SHIPPED)
-    sensor = defs.resolve_sensor_def("new_integrations_sensor")
+def test_schedule_requests_the_window_that_just_closed_once_per_group(tmp_path) -> None:
+    text = SHIPPED.read_text().replace("frequency: 5\n", "frequency: 15\n")
+    path = tmp_path / "integrations.yaml"
+    path.write_text(text)
+    defs = build_definitions(path)
+    repo = defs.get_repository_def()
+    acme = defs.get_schedule_def("acme_clicks_schedule")
+    globex = defs.get_schedule_def("globex_clicks_schedule")
+    assert acme.job_name == globex.job_name == "clicks_every_15min_job"
+    tick = datetime(2026, 11, 26, 13, 30, tzinfo=UTC)
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=None)
-        result = sensor.evaluate_tick(context)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=repo
+        )
+        (request,) = acme.evaluate_tick(context).run_requests
+        assert request.partition_key == "2026-11-26-13:15"
+        assert request.tags["dagster/priority"] == "10"
+        assert request.run_key == "clicks_every_15min_job|2026-11-26-13:15"
+        # The run acme's tick created covers globex too: globex's tick only records that.
+        create_run_for_test(
+            instance,
+            job_name="clicks_every_15min_job",
+            tags={**request.tags, "dagster/partition": request.partition_key},
+        )
+        result = globex.evaluate_tick(
+            dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=tick, repository_def=repo
+            )
+        )
+        assert result.run_requests == []
+        assert "2026-11-26-13:15 is delivered for every clicks integration" in (
+            result.skip_message or ""
+        )
+        # Before globex's start (12:00) there is nothing to request for it.
+        early = globex.evaluate_tick(
+            dg.build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=datetime(2026, 11, 26, 11, 0, tzinfo=UTC),
+            )
+        )
+        assert early.run_requests == [] and "before the integration's start" in early.skip_message
+
+
+def test_catch_up_requests_each_window_once_for_all_new_integrations() -> None:
+    defs = build_definitions(SHIPPED)
+    sensor = defs.get_sensor_def("new_integrations_sensor")
+    with dg.instance_for_test() as instance:
+        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
     requests = result.run_requests
     assert len(requests) == CATCH_UP_RUNS_PER_TICK
     first = requests[0]
-    assert first.job_name == "acme_clicks_job"
+    assert first.job_name == "clicks_every_15min_job"
     assert first.partition_key == "2026-11-26-00:00"
     assert first.tags["dagster/priority"] == CATCH_UP_RUN_PRIORITY
+    (op_config,) = first.run_config["ops"].values()
+    assert op_config["config"]["integrations"] == ["acme"]
     keys = [(request.job_name, request.partition_key) for request in requests]
     assert len(set(keys)) == len(keys)
     assert [key for _, key in keys] == sorted(key for _, key in keys)
+
+
+def test_catch_up_batches_new_integrations_sharing_a_window() -> None:
+    targets = [
+        (t, job)
+        for t, job in _targets_and_jobs(
+            SHIPPED.read_text()
+            .replace("frequency: 5\n", "frequency: 15\n")
+            .replace('start: "2026-11-26 12:00:00"', 'start: "2026-11-26 00:00:00"')
+        )
+    ]
+    requests, cursor = plan_catch_up(targets, {}, datetime(2026, 11, 26, 0, 40, tzinfo=UTC))
+    by_window = {
+        (r.job_name, r.partition_key): next(iter(r.run_config["ops"].values()))["config"]
+        for r in requests
+    }
+    assert by_window[("clicks_every_15min_job", "2026-11-26-00:00")]["integrations"] == [
+        "acme",
+        "globex",
+    ]
+    assert by_window[("clicks_every_15min_job", "2026-11-26-00:15")]["integrations"] == [
+        "acme",
+        "globex",
+    ]
+    assert ("clicks_every_15min_job", "2026-11-26-00:30") not in by_window  # still open
+    assert cursor["affise/acme/clicks"]["next"] is None
+    again, _ = plan_catch_up(targets, cursor, datetime(2026, 11, 26, 5, 0, tzinfo=UTC))
+    assert again == []  # later windows are the schedules'
+
+
+def _targets_and_jobs(text: str):
+    from affise_s3_assets.assets import build_export_targets
+    from affise_s3_assets.config import parse_integrations
+    from affise_s3_assets.fanout import build_window_job
+
+    targets = build_export_targets(parse_integrations(text).integrations)
+    jobs = {}
+    for target in targets:
+        group = (target.event_type, target.frequency)
+        if group not in jobs:
+            members = [t for t in targets if (t.event_type, t.frequency) == group]
+            jobs[group] = build_window_job(target.event_type, target.frequency, members)
+    return [(t, jobs[(t.event_type, t.frequency)]) for t in targets]
 
 
 def test_definitions_validate_with_secrets_unset() -> None:
@@ -161,8 +241,8 @@ def test_definitions_validate_with_secrets_unset() -> None:
     assert "All code locations passed validation" in done.stderr + done.stdout
 
 
-def test_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
+def test_window_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
     defs = build_definitions(SHIPPED)
-    tags = defs.resolve_job_def("globex_clicks_job").tags
-    assert tags["affise/integration"] == "globex"
-    assert tags["affise/bucket"] == "globex-events"
+    tags = defs.get_job_def("clicks_every_5min_job").tags
+    assert tags["affise/event_type"] == "clicks"
+    assert tags["affise/frequency"] == "5"

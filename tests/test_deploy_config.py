@@ -2,16 +2,19 @@
 
 No network, no cluster: the instance file is validated the way `DagsterInstance.get()` (and so
 every `dagster` CLI command) validates $DAGSTER_HOME/dagster.yaml, then each configured class
-checks its own config; the Helm values are checked for the facts docs/scaling.md promises.
+checks its own config; the Helm values are checked for the facts docs/scaling.md promises; and
+every tag a queue limit keys on must be set on some run of the code location.
 """
 
 import copy
 import shutil
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import dagster as dg
 import dagster_k8s
 import dagster_postgres
 import pytest
@@ -23,16 +26,25 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
 
+from affise_s3_assets.assets import build_export_targets
+from affise_s3_assets.config import EVENT_TYPES, load_integrations
+from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.fanout import window_job_name
+from affise_s3_assets.sensors import plan_catch_up
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = ROOT / "deploy"
 INSTANCE_YAML = DEPLOY_DIR / "dagster.yaml"
 HELM_VALUES = DEPLOY_DIR / "helm-values.yaml"
 SCALING_DOC = ROOT / "docs" / "scaling.md"
+INTEGRATIONS_YAML = ROOT / "integrations.yaml"
 
 MODULE_NAME = "affise_s3_assets.definitions"
-INTEGRATION_TAG = "affise/integration"
-BUCKET_TAG = "affise/bucket"
+FREQUENCY_TAG = "affise/frequency"
+CATCH_UP_TAG = "affise/catch_up"
 PER_VALUE = {"applyLimitPerUniqueValue": True}
+# A UTC midnight after every start in integrations.yaml: a window boundary at every frequency.
+AFTER_EVERY_START = datetime(2026, 12, 1, tzinfo=UTC)
 
 # Fake values: the files must take every Postgres field from these variables.
 PG_ENV = {
@@ -140,18 +152,24 @@ def test_storage_is_postgres_with_every_field_from_the_environment(
         assert db["db_name"] == {"env": "DAGSTER_PG_DB"}
 
 
-def test_queued_coordinator_limits_per_integration_and_per_bucket(
+def test_queued_coordinator_limits_per_frequency_and_catch_up(
     instance_config: Mapping[str, Any],
 ) -> None:
     coordinator = instance_config["run_coordinator"]
     klass = class_from_code_pointer(coordinator["module"], coordinator["class"])
     assert klass is QueuedRunCoordinator
     config = coordinator["config"]
-    assert config["max_concurrent_runs"] > 0
+    max_runs = config["max_concurrent_runs"]
+    assert max_runs > 0
     limits = {limit["key"]: limit for limit in config["tag_concurrency_limits"]}
-    assert limits[INTEGRATION_TAG] == {"key": INTEGRATION_TAG, "value": PER_VALUE, "limit": 1}
-    assert limits[BUCKET_TAG]["value"] == PER_VALUE
-    assert 1 <= limits[BUCKET_TAG]["limit"] < config["max_concurrent_runs"]
+    assert limits.keys() == {FREQUENCY_TAG, CATCH_UP_TAG}
+    frequency = limits[FREQUENCY_TAG]
+    assert frequency["value"] == PER_VALUE
+    # Room for one window run per event type at a frequency, but never every slot.
+    assert len(EVENT_TYPES) <= frequency["limit"] < max_runs
+    catch_up = limits[CATCH_UP_TAG]
+    assert catch_up["value"] == "1"
+    assert 1 <= catch_up["limit"] < max_runs
 
 
 def test_retries_only_for_crashed_run_workers(instance_config: Mapping[str, Any]) -> None:
@@ -345,3 +363,41 @@ def test_scaling_doc_names_the_files_and_the_tags(instance_config: Mapping[str, 
         assert f"`{limit['key']}`" in doc, f"docs/scaling.md does not explain {limit['key']}"
     for secret in instance_config["run_launcher"]["config"]["env_secrets"]:
         assert secret in doc
+
+
+# --- (d) the limits key on tags that runs of the code location really carry -----------------
+
+
+def _run_tag_keys() -> set[str]:
+    """Tag keys on the runs the code location creates: each job's tags merged with the tags of
+    the run requests its schedules and the catch-up sensor make for it."""
+    defs = build_definitions(INTEGRATIONS_YAML)
+    repo = defs.get_repository_def()
+    jobs = {job.name: job for job in repo.get_all_jobs()}
+    requests: list[tuple[str, dg.RunRequest]] = []
+    with dg.instance_for_test() as instance:
+        for schedule in repo.schedule_defs:
+            # Entered, so that the instance the context opens is closed again.
+            with dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=AFTER_EVERY_START, repository_def=repo
+            ) as context:
+                (request,) = schedule.evaluate_tick(context).run_requests or []
+            requests.append((schedule.job_name, request))
+    targets = build_export_targets(load_integrations(INTEGRATIONS_YAML).integrations)
+    live = [(t, jobs[window_job_name(t.event_type, t.frequency)]) for t in targets]
+    catch_up, _ = plan_catch_up(live, {}, AFTER_EVERY_START)
+    assert catch_up
+    requests.extend((request.job_name, request) for request in catch_up)
+    keys = {key for job in jobs.values() for key in job.tags}
+    for job_name, request in requests:
+        keys |= {*jobs[job_name].tags, *request.tags}
+    return keys
+
+
+@pytest.mark.filterwarnings("ignore::dagster.BetaWarning")
+def test_every_limited_tag_is_set_on_some_run(instance_config: Mapping[str, Any]) -> None:
+    keys = _run_tag_keys()
+    for limit in instance_config["run_coordinator"]["config"]["tag_concurrency_limits"]:
+        assert limit["key"] in keys, f"no job, schedule or sensor run sets {limit['key']}"
+    # Window runs span many integrations and buckets: a limit on these would match nothing.
+    assert not keys & {"affise/integration", "affise/bucket"}

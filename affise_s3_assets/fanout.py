@@ -1,0 +1,233 @@
+"""Window delivery at scale: one run per (event type, frequency, window) for every integration.
+
+A Dagster run costs seconds of process start-up, so a run per integration and window does not
+fit a thousand integrations on one machine. The window job reads the window once and fans each
+batch out to every integration's filter, encoder and S3 object. Every integration still gets
+its own asset materialization for that partition (logged here, with the same metadata the IO
+manager writes), its own failure message, and can be re-delivered on its own: from the asset's
+page (one partition, through the IO manager) or by running this job for the window with
+`integrations: [name]`.
+"""
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from affise_s3_assets.config import EventType
+from affise_s3_assets.csv_export import GzipCsvEncoder, csv_bytes, event_filter, in_background
+from affise_s3_assets.io_manager import (
+    DEFAULT_PART_SIZE_MIB,
+    DELIVERY_ERRORS,
+    MIB,
+    S3Destination,
+    S3ObjectWriter,
+    build_object_key,
+    delivery_failure,
+    s3_client,
+    verify_object,
+)
+from affise_s3_assets.partitions import window_partitions
+from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase
+
+# Closing objects is network-bound: small PUTs and HEADs go out in parallel.
+CLOSE_THREADS = 16
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """What the window job needs of one integration's export."""
+
+    asset_key: dg.AssetKey
+    event_type: EventType
+    destination: S3Destination
+    frequency: int
+    first_window: datetime
+    affiliates: tuple[int, ...]
+    advertisers: tuple[str, ...]
+    compression_level: int
+
+    @property
+    def integration(self) -> str:
+        return self.destination.integration
+
+    @property
+    def filter_key(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        return self.affiliates, self.advertisers
+
+
+def window_job_name(event_type: EventType, frequency: int) -> str:
+    return f"{event_type}_every_{frequency}min_job"
+
+
+class WindowDeliveryConfig(dg.Config):
+    integrations: list[str] = Field(
+        default_factory=list,
+        description="deliver only these integrations (re-delivery, catch-up); empty = all due",
+    )
+    part_size_mib: int = Field(
+        default=DEFAULT_PART_SIZE_MIB, ge=5, le=512, description="multipart part size"
+    )
+
+
+class _Delivery:
+    """One integration's object for one window, fed batch by batch."""
+
+    def __init__(self, target: ExportTarget, window_start: datetime, part_size: int) -> None:
+        self.target = target
+        self.key = build_object_key(target.destination.directory, window_start)
+        self.encoder = GzipCsvEncoder(EVENT_COLUMNS[target.event_type], target.compression_level)
+        self.writer: S3ObjectWriter | None = None
+        self.part_size = part_size
+        self.error: str | None = None
+        self.metadata: dict[str, Any] = {}
+
+    def _writer(self) -> S3ObjectWriter:
+        if self.writer is None:
+            client = s3_client(self.target.destination)
+            self.writer = S3ObjectWriter(
+                client, self.target.destination.bucket, self.key, self.part_size
+            )
+        return self.writer
+
+    def add(self, rows: int, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            for chunk in self.encoder.add(rows, data):
+                self._writer().write(chunk)
+        except DELIVERY_ERRORS as exc:
+            self.fail(exc)
+
+    def close(self) -> None:
+        if self.error is not None:
+            return
+        try:
+            writer = self._writer()
+            writer.write(self.encoder.finish())
+            sent, parts = writer.close()
+            self.metadata = {
+                **self.encoder.summary(),
+                **verify_object(writer.client, self.target.destination, self.key, sent, parts),
+            }
+        except DELIVERY_ERRORS as exc:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        self.error = delivery_failure(self.target.destination, self.key, exc)
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def deliver_window(
+    targets: Sequence[ExportTarget],
+    frames: Any,
+    window_start: datetime,
+    part_size: int,
+) -> list[_Delivery]:
+    """Feed every target's object from one pass over the window's frames, then close them.
+
+    Integrations with the same filters share the CSV of each batch: it is written once.
+    """
+    deliveries = [_Delivery(target, window_start, part_size) for target in targets]
+    by_filter: dict[tuple[tuple[int, ...], tuple[str, ...]], list[_Delivery]] = {}
+    for delivery in deliveries:
+        by_filter.setdefault(delivery.target.filter_key, []).append(delivery)
+    predicates = {key: event_filter(*key) for key in by_filter}
+    for frame in in_background(frames, depth=2):
+        for key, group in by_filter.items():
+            predicate = predicates[key]
+            kept: pl.DataFrame = frame.filter(predicate) if predicate is not None else frame
+            if kept.height == 0:
+                continue
+            data = csv_bytes(kept)
+            for delivery in group:
+                delivery.add(kept.height, data)
+    with ThreadPoolExecutor(max_workers=CLOSE_THREADS, thread_name_prefix="s3-close") as pool:
+        list(pool.map(_Delivery.close, deliveries))
+    return deliveries
+
+
+def build_window_job(
+    event_type: EventType, frequency: int, targets: Sequence[ExportTarget]
+) -> dg.JobDefinition:
+    """The job delivering one window of `event_type` to every integration at `frequency`."""
+    by_name = {target.integration: target for target in targets}
+    first = min(target.first_window for target in targets)
+    name = window_job_name(event_type, frequency)
+
+    @dg.op(
+        name=f"deliver_{name.removesuffix('_job')}",
+        description=f"Reads one {frequency}-minute window of {event_type} once and delivers it "
+        f"to each of {len(targets)} integrations' buckets.",
+    )
+    def deliver(
+        context: dg.OpExecutionContext,
+        config: WindowDeliveryConfig,
+        events: EventsDatabase,
+    ) -> None:
+        window = context.partition_time_window
+        unknown = sorted(set(config.integrations) - set(by_name))
+        if unknown:
+            raise dg.Failure(f"not {event_type} integrations at {frequency} minutes: {unknown}")
+        chosen = [by_name[n] for n in config.integrations] if config.integrations else targets
+        due = [t for t in chosen if t.first_window <= window.start.replace(tzinfo=None)]
+        if not due:
+            context.log.info(f"no integration is due for window {context.partition_key}")
+            return
+        deliveries = deliver_window(
+            due,
+            events.window_frames(event_type, window.start, window.end),
+            window.start,
+            config.part_size_mib * MIB,
+        )
+        window_metadata = {
+            "window_start": window.start.strftime("%Y-%m-%d %H:%M:%S"),
+            "window_end": window.end.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        failures = []
+        for delivery in deliveries:
+            if delivery.error is not None:
+                failures.append(delivery.error)
+                context.log.error(delivery.error)
+                continue
+            target = delivery.target
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=target.asset_key,
+                    partition=context.partition_key,
+                    metadata={
+                        **window_metadata,
+                        "affiliates": ", ".join(map(str, target.affiliates)) or "all",
+                        "advertisers": ", ".join(target.advertisers) or "all",
+                        **delivery.metadata,
+                    },
+                )
+            )
+        if failures:
+            raise dg.Failure(
+                description=f"{len(failures)} of {len(deliveries)} deliveries failed for window "
+                f"{context.partition_key}; the others are delivered. Re-deliver each from its "
+                "asset's partition, or run this job for the window with `integrations`.\n"
+                + "\n".join(failures),
+                metadata={"failed": len(failures), "delivered": len(deliveries) - len(failures)},
+                allow_retries=False,
+            )
+
+    @dg.job(
+        name=name,
+        partitions_def=window_partitions(first, frequency),
+        executor_def=dg.in_process_executor,
+        tags={"affise/event_type": event_type, "affise/frequency": str(frequency)},
+        description=f"Delivers each {frequency}-minute window of {event_type} to every "
+        "integration sharing that frequency, reading the window once.",
+    )
+    def window_job() -> None:
+        deliver()
+
+    return window_job
