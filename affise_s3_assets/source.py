@@ -4,7 +4,7 @@ import itertools
 import os
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -72,14 +72,31 @@ EVENT_SOURCE_KEYS: dict[EventType, dg.AssetKey] = {
 }
 
 
-def window_query(event_type: EventType) -> str:
+def window_query(event_type: EventType, relation: str | None = None) -> str:
     """SQL selecting one `[start, end)` window by created_at, in the file's column order.
 
     Unordered on purpose: DuckDB scans in parallel without keeping insertion order, and the
-    caller sorts each bounded slice (see `EventsDatabase.window_frames`).
+    caller sorts each bounded slice (see `EventsDatabase.window_frames`). `relation` is the
+    table (default: the event type's table) or a `read_parquet(...)` call.
     """
     columns = ", ".join(f'"{column}"' for column in EVENT_COLUMNS[event_type])
-    return f"SELECT {columns} FROM {event_type} WHERE created_at >= $1 AND created_at < $2"
+    return (
+        f"SELECT {columns} FROM {relation or event_type} WHERE created_at >= $1 AND created_at < $2"
+    )
+
+
+def parquet_files(
+    dataset: Path, event_type: EventType, start: datetime, end: datetime
+) -> list[str]:
+    """The files of a Hive-partitioned dataset (`<type>/date=YYYY-MM-DD/*.parquet`) that can
+    hold rows of [start, end): only the window's days are opened."""
+    last = end - timedelta(microseconds=1)
+    days = [start.date() + timedelta(days=i) for i in range((last.date() - start.date()).days + 1)]
+    return [
+        str(file)
+        for day in days
+        for file in sorted((dataset / event_type / f"date={day:%Y-%m-%d}").glob("*.parquet"))
+    ]
 
 
 # `id` breaks created_at ties so the same rows always serialize to the same bytes.
@@ -97,7 +114,9 @@ class EventsDatabase(dg.ConfigurableResource):
 
     path: str | None = Field(
         default=None,
-        description="DuckDB file; unset means $AFFISE_EVENTS_DB, then data/events.duckdb",
+        description="a DuckDB file, or a directory holding a Hive-partitioned Parquet dataset "
+        "(clicks/date=YYYY-MM-DD/*.parquet, conversions/...); unset means $AFFISE_EVENTS_DB, "
+        "then data/events.duckdb",
     )
     batch_rows: int = Field(default=50_000, description="rows per batch handed to the writer")
     slice_rows: int = Field(
@@ -112,11 +131,11 @@ class EventsDatabase(dg.ConfigurableResource):
         # Read at run time, not at import, so definitions load the same everywhere.
         return Path(self.path or os.environ.get("AFFISE_EVENTS_DB") or DEFAULT_EVENTS_DB)
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        path = self.database_path()
+    def _connect(self, path: Path) -> duckdb.DuckDBPyConnection:
         if not path.exists():
             raise FileNotFoundError(f"events database {path} does not exist")
-        con = duckdb.connect(str(path), read_only=True)
+        # A Parquet dataset needs no database: an in-memory connection reads the files.
+        con = duckdb.connect() if path.is_dir() else duckdb.connect(str(path), read_only=True)
         con.execute(f"SET memory_limit = '{self.memory_limit}'")
         con.execute(f"SET threads = {int(self.threads)}")
         con.execute("SET preserve_insertion_order = false")
@@ -134,12 +153,17 @@ class EventsDatabase(dg.ConfigurableResource):
         # The columns are naive UTC TIMESTAMPs; binding an aware datetime would make DuckDB
         # compare through the session time zone.
         start, end = naive_utc(start), naive_utc(end)
-        with self._connect() as con:
-            ((rows,),) = con.execute(
-                f"SELECT count(*) FROM {event_type} WHERE created_at >= $1 AND created_at < $2",
-                [start, end],
-            ).fetchall()
-            query = window_query(event_type)
+        path = self.database_path()
+        relation = None
+        if path.is_dir():
+            files = parquet_files(path, event_type, start, end)
+            if not files:
+                return
+            quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
+            relation = f"read_parquet([{quoted}])"
+        with self._connect(path) as con:
+            query = window_query(event_type, relation)
+            ((rows,),) = con.execute(f"SELECT count(*) FROM ({query})", [start, end]).fetchall()
             # Sorted sub-windows, one after the other, are the sorted window. polars sorts a
             # slice several times faster than DuckDB's ORDER BY, which also materializes the
             # whole result under its memory limit.

@@ -1,0 +1,57 @@
+"""AFFISE_EVENTS_DB may be a Hive-partitioned Parquet dataset: same rows, same bytes, and a
+window opens only its own days' files."""
+
+import gzip
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from affise_s3_assets.csv_export import GzipCsvBody
+from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, parquet_files
+
+
+@pytest.fixture(scope="module")
+def dataset(events_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("parquet")
+    with duckdb.connect(str(events_db), read_only=True) as con:
+        for table in ("clicks", "conversions"):
+            con.execute(
+                f"COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM {table}) "
+                f"TO '{root / table}' (FORMAT parquet, PARTITION_BY (date))"
+            )
+    return root
+
+
+def export(path: Path, event_type: str, start: datetime, end: datetime) -> bytes:
+    database = EventsDatabase(path=str(path), slice_rows=2_000)
+    frames = database.window_frames(event_type, start, end)
+    return b"".join(GzipCsvBody(frames, EVENT_COLUMNS[event_type]))
+
+
+@pytest.mark.parametrize("event_type", ["clicks", "conversions"])
+def test_parquet_dataset_exports_the_same_bytes_as_the_duckdb_file(
+    events_db: Path, dataset: Path, event_type: str
+) -> None:
+    for start, end in (
+        (datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 13)),
+        (datetime(2026, 11, 25), datetime(2026, 11, 26)),
+        (datetime(2026, 11, 24, 23), datetime(2026, 11, 25, 1)),
+    ):
+        from_file = export(events_db, event_type, start, end)
+        assert export(dataset, event_type, start, end) == from_file
+        assert len(from_file) > 100
+
+
+def test_a_window_opens_only_its_days(dataset: Path) -> None:
+    files = parquet_files(dataset, "clicks", datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))
+    assert files and all("/clicks/date=2026-11-25/" in file for file in files)
+    midnight = parquet_files(dataset, "clicks", datetime(2026, 11, 24), datetime(2026, 11, 25))
+    assert midnight == []  # the window ends at 2026-11-25 00:00, exclusive
+    assert parquet_files(dataset, "clicks", datetime(2026, 11, 25), datetime(2026, 11, 26)) == files
+
+
+def test_days_without_files_give_a_header_only_export(dataset: Path) -> None:
+    data = export(dataset, "clicks", datetime(2026, 11, 20), datetime(2026, 11, 20, 1))
+    assert gzip.decompress(data).decode() == ",".join(EVENT_COLUMNS["clicks"]) + "\n"
