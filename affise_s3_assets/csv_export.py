@@ -66,7 +66,7 @@ def csv_header(columns: Sequence[str]) -> bytes:
     return (",".join(columns) + "\n").encode()
 
 
-def _whole_second_text(frame: pl.DataFrame) -> pl.DataFrame:
+def whole_second_text(frame: pl.DataFrame) -> pl.DataFrame:
     """Timestamps as `YYYY-MM-DD hh:mm:ss` text, sub-seconds cut.
 
     Cutting the ISO text is a third cheaper than polars' strftime-style datetime_format, and
@@ -81,7 +81,7 @@ def _whole_second_text(frame: pl.DataFrame) -> pl.DataFrame:
 def csv_bytes(frame: pl.DataFrame) -> bytes:
     """RFC 4180 rows without header: NULL is an empty field, an empty string is `""`."""
     buffer = io.BytesIO()
-    _whole_second_text(frame).write_csv(
+    whole_second_text(frame).write_csv(
         buffer,
         include_header=False,
         separator=",",

@@ -9,7 +9,7 @@ page (one partition, through the IO manager) or by running this job for the wind
 `integrations: [name]`.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +20,13 @@ import polars as pl
 from pydantic import Field
 
 from affise_s3_assets.config import EventType
-from affise_s3_assets.csv_export import GzipCsvEncoder, csv_bytes, event_filter, in_background
+from affise_s3_assets.csv_export import (
+    GzipCsvEncoder,
+    csv_bytes,
+    event_filter,
+    in_background,
+    whole_second_text,
+)
 from affise_s3_assets.io_manager import (
     DEFAULT_PART_SIZE_MIB,
     DELIVERY_ERRORS,
@@ -37,6 +43,7 @@ from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase
 
 # Closing objects is network-bound: small PUTs and HEADs go out in parallel.
 CLOSE_THREADS = 16
+FANOUT_BATCH_ROWS = 250_000
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,21 @@ class _Delivery:
             self.writer.abort()
 
 
+def _regrouped(frames: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
+    """Batches of about `rows` rows: each batch costs every integration a filter and a CSV
+    call, so with many integrations fewer, larger batches cost far less."""
+    pending: list[pl.DataFrame] = []
+    count = 0
+    for frame in frames:
+        pending.append(frame)
+        count += frame.height
+        if count >= rows:
+            yield pl.concat(pending, rechunk=False)
+            pending, count = [], 0
+    if pending:
+        yield pl.concat(pending, rechunk=False)
+
+
 def deliver_window(
     targets: Sequence[ExportTarget],
     frames: Any,
@@ -139,7 +161,9 @@ def deliver_window(
     for delivery in deliveries:
         by_filter.setdefault(delivery.target.filter_key, []).append(delivery)
     predicates = {key: event_filter(*key) for key in by_filter}
-    for frame in in_background(frames, depth=2):
+    for frame in in_background(_regrouped(frames, FANOUT_BATCH_ROWS), depth=1):
+        # Once per batch rather than once per integration: the timestamp text.
+        frame = whole_second_text(frame)
         for key, group in by_filter.items():
             predicate = predicates[key]
             kept: pl.DataFrame = frame.filter(predicate) if predicate is not None else frame

@@ -3,6 +3,8 @@ streams the object there. Knows keys and S3, nothing of DuckDB or CSV.
 """
 
 import contextlib
+import functools
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,23 +67,45 @@ def build_object_key(directory: str, window_start: datetime) -> str:
 def s3_client(destination: S3Destination) -> Any:
     """A client for the destination's own account; secrets are resolved now, at delivery."""
     label = destination.label
-    return boto3.session.Session().client(
-        "s3",
-        region_name=destination.region,
-        endpoint_url=destination.endpoint_url,
-        aws_access_key_id=resolve_reference(destination.access_key, f"{label} access_key"),
-        aws_secret_access_key=resolve_reference(destination.secret_key, f"{label} secret_key"),
-        config=botocore.config.Config(
-            # S3-compatible stores (Ceph RGW, MinIO) want path-style URLs on a custom endpoint.
-            s3={"addressing_style": "path" if destination.endpoint_url else "auto"},
-            # RGW does not understand boto3's default trailing checksums.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            retries={"mode": "standard", "max_attempts": 5},
-            connect_timeout=10,
-            read_timeout=120,
-        ),
+    return _cached_client(
+        destination.region,
+        destination.endpoint_url,
+        resolve_reference(destination.access_key, f"{label} access_key"),
+        resolve_reference(destination.secret_key, f"{label} secret_key"),
     )
+
+
+_session_lock = threading.Lock()
+_session: boto3.session.Session | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_client(region: str, endpoint_url: str | None, access_key: str, secret_key: str) -> Any:
+    # One session for the process: a new session per client costs ~140 ms (it reloads the
+    # service model), a client from a shared one ~10 ms. Sessions are not thread-safe, hence
+    # the lock; the clients themselves are.
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(
+            "s3",
+            region_name=region,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=botocore.config.Config(
+                # S3-compatible stores (Ceph RGW, MinIO) want path-style URLs on an endpoint.
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                # RGW does not understand boto3's default trailing checksums.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"mode": "standard", "max_attempts": 5},
+                connect_timeout=10,
+                read_timeout=120,
+                max_pool_connections=32,
+            ),
+        )
 
 
 def part_size_for(part_number: int, base_part_size: int) -> int:

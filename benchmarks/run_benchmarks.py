@@ -1,0 +1,503 @@
+"""Benchmarks: prints numbers, asserts nothing about speed.
+
+    .venv/bin/python benchmarks/run_benchmarks.py [--rows 10000000] [--integrations 1000]
+
+1. Export: a one-day clicks table of --rows rows (demo generator); the one-day window and a
+   15-minute window go through the real asset code path (dg.materialize, the IO manager, a
+   real S3 server from scripts/s3-server.sh) and, as the reference, through DuckDB's
+   `COPY ... (COMPRESSION gzip)`. Each case runs in its own process, so its peak RSS is its own.
+   The delivered object is verified: row count and a sample of rows against the source.
+2. Source: the same 15-minute window read from a Hive-partitioned Parquet dataset.
+3. Scale: --integrations integrations x 2 event types: definitions import, `dagster
+   definitions validate`, a sensor tick and a schedule tick; then window jobs delivering every
+   integration's clicks for several consecutive 15-minute windows at 20M clicks/day in total.
+Everything it writes is under benchmarks/out/ (git-ignored).
+"""
+
+import argparse
+import gzip
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"
+PYTHON = sys.executable
+DAY = datetime(2026, 11, 25)
+S3_ENV = {"S3_DIR": "/tmp/affise-bench-s3", "RGW_PORT": "7482", "MON_PORT": "6791"}
+ENDPOINT = f"http://127.0.0.1:{S3_ENV['RGW_PORT']}"
+KEY, SECRET = "BENCHACCESSKEY000001", "bench-secret-key-000001"
+BUCKET = "affise-bench"
+
+
+def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    """Run this script in child mode; returns its JSON answer and its own peak RSS (MB)."""
+    child = subprocess.Popen(
+        [PYTHON, __file__, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        text=True,
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    out, err = child.stdout.read(), child.stderr.read()  # type: ignore[union-attr]
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- children (one process each)
+
+
+def child_export(db: str, frequency: int, partition: str) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import dagster as dg
+
+    from affise_s3_assets.assets import IO_MANAGER_KEY, build_export_asset, event_sources
+    from affise_s3_assets.config import parse_integrations
+    from affise_s3_assets.io_manager import DateFolderS3IOManager
+    from affise_s3_assets.source import EventsDatabase
+
+    config = parse_integrations(
+        f"""
+integrations:
+  - name: bench
+    start: "{DAY:%Y-%m-%d %H:%M:%S}"
+    clicks:
+      frequency: {frequency}
+      bucket: {BUCKET}
+      region: us-east-1
+      directory: export/{frequency}
+      access_key: ${{BENCH_KEY}}
+      secret_key: ${{BENCH_SECRET}}
+      endpoint_url: {ENDPOINT}
+"""
+    ).integrations[0]
+    asset = build_export_asset(config, "clicks", config.clicks)
+    started = time.perf_counter()
+    result = dg.materialize(
+        [asset, *event_sources],
+        selection=[asset.key],
+        partition_key=partition,
+        resources={
+            "events": EventsDatabase(path=db),
+            IO_MANAGER_KEY: DateFolderS3IOManager(),
+        },
+    )
+    wall = time.perf_counter() - started
+    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    print(json.dumps({"wall": wall, **metadata}))
+
+
+def child_duckdb_copy(db: str, start: str, end: str, target: str) -> None:
+    import duckdb
+
+    from affise_s3_assets.source import window_query
+
+    query = window_query("clicks").replace("$1", f"TIMESTAMP '{start}'")
+    query = query.replace("$2", f"TIMESTAMP '{end}'") + " ORDER BY created_at, id"
+    started = time.perf_counter()
+    with duckdb.connect(db, read_only=True) as con:
+        con.execute(
+            f"COPY ({query}) TO '{target}' (FORMAT csv, HEADER, COMPRESSION gzip, "
+            "TIMESTAMPFORMAT '%Y-%m-%d %H:%M:%S')"
+        )
+    print(json.dumps({"wall": time.perf_counter() - started, "bytes": Path(target).stat().st_size}))
+
+
+def child_import(integrations: str) -> None:
+    os.environ["AFFISE_INTEGRATIONS"] = integrations
+    started = time.perf_counter()
+    import affise_s3_assets.definitions as definitions
+
+    imported = time.perf_counter() - started
+    started = time.perf_counter()
+    repository = definitions.defs.get_repository_def()
+    resolved = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "import": imported,
+                "resolve": resolved,
+                "assets": len(repository.asset_graph.get_all_asset_keys()),
+                "schedules": len(repository.schedule_defs),
+                "jobs": len(repository.get_all_jobs()),
+            }
+        )
+    )
+
+
+def child_ticks(integrations: str) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import dagster as dg
+
+    from affise_s3_assets.definitions import build_definitions
+
+    defs = build_definitions(integrations)
+    repository = defs.get_repository_def()
+    sensor = defs.get_sensor_def("new_integrations_sensor")
+    schedule = repository.schedule_defs[0]
+    timings: dict[str, float] = {}
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, definitions=defs)
+        started = time.perf_counter()
+        first = sensor.evaluate_tick(context)
+        timings["sensor_first_tick"] = time.perf_counter() - started
+        context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=first.cursor)
+        started = time.perf_counter()
+        sensor.evaluate_tick(context)
+        timings["sensor_next_tick"] = time.perf_counter() - started
+        tick = datetime.now().replace(second=0, microsecond=0)
+        tick -= timedelta(minutes=tick.minute % 60)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=repository
+        )
+        started = time.perf_counter()
+        schedule.evaluate_tick(context)
+        timings["schedule_tick"] = time.perf_counter() - started
+    timings["first_tick_runs"] = len(first.run_requests)
+    print(json.dumps(timings))
+
+
+def child_window(integrations: str, db: str, partition: str) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import dagster as dg
+
+    os.environ["AFFISE_EVENTS_DB"] = db
+    from affise_s3_assets.definitions import build_definitions
+
+    job = build_definitions(integrations).get_job_def("clicks_every_15min_job")
+    started = time.perf_counter()
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(partition_key=partition, instance=instance)
+        materializations = sum(
+            1 for event in result.all_events if event.event_type_value == "ASSET_MATERIALIZATION"
+        )
+    print(json.dumps({"wall": time.perf_counter() - started, "objects": materializations}))
+
+
+# ---------------------------------------------------------------- parent
+
+
+def s3_client() -> Any:
+    import boto3
+    import botocore.config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=ENDPOINT,
+        region_name="us-east-1",
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        config=botocore.config.Config(s3={"addressing_style": "path"}),
+    )
+
+
+def start_s3() -> None:
+    env = {**os.environ, **S3_ENV, "MEMSTORE_BYTES": str(8 * 2**30)}
+    env.update(S3_ACCESS_KEY=KEY, S3_SECRET_KEY=SECRET)
+    subprocess.run(
+        ["bash", "scripts/s3-server.sh", "start"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    s3_client().create_bucket(Bucket=BUCKET)
+
+
+def stop_s3() -> None:
+    env = {**os.environ, **S3_ENV}
+    subprocess.run(["bash", "scripts/s3-server.sh", "stop"], env=env, cwd=ROOT, check=False)
+
+
+def events_db(per_day: int, start: datetime, end: datetime, name: str) -> Path:
+    """A demo events file, generated once and kept under benchmarks/out/."""
+    from affise_s3_assets.demo import generate_demo_events
+
+    path = OUT / f"{name}-{per_day}-{start:%Y%m%d%H}-{end:%Y%m%d%H}.duckdb"
+    if not path.exists():
+        started = time.perf_counter()
+        scratch = path.with_suffix(".tmp")
+        scratch.unlink(missing_ok=True)
+        generate_demo_events(scratch, start, end, per_day, 7)
+        scratch.rename(path)
+        print(
+            f"generated {path.name} ({per_day:,} clicks/day from {start} to {end}) "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
+    return path
+
+
+FIRST_AFFILIATE = 100_000
+
+
+def fanout_db(count: int) -> Path:
+    """20M clicks/day spread over `count` affiliates, one per simulated integration."""
+    import duckdb
+
+    path = OUT / f"fanout-{count}-affiliates.duckdb"
+    if not path.exists():
+        source = events_db(
+            20_000_000, DAY + timedelta(hours=10), DAY + timedelta(hours=12), "fanout"
+        )
+        scratch = path.with_suffix(".tmp")
+        scratch.write_bytes(source.read_bytes())
+        with duckdb.connect(str(scratch)) as con:
+            con.execute(f"UPDATE clicks SET affiliate_id = {FIRST_AFFILIATE} + hash(id) % {count}")
+        scratch.rename(path)
+    return path
+
+
+def verify(db: Path, key: str, start: datetime, end: datetime, rows: int) -> str:
+    """Download, gunzip, parse; compare the row count and 1,000 sampled rows with DuckDB."""
+    import duckdb
+    import polars as pl
+
+    data = gzip.decompress(s3_client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    frame = pl.read_csv(data, infer_schema=False, missing_utf8_is_empty_string=False)
+    if frame.height != rows:
+        return f"FAILED: {frame.height} rows in the object, {rows} expected"
+    with duckdb.connect(str(db), read_only=True) as con:
+        source = con.execute(
+            "SELECT * FROM clicks WHERE created_at >= ? AND created_at < ? ORDER BY created_at, id",
+            [start, end],
+        ).pl()
+    if source.height != rows:
+        return f"FAILED: source has {source.height} rows"
+    sample = sorted(random.Random(1).sample(range(rows), min(1000, rows)))
+    expected = (
+        source[sample]
+        .with_columns(
+            pl.col("created_at").dt.strftime("%Y-%m-%d %H:%M:%S"),
+            pl.col("uniq").cast(pl.String).str.to_lowercase(),
+        )
+        .cast(pl.String)
+    )
+    got = frame[sample]
+    for column in expected.columns:
+        left = expected[column].fill_null("").to_list()
+        right = got[column].fill_null("").to_list()
+        if left != right:
+            return f"FAILED: column {column} differs in the sample"
+    return f"ok ({frame.height:,} rows, 1,000 sampled rows equal the source)"
+
+
+def export_cases(rows: int) -> None:
+    db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
+    cases = [("one-day window", 1440, DAY, DAY + timedelta(days=1))]
+    quarter = DAY + timedelta(hours=10, minutes=15)
+    cases.append(("15-minute window", 15, quarter, quarter + timedelta(minutes=15)))
+    print(
+        f"\n## Export, {rows:,}-row one-day clicks table "
+        f"({db.stat().st_size / 2**20:.0f} MB DuckDB file)"
+    )
+    header = (
+        "case",
+        "pipeline",
+        "rows",
+        "wall s",
+        "rows/s",
+        "CSV MB/s",
+        "peak RSS MB",
+        "object MB",
+        "ratio",
+        "vs DuckDB",
+    )
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for label, frequency, start, end in cases:
+        partition = start.strftime("%Y-%m-%d-%H:%M")
+        ours, ours_rss = run_child(
+            ["--child", "export", str(db), str(frequency), partition],
+            {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET},
+        )
+        target = OUT / f"duckdb-copy-{frequency}.csv.gz"
+        ref, ref_rss = run_child(
+            [
+                "--child",
+                "copy",
+                str(db),
+                f"{start:%Y-%m-%d %H:%M:%S}",
+                f"{end:%Y-%m-%d %H:%M:%S}",
+                str(target),
+            ]
+        )
+        target.unlink()
+        csv_mb = ours["csv_bytes"] / 1e6
+        for name, result, rss, size in (
+            ("ours (asset → S3)", ours, ours_rss, ours["object_bytes"]),
+            ("DuckDB COPY gzip (local file)", ref, ref_rss, ref["bytes"]),
+        ):
+            wall = result["wall"]
+            print(
+                f"| {label} | {name} | {ours['rows']:,} | {wall:.1f} | "
+                f"{ours['rows'] / wall:,.0f} | {csv_mb / wall:.0f} | {rss:.0f} | "
+                f"{size / 1e6:.1f} | {ours['csv_bytes'] / size:.2f} | {wall / ref['wall']:.2f} |"
+            )
+        key = str(ours["s3_uri"]).removeprefix(f"s3://{BUCKET}/")
+        print(f"verify {label}: {verify(db, key, start, end, ours['rows'])}")
+
+
+def parquet_case(rows: int) -> None:
+    import duckdb
+
+    db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
+    dataset = OUT / f"parquet-{rows}"
+    if not dataset.exists():
+        with duckdb.connect(str(db), read_only=True) as con:
+            con.execute(
+                "COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM clicks) "
+                f"TO '{dataset / 'clicks'}' (FORMAT parquet, PARTITION_BY (date))"
+            )
+    quarter = DAY + timedelta(hours=10, minutes=15)
+    partition = quarter.strftime("%Y-%m-%d-%H:%M")
+    print("\n## Source: the 15-minute window from a DuckDB file and from a Parquet dataset")
+    for label, source in (("DuckDB file", db), ("Parquet dataset (clicks/date=…/)", dataset)):
+        result, rss = run_child(
+            ["--child", "export", str(source), "15", partition],
+            {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET},
+        )
+        print(f"- {label}: {result['rows']:,} rows, {result['wall']:.2f} s, peak RSS {rss:.0f} MB")
+
+
+def scale_cases(count: int, windows: int) -> None:
+    import duckdb
+
+    frequencies = [5, 15, 15, 15, 30, 60]
+    lines = ["integrations:"]
+    for i in range(count):
+        # One affiliate each, so the clicks delivered across integrations add up to the
+        # source's volume (see fanout_db); a few integrations share filters with another.
+        affiliates = FIRST_AFFILIATE + (i if i % 10 else i + 1) % count
+        lines.append(
+            f"""  - name: customer_{i:04d}
+    start: "{DAY:%Y-%m-%d %H:%M:%S}"
+    clicks:
+      frequency: {frequencies[i % len(frequencies)]}
+      bucket: {BUCKET}
+      region: us-east-1
+      directory: c{i:04d}/clicks
+      access_key: ${{C{i:04d}_KEY}}
+      secret_key: ${{C{i:04d}_SECRET}}
+      endpoint_url: {ENDPOINT}
+      affiliates: [{affiliates}]
+    conversions:
+      frequency: 60
+      bucket: {BUCKET}
+      region: us-east-1
+      directory: c{i:04d}/conversions
+      access_key: ${{C{i:04d}_KEY}}
+      secret_key: ${{C{i:04d}_SECRET}}
+      endpoint_url: {ENDPOINT}"""
+        )
+    many = OUT / f"integrations-{count}.yaml"
+    many.write_text("\n".join(lines) + "\n")
+    print(f"\n## {count:,} integrations x 2 event types ({many.relative_to(ROOT)})")
+    loaded, _ = run_child(["--child", "import", str(many)])
+    print(
+        f"- definitions import: {loaded['import']:.2f} s (+ {loaded['resolve']:.2f} s to resolve "
+        f"the repository): {loaded['assets']:,} assets, {loaded['schedules']:,} schedules, "
+        f"{loaded['jobs']} jobs"
+    )
+    started = time.perf_counter()
+    validate = subprocess.run(
+        [PYTHON, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        env={**os.environ, "AFFISE_INTEGRATIONS": str(many)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    passed = "All code locations passed validation" in validate.stdout + validate.stderr
+    print(
+        f"- `dagster definitions validate`: {'passed' if passed else 'FAILED'} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    ticks, _ = run_child(["--child", "ticks", str(many)])
+    print(
+        f"- sensor tick: first (empty cursor) {ticks['sensor_first_tick']:.2f} s "
+        f"({ticks['first_tick_runs']} runs requested), next {ticks['sensor_next_tick']:.2f} s; "
+        f"schedule tick {ticks['schedule_tick']:.3f} s"
+    )
+
+    # Delivery: every integration's clicks at 15 minutes, 20M clicks/day in total.
+    fifteen = OUT / f"integrations-{count}-15min.yaml"
+    fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
+    db = fanout_db(count)
+    env = {f"C{i:04d}_KEY": KEY for i in range(count)} | {
+        f"C{i:04d}_SECRET": SECRET for i in range(count)
+    }
+    print(
+        f"\n## Window jobs: {count:,} integrations' clicks every 15 minutes, "
+        "20M clicks/day in total"
+    )
+    print(
+        "| window | rows in window | objects | run wall s (lag after close) | peak RSS MB |\n"
+        "|---|---|---|---|---|"
+    )
+    for n in range(windows):
+        start = DAY + timedelta(hours=10, minutes=15 * n)
+        partition = start.strftime("%Y-%m-%d-%H:%M")
+        result, rss = run_child(["--child", "window", str(fifteen), str(db), partition], env)
+        with duckdb.connect(str(db), read_only=True) as con:
+            (in_window,) = con.execute(
+                "SELECT count(*) FROM clicks WHERE created_at >= ? AND created_at < ?",
+                [start, start + timedelta(minutes=15)],
+            ).fetchone()
+        print(
+            f"| {partition} | {in_window:,} | {result['objects']:,} | "
+            f"{result['wall']:.1f} | {rss:.0f} |"
+        )
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        kind, *args = sys.argv[2:]
+        handlers = {
+            "export": lambda: child_export(args[0], int(args[1]), args[2]),
+            "copy": lambda: child_duckdb_copy(*args),
+            "import": lambda: child_import(args[0]),
+            "ticks": lambda: child_ticks(args[0]),
+            "window": lambda: child_window(*args),
+        }
+        handlers[kind]()
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=10_000_000, help="clicks in the one-day table")
+    parser.add_argument("--integrations", type=int, default=1000)
+    parser.add_argument("--windows", type=int, default=4, help="15-minute windows delivered")
+    parser.add_argument("--only", choices=["export", "parquet", "scale"], action="append")
+    options = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    parts = options.only or ["export", "parquet", "scale"]
+    start_s3()
+    try:
+        if "export" in parts:
+            export_cases(options.rows)
+        if "parquet" in parts:
+            parquet_case(options.rows)
+        if "scale" in parts:
+            scale_cases(options.integrations, options.windows)
+    finally:
+        stop_s3()
+
+
+if __name__ == "__main__":
+    main()
