@@ -118,13 +118,15 @@ class EventsDatabase(dg.ConfigurableResource):
         "(clicks/date=YYYY-MM-DD/*.parquet, conversions/...); unset means $AFFISE_EVENTS_DB, "
         "then data/events.duckdb",
     )
-    batch_rows: int = Field(default=50_000, description="rows per batch handed to the writer")
+    batch_rows: int = Field(default=25_000, description="rows per batch handed to the writer")
+    # Measured on 2 cores, 10M-row day (benchmarks/run_benchmarks.py): 100k-row slices peak at
+    # ~920 MB RSS, 50k at ~720 MB, 25k at ~580 MB, at about the same speed down to 50k.
     slice_rows: int = Field(
-        default=100_000,
+        default=50_000,
         description="rows DuckDB sorts at a time: a window is read as consecutive sub-windows "
         "of about this many rows, each sorted, so sorting memory does not grow with the window",
     )
-    memory_limit: str = Field(default="128MB", description="DuckDB memory_limit; it spills past it")
+    memory_limit: str = Field(default="64MB", description="DuckDB memory_limit; it spills past it")
     threads: int = Field(default=2, description="DuckDB threads")
 
     def database_path(self) -> Path:

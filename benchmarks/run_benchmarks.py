@@ -37,6 +37,17 @@ KEY, SECRET = "BENCHACCESSKEY000001", "bench-secret-key-000001"
 BUCKET = "affise-bench"
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries that across exec,
+    so a child would report at least its parent's peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+
+
 def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
     """Run this script in child mode; returns its JSON answer and its own peak RSS (MB)."""
     child = subprocess.Popen(
@@ -47,12 +58,11 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[
         cwd=ROOT,
         text=True,
     )
-    _, status, usage = os.wait4(child.pid, 0)
-    out, err = child.stdout.read(), child.stderr.read()  # type: ignore[union-attr]
-    child.returncode = os.waitstatus_to_exitcode(status)
+    out, err = child.communicate()
     if child.returncode != 0:
         raise SystemExit(f"child {args} failed:\n{err[-4000:]}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+    result = json.loads(out.strip().splitlines()[-1])
+    return result, result["peak_rss_mb"]
 
 
 # ---------------------------------------------------------------- children (one process each)
@@ -91,14 +101,14 @@ integrations:
         selection=[asset.key],
         partition_key=partition,
         resources={
-            "events": EventsDatabase(path=db),
+            "events": EventsDatabase(path=db, **json.loads(os.environ.get("BENCH_SOURCE", "{}"))),
             IO_MANAGER_KEY: DateFolderS3IOManager(),
         },
     )
     wall = time.perf_counter() - started
     (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
     metadata = {k: v.value for k, v in materialization.metadata.items()}
-    print(json.dumps({"wall": wall, **metadata}))
+    emit({"wall": wall, **metadata})
 
 
 def child_duckdb_copy(db: str, start: str, end: str, target: str) -> None:
@@ -114,7 +124,7 @@ def child_duckdb_copy(db: str, start: str, end: str, target: str) -> None:
             f"COPY ({query}) TO '{target}' (FORMAT csv, HEADER, COMPRESSION gzip, "
             "TIMESTAMPFORMAT '%Y-%m-%d %H:%M:%S')"
         )
-    print(json.dumps({"wall": time.perf_counter() - started, "bytes": Path(target).stat().st_size}))
+    emit({"wall": time.perf_counter() - started, "bytes": Path(target).stat().st_size})
 
 
 def child_import(integrations: str) -> None:
@@ -126,16 +136,14 @@ def child_import(integrations: str) -> None:
     started = time.perf_counter()
     repository = definitions.defs.get_repository_def()
     resolved = time.perf_counter() - started
-    print(
-        json.dumps(
-            {
-                "import": imported,
-                "resolve": resolved,
-                "assets": len(repository.asset_graph.get_all_asset_keys()),
-                "schedules": len(repository.schedule_defs),
-                "jobs": len(repository.get_all_jobs()),
-            }
-        )
+    emit(
+        {
+            "import": imported,
+            "resolve": resolved,
+            "assets": len(repository.asset_graph.get_all_asset_keys()),
+            "schedules": len(repository.schedule_defs),
+            "jobs": len(repository.get_all_jobs()),
+        }
     )
 
 
@@ -170,7 +178,7 @@ def child_ticks(integrations: str) -> None:
         schedule.evaluate_tick(context)
         timings["schedule_tick"] = time.perf_counter() - started
     timings["first_tick_runs"] = len(first.run_requests)
-    print(json.dumps(timings))
+    emit(timings)
 
 
 def child_window(integrations: str, db: str, partition: str) -> None:
@@ -189,7 +197,7 @@ def child_window(integrations: str, db: str, partition: str) -> None:
         materializations = sum(
             1 for event in result.all_events if event.event_type_value == "ASSET_MATERIALIZATION"
         )
-    print(json.dumps({"wall": time.perf_counter() - started, "objects": materializations}))
+    emit({"wall": time.perf_counter() - started, "objects": materializations})
 
 
 # ---------------------------------------------------------------- parent
@@ -271,13 +279,14 @@ def verify(db: Path, key: str, start: datetime, end: datetime, rows: int) -> str
     import polars as pl
 
     data = gzip.decompress(s3_client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    frame = pl.read_csv(data, infer_schema=False, missing_utf8_is_empty_string=False)
+    frame = pl.read_csv(data, infer_schema=False)
     if frame.height != rows:
         return f"FAILED: {frame.height} rows in the object, {rows} expected"
     with duckdb.connect(str(db), read_only=True) as con:
-        source = con.execute(
-            "SELECT * FROM clicks WHERE created_at >= ? AND created_at < ? ORDER BY created_at, id",
-            [start, end],
+        source = con.sql(
+            "SELECT * FROM clicks WHERE created_at >= $1 AND created_at < $2 "
+            "ORDER BY created_at, id",
+            params=[start, end],
         ).pl()
     if source.height != rows:
         return f"FAILED: source has {source.height} rows"
@@ -360,6 +369,7 @@ def parquet_case(rows: int) -> None:
     db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
     dataset = OUT / f"parquet-{rows}"
     if not dataset.exists():
+        dataset.mkdir(parents=True)
         with duckdb.connect(str(db), read_only=True) as con:
             con.execute(
                 "COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM clicks) "
