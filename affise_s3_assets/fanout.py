@@ -161,17 +161,24 @@ def deliver_window(
     for delivery in deliveries:
         by_filter.setdefault(delivery.target.filter_key, []).append(delivery)
     predicates = {key: event_filter(*key) for key in by_filter}
-    for frame in in_background(_regrouped(frames, FANOUT_BATCH_ROWS), depth=1):
-        # Once per batch rather than once per integration: the timestamp text.
-        frame = whole_second_text(frame)
-        for key, group in by_filter.items():
-            predicate = predicates[key]
-            kept: pl.DataFrame = frame.filter(predicate) if predicate is not None else frame
-            if kept.height == 0:
-                continue
-            data = csv_bytes(kept)
-            for delivery in group:
-                delivery.add(kept.height, data)
+    try:
+        for frame in in_background(_regrouped(frames, FANOUT_BATCH_ROWS), depth=1):
+            # Once per batch rather than once per integration: the timestamp text.
+            frame = whole_second_text(frame)
+            for key, group in by_filter.items():
+                predicate = predicates[key]
+                kept: pl.DataFrame = frame.filter(predicate) if predicate is not None else frame
+                if kept.height == 0:
+                    continue
+                data = csv_bytes(kept)
+                for delivery in group:
+                    delivery.add(kept.height, data)
+    except BaseException:
+        # The window could not be read: nothing is delivered, no upload is left open.
+        for delivery in deliveries:
+            if delivery.writer is not None:
+                delivery.writer.abort()
+        raise
     with ThreadPoolExecutor(max_workers=CLOSE_THREADS, thread_name_prefix="s3-close") as pool:
         list(pool.map(_Delivery.close, deliveries))
     return deliveries

@@ -194,3 +194,22 @@ def test_unknown_integration_in_run_config_is_refused(
     assert not result.success
     assert "['nope']" in result.get_step_failure_events()[0].step_failure_data.error.message
     assert keys_in(s3_server, bucket) == []
+
+
+def test_unreadable_source_fails_the_window_and_delivers_nothing(
+    s3_server: S3Server,
+    bucket: str,
+    customer_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    path = write_config(
+        tmp_path, [("acme", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "x"))]
+    )
+    with dg.instance_for_test() as instance:
+        result = run_window(path, tmp_path / "absent.duckdb", monkeypatch, instance)
+        assert not result.success
+        error = result.get_step_failure_events()[0].step_failure_data.error
+        assert "absent.duckdb does not exist" in str(error.cause.message)
+        assert materialized(instance, "acme") == set()
+    assert keys_in(s3_server, bucket) == []
