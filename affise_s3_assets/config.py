@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -154,8 +155,15 @@ class EventExportConfig(BaseModel):
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
+        if value is None:
+            return value
+        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
             raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        # botocore's own check: it would otherwise fail only at delivery time.
+        if not (is_valid_endpoint_url(value) or is_valid_ipv6_endpoint_url(value)):
+            raise ValueError(
+                f"{value!r} is not a valid endpoint URL (host names: letters, digits, '-', '.')"
+            )
         return value
 
     @field_validator("affiliates", mode="before")

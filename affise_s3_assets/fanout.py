@@ -29,7 +29,6 @@ from affise_s3_assets.csv_export import (
 )
 from affise_s3_assets.io_manager import (
     DEFAULT_PART_SIZE_MIB,
-    DELIVERY_ERRORS,
     MIB,
     S3Destination,
     S3ObjectWriter,
@@ -108,7 +107,9 @@ class _Delivery:
         try:
             for chunk in self.encoder.add(rows, data):
                 self._writer().write(chunk)
-        except DELIVERY_ERRORS as exc:
+        # Anything one destination raises (a bad endpoint is a ValueError in botocore) fails
+        # that destination only; the message says what and where, never a secret.
+        except Exception as exc:
             self.fail(exc)
 
     def close(self) -> None:
@@ -122,7 +123,7 @@ class _Delivery:
                 **self.encoder.summary(),
                 **verify_object(writer.client, self.target.destination, self.key, sent, parts),
             }
-        except DELIVERY_ERRORS as exc:
+        except Exception as exc:
             self.fail(exc)
 
     def fail(self, exc: BaseException) -> None:
@@ -203,11 +204,16 @@ def build_window_job(
         events: EventsDatabase,
     ) -> None:
         window = context.partition_time_window
-        unknown = sorted(set(config.integrations) - set(by_name))
+        named = sorted(set(config.integrations))
+        unknown = [name for name in named if name not in by_name]
         if unknown:
             raise dg.Failure(f"not {event_type} integrations at {frequency} minutes: {unknown}")
-        chosen = [by_name[n] for n in config.integrations] if config.integrations else targets
-        due = [t for t in chosen if t.first_window <= window.start.replace(tzinfo=None)]
+        start = window.start.replace(tzinfo=None)
+        early = [name for name in named if by_name[name].first_window > start]
+        if early:
+            raise dg.Failure(f"window {context.partition_key} is before the start of {early}")
+        chosen = [by_name[name] for name in named] if named else targets
+        due = [t for t in chosen if t.first_window <= start]
         if not due:
             context.log.info(f"no integration is due for window {context.partition_key}")
             return

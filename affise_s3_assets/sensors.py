@@ -9,7 +9,7 @@ integrations sharing a window job and a window are delivered by one run.
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -34,29 +34,51 @@ def _moment(key: str) -> datetime:
     return datetime.strptime(key, PARTITION_KEY_FORMAT)
 
 
+def _windows(target: ExportTarget) -> str:
+    """What the cursor entry was planned for: a change of start or frequency replans it."""
+    return f"{_key(target.first_window)}/{target.frequency}"
+
+
 def plan_catch_up(
     targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
     cursor: Cursor,
     now: datetime,
     budget: int = CATCH_UP_RUNS_PER_TICK,
+    materialized: Callable[[dg.AssetKey], set[str]] | None = None,
 ) -> tuple[list[dg.RunRequest], Cursor]:
     """This tick's run requests and the next cursor; pure, so tests drive it directly.
 
     The cursor maps each export asset to its next window to request and the last window that
     had already closed when the export first appeared (later ones are the schedule's).
+    Entries of integrations no longer configured are kept: one that comes back resumes where
+    it was instead of re-delivering its history (windows while it was gone are not due). When
+    an integration's start or frequency changes, its windows are planned again from its start
+    and those already materialized (`materialized`, asked only for such assets) are skipped.
     """
     now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
-    state: Cursor = {}
+    state: Cursor = dict(cursor)
     pending: dict[str, datetime] = {}
     until: dict[str, datetime] = {}
+    done: dict[str, set[str]] = {}
     for target, _ in targets:
         name = target.asset_key.to_user_string()
         entry = cursor.get(name)
-        if entry is None:
+        if entry is None or entry.get("windows", _windows(target)) != _windows(target):
             last_closed = first_window_start(now, target.frequency) - timedelta(
                 minutes=target.frequency
             )
-            entry = {"next": _key(target.first_window), "until": _key(last_closed)}
+            replanned = entry is not None
+            entry = {
+                "next": _key(target.first_window),
+                "until": _key(last_closed),
+                "windows": _windows(target),
+            }
+            if replanned:
+                entry["skip_materialized"] = "1"
+        entry = dict(entry)
+        entry["windows"] = _windows(target)
+        if entry.get("skip_materialized") and materialized is not None:
+            done[name] = materialized(target.asset_key)
         state[name] = entry
         if entry["next"] is not None and entry["until"] is not None:
             if entry["next"] <= entry["until"]:
@@ -74,7 +96,8 @@ def plan_catch_up(
             if pending.get(name) != window:
                 continue
             examined += 1
-            requested.setdefault((job.name, _key(window)), []).append(target.integration)
+            if _key(window) not in done.get(name, ()):
+                requested.setdefault((job.name, _key(window)), []).append(target.integration)
             following = window + timedelta(minutes=target.frequency)
             if following <= until[name]:
                 pending[name] = following
@@ -82,6 +105,7 @@ def plan_catch_up(
             else:
                 del pending[name]
                 state[name]["next"] = None
+                state[name].pop("skip_materialized", None)
 
     ops = {job.name: next(iter(job.graph.node_dict)) for _, job in targets}
     requests = [
@@ -117,7 +141,12 @@ def build_new_integrations_sensor(
     )
     def new_integrations_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
-        requests, next_cursor = plan_catch_up(targets, cursor, datetime.now(UTC))
+        requests, next_cursor = plan_catch_up(
+            targets,
+            cursor,
+            datetime.now(UTC),
+            materialized=lambda key: set(context.instance.get_materialized_partitions(key)),
+        )
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(next_cursor))
 
     return new_integrations_sensor

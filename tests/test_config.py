@@ -93,6 +93,11 @@ def test_every_allowed_frequency_is_accepted(frequency: int) -> None:
         ("      affiliates: [101, x]\n", "clicks.affiliates", "affiliate ids are integers"),
         ("      advertisers: [5]\n", "clicks.advertisers", "advertiser ids are non-empty strings"),
         ("      endpoint_url: ftp://x\n", "clicks.endpoint_url", "http:// or https:// URL"),
+        (
+            "      endpoint_url: http://minio_1:9000\n",
+            "clicks.endpoint_url",
+            "not a valid endpoint",
+        ),
         ("      compression_level: 12\n", "clicks.compression_level", "less than or equal to 9"),
         ("      colour: blue\n", "clicks.colour", "is not a known field"),
     ],

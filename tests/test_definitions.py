@@ -246,3 +246,44 @@ def test_window_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
     tags = defs.get_job_def("clicks_every_5min_job").tags
     assert tags["affise/event_type"] == "clicks"
     assert tags["affise/frequency"] == "5"
+
+
+def test_catch_up_replans_when_start_changes_and_skips_delivered_windows() -> None:
+    text = SHIPPED.read_text()
+    before = _targets_and_jobs(text)
+    _, cursor = plan_catch_up(before, {}, datetime(2026, 11, 26, 2, 0, tzinfo=UTC), budget=0)
+    assert cursor["affise/acme/clicks"]["next"] == "2026-11-26-00:00"
+    # start moved later: the old next window would no longer be a partition.
+    later = _targets_and_jobs(text.replace('"2026-11-26 00:00:00"', '"2026-11-26 01:00:00"'))
+    requests, _ = plan_catch_up(
+        later,
+        cursor,
+        datetime(2026, 11, 26, 2, 0, tzinfo=UTC),
+        materialized=lambda key: {"2026-11-26-01:15"} if key.path[1] == "acme" else set(),
+    )
+    acme = sorted(
+        r.partition_key
+        for r in requests
+        if r.job_name == "clicks_every_15min_job"
+        and "acme" in next(iter(r.run_config["ops"].values()))["config"]["integrations"]
+    )
+    assert acme[0] == "2026-11-26-01:00"
+    assert "2026-11-26-01:15" not in acme  # already delivered
+    assert all(key >= "2026-11-26-01:00" for key in acme)
+
+
+def test_catch_up_keeps_removed_integrations_so_a_return_does_not_redeliver_history() -> None:
+    text = SHIPPED.read_text()
+    both = _targets_and_jobs(text)
+    now = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
+    cursor: dict = {}
+    for _ in range(200):  # drain the catch-up completely
+        requests, cursor = plan_catch_up(both, cursor, now)
+        if not requests:
+            break
+    assert cursor["affise/globex/clicks"]["next"] is None
+    only_acme = [(t, job) for t, job in both if t.integration == "acme"]
+    _, cursor = plan_catch_up(only_acme, cursor, now)
+    assert "affise/globex/clicks" in cursor
+    again, _ = plan_catch_up(both, cursor, datetime(2026, 11, 26, 18, 0, tzinfo=UTC))
+    assert again == []

@@ -213,3 +213,26 @@ def test_unreadable_source_fails_the_window_and_delivers_nothing(
         assert "absent.duckdb does not exist" in str(error.cause.message)
         assert materialized(instance, "acme") == set()
     assert keys_in(s3_server, bucket) == []
+
+
+def test_naming_an_integration_before_its_start_is_refused(
+    s3_server: S3Server,
+    bucket: str,
+    customer_env: dict[str, str],
+    events_db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    path = write_config(
+        tmp_path,
+        [
+            ("acme", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "a")),
+            ("late", "2026-11-25 12:00:00", clicks_block(s3_server, bucket, "l")),
+        ],
+    )
+    with dg.instance_for_test() as instance:
+        result = run_window(path, events_db, monkeypatch, instance, only=["late", "late"])
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "is before the start of ['late']" in message
+    assert keys_in(s3_server, bucket) == []
