@@ -6,10 +6,10 @@ from collections.abc import Sequence
 import dagster as dg
 
 from affise_s3_assets.config import EventExportConfig, EventType, IntegrationConfig
-from affise_s3_assets.csv_export import GzipCsvBody, filter_events
+from affise_s3_assets.csv_export import GzipCsvBody, filter_events, filters_metadata
 from affise_s3_assets.fanout import ExportTarget
 from affise_s3_assets.io_manager import Delivery, S3Destination
-from affise_s3_assets.partitions import first_window_start, window_partitions
+from affise_s3_assets.partitions import first_window_start, window_metadata, window_partitions
 from affise_s3_assets.source import EVENT_COLUMNS, EVENT_SOURCE_KEYS, EventsDatabase
 
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
@@ -28,10 +28,6 @@ event_sources = [
 
 def export_asset_key(integration: str, event_type: EventType) -> dg.AssetKey:
     return dg.AssetKey(["affise", integration, event_type])
-
-
-def _filters_text(ids: tuple[object, ...]) -> str:
-    return ", ".join(str(i) for i in ids) if ids else "all"
 
 
 def build_export_asset(
@@ -65,10 +61,7 @@ def _define_export_asset(
 ) -> dg.AssetsDefinition:
     destination = export_destination(integration, event_type, export)
     folder = f"s3://{export.bucket}/{export.directory + '/' if export.directory else ''}"
-    filters = {
-        "affiliates": _filters_text(export.affiliates),
-        "advertisers": _filters_text(export.advertisers),
-    }
+    filters = filters_metadata(export.affiliates, export.advertisers)
 
     @dg.asset(
         key=export_asset_key(integration.name, event_type),
@@ -85,7 +78,6 @@ def _define_export_asset(
         # Shown in the UI for every operator: never the credentials or their references.
         metadata={
             "destination": folder,
-            "bucket": export.bucket,
             "region": export.region,
             "endpoint_url": export.endpoint_url or "AWS",
             "frequency_minutes": export.frequency,
@@ -107,8 +99,7 @@ def _define_export_asset(
         return dg.Output(
             Delivery(destination=destination, chunks=body, summary=body.summary),
             metadata={
-                "window_start": window.start.strftime("%Y-%m-%d %H:%M:%S"),
-                "window_end": window.end.strftime("%Y-%m-%d %H:%M:%S"),
+                **window_metadata(window.start, window.end),
                 **filters,
             },
         )

@@ -62,6 +62,14 @@ def event_filter(affiliates: Sequence[int] = (), advertisers: Sequence[str] = ()
     return conditions[0] if len(conditions) == 1 else conditions[0] & conditions[1]
 
 
+def filters_metadata(affiliates: Sequence[int], advertisers: Sequence[str]) -> dict[str, str]:
+    """How an integration's filters are shown on its materializations: ids, or `all`."""
+    return {
+        "affiliates": ", ".join(map(str, affiliates)) or "all",
+        "advertisers": ", ".join(advertisers) or "all",
+    }
+
+
 def csv_header(columns: Sequence[str]) -> bytes:
     return (",".join(columns) + "\n").encode()
 

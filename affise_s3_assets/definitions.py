@@ -11,7 +11,7 @@ from affise_s3_assets.assets import (
     event_sources,
 )
 from affise_s3_assets.config import load_integrations
-from affise_s3_assets.fanout import build_window_job
+from affise_s3_assets.fanout import build_window_jobs
 from affise_s3_assets.io_manager import DateFolderS3IOManager
 from affise_s3_assets.schedules import build_export_schedule
 from affise_s3_assets.sensors import build_new_integrations_sensor
@@ -26,19 +26,10 @@ def build_definitions(integrations_file: str | Path | None = None) -> dg.Definit
     integrations = load_integrations(integrations_file).integrations
     # A disabled integration keeps its assets (history stays browsable, windows can still be
     # re-delivered by hand) but is in no window job, schedule or catch-up: nothing syncs.
-    targets = build_export_targets(integrations)
-    groups: dict[tuple[str, int], list] = {}
-    for target in targets:
-        groups.setdefault((target.event_type, target.frequency), []).append(target)
-    jobs = {
-        group: build_window_job(event_type, frequency, members)
-        for group, members in groups.items()
-        for event_type, frequency in [group]
-    }
-    live = [(target, jobs[(target.event_type, target.frequency)]) for target in targets]
+    live = build_window_jobs(build_export_targets(integrations))
     return dg.Definitions(
         assets=[*event_sources, *build_export_assets(integrations)],
-        jobs=list(jobs.values()),
+        jobs=list({job.name: job for _, job in live}.values()),
         schedules=[build_export_schedule(target, job) for target, job in live],
         sensors=[build_new_integrations_sensor(live)] if live else [],
         resources={

@@ -24,6 +24,7 @@ from affise_s3_assets.csv_export import (
     GzipCsvEncoder,
     csv_bytes,
     event_filter,
+    filters_metadata,
     in_background,
     whole_second_text,
 )
@@ -37,7 +38,7 @@ from affise_s3_assets.io_manager import (
     s3_client,
     verify_object,
 )
-from affise_s3_assets.partitions import window_partitions
+from affise_s3_assets.partitions import window_metadata, window_partitions
 from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase
 
 # Closing objects is network-bound: small PUTs and HEADs go out in parallel.
@@ -185,6 +186,20 @@ def deliver_window(
     return deliveries
 
 
+def build_window_jobs(
+    targets: Sequence[ExportTarget],
+) -> list[tuple[ExportTarget, dg.JobDefinition]]:
+    """Each target paired with the window job of its (event type, frequency)."""
+    groups: dict[tuple[EventType, int], list[ExportTarget]] = {}
+    for target in targets:
+        groups.setdefault((target.event_type, target.frequency), []).append(target)
+    jobs = {
+        (event_type, frequency): build_window_job(event_type, frequency, members)
+        for (event_type, frequency), members in groups.items()
+    }
+    return [(target, jobs[(target.event_type, target.frequency)]) for target in targets]
+
+
 def build_window_job(
     event_type: EventType, frequency: int, targets: Sequence[ExportTarget]
 ) -> dg.JobDefinition:
@@ -223,10 +238,7 @@ def build_window_job(
             window.start,
             config.part_size_mib * MIB,
         )
-        window_metadata = {
-            "window_start": window.start.strftime("%Y-%m-%d %H:%M:%S"),
-            "window_end": window.end.strftime("%Y-%m-%d %H:%M:%S"),
-        }
+        shown_window = window_metadata(window.start, window.end)
         failures = []
         for delivery in deliveries:
             if delivery.error is not None:
@@ -239,9 +251,8 @@ def build_window_job(
                     asset_key=target.asset_key,
                     partition=context.partition_key,
                     metadata={
-                        **window_metadata,
-                        "affiliates": ", ".join(map(str, target.affiliates)) or "all",
-                        "advertisers": ", ".join(target.advertisers) or "all",
+                        **shown_window,
+                        **filters_metadata(target.affiliates, target.advertisers),
                         **delivery.metadata,
                     },
                 )

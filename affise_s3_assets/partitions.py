@@ -36,6 +36,14 @@ def first_window_start(start: datetime, frequency: int) -> datetime:
     return midnight + whole_windows * timedelta(minutes=frequency)
 
 
+def window_metadata(start: datetime, end: datetime) -> dict[str, str]:
+    """How a window is shown on a materialization, in UTC."""
+    return {
+        "window_start": start.strftime("%Y-%m-%d %H:%M:%S"),
+        "window_end": end.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
 def window_partitions(start: datetime, frequency: int) -> dg.TimeWindowPartitionsDefinition:
     """UTC windows of exactly `frequency` minutes, the first one containing `start`."""
     return dg.TimeWindowPartitionsDefinition(

@@ -8,7 +8,10 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._core.test_utils import create_run_for_test
 
+from affise_s3_assets.assets import build_export_targets
+from affise_s3_assets.config import parse_integrations
 from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.fanout import build_window_jobs
 from affise_s3_assets.sensors import CATCH_UP_RUN_PRIORITY, CATCH_UP_RUNS_PER_TICK, plan_catch_up
 from tests.conftest import ROOT
 
@@ -181,14 +184,11 @@ def test_catch_up_requests_each_window_once_for_all_new_integrations() -> None:
 
 
 def test_catch_up_batches_new_integrations_sharing_a_window() -> None:
-    targets = [
-        (t, job)
-        for t, job in _targets_and_jobs(
-            SHIPPED.read_text()
-            .replace("frequency: 5\n", "frequency: 15\n")
-            .replace('start: "2026-11-26 12:00:00"', 'start: "2026-11-26 00:00:00"')
-        )
-    ]
+    targets = _targets_and_jobs(
+        SHIPPED.read_text()
+        .replace("frequency: 5\n", "frequency: 15\n")
+        .replace('start: "2026-11-26 12:00:00"', 'start: "2026-11-26 00:00:00"')
+    )
     requests, cursor = plan_catch_up(targets, {}, datetime(2026, 11, 26, 0, 40, tzinfo=UTC))
     by_window = {
         (r.job_name, r.partition_key): next(iter(r.run_config["ops"].values()))["config"]
@@ -208,19 +208,9 @@ def test_catch_up_batches_new_integrations_sharing_a_window() -> None:
     assert again == []  # later windows are the schedules'
 
 
-def _targets_and_jobs(text: str):
-    from affise_s3_assets.assets import build_export_targets
-    from affise_s3_assets.config import parse_integrations
-    from affise_s3_assets.fanout import build_window_job
-
+def _targets_and_jobs(text: str) -> list:
     targets = build_export_targets(parse_integrations(text).integrations)
-    jobs = {}
-    for target in targets:
-        group = (target.event_type, target.frequency)
-        if group not in jobs:
-            members = [t for t in targets if (t.event_type, t.frequency) == group]
-            jobs[group] = build_window_job(target.event_type, target.frequency, members)
-    return [(t, jobs[(t.event_type, t.frequency)]) for t in targets]
+    return build_window_jobs(targets)
 
 
 def test_definitions_validate_with_secrets_unset() -> None:

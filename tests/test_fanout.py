@@ -1,6 +1,7 @@
 """Window jobs against the real S3 server: one read of the window, one object per
 integration, one materialization per integration partition, failures isolated."""
 
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -22,217 +23,180 @@ from tests.test_delivery import (
 
 WINDOW = "2026-11-25-10:00"
 START, END = datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11)
+KEY_TAIL = "2026/11/25/2026-11-25 10:00:00.csv.gz"
 
 
-def clicks_block(s3: S3Server, bucket: str, directory: str, extra: str = "") -> str:
-    return f"""    clicks:
+class WindowRig:
+    """One integrations file, one Dagster instance, one bucket on the real S3 server."""
+
+    def __init__(
+        self,
+        s3: S3Server,
+        bucket: str,
+        events_db: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        instance: dg.DagsterInstance,
+    ) -> None:
+        self.s3, self.bucket, self.events_db = s3, bucket, events_db
+        self.tmp_path, self.monkeypatch, self.instance = tmp_path, monkeypatch, instance
+        self.path = tmp_path / "integrations.yaml"
+
+    def clicks(self, directory: str, extra: str = "", bucket: str | None = None) -> str:
+        return f"""    clicks:
       frequency: 60
-      bucket: {bucket}
+      bucket: {bucket or self.bucket}
       region: us-west-2
       directory: {directory}
       access_key: ${{TEST_ACCESS_KEY_ID}}
       secret_key: ${{TEST_SECRET_ACCESS_KEY}}
-      endpoint_url: {s3.endpoint_url}
+      endpoint_url: {self.s3.endpoint_url}
 {extra}"""
 
+    def configure(self, entries: list[tuple[str, str, str]]) -> None:
+        """(name, start, clicks block) per integration."""
+        self.path.write_text(
+            "integrations:\n"
+            + "".join(
+                f'  - name: {name}\n    start: "{start}"\n{block}' for name, start, block in entries
+            )
+        )
 
-def write_config(tmp_path: Path, entries: list[tuple[str, str, str]]) -> Path:
-    text = "integrations:\n" + "".join(
-        f'  - name: {name}\n    start: "{start}"\n{block}' for name, start, block in entries
-    )
-    path = tmp_path / "integrations.yaml"
-    path.write_text(text)
-    return path
+    def run(
+        self, only: list[str] | None = None, events_db: Path | None = None
+    ) -> dg.ExecuteInProcessResult:
+        self.monkeypatch.setenv("AFFISE_EVENTS_DB", str(events_db or self.events_db))
+        job = build_definitions(self.path).get_job_def("clicks_every_60min_job")
+        config = {"integrations": only} if only else {}
+        return job.execute_in_process(
+            partition_key=WINDOW,
+            run_config={"ops": {"deliver_clicks_every_60min": {"config": config}}},
+            instance=self.instance,
+            raise_on_error=False,
+        )
 
+    def materialized(self, name: str) -> set[str]:
+        key = dg.AssetKey(["affise", name, "clicks"])
+        return set(self.instance.get_materialized_partitions(key))
 
-def run_window(
-    path: Path,
-    events_db: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    instance: dg.DagsterInstance,
-    only: list[str] | None = None,
-) -> dg.ExecuteInProcessResult:
-    monkeypatch.setenv("AFFISE_EVENTS_DB", str(events_db))
-    job = build_definitions(path).get_job_def("clicks_every_60min_job")
-    config = {"integrations": only} if only else {}
-    return job.execute_in_process(
-        partition_key=WINDOW,
-        run_config={"ops": {"deliver_clicks_every_60min": {"config": config}}},
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
-def materialized(instance: dg.DagsterInstance, name: str) -> set[str]:
-    return set(instance.get_materialized_partitions(dg.AssetKey(["affise", name, "clicks"])))
+    def keys(self, bucket: str | None = None) -> list[str]:
+        return keys_in(self.s3, bucket or self.bucket)
 
 
-def test_one_run_delivers_every_integration_with_its_own_filters(
+@pytest.fixture
+def rig(
     s3_server: S3Server,
     bucket: str,
     customer_env: dict[str, str],
     events_db: Path,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-) -> None:
-    both = f'      affiliates: [101, 102]\n      advertisers: ["{ADVERTISER}"]\n'
-    path = write_config(
-        tmp_path,
-        [
-            ("everything", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "all")),
-            ("picky", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "picky", both)),
-            ("twin", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "twin", both)),
-            ("later", "2026-11-25 12:00:00", clicks_block(s3_server, bucket, "later")),
-        ],
-    )
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[WindowRig]:
     with dg.instance_for_test() as instance:
-        result = run_window(path, events_db, monkeypatch, instance)
-        assert result.success
-        for name in ("everything", "picky", "twin"):
-            assert materialized(instance, name) == {WINDOW}
-        assert materialized(instance, "later") == set()  # its start is after this window
-        event = instance.get_latest_materialization_event(
-            dg.AssetKey(["affise", "picky", "clicks"])
-        )
-        metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-    assert keys_in(s3_server, bucket) == [
-        f"{d}/2026/11/25/2026-11-25 10:00:00.csv.gz" for d in ("all", "picky", "twin")
-    ]
-    _, everything = source_rows(events_db, "clicks", START, END)
-    _, picky = source_rows(events_db, "clicks", START, END, (101, 102), (ADVERTISER,))
+        yield WindowRig(s3_server, bucket, events_db, tmp_path, monkeypatch, instance)
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    return result.get_step_failure_events()[0].step_failure_data.error.message
+
+
+def test_one_run_delivers_every_integration_with_its_own_filters(rig: WindowRig) -> None:
+    both = f'      affiliates: [101, 102]\n      advertisers: ["{ADVERTISER}"]\n'
+    rig.configure(
+        [
+            ("everything", "2026-11-24 00:00:00", rig.clicks("all")),
+            ("picky", "2026-11-24 00:00:00", rig.clicks("picky", both)),
+            ("twin", "2026-11-24 00:00:00", rig.clicks("twin", both)),
+            ("later", "2026-11-25 12:00:00", rig.clicks("later")),
+        ]
+    )
+    assert rig.run().success
+    for name in ("everything", "picky", "twin"):
+        assert rig.materialized(name) == {WINDOW}
+    assert rig.materialized("later") == set()  # its start is after this window
+    event = rig.instance.get_latest_materialization_event(
+        dg.AssetKey(["affise", "picky", "clicks"])
+    )
+    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert rig.keys() == [f"{d}/{KEY_TAIL}" for d in ("all", "picky", "twin")]
+    _, everything = source_rows(rig.events_db, "clicks", START, END)
+    _, picky = source_rows(rig.events_db, "clicks", START, END, (101, 102), (ADVERTISER,))
     assert 0 < len(picky) < len(everything)
     for directory, expected in (("all", everything), ("picky", picky), ("twin", picky)):
-        key = f"{directory}/2026/11/25/2026-11-25 10:00:00.csv.gz"
-        _, rows = delivered_rows(fetch(s3_server, bucket, key))
+        _, rows = delivered_rows(fetch(rig.s3, rig.bucket, f"{directory}/{KEY_TAIL}"))
         assert rows == expected
     assert metadata["rows"] == len(picky)
-    assert metadata["s3_uri"] == f"s3://{bucket}/picky/2026/11/25/2026-11-25 10:00:00.csv.gz"
+    assert metadata["s3_uri"] == f"s3://{rig.bucket}/picky/{KEY_TAIL}"
     assert metadata["window_start"] == "2026-11-25 10:00:00"
     assert metadata["affiliates"] == "101, 102"
 
 
-def test_window_job_and_asset_path_deliver_identical_bytes(
-    s3_server: S3Server,
-    bucket: str,
-    customer_env: dict[str, str],
-    events_db: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
+def test_window_job_and_asset_path_deliver_identical_bytes(rig: WindowRig) -> None:
     extra = "      affiliates: [101, 103]\n"
-    path = write_config(
-        tmp_path, [("acme", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "fan", extra))]
-    )
-    with dg.instance_for_test() as instance:
-        assert run_window(path, events_db, monkeypatch, instance).success
-    asset = export_asset(integration(s3_server, bucket, directory="single", extra=extra))
-    deliver([asset], WINDOW, events_db)
-    fanned = fetch(s3_server, bucket, "fan/2026/11/25/2026-11-25 10:00:00.csv.gz")
-    single = fetch(s3_server, bucket, "single/2026/11/25/2026-11-25 10:00:00.csv.gz")
-    assert fanned == single
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("fan", extra))])
+    assert rig.run().success
+    asset = export_asset(integration(rig.s3, rig.bucket, directory="single", extra=extra))
+    deliver([asset], WINDOW, rig.events_db)
+    fanned = fetch(rig.s3, rig.bucket, f"fan/{KEY_TAIL}")
+    assert fanned == fetch(rig.s3, rig.bucket, f"single/{KEY_TAIL}")
 
 
-def test_a_failing_integration_fails_alone_and_can_be_redelivered_alone(
-    s3_server: S3Server,
-    bucket: str,
-    customer_env: dict[str, str],
-    events_db: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    missing = bucket + "-not-yet"
-    path = write_config(
-        tmp_path,
+def test_a_failing_integration_fails_alone_and_can_be_redelivered_alone(rig: WindowRig) -> None:
+    missing = rig.bucket + "-not-yet"
+    rig.configure(
         [
-            ("good", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "good")),
-            ("broken", "2026-11-24 00:00:00", clicks_block(s3_server, missing, "broken")),
-        ],
+            ("good", "2026-11-24 00:00:00", rig.clicks("good")),
+            ("broken", "2026-11-24 00:00:00", rig.clicks("broken", bucket=missing)),
+        ]
     )
-    with dg.instance_for_test() as instance:
-        result = run_window(path, events_db, monkeypatch, instance)
-        assert not result.success
-        (failure,) = result.get_step_failure_events()
-        message = failure.step_failure_data.error.message
-        assert "1 of 2 deliveries failed" in message
-        assert f"integration 'broken' (clicks) to bucket '{missing}'" in message
-        assert "broken/2026/11/25/2026-11-25 10:00:00.csv.gz" in message
-        assert "NoSuchBucket" in message
-        assert s3_server.customer.secret_key not in message
-        assert materialized(instance, "good") == {WINDOW}
-        assert materialized(instance, "broken") == set()
-        assert keys_in(s3_server, bucket) == ["good/2026/11/25/2026-11-25 10:00:00.csv.gz"]
-
-        # The operator fixes the cause and re-delivers only the failed integration.
-        s3_server.client().create_bucket(Bucket=missing)
-        again = run_window(path, events_db, monkeypatch, instance, only=["broken"])
-        assert again.success
-        assert materialized(instance, "broken") == {WINDOW}
-        assert (
-            len(
-                instance.fetch_materializations(
-                    dg.AssetKey(["affise", "good", "clicks"]), limit=10
-                ).records
-            )
-            == 1
-        )
-    assert keys_in(s3_server, missing) == ["broken/2026/11/25/2026-11-25 10:00:00.csv.gz"]
-
-
-def test_unknown_integration_in_run_config_is_refused(
-    s3_server: S3Server,
-    bucket: str,
-    customer_env: dict[str, str],
-    events_db: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    path = write_config(
-        tmp_path, [("acme", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "x"))]
-    )
-    with dg.instance_for_test() as instance:
-        result = run_window(path, events_db, monkeypatch, instance, only=["acme", "nope"])
+    result = rig.run()
     assert not result.success
-    assert "['nope']" in result.get_step_failure_events()[0].step_failure_data.error.message
-    assert keys_in(s3_server, bucket) == []
+    assert len(result.get_step_failure_events()) == 1
+    message = failure_message(result)
+    assert "1 of 2 deliveries failed" in message
+    assert f"integration 'broken' (clicks) to bucket '{missing}'" in message
+    assert f"broken/{KEY_TAIL}" in message
+    assert "NoSuchBucket" in message
+    assert rig.s3.customer.secret_key not in message
+    assert rig.materialized("good") == {WINDOW}
+    assert rig.materialized("broken") == set()
+    assert rig.keys() == [f"good/{KEY_TAIL}"]
+
+    # The operator fixes the cause and re-delivers only the failed integration.
+    rig.s3.client().create_bucket(Bucket=missing)
+    assert rig.run(only=["broken"]).success
+    assert rig.materialized("broken") == {WINDOW}
+    good = rig.instance.fetch_materializations(dg.AssetKey(["affise", "good", "clicks"]), limit=10)
+    assert len(good.records) == 1
+    assert rig.keys(missing) == [f"broken/{KEY_TAIL}"]
 
 
-def test_unreadable_source_fails_the_window_and_delivers_nothing(
-    s3_server: S3Server,
-    bucket: str,
-    customer_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    path = write_config(
-        tmp_path, [("acme", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "x"))]
-    )
-    with dg.instance_for_test() as instance:
-        result = run_window(path, tmp_path / "absent.duckdb", monkeypatch, instance)
-        assert not result.success
-        error = result.get_step_failure_events()[0].step_failure_data.error
-        assert "absent.duckdb does not exist" in str(error.cause.message)
-        assert materialized(instance, "acme") == set()
-    assert keys_in(s3_server, bucket) == []
+def test_unknown_integration_in_run_config_is_refused(rig: WindowRig) -> None:
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
+    result = rig.run(only=["acme", "nope"])
+    assert not result.success
+    assert "['nope']" in failure_message(result)
+    assert rig.keys() == []
 
 
-def test_naming_an_integration_before_its_start_is_refused(
-    s3_server: S3Server,
-    bucket: str,
-    customer_env: dict[str, str],
-    events_db: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    path = write_config(
-        tmp_path,
+def test_unreadable_source_fails_the_window_and_delivers_nothing(rig: WindowRig) -> None:
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
+    result = rig.run(events_db=rig.tmp_path / "absent.duckdb")
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert "absent.duckdb does not exist" in str(error.cause.message)
+    assert rig.materialized("acme") == set()
+    assert rig.keys() == []
+
+
+def test_naming_an_integration_before_its_start_is_refused(rig: WindowRig) -> None:
+    rig.configure(
         [
-            ("acme", "2026-11-24 00:00:00", clicks_block(s3_server, bucket, "a")),
-            ("late", "2026-11-25 12:00:00", clicks_block(s3_server, bucket, "l")),
-        ],
+            ("acme", "2026-11-24 00:00:00", rig.clicks("a")),
+            ("late", "2026-11-25 12:00:00", rig.clicks("l")),
+        ]
     )
-    with dg.instance_for_test() as instance:
-        result = run_window(path, events_db, monkeypatch, instance, only=["late", "late"])
+    result = rig.run(only=["late", "late"])
     assert not result.success
-    message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "is before the start of ['late']" in message
-    assert keys_in(s3_server, bucket) == []
+    assert "is before the start of ['late']" in failure_message(result)
+    assert rig.keys() == []
