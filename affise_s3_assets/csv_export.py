@@ -3,7 +3,10 @@
 Knows neither DuckDB nor S3, so the loader and the delivery can change independently.
 """
 
+import contextlib
+import fcntl
 import io
+import os
 import queue
 import threading
 import zlib
@@ -89,15 +92,7 @@ def whole_second_text(frame: pl.DataFrame) -> pl.DataFrame:
 def csv_bytes(frame: pl.DataFrame) -> bytes:
     """RFC 4180 rows without header: NULL is an empty field, an empty string is `""`."""
     buffer = io.BytesIO()
-    whole_second_text(frame).write_csv(
-        buffer,
-        include_header=False,
-        separator=",",
-        quote_char='"',
-        line_terminator="\n",
-        null_value="",
-        quote_style="necessary",
-    )
+    write_csv_rows(frame, buffer)
     return buffer.getvalue()
 
 
@@ -198,8 +193,11 @@ class GzipCsvEncoder:
 class GzipCsvBody:
     """Pull side: an iterable of gzip chunks for one window, header line first.
 
-    Memory stays bounded whatever the window: a few frames' CSV in flight, never the window.
-    `summary()` is final once iteration has finished.
+    polars writes each frame's CSV straight into a pipe and this side reads the pipe in exact
+    COMPRESS_BLOCK pieces, so the CSV never exists as Python bytes: memory stays at a sorted
+    slice, the pipe and one block whatever the window. Three threads overlap: read and sort
+    (DuckDB, polars), write CSV (polars), compress (the consumer). `summary()` is final once
+    iteration has finished.
     """
 
     def __init__(
@@ -207,25 +205,86 @@ class GzipCsvBody:
     ) -> None:
         self._frames = frames
         self._columns = tuple(columns)
-        self._encoder = GzipCsvEncoder(columns, compression_level)
+        self._compression_level = compression_level
+        self.rows = 0
+        self.csv_bytes = 0
 
-    def _csv_chunks(self) -> Iterator[tuple[int, bytes]]:
-        # Three stages on their own threads: read and sort (DuckDB, polars), write CSV
-        # (polars), compress (this consumer). Each holds the GIL only between native calls.
-        for frame in in_background(self._frames, depth=2):
-            if frame.columns != list(self._columns):
-                raise ValueError(f"frame columns {frame.columns} differ from {self._columns}")
-            if frame.height:
-                yield frame.height, csv_bytes(frame)
+    def _write_rows(self, pipe: io.RawIOBase, stop: threading.Event) -> None:
+        frames = in_background(self._frames, depth=1)
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                if frame.columns != list(self._columns):
+                    raise ValueError(f"frame columns {frame.columns} differ from {self._columns}")
+                if frame.height:
+                    write_csv_rows(frame, pipe)
+                    self.rows += frame.height
+        finally:
+            frames.close()
 
     def __iter__(self) -> Iterator[bytes]:
-        for rows, data in in_background(self._csv_chunks()):
-            yield from self._encoder.add(rows, data)
-        yield self._encoder.finish()
+        read_fd, write_fd = os.pipe()
+        _widen_pipe(write_fd)
+        stop = threading.Event()
+        failure: list[BaseException] = []
 
-    @property
-    def rows(self) -> int:
-        return self._encoder.rows
+        def write() -> None:
+            try:
+                with open(write_fd, "wb", buffering=0) as pipe:
+                    self._write_rows(pipe, stop)
+            except BaseException as exc:
+                failure.append(exc)
+
+        compressor = gzip_compressor(self._compression_level)
+        block = bytearray(COMPRESS_BLOCK)
+        view = memoryview(block)
+        header = csv_header(self._columns)
+        block[: len(header)] = header
+        filled = len(header)
+        writer = threading.Thread(target=write, name="csv-writer", daemon=True)
+        writer.start()
+        try:
+            with open(read_fd, "rb", buffering=0) as pipe:
+                while read := pipe.readinto(view[filled:]):
+                    filled += read
+                    self.csv_bytes += read
+                    if filled == COMPRESS_BLOCK:
+                        chunk = compressor.compress(view)
+                        filled = 0
+                        if chunk:
+                            yield chunk
+                # EOF: the writer closed its end, finished or failed.
+        finally:
+            # Leaving early (the upload failed): tell the writer to stop after its current
+            # frame, which finds the read end closed and fails with a broken pipe.
+            stop.set()
+            writer.join()
+        if failure:
+            raise failure[0]
+        self.csv_bytes += len(header)
+        yield compressor.compress(view[:filled]) + compressor.flush()
 
     def summary(self) -> dict[str, Any]:
-        return self._encoder.summary()
+        return {"rows": self.rows, "csv_bytes": self.csv_bytes}
+
+
+def write_csv_rows(frame: pl.DataFrame, target: io.RawIOBase | io.BytesIO) -> None:
+    """RFC 4180 rows without header into `target`: NULL is an empty field, "" is `""`."""
+    whole_second_text(frame).write_csv(
+        target,
+        include_header=False,
+        separator=",",
+        quote_char='"',
+        line_terminator="\n",
+        null_value="",
+        quote_style="necessary",
+    )
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow the pipe to one compress block where Linux allows it: fewer, larger reads."""
+    set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_pipe_size is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, set_pipe_size, COMPRESS_BLOCK)

@@ -3,6 +3,7 @@ window was cut, batched or compressed in pieces."""
 
 import gzip
 import itertools
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -66,6 +67,37 @@ def test_background_iteration_propagates_errors_and_stops_early() -> None:
     assert [next(iterator) for _ in range(3)] == [0, 1, 2]
     iterator.close()  # joins the worker: it must notice and stop
     assert len(produced) <= 3 + 2 + 1
+
+
+def csv_writers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "csv-writer"]
+
+
+def test_a_source_failure_mid_window_fails_the_body(events_db: Path) -> None:
+    database = EventsDatabase(path=str(events_db), slice_rows=2_000)
+
+    def breaks_after_two_slices():
+        frames = database.window_frames("clicks", *DAY)
+        yield next(frames)
+        yield next(frames)
+        raise RuntimeError("source broke")
+
+    body = GzipCsvBody(breaks_after_two_slices(), EVENT_COLUMNS["clicks"])
+    with pytest.raises(RuntimeError, match="source broke"):
+        b"".join(body)
+    assert not csv_writers()
+
+
+def test_a_consumer_leaving_early_stops_the_writer(events_db: Path) -> None:
+    """A failed upload closes the body after its first chunk: the CSV writer, blocked on a
+    full pipe, must fail and end rather than hang the run."""
+    database = EventsDatabase(path=str(events_db), slice_rows=500, batch_rows=500)
+    body = GzipCsvBody(database.window_frames("clicks", *DAY), EVENT_COLUMNS["clicks"])
+    chunks = iter(body)
+    assert next(chunks)[:2] == b"\x1f\x8b"
+    chunks.close()
+    assert not csv_writers()
+    assert 0 < body.rows < 20_000  # it stopped, it did not write the window to the end
 
 
 def test_filters_keep_columns_and_order(events_db: Path) -> None:
