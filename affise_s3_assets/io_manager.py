@@ -20,7 +20,7 @@ from pydantic import Field
 from affise_s3_assets.config import ConfigError, resolve_reference
 
 MIB = 1024 * 1024
-DEFAULT_PART_SIZE_MIB = 16
+DEFAULT_PART_SIZE_MIB = 8
 # S3 caps a multipart upload at 10,000 parts; part sizes grow so a stream of unknown length
 # never reaches the cap before 5 TiB (the largest object S3 accepts).
 MAX_PARTS = 10_000
@@ -127,13 +127,15 @@ class S3ObjectWriter:
         client: Any,
         bucket: str,
         key: str,
-        part_size: int = 16 * MIB,
+        part_size: int = DEFAULT_PART_SIZE_MIB * MIB,
         content_type: str = "application/gzip",
     ) -> None:
         self.client, self.bucket, self.key = client, bucket, key
         self._part_size = part_size
         self._content_type = content_type
-        self._buffer = bytearray()
+        # Compressed chunks waiting for the next part: joined once, when the part is full.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._in_flight: Future[dict[str, Any]] | None = None
@@ -141,12 +143,17 @@ class S3ObjectWriter:
         self.sent = 0
 
     def write(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        while len(self._buffer) >= part_size_for(len(self._parts) + 1, self._part_size):
-            size = part_size_for(len(self._parts) + 1, self._part_size)
-            body = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            self._send_part(body, wait=False)
+        # Parts only need a minimum size (all but the last), not equal sizes: a part is whole
+        # chunks, one copy of them and never a second part-sized buffer.
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self._pending_bytes >= part_size_for(len(self._parts) + 1, self._part_size):
+            self._send_part(self._take_pending(), wait=False)
+
+    def _take_pending(self) -> bytes:
+        body = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        return body
 
     def _send_part(self, body: bytes, wait: bool) -> None:
         if self._upload_id is None:
@@ -181,15 +188,14 @@ class S3ObjectWriter:
     def close(self) -> tuple[int, int]:
         """Complete the object; returns (bytes sent, parts), parts 0 for a single PUT."""
         if self._upload_id is None:
-            body = bytes(self._buffer)
+            body = self._take_pending()
             self.client.put_object(
                 Bucket=self.bucket, Key=self.key, Body=body, ContentType=self._content_type
             )
             self.sent = len(body)
             return self.sent, 0
-        if self._buffer:
-            self._send_part(bytes(self._buffer), wait=True)
-            self._buffer = bytearray()
+        if self._pending:
+            self._send_part(self._take_pending(), wait=True)
         elif self._in_flight is not None:
             self._in_flight.result()
         self.client.complete_multipart_upload(
@@ -227,7 +233,7 @@ def upload_stream(
     bucket: str,
     key: str,
     chunks: Iterable[bytes],
-    part_size: int = 16 * MIB,
+    part_size: int = DEFAULT_PART_SIZE_MIB * MIB,
     content_type: str = "application/gzip",
 ) -> tuple[int, int]:
     """Stream chunks to one object; returns (bytes sent, parts). See `S3ObjectWriter`."""
