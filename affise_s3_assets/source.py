@@ -119,15 +119,20 @@ class EventsDatabase(dg.ConfigurableResource):
         "then data/events.duckdb",
     )
     batch_rows: int = Field(default=25_000, description="rows per batch handed to the writer")
-    # Measured on 2 cores, 10M-row day (benchmarks/run_benchmarks.py): 100k-row slices peak at
-    # ~920 MB RSS, 50k at ~720 MB, 25k at ~580 MB, at about the same speed down to 50k.
+    # Measured on 2 cores, 10M-row day (benchmarks/run_benchmarks.py): each halving of the
+    # slice saves ~60 MB of peak RSS (the slice is fetched, converted and sorted: ~3 copies in
+    # flight) at about the same speed down to 25k rows; below that, per-query cost shows.
     slice_rows: int = Field(
-        default=50_000,
+        default=25_000,
         description="rows DuckDB sorts at a time: a window is read as consecutive sub-windows "
         "of about this many rows, each sorted, so sorting memory does not grow with the window",
     )
-    memory_limit: str = Field(default="64MB", description="DuckDB memory_limit; it spills past it")
-    threads: int = Field(default=2, description="DuckDB threads")
+    # The sort happens in polars and each block is read once, so DuckDB's buffer cache buys
+    # nothing: 16 MB instead of 64 MB is ~50 MB less RSS at the same speed.
+    memory_limit: str = Field(default="16MB", description="DuckDB memory_limit; it spills past it")
+    # A slice is smaller than one DuckDB row group (122,880 rows), which one thread scans; a
+    # second thread only adds its own buffers (~20 MB of RSS).
+    threads: int = Field(default=1, description="DuckDB threads")
 
     def database_path(self) -> Path:
         # Read at run time, not at import, so definitions load the same everywhere.
@@ -170,7 +175,8 @@ class EventsDatabase(dg.ConfigurableResource):
             # slice several times faster than DuckDB's ORDER BY, which also materializes the
             # whole result under its memory limit.
             for slice_start, slice_end in sub_windows(start, end, rows, self.slice_rows):
-                frame = con.sql(query, params=[slice_start, slice_end]).pl()
+                # Through the Arrow C stream: no pyarrow in the process (~40 MB less RSS).
+                frame = pl.DataFrame(con.sql(query, params=[slice_start, slice_end]))
                 frame = frame.sort(ROW_ORDER)
                 for offset in range(0, frame.height, self.batch_rows):
                     yield frame.slice(offset, self.batch_rows)
