@@ -224,29 +224,36 @@ class GzipCsvBody:
             frames.close()
 
     def __iter__(self) -> Iterator[bytes]:
-        read_fd, write_fd = os.pipe()
-        _widen_pipe(write_fd)
-        stop = threading.Event()
-        failure: list[BaseException] = []
-
-        def write() -> None:
-            try:
-                with open(write_fd, "wb", buffering=0) as pipe:
-                    self._write_rows(pipe, stop)
-            except BaseException as exc:
-                failure.append(exc)
-
         compressor = gzip_compressor(self._compression_level)
         block = bytearray(COMPRESS_BLOCK)
         view = memoryview(block)
         header = csv_header(self._columns)
         block[: len(header)] = header
         filled = len(header)
+        stop = threading.Event()
+        failure: list[BaseException] = []
+        read_fd, write_fd = os.pipe()
+        # Each end is owned by a file object from here on, so every path closes both.
+        reader = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed below, on every path
+        write_end = open(write_fd, "wb", buffering=0)  # noqa: SIM115 - closed by the writer
+        _widen_pipe(write_fd)
+
+        def write() -> None:
+            try:
+                with write_end:
+                    self._write_rows(write_end, stop)
+            except BaseException as exc:
+                failure.append(exc)
+
         writer = threading.Thread(target=write, name="csv-writer", daemon=True)
-        writer.start()
-        try:
-            with open(read_fd, "rb", buffering=0) as pipe:
-                while read := pipe.readinto(view[filled:]):
+        with reader:
+            try:
+                writer.start()
+            except BaseException:
+                write_end.close()
+                raise
+            try:
+                while read := reader.readinto(view[filled:]):
                     filled += read
                     self.csv_bytes += read
                     if filled == COMPRESS_BLOCK:
@@ -255,11 +262,13 @@ class GzipCsvBody:
                         if chunk:
                             yield chunk
                 # EOF: the writer closed its end, finished or failed.
-        finally:
-            # Leaving early (the upload failed): tell the writer to stop after its current
-            # frame, which finds the read end closed and fails with a broken pipe.
-            stop.set()
-            writer.join()
+            finally:
+                # Leaving early (the upload failed): the writer stops after its current frame,
+                # and a write into the closed read end fails at once (broken pipe) instead of
+                # blocking on a full pipe, so the join cannot hang.
+                stop.set()
+                reader.close()
+                writer.join()
         if failure:
             raise failure[0]
         self.csv_bytes += len(header)

@@ -21,8 +21,9 @@ from affise_s3_assets.config import ConfigError, resolve_reference
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE_MIB = 8
-# S3 caps a multipart upload at 10,000 parts; part sizes grow so a stream of unknown length
-# never reaches the cap before 5 TiB (the largest object S3 accepts).
+# S3 caps a multipart upload at 10,000 parts; part sizes double every 1,000 parts so a stream
+# of unknown length reaches the cap only past ~8 TiB at the default 8 MiB base (5 TiB is the
+# largest object S3 accepts; ~4.9 TiB at the 5 MiB minimum base).
 MAX_PARTS = 10_000
 _PARTS_PER_SIZE_STEP = 1_000
 
@@ -145,6 +146,8 @@ class S3ObjectWriter:
     def write(self, chunk: bytes) -> None:
         # Parts only need a minimum size (all but the last), not equal sizes: a part is whole
         # chunks, one copy of them and never a second part-sized buffer.
+        if not chunk:
+            return
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
         if self._pending_bytes >= part_size_for(len(self._parts) + 1, self._part_size):
@@ -238,13 +241,20 @@ def upload_stream(
 ) -> tuple[int, int]:
     """Stream chunks to one object; returns (bytes sent, parts). See `S3ObjectWriter`."""
     writer = S3ObjectWriter(client, bucket, key, part_size, content_type)
+    source = iter(chunks)
     try:
-        for chunk in chunks:
+        for chunk in source:
             writer.write(chunk)
         return writer.close()
     except BaseException:
         writer.abort()
         raise
+    finally:
+        # A producer with threads of its own (GzipCsvBody) stops them when closed; don't rely
+        # on garbage collection to do it.
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 def describe_s3_error(exc: BaseException) -> str:

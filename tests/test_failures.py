@@ -3,6 +3,7 @@ bucket and key, from the real server's error, and never a secret."""
 
 from pathlib import Path
 
+import botocore.exceptions
 import dagster as dg
 import pytest
 
@@ -109,6 +110,24 @@ def test_failed_multipart_stream_is_aborted_and_leaves_nothing(
         upload_stream(client, bucket, "k.csv.gz", chunks_then_crash(), part_size=5 * 1024 * 1024)
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert keys_in(s3_server, bucket) == []
+
+
+def test_a_failed_upload_closes_its_source(s3_server: S3Server) -> None:
+    """The source must be stopped by the upload, not left to garbage collection: whoever
+    still holds it (here the test, in a run the delivery object) keeps its producer alive."""
+    closed = []
+
+    def endless_chunks():
+        try:
+            while True:
+                yield b"z" * 1024 * 1024
+        finally:
+            closed.append(True)
+
+    source = endless_chunks()
+    with pytest.raises(botocore.exceptions.ClientError, match="NoSuchBucket"):
+        upload_stream(s3_server.client(), "no-such-bucket", "k", source, part_size=5 * 1024**2)
+    assert closed == [True]
 
 
 def test_failed_redelivery_keeps_the_previous_object(s3_server: S3Server, bucket: str) -> None:

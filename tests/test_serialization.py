@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from affise_s3_assets.csv_export import GzipCsvBody, filter_events, in_background
+from affise_s3_assets.csv_export import GzipCsvBody, GzipCsvEncoder, filter_events, in_background
 from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, sub_windows
 
 DAY = (datetime(2026, 11, 25), datetime(2026, 11, 26))
@@ -34,6 +34,18 @@ def test_every_level_is_plain_gzip_of_the_same_csv(events_db: Path, level: int) 
     data, _ = export_bytes(events_db, level)
     assert gzip.decompress(data) == gzip.decompress(reference)
     assert data[4:8] == b"\x00\x00\x00\x00" and not data[3] & 0x08  # no mtime, no name
+
+
+def test_pipe_body_and_push_encoder_give_the_same_bytes(events_db: Path) -> None:
+    """The asset path (GzipCsvBody, CSV through a pipe) and the window-job path
+    (GzipCsvEncoder, CSV pushed as bytes) must cut the stream into the same blocks."""
+    frames = list(EventsDatabase(path=str(events_db)).window_frames("clicks", *DAY))
+    piped = b"".join(GzipCsvBody(frames, EVENT_COLUMNS["clicks"]))
+    encoder = GzipCsvEncoder(EVENT_COLUMNS["clicks"])
+    pushed = b"".join(chunk for frame in frames for chunk in encoder.add_frame(frame))
+    pushed += encoder.finish()
+    assert len(gzip.decompress(piped)) > 4 * 1024 * 1024  # several compress blocks
+    assert piped == pushed
 
 
 def test_sub_windows_are_consecutive_and_cover_the_window() -> None:
