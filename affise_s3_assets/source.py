@@ -127,9 +127,15 @@ class EventsDatabase(dg.ConfigurableResource):
         description="rows DuckDB sorts at a time: a window is read as consecutive sub-windows "
         "of about this many rows, each sorted, so sorting memory does not grow with the window",
     )
-    # The sort happens in polars and each block is read once, so DuckDB's buffer cache buys
-    # nothing: 16 MB instead of 64 MB is ~50 MB less RSS at the same speed.
-    memory_limit: str = Field(default="16MB", description="DuckDB memory_limit; it spills past it")
+    # Unset, it depends on the source. A DuckDB file's blocks are read once and sorted in
+    # polars, so DuckDB's cache buys nothing: 16 MB instead of 64 MB is ~50 MB less RSS at the
+    # same speed. The Parquet reader decodes whole column chunks in DuckDB memory, which needs
+    # room for the dataset's largest row group (16 MB fails on 122,880-row groups).
+    memory_limit: str | None = Field(
+        default=None,
+        description="DuckDB memory_limit; unset: 16MB for a DuckDB file, 256MB for a Parquet "
+        "dataset",
+    )
     # A slice is smaller than one DuckDB row group (122,880 rows), which one thread scans; a
     # second thread only adds its own buffers (~20 MB of RSS).
     threads: int = Field(default=1, description="DuckDB threads")
@@ -143,7 +149,8 @@ class EventsDatabase(dg.ConfigurableResource):
             raise FileNotFoundError(f"events database {path} does not exist")
         # A Parquet dataset needs no database: an in-memory connection reads the files.
         con = duckdb.connect() if path.is_dir() else duckdb.connect(str(path), read_only=True)
-        con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        memory_limit = self.memory_limit or ("256MB" if path.is_dir() else "16MB")
+        con.execute(f"SET memory_limit = '{memory_limit}'")
         con.execute(f"SET threads = {int(self.threads)}")
         con.execute("SET preserve_insertion_order = false")
         con.execute(f"SET temp_directory = '{tempfile.gettempdir()}/affise-duckdb-spill'")
