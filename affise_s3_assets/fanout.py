@@ -43,6 +43,10 @@ from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase
 
 # Closing objects is network-bound: small PUTs and HEADs go out in parallel.
 CLOSE_THREADS = 16
+# One object per integration is open at once: the part each is filling keeps this much in
+# memory and spills the rest to a temporary file, so a group of large integrations cannot
+# cost a part (8 MiB, S3's minimum is 5) of RAM each.
+PART_MEMORY_BYTES = 256 * 1024
 # Rows per batch fanned out to every integration (the loader's slices are 25k rows). Measured
 # with benchmarks/run_benchmarks.py, 834 integrations, 208k-row window: 250k-row batches
 # peaked at 576 MB, 50k at 497 MB, 25k at ~450 MB, in the same 15-19 s per run.
@@ -101,7 +105,11 @@ class _Delivery:
         if self.writer is None:
             client = s3_client(self.target.destination)
             self.writer = S3ObjectWriter(
-                client, self.target.destination.bucket, self.key, self.part_size
+                client,
+                self.target.destination.bucket,
+                self.key,
+                self.part_size,
+                memory_bytes=PART_MEMORY_BYTES,
             )
         return self.writer
 

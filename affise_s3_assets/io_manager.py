@@ -4,12 +4,13 @@ streams the object there. Knows keys and S3, nothing of DuckDB or CSV.
 
 import contextlib
 import functools
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import boto3
 import botocore.config
@@ -121,6 +122,10 @@ class S3ObjectWriter:
     up one at a time in a worker thread while the next is being filled. `abort()` (or any
     failure inside `upload_stream`) discards it: no object, no orphan parts, and the previous
     object under the key, if any, stays as it was.
+
+    With `memory_bytes`, a part being filled keeps at most that much in memory and the rest in
+    a temporary file: a window job fills one object per integration at once, and S3's 5 MiB
+    minimum part size would otherwise cost each large integration a part of RAM.
     """
 
     def __init__(
@@ -130,35 +135,57 @@ class S3ObjectWriter:
         key: str,
         part_size: int = DEFAULT_PART_SIZE_MIB * MIB,
         content_type: str = "application/gzip",
+        memory_bytes: int | None = None,
     ) -> None:
         self.client, self.bucket, self.key = client, bucket, key
         self._part_size = part_size
         self._content_type = content_type
-        # Compressed chunks waiting for the next part: joined once, when the part is full.
+        self._memory_bytes = memory_bytes
+        # Compressed chunks waiting for the next part: joined once, when the part is full,
+        # or written to `_spool` once they pass `memory_bytes`.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._spool: IO[bytes] | None = None
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._in_flight: Future[dict[str, Any]] | None = None
         self._uploader: ThreadPoolExecutor | None = None
         self.sent = 0
+        self.most_in_memory = 0  # the largest pending part held in memory, in bytes
 
     def write(self, chunk: bytes) -> None:
         # Parts only need a minimum size (all but the last), not equal sizes: a part is whole
         # chunks, one copy of them and never a second part-sized buffer.
         if not chunk:
             return
-        self._pending.append(chunk)
+        if self._spool is not None:
+            self._spool.write(chunk)
+        else:
+            self._pending.append(chunk)
+            if self._memory_bytes is not None and self._pending_bytes + len(chunk) > (
+                self._memory_bytes
+            ):
+                self._spool = tempfile.TemporaryFile(prefix="affise-part-")  # noqa: SIM115
+                self._spool.writelines(self._pending)
+                self._pending = []
         self._pending_bytes += len(chunk)
+        if self._spool is None:
+            self.most_in_memory = max(self.most_in_memory, self._pending_bytes)
         if self._pending_bytes >= part_size_for(len(self._parts) + 1, self._part_size):
             self._send_part(self._take_pending(), wait=False)
 
-    def _take_pending(self) -> bytes:
-        body = b"".join(self._pending)
+    def _take_pending(self) -> bytes | IO[bytes]:
+        """The pending part: bytes, or its temporary file rewound (closed once uploaded)."""
+        body: bytes | IO[bytes]
+        if self._spool is not None:
+            body, self._spool = self._spool, None
+            body.seek(0)
+        else:
+            body = b"".join(self._pending)
         self._pending, self._pending_bytes = [], 0
         return body
 
-    def _send_part(self, body: bytes, wait: bool) -> None:
+    def _send_part(self, body: bytes | IO[bytes], wait: bool) -> None:
         if self._upload_id is None:
             self._upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=self.key, ContentType=self._content_type
@@ -172,19 +199,24 @@ class S3ObjectWriter:
         part: dict[str, Any] = {"PartNumber": number}
         self._parts.append(part)
         assert self._uploader is not None
+        # Sized before the upload thread starts reading: measuring seeks the file.
+        self.sent += _body_size(body)
         self._in_flight = self._uploader.submit(self._upload_part, part, body)
-        self.sent += len(body)
         if wait:
             self._in_flight.result()
 
-    def _upload_part(self, part: dict[str, Any], body: bytes) -> dict[str, Any]:
-        response = self.client.upload_part(
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=self._upload_id,
-            PartNumber=part["PartNumber"],
-            Body=body,
-        )
+    def _upload_part(self, part: dict[str, Any], body: bytes | IO[bytes]) -> dict[str, Any]:
+        try:
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumber=part["PartNumber"],
+                Body=body,
+            )
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
         part["ETag"] = response["ETag"]
         return part
 
@@ -192,12 +224,16 @@ class S3ObjectWriter:
         """Complete the object; returns (bytes sent, parts), parts 0 for a single PUT."""
         if self._upload_id is None:
             body = self._take_pending()
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=body, ContentType=self._content_type
-            )
-            self.sent = len(body)
+            self.sent = _body_size(body)
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=body, ContentType=self._content_type
+                )
+            finally:
+                if not isinstance(body, bytes):
+                    body.close()
             return self.sent, 0
-        if self._pending:
+        if self._pending_bytes:
             self._send_part(self._take_pending(), wait=True)
         elif self._in_flight is not None:
             self._in_flight.result()
@@ -229,6 +265,15 @@ class S3ObjectWriter:
         if self._uploader is not None:
             self._uploader.shutdown(wait=True)
             self._uploader = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+def _body_size(body: bytes | IO[bytes]) -> int:
+    if isinstance(body, bytes):
+        return len(body)
+    return body.seek(0, 2) - body.seek(0)
 
 
 def upload_stream(

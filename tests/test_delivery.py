@@ -2,6 +2,7 @@
 gunzip, parse strictly and compare every field with the source rows in DuckDB."""
 
 import gzip
+import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -14,7 +15,7 @@ import pytest
 
 from affise_s3_assets.assets import IO_MANAGER_KEY, build_export_asset, event_sources
 from affise_s3_assets.config import IntegrationConfig, parse_integrations
-from affise_s3_assets.io_manager import DateFolderS3IOManager
+from affise_s3_assets.io_manager import MIB, DateFolderS3IOManager, S3ObjectWriter
 from affise_s3_assets.source import EventsDatabase
 from tests.conftest import S3Server
 from tests.csv_reader import read_rfc4180
@@ -316,6 +317,29 @@ def test_multipart_object_round_trips_against_the_real_server(
     _, expected = source_rows(db, "clicks", datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))
     assert len(rows) == 120_000
     assert rows == expected
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_parts_beyond_memory_bytes_spill_to_disk_and_arrive_exact(
+    s3_server: S3Server, bucket: str
+) -> None:
+    """The window job's writers keep a part in memory only up to `memory_bytes`."""
+    client = s3_server.client()
+    data = random.Random(7).randbytes(11 * MIB)  # incompressible: 3 parts of >= 5 MiB
+    for key, size, memory, parts in (
+        ("spilled", len(data), 64 * 1024, 3),
+        ("in-memory", len(data), None, 3),
+        ("spilled-single-put", MIB, 64 * 1024, 0),
+    ):
+        writer = S3ObjectWriter(client, bucket, key, 5 * MIB, memory_bytes=memory)
+        for offset in range(0, size, 100_000):
+            writer.write(data[offset : min(offset + 100_000, size)])
+        assert writer.close() == (size, parts)
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data[:size]
+        if memory is None:
+            assert writer.most_in_memory >= 5 * MIB
+        else:
+            assert writer.most_in_memory <= memory
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
