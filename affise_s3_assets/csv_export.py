@@ -149,16 +149,20 @@ def in_background(items: Iterable[_T], depth: int = 3) -> Iterator[_T]:
 
 
 class GzipCsvEncoder:
-    """Push side of the format: CSV rows in, gzip chunks out, header first.
+    """The format: CSV in, gzip chunks out, header first. Both export paths go through it.
 
-    The CSV stream is cut into exact COMPRESS_BLOCK pieces without copying it (only a tail
-    shorter than a block is carried to the next call), so the bytes depend on the rows alone.
+    The CSV stream is compressed in exact COMPRESS_BLOCK pieces, so the bytes depend on the
+    rows alone. CSV arrives either pushed as bytes (`add`, the window job), where whole blocks
+    are compressed straight from the caller's buffer, or read from a pipe into the block
+    (`fill_from`, the asset path). The block grows only as far as it is filled: a window job
+    holds one per integration.
     """
 
     def __init__(self, columns: Sequence[str], compression_level: int = 1) -> None:
         header = csv_header(columns)
         self._compressor = gzip_compressor(compression_level)
-        self._carry = bytearray(header)
+        self._block = bytearray(header)
+        self._filled = len(header)
         self.rows = 0
         self.csv_bytes = len(header)
 
@@ -167,28 +171,43 @@ class GzipCsvEncoder:
         self.rows += rows
         self.csv_bytes += len(data)
         view = memoryview(data)
-        if self._carry:
-            need = COMPRESS_BLOCK - len(self._carry)
-            if len(view) < need:
-                self._carry += view
-                return
-            self._carry += view[:need]
-            view = view[need:]
-            yield self._compressor.compress(self._carry)
-            self._carry = bytearray()
-        whole = len(view) - len(view) % COMPRESS_BLOCK
-        for offset in range(0, whole, COMPRESS_BLOCK):
-            chunk = self._compressor.compress(view[offset : offset + COMPRESS_BLOCK])
+        while view:
+            if self._filled == 0 and len(view) >= COMPRESS_BLOCK:
+                chunk = self._compressor.compress(view[:COMPRESS_BLOCK])
+                view = view[COMPRESS_BLOCK:]
+            else:
+                take = min(len(view), COMPRESS_BLOCK - self._filled)
+                self._block[self._filled : self._filled + take] = view[:take]
+                self._filled += take
+                view = view[take:]
+                chunk = self._full_block()
             if chunk:
                 yield chunk
-        self._carry = bytearray(view[whole:])
+
+    def fill_from(self, source: io.RawIOBase) -> tuple[int, bytes]:
+        """Read CSV from `source` straight into the block: (bytes read, 0 at end of file;
+        compressed output, empty until a block is full)."""
+        if len(self._block) < COMPRESS_BLOCK:
+            self._block.extend(bytes(COMPRESS_BLOCK - len(self._block)))
+        with memoryview(self._block) as block:
+            read = source.readinto(block[self._filled :]) or 0
+        self._filled += read
+        self.csv_bytes += read
+        return read, self._full_block()
+
+    def _full_block(self) -> bytes:
+        if self._filled < COMPRESS_BLOCK:
+            return b""
+        self._filled = 0
+        return self._compressor.compress(self._block)
 
     def add_frame(self, frame: pl.DataFrame) -> Iterator[bytes]:
         if frame.height:
             yield from self.add(frame.height, csv_bytes(frame))
 
     def finish(self) -> bytes:
-        return self._compressor.compress(self._carry) + self._compressor.flush()
+        with memoryview(self._block) as block:
+            return self._compressor.compress(block[: self._filled]) + self._compressor.flush()
 
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows, "csv_bytes": self.csv_bytes}
@@ -209,9 +228,7 @@ class GzipCsvBody:
     ) -> None:
         self._frames = frames
         self._columns = tuple(columns)
-        self._compression_level = compression_level
-        self.rows = 0
-        self.csv_bytes = 0
+        self._encoder = GzipCsvEncoder(columns, compression_level)
 
     def _write_rows(self, pipe: io.RawIOBase, stop: threading.Event) -> None:
         frames = in_background(self._frames, depth=1)
@@ -223,17 +240,12 @@ class GzipCsvBody:
                     raise ValueError(f"frame columns {frame.columns} differ from {self._columns}")
                 if frame.height:
                     write_csv_rows(frame, pipe)
-                    self.rows += frame.height
+                    self._encoder.rows += frame.height
         finally:
             frames.close()
 
     def __iter__(self) -> Iterator[bytes]:
-        compressor = gzip_compressor(self._compression_level)
-        block = bytearray(COMPRESS_BLOCK)
-        view = memoryview(block)
-        header = csv_header(self._columns)
-        block[: len(header)] = header
-        filled = len(header)
+        encoder = self._encoder
         stop = threading.Event()
         failure: list[BaseException] = []
         read_fd, write_fd = os.pipe()
@@ -257,15 +269,12 @@ class GzipCsvBody:
                 write_end.close()
                 raise
             try:
-                while read := reader.readinto(view[filled:]):
-                    filled += read
-                    self.csv_bytes += read
-                    if filled == COMPRESS_BLOCK:
-                        chunk = compressor.compress(view)
-                        filled = 0
-                        if chunk:
-                            yield chunk
-                # EOF: the writer closed its end, finished or failed.
+                while True:
+                    read, chunk = encoder.fill_from(reader)
+                    if chunk:
+                        yield chunk
+                    if not read:
+                        break  # EOF: the writer closed its end, finished or failed.
             finally:
                 # Leaving early (the upload failed): the writer stops after its current frame,
                 # and a write into the closed read end fails at once (broken pipe) instead of
@@ -275,11 +284,14 @@ class GzipCsvBody:
                 writer.join()
         if failure:
             raise failure[0]
-        self.csv_bytes += len(header)
-        yield compressor.compress(view[:filled]) + compressor.flush()
+        yield encoder.finish()
+
+    @property
+    def rows(self) -> int:
+        return self._encoder.rows
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": self.rows, "csv_bytes": self.csv_bytes}
+        return self._encoder.summary()
 
 
 def write_csv_rows(frame: pl.DataFrame, target: io.RawIOBase | io.BytesIO) -> None:
