@@ -7,8 +7,11 @@
    real S3 server from scripts/s3-server.sh) and, as the reference, through DuckDB's
    `COPY ... (COMPRESSION gzip)`. Each case runs in its own process, so its peak RSS is its own.
    The delivered object is verified: row count and a sample of rows against the source.
-2. Source: the same 15-minute window read from a Hive-partitioned Parquet dataset.
-3. Scale: --integrations integrations x 2 event types: definitions import, `dagster
+2. Profile: the one-day window cut after each stage of the asset path (read and sort, CSV,
+   gzip, upload), wall and CPU seconds of each, the S3 server's own CPU, and the alternative to
+   sorted sub-windows: DuckDB sorting the whole window under a memory limit.
+3. Source: the same 15-minute window read from a Hive-partitioned Parquet dataset.
+4. Scale: --integrations integrations x 2 event types: definitions import, `dagster
    definitions validate`, a sensor tick and a schedule tick; then window jobs delivering every
    integration's clicks for several consecutive 15-minute windows at 20M clicks/day in total.
 Everything it writes is under benchmarks/out/ (git-ignored).
@@ -20,6 +23,8 @@ import json
 import os
 import random
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +40,8 @@ S3_ENV = {"S3_DIR": "/tmp/affise-bench-s3", "RGW_PORT": "7482", "MON_PORT": "679
 ENDPOINT = f"http://127.0.0.1:{S3_ENV['RGW_PORT']}"
 KEY, SECRET = "BENCHACCESSKEY000001", "bench-secret-key-000001"
 BUCKET = "affise-bench"
+# DuckDB's budget when it sorts a whole window itself (the alternative to sorted sub-windows).
+ORDER_BY_MEMORY = "256MB"
 
 
 def peak_rss_mb() -> float:
@@ -44,12 +51,19 @@ def peak_rss_mb() -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process, all threads (DuckDB, polars and ISA-L included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def emit(result: dict[str, Any]) -> None:
-    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb(), "cpu": cpu_seconds()}))
 
 
 def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
     """Run this script in child mode; returns its JSON answer and its own peak RSS (MB)."""
+    started = time.perf_counter()
     child = subprocess.Popen(
         [PYTHON, __file__, *args],
         stdout=subprocess.PIPE,
@@ -62,6 +76,8 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[
     if child.returncode != 0:
         raise SystemExit(f"child {args} failed:\n{err[-4000:]}")
     result = json.loads(out.strip().splitlines()[-1])
+    # The whole process, start-up and imports included: what a run launched per window costs.
+    result["process_wall"] = time.perf_counter() - started
     return result, result["peak_rss_mb"]
 
 
@@ -109,6 +125,44 @@ integrations:
     (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     emit({"wall": wall, **metadata})
+
+
+def child_stage(db: str, stage: str) -> None:
+    """One day's window through the first stages of the asset path only, or the alternative
+    the issue asks to compare: one DuckDB `ORDER BY` under a memory limit, spilling to disk."""
+    import polars as pl
+
+    from affise_s3_assets.csv_export import GzipCsvBody, write_csv_rows
+    from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, window_query
+
+    start, end = DAY, DAY + timedelta(days=1)
+    events = EventsDatabase(path=db)
+    rows = 0
+    started = time.perf_counter()
+    if stage == "order-by":
+        import duckdb
+
+        with duckdb.connect(db, read_only=True) as con:
+            con.execute(f"SET memory_limit = '{ORDER_BY_MEMORY}'")
+            con.execute(f"SET temp_directory = '{OUT / 'duckdb-spill'}'")
+            query = window_query("clicks") + " ORDER BY created_at, id"
+            reader = con.sql(query, params=[start, end]).to_arrow_reader(events.batch_rows)
+            for batch in reader:
+                rows += pl.DataFrame(batch).height
+    elif stage == "read-sort":
+        for frame in events.window_frames("clicks", start, end):
+            rows += frame.height
+    elif stage == "csv":
+        with open(os.devnull, "wb", buffering=0) as sink:
+            for frame in events.window_frames("clicks", start, end):
+                write_csv_rows(frame, sink)
+                rows += frame.height
+    elif stage == "gzip":
+        body = GzipCsvBody(events.window_frames("clicks", start, end), EVENT_COLUMNS["clicks"])
+        for _chunk in body:
+            pass
+        rows = body.rows
+    emit({"wall": time.perf_counter() - started, "rows": rows})
 
 
 def child_duckdb_copy(db: str, start: str, end: str, target: str) -> None:
@@ -365,27 +419,135 @@ def export_cases(rows: int) -> None:
         s3_client().delete_object(Bucket=BUCKET, Key=key)
 
 
+def server_cpu_seconds() -> float:
+    """CPU used so far by the S3 server's daemons (RGW, OSD, monitor), from their pid files."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid_file in Path(S3_ENV["S3_DIR"], "run").glob("*.pid"):
+        stat = Path(f"/proc/{pid_file.read_text().strip()}/stat").read_text()
+        utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+        total += (int(utime) + int(stime)) / ticks
+    return total
+
+
+def profile_cases(rows: int) -> None:
+    """Where the one-day window's time goes: the asset path cut after each stage, each in its
+    own process, CPU of all threads; then DuckDB sorting the whole window instead."""
+    db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
+    print(
+        f"\n## Profile: the one-day window ({rows:,} rows), stage by stage, {os.cpu_count()} cores"
+    )
+    print(
+        "| pipeline | wall s | CPU s | cores busy | CPU added s | peak RSS MB |\n"
+        "|---|---|---|---|---|---|"
+    )
+    previous = 0.0
+    stages = (
+        ("read-sort", "DuckDB sub-windows → polars, each sorted"),
+        ("csv", "+ polars CSV (to /dev/null)"),
+        ("gzip", "+ gzip (ISA-L, level 1)"),
+    )
+    for stage, label in stages:
+        result, rss = run_child(["--child", "stage", str(db), stage])
+        cpu = result["cpu"]
+        print(
+            f"| {label} | {result['wall']:.1f} | {cpu:.1f} | {cpu / result['wall']:.2f} | "
+            f"{cpu - previous:.1f} | {rss:.0f} |"
+        )
+        previous = cpu
+    server_before = server_cpu_seconds()
+    ours, rss = run_child(
+        ["--child", "export", str(db), "1440", DAY.strftime("%Y-%m-%d-%H:%M")],
+        {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET},
+    )
+    server = server_cpu_seconds() - server_before
+    s3_client().delete_object(
+        Bucket=BUCKET, Key=str(ours["s3_uri"]).removeprefix(f"s3://{BUCKET}/")
+    )
+    cpu = ours["cpu"]
+    print(
+        f"| + Dagster run, multipart upload (the asset path) | {ours['wall']:.1f} | {cpu:.1f} | "
+        f"{cpu / ours['wall']:.2f} | {cpu - previous:.1f} | {rss:.0f} |"
+    )
+    print(f"| the S3 server receiving it (its own processes) | | {server:.1f} | | {server:.1f} | |")
+    result, rss = run_child(["--child", "stage", str(db), "order-by"])
+    print(
+        f"| instead of sub-windows: one DuckDB `ORDER BY created_at, id` "
+        f"(memory_limit {ORDER_BY_MEMORY}, spilling) → polars | {result['wall']:.1f} | "
+        f"{result['cpu']:.1f} | {result['cpu'] / result['wall']:.2f} | | {rss:.0f} |"
+    )
+    floor = (cpu + server) / (os.cpu_count() or 1)
+    print(
+        f"CPU of the whole delivery, server included: {cpu + server:.1f} s; on "
+        f"{os.cpu_count()} cores no schedule can finish it in less than {floor:.1f} s."
+    )
+
+
+PARQUET_DAYS = 7
+
+
+def child_parquet_read(dataset: str, files: str, partition: str) -> None:
+    """Read one 15-minute window out of the Parquet dataset, as the loader does (sorted, into
+    polars), from the window's own day's files or from every file of the dataset."""
+    import duckdb
+    import polars as pl
+
+    from affise_s3_assets.source import ROW_ORDER, parquet_files, window_query
+
+    start = datetime.strptime(partition, "%Y-%m-%d-%H:%M")
+    end = start + timedelta(minutes=15)
+    if files == "pruned":
+        paths = parquet_files(Path(dataset), "clicks", start, end)
+    else:
+        paths = sorted(str(path) for path in Path(dataset, "clicks").glob("*/*.parquet"))
+    relation = "read_parquet([" + ", ".join(f"'{path}'" for path in paths) + "])"
+    started = time.perf_counter()
+    with duckdb.connect() as con:
+        con.execute("SET memory_limit = '256MB'")
+        con.execute("SET threads = 1")
+        frame = pl.DataFrame(con.sql(window_query("clicks", relation), params=[start, end]))
+        rows = frame.sort(ROW_ORDER).height
+    emit({"wall": time.perf_counter() - started, "rows": rows, "files": len(paths)})
+
+
 def parquet_case(rows: int) -> None:
     import duckdb
 
     db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
-    dataset = OUT / f"parquet-{rows}"
+    # A week of days, each the benchmark day's rows moved back by whole days, so a window's
+    # own day is one file among PARQUET_DAYS.
+    dataset = OUT / f"parquet-{rows}-{PARQUET_DAYS}days"
     if not dataset.exists():
-        dataset.mkdir(parents=True)
+        scratch = dataset.with_suffix(".tmp")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
         with duckdb.connect(str(db), read_only=True) as con:
-            con.execute(
-                "COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM clicks) "
-                f"TO '{dataset / 'clicks'}' (FORMAT parquet, PARTITION_BY (date))"
-            )
+            for back in range(PARQUET_DAYS):
+                con.execute(
+                    f"COPY (SELECT * REPLACE (created_at - INTERVAL {back} DAY AS created_at), "
+                    f"strftime(created_at - INTERVAL {back} DAY, '%Y-%m-%d') AS date "
+                    f"FROM clicks) TO '{scratch / 'clicks'}' "
+                    "(FORMAT parquet, PARTITION_BY (date), APPEND)"
+                )
+        scratch.rename(dataset)
     quarter = DAY + timedelta(hours=10, minutes=15)
     partition = quarter.strftime("%Y-%m-%d-%H:%M")
-    print("\n## Source: the 15-minute window from a DuckDB file and from a Parquet dataset")
-    for label, source in (("DuckDB file", db), ("Parquet dataset (clicks/date=…/)", dataset)):
+    print(
+        "\n## Source: the 15-minute window from a DuckDB file and from a Parquet dataset "
+        f"({PARQUET_DAYS} days, one directory per day)"
+    )
+    for label, source in (("DuckDB file", db), ("Parquet dataset, asset path", dataset)):
         result, rss = run_child(
             ["--child", "export", str(source), "15", partition],
             {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET},
         )
         print(f"- {label}: {result['rows']:,} rows, {result['wall']:.2f} s, peak RSS {rss:.0f} MB")
+    for files, label in (("pruned", "the window's day only (the loader)"), ("all", "every file")):
+        result, rss = run_child(["--child", "parquet-read", str(dataset), files, partition])
+        print(
+            f"- reading the window from {label}: {result['files']} file(s), "
+            f"{result['rows']:,} rows, {result['wall']:.2f} s, peak RSS {rss:.0f} MB"
+        )
 
 
 def scale_cases(count: int, windows: int) -> None:
@@ -459,8 +621,9 @@ def scale_cases(count: int, windows: int) -> None:
         "20M clicks/day in total"
     )
     print(
-        "| window | rows in window | objects | run wall s (lag after close) | peak RSS MB |\n"
-        "|---|---|---|---|---|"
+        "| window | rows in window | objects | run wall s | lag after close s (process start "
+        "to exit, definitions loaded) | peak RSS MB |\n"
+        "|---|---|---|---|---|---|"
     )
     for n in range(windows):
         start = DAY + timedelta(hours=10, minutes=15 * n)
@@ -473,7 +636,7 @@ def scale_cases(count: int, windows: int) -> None:
             ).fetchone()
         print(
             f"| {partition} | {in_window:,} | {result['objects']:,} | "
-            f"{result['wall']:.1f} | {rss:.0f} |"
+            f"{result['wall']:.1f} | {result['process_wall']:.1f} | {rss:.0f} |"
         )
 
 
@@ -483,6 +646,8 @@ def main() -> None:
         handlers = {
             "export": lambda: child_export(args[0], int(args[1]), args[2]),
             "copy": lambda: child_duckdb_copy(*args),
+            "stage": lambda: child_stage(*args),
+            "parquet-read": lambda: child_parquet_read(*args),
             "import": lambda: child_import(args[0]),
             "ticks": lambda: child_ticks(args[0]),
             "window": lambda: child_window(*args),
@@ -495,14 +660,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="clicks in the one-day table")
     parser.add_argument("--integrations", type=int, default=1000)
     parser.add_argument("--windows", type=int, default=4, help="15-minute windows delivered")
-    parser.add_argument("--only", choices=["export", "parquet", "scale"], action="append")
+    parser.add_argument(
+        "--only", choices=["export", "profile", "parquet", "scale"], action="append"
+    )
     options = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    parts = options.only or ["export", "parquet", "scale"]
+    parts = options.only or ["export", "profile", "parquet", "scale"]
     start_s3()
     try:
         if "export" in parts:
             export_cases(options.rows)
+        if "profile" in parts:
+            profile_cases(options.rows)
         if "parquet" in parts:
             parquet_case(options.rows)
         if "scale" in parts:
