@@ -252,11 +252,24 @@ def build_window_job(
         shown_window = window_metadata(window.start, window.end)
         failures = []
         for delivery in deliveries:
+            target = delivery.target
             if delivery.error is not None:
                 failures.append(delivery.error)
                 context.log.error(delivery.error)
+                # A partition this job fails to deliver stays unmaterialized, which the UI
+                # shows as missing: the observation puts the reason on the asset's own page.
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=target.asset_key,
+                        partition=context.partition_key,
+                        metadata={
+                            **shown_window,
+                            "delivery_failed": delivery.error,
+                            "run_id": context.run_id,
+                        },
+                    )
+                )
                 continue
-            target = delivery.target
             context.log_event(
                 dg.AssetMaterialization(
                     asset_key=target.asset_key,

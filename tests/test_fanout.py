@@ -96,6 +96,11 @@ def rig(
         yield WindowRig(s3_server, bucket, events_db, tmp_path, monkeypatch, instance)
 
 
+def observations(rig: WindowRig, name: str) -> list[dg.AssetObservation]:
+    records = rig.instance.fetch_observations(dg.AssetKey(["affise", name, "clicks"]), limit=10)
+    return [record.asset_observation for record in records.records]
+
+
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
     return result.get_step_failure_events()[0].step_failure_data.error.message
 
@@ -161,6 +166,13 @@ def test_a_failing_integration_fails_alone_and_can_be_redelivered_alone(rig: Win
     assert rig.materialized("good") == {WINDOW}
     assert rig.materialized("broken") == set()
     assert rig.keys() == [f"good/{KEY_TAIL}"]
+    # The broken asset's own page says why its partition is missing; the good one's says nothing.
+    (observed,) = observations(rig, "broken")
+    assert observed.partition == WINDOW
+    reason = observed.metadata["delivery_failed"].value
+    assert "NoSuchBucket" in reason and f"broken/{KEY_TAIL}" in reason
+    assert rig.s3.customer.secret_key not in reason
+    assert observations(rig, "good") == []
 
     # The operator fixes the cause and re-delivers only the failed integration.
     rig.s3.client().create_bucket(Bucket=missing)
