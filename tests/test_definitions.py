@@ -262,6 +262,29 @@ def test_catch_up_replans_when_start_changes_and_skips_delivered_windows() -> No
     assert all(key >= "2026-11-26-01:00" for key in acme)
 
 
+def test_catch_up_delivers_earlier_windows_when_start_moves_earlier() -> None:
+    text = SHIPPED.read_text()
+    now = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+    _, cursor = plan_catch_up(_targets_and_jobs(text), {}, now, budget=1_000)
+    assert cursor["affise/acme/clicks"]["next"] is None  # caught up to 01:45
+    delivered = {f"2026-11-26-{h:02d}:{m:02d}" for h in (0, 1) for m in (0, 15, 30, 45)}
+    earlier = _targets_and_jobs(text.replace('"2026-11-26 00:00:00"', '"2026-11-25 23:00:00"'))
+    requests, _ = plan_catch_up(
+        earlier,
+        cursor,
+        now,
+        budget=1_000,
+        materialized=lambda key: delivered if key.path[1] == "acme" else set(),
+    )
+    acme = sorted(
+        r.partition_key
+        for r in requests
+        if r.job_name == "clicks_every_15min_job"
+        and "acme" in next(iter(r.run_config["ops"].values()))["config"]["integrations"]
+    )
+    assert acme == ["2026-11-25-23:00", "2026-11-25-23:15", "2026-11-25-23:30", "2026-11-25-23:45"]
+
+
 def test_catch_up_keeps_removed_integrations_so_a_return_does_not_redeliver_history() -> None:
     text = SHIPPED.read_text()
     both = _targets_and_jobs(text)
