@@ -10,6 +10,7 @@ import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -55,6 +57,7 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+_OTHER_REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,49}")
 # YAML 1.1 turns these bare words into booleans; a directory or bucket written that way
 # arrives as True/False and must not become a folder called "False".
 _YAML_BOOL_WORDS = "yes/no/on/off/true/false"
@@ -80,15 +83,17 @@ class EventExportConfig(BaseModel):
 
     frequency: int = Field(default=15, description="minutes per window and file")
     bucket: str
+    # Before region: an S3-compatible store names its regions its own way (R2's `auto`,
+    # Scaleway's `fr-par`), so the region rule depends on whether an endpoint is given.
+    endpoint_url: str | None = None
     region: str
     directory: str = ""
     access_key: str
     secret_key: str
-    endpoint_url: str | None = None
     affiliates: tuple[int, ...] = ()
     advertisers: tuple[str, ...] = ()
     # gzip level: 1-3 use ISA-L (fast), 4-9 zlib (slower, a few percent smaller).
-    compression_level: int = Field(default=1, ge=1, le=9)
+    compression_level: int = Field(default=1, ge=1, le=9, strict=True)
 
     @field_validator("frequency", mode="before")
     @classmethod
@@ -120,9 +125,17 @@ class EventExportConfig(BaseModel):
 
     @field_validator("region")
     @classmethod
-    def _region_name(cls, value: str) -> str:
-        if not _REGION_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not an AWS region name such as us-west-2")
+    def _region_name(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("endpoint_url"):
+            if not _OTHER_REGION_RE.fullmatch(value):
+                raise ValueError(
+                    f"{value!r} is not a region name (lowercase letters, digits and hyphens)"
+                )
+        elif not _REGION_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an AWS region name such as us-west-2 (other S3-compatible "
+                "stores' regions are accepted with their endpoint_url)"
+            )
         return value
 
     @field_validator("directory")
@@ -157,6 +170,11 @@ class EventExportConfig(BaseModel):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        if "@" in urlsplit(value).netloc:
+            # Not echoed: the part before @ may be a key and a secret.
+            raise ValueError(
+                "must not carry credentials (user:password@); use access_key and secret_key"
+            )
         if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
             raise ValueError(f"{value!r} must be an http:// or https:// URL")
         # botocore's own check: it would otherwise fail only at delivery time.

@@ -99,6 +99,13 @@ def test_every_allowed_frequency_is_accepted(frequency: int) -> None:
             "not a valid endpoint",
         ),
         ("      compression_level: 12\n", "clicks.compression_level", "less than or equal to 9"),
+        ("      compression_level: true\n", "clicks.compression_level", "valid integer"),
+        ("      compression_level: '5'\n", "clicks.compression_level", "valid integer"),
+        (
+            "      region: Fr_Par\n      endpoint_url: https://s3.example.com\n",
+            "clicks.region",
+            "is not a region name",
+        ),
         ("      colour: blue\n", "clicks.colour", "is not a known field"),
     ],
 )
@@ -114,6 +121,26 @@ def test_literal_secret_is_rejected_without_echoing_it() -> None:
     message = error_of(one_integration(export=export))
     assert "integration 'acme': clicks.secret_key: must be an ${ENV_VAR} reference" in message
     assert "wJalrXUtnFEMI" not in message
+
+
+def test_credentials_in_the_endpoint_url_are_rejected_without_echoing_them() -> None:
+    line = "      endpoint_url: https://AKIDINURL:wJalrXUtnFEMIsecret@s3.example.com\n"
+    message = error_of(one_integration(line))
+    assert "integration 'acme': clicks.endpoint_url: must not carry credentials" in message
+    assert "wJalrXUtnFEMI" not in message and "AKIDINURL" not in message
+
+
+@pytest.mark.parametrize(
+    ("region", "endpoint"),
+    [("auto", "https://acct.r2.cloudflarestorage.com"), ("fr-par", "https://s3.fr-par.scw.cloud")],
+)
+def test_s3_compatible_stores_name_their_regions_their_own_way(region: str, endpoint: str) -> None:
+    line = f"      region: {region}\n      endpoint_url: {endpoint}\n"
+    (acme,) = parse_integrations(one_integration(line)).integrations
+    assert acme.clicks is not None and acme.clicks.region == region
+    # Without an endpoint the region is AWS's, and `auto` is not one.
+    message = error_of(one_integration(f"      region: {region}\n"))
+    assert "integration 'acme': clicks.region: " in message
 
 
 def test_missing_required_field_is_named() -> None:
