@@ -153,7 +153,16 @@ class EventsDatabase(dg.ConfigurableResource):
         con.execute(f"SET memory_limit = '{memory_limit}'")
         con.execute(f"SET threads = {int(self.threads)}")
         con.execute("SET preserve_insertion_order = false")
-        con.execute(f"SET temp_directory = '{tempfile.gettempdir()}/affise-duckdb-spill'")
+        # Window bounds are naive UTC. A source storing instants (TIMESTAMPTZ, Parquet written
+        # with a time zone) is compared and printed in the session zone, which must not be
+        # the host's.
+        con.execute("SET TimeZone = 'UTC'")
+        spill = f"{tempfile.gettempdir()}/affise-duckdb-spill"
+        # Connections to one file share one database, whose spill directory cannot change
+        # once something has spilled: set it only when it differs.
+        ((current,),) = con.execute("SELECT current_setting('temp_directory')").fetchall()
+        if current != spill:
+            con.execute(f"SET temp_directory = '{spill}'")
         return con
 
     def window_frames(
@@ -182,12 +191,40 @@ class EventsDatabase(dg.ConfigurableResource):
             # slice several times faster than DuckDB's ORDER BY, which also materializes the
             # whole result under its memory limit.
             for slice_start, slice_end in sub_windows(start, end, rows, self.slice_rows):
-                # Through the Arrow C stream: no pyarrow in the process (~40 MB less RSS).
-                frame = pl.DataFrame(con.sql(query, params=[slice_start, slice_end]))
-                frame = frame.sort(ROW_ORDER)
-                for offset in range(0, frame.height, self.batch_rows):
-                    yield frame.slice(offset, self.batch_rows)
-                del frame
+                yield from self._slice_frames(con, query, slice_start, slice_end)
+
+    def _slice_frames(
+        self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
+    ) -> Iterator[pl.DataFrame]:
+        """One sub-window's rows in order. Sub-windows are equal in time, not in rows: one that
+        holds more than twice `slice_rows` (events bunched in time) is halved, and a single
+        instant that still does is sorted by DuckDB, under its memory limit, so memory stays
+        bounded whatever the source's shape."""
+        limit = 2 * self.slice_rows
+        # Through the Arrow C stream: no pyarrow in the process (~40 MB less RSS).
+        frame = pl.DataFrame(con.sql(f"{query} LIMIT {limit + 1}", params=[start, end]))
+        if frame.height <= limit:
+            frame = frame.sort(ROW_ORDER)
+            for offset in range(0, frame.height, self.batch_rows):
+                yield frame.slice(offset, self.batch_rows)
+            return
+        del frame
+        middle = start + (end - start) / 2
+        if start < middle < end:
+            yield from self._slice_frames(con, query, start, middle)
+            yield from self._slice_frames(con, query, middle, end)
+            return
+        # One microsecond holding more rows than a slice: DuckDB sorts them (spilling to
+        # disk beyond its memory limit) and hands them over a batch at a time. Its order is
+        # polars' (binary string order, NULL first), so the bytes do not depend on the path.
+        ordered = f"{query} ORDER BY created_at, id NULLS FIRST"
+        batch_rows = min(self.batch_rows, self.slice_rows)
+        reader = con.sql(ordered, params=[start, end]).to_arrow_reader(batch_rows)
+        try:
+            for batch in reader:
+                yield pl.DataFrame(batch)
+        finally:
+            reader.close()
 
 
 def sub_windows(

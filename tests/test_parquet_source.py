@@ -2,6 +2,9 @@
 window opens only its own days' files."""
 
 import gzip
+import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -55,3 +58,43 @@ def test_a_window_opens_only_its_days(dataset: Path) -> None:
 def test_days_without_files_give_a_header_only_export(dataset: Path) -> None:
     data = export(dataset, "clicks", datetime(2026, 11, 20), datetime(2026, 11, 20, 1))
     assert gzip.decompress(data).decode() == ",".join(EVENT_COLUMNS["clicks"]) + "\n"
+
+
+def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
+    tmp_path: Path,
+) -> None:
+    """A dataset storing instants (TIMESTAMPTZ, as Spark or pyarrow with a zone write them)
+    gives the same rows and times on a host set to New York as on a UTC one."""
+    day = tmp_path / "clicks" / "date=2026-11-25"
+    day.mkdir(parents=True)
+    schema = (Path(__file__).parent.parent / "affise_s3_assets" / "schema.sql").read_text()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(schema)
+        con.execute(
+            "INSERT INTO clicks (id, created_at, affiliate_id) VALUES "
+            "('in', TIMESTAMP '2026-11-25 10:05:00', 1), "
+            "('out', TIMESTAMP '2026-11-25 15:05:00', 2)"
+        )
+        con.execute(
+            "COPY (SELECT * REPLACE (created_at::TIMESTAMPTZ AS created_at) FROM clicks) "
+            f"TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
+        )
+    script = (
+        "import gzip, sys; from datetime import datetime\n"
+        "from affise_s3_assets.csv_export import GzipCsvBody\n"
+        "from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase\n"
+        "frames = EventsDatabase(path=sys.argv[1]).window_frames("
+        "'clicks', datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))\n"
+        "print(gzip.decompress(b''.join(GzipCsvBody(frames, EVENT_COLUMNS['clicks']))).decode())\n"
+    )
+    for zone in ("America/New_York", "Asia/Kolkata"):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path)],
+            env={**os.environ, "TZ": zone},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows = done.stdout.strip().splitlines()[1:]
+        assert [row.split(",")[:2] for row in rows] == [["in", "2026-11-25 10:05:00"]], zone
