@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -23,7 +24,7 @@ CATCH_UP_WINDOWS_PER_TICK = 20_000
 # Lower than scheduled runs: the newest window of every integration goes first.
 CATCH_UP_RUN_PRIORITY = "-1"
 
-Cursor = dict[str, dict[str, str | None]]
+Cursor = dict[str, dict[str, Any]]
 
 
 def _key(moment: datetime) -> str:
@@ -37,6 +38,27 @@ def _moment(key: str) -> datetime:
 def _windows(target: ExportTarget) -> str:
     """What the cursor entry was planned for: a change of start or frequency replans it."""
     return f"{_key(target.first_window)}/{target.frequency}"
+
+
+def _covered_at_old_frequency(entry: dict[str, Any], now: datetime) -> list[list[str]]:
+    """The spans a changed frequency must not deliver again: what the old frequency's catch-up
+    delivered, and what its schedule delivered after it, up to the last window closed now."""
+    first, frequency = entry["windows"].split("/")
+    step = timedelta(minutes=int(frequency))
+    scheduled_until = _key(first_window_start(now, int(frequency)))
+    spans = [list(span) for span in entry.get("covered", [])]
+    if entry["next"] is None:
+        return [*spans, [first, scheduled_until]]
+    spans.append([first, entry["next"]])
+    if entry["until"] is not None:
+        spans.append([_key(_moment(entry["until"]) + step), scheduled_until])
+    return spans
+
+
+def _overlaps(start: datetime, end: datetime, spans: list[list[str]]) -> bool:
+    return any(
+        start < _moment(span_end) and _moment(span_start) < end for span_start, span_end in spans
+    )
 
 
 def plan_catch_up(
@@ -54,6 +76,8 @@ def plan_catch_up(
     it was instead of re-delivering its history (windows while it was gone are not due). When
     an integration's start or frequency changes, its windows are planned again from its start
     and those already materialized (`materialized`, asked only for such assets) are skipped.
+    After a frequency change, windows overlapping what the old frequency delivered are skipped
+    too: their rows are in the customer's bucket already, under the old windows' keys.
     """
     now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     state: Cursor = dict(cursor)
@@ -75,6 +99,11 @@ def plan_catch_up(
             }
             if replanned:
                 entry["skip_materialized"] = "1"
+                previous = cursor[name]
+                if previous["windows"].split("/")[1] != str(target.frequency):
+                    entry["covered"] = _covered_at_old_frequency(previous, now)
+                elif "covered" in previous:
+                    entry["covered"] = previous["covered"]
         entry = dict(entry)
         entry["windows"] = _windows(target)
         if entry.get("skip_materialized") and materialized is not None:
@@ -96,9 +125,10 @@ def plan_catch_up(
             if pending.get(name) != window:
                 continue
             examined += 1
-            if _key(window) not in done.get(name, ()):
-                requested.setdefault((job.name, _key(window)), []).append(target.integration)
             following = window + timedelta(minutes=target.frequency)
+            covered = state[name].get("covered", [])
+            if _key(window) not in done.get(name, ()) and not _overlaps(window, following, covered):
+                requested.setdefault((job.name, _key(window)), []).append(target.integration)
             if following <= until[name]:
                 pending[name] = following
                 state[name]["next"] = _key(following)

@@ -285,6 +285,61 @@ def test_catch_up_delivers_earlier_windows_when_start_moves_earlier() -> None:
     assert acme == ["2026-11-25-23:00", "2026-11-25-23:15", "2026-11-25-23:30", "2026-11-25-23:45"]
 
 
+def _one_clicks_export(frequency: int, start: str = "2026-11-26 00:00:00") -> list:
+    return _targets_and_jobs(
+        f"""integrations:
+  - name: acme
+    start: "{start}"
+    clicks:
+      frequency: {frequency}
+      bucket: acme-affise-raw
+      region: us-west-2
+      directory: d
+      access_key: ${{A}}
+      secret_key: ${{S}}
+"""
+    )
+
+
+def _requested(requests: list[dg.RunRequest]) -> list[str]:
+    return sorted(request.partition_key for request in requests)
+
+
+def test_a_frequency_change_does_not_deliver_history_again_at_the_new_frequency() -> None:
+    """Hourly files 00:00-03:00 are in the bucket: 15-minute files for 00:15, 00:30 ... would
+    hold the same rows a second time."""
+    now = datetime(2026, 11, 26, 3, 10, tzinfo=UTC)
+    requests, cursor = plan_catch_up(_one_clicks_export(60), {}, now, budget=1_000)
+    hourly = set(_requested(requests))
+    assert hourly == {"2026-11-26-00:00", "2026-11-26-01:00", "2026-11-26-02:00"}
+    later = datetime(2026, 11, 26, 5, 10, tzinfo=UTC)  # the schedule delivered 03:00 and 04:00
+    requests, cursor = plan_catch_up(
+        _one_clicks_export(15), cursor, later, budget=1_000, materialized=lambda key: hourly
+    )
+    assert requests == []
+    # Moving the start an hour earlier as well delivers that hour only, at the new frequency.
+    requests, _ = plan_catch_up(
+        _one_clicks_export(15, "2026-11-25 23:00:00"),
+        cursor,
+        later,
+        budget=1_000,
+        materialized=lambda key: hourly,
+    )
+    assert _requested(requests) == [f"2026-11-25-23:{m:02d}" for m in (0, 15, 30, 45)]
+
+
+def test_a_frequency_change_mid_catch_up_finishes_what_was_not_delivered() -> None:
+    now = datetime(2026, 11, 26, 3, 10, tzinfo=UTC)
+    requests, cursor = plan_catch_up(_one_clicks_export(15), {}, now, budget=2)
+    assert _requested(requests) == ["2026-11-26-00:00", "2026-11-26-00:15"]
+    requests, _ = plan_catch_up(_one_clicks_export(5), cursor, now, budget=1_000)
+    delivered = _requested(requests)
+    assert delivered[0] == "2026-11-26-00:30"  # 00:00-00:30 is delivered at 15 minutes
+    # Up to the last 5-minute window closed at 03:10: 03:00-03:15 never closed at 15 minutes.
+    assert delivered[-1] == "2026-11-26-03:05"
+    assert len(delivered) == (190 - 30) // 5
+
+
 def test_catch_up_keeps_removed_integrations_so_a_return_does_not_redeliver_history() -> None:
     text = SHIPPED.read_text()
     both = _targets_and_jobs(text)
