@@ -17,6 +17,8 @@ from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"
 SCHEDULED_TAG = "affise/scheduled"
+# On a run the sensor requested for a window whose schedule tick never came.
+MISSED_TAG = "affise/missed_tick"
 
 
 def schedule_name(target: ExportTarget) -> str:

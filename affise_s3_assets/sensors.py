@@ -1,10 +1,15 @@
-"""The sensor that brings new integrations live: it delivers their windows from `start` on.
+"""The sensor that accounts for every window the schedules do not deliver.
 
 Schedules only request the window that has just closed. An integration added with a `start`
 in the past (or a whole deployment started on an empty instance) would otherwise leave every
 earlier window undelivered. The first time this sensor sees an export it records the windows
 already closed, then requests them oldest first, a bounded number of runs per tick. New
 integrations sharing a window job and a window are delivered by one run.
+
+Dagster's scheduler, back from being down or behind, evaluates only the latest missed tick of
+these schedules (they have no partition set), so the windows in between would never be
+requested. The sensor also follows each window job: a window closed for a while without a
+scheduled run gets one, for every integration due in it.
 """
 
 import hashlib
@@ -17,12 +22,19 @@ import dagster as dg
 
 from affise_s3_assets.fanout import ExportTarget
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
+from affise_s3_assets.schedules import MISSED_TAG, SCHEDULED_RUN_PRIORITY, SCHEDULED_TAG
 
 CATCH_UP_RUNS_PER_TICK = 20
 # Windows examined per tick at most, so a tick stays fast whatever the backlog.
 CATCH_UP_WINDOWS_PER_TICK = 20_000
 # Lower than scheduled runs: the newest window of every integration goes first.
 CATCH_UP_RUN_PRIORITY = "-1"
+# How long after a window closes its schedule has to create the run before the sensor does.
+SCHEDULE_GRACE = timedelta(minutes=2)
+# Windows a tick checks per window job at most (one run query each).
+GAP_WINDOWS_PER_TICK = 50
+# The cursor entry following the window jobs; asset keys (`affise/...`) cannot collide.
+GAPS_KEY = "__window_jobs__"
 
 Cursor = dict[str, dict[str, Any]]
 
@@ -152,6 +164,55 @@ def plan_catch_up(
     return requests, state
 
 
+def plan_missed_windows(
+    targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
+    checked: dict[str, str],
+    now: datetime,
+    has_scheduled_run: Callable[[str, str], bool],
+) -> tuple[list[dg.RunRequest], dict[str, str]]:
+    """Runs for windows closed more than SCHEDULE_GRACE ago that no schedule requested, and
+    the next `checked` (per window job, the last window looked at). A job seen for the first
+    time starts from now: what closed before is the catch-up's."""
+    now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+    groups: dict[str, list[ExportTarget]] = {}
+    jobs: dict[str, dg.JobDefinition] = {}
+    for target, job in targets:
+        groups.setdefault(job.name, []).append(target)
+        jobs[job.name] = job
+    state = dict(checked)
+    requests = []
+    for name, members in groups.items():
+        frequency = members[0].frequency
+        step = timedelta(minutes=frequency)
+        if name not in state:
+            # The catch-up plans new integrations up to the last window closed now.
+            state[name] = _key(first_window_start(now, frequency) - step)
+            continue
+        last = first_window_start(now - SCHEDULE_GRACE, frequency) - step
+        window = _moment(state[name]) + step
+        for _ in range(GAP_WINDOWS_PER_TICK):
+            if window > last:
+                break
+            due = any(member.first_window <= window for member in members)
+            if due and not has_scheduled_run(name, _key(window)):
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"missed|{name}|{_key(window)}",
+                        job_name=name,
+                        partition_key=_key(window),
+                        # Marked scheduled: a schedule tick for this window, late, then skips.
+                        tags={
+                            "dagster/priority": SCHEDULED_RUN_PRIORITY,
+                            SCHEDULED_TAG: "1",
+                            MISSED_TAG: "1",
+                        },
+                    )
+                )
+            state[name] = _key(window)
+            window += step
+    return requests, state
+
+
 def build_new_integrations_sensor(
     targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
 ) -> dg.SensorDefinition:
@@ -166,17 +227,28 @@ def build_new_integrations_sensor(
         description=(
             "Delivers every window of a newly configured integration from its start up to the "
             f"moment it appeared: at most {CATCH_UP_RUNS_PER_TICK} runs per tick, oldest first, "
-            "one run per window for all new integrations sharing it."
+            "one run per window for all new integrations sharing it. Also requests any window "
+            "its schedules missed (the daemon was down or behind)."
         ),
     )
     def new_integrations_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
+        checked = cursor.pop(GAPS_KEY, {})
+        now = datetime.now(UTC)
+
+        def has_scheduled_run(job_name: str, partition_key: str) -> bool:
+            tags = {"dagster/partition": partition_key, SCHEDULED_TAG: "1"}
+            runs = dg.RunsFilter(job_name=job_name, tags=tags)
+            return bool(context.instance.get_run_records(runs, limit=1))
+
+        missed, checked = plan_missed_windows(targets, checked, now, has_scheduled_run)
         requests, next_cursor = plan_catch_up(
             targets,
             cursor,
-            datetime.now(UTC),
+            now,
             materialized=lambda key: set(context.instance.get_materialized_partitions(key)),
         )
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(next_cursor))
+        next_cursor[GAPS_KEY] = checked
+        return dg.SensorResult(run_requests=missed + requests, cursor=json.dumps(next_cursor))
 
     return new_integrations_sensor

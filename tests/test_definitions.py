@@ -12,7 +12,12 @@ from affise_s3_assets.assets import build_export_targets
 from affise_s3_assets.config import parse_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.fanout import build_window_jobs
-from affise_s3_assets.sensors import CATCH_UP_RUN_PRIORITY, CATCH_UP_RUNS_PER_TICK, plan_catch_up
+from affise_s3_assets.sensors import (
+    CATCH_UP_RUN_PRIORITY,
+    CATCH_UP_RUNS_PER_TICK,
+    plan_catch_up,
+    plan_missed_windows,
+)
 from tests.conftest import ROOT
 
 SHIPPED = ROOT / "integrations.yaml"
@@ -338,6 +343,36 @@ def test_a_frequency_change_mid_catch_up_finishes_what_was_not_delivered() -> No
     # Up to the last 5-minute window closed at 03:10: 03:00-03:15 never closed at 15 minutes.
     assert delivered[-1] == "2026-11-26-03:05"
     assert len(delivered) == (190 - 30) // 5
+
+
+def test_windows_whose_schedule_tick_never_came_get_a_run() -> None:
+    """The scheduler, back after being down, evaluates only the latest missed tick: the sensor
+    requests the windows in between, once, for the whole group."""
+    targets = _one_clicks_export(15) + _one_clicks_export(5, "2026-11-26 12:00:00")
+    first_sight = datetime(2026, 11, 26, 10, 1, tzinfo=UTC)
+    requests, checked = plan_missed_windows(targets, {}, first_sight, lambda *_: False)
+    assert requests == []  # what closed before is the catch-up's
+    assert checked == {
+        "clicks_every_15min_job": "2026-11-26-09:45",
+        "clicks_every_5min_job": "2026-11-26-09:55",
+    }
+    scheduled = {("clicks_every_15min_job", "2026-11-26-10:15")}
+    back = datetime(2026, 11, 26, 11, 1, tzinfo=UTC)  # down from 10:05 to 11:00, one tick ran
+    requests, checked = plan_missed_windows(
+        targets, checked, back, lambda job, key: (job, key) in scheduled
+    )
+    assert [(r.job_name, r.partition_key) for r in requests] == [
+        ("clicks_every_15min_job", "2026-11-26-10:00"),
+        ("clicks_every_15min_job", "2026-11-26-10:30"),
+    ]  # 10:45 closed at 11:00, within the schedule's grace
+    assert all(r.tags["affise/scheduled"] == "1" for r in requests)  # a late tick then skips
+    again, _ = plan_missed_windows(targets, checked, back, lambda *_: False)
+    assert again == []
+    # The 5-minute group: its only integration starts at 12:00, nothing is due before.
+    later, _ = plan_missed_windows(
+        targets, checked, datetime(2026, 11, 26, 12, 20, tzinfo=UTC), lambda *_: True
+    )
+    assert later == []
 
 
 def test_catch_up_keeps_removed_integrations_so_a_return_does_not_redeliver_history() -> None:
