@@ -10,7 +10,6 @@ import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
@@ -134,7 +133,7 @@ class EventExportConfig(BaseModel):
         elif not _REGION_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not an AWS region name such as us-west-2 (other S3-compatible "
-                "stores' regions are accepted with their endpoint_url)"
+                "stores' regions are accepted with a valid endpoint_url)"
             )
         return value
 
@@ -170,7 +169,7 @@ class EventExportConfig(BaseModel):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if "@" in urlsplit(value).netloc:
+        if "@" in value:
             # Not echoed: the part before @ may be a key and a secret.
             raise ValueError(
                 "must not carry credentials (user:password@); use access_key and secret_key"

@@ -52,13 +52,25 @@ def _windows(target: ExportTarget) -> str:
     return f"{_key(target.first_window)}/{target.frequency}"
 
 
-def _covered_at_old_frequency(entry: dict[str, Any], now: datetime) -> list[list[str]]:
-    """The spans a changed frequency must not deliver again: what the old frequency's catch-up
-    delivered, and what its schedule delivered after it, up to the last window closed now."""
+def _covered_at_old_frequency(
+    entry: dict[str, Any], now: datetime, delivered: set[str] | None
+) -> list[list[str]]:
+    """The spans a changed frequency must not deliver again: the old frequency's windows that
+    were delivered (`delivered`: the asset's materialized partitions), merged into spans.
+    Without them (planning with no instance), what the old catch-up had reached and what its
+    schedule would have delivered since, up to the last window closed now."""
     first, frequency = entry["windows"].split("/")
     step = timedelta(minutes=int(frequency))
-    scheduled_until = _key(first_window_start(now, int(frequency)))
     spans = [list(span) for span in entry.get("covered", [])]
+    if delivered is not None:
+        for key in sorted(delivered):
+            end = _key(_moment(key) + step)
+            if spans and spans[-1][1] == key:
+                spans[-1][1] = end
+            else:
+                spans.append([key, end])
+        return spans
+    scheduled_until = _key(first_window_start(now, int(frequency)))
     if entry["next"] is None:
         return [*spans, [first, scheduled_until]]
     spans.append([first, entry["next"]])
@@ -113,7 +125,8 @@ def plan_catch_up(
                 entry["skip_materialized"] = "1"
                 previous = cursor[name]
                 if previous["windows"].split("/")[1] != str(target.frequency):
-                    entry["covered"] = _covered_at_old_frequency(previous, now)
+                    delivered = materialized(target.asset_key) if materialized else None
+                    entry["covered"] = _covered_at_old_frequency(previous, now, delivered)
                 elif "covered" in previous:
                     entry["covered"] = previous["covered"]
         entry = dict(entry)
@@ -166,29 +179,39 @@ def plan_catch_up(
 
 def plan_missed_windows(
     targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
-    checked: dict[str, str],
+    checked: dict[str, str] | None,
     now: datetime,
     has_scheduled_run: Callable[[str, str], bool],
+    newest_scheduled: Callable[[str], str | None] | None = None,
 ) -> tuple[list[dg.RunRequest], dict[str, str]]:
     """Runs for windows closed more than SCHEDULE_GRACE ago that no schedule requested, and
-    the next `checked` (per window job, the last window looked at). A job seen for the first
-    time starts from now: what closed before is the catch-up's."""
+    the next `checked` (per window job, the last window looked at).
+
+    A job seen for the first time starts from the last window closed now: before it, windows
+    are the catch-up's (a job back after a pause has none due while it was gone). Only when
+    `checked` is None (a cursor written before this existed) each job starts after its newest
+    scheduled run (`newest_scheduled`), so windows missed during that upgrade are found too.
+    The newest closed window is never requested here: the scheduler, back from being down,
+    evaluates that tick itself, and two runs for one window would race.
+    """
     now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     groups: dict[str, list[ExportTarget]] = {}
-    jobs: dict[str, dg.JobDefinition] = {}
     for target, job in targets:
         groups.setdefault(job.name, []).append(target)
-        jobs[job.name] = job
-    state = dict(checked)
+    # Jobs gone from the config are forgotten: if one returns, it starts again from then.
+    state = {name: key for name, key in (checked or {}).items() if name in groups}
     requests = []
     for name, members in groups.items():
         frequency = members[0].frequency
         step = timedelta(minutes=frequency)
+        newest_tick_window = first_window_start(now, frequency) - step
         if name not in state:
-            # The catch-up plans new integrations up to the last window closed now.
-            state[name] = _key(first_window_start(now, frequency) - step)
+            seed = newest_scheduled(name) if checked is None and newest_scheduled else None
+            state[name] = seed or _key(newest_tick_window)
             continue
-        last = first_window_start(now - SCHEDULE_GRACE, frequency) - step
+        last = min(
+            first_window_start(now - SCHEDULE_GRACE, frequency) - step, newest_tick_window - step
+        )
         window = _moment(state[name]) + step
         for _ in range(GAP_WINDOWS_PER_TICK):
             if window > last:
@@ -233,15 +256,27 @@ def build_new_integrations_sensor(
     )
     def new_integrations_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
-        checked = cursor.pop(GAPS_KEY, {})
+        checked = cursor.pop(GAPS_KEY, None)
         now = datetime.now(UTC)
 
-        def has_scheduled_run(job_name: str, partition_key: str) -> bool:
-            tags = {"dagster/partition": partition_key, SCHEDULED_TAG: "1"}
+        def scheduled_runs(job_name: str, partition_key: str | None = None) -> list[Any]:
+            tags = {SCHEDULED_TAG: "1"}
+            if partition_key is not None:
+                tags["dagster/partition"] = partition_key
             runs = dg.RunsFilter(job_name=job_name, tags=tags)
-            return bool(context.instance.get_run_records(runs, limit=1))
+            return list(context.instance.get_run_records(runs, limit=1))
 
-        missed, checked = plan_missed_windows(targets, checked, now, has_scheduled_run)
+        def newest_scheduled(job_name: str) -> str | None:
+            records = scheduled_runs(job_name)
+            return records[0].dagster_run.tags.get("dagster/partition") if records else None
+
+        missed, checked = plan_missed_windows(
+            targets,
+            checked,
+            now,
+            lambda job_name, key: bool(scheduled_runs(job_name, key)),
+            newest_scheduled,
+        )
         requests, next_cursor = plan_catch_up(
             targets,
             cursor,

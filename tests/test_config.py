@@ -123,9 +123,16 @@ def test_literal_secret_is_rejected_without_echoing_it() -> None:
     assert "wJalrXUtnFEMI" not in message
 
 
-def test_credentials_in_the_endpoint_url_are_rejected_without_echoing_them() -> None:
-    line = "      endpoint_url: https://AKIDINURL:wJalrXUtnFEMIsecret@s3.example.com\n"
-    message = error_of(one_integration(line))
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://AKIDINURL:wJalrXUtnFEMIsecret@s3.example.com",
+        "AKIDINURL:wJalrXUtnFEMIsecret@s3.example.com",  # no scheme: no netloc either
+        "https:/AKIDINURL:wJalrXUtnFEMIsecret@s3.example.com",
+    ],
+)
+def test_credentials_in_the_endpoint_url_are_rejected_without_echoing_them(url: str) -> None:
+    message = error_of(one_integration(f"      endpoint_url: {url}\n"))
     assert "integration 'acme': clicks.endpoint_url: must not carry credentials" in message
     assert "wJalrXUtnFEMI" not in message and "AKIDINURL" not in message
 

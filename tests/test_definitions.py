@@ -317,7 +317,8 @@ def test_a_frequency_change_does_not_deliver_history_again_at_the_new_frequency(
     requests, cursor = plan_catch_up(_one_clicks_export(60), {}, now, budget=1_000)
     hourly = set(_requested(requests))
     assert hourly == {"2026-11-26-00:00", "2026-11-26-01:00", "2026-11-26-02:00"}
-    later = datetime(2026, 11, 26, 5, 10, tzinfo=UTC)  # the schedule delivered 03:00 and 04:00
+    later = datetime(2026, 11, 26, 5, 10, tzinfo=UTC)
+    hourly |= {"2026-11-26-03:00", "2026-11-26-04:00"}  # the schedule delivered these
     requests, cursor = plan_catch_up(
         _one_clicks_export(15), cursor, later, budget=1_000, materialized=lambda key: hourly
     )
@@ -331,6 +332,25 @@ def test_a_frequency_change_does_not_deliver_history_again_at_the_new_frequency(
         materialized=lambda key: hourly,
     )
     assert _requested(requests) == [f"2026-11-25-23:{m:02d}" for m in (0, 15, 30, 45)]
+
+
+def test_a_frequency_change_delivers_the_old_windows_that_never_were() -> None:
+    """Caught up hourly at 02:05, then the daemon was down until 04:30: the 02:00 and 03:00
+    files were never written, so the 15-minute frequency delivers 02:00 onwards."""
+    _, cursor = plan_catch_up(
+        _one_clicks_export(60), {}, datetime(2026, 11, 26, 2, 5, tzinfo=UTC), budget=1_000
+    )
+    delivered = {"2026-11-26-00:00", "2026-11-26-01:00"}
+    requests, _ = plan_catch_up(
+        _one_clicks_export(15),
+        cursor,
+        datetime(2026, 11, 26, 4, 30, tzinfo=UTC),
+        budget=1_000,
+        materialized=lambda key: delivered,
+    )
+    requested = _requested(requests)
+    assert requested[0] == "2026-11-26-02:00" and requested[-1] == "2026-11-26-04:15"
+    assert len(requested) == 10
 
 
 def test_a_frequency_change_mid_catch_up_finishes_what_was_not_delivered() -> None:
@@ -373,6 +393,47 @@ def test_windows_whose_schedule_tick_never_came_get_a_run() -> None:
         targets, checked, datetime(2026, 11, 26, 12, 20, tzinfo=UTC), lambda *_: True
     )
     assert later == []
+
+
+def test_missed_windows_leave_the_newest_tick_to_the_scheduler_and_forget_gone_jobs() -> None:
+    fifteen, hourly = _one_clicks_export(15), _one_clicks_export(60)
+    never = lambda *_: False  # noqa: E731
+    _, checked = plan_missed_windows(fifteen, {}, datetime(2026, 11, 26, 10, 1, tzinfo=UTC), never)
+    # Down 10:05-11:20: the scheduler itself evaluates its latest missed tick (11:15, window
+    # 11:00), so the sensor requests up to 10:45 only, although 11:00 closed 20 minutes ago.
+    requests, checked = plan_missed_windows(
+        fifteen, checked, datetime(2026, 11, 26, 11, 20, tzinfo=UTC), never
+    )
+    assert _requested(requests) == [f"2026-11-26-10:{m:02d}" for m in (0, 15, 30, 45)]
+    # The 15-minute job goes away for three days (hourly instead), then comes back: nothing
+    # from while it was gone is due, so it starts again from then.
+    _, checked = plan_missed_windows(hourly, checked, datetime(2026, 11, 27, tzinfo=UTC), never)
+    assert "clicks_every_15min_job" not in checked
+    back = datetime(2026, 11, 29, 12, 1, tzinfo=UTC)
+    requests, checked = plan_missed_windows(fifteen, checked, back, never)
+    assert requests == [] and checked == {"clicks_every_15min_job": "2026-11-29-11:45"}
+
+
+def test_missed_windows_after_an_upgrade_start_from_the_newest_scheduled_run() -> None:
+    """A cursor written before missed windows were tracked: each job starts after its newest
+    scheduled run, so windows missed while the new version was deployed are found."""
+    requests, checked = plan_missed_windows(
+        _one_clicks_export(15),
+        None,
+        datetime(2026, 11, 26, 11, 1, tzinfo=UTC),
+        lambda *_: False,
+        lambda job: "2026-11-26-09:30",
+    )
+    assert requests == [] and checked == {"clicks_every_15min_job": "2026-11-26-09:30"}
+    requests, _ = plan_missed_windows(
+        _one_clicks_export(15), checked, datetime(2026, 11, 26, 11, 1, tzinfo=UTC), lambda *_: False
+    )
+    assert _requested(requests) == [
+        "2026-11-26-09:45",
+        "2026-11-26-10:00",
+        "2026-11-26-10:15",
+        "2026-11-26-10:30",
+    ]
 
 
 def test_catch_up_keeps_removed_integrations_so_a_return_does_not_redeliver_history() -> None:
