@@ -12,6 +12,7 @@ requested. The sensor also follows each window job: a window closed for a while 
 scheduled run gets one, for every integration due in it.
 """
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -52,30 +53,17 @@ def _windows(target: ExportTarget) -> str:
     return f"{_key(target.first_window)}/{target.frequency}"
 
 
-def _covered_at_old_frequency(
-    entry: dict[str, Any], now: datetime, delivered: set[str] | None
-) -> list[list[str]]:
-    """The spans a changed frequency must not deliver again: the old frequency's windows that
-    were delivered (`delivered`: the asset's materialized partitions), merged into spans.
-    Without them (planning with no instance), what the old catch-up had reached and what its
-    schedule would have delivered since, up to the last window closed now."""
-    first, frequency = entry["windows"].split("/")
-    step = timedelta(minutes=int(frequency))
+def _covered_at_old_frequency(entry: dict[str, Any], delivered: set[str]) -> list[list[str]]:
+    """The spans a changed frequency must not deliver again: the windows delivered at the old
+    one (`delivered`: the asset's materialized partitions), merged into spans."""
+    step = timedelta(minutes=int(entry["windows"].split("/")[1]))
     spans = [list(span) for span in entry.get("covered", [])]
-    if delivered is not None:
-        for key in sorted(delivered):
-            end = _key(_moment(key) + step)
-            if spans and spans[-1][1] == key:
-                spans[-1][1] = end
-            else:
-                spans.append([key, end])
-        return spans
-    scheduled_until = _key(first_window_start(now, int(frequency)))
-    if entry["next"] is None:
-        return [*spans, [first, scheduled_until]]
-    spans.append([first, entry["next"]])
-    if entry["until"] is not None:
-        spans.append([_key(_moment(entry["until"]) + step), scheduled_until])
+    for key in sorted(delivered):
+        end = _key(_moment(key) + step)
+        if spans and spans[-1][1] == key:
+            spans[-1][1] = end
+        else:
+            spans.append([key, end])
     return spans
 
 
@@ -104,6 +92,8 @@ def plan_catch_up(
     too: their rows are in the customer's bucket already, under the old windows' keys.
     """
     now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+    # A replanned asset is asked once per tick, however many uses.
+    materialized = functools.cache(materialized) if materialized else None
     state: Cursor = dict(cursor)
     pending: dict[str, datetime] = {}
     until: dict[str, datetime] = {}
@@ -125,8 +115,8 @@ def plan_catch_up(
                 entry["skip_materialized"] = "1"
                 previous = cursor[name]
                 if previous["windows"].split("/")[1] != str(target.frequency):
-                    delivered = materialized(target.asset_key) if materialized else None
-                    entry["covered"] = _covered_at_old_frequency(previous, now, delivered)
+                    delivered = materialized(target.asset_key) if materialized else set()
+                    entry["covered"] = _covered_at_old_frequency(previous, delivered)
                 elif "covered" in previous:
                     entry["covered"] = previous["covered"]
         entry = dict(entry)
