@@ -21,6 +21,18 @@ SCHEDULED_TAG = "affise/scheduled"
 MISSED_TAG = "affise/missed_tick"
 
 
+def latest_scheduled_run(
+    instance: dg.DagsterInstance, job_name: str, partition_key: str | None = None
+) -> dg.RunRecord | None:
+    """The newest run a schedule (or the sensor, for a missed tick) created for `job_name`,
+    for one window when `partition_key` is given."""
+    tags = {SCHEDULED_TAG: "1"}
+    if partition_key is not None:
+        tags["dagster/partition"] = partition_key
+    records = instance.get_run_records(dg.RunsFilter(job_name=job_name, tags=tags), limit=1)
+    return records[0] if records else None
+
+
 def schedule_name(target: ExportTarget) -> str:
     return f"{target.integration}_{target.event_type}_schedule"
 
@@ -43,17 +55,11 @@ def build_export_schedule(target: ExportTarget, job: dg.JobDefinition) -> dg.Sch
         partition_key = window_start.strftime(PARTITION_KEY_FORMAT)
         if window_start.replace(tzinfo=None) < target.first_window:
             return dg.SkipReason(f"window {partition_key} is before the integration's start")
-        requested = context.instance.get_run_records(
-            dg.RunsFilter(
-                job_name=job.name,
-                tags={"dagster/partition": partition_key, SCHEDULED_TAG: "1"},
-            ),
-            limit=1,
-        )
-        if requested:
+        requested = latest_scheduled_run(context.instance, job.name, partition_key)
+        if requested is not None:
             return dg.SkipReason(
                 f"window {partition_key} is delivered for every {target.event_type} integration "
-                f"at {target.frequency} minutes by run {requested[0].dagster_run.run_id}"
+                f"at {target.frequency} minutes by run {requested.dagster_run.run_id}"
             )
         return dg.RunRequest(
             run_key=f"{job.name}|{partition_key}",

@@ -23,7 +23,12 @@ import dagster as dg
 
 from affise_s3_assets.fanout import ExportTarget
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
-from affise_s3_assets.schedules import MISSED_TAG, SCHEDULED_RUN_PRIORITY, SCHEDULED_TAG
+from affise_s3_assets.schedules import (
+    MISSED_TAG,
+    SCHEDULED_RUN_PRIORITY,
+    SCHEDULED_TAG,
+    latest_scheduled_run,
+)
 
 CATCH_UP_RUNS_PER_TICK = 20
 # Windows examined per tick at most, so a tick stays fast whatever the backlog.
@@ -67,10 +72,8 @@ def _covered_at_old_frequency(entry: dict[str, Any], delivered: set[str]) -> lis
     return spans
 
 
-def _overlaps(start: datetime, end: datetime, spans: list[list[str]]) -> bool:
-    return any(
-        start < _moment(span_end) and _moment(span_start) < end for span_start, span_end in spans
-    )
+def _overlaps(start: datetime, end: datetime, spans: list[tuple[datetime, datetime]]) -> bool:
+    return any(start < span_end and span_start < end for span_start, span_end in spans)
 
 
 def plan_catch_up(
@@ -98,6 +101,8 @@ def plan_catch_up(
     pending: dict[str, datetime] = {}
     until: dict[str, datetime] = {}
     done: dict[str, set[str]] = {}
+    # Parsed once per tick: a tick can examine thousands of windows.
+    covered: dict[str, list[tuple[datetime, datetime]]] = {}
     for target, _ in targets:
         name = target.asset_key.to_user_string()
         entry = cursor.get(name)
@@ -124,6 +129,7 @@ def plan_catch_up(
         if entry.get("skip_materialized") and materialized is not None:
             done[name] = materialized(target.asset_key)
         state[name] = entry
+        covered[name] = [(_moment(a), _moment(b)) for a, b in entry.get("covered", [])]
         if entry["next"] is not None and entry["until"] is not None:
             if entry["next"] <= entry["until"]:
                 pending[name] = _moment(entry["next"])
@@ -141,8 +147,9 @@ def plan_catch_up(
                 continue
             examined += 1
             following = window + timedelta(minutes=target.frequency)
-            covered = state[name].get("covered", [])
-            if _key(window) not in done.get(name, ()) and not _overlaps(window, following, covered):
+            if _key(window) not in done.get(name, ()) and not _overlaps(
+                window, following, covered[name]
+            ):
                 requested.setdefault((job.name, _key(window)), []).append(target.integration)
             if following <= until[name]:
                 pending[name] = following
@@ -249,22 +256,15 @@ def build_new_integrations_sensor(
         checked = cursor.pop(GAPS_KEY, None)
         now = datetime.now(UTC)
 
-        def scheduled_runs(job_name: str, partition_key: str | None = None) -> list[Any]:
-            tags = {SCHEDULED_TAG: "1"}
-            if partition_key is not None:
-                tags["dagster/partition"] = partition_key
-            runs = dg.RunsFilter(job_name=job_name, tags=tags)
-            return list(context.instance.get_run_records(runs, limit=1))
-
         def newest_scheduled(job_name: str) -> str | None:
-            records = scheduled_runs(job_name)
-            return records[0].dagster_run.tags.get("dagster/partition") if records else None
+            record = latest_scheduled_run(context.instance, job_name)
+            return record.dagster_run.tags.get("dagster/partition") if record else None
 
         missed, checked = plan_missed_windows(
             targets,
             checked,
             now,
-            lambda job_name, key: bool(scheduled_runs(job_name, key)),
+            lambda job_name, key: latest_scheduled_run(context.instance, job_name, key) is not None,
             newest_scheduled,
         )
         requests, next_cursor = plan_catch_up(

@@ -217,7 +217,7 @@ class EventsDatabase(dg.ConfigurableResource):
         # One microsecond holding more rows than a slice: DuckDB sorts them (spilling to
         # disk beyond its memory limit) and hands them over a batch at a time. Its order is
         # polars' (binary string order, NULL first), so the bytes do not depend on the path.
-        ordered = f"{query} ORDER BY created_at, id NULLS FIRST"
+        ordered = f"{query} ORDER BY " + ", ".join(f"{c} NULLS FIRST" for c in ROW_ORDER)
         batch_rows = min(self.batch_rows, self.slice_rows)
         reader = con.sql(ordered, params=[start, end]).to_arrow_reader(batch_rows)
         try:

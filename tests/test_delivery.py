@@ -15,6 +15,7 @@ import pytest
 
 from affise_s3_assets.assets import IO_MANAGER_KEY, build_export_asset, event_sources
 from affise_s3_assets.config import IntegrationConfig, parse_integrations
+from affise_s3_assets.demo import load_schema
 from affise_s3_assets.io_manager import MIB, DateFolderS3IOManager, S3ObjectWriter
 from affise_s3_assets.source import EventsDatabase
 from tests.conftest import S3Server
@@ -294,7 +295,7 @@ def test_multipart_object_round_trips_against_the_real_server(
 ) -> None:
     db = tmp_path / "big.duckdb"
     with duckdb.connect(str(db)) as con:
-        con.execute((Path(__file__).parent.parent / "affise_s3_assets" / "schema.sql").read_text())
+        load_schema(con)
         # Hex digests compress about 2:1, so 120k rows make a gzip of several 5 MiB parts.
         con.execute(
             "INSERT INTO clicks (id, created_at, affiliate_id, sub1, sub2, sub3, sub4) "

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from affise_s3_assets.csv_export import GzipCsvBody
+from affise_s3_assets.demo import load_schema
 from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, parquet_files
 
 
@@ -67,10 +68,9 @@ def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
     gives the same rows and times on a host set to New York as on a UTC one."""
     day = tmp_path / "clicks" / "date=2026-11-25"
     day.mkdir(parents=True)
-    schema = (Path(__file__).parent.parent / "affise_s3_assets" / "schema.sql").read_text()
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute(schema)
+        load_schema(con)
         con.execute(
             "INSERT INTO clicks (id, created_at, affiliate_id) VALUES "
             "('in', TIMESTAMP '2026-11-25 10:05:00', 1), "

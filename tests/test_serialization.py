@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from affise_s3_assets.csv_export import GzipCsvBody, GzipCsvEncoder, filter_events, in_background
+from affise_s3_assets.demo import load_schema
 from affise_s3_assets.source import EVENT_COLUMNS, ROW_ORDER, EventsDatabase, sub_windows
 
 DAY = (datetime(2026, 11, 25), datetime(2026, 11, 26))
@@ -131,9 +132,8 @@ def bunched_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A day whose events bunch in time: 1,000 share one microsecond (one with no id, ids in
     mixed case), 1,000 fall within one second, 300 are spread over the day."""
     path = tmp_path_factory.mktemp("bunched") / "events.duckdb"
-    schema = (Path(__file__).parent.parent / "affise_s3_assets" / "schema.sql").read_text()
     with duckdb.connect(str(path)) as con:
-        con.execute(schema)
+        load_schema(con)
         con.execute(
             "INSERT INTO clicks (id, created_at, affiliate_id) "
             "SELECT CASE WHEN i = 500 THEN NULL WHEN i % 3 = 0 THEN upper(md5(i::VARCHAR)) "
