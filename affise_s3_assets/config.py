@@ -5,8 +5,11 @@ until the moment a delivery needs them (`resolve_reference`), so definitions loa
 secret unset and no secret value ever lives in a Dagster object.
 """
 
+import hashlib
+import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +67,29 @@ _YAML_BOOL_WORDS = "yes/no/on/off/true/false"
 
 class ConfigError(ValueError):
     """integrations.yaml is unreadable or breaks a rule; the message says where and which."""
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml when present: a thousand integrations parse in a tenth of the
+    time), refusing a key given twice in one mapping: YAML would keep the last one silently,
+    so a second `affiliates: []` would drop a filter and a second `bucket:` retarget a delivery.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one block (lines {seen[key]} and {line}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _reject_yaml_bool(value: Any, field: str) -> Any:
@@ -295,8 +321,7 @@ def _describe(error: dict[str, Any], raw: Any) -> str:
 def parse_integrations(text: str, source: str = "integrations.yaml") -> IntegrationsFile:
     """Parse and validate the YAML text; raise ConfigError listing every rule broken."""
     try:
-        # libyaml when present: a thousand integrations parse in a tenth of the time.
-        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if raw is None:
@@ -319,6 +344,243 @@ def parse_integrations(text: str, source: str = "integrations.yaml") -> Integrat
             )
         seen.add(integration.name)
     return parsed
+
+
+# --- Applying a file whose blocks may be broken --------------------------------------------
+#
+# A running deployment must not stop every customer for one customer's typo. `apply_integrations`
+# keeps every valid block, leaves out each broken one (falling back to its last good state when
+# there is one) and refuses exports whose objects could land on the same key.
+
+
+def _yaml_dict(integration: IntegrationConfig) -> dict[str, Any]:
+    """The block as it would be written in integrations.yaml (round-trips through the rules)."""
+    data = integration.model_dump(mode="python", exclude_none=True)
+    data["start"] = integration.start.strftime("%Y-%m-%d %H:%M:%S")
+    for event_type in EVENT_TYPES:
+        if event_type in data:
+            block = data[event_type]
+            block["affiliates"] = list(block["affiliates"])
+            block["advertisers"] = list(block["advertisers"])
+    return data
+
+
+class AppliedConfig(BaseModel):
+    """What the code location runs: the integrations applied from one reading of the file.
+
+    `problems` lists every block left out or kept at its last good state, each naming the
+    integration, the field and the rule; `file_error` says why the file as a whole could not be
+    applied (then `integrations` is the last good set). `file_sha256` is the content read, so a
+    watcher can tell whether the file changed since.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    file_sha256: str
+    integrations: tuple[IntegrationConfig, ...] = ()
+    problems: tuple[str, ...] = ()
+    file_error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "source": self.source,
+                "file_sha256": self.file_sha256,
+                "integrations": [_yaml_dict(i) for i in self.integrations],
+                "problems": list(self.problems),
+                "file_error": self.file_error,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "AppliedConfig":
+        data = json.loads(text)
+        return cls(
+            source=data["source"],
+            file_sha256=data["file_sha256"],
+            integrations=IntegrationsFile.model_validate(
+                {"integrations": data["integrations"]}
+            ).integrations,
+            problems=tuple(data["problems"]),
+            file_error=data["file_error"],
+        )
+
+
+@dataclass(frozen=True)
+class _Export:
+    integration: str
+    event_type: EventType
+    store: str  # the endpoint, or "AWS": the same bucket name on two stores is two buckets
+    bucket: str
+    directory: str
+
+    def __str__(self) -> str:
+        folder = self.directory + "/" if self.directory else ""
+        return f"integration {self.integration!r} {self.event_type} (s3://{self.bucket}/{folder})"
+
+
+def _exports(integration: IntegrationConfig) -> list[_Export]:
+    return [
+        _Export(
+            integration.name,
+            event_type,
+            export.endpoint_url or "AWS",
+            export.bucket,
+            export.directory,
+        )
+        for event_type, export in integration.exports()
+    ]
+
+
+_YEAR_SEGMENT_RE = re.compile(r"\d{4}")
+
+
+def _lies_in_date_folders(directory: str, other: str) -> bool:
+    """Whether `other`'s objects fall inside `directory`'s YYYY/MM/DD/ folders."""
+    if directory == other:
+        return True
+    rest = other.removeprefix(directory + "/") if directory else other
+    if rest == other and directory:
+        return False
+    return _YEAR_SEGMENT_RE.fullmatch(rest.split("/", 1)[0]) is not None
+
+
+def exports_collide(a: _Export, b: _Export) -> bool:
+    """Two exports whose keys could be the same object, or one's inside the other's date
+    folders: a customer listing one folder would get the other's files, or lose its own."""
+    if (a.store, a.bucket) != (b.store, b.bucket):
+        return False
+    return _lies_in_date_folders(a.directory, b.directory) or _lies_in_date_folders(
+        b.directory, a.directory
+    )
+
+
+def _parse_file(text: str, source: str) -> list[Any]:
+    """The file's entries, unvalidated; ConfigError if the file as a whole is unusable."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: must be a mapping with an 'integrations' list")
+    unknown = sorted(str(key) for key in raw if key != "integrations")
+    if unknown:
+        raise ConfigError(f"{source}: {', '.join(unknown)}: is not a known field")
+    entries = raw.get("integrations")
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: integrations: must be a list of integration blocks")
+    return entries
+
+
+def apply_integrations(
+    text: str, source: str = "integrations.yaml", last_good: AppliedConfig | None = None
+) -> AppliedConfig:
+    """Apply the file block by block; never raises for a broken block.
+
+    - A block that breaks a rule is left out, or kept at its state in `last_good` if it had
+      one; every problem is listed, naming the integration, the field and the rule.
+    - A name used by more than one block: every block of it is treated as broken.
+    - Exports that collide (`exports_collide`): an export already applied in `last_good` with
+      the same bucket and directory keeps delivering and the newcomer is refused; when neither
+      was applied before, both are refused, since neither can be known to be the owner.
+    - A file that cannot be read as a list of blocks changes nothing: `last_good` stays.
+    """
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    previous = {i.name: i for i in last_good.integrations} if last_good else {}
+    try:
+        entries = _parse_file(text, source)
+    except ConfigError as exc:
+        return AppliedConfig(
+            source=source,
+            file_sha256=digest,
+            integrations=tuple(previous.values()),
+            file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
+        )
+
+    problems: list[str] = []
+    raw = {"integrations": entries}
+    chosen: dict[str, IntegrationConfig] = {}
+    names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+    order: list[str] = []
+    for index, entry in enumerate(entries):
+        name = names[index]
+        label = f"integration {name!r}" if isinstance(name, str) else f"integration #{index + 1}"
+        if isinstance(name, str) and names.count(name) > 1:
+            if name not in order:
+                problems.append(
+                    f"{label}: name: appears {names.count(name)} times; names must be unique"
+                )
+                order.append(name)
+            continue
+        try:
+            integration = IntegrationConfig.model_validate(entry)
+        except ValidationError as exc:
+            problems.extend(
+                _describe({**error, "loc": ("integrations", index, *error["loc"])}, raw)
+                for error in exc.errors(include_input=False)
+            )
+            if isinstance(name, str) and name not in order:
+                order.append(name)
+            continue
+        chosen[integration.name] = integration
+        order.append(integration.name)
+    broken = [name for name in order if name not in chosen]
+
+    accepted: dict[str, IntegrationConfig] = dict(chosen)
+    for name in broken:
+        if name in previous:
+            accepted[name] = previous[name]
+            problems.append(f"integration {name!r}: kept at its last good state until fixed")
+
+    established = {e for i in previous.values() for e in _exports(i)}
+    refused: set[str] = set()
+    # Each pass refuses at least one integration, so this ends.
+    while True:
+        exports = [e for name in order if name in accepted for e in _exports(accepted[name])]
+        clashes = [
+            (a, b) for i, a in enumerate(exports) for b in exports[i + 1 :] if exports_collide(a, b)
+        ]
+        if not clashes:
+            break
+        losers: set[str] = set()
+        for a, b in clashes:
+            a_owns, b_owns = a in established, b in established
+            if a_owns != b_owns:
+                loser = b if a_owns else a
+                owner = a if a_owns else b
+                losers.add(loser.integration)
+                problems.append(
+                    f"integration {loser.integration!r}: {loser.event_type}.directory: "
+                    f"its objects could overwrite or mix with those of {owner}, which already "
+                    "delivers there; choose another bucket or directory"
+                )
+            else:
+                losers.update({a.integration, b.integration})
+                problems.append(
+                    f"integration {a.integration!r}: {a.event_type}.directory: {a} and {b} "
+                    "could write the same keys (or one inside the other's YYYY/MM/DD/ folders); "
+                    "both are refused until one moves"
+                )
+        for name in losers:
+            fallback = previous.get(name)
+            if name in refused or fallback is None or accepted.get(name) == fallback:
+                accepted.pop(name, None)
+            else:
+                accepted[name] = fallback
+                problems.append(f"integration {name!r}: kept at its last good state until fixed")
+            refused.add(name)
+    return AppliedConfig(
+        source=source,
+        file_sha256=digest,
+        integrations=tuple(accepted[name] for name in order if name in accepted),
+        problems=tuple(dict.fromkeys(problems)),
+    )
 
 
 def integrations_path() -> Path:

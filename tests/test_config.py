@@ -110,8 +110,12 @@ def test_every_allowed_frequency_is_accepted(frequency: int) -> None:
     ],
 )
 def test_broken_field_names_integration_field_and_rule(line: str, field: str, rule: str) -> None:
-    # Later keys win in YAML mappings, so appending overrides the valid value.
-    message = error_of(one_integration(line))
+    # A key given twice is refused, so the valid line it replaces is left out.
+    keys = {part.split(":")[0].strip() for part in line.splitlines()}
+    export = "".join(
+        kept + "\n" for kept in VALID_EXPORT.splitlines() if kept.split(":")[0].strip() not in keys
+    )
+    message = error_of(one_integration(line, export=export))
     assert f"integration 'acme': {field}: " in message
     assert rule in message
 
@@ -142,11 +146,12 @@ def test_credentials_in_the_endpoint_url_are_rejected_without_echoing_them(url: 
     [("auto", "https://acct.r2.cloudflarestorage.com"), ("fr-par", "https://s3.fr-par.scw.cloud")],
 )
 def test_s3_compatible_stores_name_their_regions_their_own_way(region: str, endpoint: str) -> None:
-    line = f"      region: {region}\n      endpoint_url: {endpoint}\n"
-    (acme,) = parse_integrations(one_integration(line)).integrations
+    export = VALID_EXPORT.replace("us-west-2", region)
+    line = f"      endpoint_url: {endpoint}\n"
+    (acme,) = parse_integrations(one_integration(line, export=export)).integrations
     assert acme.clicks is not None and acme.clicks.region == region
     # Without an endpoint the region is AWS's, and `auto` is not one.
-    message = error_of(one_integration(f"      region: {region}\n"))
+    message = error_of(one_integration(export=export))
     assert "integration 'acme': clicks.region: " in message
 
 

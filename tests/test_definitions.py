@@ -99,6 +99,7 @@ def test_shipped_integrations_snapshot() -> None:
             ),
         },
         "sensors": {
+            "integrations_config_sensor": ([], "RUNNING"),
             "new_integrations_sensor": (
                 [
                     "clicks_every_15min_job",
@@ -107,7 +108,7 @@ def test_shipped_integrations_snapshot() -> None:
                     "conversions_every_60min_job",
                 ],
                 "RUNNING",
-            )
+            ),
         },
     }
 

@@ -1,0 +1,224 @@
+"""How a change to integrations.yaml goes live by itself, and what keeps running when it cannot.
+
+- The code location is built from an `AppliedConfig` (config.py): the file's valid blocks, the
+  last good state of broken ones, never a half-read file. The last applied config is kept in
+  the state directory, so a code server that restarts on an unreadable file still serves the
+  last good integrations.
+- A run rebuilds the definitions from the applied config its run was launched with (Dagster's
+  reconstruction metadata), never from the file as it is when the run starts.
+- `integrations_config_sensor` watches the file. When its content differs from what the
+  location was built from and it can be applied, it asks the webserver to reload the code
+  location (GraphQL `reloadRepositoryLocation`); when it cannot, the location keeps running
+  and every tick says why in the UI.
+
+Knows files, the webserver's address and Dagster's loading; nothing of S3 or DuckDB.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+
+from affise_s3_assets.config import AppliedConfig, apply_integrations, integrations_path
+
+# The key of the applied config in the definitions' reconstruction metadata.
+APPLIED_CONFIG_KEY = "affise/applied_config"
+CONFIG_SENSOR_NAME = "integrations_config_sensor"
+# How often the file is looked at; with the reload and the catch-up sensor's own interval, a
+# new integration's first object lands well within two minutes of the file being saved.
+CONFIG_CHECK_SECONDS = 15
+DEFAULT_LOCATION_NAME = "affise_s3_assets"
+RELOAD_TIMEOUT_SECONDS = 120
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger("affise_s3_assets")
+
+
+def state_dir() -> Path:
+    """Where the last applied config is kept: $AFFISE_STATE_DIR, else beside the instance."""
+    configured = os.environ.get("AFFISE_STATE_DIR")
+    if configured:
+        return Path(configured)
+    home = os.environ.get("DAGSTER_HOME")
+    return Path(home) / "affise-state" if home else _REPO_ROOT / ".affise_state"
+
+
+def _last_good_file(directory: Path) -> Path:
+    return directory / "last-applied-config.json"
+
+
+def read_last_good(directory: Path) -> AppliedConfig | None:
+    try:
+        return AppliedConfig.from_json(_last_good_file(directory).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("ignoring unreadable last applied config in %s: %s", directory, exc)
+        return None
+
+
+def write_last_good(directory: Path, applied: AppliedConfig) -> None:
+    """Keep `applied` for the next start; written atomically, never fails the load."""
+    target = _last_good_file(directory)
+    text = applied.to_json()
+    try:
+        if target.exists() and target.read_text(encoding="utf-8") == text:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(text, encoding="utf-8")
+        scratch.replace(target)
+    except OSError as exc:
+        log.warning("could not keep the applied config in %s: %s", directory, exc)
+
+
+def read_file(path: Path) -> tuple[str, str | None]:
+    """(text, error): an unreadable file reads as an error, never as an empty file."""
+    try:
+        return path.read_text(encoding="utf-8"), None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        return "", f"cannot read integrations file {path}: {reason}"
+
+
+def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None) -> AppliedConfig:
+    """The config the code location should run now, from the file and the last good one."""
+    path = path or integrations_path()
+    text, error = read_file(path)
+    if error is not None:
+        return AppliedConfig(
+            source=str(path),
+            file_sha256=hashlib.sha256(error.encode()).hexdigest(),
+            integrations=last_good.integrations if last_good else (),
+            file_error=f"{error}; the last good integrations keep running",
+        )
+    return apply_integrations(text, source=str(path), last_good=last_good)
+
+
+def load_live_config() -> AppliedConfig:
+    """What a code server loads: the file applied over the last good config, which is kept."""
+    directory = state_dir()
+    applied = apply_file(last_good=read_last_good(directory))
+    report(applied)
+    if applied.file_error is None:
+        write_last_good(directory, applied)
+    return applied
+
+
+def report(applied: AppliedConfig) -> None:
+    """Every problem in the log, one line each (the sensor's ticks show them in the UI)."""
+    if applied.file_error:
+        log.error("integrations file NOT applied: %s", applied.file_error)
+    for problem in applied.problems:
+        log.error("integrations file: %s", problem)
+
+
+def status_line(applied: AppliedConfig) -> str:
+    """The one paragraph an operator reads on the sensor's tick: what runs, what does not."""
+    names = ", ".join(i.name for i in applied.integrations) or "none"
+    lines = [f"Running {len(applied.integrations)} integrations from {applied.source}: {names}."]
+    if applied.file_error:
+        lines.append(f"NOT APPLIED: {applied.file_error}.")
+    if applied.problems:
+        lines.append(f"{len(applied.problems)} problems (fix them in the file):")
+        lines.extend(f"- {problem}" for problem in applied.problems)
+    return "\n".join(lines)
+
+
+_RELOAD_MUTATION = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename
+    ... on WorkspaceLocationEntry { name }
+    ... on PythonError { message }
+    ... on ReloadNotSupported { message }
+    ... on RepositoryLocationNotFound { message }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+
+def request_reload(webserver_url: str, location: str) -> str:
+    """Ask the webserver to reload `location`; returns what it answered, never raises."""
+    body = json.dumps({"query": _RELOAD_MUTATION, "variables": {"name": location}}).encode()
+    request = urllib.request.Request(
+        webserver_url.rstrip("/") + "/graphql",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=RELOAD_TIMEOUT_SECONDS) as response:
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        return f"reload request to {webserver_url} failed: {exc}"
+    result = (answer.get("data") or {}).get("reloadRepositoryLocation") or {}
+    kind = result.get("__typename", "no answer")
+    if kind == "WorkspaceLocationEntry":
+        return f"reloaded code location {location!r}"
+    return f"reload of {location!r} answered {kind}: {result.get('message') or answer}"
+
+
+def _reload_in_background(webserver_url: str, location: str) -> None:
+    # The reload replaces the process this sensor runs in: the tick must end first.
+    def work() -> None:
+        log.info(request_reload(webserver_url, location))
+
+    threading.Thread(target=work, name="affise-reload", daemon=True).start()
+
+
+def location_name() -> str:
+    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext
+
+    configured = os.environ.get("AFFISE_CODE_LOCATION")
+    if configured:
+        return configured
+    loaded = DefinitionsLoadContext.get().code_location_name if _load_context_set() else None
+    return loaded or DEFAULT_LOCATION_NAME
+
+
+def _load_context_set() -> bool:
+    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext
+
+    return DefinitionsLoadContext.is_set()
+
+
+def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefinition:
+    """Applies integrations.yaml by itself: reloads the location when the file can be applied,
+    and says in every tick what runs and what was refused."""
+    path = Path(applied.source)
+
+    @dg.sensor(
+        name=CONFIG_SENSOR_NAME,
+        minimum_interval_seconds=CONFIG_CHECK_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Applies changes to the integrations file without a restart or a click, "
+        "and shows what was refused.\n\n" + status_line(applied),
+    )
+    def integrations_config_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        current = apply_file(path, last_good=applied)
+        if current.file_sha256 == applied.file_sha256:
+            return dg.SkipReason(status_line(applied))
+        if current.file_error is not None:
+            context.log.error(f"integrations file NOT applied: {current.file_error}")
+            return dg.SkipReason(f"NOT APPLIED: {current.file_error}.\n" + status_line(applied))
+        webserver = os.environ.get("AFFISE_WEBSERVER_URL")
+        if not webserver:
+            return dg.SkipReason(
+                f"{path} changed, but AFFISE_WEBSERVER_URL is not set, so this sensor cannot "
+                "reload the code location: reload it from Deployment → Code locations.\n"
+                + status_line(applied)
+            )
+        _reload_in_background(webserver, location)
+        context.log.info(f"{path} changed: reloading code location {location!r}")
+        return dg.SkipReason(
+            f"{path} changed: reloading code location {location!r} with:\n" + status_line(current)
+        )
+
+    return integrations_config_sensor

@@ -1,0 +1,152 @@
+"""Applying a file with broken blocks: every valid integration keeps running, nothing collides."""
+
+from pathlib import Path
+
+import pytest
+
+from affise_s3_assets.config import (
+    AppliedConfig,
+    ConfigError,
+    apply_integrations,
+    parse_integrations,
+)
+from affise_s3_assets.live_config import apply_file, read_last_good, write_last_good
+from tests.conftest import ROOT
+
+SHIPPED = (ROOT / "integrations.yaml").read_text()
+
+
+def block(
+    name: str, bucket: str, directory: str, extra: str = "", event_type: str = "clicks"
+) -> str:
+    return f"""  - name: {name}
+    start: "2026-11-26 00:00:00"
+    {event_type}:
+      bucket: {bucket}
+      region: us-west-2
+      directory: "{directory}"
+      access_key: ${{K}}
+      secret_key: ${{S}}
+      endpoint_url: http://127.0.0.1:7480
+{extra}"""
+
+
+def names(applied: AppliedConfig) -> list[str]:
+    return [integration.name for integration in applied.integrations]
+
+
+def test_a_broken_block_is_left_out_and_the_others_keep_running() -> None:
+    broken = SHIPPED.replace("frequency: 5\n", "frequency: 7\n")
+    applied = apply_integrations(broken)
+    assert names(applied) == ["acme", "initech"]
+    (problem,) = applied.problems
+    assert problem.startswith("integration 'globex': clicks.frequency: 7 minutes does not cut")
+
+
+def test_a_broken_block_keeps_its_last_good_state() -> None:
+    good = apply_integrations(SHIPPED)
+    broken = SHIPPED.replace("frequency: 5\n", "frequency: 7\n")
+    applied = apply_integrations(broken, last_good=good)
+    assert names(applied) == ["acme", "globex", "initech"]
+    globex = next(i for i in applied.integrations if i.name == "globex")
+    assert globex.clicks is not None and globex.clicks.frequency == 5
+    assert "integration 'globex': kept at its last good state until fixed" in applied.problems
+
+
+def test_a_file_that_does_not_parse_changes_nothing() -> None:
+    good = apply_integrations(SHIPPED)
+    applied = apply_integrations("integrations: [\n", last_good=good)
+    assert applied.integrations == good.integrations
+    assert applied.file_error is not None and "not valid YAML" in applied.file_error
+    assert apply_integrations("integrations: [\n").integrations == ()
+
+
+def test_an_unreadable_file_is_an_error_not_an_empty_file(tmp_path: Path) -> None:
+    good = apply_integrations(SHIPPED)
+    applied = apply_file(tmp_path / "absent.yaml", last_good=good)
+    assert applied.integrations == good.integrations
+    assert applied.file_error is not None and "cannot read integrations file" in applied.file_error
+
+
+def test_duplicate_keys_are_refused_naming_the_lines() -> None:
+    text = SHIPPED.replace(
+        "      affiliates: [101, 102]\n", "      affiliates: [101, 102]\n      affiliates: []\n", 1
+    )
+    with pytest.raises(
+        ConfigError, match=r"key 'affiliates' appears twice in one block \(lines \d+ and \d+\)"
+    ):
+        parse_integrations(text)
+    assert apply_integrations(text).file_error is not None
+
+
+def test_a_name_used_twice_refuses_every_block_of_it() -> None:
+    text = (
+        "integrations:\n"
+        + block("acme", "bucket-one", "x")
+        + block("acme", "bucket-two", "y")
+        + block("ok", "bucket-three", "z")
+    )
+    applied = apply_integrations(text)
+    assert names(applied) == ["ok"]
+    assert applied.problems == ("integration 'acme': name: appears 2 times; names must be unique",)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("raw", "raw"), ("", "2026"), ("raw", "raw/2026"), ("raw", "raw/2026/11")],
+)
+def test_exports_that_could_share_keys_are_both_refused_when_both_are_new(
+    first: str, second: str
+) -> None:
+    text = "integrations:\n" + block("one", "shared", first) + block("two", "shared", second)
+    applied = apply_integrations(text + block("other", "shared", "elsewhere"))
+    assert names(applied) == ["other"]
+    (problem,) = applied.problems
+    assert "'one' clicks" in problem and "'two' clicks" in problem and "both are refused" in problem
+
+
+@pytest.mark.parametrize(("first", "second"), [("raw", "raw2"), ("", "clicks"), ("raw", "raw/sub")])
+def test_separate_folders_do_not_collide(first: str, second: str) -> None:
+    text = "integrations:\n" + block("one", "shared", first) + block("two", "shared", second)
+    applied = apply_integrations(text)
+    assert names(applied) == ["one", "two"] and applied.problems == ()
+
+
+def test_the_same_bucket_name_on_two_stores_does_not_collide() -> None:
+    other_store = block("two", "shared", "raw").replace("127.0.0.1:7480", "127.0.0.2:7480")
+    applied = apply_integrations("integrations:\n" + block("one", "shared", "raw") + other_store)
+    assert names(applied) == ["one", "two"]
+
+
+def test_clicks_and_conversions_of_one_integration_must_not_share_a_folder() -> None:
+    text = SHIPPED.replace("directory: affise/conversions", "directory: affise/clicks")
+    applied = apply_integrations(text)
+    assert names(applied) == ["globex", "initech"]
+    assert "'acme' clicks" in applied.problems[0] and "'acme' conversions" in applied.problems[0]
+
+
+def test_an_established_export_keeps_delivering_and_the_newcomer_is_refused() -> None:
+    good = apply_integrations(SHIPPED)
+    newcomer = block("newco", "acme-affise-raw", "affise/clicks")
+    applied = apply_integrations(SHIPPED + newcomer, last_good=good)
+    assert names(applied) == ["acme", "globex", "initech"]
+    (problem,) = applied.problems
+    assert problem.startswith("integration 'newco': clicks.directory: its objects could overwrite")
+    assert "integration 'acme' clicks (s3://acme-affise-raw/affise/clicks/)" in problem
+
+
+def test_an_export_moved_onto_another_falls_back_to_its_last_good_state() -> None:
+    good = apply_integrations(SHIPPED)
+    moved = SHIPPED.replace("directory: conversions", 'directory: ""')
+    applied = apply_integrations(moved, last_good=good)
+    globex = next(i for i in applied.integrations if i.name == "globex")
+    assert globex.conversions is not None and globex.conversions.directory == "conversions"
+    assert "integration 'globex': kept at its last good state until fixed" in applied.problems
+
+
+def test_applied_config_round_trips_and_is_kept_for_the_next_start(tmp_path: Path) -> None:
+    applied = apply_integrations(SHIPPED.replace("frequency: 5\n", "frequency: 7\n"))
+    assert AppliedConfig.from_json(applied.to_json()) == applied
+    assert read_last_good(tmp_path) is None
+    write_last_good(tmp_path, applied)
+    assert read_last_good(tmp_path) == applied
