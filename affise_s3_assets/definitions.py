@@ -9,14 +9,8 @@ from dagster._core.definitions.definitions_load_context import (
     DefinitionsLoadType,
 )
 
-from affise_s3_assets.assets import (
-    IO_MANAGER_KEY,
-    build_export_assets,
-    build_export_targets,
-    event_sources,
-)
 from affise_s3_assets.config import AppliedConfig
-from affise_s3_assets.fanout import build_window_jobs
+from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset, build_window_job
 from affise_s3_assets.io_manager import DateFolderS3IOManager
 from affise_s3_assets.live_config import (
     APPLIED_CONFIG_KEY,
@@ -25,9 +19,21 @@ from affise_s3_assets.live_config import (
     load_live_config,
     location_name,
 )
-from affise_s3_assets.schedules import build_export_schedule
-from affise_s3_assets.sensors import build_new_integrations_sensor
-from affise_s3_assets.source import EventsDatabase
+from affise_s3_assets.schedules import build_window_schedule
+from affise_s3_assets.sensors import build_catch_up_sensor
+from affise_s3_assets.source import EVENT_SOURCE_KEYS, EventsDatabase
+from affise_s3_assets.targets import build_export_targets, build_window_groups
+
+# Raw event tables, owned upstream of this project; declared so the UI shows the lineage.
+event_sources = [
+    dg.AssetSpec(
+        key,
+        group_name="events",
+        description=f"Raw {event_type} of the affiliate network (DuckDB table `{event_type}`).",
+        kinds={"duckdb"},
+    )
+    for event_type, key in EVENT_SOURCE_KEYS.items()
+]
 
 
 def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.Definitions:
@@ -40,17 +46,22 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
         if isinstance(config, AppliedConfig)
         else apply_file(Path(config) if config is not None else None)
     )
-    integrations = applied.integrations
     # A disabled integration keeps its assets (history stays browsable, windows can still be
-    # re-delivered by hand) but is in no window job, schedule or catch-up: nothing syncs.
-    live = build_window_jobs(build_export_targets(integrations))
+    # re-delivered by hand) but no schedule or catch-up delivers it: nothing syncs.
+    groups = build_window_groups(build_export_targets(applied.integrations))
+    live = [group for group in groups if group.live]
+    jobs = {group.job_name: build_window_job(group) for group in groups}
     sensors = [build_config_sensor(applied, location_name())]
     if live:
-        sensors.append(build_new_integrations_sensor(live))
+        sensors.append(build_catch_up_sensor(live, list(jobs.values())))
+    with warnings.catch_warnings():
+        # BackfillPolicy is beta in Dagster 1.13: its warning would repeat at every load.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        assets = [build_window_asset(group) for group in groups]
     return dg.Definitions(
-        assets=[*event_sources, *build_export_assets(integrations)],
-        jobs=list({job.name: job for _, job in live}.values()),
-        schedules=[build_export_schedule(target, job) for target, job in live],
+        assets=[*event_sources, *assets],
+        jobs=list(jobs.values()),
+        schedules=[build_window_schedule(group, jobs[group.job_name]) for group in live],
         sensors=sensors,
         resources={
             "events": EventsDatabase(),

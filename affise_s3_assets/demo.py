@@ -586,6 +586,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="days of history before the current hour; one future day is always added",
     )
     parser.add_argument("--clicks-per-day", type=int, default=20_000)
+    parser.add_argument(
+        "--from-integrations",
+        type=Path,
+        help="start no later than the earliest integration start in this integrations file",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--end",
@@ -604,6 +609,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     hour = now.replace(minute=0, second=0, microsecond=0)
     # The future day lets a running demo keep finding fresh rows in every new window.
     start, end = hour - timedelta(days=args.days), hour + timedelta(days=1)
+    if args.from_integrations:
+        # Every window from each integration's start holds demo events, not empty files.
+        from affise_s3_assets.config import load_integrations
+
+        starts = [i.start for i in load_integrations(args.from_integrations).integrations]
+        start = min([start, *starts])
     began = time.perf_counter()
     counts = generate_demo_events(args.db, start, end, args.clicks_per_day, args.seed)
     print(

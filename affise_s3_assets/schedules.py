@@ -1,18 +1,20 @@
-"""Schedules: one per enabled (integration, event type), each ticking at its window boundaries.
+"""Schedules: one per window group (event type, frequency), ticking at its window boundaries.
 
-All integrations sharing an event type and frequency are delivered by one run per window (the
-window job, see fanout.py). Each integration's schedule asks for that run; the first to tick
-creates it and the others record that the window is already requested, so the schedules keep
-their per-integration names, crons and on/off switches while runs grow with windows, not with
-integrations.
+The scheduler's work grows with the number of distinct frequencies, not with integrations: at
+each boundary one schedule per group requests the window that just closed, for every enabled
+integration due in it, as one run. Windows whose tick never came (the daemon was down or behind;
+Dagster 1.13's scheduler catches up no schedule) are the catch-up sensor's (sensors.py).
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
 
-from affise_s3_assets.fanout import ExportTarget
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
+from affise_s3_assets.targets import WindowGroup
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"
@@ -33,38 +35,47 @@ def latest_scheduled_run(
     return records[0] if records else None
 
 
-def schedule_name(target: ExportTarget) -> str:
-    return f"{target.integration}_{target.event_type}_schedule"
+def scheduled_run_request(
+    group: WindowGroup, window_start: datetime, missed: bool = False
+) -> dg.RunRequest | None:
+    """The run delivering the window at `window_start` to every live integration due in it."""
+    due = group.due(window_start.replace(tzinfo=None))
+    if not due:
+        return None
+    partition_key = window_start.strftime(PARTITION_KEY_FORMAT)
+    tags = {"dagster/priority": SCHEDULED_RUN_PRIORITY, SCHEDULED_TAG: "1"}
+    if missed:
+        tags[MISSED_TAG] = "1"
+    return dg.RunRequest(
+        run_key=f"{'missed' if missed else 'scheduled'}|{group.job_name}|{partition_key}",
+        job_name=group.job_name,
+        partition_key=partition_key,
+        asset_selection=[target.asset_key for target in due],
+        tags=tags,
+    )
 
 
-def build_export_schedule(target: ExportTarget, job: dg.JobDefinition) -> dg.ScheduleDefinition:
-    """Requests the window that just closed from the job delivering the target's group."""
+def build_window_schedule(
+    group: WindowGroup, job: UnresolvedAssetJobDefinition
+) -> dg.ScheduleDefinition:
+    """Requests, at each boundary, the window that just closed for the whole group."""
 
     @dg.schedule(
-        name=schedule_name(target),
-        cron_schedule=cron_for_frequency(target.frequency),
+        name=group.schedule_name,
+        cron_schedule=cron_for_frequency(group.frequency),
         job=job,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Every {target.frequency} minutes, the {target.event_type} window that "
-        f"just closed for integration {target.integration}.",
+        description=f"Every {group.frequency} minutes, the {group.event_type} window that just "
+        f"closed, for every enabled integration at that frequency ({len(group.live)} now).",
     )
-    def export_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        tick = context.scheduled_execution_time
-        window_start = tick - timedelta(minutes=target.frequency)
-        partition_key = window_start.strftime(PARTITION_KEY_FORMAT)
-        if window_start.replace(tzinfo=None) < target.first_window:
-            return dg.SkipReason(f"window {partition_key} is before the integration's start")
-        requested = latest_scheduled_run(context.instance, job.name, partition_key)
-        if requested is not None:
+    def window_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        window_start = context.scheduled_execution_time - timedelta(minutes=group.frequency)
+        request = scheduled_run_request(group, window_start)
+        if request is None:
             return dg.SkipReason(
-                f"window {partition_key} is delivered for every {target.event_type} integration "
-                f"at {target.frequency} minutes by run {requested.dagster_run.run_id}"
+                f"no enabled integration is due in window {window_start:%Y-%m-%d %H:%M}"
             )
-        return dg.RunRequest(
-            run_key=f"{job.name}|{partition_key}",
-            partition_key=partition_key,
-            tags={"dagster/priority": SCHEDULED_RUN_PRIORITY, SCHEDULED_TAG: "1"},
-        )
+        return request
 
-    return export_schedule
+    return window_schedule

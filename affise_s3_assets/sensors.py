@@ -1,48 +1,70 @@
-"""The sensor that accounts for every window the schedules do not deliver.
+"""The catch-up sensor: every window a schedule does not deliver is delivered here.
 
-Schedules only request the window that has just closed. An integration added with a `start`
-in the past (or a whole deployment started on an empty instance) would otherwise leave every
-earlier window undelivered. The first time this sensor sees an export it records the windows
-already closed, then requests them oldest first, a bounded number of runs per tick. New
-integrations sharing a window job and a window are delivered by one run.
+Three kinds of window, planned by three pure functions the tests drive directly:
 
-Dagster's scheduler, back from being down or behind, evaluates only the latest missed tick of
-these schedules (they have no partition set), so the windows in between would never be
-requested. The sensor also follows each window job: a window closed for a while without a
-scheduled run gets one, for every integration due in it.
+- **Backlog** (`plan_catch_up`): an integration added with a `start` in the past (or a whole
+  deployment started on an empty instance) has every window since its start to deliver. Each
+  tick requests ranged runs of up to a day of windows (one read, one object per window), new
+  integrations' first range first, then round-robin, so one long history never starves another.
+- **Missed ticks** (`plan_missed_windows`): Dagster 1.13's scheduler, back from being down or
+  behind, evaluates only the latest missed tick (it catches up no schedule). A window closed
+  for a while without a scheduled run gets one, for every integration due in it.
+- **Failed windows** (`plan_redelivery`): windows a failed run planned and did not deliver are
+  tried again at a slow cadence (2 minutes, doubling, at most an hour), so a broken destination
+  is not hammered, and once it works every window it missed is delivered with no operator.
+
+State is the typed, versioned `CatchUpState` in the sensor's cursor; what was delivered comes
+from Dagster (materialized partitions), asked only for the few exports that need it.
 """
 
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import dagster as dg
-
-from affise_s3_assets.fanout import ExportTarget
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
-from affise_s3_assets.schedules import (
-    MISSED_TAG,
-    SCHEDULED_RUN_PRIORITY,
-    SCHEDULED_TAG,
-    latest_scheduled_run,
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
 )
 
-CATCH_UP_RUNS_PER_TICK = 20
+from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
+from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_request
+from affise_s3_assets.targets import ExportTarget, WindowGroup
+
+SENSOR_NAME = "catch_up_sensor"
+CURSOR_VERSION = 2
+TICK_SECONDS = 30
+CATCH_UP_TAG = "affise/catch_up"
+REDELIVERY_TAG = "affise/redelivery"
+# Catch-up runs queued or running at once, at most: backlog never fills the queue, so a window
+# that just closed, or a new integration's first range, waits behind a few runs at most.
+CATCH_UP_IN_FLIGHT = 6
+# Below scheduled runs (10); a new integration's first range goes ahead of older backlog.
+FIRST_RANGE_PRIORITY = "0"
+CATCH_UP_RUN_PRIORITY = "-1"
 # Windows examined per tick at most, so a tick stays fast whatever the backlog.
 CATCH_UP_WINDOWS_PER_TICK = 20_000
-# Lower than scheduled runs: the newest window of every integration goes first.
-CATCH_UP_RUN_PRIORITY = "-1"
 # How long after a window closes its schedule has to create the run before the sensor does.
 SCHEDULE_GRACE = timedelta(minutes=2)
 # Windows a tick checks per window job at most (one run query each).
 GAP_WINDOWS_PER_TICK = 50
-# The cursor entry following the window jobs; asset keys (`affise/...`) cannot collide.
-GAPS_KEY = "__window_jobs__"
-
-Cursor = dict[str, dict[str, Any]]
+# Failed windows are tried again after this, doubling with each failed attempt up to the cap.
+REDELIVERY_FIRST_WAIT = timedelta(minutes=2)
+REDELIVERY_MAX_WAIT = timedelta(hours=1)
+# Failed runs read per tick at most (oldest first; the rest next tick).
+FAILED_RUNS_PER_TICK = 100
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 def _key(moment: datetime) -> str:
@@ -53,16 +75,93 @@ def _moment(key: str) -> datetime:
     return datetime.strptime(key, PARTITION_KEY_FORMAT)
 
 
-def _windows(target: ExportTarget) -> str:
-    """What the cursor entry was planned for: a change of start or frequency replans it."""
+def _naive(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+
+
+@dataclass
+class ExportProgress:
+    """One export's catch-up: the windows from its start up to the moment it appeared."""
+
+    windows: str  # "first window/frequency" it was planned for: a change replans it
+    next: str | None = None  # next window to request; None when caught up
+    until: str | None = None  # last window of the backlog; later ones are the schedule's
+    covered: list[list[str]] = field(default_factory=list)  # delivered at an old frequency
+    skip_materialized: bool = False  # replanned: windows delivered before are skipped
+    started: bool = False  # a first range was requested
+
+    def compact(self) -> dict[str, object]:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if v or k == "windows"}
+
+
+@dataclass
+class Redelivery:
+    """An export's windows that failed and wait for the next attempt."""
+
+    spans: list[list[str]]  # consecutive failed windows, [first, last] inclusive
+    attempts: int = 0
+    next_attempt: str = ""  # ISO time, UTC
+
+
+@dataclass
+class CatchUpState:
+    exports: dict[str, ExportProgress] = field(default_factory=dict)
+    # Missed ticks: per window job, the last window looked at (None: not followed yet).
+    window_jobs: dict[str, str] | None = None
+    # Failed runs updated after this moment (ISO, UTC) are still to be read.
+    failed_runs_after: str | None = None
+    redelivery: dict[str, Redelivery] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": CURSOR_VERSION,
+                "exports": {name: p.compact() for name, p in sorted(self.exports.items())},
+                "window_jobs": self.window_jobs,
+                "failed_runs_after": self.failed_runs_after,
+                "redelivery": {name: asdict(r) for name, r in sorted(self.redelivery.items())},
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "CatchUpState":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        if data.get("version") != CURSOR_VERSION:
+            # Version 1 was a map of asset keys to untyped entries, plus "__window_jobs__".
+            jobs = data.pop("__window_jobs__", None)
+            exports = {
+                name: ExportProgress(
+                    windows=entry["windows"],
+                    next=entry.get("next"),
+                    until=entry.get("until"),
+                    covered=entry.get("covered", []),
+                    skip_materialized=bool(entry.get("skip_materialized")),
+                    started=True,
+                )
+                for name, entry in data.items()
+            }
+            return cls(exports=exports, window_jobs=jobs)
+        return cls(
+            exports={n: ExportProgress(**p) for n, p in data["exports"].items()},
+            window_jobs=data["window_jobs"],
+            failed_runs_after=data["failed_runs_after"],
+            redelivery={n: Redelivery(**r) for n, r in data["redelivery"].items()},
+        )
+
+
+def _windows_id(target: ExportTarget) -> str:
     return f"{_key(target.first_window)}/{target.frequency}"
 
 
-def _covered_at_old_frequency(entry: dict[str, Any], delivered: set[str]) -> list[list[str]]:
+def _covered_at_old_frequency(previous: ExportProgress, delivered: set[str]) -> list[list[str]]:
     """The spans a changed frequency must not deliver again: the windows delivered at the old
     one (`delivered`: the asset's materialized partitions), merged into spans."""
-    step = timedelta(minutes=int(entry["windows"].split("/")[1]))
-    spans = [list(span) for span in entry.get("covered", [])]
+    step = timedelta(minutes=int(previous.windows.split("/")[1]))
+    spans = [list(span) for span in previous.covered]
     for key in sorted(delivered):
         end = _key(_moment(key) + step)
         if spans and spans[-1][1] == key:
@@ -72,110 +171,170 @@ def _covered_at_old_frequency(entry: dict[str, Any], delivered: set[str]) -> lis
     return spans
 
 
-def _overlaps(start: datetime, end: datetime, spans: list[tuple[datetime, datetime]]) -> bool:
-    return any(start < span_end and span_start < end for span_start, span_end in spans)
+def ranged_request(
+    group: WindowGroup,
+    keys: Sequence[dg.AssetKey],
+    first: datetime,
+    last: datetime,
+    kind: str,
+    priority: str,
+    extra_key: str = "",
+) -> dg.RunRequest:
+    """One run delivering windows `first`..`last` (inclusive) to the assets `keys`."""
+    names = ",".join(sorted(key.to_user_string() for key in keys))
+    digest = hashlib.sha256(f"{names}|{extra_key}".encode()).hexdigest()[:16]
+    tags = {"dagster/priority": priority, CATCH_UP_TAG: "1"}
+    if kind == "redeliver":
+        tags[REDELIVERY_TAG] = "1"
+    partition_key = None
+    if first == last:
+        partition_key = _key(first)
+    else:
+        tags[ASSET_PARTITION_RANGE_START_TAG] = _key(first)
+        tags[ASSET_PARTITION_RANGE_END_TAG] = _key(last)
+    return dg.RunRequest(
+        run_key=f"{kind}|{group.job_name}|{_key(first)}|{_key(last)}|{digest}",
+        job_name=group.job_name,
+        partition_key=partition_key,
+        asset_selection=list(keys),
+        tags=tags,
+    )
+
+
+@dataclass
+class _Member:
+    group: WindowGroup
+    target: ExportTarget
+    progress: ExportProgress
+    done: set[str]
+    covered: list[tuple[datetime, datetime]]
+
+    def skips(self, window: datetime) -> bool:
+        if _key(window) in self.done:
+            return True
+        end = window + self.group.step
+        return any(window < b and a < end for a, b in self.covered)
 
 
 def plan_catch_up(
-    targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
-    cursor: Cursor,
+    groups: Sequence[WindowGroup],
+    exports: dict[str, ExportProgress],
     now: datetime,
-    budget: int = CATCH_UP_RUNS_PER_TICK,
+    budget: int = CATCH_UP_IN_FLIGHT,
     materialized: Callable[[dg.AssetKey], set[str]] | None = None,
-) -> tuple[list[dg.RunRequest], Cursor]:
-    """This tick's run requests and the next cursor; pure, so tests drive it directly.
+) -> tuple[list[dg.RunRequest], dict[str, ExportProgress]]:
+    """This tick's backlog runs and the next progress of every export.
 
-    The cursor maps each export asset to its next window to request and the last window that
-    had already closed when the export first appeared (later ones are the schedule's).
-    Entries of integrations no longer configured are kept: one that comes back resumes where
-    it was instead of re-delivering its history (windows while it was gone are not due). When
-    an integration's start or frequency changes, its windows are planned again from its start
-    and those already materialized (`materialized`, asked only for such assets) are skipped.
-    After a frequency change, windows overlapping what the old frequency delivered are skipped
-    too: their rows are in the customer's bucket already, under the old windows' keys.
+    An export seen for the first time is planned from its first window up to the last window
+    closed now (later windows are the schedule's). Entries of exports no longer configured are
+    kept: one that comes back resumes where it was instead of re-delivering its history. When
+    an export's start or frequency changes, it is planned again from its start, skipping the
+    windows already materialized (`materialized`, asked only for such exports); after a
+    frequency change, windows overlapping what the old frequency delivered are skipped too.
     """
-    now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
-    # A replanned asset is asked once per tick, however many uses.
+    now = _naive(now)
     materialized = functools.cache(materialized) if materialized else None
-    state: Cursor = dict(cursor)
-    pending: dict[str, datetime] = {}
-    until: dict[str, datetime] = {}
-    done: dict[str, set[str]] = {}
-    # Parsed once per tick: a tick can examine thousands of windows.
-    covered: dict[str, list[tuple[datetime, datetime]]] = {}
-    for target, _ in targets:
-        name = target.asset_key.to_user_string()
-        entry = cursor.get(name)
-        if entry is None or entry.get("windows", _windows(target)) != _windows(target):
-            last_closed = first_window_start(now, target.frequency) - timedelta(
-                minutes=target.frequency
-            )
-            replanned = entry is not None
-            entry = {
-                "next": _key(target.first_window),
-                "until": _key(last_closed),
-                "windows": _windows(target),
-            }
-            if replanned:
-                entry["skip_materialized"] = "1"
-                previous = cursor[name]
-                if previous["windows"].split("/")[1] != str(target.frequency):
-                    delivered = materialized(target.asset_key) if materialized else set()
-                    entry["covered"] = _covered_at_old_frequency(previous, delivered)
-                elif "covered" in previous:
-                    entry["covered"] = previous["covered"]
-        entry = dict(entry)
-        entry["windows"] = _windows(target)
-        if entry.get("skip_materialized") and materialized is not None:
-            done[name] = materialized(target.asset_key)
-        state[name] = entry
-        covered[name] = [(_moment(a), _moment(b)) for a, b in entry.get("covered", [])]
-        if entry["next"] is not None and entry["until"] is not None:
-            if entry["next"] <= entry["until"]:
-                pending[name] = _moment(entry["next"])
-                until[name] = _moment(entry["until"])
-            else:
-                entry["next"] = None
-
-    requested: dict[tuple[str, str], list[str]] = {}
-    examined = 0
-    while pending and len(requested) < budget and examined < CATCH_UP_WINDOWS_PER_TICK:
-        window = min(pending.values())
-        for target, job in targets:
+    state = dict(exports)
+    members: list[_Member] = []
+    for group in groups:
+        for target in group.live:
             name = target.asset_key.to_user_string()
-            if pending.get(name) != window:
-                continue
-            examined += 1
-            following = window + timedelta(minutes=target.frequency)
-            if _key(window) not in done.get(name, ()) and not _overlaps(
-                window, following, covered[name]
-            ):
-                requested.setdefault((job.name, _key(window)), []).append(target.integration)
-            if following <= until[name]:
-                pending[name] = following
-                state[name]["next"] = _key(following)
+            previous = exports.get(name)
+            if previous is None or previous.windows != _windows_id(target):
+                last_closed = first_window_start(now, target.frequency) - group.step
+                progress = ExportProgress(
+                    windows=_windows_id(target),
+                    next=_key(target.first_window),
+                    until=_key(last_closed),
+                )
+                if previous is not None:
+                    progress.skip_materialized = True
+                    progress.started = True
+                    if previous.windows.split("/")[1] != str(target.frequency):
+                        delivered = materialized(target.asset_key) if materialized else set()
+                        progress.covered = _covered_at_old_frequency(previous, delivered)
+                    else:
+                        progress.covered = previous.covered
             else:
-                del pending[name]
-                state[name]["next"] = None
-                state[name].pop("skip_materialized", None)
+                progress = ExportProgress(**asdict(previous))
+            state[name] = progress
+            if progress.next is None or progress.until is None or progress.next > progress.until:
+                progress.next = None
+                continue
+            done = (
+                materialized(target.asset_key)
+                if progress.skip_materialized and materialized is not None
+                else set()
+            )
+            covered = [(_moment(a), _moment(b)) for a, b in progress.covered]
+            members.append(_Member(group, target, progress, done, covered))
 
-    ops = {job.name: next(iter(job.graph.node_dict)) for _, job in targets}
-    requests = [
-        dg.RunRequest(
-            run_key=f"catch-up|{job_name}|{partition_key}|"
-            + hashlib.sha256(",".join(sorted(names)).encode()).hexdigest()[:16],
-            job_name=job_name,
-            partition_key=partition_key,
-            run_config={"ops": {ops[job_name]: {"config": {"integrations": sorted(names)}}}},
-            tags={"dagster/priority": CATCH_UP_RUN_PRIORITY, "affise/catch_up": "1"},
+    # Skip what needs nothing, then group exports by (job, next window): one run serves them.
+    examined = 0
+    frontiers: dict[tuple[str, str], list[_Member]] = {}
+    order: list[tuple[str, str]] = []
+
+    def enqueue(member: _Member) -> None:
+        nonlocal examined
+        window, until = _moment(member.progress.next or ""), _moment(member.progress.until or "")
+        while window <= until and member.skips(window) and examined < CATCH_UP_WINDOWS_PER_TICK:
+            window += member.group.step
+            examined += 1
+        if window > until:
+            member.progress.next = None
+            member.progress.skip_materialized = False
+            return
+        member.progress.next = _key(window)
+        if member.skips(window):
+            return  # out of windows to examine this tick
+        frontier = (member.group.job_name, member.progress.next)
+        if frontier not in frontiers:
+            frontiers[frontier] = []
+            order.append(frontier)
+        frontiers[frontier].append(member)
+
+    for member in members:
+        enqueue(member)
+    # New exports' first range first, then oldest first; a served frontier goes to the back:
+    # every pending export advances each tick before any gets a second range.
+    order.sort(key=lambda f: (all(m.progress.started for m in frontiers[f]), f[1], f[0]))
+    requests: list[dg.RunRequest] = []
+    while order and len(requests) < budget:
+        frontier = order.pop(0)
+        group_members = frontiers.pop(frontier)
+        group = group_members[0].group
+        first = _moment(frontier[1])
+        last = first
+        limit = first + group.step * (group.windows_per_run - 1)
+        while last < limit and examined < CATCH_UP_WINDOWS_PER_TICK:
+            following = last + group.step
+            examined += 1
+            if any(
+                following > _moment(m.progress.until or "") or m.skips(following)
+                for m in group_members
+            ):
+                break
+            last = following
+        first_range = not all(m.progress.started for m in group_members)
+        requests.append(
+            ranged_request(
+                group,
+                [m.target.asset_key for m in group_members],
+                first,
+                last,
+                "catch-up",
+                FIRST_RANGE_PRIORITY if first_range else CATCH_UP_RUN_PRIORITY,
+            )
         )
-        for (job_name, partition_key), names in requested.items()
-    ]
+        for member in group_members:
+            member.progress.started = True
+            member.progress.next = _key(last + group.step)
+            enqueue(member)
     return requests, state
 
 
 def plan_missed_windows(
-    targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
+    groups: Sequence[WindowGroup],
     checked: dict[str, str] | None,
     now: datetime,
     has_scheduled_run: Callable[[str, str], bool],
@@ -191,89 +350,224 @@ def plan_missed_windows(
     The newest closed window is never requested here: the scheduler, back from being down,
     evaluates that tick itself, and two runs for one window would race.
     """
-    now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
-    groups: dict[str, list[ExportTarget]] = {}
-    for target, job in targets:
-        groups.setdefault(job.name, []).append(target)
+    now = _naive(now)
+    live = {group.job_name: group for group in groups if group.live}
     # Jobs gone from the config are forgotten: if one returns, it starts again from then.
-    state = {name: key for name, key in (checked or {}).items() if name in groups}
+    state = {name: key for name, key in (checked or {}).items() if name in live}
     requests = []
-    for name, members in groups.items():
-        frequency = members[0].frequency
-        step = timedelta(minutes=frequency)
-        newest_tick_window = first_window_start(now, frequency) - step
+    for name, group in live.items():
+        step = group.step
+        newest_tick_window = first_window_start(now, group.frequency) - step
         if name not in state:
             seed = newest_scheduled(name) if checked is None and newest_scheduled else None
             state[name] = seed or _key(newest_tick_window)
             continue
         last = min(
-            first_window_start(now - SCHEDULE_GRACE, frequency) - step, newest_tick_window - step
+            first_window_start(now - SCHEDULE_GRACE, group.frequency) - step,
+            newest_tick_window - step,
         )
         window = _moment(state[name]) + step
         for _ in range(GAP_WINDOWS_PER_TICK):
             if window > last:
                 break
-            due = any(member.first_window <= window for member in members)
-            if due and not has_scheduled_run(name, _key(window)):
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"missed|{name}|{_key(window)}",
-                        job_name=name,
-                        partition_key=_key(window),
-                        # Marked scheduled: a schedule tick for this window, late, then skips.
-                        tags={
-                            "dagster/priority": SCHEDULED_RUN_PRIORITY,
-                            SCHEDULED_TAG: "1",
-                            MISSED_TAG: "1",
-                        },
-                    )
-                )
+            if group.due(window) and not has_scheduled_run(name, _key(window)):
+                request = scheduled_run_request(group, window, missed=True)
+                if request is not None:
+                    requests.append(request)
             state[name] = _key(window)
             window += step
     return requests, state
 
 
-def build_new_integrations_sensor(
-    targets: Sequence[tuple[ExportTarget, dg.JobDefinition]],
+def _merge(keys: Iterable[str], step: timedelta) -> list[list[str]]:
+    spans: list[list[str]] = []
+    for key in sorted(set(keys)):
+        if spans and _moment(spans[-1][1]) + step == _moment(key):
+            spans[-1][1] = key
+        else:
+            spans.append([key, key])
+    return spans
+
+
+def _expand(spans: Iterable[Sequence[str]], step: timedelta) -> list[str]:
+    keys = []
+    for first, last in spans:
+        window = _moment(first)
+        while window <= _moment(last):
+            keys.append(_key(window))
+            window += step
+    return keys
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """What a failed run planned: its assets and windows (Dagster marks the undelivered ones
+    Failed)."""
+
+    job_name: str
+    asset_keys: frozenset[dg.AssetKey]
+    first: str
+    last: str
+
+
+def plan_redelivery(
+    groups: Sequence[WindowGroup],
+    redelivery: dict[str, Redelivery],
+    failed_runs: Sequence[FailedRun],
+    now: datetime,
+    materialized: Callable[[dg.AssetKey], set[str]],
+) -> tuple[list[dg.RunRequest], dict[str, Redelivery]]:
+    """Runs for failed windows whose next attempt is due, and the next redelivery state.
+
+    Windows of `failed_runs` are added to their exports' waiting windows; windows delivered
+    since (materialized) are dropped; an export with none left is healed. Exports of one job
+    waiting for the same windows are tried in one run.
+    """
+    now = _naive(now)
+    targets = {t.asset_key: (g, t) for g in groups for t in g.live}
+    names = {key.to_user_string(): key for key in targets}
+    waiting: dict[str, set[str]] = {}
+    for name, entry in redelivery.items():
+        if name in names:
+            waiting[name] = set(_expand(entry.spans, targets[names[name]][0].step))
+    state = {name: entry for name, entry in redelivery.items() if name in names}
+    for run in failed_runs:
+        for key in run.asset_keys:
+            if key not in targets:
+                continue
+            group, target = targets[key]
+            name = key.to_user_string()
+            planned = [
+                k
+                for k in _expand([[run.first, run.last]], group.step)
+                if _moment(k) >= target.first_window
+            ]
+            waiting.setdefault(name, set()).update(planned)
+            if name not in state:
+                state[name] = Redelivery(
+                    spans=[], next_attempt=(now + REDELIVERY_FIRST_WAIT).isoformat()
+                )
+    requests: list[dg.RunRequest] = []
+    due: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
+    for name in sorted(waiting):
+        group, _ = targets[names[name]]
+        left = waiting[name] - materialized(names[name])
+        if not left:
+            state.pop(name, None)
+            continue
+        entry = state[name]
+        entry.spans = _merge(left, group.step)
+        if datetime.fromisoformat(entry.next_attempt) <= now:
+            spans = tuple((a, b) for a, b in entry.spans)
+            due.setdefault((group.job_name, spans), []).append(name)
+    by_job = {group.job_name: group for group in groups}
+    for (job_name, spans), members in due.items():
+        group = by_job[job_name]
+        attempt = max(state[name].attempts for name in members) + 1
+        for first_key, last_key in spans:
+            window = _moment(first_key)
+            while window <= _moment(last_key):
+                last = min(window + group.step * (group.windows_per_run - 1), _moment(last_key))
+                requests.append(
+                    ranged_request(
+                        group,
+                        [names[name] for name in members],
+                        window,
+                        last,
+                        "redeliver",
+                        CATCH_UP_RUN_PRIORITY,
+                        extra_key=f"{attempt}|{now.isoformat()}",
+                    )
+                )
+                window = last + group.step
+        wait = min(REDELIVERY_FIRST_WAIT * 2**attempt, REDELIVERY_MAX_WAIT)
+        for name in members:
+            state[name].attempts = attempt
+            state[name].next_attempt = (now + wait).isoformat()
+    return requests, state
+
+
+def failed_runs_since(
+    instance: dg.DagsterInstance, after: str | None, job_names: set[str]
+) -> tuple[list[FailedRun], str | None]:
+    """Runs of the window jobs that failed after `after`, oldest first, and the next `after`."""
+    updated_after = datetime.fromisoformat(after) if after else None
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], updated_after=updated_after),
+        limit=FAILED_RUNS_PER_TICK,
+        order_by="update_timestamp",
+        ascending=True,
+    )
+    failed = []
+    for record in records:
+        run = record.dagster_run
+        if run.job_name not in job_names or not run.asset_selection:
+            continue
+        tags = run.tags
+        first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
+        last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
+        if first is None or last is None:
+            continue
+        failed.append(FailedRun(run.job_name, frozenset(run.asset_selection), first, last))
+    if records:
+        after = records[-1].update_timestamp.astimezone(UTC).isoformat()
+    return failed, after
+
+
+def build_catch_up_sensor(
+    groups: Sequence[WindowGroup], jobs: Sequence[UnresolvedAssetJobDefinition]
 ) -> dg.SensorDefinition:
-    """`targets` pairs each enabled export with the window job that delivers it."""
-    jobs = list({job.name: job for _, job in targets}.values())
+    """Delivers the backlog, the missed ticks and the failed windows of every window group;
+    `jobs` are the groups' window jobs."""
+    live = [group for group in groups if group.live]
+    job_names = {group.job_name for group in live}
 
     @dg.sensor(
-        name="new_integrations_sensor",
-        jobs=jobs,
-        minimum_interval_seconds=30,
+        name=SENSOR_NAME,
+        jobs=[job for job in jobs if job.name in job_names],
+        minimum_interval_seconds=TICK_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            "Delivers every window of a newly configured integration from its start up to the "
-            f"moment it appeared: at most {CATCH_UP_RUNS_PER_TICK} runs per tick, oldest first, "
-            "one run per window for all new integrations sharing it. Also requests any window "
-            "its schedules missed (the daemon was down or behind)."
+            "Delivers every window the schedules do not: a new integration's history since its "
+            "start (ranged runs of up to a day, at most "
+            f"{CATCH_UP_IN_FLIGHT} catch-up runs in flight), windows whose schedule tick never "
+            "came, and failed windows (again after 2 minutes, doubling up to an hour, until "
+            "delivered)."
         ),
     )
-    def new_integrations_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        checked = cursor.pop(GAPS_KEY, None)
+    def catch_up_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        state = CatchUpState.from_json(context.cursor)
         now = datetime.now(UTC)
+        instance = context.instance
 
         def newest_scheduled(job_name: str) -> str | None:
-            record = latest_scheduled_run(context.instance, job_name)
+            record = latest_scheduled_run(instance, job_name)
             return record.dagster_run.tags.get("dagster/partition") if record else None
 
-        missed, checked = plan_missed_windows(
-            targets,
-            checked,
+        missed, state.window_jobs = plan_missed_windows(
+            live,
+            state.window_jobs,
             now,
-            lambda job_name, key: latest_scheduled_run(context.instance, job_name, key) is not None,
+            lambda job_name, key: latest_scheduled_run(instance, job_name, key) is not None,
             newest_scheduled,
         )
-        requests, next_cursor = plan_catch_up(
-            targets,
-            cursor,
-            now,
-            materialized=lambda key: set(context.instance.get_materialized_partitions(key)),
+        in_flight = instance.get_runs_count(
+            dg.RunsFilter(statuses=_IN_FLIGHT, tags={CATCH_UP_TAG: "1"})
         )
-        next_cursor[GAPS_KEY] = checked
-        return dg.SensorResult(run_requests=missed + requests, cursor=json.dumps(next_cursor))
+        materialized = functools.cache(lambda key: set(instance.get_materialized_partitions(key)))
+        backlog, state.exports = plan_catch_up(
+            live,
+            state.exports,
+            now,
+            budget=max(0, CATCH_UP_IN_FLIGHT - in_flight),
+            materialized=materialized,
+        )
+        failed, state.failed_runs_after = failed_runs_since(
+            instance, state.failed_runs_after, job_names
+        )
+        redeliveries, state.redelivery = plan_redelivery(
+            live, state.redelivery, failed, now, materialized
+        )
+        return dg.SensorResult(run_requests=missed + backlog + redeliveries, cursor=state.to_json())
 
-    return new_integrations_sensor
+    return catch_up_sensor

@@ -7,7 +7,8 @@ bash scripts/setup.sh
 
 export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$PWD/data/events.duckdb}
 export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$PWD/integrations.yaml}
-.venv/bin/python -m affise_s3_assets.demo --db "$AFFISE_EVENTS_DB" --days 3
+.venv/bin/python -m affise_s3_assets.demo --db "$AFFISE_EVENTS_DB" --days 3 \
+  --from-integrations "$AFFISE_INTEGRATIONS"
 
 # Demo-only credentials of the two demo customers on the local server (not AWS keys).
 export ACME_AWS_ACCESS_KEY_ID=ACMEDEMOACCESSKEY01 ACME_AWS_SECRET_ACCESS_KEY=acme-demo-secret-0001
@@ -36,5 +37,9 @@ PY
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
 mkdir -p "$DAGSTER_HOME"
 [ -f "$DAGSTER_HOME/dagster.yaml" ] || cp scripts/dagster.dev.yaml "$DAGSTER_HOME/dagster.yaml"
+# integrations_config_sensor reloads the code location through the webserver when the file
+# changes: saved edits go live with no restart and no click.
+export AFFISE_WEBSERVER_URL=${AFFISE_WEBSERVER_URL:-http://127.0.0.1:${DAGSTER_PORT:-3000}}
+export AFFISE_STATE_DIR=${AFFISE_STATE_DIR:-$DAGSTER_HOME/affise-state}
 echo "Dagster UI: http://127.0.0.1:${DAGSTER_PORT:-3000}  (Ctrl-C stops Dagster and the S3 server)"
 .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}"

@@ -4,6 +4,7 @@ gunzip, parse strictly and compare every field with the source rows in DuckDB.""
 import gzip
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,11 +14,14 @@ import dagster as dg
 import duckdb
 import pytest
 
-from affise_s3_assets.assets import IO_MANAGER_KEY, build_export_asset, event_sources
 from affise_s3_assets.config import IntegrationConfig, parse_integrations
+from affise_s3_assets.definitions import event_sources
+from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset
 from affise_s3_assets.demo import load_schema
-from affise_s3_assets.io_manager import MIB, DateFolderS3IOManager, S3ObjectWriter
+from affise_s3_assets.io_manager import DateFolderS3IOManager
+from affise_s3_assets.s3 import MIB, S3ObjectWriter
 from affise_s3_assets.source import EventsDatabase
+from affise_s3_assets.targets import build_export_targets, build_window_groups, export_asset_key
 from tests.conftest import S3Server
 from tests.csv_reader import read_rfc4180
 
@@ -51,22 +55,54 @@ integrations:
     return parse_integrations(text).integrations[0]
 
 
-def export_asset(config: IntegrationConfig) -> dg.AssetsDefinition:
-    ((event_type, export),) = config.exports()
-    return build_export_asset(config, event_type, export)
+def export_asset(*configs: IntegrationConfig) -> dg.AssetsDefinition:
+    """The export step of the one window group the integrations' exports form."""
+    (group,) = build_window_groups(build_export_targets(configs))
+    return build_window_asset(group)
+
+
+def key_of(config: IntegrationConfig) -> dg.AssetKey:
+    ((event_type, _),) = config.exports()
+    return export_asset_key(config.name, event_type)
+
+
+@dataclass
+class Delivered:
+    """A run's result and the instance it ran on: a failed step's materializations are in the
+    instance (as in the UI), not in the in-process result."""
+
+    result: dg.ExecuteInProcessResult
+    instance: dg.DagsterInstance
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.result, name)
+
+    def materializations(self, key: dg.AssetKey) -> list[dg.AssetMaterialization]:
+        records = self.instance.fetch_materializations(key, limit=1000).records
+        return [record.asset_materialization for record in reversed(records)]
+
+    def all_materializations(self) -> list[tuple[dg.AssetKey, dg.AssetMaterialization]]:
+        return [
+            (key, materialization)
+            for key in sorted(self.instance.all_asset_keys(), key=str)
+            for materialization in self.materializations(key)
+        ]
 
 
 def deliver(
-    assets: Sequence[dg.AssetsDefinition],
-    partition_key: str,
+    asset: dg.AssetsDefinition,
+    partition_key: str | None,
     events_db: Path,
     part_size_mib: int = 16,
     raise_on_error: bool = True,
     tags: dict[str, str] | None = None,
-) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        [*assets, *event_sources],
-        selection=[asset.key for asset in assets],
+    selection: Sequence[dg.AssetKey] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> Delivered:
+    instance = instance or dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [asset, *event_sources],
+        selection=list(selection or asset.keys),
         partition_key=partition_key,
         resources={
             "events": EventsDatabase(path=str(events_db)),
@@ -74,7 +110,16 @@ def deliver(
         },
         raise_on_error=raise_on_error,
         tags=tags,
+        instance=instance,
     )
+    return Delivered(result, instance)
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+    }
 
 
 def keys_in(s3: S3Server, bucket: str) -> list[str]:
@@ -162,9 +207,9 @@ def test_exact_key_for_frequency_and_directory(
     expected_key: str,
 ) -> None:
     asset = export_asset(integration(s3_server, bucket, frequency=frequency, directory=directory))
-    result = deliver([asset], partition_key, events_db)
+    result = deliver(asset, partition_key, events_db)
     assert keys_in(s3_server, bucket) == [expected_key]
-    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    ((_, materialization),) = result.all_materializations()
     metadata = {name: value.value for name, value in materialization.metadata.items()}
     assert metadata["s3_uri"] == f"s3://{bucket}/{expected_key}"
     window_start = datetime.strptime(partition_key, "%Y-%m-%d-%H:%M")
@@ -197,7 +242,7 @@ def test_delivered_rows_equal_source_rows_after_filters(
     if advertisers:
         extra += f"      advertisers: {list(advertisers)}\n"
     asset = export_asset(integration(s3_server, bucket, event_type, frequency=180, extra=extra))
-    deliver([asset], "2026-11-25-09:00", events_db)
+    deliver(asset, "2026-11-25-09:00", events_db)
     (key,) = keys_in(s3_server, bucket)
     header, rows = delivered_rows(fetch(s3_server, bucket, key))
 
@@ -230,7 +275,7 @@ def test_both_filters_mean_and(
     _, by_advertiser = source_rows(events_db, "clicks", start, end, (), (ADVERTISER,))
     extra = f'      affiliates: [101, 102]\n      advertisers: ["{ADVERTISER}"]\n'
     asset = export_asset(integration(s3_server, bucket, frequency=180, extra=extra))
-    deliver([asset], "2026-11-25-09:00", events_db)
+    deliver(asset, "2026-11-25-09:00", events_db)
     (key,) = keys_in(s3_server, bucket)
     _, rows = delivered_rows(fetch(s3_server, bucket, key))
     ids = {row[0] for row in rows}
@@ -251,7 +296,7 @@ def test_window_edges_include_start_and_exclude_end_at_full_precision(
         ).fetchone()
     start = end - timedelta(minutes=15)
     asset = export_asset(integration(s3_server, bucket, frequency=15))
-    deliver([asset], f"{start:%Y-%m-%d-%H:%M}", events_db)
+    deliver(asset, f"{start:%Y-%m-%d-%H:%M}", events_db)
     (key,) = keys_in(s3_server, bucket)
     _, rows = delivered_rows(fetch(s3_server, bucket, key))
     by_id = {row[0]: row for row in rows}
@@ -266,12 +311,12 @@ def test_empty_window_delivers_a_header_only_file(
     s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
 ) -> None:
     asset = export_asset(integration(s3_server, bucket, "conversions", frequency=60))
-    result = deliver([asset], "2026-11-24-03:00", events_db)  # before any event
+    result = deliver(asset, "2026-11-24-03:00", events_db)  # before any event
     (key,) = keys_in(s3_server, bucket)
     text = gzip.decompress(fetch(s3_server, bucket, key)).decode()
     header, _ = source_rows(events_db, "conversions", datetime(2000, 1, 1), datetime(2000, 1, 1))
     assert text == ",".join(header) + "\n"
-    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    ((_, materialization),) = result.all_materializations()
     assert materialization.metadata["rows"].value == 0
 
 
@@ -279,10 +324,10 @@ def test_redelivery_is_byte_identical_and_overwrites_the_same_key(
     s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
 ) -> None:
     asset = export_asset(integration(s3_server, bucket, frequency=30))
-    deliver([asset], "2026-11-25-14:30", events_db)
+    deliver(asset, "2026-11-25-14:30", events_db)
     (key,) = keys_in(s3_server, bucket)
     first = fetch(s3_server, bucket, key)
-    deliver([asset], "2026-11-25-14:30", events_db)
+    deliver(asset, "2026-11-25-14:30", events_db)
     assert keys_in(s3_server, bucket) == [key]
     second = fetch(s3_server, bucket, key)
     assert first == second
@@ -304,11 +349,11 @@ def test_multipart_object_round_trips_against_the_real_server(
             "sha256((i+7)::VARCHAR) FROM range(120000) t(i)"
         )
     asset = export_asset(integration(s3_server, bucket, frequency=60))
-    result = deliver([asset], "2026-11-25-10:00", db, part_size_mib=5)
+    result = deliver(asset, "2026-11-25-10:00", db, part_size_mib=5)
     (key,) = keys_in(s3_server, bucket)
     client = s3_server.client()
     data = fetch(s3_server, bucket, key)
-    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    ((_, materialization),) = result.all_materializations()
     parts = materialization.metadata["multipart_parts"].value
     assert parts == -(-len(data) // (5 * 1024 * 1024)) >= 2
     # The server's own record of a multipart object: an ETag ending in -<parts>.
@@ -344,26 +389,27 @@ def test_parts_beyond_memory_bytes_spill_to_disk_and_arrive_exact(
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-def test_a_partition_range_is_refused_not_merged(
+def test_a_partition_range_is_one_object_per_window_from_one_read(
     s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
 ) -> None:
-    asset = export_asset(integration(s3_server, bucket, frequency=60))
-    result = dg.materialize(
-        [asset, *event_sources],
-        selection=[asset.key],
-        resources={
-            "events": EventsDatabase(path=str(events_db)),
-            IO_MANAGER_KEY: DateFolderS3IOManager(),
-        },
-        tags={
-            "dagster/asset_partition_range_start": "2026-11-25-10:00",
-            "dagster/asset_partition_range_end": "2026-11-25-12:00",
-        },
-        raise_on_error=False,
+    config = integration(s3_server, bucket, frequency=60)
+    asset = export_asset(config)
+    result = deliver(
+        asset, None, events_db, tags=range_tags("2026-11-25-10:00", "2026-11-25-12:00")
     )
-    assert not result.success
-    failure = result.get_step_failure_events()[0].step_failure_data.error
-    assert "one run delivers one window per object; got a range of 3 partitions" in str(
-        failure.message
+    expected_keys = [
+        f"affise/raw/2026/11/25/2026-11-25 {hour}:00:00.csv.gz" for hour in (10, 11, 12)
+    ]
+    assert keys_in(s3_server, bucket) == expected_keys
+    shown = sorted(
+        (m.partition, m.metadata["s3_uri"].value) for _, m in result.all_materializations()
     )
-    assert keys_in(s3_server, bucket) == []
+    assert shown == [
+        (f"2026-11-25-{hour}:00", f"s3://{bucket}/{key}")
+        for hour, key in zip((10, 11, 12), expected_keys, strict=True)
+    ]
+    for hour, key in zip((10, 11, 12), expected_keys, strict=True):
+        _, rows = delivered_rows(fetch(s3_server, bucket, key))
+        start = datetime(2026, 11, 25, hour)
+        _, expected = source_rows(events_db, "clicks", start, start + timedelta(hours=1))
+        assert rows == expected and rows

@@ -26,11 +26,10 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
 
-from affise_s3_assets.assets import build_export_targets
 from affise_s3_assets.config import EVENT_TYPES, load_integrations
 from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.fanout import window_job_name
 from affise_s3_assets.sensors import plan_catch_up
+from affise_s3_assets.targets import build_export_targets, build_window_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = ROOT / "deploy"
@@ -384,7 +383,7 @@ def _run_tag_keys() -> set[str]:
                 (request,) = schedule.evaluate_tick(context).run_requests or []
             requests.append((schedule.job_name, request))
     targets = build_export_targets(load_integrations(INTEGRATIONS_YAML).integrations)
-    live = [(t, jobs[window_job_name(t.event_type, t.frequency)]) for t in targets]
+    live = [group for group in build_window_groups(targets) if group.live]
     catch_up, _ = plan_catch_up(live, {}, AFTER_EVERY_START)
     assert catch_up
     requests.extend((request.job_name, request) for request in catch_up)

@@ -4,20 +4,24 @@ bucket and key, from the real server's error, and never a secret."""
 from pathlib import Path
 
 import botocore.exceptions
-import dagster as dg
 import pytest
 
-from affise_s3_assets.io_manager import upload_stream
+from affise_s3_assets.s3 import upload_stream
 from tests.conftest import S3Server
-from tests.test_delivery import deliver, export_asset, integration, keys_in
+from tests.test_delivery import (
+    Delivered,
+    deliver,
+    export_asset,
+    integration,
+    key_of,
+    keys_in,
+)
 
 KEY = "affise/raw/2026/11/25/2026-11-25 10:00:00.csv.gz"
 
 
-def failure_message(result: dg.ExecuteInProcessResult, asset: dg.AssetsDefinition) -> str:
-    (failure,) = [
-        event for event in result.get_step_failure_events() if event.step_key == asset.node_def.name
-    ]
+def failure_message(result: Delivered) -> str:
+    (failure,) = result.get_step_failure_events()
     error = failure.step_failure_data.error
     return str(error.message) + "".join(error.stack or [])
 
@@ -47,9 +51,9 @@ def test_bad_destination_fails_its_partition_with_the_servers_error(
         monkeypatch.setenv("TEST_ACCESS_KEY_ID", access_key_env)
     target = bucket + bucket_suffix
     asset = export_asset(integration(s3_server, target, frequency=60))
-    result = deliver([asset], "2026-11-25-10:00", events_db, raise_on_error=False)
+    result = deliver(asset, "2026-11-25-10:00", events_db, raise_on_error=False)
     assert not result.success
-    message = failure_message(result, asset)
+    message = failure_message(result)
     assert f"Delivery failed for integration 'acme' (clicks) to bucket '{target}'" in message
     assert f"key '{KEY}'" in message
     assert code in message
@@ -66,8 +70,8 @@ def test_another_accounts_bucket_is_access_denied(
     monkeypatch.setenv("TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
     monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
     asset = export_asset(integration(s3_server, bucket, frequency=60))
-    result = deliver([asset], "2026-11-25-10:00", events_db, raise_on_error=False)
-    message = failure_message(result, asset)
+    result = deliver(asset, "2026-11-25-10:00", events_db, raise_on_error=False)
+    message = failure_message(result)
     assert "AccessDenied (HTTP 403)" in message and bucket in message
     assert s3_server.intruder.secret_key not in message
 
@@ -75,13 +79,13 @@ def test_another_accounts_bucket_is_access_denied(
 def test_one_failing_bucket_does_not_stop_another_integration(
     s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
 ) -> None:
-    good = export_asset(integration(s3_server, bucket, frequency=60, name="good"))
-    bad = export_asset(integration(s3_server, bucket + "-missing", frequency=60, name="bad"))
-    result = deliver([good, bad], "2026-11-25-10:00", events_db, raise_on_error=False)
+    good = integration(s3_server, bucket, frequency=60, name="good")
+    bad = integration(s3_server, bucket + "-missing", frequency=60, name="bad")
+    result = deliver(export_asset(good, bad), "2026-11-25-10:00", events_db, raise_on_error=False)
     assert not result.success
-    assert "NoSuchBucket" in failure_message(result, bad)
-    assert len(result.asset_materializations_for_node(good.node_def.name)) == 1
-    assert result.asset_materializations_for_node(bad.node_def.name) == []
+    assert "NoSuchBucket" in failure_message(result)
+    assert len(result.materializations(key_of(good))) == 1
+    assert result.materializations(key_of(bad)) == []
     assert keys_in(s3_server, bucket) == [KEY]
 
 
@@ -91,8 +95,8 @@ def test_unset_secret_names_the_variable_not_a_value(
     monkeypatch.setenv("TEST_ACCESS_KEY_ID", s3_server.customer.access_key)
     monkeypatch.delenv("TEST_SECRET_ACCESS_KEY", raising=False)
     asset = export_asset(integration(s3_server, bucket, frequency=60))
-    result = deliver([asset], "2026-11-25-10:00", events_db, raise_on_error=False)
-    message = failure_message(result, asset)
+    result = deliver(asset, "2026-11-25-10:00", events_db, raise_on_error=False)
+    message = failure_message(result)
     assert "secret_key: environment variable TEST_SECRET_ACCESS_KEY is not set" in message
     assert f"bucket '{bucket}'" in message
 

@@ -1,5 +1,5 @@
-"""Window jobs against the real S3 server: one read of the window, one object per
-integration, one materialization per integration partition, failures isolated."""
+"""Window runs against the real S3 server: one read of the window (or range), one object per
+integration and window, one materialization per partition, failures isolated and Failed."""
 
 from collections.abc import Iterator
 from datetime import datetime
@@ -8,7 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from affise_s3_assets.config import apply_integrations
 from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
 from tests.test_delivery import (
     ADVERTISER,
@@ -18,6 +20,7 @@ from tests.test_delivery import (
     fetch,
     integration,
     keys_in,
+    range_tags,
     source_rows,
 )
 
@@ -63,23 +66,43 @@ class WindowRig:
         )
 
     def run(
-        self, only: list[str] | None = None, events_db: Path | None = None
+        self,
+        only: list[str] | None = None,
+        events_db: Path | None = None,
+        last: str | None = None,
     ) -> dg.ExecuteInProcessResult:
+        """Run the group's job for WINDOW (through `last`, as one ranged run), for the named
+        integrations or, like the schedule, for every one due."""
         self.monkeypatch.setenv("AFFISE_EVENTS_DB", str(events_db or self.events_db))
-        job = build_definitions(self.path).get_job_def("clicks_every_60min_job")
-        config = {"integrations": only} if only else {}
+        job = build_definitions(self.path).resolve_job_def("clicks_every_60min_job")
+        if only:
+            keys = [dg.AssetKey(["affise", name, "clicks"]) for name in only]
+        else:
+            (group,) = self.groups()
+            keys = [target.asset_key for target in group.due(START)]
         return job.execute_in_process(
-            partition_key=WINDOW,
-            run_config={"ops": {"deliver_clicks_every_60min": {"config": config}}},
+            partition_key=None if last else WINDOW,
+            tags=range_tags(WINDOW, last) if last else None,
+            asset_selection=keys,
             instance=self.instance,
             raise_on_error=False,
         )
+
+    def groups(self):
+        applied = apply_integrations(self.path.read_text())
+        return build_window_groups(build_export_targets(applied.integrations))
+
+    def status(self, name: str, partitions: list[str]) -> list[str]:
+        (group,) = self.groups()
+        key = dg.AssetKey(["affise", name, "clicks"])
+        found = self.instance.get_status_by_partition(key, partitions, group.partitions_def())
+        return [found[p].value if found and p in found else "MISSING" for p in partitions]
 
     def materialized(self, name: str) -> set[str]:
         key = dg.AssetKey(["affise", name, "clicks"])
         return set(self.instance.get_materialized_partitions(key))
 
-    def keys(self, bucket: str | None = None) -> list[str]:
+    def objects(self, bucket: str | None = None) -> list[str]:
         return keys_in(self.s3, bucket or self.bucket)
 
 
@@ -123,7 +146,7 @@ def test_one_run_delivers_every_integration_with_its_own_filters(rig: WindowRig)
         dg.AssetKey(["affise", "picky", "clicks"])
     )
     metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-    assert rig.keys() == [f"{d}/{KEY_TAIL}" for d in ("all", "picky", "twin")]
+    assert rig.objects() == [f"{d}/{KEY_TAIL}" for d in ("all", "picky", "twin")]
     _, everything = source_rows(rig.events_db, "clicks", START, END)
     _, picky = source_rows(rig.events_db, "clicks", START, END, (101, 102), (ADVERTISER,))
     assert 0 < len(picky) < len(everything)
@@ -136,17 +159,24 @@ def test_one_run_delivers_every_integration_with_its_own_filters(rig: WindowRig)
     assert metadata["affiliates"] == "101, 102"
 
 
-def test_window_job_and_asset_path_deliver_identical_bytes(rig: WindowRig) -> None:
+def test_a_single_asset_run_and_a_group_run_deliver_identical_bytes(rig: WindowRig) -> None:
     extra = "      affiliates: [101, 103]\n"
-    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("fan", extra))])
+    rig.configure(
+        [
+            ("acme", "2026-11-24 00:00:00", rig.clicks("fan", extra)),
+            ("other", "2026-11-24 00:00:00", rig.clicks("other")),
+        ]
+    )
     assert rig.run().success
     asset = export_asset(integration(rig.s3, rig.bucket, directory="single", extra=extra))
-    deliver([asset], WINDOW, rig.events_db)
+    deliver(asset, WINDOW, rig.events_db)
     fanned = fetch(rig.s3, rig.bucket, f"fan/{KEY_TAIL}")
     assert fanned == fetch(rig.s3, rig.bucket, f"single/{KEY_TAIL}")
 
 
-def test_a_failing_integration_fails_alone_and_can_be_redelivered_alone(rig: WindowRig) -> None:
+def test_a_failing_integration_fails_alone_shows_failed_and_is_redelivered_alone(
+    rig: WindowRig,
+) -> None:
     missing = rig.bucket + "-not-yet"
     rig.configure(
         [
@@ -158,37 +188,84 @@ def test_a_failing_integration_fails_alone_and_can_be_redelivered_alone(rig: Win
     assert not result.success
     assert len(result.get_step_failure_events()) == 1
     message = failure_message(result)
-    assert "1 of 2 deliveries failed" in message
+    assert "1 objects failed, 1 delivered, over 1 windows" in message
     assert f"integration 'broken' (clicks) to bucket '{missing}'" in message
     assert f"broken/{KEY_TAIL}" in message
     assert "NoSuchBucket" in message
     assert rig.s3.customer.secret_key not in message
     assert rig.materialized("good") == {WINDOW}
     assert rig.materialized("broken") == set()
-    assert rig.keys() == [f"good/{KEY_TAIL}"]
-    # The broken asset's own page says why its partition is missing; the good one's says nothing.
+    # Dagster's own partition status, as the UI shows it: red for the failed one only.
+    assert rig.status("broken", [WINDOW]) == ["FAILED"]
+    assert rig.status("good", [WINDOW]) == ["MATERIALIZED"]
+    assert rig.objects() == [f"good/{KEY_TAIL}"]
+    # The broken asset's own page says why; the good one's says nothing.
     (observed,) = observations(rig, "broken")
     assert observed.partition == WINDOW
     reason = observed.metadata["delivery_failed"].value
     assert "NoSuchBucket" in reason and f"broken/{KEY_TAIL}" in reason
+    assert observed.metadata["error_code"].value == "NoSuchBucket"
     assert rig.s3.customer.secret_key not in reason
     assert observations(rig, "good") == []
 
-    # The operator fixes the cause and re-delivers only the failed integration.
+    # The destination is fixed; re-delivering only the failed integration turns it green.
     rig.s3.client().create_bucket(Bucket=missing)
     assert rig.run(only=["broken"]).success
     assert rig.materialized("broken") == {WINDOW}
+    assert rig.status("broken", [WINDOW]) == ["MATERIALIZED"]
     good = rig.instance.fetch_materializations(dg.AssetKey(["affise", "good", "clicks"]), limit=10)
     assert len(good.records) == 1
-    assert rig.keys(missing) == [f"broken/{KEY_TAIL}"]
+    assert rig.objects(missing) == [f"broken/{KEY_TAIL}"]
 
 
-def test_unknown_integration_in_run_config_is_refused(rig: WindowRig) -> None:
-    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
-    result = rig.run(only=["acme", "nope"])
+def test_a_range_run_delivers_each_window_to_each_integration_from_one_read(
+    rig: WindowRig,
+) -> None:
+    both = f'      affiliates: [101, 102]\n      advertisers: ["{ADVERTISER}"]\n'
+    rig.configure(
+        [
+            ("everything", "2026-11-24 00:00:00", rig.clicks("all")),
+            ("picky", "2026-11-24 00:00:00", rig.clicks("picky", both)),
+        ]
+    )
+    hours = [10, 11, 12, 13]
+    assert rig.run(last="2026-11-25-13:00").success
+    windows = {f"2026-11-25-{hour}:00" for hour in hours}
+    for name, directory, filters in (
+        ("everything", "all", ((), ())),
+        ("picky", "picky", ((101, 102), (ADVERTISER,))),
+    ):
+        assert rig.materialized(name) == windows
+        expected_keys = [f"{directory}/2026/11/25/2026-11-25 {h}:00:00.csv.gz" for h in hours]
+        assert [k for k in rig.objects() if k.startswith(directory + "/")] == expected_keys
+        for hour, key in zip(hours, expected_keys, strict=True):
+            start = datetime(2026, 11, 25, hour)
+            _, expected = source_rows(
+                rig.events_db, "clicks", start, start.replace(hour=hour + 1), *filters
+            )
+            _, rows = delivered_rows(fetch(rig.s3, rig.bucket, key))
+            assert rows == expected and rows
+
+
+def test_a_permanent_error_stops_that_destination_for_the_rest_of_its_run(
+    rig: WindowRig,
+) -> None:
+    missing = rig.bucket + "-gone"
+    rig.configure(
+        [
+            ("good", "2026-11-24 00:00:00", rig.clicks("good")),
+            ("broken", "2026-11-24 00:00:00", rig.clicks("broken", bucket=missing)),
+        ]
+    )
+    windows = [f"2026-11-25-{hour}:00" for hour in (10, 11, 12)]
+    result = rig.run(last=windows[-1])
     assert not result.success
-    assert "['nope']" in failure_message(result)
-    assert rig.keys() == []
+    message = failure_message(result)
+    assert "1 objects failed, 3 delivered, over 3 windows" in message
+    assert "its later windows in this run were not attempted" in message
+    assert rig.status("broken", windows) == ["FAILED"] * 3
+    assert rig.status("good", windows) == ["MATERIALIZED"] * 3
+    assert len(observations(rig, "broken")) == 1
 
 
 def test_unreadable_source_fails_the_window_and_delivers_nothing(rig: WindowRig) -> None:
@@ -198,17 +275,20 @@ def test_unreadable_source_fails_the_window_and_delivers_nothing(rig: WindowRig)
     error = result.get_step_failure_events()[0].step_failure_data.error
     assert "absent.duckdb does not exist" in str(error.cause.message)
     assert rig.materialized("acme") == set()
-    assert rig.keys() == []
+    assert rig.status("acme", [WINDOW]) == ["FAILED"]
+    assert rig.objects() == []
 
 
-def test_naming_an_integration_before_its_start_is_refused(rig: WindowRig) -> None:
+def test_selecting_an_integration_before_its_start_delivers_nothing_for_it(
+    rig: WindowRig,
+) -> None:
     rig.configure(
         [
             ("acme", "2026-11-24 00:00:00", rig.clicks("a")),
             ("late", "2026-11-25 12:00:00", rig.clicks("l")),
         ]
     )
-    result = rig.run(only=["late", "late"])
-    assert not result.success
-    assert "is before the start of ['late']" in failure_message(result)
-    assert rig.keys() == []
+    result = rig.run(only=["late", "acme"])
+    assert result.success
+    assert rig.materialized("late") == set()
+    assert rig.objects() == [f"a/{KEY_TAIL}"]

@@ -1,0 +1,381 @@
+"""The export step: one engine for every delivery, whoever started it.
+
+Each window group (targets.py) is one multi-asset: an asset `affise/<integration>/<event_type>`
+per integration, all delivered by one step. A run selects some of those assets (the schedule:
+every integration due; the catch-up: the new ones; the UI: the one an operator picked) and one
+window or a consecutive range of windows (catch-up, backfills: up to a day). The step reads the
+range from the source once, cuts it at window boundaries, and for every window and selected
+integration filters, encodes and writes one object through the IO manager, then logs that
+partition's materialization. A delivery that fails is reported on its own partition and the
+step fails at the end, after every other object is delivered: Dagster then shows exactly the
+partitions that were planned and not delivered as Failed.
+
+Knows the flow of a window; the format is csv_export.py's, keys and uploads io_manager.py's.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
+
+from affise_s3_assets.csv_export import (
+    GzipCsvEncoder,
+    csv_bytes,
+    event_filter,
+    filters_metadata,
+    in_background,
+    whole_second_text,
+)
+from affise_s3_assets.io_manager import DateFolderS3IOManager, WindowObject
+from affise_s3_assets.partitions import window_metadata
+from affise_s3_assets.s3 import delivery_failure, error_code, is_permanent
+from affise_s3_assets.source import EVENT_COLUMNS, EVENT_SOURCE_KEYS, EventsDatabase, naive_utc
+from affise_s3_assets.targets import ExportTarget, WindowGroup
+
+IO_MANAGER_KEY = "date_folder_s3_io_manager"
+# Finishing objects is network-bound: small PUTs and HEADs go out in parallel.
+CLOSE_THREADS = 16
+# Rows per batch fanned out to every integration's filter and CSV: with many integrations,
+# fewer, larger batches cost far less; the loader's slices are of the same size.
+FANOUT_BATCH_ROWS = 25_000
+
+
+@dataclass(frozen=True)
+class Window:
+    key: str
+    start: datetime  # naive UTC
+    end: datetime
+
+
+@dataclass
+class ObjectDelivery:
+    """One target's object for one window, fed batch by batch."""
+
+    target: ExportTarget
+    window: Window
+    object: WindowObject
+    encoder: GzipCsvEncoder
+    failure: str | None = None
+    permanent: bool = False
+    code: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, rows: int, data: bytes) -> None:
+        if self.failure is not None:
+            return
+        try:
+            for chunk in self.encoder.add(rows, data):
+                self.object.write(chunk)
+        # Anything one destination raises (a bad endpoint is a ValueError in botocore) fails
+        # that destination only; the message says what and where, never a secret.
+        except Exception as exc:
+            self.fail(exc)
+
+    def finish(self) -> None:
+        if self.failure is not None:
+            return
+        try:
+            self.metadata = {**self.encoder.summary(), **self.object.finish(self.encoder.finish())}
+        except Exception as exc:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        self.failure = delivery_failure(self.target.destination, self.object.key, exc)
+        self.permanent = is_permanent(exc)
+        self.code = error_code(exc)
+        self.object.abort()
+
+
+def cut_at_windows(
+    frames: Iterable[pl.DataFrame], windows: Sequence[Window]
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """(window index, rows) for sorted frames cut at the windows' boundaries."""
+    current = 0
+    for frame in frames:
+        while frame.height:
+            end = windows[current].end
+            cut = frame["created_at"].search_sorted(end, side="left")
+            if cut:
+                yield current, frame.slice(0, cut)
+            if cut == frame.height:
+                break
+            frame = frame.slice(cut)
+            current += 1
+            if current == len(windows):
+                raise ValueError(f"the source returned rows at or after {end}, past the range")
+
+
+def _batches(
+    pieces: Iterable[tuple[int, pl.DataFrame]], rows: int
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Pieces of one window joined into batches of about `rows` rows."""
+    pending: list[pl.DataFrame] = []
+    count, index = 0, -1
+    for piece_index, piece in pieces:
+        if pending and (piece_index != index or count >= rows):
+            yield index, pl.concat(pending, rechunk=False)
+            pending, count = [], 0
+        index = piece_index
+        pending.append(piece)
+        count += piece.height
+    if pending:
+        yield index, pl.concat(pending, rechunk=False)
+
+
+def deliver_windows(
+    targets: Sequence[ExportTarget],
+    windows: Sequence[Window],
+    frames: Iterable[pl.DataFrame],
+    io: DateFolderS3IOManager,
+    on_window: Callable[[Window, list[ObjectDelivery]], None],
+) -> None:
+    """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
+    over the range's sorted `frames`; `on_window` reports each window as soon as it is done.
+
+    Integrations with the same filters share the CSV of each batch. A target whose delivery
+    fails with a permanent error (access denied, no such bucket, ...) is not tried again for
+    the later windows of this run: they stay undelivered, and are reported with the run.
+    """
+    stopped: set[dg.AssetKey] = set()
+    open_objects: list[ObjectDelivery] = []
+    current = -1
+
+    def open_window(index: int) -> None:
+        window = windows[index]
+        open_objects[:] = [
+            ObjectDelivery(
+                target,
+                window,
+                io.open_object(target.destination, window.start),
+                GzipCsvEncoder(EVENT_COLUMNS[target.event_type], target.compression_level),
+            )
+            for target in targets
+            if target.first_window <= window.start and target.asset_key not in stopped
+        ]
+
+    def close_window(index: int) -> None:
+        with ThreadPoolExecutor(max_workers=CLOSE_THREADS, thread_name_prefix="s3-close") as pool:
+            list(pool.map(ObjectDelivery.finish, open_objects))
+        stopped.update(d.target.asset_key for d in open_objects if d.permanent)
+        on_window(windows[index], list(open_objects))
+        open_objects.clear()
+
+    def move_to(index: int) -> None:
+        nonlocal current
+        while current < index:
+            if current >= 0:
+                close_window(current)
+            current += 1
+            open_window(current)
+
+    by_filter: dict[tuple[tuple[int, ...], tuple[str, ...]], pl.Expr | None] = {
+        target.filter_key: event_filter(*target.filter_key) for target in targets
+    }
+    pieces = in_background(_batches(cut_at_windows(frames, windows), FANOUT_BATCH_ROWS), depth=1)
+    try:
+        for index, frame in pieces:
+            move_to(index)
+            # Once per batch rather than once per integration: the timestamp text.
+            frame = whole_second_text(frame)
+            for key, predicate in by_filter.items():
+                group = [d for d in open_objects if d.target.filter_key == key]
+                if not group:
+                    continue
+                kept = frame.filter(predicate) if predicate is not None else frame
+                if kept.height == 0:
+                    continue
+                data = csv_bytes(kept)
+                for delivery in group:
+                    delivery.add(kept.height, data)
+        move_to(len(windows) - 1)
+    except BaseException:
+        # The range could not be read: nothing more is delivered, no upload is left open.
+        for delivery in open_objects:
+            delivery.object.abort()
+        raise
+    finally:
+        pieces.close()
+    close_window(current)
+
+
+def _windows(context: dg.AssetExecutionContext, group: WindowGroup) -> list[Window]:
+    partitions_def = group.partitions_def()
+    windows = []
+    for key in context.partition_keys:
+        window = partitions_def.time_window_for_partition_key(key)
+        windows.append(Window(key, naive_utc(window.start), naive_utc(window.end)))
+    return windows
+
+
+def build_window_asset(group: WindowGroup) -> dg.AssetsDefinition:
+    """The assets of every integration in `group`, delivered by one step."""
+    partitions_def = group.partitions_def()
+    by_key = {target.asset_key: target for target in group.targets}
+    specs = [_spec(target, partitions_def) for target in group.targets]
+
+    @dg.multi_asset(
+        name=group.step_name,
+        specs=specs,
+        can_subset=True,
+        required_resource_keys={"events", IO_MANAGER_KEY},
+        # A backfill of many windows runs as a few ranged runs, each window its own object.
+        backfill_policy=dg.BackfillPolicy.multi_run(group.windows_per_run),
+        description=f"Reads each {group.frequency}-minute window of {group.event_type} once and "
+        "delivers it to every selected integration's bucket, one object per window.",
+    )
+    def deliver(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
+        # A generator that yields no output: each partition's materialization is logged by
+        # the step as its object lands (a returned None would be handed to the IO manager).
+        _deliver_selected(context, group, by_key)
+        yield from ()
+
+    return deliver
+
+
+def _deliver_selected(
+    context: dg.AssetExecutionContext,
+    group: WindowGroup,
+    by_key: dict[dg.AssetKey, ExportTarget],
+) -> None:
+    events: EventsDatabase = context.resources.events
+    io: DateFolderS3IOManager = getattr(context.resources, IO_MANAGER_KEY)
+    selected = sorted(
+        (by_key[key] for key in context.selected_asset_keys),
+        key=lambda target: target.integration,
+    )
+    windows = _windows(context, group)
+    early = [t.integration for t in selected if t.first_window > windows[-1].start]
+    if early:
+        context.log.warning(f"before their start, nothing to deliver for: {early}")
+    due = [t for t in selected if t.integration not in early]
+    if not due:
+        return
+    read_from = next(w for w in windows if any(t.first_window <= w.start for t in due)).start
+    failures: list[ObjectDelivery] = []
+    delivered = 0
+
+    def report(window: Window, objects: list[ObjectDelivery]) -> None:
+        nonlocal delivered
+        shown = window_metadata(window.start, window.end)
+        lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
+        for item in objects:
+            target = item.target
+            if item.failure is None:
+                delivered += 1
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=target.asset_key,
+                        partition=window.key,
+                        metadata={
+                            **shown,
+                            **filters_metadata(target.affiliates, target.advertisers),
+                            **item.metadata,
+                            "delivered_after_close_s": round(lag, 1),
+                        },
+                    )
+                )
+                continue
+            failures.append(item)
+            context.log.error(item.failure)
+            # The partition shows as Failed once the step fails; this puts the reason on
+            # the asset's own page, next to the window.
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=target.asset_key,
+                    partition=window.key,
+                    metadata={
+                        **shown,
+                        "delivery_failed": item.failure,
+                        "error_code": item.code,
+                        "permanent": item.permanent,
+                        "run_id": context.run.run_id,
+                    },
+                )
+            )
+
+    deliver_windows(
+        due,
+        windows,
+        events.window_frames(group.event_type, read_from, windows[-1].end),
+        io,
+        report,
+    )
+    if failures:
+        raise dg.Failure(
+            description=_failure_summary(failures, delivered, windows),
+            metadata={"failed": len(failures), "delivered": delivered},
+            allow_retries=False,
+        )
+
+
+def _failure_summary(
+    failures: list[ObjectDelivery],
+    delivered: int,
+    windows: list[Window],
+) -> str:
+    by_target: dict[str, list[ObjectDelivery]] = {}
+    for item in failures:
+        by_target.setdefault(item.target.integration, []).append(item)
+    lines = [
+        f"{len(failures)} objects failed, {delivered} delivered, over {len(windows)} windows "
+        f"({windows[0].key} to {windows[-1].key}). Failed and undelivered windows show as "
+        "Failed on each asset; the catch-up sensor delivers them again once the destination "
+        "works."
+    ]
+    for name, items in sorted(by_target.items()):
+        first = items[0]
+        stopped = " (permanent error: its later windows in this run were not attempted)"
+        lines.append(f"- {first.failure}{stopped if first.permanent else ''}")
+        if len(items) > 1:
+            lines.append(f"  and {len(items) - 1} more windows of {name!r}")
+    return "\n".join(lines)
+
+
+def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.AssetSpec:
+    filters = filters_metadata(target.affiliates, target.advertisers)
+    start = f"{target.first_window:%Y-%m-%d %H:%M}"
+    return dg.AssetSpec(
+        target.asset_key,
+        group_name=target.integration,
+        deps=[EVENT_SOURCE_KEYS[target.event_type]],
+        partitions_def=partitions_def,
+        # Never handed an output: each window's object is written by the step itself.
+        skippable=True,
+        description=(
+            f"Raw {target.event_type} of integration `{target.integration}`, one gzipped CSV "
+            f"every {target.frequency} minutes under `{target.folder}YYYY/MM/DD/`, from the "
+            f"window of {start} UTC (windows before it are not this integration's)."
+        ),
+        # Shown in the UI for every operator: never the credentials or their references.
+        metadata={
+            "destination": target.folder,
+            "region": target.destination.region,
+            "endpoint_url": target.destination.endpoint_url or "AWS",
+            "frequency_minutes": target.frequency,
+            "first_window": start,
+            "compression_level": target.compression_level,
+            "enabled": target.enabled,
+            **{f"filter_{name}": value for name, value in filters.items()},
+        },
+        kinds={"s3", "csv"},
+        tags={"integration": target.integration, "event_type": target.event_type},
+    ).with_io_manager_key(IO_MANAGER_KEY)
+
+
+def build_window_job(group: WindowGroup) -> UnresolvedAssetJobDefinition:
+    """The job of `group`: runs select the integrations and the window (or range) to deliver."""
+    return dg.define_asset_job(
+        name=group.job_name,
+        selection=dg.AssetSelection.assets(*(target.asset_key for target in group.targets)),
+        executor_def=dg.in_process_executor,
+        tags={"affise/event_type": group.event_type, "affise/frequency": str(group.frequency)},
+        description=f"Delivers {group.frequency}-minute windows of {group.event_type} to the "
+        "selected integrations, reading each window once.",
+    )

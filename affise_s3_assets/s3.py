@@ -1,0 +1,376 @@
+"""The S3 library: clients for a destination's own account, streaming uploads of objects of
+unknown length, and what an S3 failure means. Knows S3, nothing of keys, windows or CSV.
+"""
+
+import contextlib
+import functools
+import tempfile
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from affise_s3_assets.config import ConfigError, resolve_reference
+
+MIB = 1024 * 1024
+DEFAULT_PART_SIZE_MIB = 8
+# S3 caps a multipart upload at 10,000 parts; part sizes double every 1,000 parts so a stream
+# of unknown length reaches the cap only past ~8 TiB at the default 8 MiB base (5 TiB is the
+# largest object S3 accepts; ~4.9 TiB at the 5 MiB minimum base).
+MAX_PARTS = 10_000
+_PARTS_PER_SIZE_STEP = 1_000
+# Each request is retried by botocore's "standard" mode on transient errors (5xx, SlowDown and
+# other throttling, timeouts, connection resets): up to this many attempts, exponential backoff
+# with full jitter (base 1 s, at most 20 s between attempts). Permanent errors are not retried.
+MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
+
+# Errors a retry cannot fix: the destination's owner has to act. A delivery that fails with one
+# stops trying that destination for the rest of its run; the catch-up sensor tries it again at
+# its slow cadence (sensors.py), and once it works delivers every window it missed.
+PERMANENT_ERROR_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "InvalidBucketName",
+        "InvalidToken",
+        "NoSuchBucket",
+        "PermanentRedirect",
+        "SignatureDoesNotMatch",
+        "AuthorizationHeaderMalformed",
+    }
+)
+
+
+@dataclass(frozen=True)
+class S3Destination:
+    """Where one integration's event type is delivered. Credentials stay `${VAR}` references."""
+
+    integration: str
+    event_type: str
+    bucket: str
+    region: str
+    directory: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    endpoint_url: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"integration {self.integration!r} ({self.event_type})"
+
+
+def s3_client(destination: S3Destination) -> Any:
+    """A client for the destination's own account; secrets are resolved now, at delivery."""
+    label = destination.label
+    return _cached_client(
+        destination.region,
+        destination.endpoint_url,
+        resolve_reference(destination.access_key, f"{label} access_key"),
+        resolve_reference(destination.secret_key, f"{label} secret_key"),
+    )
+
+
+_session_lock = threading.Lock()
+_session: boto3.session.Session | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_client(region: str, endpoint_url: str | None, access_key: str, secret_key: str) -> Any:
+    # One session for the process: a new session per client costs ~140 ms (it reloads the
+    # service model), a client from a shared one ~10 ms. Sessions are not thread-safe, hence
+    # the lock; the clients themselves are.
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(
+            "s3",
+            region_name=region,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=botocore.config.Config(
+                # S3-compatible stores (Ceph RGW, MinIO) want path-style URLs on an endpoint.
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                # RGW does not understand boto3's default trailing checksums.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                read_timeout=READ_TIMEOUT_SECONDS,
+                max_pool_connections=32,
+            ),
+        )
+
+
+def part_size_for(part_number: int, base_part_size: int) -> int:
+    """Part `part_number` (1-based) is base size for the first 1,000 parts, then doubles."""
+    return base_part_size * 2 ** ((part_number - 1) // _PARTS_PER_SIZE_STEP)
+
+
+class S3ObjectWriter:
+    """Push-based upload of one object of unknown length, holding at most two parts.
+
+    Up to one part it is a single PUT at `close()`. Beyond, a multipart upload whose parts go
+    up one at a time in a worker thread while the next is being filled. `abort()` (or any
+    failure inside `upload_stream`) discards it: no object, no orphan parts, and the previous
+    object under the key, if any, stays as it was.
+
+    With `memory_bytes`, a part being filled keeps at most that much in memory and the rest in
+    a temporary file: a window job fills one object per integration at once, and S3's 5 MiB
+    minimum part size would otherwise cost each large integration a part of RAM.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        part_size: int = DEFAULT_PART_SIZE_MIB * MIB,
+        content_type: str = "application/gzip",
+        memory_bytes: int | None = None,
+    ) -> None:
+        self.client, self.bucket, self.key = client, bucket, key
+        self._part_size = part_size
+        self._content_type = content_type
+        self._memory_bytes = memory_bytes
+        # Compressed chunks waiting for the next part: joined once, when the part is full,
+        # or written to `_spool` once they pass `memory_bytes`.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._spool: IO[bytes] | None = None
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._in_flight: Future[dict[str, Any]] | None = None
+        self._uploader: ThreadPoolExecutor | None = None
+        self.sent = 0
+        self.most_in_memory = 0  # the largest pending part held in memory, in bytes
+
+    def write(self, chunk: bytes) -> None:
+        # Parts only need a minimum size (all but the last), not equal sizes: a part is whole
+        # chunks, one copy of them and never a second part-sized buffer.
+        if not chunk:
+            return
+        if self._spool is not None:
+            self._spool.write(chunk)
+        else:
+            self._pending.append(chunk)
+            if self._memory_bytes is not None and self._pending_bytes + len(chunk) > (
+                self._memory_bytes
+            ):
+                self._spool = tempfile.TemporaryFile(prefix="affise-part-")  # noqa: SIM115
+                self._spool.writelines(self._pending)
+                self._pending = []
+        self._pending_bytes += len(chunk)
+        if self._spool is None:
+            self.most_in_memory = max(self.most_in_memory, self._pending_bytes)
+        if self._pending_bytes >= part_size_for(len(self._parts) + 1, self._part_size):
+            self._send_part(self._take_pending(), wait=False)
+
+    def _take_pending(self) -> bytes | IO[bytes]:
+        """The pending part: bytes, or its temporary file rewound (closed once uploaded)."""
+        body: bytes | IO[bytes]
+        if self._spool is not None:
+            body, self._spool = self._spool, None
+            body.seek(0)
+        else:
+            body = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        return body
+
+    def _send_part(self, body: bytes | IO[bytes], wait: bool) -> None:
+        if self._upload_id is None:
+            self._upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self._content_type
+            )["UploadId"]
+            self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise ValueError(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts")
+        if self._in_flight is not None:
+            self._in_flight.result()
+        part: dict[str, Any] = {"PartNumber": number}
+        self._parts.append(part)
+        assert self._uploader is not None
+        # Sized before the upload thread starts reading: measuring seeks the file.
+        self.sent += _body_size(body)
+        self._in_flight = self._uploader.submit(self._upload_part, part, body)
+        if wait:
+            self._in_flight.result()
+
+    def _upload_part(self, part: dict[str, Any], body: bytes | IO[bytes]) -> dict[str, Any]:
+        try:
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumber=part["PartNumber"],
+                Body=body,
+            )
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
+        part["ETag"] = response["ETag"]
+        return part
+
+    def close(self) -> tuple[int, int]:
+        """Complete the object; returns (bytes sent, parts), parts 0 for a single PUT."""
+        if self._upload_id is None:
+            body = self._take_pending()
+            self.sent = _body_size(body)
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=body, ContentType=self._content_type
+                )
+            finally:
+                if not isinstance(body, bytes):
+                    body.close()
+            return self.sent, 0
+        if self._pending_bytes:
+            self._send_part(self._take_pending(), wait=True)
+        elif self._in_flight is not None:
+            self._in_flight.result()
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+        self._shutdown()
+        return self.sent, len(self._parts)
+
+    def abort(self) -> None:
+        """Discard everything sent; never raises, the original failure is the one to report."""
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+            with contextlib.suppress(BaseException):
+                self._in_flight.result()
+        self._shutdown()
+        if self._upload_id is not None:
+            with contextlib.suppress(
+                botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
+            ):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self._upload_id
+                )
+
+    def _shutdown(self) -> None:
+        if self._uploader is not None:
+            self._uploader.shutdown(wait=True)
+            self._uploader = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+def _body_size(body: bytes | IO[bytes]) -> int:
+    if isinstance(body, bytes):
+        return len(body)
+    return body.seek(0, 2) - body.seek(0)
+
+
+def upload_stream(
+    client: Any,
+    bucket: str,
+    key: str,
+    chunks: Iterable[bytes],
+    part_size: int = DEFAULT_PART_SIZE_MIB * MIB,
+    content_type: str = "application/gzip",
+) -> tuple[int, int]:
+    """Stream chunks to one object; returns (bytes sent, parts). See `S3ObjectWriter`."""
+    writer = S3ObjectWriter(client, bucket, key, part_size, content_type)
+    source = iter(chunks)
+    try:
+        for chunk in source:
+            writer.write(chunk)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        # A producer with threads of its own (GzipCsvBody) stops them when closed; don't rely
+        # on garbage collection to do it.
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def describe_s3_error(exc: BaseException) -> str:
+    """A short, secret-free reason. RGW sends empty messages, so the error Code leads."""
+    if isinstance(exc, ConfigError | DeliveryError):
+        return str(exc)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = error.get("Code") or "error"
+        message = error.get("Message") or ""
+        return f"{code} (HTTP {status}){': ' + message if message else ''}"
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return f"cannot connect to endpoint {exc.kwargs.get('endpoint_url')}"
+    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+
+
+class DeliveryError(Exception):
+    """The object is not what was sent; reported like an S3 error."""
+
+
+# What a delivery can fail with, other than a bug: reported per destination, never a secret.
+DELIVERY_ERRORS = (
+    ConfigError,
+    DeliveryError,
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+)
+
+
+def object_uri(destination: S3Destination, key: str) -> str:
+    return f"s3://{destination.bucket}/{key}"
+
+
+def delivery_failure(destination: S3Destination, key: str, exc: BaseException) -> str:
+    return (
+        f"Delivery failed for {destination.label} to bucket {destination.bucket!r}, "
+        f"key {key!r}: {describe_s3_error(exc)}"
+    )
+
+
+def verify_object(
+    client: Any, destination: S3Destination, key: str, sent: int, parts: int
+) -> dict[str, Any]:
+    """HEAD the object (RGW's multipart answer has no ETag) and return its metadata."""
+    head = client.head_object(Bucket=destination.bucket, Key=key)
+    if head["ContentLength"] != sent:
+        raise DeliveryError(f"the object holds {head['ContentLength']} bytes after sending {sent}")
+    return {
+        "object_bytes": sent,
+        "multipart_parts": parts,
+        "s3_uri": object_uri(destination, key),
+        "etag": head.get("ETag", "").strip('"'),
+    }
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying `exc` is pointless until someone fixes the destination or its config."""
+    if isinstance(exc, ConfigError):
+        return True
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code") in PERMANENT_ERROR_CODES
+    return False
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code, or the kind of failure, for metadata an operator can filter on."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "error")
+    if isinstance(exc, ConfigError):
+        return "ConfigError"
+    return type(exc).__name__
