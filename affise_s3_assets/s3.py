@@ -46,6 +46,7 @@ PERMANENT_ERROR_CODES = frozenset(
         "PermanentRedirect",
         "SignatureDoesNotMatch",
         "AuthorizationHeaderMalformed",
+        "UserSuspended",
     }
 )
 

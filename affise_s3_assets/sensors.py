@@ -20,6 +20,7 @@ from Dagster (materialized partitions), asked only for the few exports that need
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -410,12 +411,19 @@ class FailedRun:
     last: str
 
 
+def redelivery_first_wait() -> timedelta:
+    """REDELIVERY_FIRST_WAIT, or $AFFISE_REDELIVERY_FIRST_WAIT_SECONDS: read at each tick."""
+    configured = os.environ.get("AFFISE_REDELIVERY_FIRST_WAIT_SECONDS")
+    return timedelta(seconds=float(configured)) if configured else REDELIVERY_FIRST_WAIT
+
+
 def plan_redelivery(
     groups: Sequence[WindowGroup],
     redelivery: dict[str, Redelivery],
     failed_runs: Sequence[FailedRun],
     now: datetime,
     materialized: Callable[[dg.AssetKey], set[str]],
+    first_wait: timedelta = REDELIVERY_FIRST_WAIT,
 ) -> tuple[list[dg.RunRequest], dict[str, Redelivery]]:
     """Runs for failed windows whose next attempt is due, and the next redelivery state.
 
@@ -444,9 +452,7 @@ def plan_redelivery(
             ]
             waiting.setdefault(name, set()).update(planned)
             if name not in state:
-                state[name] = Redelivery(
-                    spans=[], next_attempt=(now + REDELIVERY_FIRST_WAIT).isoformat()
-                )
+                state[name] = Redelivery(spans=[], next_attempt=(now + first_wait).isoformat())
     requests: list[dg.RunRequest] = []
     due: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     for name in sorted(waiting):
@@ -480,7 +486,7 @@ def plan_redelivery(
                     )
                 )
                 window = last + group.step
-        wait = min(REDELIVERY_FIRST_WAIT * 2**attempt, REDELIVERY_MAX_WAIT)
+        wait = min(first_wait * 2**attempt, REDELIVERY_MAX_WAIT)
         for name in members:
             state[name].attempts = attempt
             state[name].next_attempt = (now + wait).isoformat()
@@ -566,7 +572,7 @@ def build_catch_up_sensor(
             instance, state.failed_runs_after, job_names
         )
         redeliveries, state.redelivery = plan_redelivery(
-            live, state.redelivery, failed, now, materialized
+            live, state.redelivery, failed, now, materialized, redelivery_first_wait()
         )
         return dg.SensorResult(run_requests=missed + backlog + redeliveries, cursor=state.to_json())
 

@@ -3,7 +3,7 @@
 # customers' accounts and buckets, and runs `dagster dev` with schedules and sensor running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+AFFISE_SETUP_BROWSER=0 bash scripts/setup.sh
 
 export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$PWD/data/events.duckdb}
 export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$PWD/integrations.yaml}

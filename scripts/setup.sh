@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs everything this project needs on a fresh machine: uv, the locked Python environment
-# (.venv, from uv.lock) and the Ceph RGW packages behind the local S3 server. Idempotent.
+# (.venv, from uv.lock), the Ceph RGW packages behind the local S3 server and, for the browser
+# tests, Debian's Chromium and playwright-core. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v uv >/dev/null 2>&1; then
@@ -11,3 +12,13 @@ fi
 # would otherwise recompile Dagster's sources on import: 3.1 s instead of 1.2 s per import.
 UV_PYTHON_DOWNLOADS=never uv sync --frozen --quiet --compile-bytecode
 bash scripts/s3-server.sh install
+# The browser tests: Debian's Chromium, driven by playwright-core from the npm lock file (no
+# browser download). Only the tests need them; the demo does not.
+if [ "${AFFISE_SETUP_BROWSER:-1}" = 1 ]; then
+  if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
+  [ -d tests/browser/node_modules/playwright-core ] || npm ci --prefix tests/browser --no-audit --no-fund --silent
+fi

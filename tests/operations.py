@@ -1,0 +1,132 @@
+"""A real `dagster dev` (daemon, webserver, code server) for the operations tests: started in
+its own process group, asked things through the webserver's GraphQL, stopped for sure."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dagster as dg
+from dagster._core.instance.ref import InstanceRef
+
+from tests.conftest import ROOT
+
+T = TypeVar("T")
+LOCATION = "affise_s3_assets"
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 2.0) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def _reset_signals() -> None:
+    # Started from a non-interactive shell, SIGINT may be ignored, and `dagster dev` would
+    # then never stop on it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class DagsterDev:
+    def __init__(self, home: Path, env: dict[str, str], port: int) -> None:
+        self.home, self.env, self.port = home, env, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = home / "dagster-dev.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "dagster.yaml").write_text((ROOT / "scripts/dagster.dev.yaml").read_text())
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(ROOT / ".venv/bin/dagster"),
+                    "dev",
+                    "-w",
+                    "workspace.yaml",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
+                cwd=ROOT,
+                env={**self.env, "DAGSTER_HOME": str(self.home)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_reset_signals,
+            )
+        wait_for("the code location to load", self.loaded, timeout=180)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        group = os.getpgid(self.process.pid)
+        os.killpg(group, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=60)
+        # Code servers and run workers that outlived their parent.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            self.url + "/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        if answer.get("errors"):
+            raise AssertionError(f"GraphQL errors: {answer['errors']}")
+        return answer["data"]
+
+    def loaded(self) -> bool:
+        try:
+            data = self.graphql(
+                "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                "locationOrLoadError { __typename } } } } }"
+            )
+        except OSError:
+            return False
+        entries = data["workspaceOrError"]["locationEntries"]
+        return any(
+            e["name"] == LOCATION
+            and e["loadStatus"] == "LOADED"
+            and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+            for e in entries
+        )
+
+    def last_tick_message(self, sensor: str) -> str:
+        data = self.graphql(
+            """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+                 ... on Sensor { sensorState { ticks(limit: 1) { status skipReason } } } } }""",
+            {
+                "selector": {
+                    "repositoryLocationName": LOCATION,
+                    "repositoryName": "__repository__",
+                    "sensorName": sensor,
+                }
+            },
+        )
+        ticks = data["sensorOrError"]["sensorState"]["ticks"]
+        return (ticks[0]["skipReason"] or "") if ticks else ""
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,239 @@
+"""Unattended operation, proven on the real `dagster dev` (daemon, webserver, code server) and
+the real S3 server, with no restart and no UI action: an integration added to the file goes
+live, a broken block harms nobody, a broken destination's windows turn Failed while its
+neighbours deliver, and once it is fixed every missed window arrives by itself, once."""
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from affise_s3_assets.demo import generate_demo_events
+from affise_s3_assets.partitions import window_partitions
+from tests.browser import run_browser_checks
+from tests.conftest import S3_SCRIPT, S3Server
+from tests.operations import DagsterDev, wait_for
+from tests.test_delivery import delivered_rows, keys_in, source_rows
+
+PORT = 3197
+BETA = ("BETAOPSACCESSKEY0001", "beta-ops-secret-0001")
+S3_DIR = Path(os.environ.get("AFFISE_TEST_S3_DIR", "/tmp/affise-test-s3"))
+FMT = "%Y-%m-%d-%H:%M"
+
+
+def block(name: str, start: datetime, bucket: str, endpoint: str, frequency: int, keys: str) -> str:
+    return f"""  - name: {name}
+    start: "{start:%Y-%m-%d %H:%M:%S}"
+    clicks:
+      frequency: {frequency}
+      bucket: {bucket}
+      region: us-east-1
+      directory: {name}/clicks
+      access_key: ${{{keys}_KEY}}
+      secret_key: ${{{keys}_SECRET}}
+      endpoint_url: {endpoint}
+"""
+
+
+def object_key(name: str, window: datetime) -> str:
+    return f"{name}/clicks/{window:%Y/%m/%d}/{window:%Y-%m-%d %H:%M:%S}.csv.gz"
+
+
+def rgw_admin(*args: str) -> None:
+    subprocess.run(
+        ["radosgw-admin", "-c", str(S3_DIR / "ceph.conf"), *args], check=True, capture_output=True
+    )
+
+
+@pytest.fixture
+def running(
+    s3_server: S3Server, tmp_path: Path
+) -> Iterator[tuple[DagsterDev, Path, Path, datetime]]:
+    now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+    events = tmp_path / "events.duckdb"
+    hour = now.replace(minute=0)
+    generate_demo_events(events, hour - timedelta(hours=2), hour + timedelta(hours=2), 40_000, 3)
+    subprocess.run(
+        ["bash", str(S3_SCRIPT), "adduser", "beta-ops", *BETA],
+        env={**os.environ, "S3_DIR": str(S3_DIR)},
+        check=True,
+        capture_output=True,
+    )
+    integrations = tmp_path / "integrations.yaml"
+    start = now - timedelta(minutes=6)
+    endpoint = s3_server.endpoint_url
+    integrations.write_text(
+        "integrations:\n"
+        + block("alpha", start, "ops-alpha", endpoint, 1, "CUSTOMER")
+        + block("beta", start, "ops-beta", endpoint, 1, "BETA")
+    )
+    s3_server.client().create_bucket(Bucket="ops-alpha")
+    s3_server.client().create_bucket(Bucket="ops-gamma")
+    beta = s3_server.client(type(s3_server.customer)(*BETA))
+    beta.create_bucket(Bucket="ops-beta")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DAGSTER_"))},
+        "AFFISE_INTEGRATIONS": str(integrations),
+        "AFFISE_EVENTS_DB": str(events),
+        "AFFISE_STATE_DIR": str(tmp_path / "state"),
+        "AFFISE_WEBSERVER_URL": f"http://127.0.0.1:{PORT}",
+        "AFFISE_REDELIVERY_FIRST_WAIT_SECONDS": "15",
+        "CUSTOMER_KEY": s3_server.customer.access_key,
+        "CUSTOMER_SECRET": s3_server.customer.secret_key,
+        "BETA_KEY": BETA[0],
+        "BETA_SECRET": BETA[1],
+    }
+    dev = DagsterDev(tmp_path / "dagster_home", env, PORT)
+    try:
+        dev.start()
+        yield dev, integrations, events, start
+    except BaseException:
+        print(dev.tail())
+        raise
+    finally:
+        dev.stop()
+        rgw_admin("user", "enable", "--uid=beta-ops")
+
+
+def closed_windows(start: datetime, frequency: int) -> list[datetime]:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    windows, window = [], start
+    while window + timedelta(minutes=frequency) <= now:
+        windows.append(window)
+        window += timedelta(minutes=frequency)
+    return windows
+
+
+def statuses(
+    instance: dg.DagsterInstance, name: str, start: datetime, keys: list[str]
+) -> list[str]:
+    found = instance.get_status_by_partition(
+        dg.AssetKey(["affise", name, "clicks"]), keys, window_partitions(start, 1)
+    )
+    found = found or {}
+    return [found[key].value if found.get(key) else "MISSING" for key in keys]
+
+
+def assert_rows(
+    s3: S3Server, bucket: str, events: Path, name: str, window: datetime, minutes: int, account=None
+) -> None:
+    client_bucket = bucket
+    data = (
+        (s3.client(account) if account else s3.client())
+        .get_object(Bucket=client_bucket, Key=object_key(name, window))["Body"]
+        .read()
+    )
+    _, rows = delivered_rows(data)
+    _, expected = source_rows(events, "clicks", window, window + timedelta(minutes=minutes))
+    assert rows == expected and rows
+
+
+def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
+    running: tuple[DagsterDev, Path, Path, datetime],
+    s3_server: S3Server,
+    tmp_path: Path,
+) -> None:
+    dev, integrations, events, start = running
+    beta_account = type(s3_server.customer)(*BETA)
+    instance = dev.instance()
+
+    # The backlog since the start arrives by itself, one object per window.
+    first_windows = closed_windows(start, 1)[:5]
+    wait_for(
+        "alpha's and beta's first windows",
+        lambda: (
+            set(map(lambda w: object_key("alpha", w), first_windows))
+            <= set(keys_in(s3_server, "ops-alpha"))
+        ),
+        timeout=180,
+    )
+    assert_rows(s3_server, "ops-alpha", events, "alpha", first_windows[0], 1)
+
+    # 1. A new integration, appended to the file: no restart, no click.
+    gamma_start = (datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=40)).replace(
+        second=0, microsecond=0
+    )
+    gamma_start -= timedelta(minutes=gamma_start.minute % 5)
+    saved = time.monotonic()
+    with integrations.open("a") as file:
+        file.write(block("gamma", gamma_start, "ops-gamma", s3_server.endpoint_url, 5, "CUSTOMER"))
+    wait_for("gamma's first object", lambda: keys_in(s3_server, "ops-gamma"), timeout=240)
+    print(f"file saved -> gamma's first object: {time.monotonic() - saved:.0f} s")
+    assert_rows(s3_server, "ops-gamma", events, "gamma", gamma_start, 5)
+
+    # 2. A broken block: refused with its reason in the UI, everyone else keeps delivering.
+    with integrations.open("a") as file:
+        file.write(block("delta", gamma_start, "ops-delta", s3_server.endpoint_url, 7, "CUSTOMER"))
+    message = wait_for(
+        "the config sensor to report delta",
+        lambda: (
+            (m := dev.last_tick_message("integrations_config_sensor"))
+            and "integration 'delta': clicks.frequency: 7 minutes" in m
+            and "Running 3 integrations" in m
+            and m
+        ),
+        timeout=120,
+    )
+    assert "alpha, beta, gamma" in message
+    assert dev.loaded()
+
+    # 3. Beta's destination breaks: its windows turn Failed, alpha's keep arriving.
+    rgw_admin("user", "suspend", "--uid=beta-ops")
+    broken_at = datetime.now(UTC).replace(tzinfo=None)
+
+    def failed_windows() -> list[str] | None:
+        keys = [
+            w.strftime(FMT)
+            for w in closed_windows(start, 1)
+            if w >= broken_at - timedelta(minutes=1)
+        ]
+        beta = statuses(instance, "beta", start, keys)
+        alpha = statuses(instance, "alpha", start, keys)
+        failed = [
+            k
+            for k, b, a in zip(keys, beta, alpha, strict=True)
+            if b == "FAILED" and a == "MATERIALIZED"
+        ]
+        return failed if len(failed) >= 2 else None
+
+    failed = wait_for("two of beta's windows to fail", failed_windows, timeout=300, every=5)
+    # What the data team sees, in a real browser, while beta is red.
+    run_browser_checks(dev, tmp_path / "screenshots", failed_asset="affise/beta/clicks")
+
+    # 4. Fixed: every window it missed arrives by itself, exactly once, rows equal to the source.
+    rgw_admin("user", "enable", "--uid=beta-ops")
+    fixed_at = datetime.now(UTC).replace(tzinfo=None)
+    due = [w for w in closed_windows(start, 1) if w + timedelta(minutes=1) <= fixed_at]
+
+    def healed() -> bool:
+        keys = [w.strftime(FMT) for w in due]
+        return all(s == "MATERIALIZED" for s in statuses(instance, "beta", start, keys))
+
+    wait_for("beta's missed windows to be delivered", healed, timeout=420, every=5)
+    beta_keys = keys_in_account(s3_server, beta_account, "ops-beta")
+    expected = {object_key("beta", w) for w in due}
+    assert expected <= set(beta_keys)
+    assert len(beta_keys) == len(set(beta_keys))
+    # Nothing outside the windows since its start: one object per window, never two.
+    assert all(key.startswith("beta/clicks/") for key in beta_keys)
+    for key in failed:
+        window = datetime.strptime(key, FMT)
+        assert_rows(s3_server, "ops-beta", events, "beta", window, 1, account=beta_account)
+    log = dev.log.read_text(errors="replace")
+    assert "BetaWarning" not in log
+    assert s3_server.customer.secret_key not in log and BETA[1] not in log
+    # `AFFISE_SCREENSHOTS_DIR=docs/screenshots` refreshes the pictures the README shows.
+    keep = os.environ.get("AFFISE_SCREENSHOTS_DIR")
+    if keep:
+        shutil.copytree(tmp_path / "screenshots", ROOT / keep, dirs_exist_ok=True)
+
+
+def keys_in_account(s3: S3Server, account, bucket: str) -> list[str]:
+    listing = s3.client(account).list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
