@@ -90,10 +90,12 @@ def child_export(db: str, frequency: int, partition: str) -> None:
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    from affise_s3_assets.assets import IO_MANAGER_KEY, build_export_asset, event_sources
     from affise_s3_assets.config import parse_integrations
+    from affise_s3_assets.definitions import event_sources
+    from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset
     from affise_s3_assets.io_manager import DateFolderS3IOManager
     from affise_s3_assets.source import EventsDatabase
+    from affise_s3_assets.targets import build_export_targets, build_window_groups
 
     config = parse_integrations(
         f"""
@@ -109,20 +111,26 @@ integrations:
       secret_key: ${{BENCH_SECRET}}
       endpoint_url: {ENDPOINT}
 """
-    ).integrations[0]
-    asset = build_export_asset(config, "clicks", config.clicks)
+    ).integrations
+    (group,) = build_window_groups(build_export_targets(config))
+    asset = build_window_asset(group)
     started = time.perf_counter()
-    result = dg.materialize(
-        [asset, *event_sources],
-        selection=[asset.key],
-        partition_key=partition,
-        resources={
-            "events": EventsDatabase(path=db, **json.loads(os.environ.get("BENCH_SOURCE", "{}"))),
-            IO_MANAGER_KEY: DateFolderS3IOManager(),
-        },
-    )
-    wall = time.perf_counter() - started
-    (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
+    with dg.instance_for_test() as instance:
+        dg.materialize(
+            [asset, *event_sources],
+            selection=list(asset.keys),
+            partition_key=partition,
+            instance=instance,
+            resources={
+                "events": EventsDatabase(
+                    path=db, **json.loads(os.environ.get("BENCH_SOURCE", "{}"))
+                ),
+                IO_MANAGER_KEY: DateFolderS3IOManager(),
+            },
+        )
+        wall = time.perf_counter() - started
+        (key,) = asset.keys
+        materialization = instance.get_latest_materialization_event(key).asset_materialization
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     emit({"wall": wall, **metadata})
 
@@ -211,8 +219,8 @@ def child_ticks(integrations: str) -> None:
 
     defs = build_definitions(integrations)
     repository = defs.get_repository_def()
-    sensor = defs.get_sensor_def("new_integrations_sensor")
-    schedule = repository.schedule_defs[0]
+    sensor = repository.get_sensor_def("catch_up_sensor")
+    config_sensor = repository.get_sensor_def("integrations_config_sensor")
     timings: dict[str, float] = {}
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, definitions=defs)
@@ -223,35 +231,29 @@ def child_ticks(integrations: str) -> None:
         started = time.perf_counter()
         sensor.evaluate_tick(context)
         timings["sensor_next_tick"] = time.perf_counter() - started
+        timings["cursor_kb"] = len(first.cursor or "") / 1024
+        started = time.perf_counter()
+        config_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        timings["config_sensor_tick"] = time.perf_counter() - started
+        # On the hour every schedule ticks; the scheduler evaluates them one after another.
         tick = datetime.now().replace(second=0, microsecond=0)
         tick -= timedelta(minutes=tick.minute % 60)
-        context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=tick, repository_def=repository
-        )
-        started = time.perf_counter()
-        schedule.evaluate_tick(context)
-        timings["schedule_tick"] = time.perf_counter() - started
-        # On the hour every schedule ticks; the scheduler evaluates them one after another.
-        # The first of each group creates the run, which the others then find and skip.
         started = time.perf_counter()
         created = 0
         for each in repository.schedule_defs:
             context = dg.build_schedule_context(
                 instance=instance, scheduled_execution_time=tick, repository_def=repository
             )
-            for request in each.evaluate_tick(context).run_requests or []:
-                instance.create_run_for_job(
-                    job_def=repository.get_job(each.job_name),
-                    tags={**request.tags, "dagster/partition": request.partition_key or ""},
-                )
-                created += 1
+            created += len(each.evaluate_tick(context).run_requests or [])
         timings["all_schedules_tick"] = time.perf_counter() - started
         timings["all_schedules_runs"] = created
     timings["first_tick_runs"] = len(first.run_requests)
     emit(timings)
 
 
-def child_window(integrations: str, db: str, partition: str) -> None:
+def child_window(integrations: str, db: str, partition: str, last: str = "") -> None:
+    """One window job run as a run worker would do it: definitions loaded, one window (or a
+    range through `last`) for every live integration due."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -259,13 +261,34 @@ def child_window(integrations: str, db: str, partition: str) -> None:
 
     os.environ["AFFISE_EVENTS_DB"] = db
     from affise_s3_assets.definitions import build_definitions
+    from affise_s3_assets.live_config import apply_file
+    from affise_s3_assets.targets import build_export_targets, build_window_groups
 
-    job = build_definitions(integrations).get_job_def("clicks_every_15min_job")
+    applied = apply_file(Path(integrations))
+    groups = build_window_groups(build_export_targets(applied.integrations))
+    job_name = os.environ.get("BENCH_JOB", "clicks_every_15min_job")
+    (group,) = [g for g in groups if g.job_name == job_name]
+    start = datetime.strptime(partition, "%Y-%m-%d-%H:%M")
+    job = build_definitions(applied).resolve_job_def(job_name)
     started = time.perf_counter()
     with dg.instance_for_test() as instance:
-        result = job.execute_in_process(partition_key=partition, instance=instance)
+        tags = (
+            {
+                "dagster/asset_partition_range_start": partition,
+                "dagster/asset_partition_range_end": last,
+            }
+            if last
+            else None
+        )
+        result = job.execute_in_process(
+            partition_key=None if last else partition,
+            tags=tags,
+            asset_selection=[t.asset_key for t in group.due(start)],
+            instance=instance,
+        )
+        assert result.success
         materializations = sum(
-            1 for event in result.all_events if event.event_type_value == "ASSET_MATERIALIZATION"
+            len(instance.get_materialized_partitions(t.asset_key)) for t in group.due(start)
         )
     emit({"wall": time.perf_counter() - started, "objects": materializations})
 
@@ -566,9 +589,7 @@ def parquet_case(rows: int) -> None:
         )
 
 
-def scale_cases(count: int, windows: int) -> None:
-    import duckdb
-
+def write_integrations(count: int) -> Path:
     frequencies = [5, 15, 15, 15, 30, 60]
     lines = ["integrations:"]
     for i in range(count):
@@ -576,13 +597,13 @@ def scale_cases(count: int, windows: int) -> None:
         # source's volume (see fanout_db); a few integrations share filters with another.
         affiliates = FIRST_AFFILIATE + (i if i % 10 else i + 1) % count
         lines.append(
-            f"""  - name: customer_{i:04d}
+            f"""  - name: customer_{i:05d}
     start: "{DAY:%Y-%m-%d %H:%M:%S}"
     clicks:
       frequency: {frequencies[i % len(frequencies)]}
       bucket: {BUCKET}
       region: us-east-1
-      directory: c{i:04d}/clicks
+      directory: c{i:05d}/clicks
       access_key: ${{C{i:04d}_KEY}}
       secret_key: ${{C{i:04d}_SECRET}}
       endpoint_url: {ENDPOINT}
@@ -591,13 +612,33 @@ def scale_cases(count: int, windows: int) -> None:
       frequency: 60
       bucket: {BUCKET}
       region: us-east-1
-      directory: c{i:04d}/conversions
+      directory: c{i:05d}/conversions
       access_key: ${{C{i:04d}_KEY}}
       secret_key: ${{C{i:04d}_SECRET}}
       endpoint_url: {ENDPOINT}"""
         )
     many = OUT / f"integrations-{count}.yaml"
     many.write_text("\n".join(lines) + "\n")
+    return many
+
+
+def tick_case(count: int) -> None:
+    many = write_integrations(count)
+    ticks, _ = run_child(["--child", "ticks", str(many)])
+    print(
+        f"- {count:,} integrations ({2 * count:,} exports): catch-up sensor tick, first "
+        f"(empty cursor) {ticks['sensor_first_tick']:.2f} s ({ticks['first_tick_runs']} runs "
+        f"requested), next {ticks['sensor_next_tick']:.2f} s, cursor "
+        f"{ticks['cursor_kb']:.0f} KB; config sensor tick {ticks['config_sensor_tick']:.2f} s; "
+        f"every schedule on the hour {ticks['all_schedules_tick']:.2f} s in all "
+        f"({ticks['all_schedules_runs']} runs)"
+    )
+
+
+def scale_cases(count: int, windows: int) -> None:
+    import duckdb
+
+    many = write_integrations(count)
     print(f"\n## {count:,} integrations x 2 event types ({many.relative_to(ROOT)})")
     loaded, _ = run_child(["--child", "import", str(many)])
     print(
@@ -618,18 +659,9 @@ def scale_cases(count: int, windows: int) -> None:
         f"- `dagster definitions validate`: {'passed' if passed else 'FAILED'} "
         f"in {time.perf_counter() - started:.1f} s"
     )
-    ticks, _ = run_child(["--child", "ticks", str(many)])
-    print(
-        f"- sensor tick: first (empty cursor) {ticks['sensor_first_tick']:.2f} s "
-        f"({ticks['first_tick_runs']} runs requested), next {ticks['sensor_next_tick']:.2f} s; "
-        f"schedule tick {ticks['schedule_tick']:.3f} s"
-    )
-    print(
-        f"- every schedule ticking on the hour, one after another as the scheduler does (in "
-        f"process, no gRPC): {ticks['all_schedules_tick']:.1f} s for {loaded['schedules']:,} "
-        f"schedules, {ticks['all_schedules_runs']} runs created (Dagster builds an instance "
-        "from its reference for each evaluation: most of that time)"
-    )
+    print("\n## Sensor and schedule ticks (in process, no gRPC)")
+    for n in (count, 10 * count):
+        tick_case(n)
 
     # Delivery: every integration's clicks at 15 minutes, 20M clicks/day in total.
     fifteen = OUT / f"integrations-{count}-15min.yaml"
@@ -662,6 +694,66 @@ def scale_cases(count: int, windows: int) -> None:
         )
 
 
+def backlog_case() -> None:
+    """A new integration with 30 days of history at 15 minutes, 20k clicks a day: the runs the
+    catch-up sensor plans, each run as its own process (as a run worker), two at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from affise_s3_assets.config import parse_integrations
+    from affise_s3_assets.sensors import plan_catch_up
+    from affise_s3_assets.targets import build_export_targets, build_window_groups
+
+    end = DAY + timedelta(days=1)
+    start = end - timedelta(days=30)
+    db = events_db(20_000, start, end, "backlog")
+    text = f"""integrations:
+  - name: newco
+    start: "{start:%Y-%m-%d %H:%M:%S}"
+    clicks:
+      frequency: 15
+      bucket: {BUCKET}
+      region: us-east-1
+      directory: backlog/clicks
+      access_key: ${{NEWCO_KEY}}
+      secret_key: ${{NEWCO_SECRET}}
+      endpoint_url: {ENDPOINT}
+"""
+    path = OUT / "integrations-backlog.yaml"
+    path.write_text(text)
+    groups = build_window_groups(build_export_targets(parse_integrations(text).integrations))
+    requests, progress = [], {}
+    for _ in range(1000):
+        planned, progress = plan_catch_up(groups, progress, end + timedelta(minutes=5))
+        if not planned:
+            break
+        requests += planned
+    env = {"NEWCO_KEY": KEY, "NEWCO_SECRET": SECRET}
+
+    def one(request: Any) -> float:
+        first = request.tags.get("dagster/asset_partition_range_start") or request.partition_key
+        last = request.tags.get("dagster/asset_partition_range_end", "")
+        result, _ = run_child(["--child", "window", str(path), str(db), first, last], env)
+        return result["process_wall"]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        walls = list(pool.map(one, requests))
+    total = time.perf_counter() - started
+    client = s3_client()
+    objects = sum(
+        page.get("KeyCount", 0)
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix="backlog/clicks/"
+        )
+    )
+    print("\n## Backlog: one new integration, 30 days of 15-minute windows, 20k clicks a day")
+    print(
+        f"- {len(requests)} runs planned by the catch-up sensor for {objects:,} objects "
+        f"(2,880 windows); {total:.0f} s wall, two runs at a time, each run "
+        f"{min(walls):.1f}-{max(walls):.1f} s as its own process"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, *args = sys.argv[2:]
@@ -683,11 +775,11 @@ def main() -> None:
     parser.add_argument("--integrations", type=int, default=1000)
     parser.add_argument("--windows", type=int, default=4, help="15-minute windows delivered")
     parser.add_argument(
-        "--only", choices=["export", "profile", "parquet", "scale"], action="append"
+        "--only", choices=["export", "profile", "parquet", "scale", "backlog"], action="append"
     )
     options = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    parts = options.only or ["export", "profile", "parquet", "scale"]
+    parts = options.only or ["export", "profile", "parquet", "scale", "backlog"]
     start_s3()
     try:
         if "export" in parts:
@@ -698,6 +790,8 @@ def main() -> None:
             parquet_case(options.rows)
         if "scale" in parts:
             scale_cases(options.integrations, options.windows)
+        if "backlog" in parts:
+            backlog_case()
     finally:
         stop_s3()
 

@@ -17,7 +17,7 @@ import pytest
 from affise_s3_assets.demo import generate_demo_events
 from affise_s3_assets.partitions import window_partitions
 from tests.browser import run_browser_checks
-from tests.conftest import S3_SCRIPT, S3Server
+from tests.conftest import ROOT, S3_SCRIPT, S3Server
 from tests.operations import DagsterDev, wait_for
 from tests.test_delivery import delivered_rows, keys_in, source_rows
 
