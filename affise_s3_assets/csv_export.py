@@ -3,10 +3,7 @@
 Knows neither DuckDB nor S3, so the loader and the delivery can change independently.
 """
 
-import contextlib
-import fcntl
 import io
-import os
 import queue
 import threading
 import zlib
@@ -27,8 +24,6 @@ ISAL_MAX_LEVEL = 3
 # A window job holds up to one block of CSV per integration, so the block is small: 256 KiB
 # compresses at 97% of 1 MiB's speed with the same ratio (64 KiB: 88%).
 COMPRESS_BLOCK = 256 * 1024
-# The pipe from polars' CSV writer to the compressor: larger than a block, fewer wake-ups.
-PIPE_BYTES = 1024 * 1024
 _T = TypeVar("_T")
 
 
@@ -44,17 +39,6 @@ def gzip_compressor(level: int) -> Compressor:
     if level <= ISAL_MAX_LEVEL:
         return isal_zlib.compressobj(level, isal_zlib.DEFLATED, _GZIP_WBITS)
     return zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
-
-
-def filter_events(
-    frames: Iterable[pl.DataFrame],
-    affiliates: Sequence[int] = (),
-    advertisers: Sequence[str] = (),
-) -> Iterator[pl.DataFrame]:
-    """Keep rows whose affiliate is listed AND whose advertiser is listed; an empty list = all."""
-    conditions = event_filter(affiliates, advertisers)
-    for frame in frames:
-        yield frame.filter(conditions) if conditions is not None else frame
 
 
 def event_filter(affiliates: Sequence[int] = (), advertisers: Sequence[str] = ()) -> pl.Expr | None:
@@ -149,13 +133,12 @@ def in_background(items: Iterable[_T], depth: int = 3) -> Iterator[_T]:
 
 
 class GzipCsvEncoder:
-    """The format: CSV in, gzip chunks out, header first. Both export paths go through it.
+    """The format: CSV in, gzip chunks out, header first. Every delivery goes through it.
 
     The CSV stream is compressed in exact COMPRESS_BLOCK pieces, so the bytes depend on the
-    rows alone. CSV arrives either pushed as bytes (`add`, the window job), where whole blocks
-    are compressed straight from the caller's buffer, or read from a pipe into the block
-    (`fill_from`, the asset path). The block grows only as far as it is filled: a window job
-    holds one per integration.
+    rows alone, not on how the window was batched. Whole blocks are compressed straight from
+    the caller's buffer; the block grows only as far as it is filled: the export step holds
+    one per integration.
     """
 
     def __init__(self, columns: Sequence[str], compression_level: int = 1) -> None:
@@ -184,17 +167,6 @@ class GzipCsvEncoder:
             if chunk:
                 yield chunk
 
-    def fill_from(self, source: io.RawIOBase) -> tuple[int, bytes]:
-        """Read CSV from `source` straight into the block: (bytes read, 0 at end of file;
-        compressed output, empty until a block is full)."""
-        if len(self._block) < COMPRESS_BLOCK:
-            self._block.extend(bytes(COMPRESS_BLOCK - len(self._block)))
-        with memoryview(self._block) as block:
-            read = source.readinto(block[self._filled :]) or 0
-        self._filled += read
-        self.csv_bytes += read
-        return read, self._full_block()
-
     def _full_block(self) -> bytes:
         if self._filled < COMPRESS_BLOCK:
             return b""
@@ -213,85 +185,14 @@ class GzipCsvEncoder:
         return {"rows": self.rows, "csv_bytes": self.csv_bytes}
 
 
-class GzipCsvBody:
-    """Pull side: an iterable of gzip chunks for one window, header line first.
-
-    polars writes each frame's CSV straight into a pipe and this side reads the pipe in exact
-    COMPRESS_BLOCK pieces, so the CSV never exists as Python bytes: memory stays at a sorted
-    slice, the pipe and one block whatever the window. Three threads overlap: read and sort
-    (DuckDB, polars), write CSV (polars), compress (the consumer). `summary()` is final once
-    iteration has finished.
-    """
-
-    def __init__(
-        self, frames: Iterable[pl.DataFrame], columns: Sequence[str], compression_level: int = 1
-    ) -> None:
-        self._frames = frames
-        self._columns = tuple(columns)
-        self._encoder = GzipCsvEncoder(columns, compression_level)
-
-    def _write_rows(self, pipe: io.RawIOBase, stop: threading.Event) -> None:
-        frames = in_background(self._frames, depth=1)
-        try:
-            for frame in frames:
-                if stop.is_set():
-                    return
-                if frame.columns != list(self._columns):
-                    raise ValueError(f"frame columns {frame.columns} differ from {self._columns}")
-                if frame.height:
-                    write_csv_rows(frame, pipe)
-                    self._encoder.rows += frame.height
-        finally:
-            frames.close()
-
-    def __iter__(self) -> Iterator[bytes]:
-        encoder = self._encoder
-        stop = threading.Event()
-        failure: list[BaseException] = []
-        read_fd, write_fd = os.pipe()
-        # Each end is owned by a file object from here on, so every path closes both.
-        reader = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed below, on every path
-        write_end = open(write_fd, "wb", buffering=0)  # noqa: SIM115 - closed by the writer
-        _widen_pipe(write_fd)
-
-        def write() -> None:
-            try:
-                with write_end:
-                    self._write_rows(write_end, stop)
-            except BaseException as exc:
-                failure.append(exc)
-
-        writer = threading.Thread(target=write, name="csv-writer", daemon=True)
-        with reader:
-            try:
-                writer.start()
-            except BaseException:
-                write_end.close()
-                raise
-            try:
-                while True:
-                    read, chunk = encoder.fill_from(reader)
-                    if chunk:
-                        yield chunk
-                    if not read:
-                        break  # EOF: the writer closed its end, finished or failed.
-            finally:
-                # Leaving early (the upload failed): the writer stops after its current frame,
-                # and a write into the closed read end fails at once (broken pipe) instead of
-                # blocking on a full pipe, so the join cannot hang.
-                stop.set()
-                reader.close()
-                writer.join()
-        if failure:
-            raise failure[0]
-        yield encoder.finish()
-
-    @property
-    def rows(self) -> int:
-        return self._encoder.rows
-
-    def summary(self) -> dict[str, Any]:
-        return self._encoder.summary()
+def gzip_csv(
+    frames: Iterable[pl.DataFrame], columns: Sequence[str], compression_level: int = 1
+) -> Iterator[bytes]:
+    """One object's gzip chunks for `frames`, header first: the encoding every delivery uses."""
+    encoder = GzipCsvEncoder(columns, compression_level)
+    for frame in frames:
+        yield from encoder.add_frame(frame)
+    yield encoder.finish()
 
 
 def write_csv_rows(frame: pl.DataFrame, target: io.RawIOBase | io.BytesIO) -> None:
@@ -305,11 +206,3 @@ def write_csv_rows(frame: pl.DataFrame, target: io.RawIOBase | io.BytesIO) -> No
         null_value="",
         quote_style="necessary",
     )
-
-
-def _widen_pipe(fd: int) -> None:
-    """Grow the pipe to PIPE_BYTES where Linux allows it (default 64 KiB): fewer switches."""
-    set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if set_pipe_size is not None:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, set_pipe_size, PIPE_BYTES)

@@ -298,7 +298,7 @@ def upload_stream(
         writer.abort()
         raise
     finally:
-        # A producer with threads of its own (GzipCsvBody) stops them when closed; don't rely
+        # A producer with threads of its own stops them when closed; don't rely
         # on garbage collection to do it.
         close = getattr(source, "close", None)
         if close is not None:

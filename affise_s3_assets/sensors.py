@@ -520,13 +520,24 @@ def failed_runs_since(
     return failed, after
 
 
+def paused_schedules(instance: dg.DagsterInstance) -> set[str]:
+    """Names of the schedules an operator stopped (a stored STOPPED state)."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    states = instance.all_instigator_state(
+        instigator_type=InstigatorType.SCHEDULE, instigator_statuses={InstigatorStatus.STOPPED}
+    )
+    return {state.instigator_name for state in states}
+
+
 def build_catch_up_sensor(
     groups: Sequence[WindowGroup], jobs: Sequence[UnresolvedAssetJobDefinition]
 ) -> dg.SensorDefinition:
     """Delivers the backlog, the missed ticks and the failed windows of every window group;
     `jobs` are the groups' window jobs."""
-    live = [group for group in groups if group.live]
-    job_names = {group.job_name for group in live}
+    all_live = [group for group in groups if group.live]
+    job_names = {group.job_name for group in all_live}
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -545,6 +556,9 @@ def build_catch_up_sensor(
         state = CatchUpState.from_json(context.cursor)
         now = datetime.now(UTC)
         instance = context.instance
+        # A group whose schedule an operator stopped is paused: nothing of it is requested.
+        paused = paused_schedules(instance)
+        live = [group for group in all_live if group.schedule_name not in paused]
 
         def newest_scheduled(job_name: str) -> str | None:
             record = latest_scheduled_run(instance, job_name)
@@ -571,9 +585,24 @@ def build_catch_up_sensor(
         failed, state.failed_runs_after = failed_runs_since(
             instance, state.failed_runs_after, job_names
         )
-        redeliveries, state.redelivery = plan_redelivery(
-            live, state.redelivery, failed, now, materialized, redelivery_first_wait()
+        # A paused group's failed windows wait for it to be resumed.
+        on_hold = {
+            target.asset_key.to_user_string()
+            for group in all_live
+            if group.schedule_name in paused
+            for target in group.live
+        }
+        redeliveries, redelivery = plan_redelivery(
+            live,
+            {name: entry for name, entry in state.redelivery.items() if name not in on_hold},
+            failed,
+            now,
+            materialized,
+            redelivery_first_wait(),
         )
+        state.redelivery = redelivery | {
+            name: entry for name, entry in state.redelivery.items() if name in on_hold
+        }
         return dg.SensorResult(run_requests=missed + backlog + redeliveries, cursor=state.to_json())
 
     return catch_up_sensor

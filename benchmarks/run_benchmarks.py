@@ -140,7 +140,7 @@ def child_stage(db: str, stage: str) -> None:
     the issue asks to compare: one DuckDB `ORDER BY` under a memory limit, spilling to disk."""
     import polars as pl
 
-    from affise_s3_assets.csv_export import GzipCsvBody, write_csv_rows
+    from affise_s3_assets.csv_export import csv_bytes, gzip_csv
     from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, window_query
 
     start, end = DAY, DAY + timedelta(days=1)
@@ -161,15 +161,19 @@ def child_stage(db: str, stage: str) -> None:
         for frame in events.window_frames("clicks", start, end):
             rows += frame.height
     elif stage == "csv":
-        with open(os.devnull, "wb", buffering=0) as sink:
-            for frame in events.window_frames("clicks", start, end):
-                write_csv_rows(frame, sink)
-                rows += frame.height
+        for frame in events.window_frames("clicks", start, end):
+            csv_bytes(frame)
+            rows += frame.height
     elif stage == "gzip":
-        body = GzipCsvBody(events.window_frames("clicks", start, end), EVENT_COLUMNS["clicks"])
-        for _chunk in body:
+
+        def counted():
+            nonlocal rows
+            for frame in events.window_frames("clicks", start, end):
+                rows += frame.height
+                yield frame
+
+        for _chunk in gzip_csv(counted(), EVENT_COLUMNS["clicks"]):
             pass
-        rows = body.rows
     emit({"wall": time.perf_counter() - started, "rows": rows})
 
 

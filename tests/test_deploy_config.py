@@ -260,7 +260,21 @@ def test_deploy_dir_is_a_usable_dagster_home(tmp_path: Path, pg_env: None) -> No
 def test_user_deployment_serves_this_code_location(helm_values: Mapping[str, Any]) -> None:
     assert helm_values["dagster-user-deployments"]["enabled"] is True
     deployment = _user_deployment(helm_values)
-    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", MODULE_NAME]
+    # A code server, which re-imports the code on reload; `dagster api grpc` would not.
+    assert "dagsterApiGrpcArgs" not in deployment
+    assert deployment["codeServerArgs"] == [
+        "--module-name",
+        MODULE_NAME,
+        "--location-name",
+        deployment["name"],
+    ]
+    # The chart's workspace names the location after the deployment: that is what to reload.
+    assert _env_value(deployment["env"], "AFFISE_CODE_LOCATION") == deployment["name"]
+    assert _env_value(deployment["env"], "AFFISE_WEBSERVER_URL") == (
+        "http://dagster-dagster-webserver:80"
+    )
+    (mount,) = [m for m in deployment["volumeMounts"] if m["name"] == "affise-integrations"]
+    assert "subPath" not in mount  # a subPath mount never sees ConfigMap updates
     assert deployment["port"] == 3030
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["tool"]["dagster"]["module_name"] == MODULE_NAME
@@ -268,6 +282,7 @@ def test_user_deployment_serves_this_code_location(helm_values: Mapping[str, Any
     assert [entry["python_module"]["module_name"] for entry in workspace["load_from"]] == [
         MODULE_NAME
     ]
+    assert workspace["load_from"][0]["python_module"]["location_name"] == "affise_s3_assets"
 
 
 def test_secrets_reach_user_code_and_every_run_pod(

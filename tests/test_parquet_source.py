@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from affise_s3_assets.csv_export import GzipCsvBody
+from affise_s3_assets.csv_export import gzip_csv
 from affise_s3_assets.demo import load_schema
 from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, parquet_files
 
@@ -31,7 +31,7 @@ def dataset(events_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def export(path: Path, event_type: str, start: datetime, end: datetime) -> bytes:
     database = EventsDatabase(path=str(path), slice_rows=2_000)
     frames = database.window_frames(event_type, start, end)
-    return b"".join(GzipCsvBody(frames, EVENT_COLUMNS[event_type]))
+    return b"".join(gzip_csv(frames, EVENT_COLUMNS[event_type]))
 
 
 @pytest.mark.parametrize("event_type", ["clicks", "conversions"])
@@ -82,11 +82,11 @@ def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
         )
     script = (
         "import gzip, sys; from datetime import datetime\n"
-        "from affise_s3_assets.csv_export import GzipCsvBody\n"
+        "from affise_s3_assets.csv_export import gzip_csv\n"
         "from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase\n"
         "frames = EventsDatabase(path=sys.argv[1]).window_frames("
         "'clicks', datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))\n"
-        "print(gzip.decompress(b''.join(GzipCsvBody(frames, EVENT_COLUMNS['clicks']))).decode())\n"
+        "print(gzip.decompress(b''.join(gzip_csv(frames, EVENT_COLUMNS['clicks']))).decode())\n"
     )
     for zone in ("America/New_York", "Asia/Kolkata"):
         done = subprocess.run(

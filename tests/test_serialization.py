@@ -3,7 +3,6 @@ window was cut, batched or compressed in pieces."""
 
 import gzip
 import itertools
-import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from affise_s3_assets.csv_export import GzipCsvBody, GzipCsvEncoder, filter_events, in_background
+from affise_s3_assets.csv_export import GzipCsvEncoder, event_filter, gzip_csv, in_background
 from affise_s3_assets.demo import load_schema
 from affise_s3_assets.source import EVENT_COLUMNS, ROW_ORDER, EventsDatabase, sub_windows
 
@@ -20,8 +19,9 @@ DAY = (datetime(2026, 11, 25), datetime(2026, 11, 26))
 
 def export_bytes(events_db: Path, level: int = 1, **tuning: int) -> tuple[bytes, int]:
     database = EventsDatabase(path=str(events_db), **tuning)
-    body = GzipCsvBody(database.window_frames("clicks", *DAY), EVENT_COLUMNS["clicks"], level)
-    return b"".join(body), body.rows
+    frames = list(database.window_frames("clicks", *DAY))
+    data = b"".join(gzip_csv(frames, EVENT_COLUMNS["clicks"], level))
+    return data, sum(frame.height for frame in frames)
 
 
 def test_bytes_do_not_depend_on_slices_or_batches(events_db: Path) -> None:
@@ -39,16 +39,17 @@ def test_every_level_is_plain_gzip_of_the_same_csv(events_db: Path, level: int) 
     assert data[4:8] == b"\x00\x00\x00\x00" and not data[3] & 0x08  # no mtime, no name
 
 
-def test_pipe_body_and_push_encoder_give_the_same_bytes(events_db: Path) -> None:
-    """The asset path (GzipCsvBody, CSV through a pipe) and the window-job path
-    (GzipCsvEncoder, CSV pushed as bytes) must cut the stream into the same blocks."""
+def test_blocks_not_batches_decide_the_bytes(events_db: Path) -> None:
+    """The encoder compresses exact blocks: pushing the same CSV in other pieces (as the export
+    step does when filters or window cuts split batches) gives the same bytes."""
     frames = list(EventsDatabase(path=str(events_db)).window_frames("clicks", *DAY))
-    piped = b"".join(GzipCsvBody(frames, EVENT_COLUMNS["clicks"]))
+    whole = b"".join(gzip_csv(frames, EVENT_COLUMNS["clicks"]))
     encoder = GzipCsvEncoder(EVENT_COLUMNS["clicks"])
-    pushed = b"".join(chunk for frame in frames for chunk in encoder.add_frame(frame))
+    pieces = [piece for frame in frames for piece in (frame.head(7), frame.slice(7))]
+    pushed = b"".join(chunk for piece in pieces for chunk in encoder.add_frame(piece))
     pushed += encoder.finish()
-    assert len(gzip.decompress(piped)) > 4 * 1024 * 1024  # several compress blocks
-    assert piped == pushed
+    assert len(gzip.decompress(whole)) > 4 * 1024 * 1024  # several compress blocks
+    assert whole == pushed
 
 
 def test_sub_windows_are_consecutive_and_cover_the_window() -> None:
@@ -84,44 +85,12 @@ def test_background_iteration_propagates_errors_and_stops_early() -> None:
     assert len(produced) <= 3 + 2 + 1
 
 
-def csv_writers() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name == "csv-writer"]
-
-
-def test_a_source_failure_mid_window_fails_the_body(events_db: Path) -> None:
-    database = EventsDatabase(path=str(events_db), slice_rows=2_000)
-
-    def breaks_after_two_slices():
-        frames = database.window_frames("clicks", *DAY)
-        try:
-            yield next(frames)
-            yield next(frames)
-            raise RuntimeError("source broke")
-        finally:
-            frames.close()  # its DuckDB connection, rather than leaving it to the collector
-
-    body = GzipCsvBody(breaks_after_two_slices(), EVENT_COLUMNS["clicks"])
-    with pytest.raises(RuntimeError, match="source broke"):
-        b"".join(body)
-    assert not csv_writers()
-
-
-def test_a_consumer_leaving_early_stops_the_writer(events_db: Path) -> None:
-    """A failed upload closes the body after its first chunk: the CSV writer, blocked on a
-    full pipe, must fail and end rather than hang the run."""
-    database = EventsDatabase(path=str(events_db), slice_rows=500, batch_rows=500)
-    body = GzipCsvBody(database.window_frames("clicks", *DAY), EVENT_COLUMNS["clicks"])
-    chunks = iter(body)
-    assert next(chunks)[:2] == b"\x1f\x8b"
-    chunks.close()
-    assert not csv_writers()
-    assert 0 < body.rows < 20_000  # it stopped, it did not write the window to the end
-
-
 def test_filters_keep_columns_and_order(events_db: Path) -> None:
     database = EventsDatabase(path=str(events_db))
     frames = list(database.window_frames("conversions", *DAY))
-    kept = list(filter_events(frames, affiliates=[101], advertisers=()))
+    predicate = event_filter(affiliates=[101], advertisers=())
+    assert predicate is not None
+    kept = [frame.filter(predicate) for frame in frames]
     assert all(frame.columns == list(EVENT_COLUMNS["conversions"]) for frame in kept)
     assert all(set(frame["affiliate_id"].to_list()) <= {101} for frame in kept)
     assert sum(frame.height for frame in kept) > 0
