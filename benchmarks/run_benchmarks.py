@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -758,6 +758,81 @@ def backlog_case() -> None:
     )
 
 
+def lag_case(minutes: int) -> None:
+    """The real `dagster dev` with a new integration's 30 days of backlog at 15 minutes and a
+    1-minute integration: how long after each fresh window closes its object lands."""
+    import statistics
+
+    sys.path.insert(0, str(ROOT))
+    from affise_s3_assets.demo import generate_demo_events
+    from tests.operations import DagsterDev
+
+    now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+    home = OUT / "lag"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    db = home / "events.duckdb"
+    generate_demo_events(db, now - timedelta(days=30), now + timedelta(hours=2), 20_000, 5)
+    client = s3_client()
+    for bucket in ("lag-backlog", "lag-fresh"):
+        client.create_bucket(Bucket=bucket)
+
+    def block(name: str, start: datetime, frequency: int) -> str:
+        return f"""  - name: {name}
+    start: "{start:%Y-%m-%d %H:%M:%S}"
+    clicks:
+      frequency: {frequency}
+      bucket: lag-{name}
+      region: us-east-1
+      directory: clicks
+      access_key: ${{BENCH_KEY}}
+      secret_key: ${{BENCH_SECRET}}
+      endpoint_url: {ENDPOINT}
+"""
+
+    integrations = home / "integrations.yaml"
+    integrations.write_text(
+        "integrations:\n"
+        + block("backlog", (now - timedelta(days=30)).replace(hour=0, minute=0), 15)
+        + block("fresh", now, 1)
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DAGSTER_"))},
+        "AFFISE_INTEGRATIONS": str(integrations),
+        "AFFISE_EVENTS_DB": str(db),
+        "AFFISE_STATE_DIR": str(home / "state"),
+        "BENCH_KEY": KEY,
+        "BENCH_SECRET": SECRET,
+    }
+    dev = DagsterDev(home / "dagster_home", env, 3198)
+    lags: dict[str, float] = {}
+    started = time.monotonic()
+    dev.start()
+    try:
+        while time.monotonic() - started < minutes * 60:
+            time.sleep(5)
+            listing = client.list_objects_v2(Bucket="lag-fresh").get("Contents", [])
+            for item in listing:
+                window = datetime.strptime(item["Key"][-26:-7], "%Y-%m-%d %H:%M:%S")
+                closed = window + timedelta(minutes=1)
+                landed = item["LastModified"].replace(tzinfo=None)
+                lags.setdefault(item["Key"], (landed - closed).total_seconds())
+        backlog = sum(
+            page.get("KeyCount", 0)
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket="lag-backlog")
+        )
+    finally:
+        dev.stop()
+    values = sorted(lags.values())
+    p95 = values[max(0, round(0.95 * len(values)) - 1)] if values else float("nan")
+    print(f"\n## Fresh windows under a backlog (real dagster dev, {minutes} minutes)")
+    print(
+        f"- {len(values)} fresh 1-minute windows: object after close p50 "
+        f"{statistics.median(values):.0f} s, p95 {p95:.0f} s, max {values[-1]:.0f} s; "
+        f"meanwhile {backlog:,} of the new integration's 2,880 backlog objects landed"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, *args = sys.argv[2:]
@@ -779,11 +854,14 @@ def main() -> None:
     parser.add_argument("--integrations", type=int, default=1000)
     parser.add_argument("--windows", type=int, default=4, help="15-minute windows delivered")
     parser.add_argument(
-        "--only", choices=["export", "profile", "parquet", "scale", "backlog"], action="append"
+        "--only",
+        choices=["export", "profile", "parquet", "scale", "backlog", "lag"],
+        action="append",
     )
+    parser.add_argument("--lag-minutes", type=int, default=6)
     options = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    parts = options.only or ["export", "profile", "parquet", "scale", "backlog"]
+    parts = options.only or ["export", "profile", "parquet", "scale", "backlog", "lag"]
     start_s3()
     try:
         if "export" in parts:
@@ -796,6 +874,8 @@ def main() -> None:
             scale_cases(options.integrations, options.windows)
         if "backlog" in parts:
             backlog_case()
+        if "lag" in parts:
+            lag_case(options.lag_minutes)
     finally:
         stop_s3()
 
