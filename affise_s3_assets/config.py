@@ -76,19 +76,22 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: 
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
+        # Only the keys written in this mapping: `<<: *anchor` merges are YAML's way to
+        # share settings, and a key written beside a merge overrides it on purpose.
+        seen: dict[str, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
             line = key_node.start_mark.line + 1
-            if key in seen:
+            if key_node.value in seen:
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"key {key!r} appears twice in one block (lines {seen[key]} and {line}); "
-                    "keep one",
+                    f"key {key_node.value!r} appears twice in one block (lines "
+                    f"{seen[key_node.value]} and {line}); keep one",
                     key_node.start_mark,
                 )
-            seen[key] = line
+            seen[key_node.value] = line
         return super().construct_mapping(node, deep=deep)
 
 
@@ -421,12 +424,29 @@ class _Export:
         return f"integration {self.integration!r} {self.event_type} (s3://{self.bucket}/{folder})"
 
 
+_AWS_ENDPOINT_RE = re.compile(r"https://s3([.-][a-z0-9-]+)?\.amazonaws\.com(\.cn)?")
+
+
+def store_of(endpoint_url: str | None) -> str:
+    """One name per store, however its endpoint is spelled: AWS's own endpoints are "AWS";
+    scheme and host are lower-cased, default ports and trailing slashes dropped."""
+    if endpoint_url is None:
+        return "AWS"
+    url = endpoint_url.strip().rstrip("/").lower()
+    if _AWS_ENDPOINT_RE.fullmatch(url):
+        return "AWS"
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if url.startswith(scheme) and url.endswith(port):
+            url = url.removesuffix(port)
+    return url
+
+
 def _exports(integration: IntegrationConfig) -> list[_Export]:
     return [
         _Export(
             integration.name,
             event_type,
-            export.endpoint_url or "AWS",
+            store_of(export.endpoint_url),
             export.bucket,
             export.directory,
         )
@@ -462,6 +482,8 @@ def _parse_file(text: str, source: str) -> list[Any]:
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except (TypeError, ValueError) as exc:  # e.g. a list used as a key: unhashable
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if raw is None:
         return []
@@ -542,9 +564,18 @@ def apply_integrations(
     refused: set[str] = set()
     # Each pass refuses at least one integration, so this ends.
     while True:
-        exports = [e for name in order if name in accepted for e in _exports(accepted[name])]
+        # Only exports on one store and bucket can collide: compared within those alone.
+        by_bucket: dict[tuple[str, str], list[_Export]] = {}
+        for name in order:
+            if name in accepted:
+                for export in _exports(accepted[name]):
+                    by_bucket.setdefault((export.store, export.bucket), []).append(export)
         clashes = [
-            (a, b) for i, a in enumerate(exports) for b in exports[i + 1 :] if exports_collide(a, b)
+            (a, b)
+            for exports in by_bucket.values()
+            for i, a in enumerate(exports)
+            for b in exports[i + 1 :]
+            if exports_collide(a, b)
         ]
         if not clashes:
             break

@@ -42,6 +42,10 @@ from affise_s3_assets.targets import ExportTarget, WindowGroup
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
 # Finishing objects is network-bound: small PUTs and HEADs go out in parallel.
 CLOSE_THREADS = 16
+# A destination that fails this many windows in a row (after botocore's own retries of each
+# request) is not tried again for the rest of the run: an endpoint that never answers would
+# otherwise cost every window of a day's range its timeouts, and hold up the whole group.
+STOP_AFTER_FAILED_WINDOWS = 2
 # Rows per batch fanned out to every integration's filter and CSV: with many integrations,
 # fewer, larger batches cost far less; the loader's slices are of the same size.
 FANOUT_BATCH_ROWS = 25_000
@@ -65,6 +69,7 @@ class ObjectDelivery:
     failure: str | None = None
     permanent: bool = False
     code: str = ""
+    stops_destination: bool = False  # no later window of this run is tried for it
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def add(self, rows: int, data: bytes) -> None:
@@ -99,9 +104,14 @@ def cut_at_windows(
     """(window index, rows) for sorted frames cut at the windows' boundaries."""
     current = 0
     for frame in frames:
+        # A source storing instants (TIMESTAMPTZ, Parquet written with a zone) arrives zoned;
+        # window bounds are naive UTC.
+        zoned = getattr(frame.schema["created_at"], "time_zone", None) is not None
         while frame.height:
             end = windows[current].end
-            cut = frame["created_at"].search_sorted(end, side="left")
+            cut = frame["created_at"].search_sorted(
+                end.replace(tzinfo=UTC) if zoned else end, side="left"
+            )
             if cut:
                 yield current, frame.slice(0, cut)
             if cut == frame.height:
@@ -140,10 +150,12 @@ def deliver_windows(
     over the range's sorted `frames`; `on_window` reports each window as soon as it is done.
 
     Integrations with the same filters share the CSV of each batch. A target whose delivery
-    fails with a permanent error (access denied, no such bucket, ...) is not tried again for
-    the later windows of this run: they stay undelivered, and are reported with the run.
+    fails with a permanent error (access denied, no such bucket, ...), or fails
+    STOP_AFTER_FAILED_WINDOWS windows in a row, is not tried again for the later windows of
+    this run: they stay undelivered, and are reported with the run.
     """
     stopped: set[dg.AssetKey] = set()
+    failed_in_a_row: dict[dg.AssetKey, int] = {}
     open_objects: list[ObjectDelivery] = []
     current = -1
 
@@ -163,7 +175,12 @@ def deliver_windows(
     def close_window(index: int) -> None:
         with ThreadPoolExecutor(max_workers=CLOSE_THREADS, thread_name_prefix="s3-close") as pool:
             list(pool.map(ObjectDelivery.finish, open_objects))
-        stopped.update(d.target.asset_key for d in open_objects if d.permanent)
+        for delivery in open_objects:
+            key = delivery.target.asset_key
+            failed_in_a_row[key] = failed_in_a_row.get(key, 0) + 1 if delivery.failure else 0
+            if delivery.permanent or failed_in_a_row[key] >= STOP_AFTER_FAILED_WINDOWS:
+                delivery.stops_destination = True
+                stopped.add(key)
         on_window(windows[index], list(open_objects))
         open_objects.clear()
 
@@ -331,8 +348,8 @@ def _failure_summary(
     ]
     for name, items in sorted(by_target.items()):
         first = items[0]
-        stopped = " (permanent error: its later windows in this run were not attempted)"
-        lines.append(f"- {first.failure}{stopped if first.permanent else ''}")
+        stopped = " (its later windows in this run were not attempted)"
+        lines.append(f"- {first.failure}{stopped if items[-1].stops_destination else ''}")
         if len(items) > 1:
             lines.append(f"  and {len(items) - 1} more windows of {name!r}")
     return "\n".join(lines)

@@ -100,12 +100,14 @@ def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None)
     return apply_integrations(text, source=str(path), last_good=last_good)
 
 
-def load_live_config() -> AppliedConfig:
-    """What a code server loads: the file applied over the last good config, which is kept."""
+def load_live_config(keep: bool = True) -> AppliedConfig:
+    """What a code location loads: the file applied over the last good config. Only a code
+    server keeps the result (`keep`): a CLI command run with another file must not replace
+    the running location's last good state."""
     directory = state_dir()
     applied = apply_file(last_good=read_last_good(directory))
     report(applied)
-    if applied.file_error is None:
+    if keep and applied.file_error is None:
         write_last_good(directory, applied)
     return applied
 
@@ -202,6 +204,10 @@ def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefin
         "and shows what was refused.\n\n" + status_line(applied),
     )
     def integrations_config_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        text, error = read_file(path)
+        # Unchanged (the usual tick): nothing to apply, whatever the file's size.
+        if error is None and hashlib.sha256(text.encode()).hexdigest() == applied.file_sha256:
+            return dg.SkipReason(status_line(applied))
         current = apply_file(path, last_good=applied)
         if current.file_sha256 == applied.file_sha256:
             return dg.SkipReason(status_line(applied))

@@ -92,7 +92,10 @@ class ExportProgress:
     started: bool = False  # a first range was requested
 
     def compact(self) -> dict[str, object]:
+        """The cursor holds every export: a caught-up one keeps only what a replan needs."""
         data = asdict(self)
+        if self.next is None:
+            data = {"windows": self.windows, "covered": self.covered}
         return {k: v for k, v in data.items() if v or k == "windows"}
 
 
@@ -103,6 +106,9 @@ class Redelivery:
     spans: list[list[str]]  # consecutive failed windows, [first, last] inclusive
     attempts: int = 0
     next_attempt: str = ""  # ISO time, UTC
+    # "first window/frequency" the windows were recorded for: after a change of start or
+    # frequency they are no longer partitions of the export, and the catch-up replans it.
+    windows: str = ""
 
 
 @dataclass
@@ -110,8 +116,9 @@ class CatchUpState:
     exports: dict[str, ExportProgress] = field(default_factory=dict)
     # Missed ticks: per window job, the last window looked at (None: not followed yet).
     window_jobs: dict[str, str] | None = None
-    # Failed runs updated after this moment (ISO, UTC) are still to be read.
-    failed_runs_after: str | None = None
+    # Per run status (failure, cancelation): the event log storage id after which runs that
+    # ended so are still to be read. Storage ids only grow, whatever the clocks say.
+    ended_runs_after: dict[str, int] | None = None
     redelivery: dict[str, Redelivery] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -120,7 +127,7 @@ class CatchUpState:
                 "version": CURSOR_VERSION,
                 "exports": {name: p.compact() for name, p in sorted(self.exports.items())},
                 "window_jobs": self.window_jobs,
-                "failed_runs_after": self.failed_runs_after,
+                "ended_runs_after": self.ended_runs_after,
                 "redelivery": {name: asdict(r) for name, r in sorted(self.redelivery.items())},
             },
             separators=(",", ":"),
@@ -149,7 +156,7 @@ class CatchUpState:
         return cls(
             exports={n: ExportProgress(**p) for n, p in data["exports"].items()},
             window_jobs=data["window_jobs"],
-            failed_runs_after=data["failed_runs_after"],
+            ended_runs_after=data.get("ended_runs_after"),
             redelivery={n: Redelivery(**r) for n, r in data["redelivery"].items()},
         )
 
@@ -424,26 +431,41 @@ def plan_redelivery(
     now: datetime,
     materialized: Callable[[dg.AssetKey], set[str]],
     first_wait: timedelta = REDELIVERY_FIRST_WAIT,
+    on_hold: frozenset[str] | set[str] = frozenset(),
+    busy: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[list[dg.RunRequest], dict[str, Redelivery]]:
     """Runs for failed windows whose next attempt is due, and the next redelivery state.
 
     Windows of `failed_runs` are added to their exports' waiting windows; windows delivered
     since (materialized) are dropped; an export with none left is healed. Exports of one job
-    waiting for the same windows are tried in one run.
+    waiting for the same windows are tried in one run. Nothing is requested for jobs
+    `on_hold` (a paused group) or exports `busy` (an attempt still queued or running), and
+    entries of exports not configured now are kept as they are, for when they return. An
+    export whose start or frequency changed forgets its waiting windows: they are no longer
+    its partitions, and its catch-up is replanned from its start.
     """
     now = _naive(now)
     targets = {t.asset_key: (g, t) for g in groups for t in g.live}
     names = {key.to_user_string(): key for key in targets}
+    state = dict(redelivery)
     waiting: dict[str, set[str]] = {}
     for name, entry in redelivery.items():
-        if name in names:
-            waiting[name] = set(_expand(entry.spans, targets[names[name]][0].step))
-    state = {name: entry for name, entry in redelivery.items() if name in names}
+        if name not in names:
+            continue
+        group, target = targets[names[name]]
+        if entry.windows != _windows_id(target):
+            del state[name]
+            continue
+        waiting[name] = {
+            k for k in _expand(entry.spans, group.step) if _moment(k) >= target.first_window
+        }
     for run in failed_runs:
         for key in run.asset_keys:
             if key not in targets:
                 continue
             group, target = targets[key]
+            if run.job_name != group.job_name:
+                continue  # a run of an old frequency: not windows of this export now
             name = key.to_user_string()
             planned = [
                 k
@@ -452,7 +474,11 @@ def plan_redelivery(
             ]
             waiting.setdefault(name, set()).update(planned)
             if name not in state:
-                state[name] = Redelivery(spans=[], next_attempt=(now + first_wait).isoformat())
+                state[name] = Redelivery(
+                    spans=[],
+                    next_attempt=(now + first_wait).isoformat(),
+                    windows=_windows_id(target),
+                )
     requests: list[dg.RunRequest] = []
     due: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     for name in sorted(waiting):
@@ -463,6 +489,8 @@ def plan_redelivery(
             continue
         entry = state[name]
         entry.spans = _merge(left, group.step)
+        if group.job_name in on_hold or name in busy:
+            continue
         if datetime.fromisoformat(entry.next_attempt) <= now:
             spans = tuple((a, b) for a, b in entry.spans)
             due.setdefault((group.job_name, spans), []).append(name)
@@ -493,31 +521,51 @@ def plan_redelivery(
     return requests, state
 
 
-def failed_runs_since(
-    instance: dg.DagsterInstance, after: str | None, job_names: set[str]
-) -> tuple[list[FailedRun], str | None]:
-    """Runs of the window jobs that failed after `after`, oldest first, and the next `after`."""
-    updated_after = datetime.fromisoformat(after) if after else None
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], updated_after=updated_after),
-        limit=FAILED_RUNS_PER_TICK,
-        order_by="update_timestamp",
-        ascending=True,
-    )
-    failed = []
-    for record in records:
-        run = record.dagster_run
-        if run.job_name not in job_names or not run.asset_selection:
+_ENDED = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
+
+
+def ended_runs_since(
+    instance: dg.DagsterInstance, after: dict[str, int] | None, job_names: set[str]
+) -> tuple[list[FailedRun], dict[str, int]]:
+    """Runs of the window jobs that failed or were canceled since `after` (event log storage
+    ids, per status), oldest first, and the next `after`. Followed for the first time, it
+    starts from now: older failures are not this sensor's."""
+    from dagster._core.event_api import RunStatusChangeRecordsFilter
+
+    state = dict(after or {})
+    ended: list[FailedRun] = []
+    for event_type in _ENDED:
+        name = event_type.name
+        if name not in state:
+            newest = instance.fetch_run_status_changes(event_type, limit=1).records
+            state[name] = newest[0].storage_id if newest else 0
             continue
-        tags = run.tags
-        first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
-        last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
-        if first is None or last is None:
+        records = instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(
+                event_type, after_storage_id=state[name], job_names=sorted(job_names)
+            ),
+            limit=FAILED_RUNS_PER_TICK,
+            ascending=True,
+        ).records
+        if not records:
             continue
-        failed.append(FailedRun(run.job_name, frozenset(run.asset_selection), first, last))
-    if records:
-        after = records[-1].update_timestamp.astimezone(UTC).isoformat()
-    return failed, after
+        state[name] = records[-1].storage_id
+        runs = instance.get_runs(dg.RunsFilter(run_ids=[r.run_id for r in records]))
+        for run in runs:
+            if run.job_name not in job_names or not run.asset_selection:
+                continue
+            tags = run.tags
+            first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
+            last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
+            if first and last:
+                ended.append(FailedRun(run.job_name, frozenset(run.asset_selection), first, last))
+    return ended, state
+
+
+def redeliveries_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Exports with a re-delivery run queued or running: not requested again meanwhile."""
+    runs = instance.get_runs(dg.RunsFilter(statuses=_IN_FLIGHT, tags={REDELIVERY_TAG: "1"}))
+    return {key.to_user_string() for run in runs for key in run.asset_selection or ()}
 
 
 def paused_schedules(instance: dg.DagsterInstance) -> set[str]:
@@ -582,27 +630,20 @@ def build_catch_up_sensor(
             budget=max(0, CATCH_UP_IN_FLIGHT - in_flight),
             materialized=materialized,
         )
-        failed, state.failed_runs_after = failed_runs_since(
-            instance, state.failed_runs_after, job_names
+        failed, state.ended_runs_after = ended_runs_since(
+            instance, state.ended_runs_after, job_names
         )
-        # A paused group's failed windows wait for it to be resumed.
-        on_hold = {
-            target.asset_key.to_user_string()
-            for group in all_live
-            if group.schedule_name in paused
-            for target in group.live
-        }
-        redeliveries, redelivery = plan_redelivery(
-            live,
-            {name: entry for name, entry in state.redelivery.items() if name not in on_hold},
+        # Every live group is followed, paused ones too: their failures wait for them.
+        redeliveries, state.redelivery = plan_redelivery(
+            all_live,
+            state.redelivery,
             failed,
             now,
             materialized,
             redelivery_first_wait(),
+            on_hold={group.job_name for group in all_live if group.schedule_name in paused},
+            busy=redeliveries_in_flight(instance),
         )
-        state.redelivery = redelivery | {
-            name: entry for name, entry in state.redelivery.items() if name in on_hold
-        }
         return dg.SensorResult(run_requests=missed + backlog + redeliveries, cursor=state.to_json())
 
     return catch_up_sensor

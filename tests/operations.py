@@ -125,6 +125,32 @@ class DagsterDev:
         ticks = data["sensorOrError"]["sensorState"]["ticks"]
         return (ticks[0]["skipReason"] or "") if ticks else ""
 
+    def backfill(self, asset_key: str, partitions: list[str]) -> str:
+        """Launch a backfill of `partitions` of one asset, as the UI's Materialize does."""
+        data = self.graphql(
+            """mutation($params: LaunchBackfillParams!) {
+                 launchPartitionBackfill(backfillParams: $params) {
+                   __typename ... on LaunchBackfillSuccess { backfillId }
+                   ... on PythonError { message } } }""",
+            {
+                "params": {
+                    "assetSelection": [{"path": asset_key.split("/")}],
+                    "partitionNames": partitions,
+                }
+            },
+        )
+        answer = data["launchPartitionBackfill"]
+        assert answer["__typename"] == "LaunchBackfillSuccess", answer
+        return answer["backfillId"]
+
+    def backfill_status(self, backfill_id: str) -> str:
+        data = self.graphql(
+            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { "
+            "... on PartitionBackfill { status } } }",
+            {"id": backfill_id},
+        )
+        return data["partitionBackfillOrError"]["status"]
+
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
 

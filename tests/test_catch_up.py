@@ -353,3 +353,34 @@ def test_exports_waiting_for_the_same_windows_are_tried_in_one_run() -> None:
     assert sorted(k.to_user_string() for k in request.asset_selection) == sorted(
         k.to_user_string() for k in keys
     )
+
+
+def test_failed_windows_wait_while_paused_or_busy_and_are_dropped_on_a_replan() -> None:
+    groups = one_clicks_export(15)
+    acme = dg.AssetKey(["affise", "acme", "clicks"])
+    failed = FailedRun(
+        "clicks_every_15min_job", frozenset({acme}), "2026-11-26-10:00", "2026-11-26-10:00"
+    )
+    t0 = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
+    later = t0 + timedelta(hours=1)
+    _, state = plan_redelivery(groups, {}, [failed], t0, lambda key: set())
+    paused, kept = plan_redelivery(
+        groups, state, [], later, lambda key: set(), on_hold={"clicks_every_15min_job"}
+    )
+    assert paused == [] and kept["affise/acme/clicks"].spans == [["2026-11-26-10:00"] * 2]
+    busy, _ = plan_redelivery(
+        groups, kept, [], later, lambda key: set(), busy={"affise/acme/clicks"}
+    )
+    assert busy == []
+    # Removed from the file: the entry waits untouched for its return.
+    _, away = plan_redelivery(
+        one_clicks_export(15, name="other"), kept, [], later, lambda key: set()
+    )
+    assert away["affise/acme/clicks"] == kept["affise/acme/clicks"]
+    # Its frequency changed: 10:00 at 15 minutes is no partition of the hourly export.
+    hourly = one_clicks_export(60)
+    requests, replanned = plan_redelivery(hourly, kept, [], later, lambda key: set())
+    assert requests == [] and replanned == {}
+    # A failed run of the old frequency's job is not this export's windows any more.
+    requests, state = plan_redelivery(hourly, {}, [failed], later, lambda key: set())
+    assert requests == [] and state == {}

@@ -150,3 +150,43 @@ def test_applied_config_round_trips_and_is_kept_for_the_next_start(tmp_path: Pat
     assert read_last_good(tmp_path) is None
     write_last_good(tmp_path, applied)
     assert read_last_good(tmp_path) == applied
+
+
+def test_yaml_merge_keys_share_settings_and_an_explicit_key_overrides_them() -> None:
+    text = """integrations:
+  - name: acme
+    start: "2026-11-26 00:00:00"
+    clicks: &acme
+      bucket: acme-affise-raw
+      region: us-west-2
+      directory: clicks
+      access_key: ${A}
+      secret_key: ${S}
+    conversions:
+      <<: *acme
+      directory: conversions
+"""
+    applied = apply_integrations(text)
+    assert applied.file_error is None and applied.problems == ()
+    (acme,) = applied.integrations
+    assert acme.conversions is not None and acme.conversions.directory == "conversions"
+    assert acme.conversions.bucket == "acme-affise-raw"
+
+
+def test_a_key_yaml_cannot_hash_is_a_file_error_not_a_crash() -> None:
+    applied = apply_integrations("integrations:\n  - ? [a, b]\n    : 1\n")
+    assert applied.file_error is not None and "not valid YAML" in applied.file_error
+
+
+def test_one_store_spelled_two_ways_is_one_store() -> None:
+    other_spelling = block("two", "shared", "raw").replace(
+        "http://127.0.0.1:7480", "http://127.0.0.1:7480/"
+    )
+    applied = apply_integrations("integrations:\n" + block("one", "shared", "raw") + other_spelling)
+    assert names(applied) == []
+    aws = block("one", "shared", "raw").replace(
+        "      endpoint_url: http://127.0.0.1:7480\n", ""
+    ) + block("two", "shared", "raw").replace(
+        "http://127.0.0.1:7480", "https://s3.us-west-2.amazonaws.com"
+    )
+    assert names(apply_integrations("integrations:\n" + aws)) == []

@@ -152,7 +152,7 @@ def test_one_schedule_per_group_requests_the_closed_window_for_every_due_integra
     path.write_text(text)
     defs = build_definitions(path)
     repo = defs.get_repository_def()
-    schedule = defs.get_schedule_def("clicks_every_15min_schedule")
+    schedule = repo.get_schedule_def("clicks_every_15min_schedule")
     with dg.instance_for_test() as instance:
 
         def tick(moment: datetime) -> Any:
@@ -179,7 +179,7 @@ def test_one_schedule_per_group_requests_the_closed_window_for_every_due_integra
 
 def test_catch_up_sensor_requests_day_ranges_new_integrations_first() -> None:
     defs = build_definitions(SHIPPED)
-    sensor = defs.get_sensor_def("catch_up_sensor")
+    sensor = defs.get_repository_def().get_sensor_def("catch_up_sensor")
     with dg.instance_for_test() as instance:
         result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
     requests = result.run_requests
@@ -219,6 +219,6 @@ def test_definitions_validate_with_secrets_unset() -> None:
 
 def test_window_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
     defs = build_definitions(SHIPPED)
-    tags = defs.get_job_def("clicks_every_5min_job").tags
+    tags = defs.resolve_job_def("clicks_every_5min_job").tags
     assert tags["affise/event_type"] == "clicks"
     assert tags["affise/frequency"] == "5"

@@ -167,6 +167,28 @@ def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
     print(f"file saved -> gamma's first object: {time.monotonic() - saved:.0f} s")
     assert_rows(s3_server, "ops-gamma", events, "gamma", gamma_start, 5)
 
+    # An operator's backfill from the UI runs as ranged runs (BackfillPolicy), one object per
+    # window, overwriting the same keys: nothing duplicated.
+    eight = [(gamma_start + timedelta(minutes=5 * i)).strftime(FMT) for i in range(8)]
+    wait_for(
+        "gamma's catch-up",
+        lambda: len(keys_in(s3_server, "ops-gamma")) >= len(eight),
+        timeout=180,
+    )
+    before = keys_in(s3_server, "ops-gamma")
+    backfill = dev.backfill("affise/gamma/clicks", eight)
+    wait_for(
+        "the backfill to complete",
+        lambda: dev.backfill_status(backfill) == "COMPLETED",
+        timeout=240,
+        every=3,
+    )
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
+    assert len(runs) == 1
+    assert runs[0].tags["dagster/asset_partition_range_start"] == eight[0]
+    assert runs[0].tags["dagster/asset_partition_range_end"] == eight[-1]
+    assert keys_in(s3_server, "ops-gamma")[: len(before)] == before
+
     # 2. A broken block: refused with its reason in the UI, everyone else keeps delivering.
     with integrations.open("a") as file:
         file.write(block("delta", gamma_start, "ops-delta", s3_server.endpoint_url, 7, "CUSTOMER"))

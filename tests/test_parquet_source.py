@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from affise_s3_assets.csv_export import gzip_csv
+from affise_s3_assets.delivery import Window, cut_at_windows
 from affise_s3_assets.demo import load_schema
 from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, parquet_files
 
@@ -98,3 +99,26 @@ def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
         )
         rows = done.stdout.strip().splitlines()[1:]
         assert [row.split(",")[:2] for row in rows] == [["in", "2026-11-25 10:05:00"]], zone
+
+
+def test_a_range_of_windows_is_cut_from_a_dataset_storing_instants(tmp_path: Path) -> None:
+    """A ranged run cuts zoned `created_at` at naive-UTC window bounds (found by a review:
+    polars refused to compare the two)."""
+    day = tmp_path / "clicks" / "date=2026-11-25"
+    day.mkdir(parents=True)
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        load_schema(con)
+        con.execute(
+            "INSERT INTO clicks (id, created_at, affiliate_id) VALUES "
+            "('a', TIMESTAMP '2026-11-25 10:05:00', 1), ('b', TIMESTAMP '2026-11-25 10:20:00', 1)"
+        )
+        con.execute(
+            "COPY (SELECT * REPLACE (created_at::TIMESTAMPTZ AS created_at) FROM clicks) "
+            f"TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
+        )
+    start, middle, end = (datetime(2026, 11, 25, 10, m) for m in (0, 15, 30))
+    frames = EventsDatabase(path=str(tmp_path)).window_frames("clicks", start, end)
+    windows = [Window("10:00", start, middle), Window("10:15", middle, end)]
+    cut = [(index, frame["id"].to_list()) for index, frame in cut_at_windows(frames, windows)]
+    assert cut == [(0, ["a"]), (1, ["b"])]

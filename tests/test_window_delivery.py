@@ -4,12 +4,17 @@ integration and window, one materialization per partition, failures isolated and
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import botocore.exceptions
 import dagster as dg
 import pytest
 
 from affise_s3_assets.config import apply_integrations
 from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.delivery import Window, deliver_windows
+from affise_s3_assets.sensors import ended_runs_since
+from affise_s3_assets.source import EventsDatabase
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
 from tests.test_delivery import (
@@ -208,6 +213,18 @@ def test_a_failing_integration_fails_alone_shows_failed_and_is_redelivered_alone
     assert rig.s3.customer.secret_key not in reason
     assert observations(rig, "good") == []
 
+    # The catch-up sensor finds the failed run and what it planned.
+    ended, after = ended_runs_since(rig.instance, None, {"clicks_every_60min_job"})
+    assert ended == [] and after["RUN_FAILURE"] > 0  # first look: starts from now
+    ended, _ = ended_runs_since(
+        rig.instance, {"RUN_FAILURE": 0, "RUN_CANCELED": 0}, {"clicks_every_60min_job"}
+    )
+    (run,) = ended
+    assert (run.first, run.last) == (WINDOW, WINDOW)
+    assert run.asset_keys == {
+        dg.AssetKey(["affise", name, "clicks"]) for name in ("good", "broken")
+    }
+
     # The destination is fixed; re-delivering only the failed integration turns it green.
     rig.s3.client().create_bucket(Bucket=missing)
     assert rig.run(only=["broken"]).success
@@ -292,3 +309,56 @@ def test_selecting_an_integration_before_its_start_delivers_nothing_for_it(
     assert result.success
     assert rig.materialized("late") == set()
     assert rig.objects() == [f"a/{KEY_TAIL}"]
+
+
+class _FailingObject:
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def write(self, chunk: bytes) -> None:
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://dead")
+
+    def finish(self, last_chunk: bytes) -> dict[str, Any]:
+        self.write(last_chunk)
+        return {}
+
+    def abort(self) -> None:
+        pass
+
+
+class _Unreachable:
+    """An IO manager whose every object fails as an endpoint that never answers would."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def open_object(self, destination: Any, window_start: datetime) -> _FailingObject:
+        self.opened.append(f"{window_start:%H:%M}")
+        return _FailingObject(f"k/{window_start:%H:%M}")
+
+
+def test_a_destination_failing_windows_in_a_row_is_not_tried_for_the_rest_of_the_run(
+    events_db: Path,
+) -> None:
+    """An unreachable endpoint costs each object botocore's retries and timeouts: after two
+    windows in a row it is not tried again in that run, so it cannot hold up a day's range."""
+    (target,) = build_export_targets(
+        [integration(S3Server("http://dead", *[None] * 3), "dead-bucket")]  # type: ignore[arg-type]
+    )
+    windows = [
+        Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
+        for h in (10, 11, 12, 13)
+    ]
+    reported: list[tuple[str, bool]] = []
+    io = _Unreachable()
+    deliver_windows(
+        [target],
+        windows,
+        EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
+        io,  # type: ignore[arg-type]
+        lambda window, objects: reported.extend(
+            (window.key, item.stops_destination) for item in objects if item.failure
+        ),
+    )
+    assert io.opened == ["10:00", "11:00"]
+    assert reported == [("2026-11-25-10:00", False), ("2026-11-25-11:00", True)]
