@@ -46,6 +46,10 @@ CLOSE_THREADS = 16
 # request) is not tried again for the rest of the run: an endpoint that never answers would
 # otherwise cost every window of a day's range its timeouts, and hold up the whole group.
 STOP_AFTER_FAILED_WINDOWS = 2
+# Memory for the parts being filled, shared by the objects open at once (one per integration
+# due in the window), each keeping at least MIN_PART_MEMORY before spilling to a file.
+PART_MEMORY_BUDGET = 64 * 1024 * 1024
+MIN_PART_MEMORY = 256 * 1024
 # Rows per batch fanned out to every integration's filter and CSV: with many integrations,
 # fewer, larger batches cost far less; the loader's slices are of the same size.
 FANOUT_BATCH_ROWS = 25_000
@@ -139,6 +143,30 @@ def _batches(
         yield index, pl.concat(pending, rechunk=False)
 
 
+FilterKey = tuple[tuple[int, ...], tuple[str, ...]]
+
+
+def _encoded(
+    batches: Iterable[tuple[int, pl.DataFrame]],
+    targets: Sequence[ExportTarget],
+    windows: Sequence[Window],
+) -> Iterator[tuple[int, list[tuple[FilterKey, int, bytes]]]]:
+    """Each batch's CSV, once per distinct filter of the targets due in its window."""
+    predicates = {target.filter_key: event_filter(*target.filter_key) for target in targets}
+    for index, frame in batches:
+        start = windows[index].start
+        wanted = {target.filter_key for target in targets if target.first_window <= start}
+        # Once per batch rather than once per integration: the timestamp text.
+        frame = whole_second_text(frame)
+        encoded = []
+        for key in sorted(wanted):
+            predicate = predicates[key]
+            kept = frame.filter(predicate) if predicate is not None else frame
+            if kept.height:
+                encoded.append((key, kept.height, csv_bytes(kept)))
+        yield index, encoded
+
+
 def deliver_windows(
     targets: Sequence[ExportTarget],
     windows: Sequence[Window],
@@ -149,28 +177,41 @@ def deliver_windows(
     """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
     over the range's sorted `frames`; `on_window` reports each window as soon as it is done.
 
-    Integrations with the same filters share the CSV of each batch. A target whose delivery
-    fails with a permanent error (access denied, no such bucket, ...), or fails
-    STOP_AFTER_FAILED_WINDOWS windows in a row, is not tried again for the later windows of
-    this run: they stay undelivered, and are reported with the run.
+    Three stages overlap on their own threads (DuckDB and polars release the GIL): reading
+    and sorting, filtering and writing CSV (once per distinct filter), and compressing and
+    uploading each object. A target whose delivery fails with a permanent error (access
+    denied, no such bucket, ...), or fails STOP_AFTER_FAILED_WINDOWS windows in a row, is not
+    tried again for the later windows of this run: they stay undelivered, and are reported
+    with the run.
     """
     stopped: set[dg.AssetKey] = set()
     failed_in_a_row: dict[dg.AssetKey, int] = {}
     open_objects: list[ObjectDelivery] = []
+    by_filter: dict[FilterKey, list[ObjectDelivery]] = {}
     current = -1
 
     def open_window(index: int) -> None:
         window = windows[index]
+        due = [
+            target
+            for target in targets
+            if target.first_window <= window.start and target.asset_key not in stopped
+        ]
+        # One filling part per open object: a few objects keep theirs in memory, many share
+        # PART_MEMORY_BUDGET and spill the rest of each part to a temporary file.
+        in_memory = max(MIN_PART_MEMORY, PART_MEMORY_BUDGET // max(1, len(due)))
         open_objects[:] = [
             ObjectDelivery(
                 target,
                 window,
-                io.open_object(target.destination, window.start),
+                io.open_object(target.destination, window.start, in_memory),
                 GzipCsvEncoder(EVENT_COLUMNS[target.event_type], target.compression_level),
             )
-            for target in targets
-            if target.first_window <= window.start and target.asset_key not in stopped
+            for target in due
         ]
+        by_filter.clear()
+        for delivery in open_objects:
+            by_filter.setdefault(delivery.target.filter_key, []).append(delivery)
 
     def close_window(index: int) -> None:
         with ThreadPoolExecutor(max_workers=CLOSE_THREADS, thread_name_prefix="s3-close") as pool:
@@ -192,25 +233,14 @@ def deliver_windows(
             current += 1
             open_window(current)
 
-    by_filter: dict[tuple[tuple[int, ...], tuple[str, ...]], pl.Expr | None] = {
-        target.filter_key: event_filter(*target.filter_key) for target in targets
-    }
-    pieces = in_background(_batches(cut_at_windows(frames, windows), FANOUT_BATCH_ROWS), depth=1)
+    batches = in_background(_batches(cut_at_windows(frames, windows), FANOUT_BATCH_ROWS), depth=1)
+    encoded = in_background(_encoded(batches, targets, windows), depth=1)
     try:
-        for index, frame in pieces:
+        for index, parts in encoded:
             move_to(index)
-            # Once per batch rather than once per integration: the timestamp text.
-            frame = whole_second_text(frame)
-            for key, predicate in by_filter.items():
-                group = [d for d in open_objects if d.target.filter_key == key]
-                if not group:
-                    continue
-                kept = frame.filter(predicate) if predicate is not None else frame
-                if kept.height == 0:
-                    continue
-                data = csv_bytes(kept)
-                for delivery in group:
-                    delivery.add(kept.height, data)
+            for key, rows, data in parts:
+                for delivery in by_filter.get(key, ()):
+                    delivery.add(rows, data)
         move_to(len(windows) - 1)
     except BaseException:
         # The range could not be read: nothing more is delivered, no upload is left open.
@@ -218,7 +248,8 @@ def deliver_windows(
             delivery.object.abort()
         raise
     finally:
-        pieces.close()
+        encoded.close()
+        batches.close()
     close_window(current)
 
 

@@ -648,8 +648,8 @@ def scale_cases(count: int, windows: int) -> None:
     loaded, _ = run_child(["--child", "import", str(many)])
     print(
         f"- definitions import: {loaded['import']:.2f} s (+ {loaded['resolve']:.2f} s to build "
-        f"and resolve the repository): {loaded['assets']:,} assets, {loaded['schedules']:,} schedules, "
-        f"{loaded['jobs']} jobs"
+        f"and resolve the repository): {loaded['assets']:,} assets, "
+        f"{loaded['schedules']:,} schedules, {loaded['jobs']} jobs"
     )
     started = time.perf_counter()
     validate = subprocess.run(

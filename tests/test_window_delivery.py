@@ -332,7 +332,7 @@ class _Unreachable:
     def __init__(self) -> None:
         self.opened: list[str] = []
 
-    def open_object(self, destination: Any, window_start: datetime) -> _FailingObject:
+    def open_object(self, destination: Any, window_start: datetime, *_: Any) -> _FailingObject:
         self.opened.append(f"{window_start:%H:%M}")
         return _FailingObject(f"k/{window_start:%H:%M}")
 
