@@ -114,8 +114,8 @@ integrations:
     ).integrations
     (group,) = build_window_groups(build_export_targets(config))
     asset = build_window_asset(group)
-    started = time.perf_counter()
     with dg.instance_for_test() as instance:
+        started = time.perf_counter()
         dg.materialize(
             [asset, *event_sources],
             selection=list(asset.keys),
