@@ -425,7 +425,7 @@ class _Export:
         return f"integration {self.integration!r} {self.event_type} (s3://{self.bucket}/{folder})"
 
 
-_AWS_ENDPOINT_RE = re.compile(r"https://s3([.-][a-z0-9-]+)?\.amazonaws\.com(\.cn)?")
+_AWS_ENDPOINT_RE = re.compile(r"https?://s3([.-][a-z0-9-]+)*\.amazonaws\.com(\.cn)?")
 
 
 def store_of(endpoint_url: str | None) -> str:
@@ -434,12 +434,10 @@ def store_of(endpoint_url: str | None) -> str:
     if endpoint_url is None:
         return "AWS"
     url = endpoint_url.strip().rstrip("/").lower()
-    if _AWS_ENDPOINT_RE.fullmatch(url):
-        return "AWS"
     for scheme, port in (("http://", ":80"), ("https://", ":443")):
         if url.startswith(scheme) and url.endswith(port):
             url = url.removesuffix(port)
-    return url
+    return "AWS" if _AWS_ENDPOINT_RE.fullmatch(url) else url
 
 
 def _exports(integration: IntegrationConfig) -> list[_Export]:

@@ -80,13 +80,7 @@ def defs() -> dg.Definitions:
         if context.load_type == DefinitionsLoadType.RECONSTRUCTION
         else None
     )
-    # A code server (dagster dev, the cluster's) names the location it serves; a CLI
-    # command loading the module does not, and keeps no state.
-    applied = (
-        AppliedConfig.from_json(pinned)
-        if pinned
-        else load_live_config(keep=context.code_location_name is not None)
-    )
+    applied = AppliedConfig.from_json(pinned) if pinned else load_live_config()
     with warnings.catch_warnings():
         # Reconstruction metadata is a preview API in Dagster 1.13; it is what pins a run.
         warnings.simplefilter("ignore", dg.PreviewWarning)

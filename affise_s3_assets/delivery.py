@@ -150,21 +150,25 @@ def _encoded(
     batches: Iterable[tuple[int, pl.DataFrame]],
     targets: Sequence[ExportTarget],
     windows: Sequence[Window],
-) -> Iterator[tuple[int, list[tuple[FilterKey, int, bytes]]]]:
-    """Each batch's CSV, once per distinct filter of the targets due in its window."""
+    stopped: set[dg.AssetKey],
+) -> Iterator[tuple[int, FilterKey, int, bytes]]:
+    """Each batch's CSV, once per distinct filter of the targets due in its window and still
+    tried, one filter at a time: the queue behind it bounds how much CSV waits."""
     predicates = {target.filter_key: event_filter(*target.filter_key) for target in targets}
     for index, frame in batches:
         start = windows[index].start
-        wanted = {target.filter_key for target in targets if target.first_window <= start}
+        wanted = {
+            target.filter_key
+            for target in targets
+            if target.first_window <= start and target.asset_key not in stopped
+        }
         # Once per batch rather than once per integration: the timestamp text.
         frame = whole_second_text(frame)
-        encoded = []
         for key in sorted(wanted):
             predicate = predicates[key]
             kept = frame.filter(predicate) if predicate is not None else frame
             if kept.height:
-                encoded.append((key, kept.height, csv_bytes(kept)))
-        yield index, encoded
+                yield index, key, kept.height, csv_bytes(kept)
 
 
 def deliver_windows(
@@ -197,9 +201,9 @@ def deliver_windows(
             for target in targets
             if target.first_window <= window.start and target.asset_key not in stopped
         ]
-        # One filling part per open object: a few objects keep theirs in memory, many share
-        # PART_MEMORY_BUDGET and spill the rest of each part to a temporary file.
-        in_memory = max(MIN_PART_MEMORY, PART_MEMORY_BUDGET // max(1, len(due)))
+        # Each open object fills one part while another may be in flight: a few objects keep
+        # theirs in memory, many share PART_MEMORY_BUDGET and spill the rest to a file.
+        in_memory = max(MIN_PART_MEMORY, PART_MEMORY_BUDGET // (2 * max(1, len(due))))
         open_objects[:] = [
             ObjectDelivery(
                 target,
@@ -234,13 +238,12 @@ def deliver_windows(
             open_window(current)
 
     batches = in_background(_batches(cut_at_windows(frames, windows), FANOUT_BATCH_ROWS), depth=1)
-    encoded = in_background(_encoded(batches, targets, windows), depth=1)
+    encoded = in_background(_encoded(batches, targets, windows, stopped), depth=1)
     try:
-        for index, parts in encoded:
+        for index, key, rows, data in encoded:
             move_to(index)
-            for key, rows, data in parts:
-                for delivery in by_filter.get(key, ()):
-                    delivery.add(rows, data)
+            for delivery in by_filter.get(key, ()):
+                delivery.add(rows, data)
         move_to(len(windows) - 1)
     except BaseException:
         # The range could not be read: nothing more is delivered, no upload is left open.
@@ -419,9 +422,12 @@ def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.A
 
 def build_window_job(group: WindowGroup) -> UnresolvedAssetJobDefinition:
     """The job of `group`: runs select the integrations and the window (or range) to deliver."""
+    # The live integrations: a run of the whole job delivers each of them. A disabled one is
+    # re-delivered by hand from its asset's page (Dagster's own asset job).
+    members = group.live or group.targets
     return dg.define_asset_job(
         name=group.job_name,
-        selection=dg.AssetSelection.assets(*(target.asset_key for target in group.targets)),
+        selection=dg.AssetSelection.assets(*(target.asset_key for target in members)),
         executor_def=dg.in_process_executor,
         tags={"affise/event_type": group.event_type, "affise/frequency": str(group.frequency)},
         description=f"Delivers {group.frequency}-minute windows of {group.event_type} to the "

@@ -74,24 +74,18 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
         le=512,
         description="multipart part size; bounds memory per delivery",
     )
-    # One object per selected integration is open at once: the part each is filling keeps
-    # this much in memory (unless the export step gives it more: it shares a budget among the
-    # objects open) and spills the rest to a temporary file, so a group of large integrations
-    # cannot cost a part (8 MiB; S3's minimum is 5) of RAM each.
-    part_memory_kib: int = Field(
-        default=256, ge=0, description="bytes of a filling part kept in memory, in KiB"
-    )
 
     def open_object(
-        self, destination: S3Destination, window_start: datetime, in_memory: int | None = None
+        self, destination: S3Destination, window_start: datetime, in_memory: int = 256 * 1024
     ) -> WindowObject:
-        """The window's object; its filling part keeps `in_memory` bytes (default
-        `part_memory_kib`) in memory and the rest in a temporary file."""
+        """The window's object. Its filling part keeps `in_memory` bytes in memory and the rest
+        in a temporary file: the export step shares a budget among the objects it has open,
+        so a group of large integrations cannot cost a part (8 MiB; S3's minimum is 5) each."""
         return WindowObject(
             destination,
             build_object_key(destination.directory, window_start),
             self.part_size_mib * MIB,
-            self.part_memory_kib * 1024 if in_memory is None else in_memory,
+            in_memory,
         )
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:

@@ -35,18 +35,17 @@ CONFIG_SENSOR_NAME = "integrations_config_sensor"
 CONFIG_CHECK_SECONDS = 15
 DEFAULT_LOCATION_NAME = "affise_s3_assets"
 RELOAD_TIMEOUT_SECONDS = 120
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("affise_s3_assets")
 
 
-def state_dir() -> Path:
-    """Where the last applied config is kept: $AFFISE_STATE_DIR, else beside the instance."""
+def state_dir() -> Path | None:
+    """Where the last applied config is kept: $AFFISE_STATE_DIR, which the code server's own
+    environment sets (scripts/dev.sh, the cluster's user deployment). Unset (a CLI command,
+    a test, a benchmark), nothing is read or kept: such a process, loading some other file,
+    must never replace the running location's last good state."""
     configured = os.environ.get("AFFISE_STATE_DIR")
-    if configured:
-        return Path(configured)
-    home = os.environ.get("DAGSTER_HOME")
-    return Path(home) / "affise-state" if home else _REPO_ROOT / ".affise_state"
+    return Path(configured) if configured else None
 
 
 def _last_good_file(directory: Path) -> Path:
@@ -100,14 +99,13 @@ def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None)
     return apply_integrations(text, source=str(path), last_good=last_good)
 
 
-def load_live_config(keep: bool = True) -> AppliedConfig:
-    """What a code location loads: the file applied over the last good config. Only a code
-    server keeps the result (`keep`): a CLI command run with another file must not replace
-    the running location's last good state."""
+def load_live_config() -> AppliedConfig:
+    """What a code location loads: the file applied over the last good config, kept for the
+    next start (see `state_dir`)."""
     directory = state_dir()
-    applied = apply_file(last_good=read_last_good(directory))
+    applied = apply_file(last_good=read_last_good(directory) if directory else None)
     report(applied)
-    if keep and applied.file_error is None:
+    if directory is not None and applied.file_error is None:
         write_last_good(directory, applied)
     return applied
 

@@ -50,7 +50,9 @@ def scheduled_run_request(
         run_key=f"{'missed' if missed else 'scheduled'}|{group.job_name}|{partition_key}",
         job_name=group.job_name,
         partition_key=partition_key,
-        asset_selection=[target.asset_key for target in due],
+        # Every live integration due (the usual case once all have started) is the job
+        # itself: no selection to resolve, whatever the number of integrations.
+        asset_selection=None if len(due) == len(group.live) else [t.asset_key for t in due],
         tags=tags,
     )
 

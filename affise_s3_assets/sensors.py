@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -435,7 +435,12 @@ class FailedRun:
 def redelivery_first_wait() -> timedelta:
     """REDELIVERY_FIRST_WAIT, or $AFFISE_REDELIVERY_FIRST_WAIT_SECONDS: read at each tick."""
     configured = os.environ.get("AFFISE_REDELIVERY_FIRST_WAIT_SECONDS")
-    return timedelta(seconds=float(configured)) if configured else REDELIVERY_FIRST_WAIT
+    try:
+        seconds = float(configured) if configured else 0.0
+    except ValueError:
+        seconds = 0.0
+    # Unset, not a number or not positive: the default, rather than a tick that fails.
+    return timedelta(seconds=seconds) if seconds > 0 else REDELIVERY_FIRST_WAIT
 
 
 def plan_redelivery(
@@ -447,6 +452,7 @@ def plan_redelivery(
     first_wait: timedelta = REDELIVERY_FIRST_WAIT,
     on_hold: frozenset[str] | set[str] = frozenset(),
     busy: frozenset[str] | set[str] = frozenset(),
+    budget: int = CATCH_UP_IN_FLIGHT,
 ) -> tuple[list[dg.RunRequest], dict[str, Redelivery]]:
     """Runs for failed windows whose next attempt is due, and the next redelivery state.
 
@@ -467,7 +473,7 @@ def plan_redelivery(
         if name not in names:
             continue
         group, target = targets[names[name]]
-        if entry.windows != _windows_id(target):
+        if entry.windows and entry.windows != _windows_id(target):
             del state[name]
             continue
         waiting[name] = {
@@ -487,12 +493,18 @@ def plan_redelivery(
                 if _moment(k) >= target.first_window
             ]
             waiting.setdefault(name, set()).update(planned)
-            if name not in state:
+            entry = state.get(name)
+            if entry is None:
                 state[name] = Redelivery(
                     spans=[],
                     next_attempt=(now + first_wait).isoformat(),
                     windows=_windows_id(target),
                 )
+            else:
+                # The wait counts from the failure, not from when the attempt was requested
+                # (it may have queued for longer than the wait).
+                wait = min(first_wait * 2**entry.attempts, REDELIVERY_MAX_WAIT)
+                entry.next_attempt = max(entry.next_attempt, (now + wait).isoformat())
     requests: list[dg.RunRequest] = []
     due: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     for name in sorted(waiting):
@@ -509,12 +521,16 @@ def plan_redelivery(
             spans = tuple((a, b) for a, b in entry.spans)
             due.setdefault((group.job_name, spans), []).append(name)
     by_job = {group.job_name: group for group in groups}
-    for (job_name, spans), members in due.items():
+    # The longest-waiting first, within the budget; the others keep their turn.
+    order = sorted(due.items(), key=lambda item: min(state[n].next_attempt for n in item[1]))
+    for (job_name, spans), members in order:
+        if len(requests) >= budget:
+            break
         group = by_job[job_name]
         attempt = max(state[name].attempts for name in members) + 1
         for first_key, last_key in spans:
             window = _moment(first_key)
-            while window <= _moment(last_key):
+            while window <= _moment(last_key) and len(requests) < budget:
                 last = min(window + group.step * (group.windows_per_run - 1), _moment(last_key))
                 requests.append(
                     ranged_request(
@@ -539,11 +555,15 @@ _ENDED = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
 
 
 def ended_runs_since(
-    instance: dg.DagsterInstance, after: dict[str, int] | None, job_names: set[str]
+    instance: dg.DagsterInstance,
+    after: dict[str, int] | None,
+    jobs: Mapping[str, Iterable[dg.AssetKey]],
 ) -> tuple[list[FailedRun], dict[str, int]]:
     """Runs of the window jobs that failed or were canceled since `after` (event log storage
-    ids, per status), oldest first, and the next `after`. Followed for the first time, it
-    starts from now: older failures are not this sensor's."""
+    ids, per status), oldest first, and the next `after`. `jobs` maps each window job to its
+    assets: a run without a selection (a schedule's, every integration due) planned them all.
+    Followed for the first time, it starts from now: older failures are not this sensor's."""
+    job_names = set(jobs)
     from dagster._core.event_api import RunStatusChangeRecordsFilter
 
     state = dict(after or {})
@@ -554,10 +574,10 @@ def ended_runs_since(
             newest = instance.fetch_run_status_changes(event_type, limit=1).records
             state[name] = newest[0].storage_id if newest else 0
             continue
+        # No job-name filter: open-source storages other than SQLite refuse one (Postgres
+        # raises), and the runs are filtered by job below.
         records = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(
-                event_type, after_storage_id=state[name], job_names=sorted(job_names)
-            ),
+            RunStatusChangeRecordsFilter(event_type, after_storage_id=state[name]),
             limit=FAILED_RUNS_PER_TICK,
             ascending=True,
         ).records
@@ -566,13 +586,14 @@ def ended_runs_since(
         state[name] = records[-1].storage_id
         runs = instance.get_runs(dg.RunsFilter(run_ids=[r.run_id for r in records]))
         for run in runs:
-            if run.job_name not in job_names or not run.asset_selection:
+            if run.job_name not in job_names:
                 continue
+            planned = frozenset(run.asset_selection or jobs[run.job_name])
             tags = run.tags
             first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
             last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
             if first and last:
-                ended.append(FailedRun(run.job_name, frozenset(run.asset_selection), first, last))
+                ended.append(FailedRun(run.job_name, planned, first, last))
     return ended, state
 
 
@@ -645,7 +666,9 @@ def build_catch_up_sensor(
             materialized=materialized,
         )
         failed, state.ended_runs_after = ended_runs_since(
-            instance, state.ended_runs_after, job_names
+            instance,
+            state.ended_runs_after,
+            {group.job_name: [t.asset_key for t in group.live] for group in all_live},
         )
         # Every live group is followed, paused ones too: their failures wait for them.
         redeliveries, state.redelivery = plan_redelivery(
@@ -657,6 +680,7 @@ def build_catch_up_sensor(
             redelivery_first_wait(),
             on_hold={group.job_name for group in all_live if group.schedule_name in paused},
             busy=redeliveries_in_flight(instance),
+            budget=max(0, CATCH_UP_IN_FLIGHT - in_flight - len(backlog)),
         )
         return dg.SensorResult(run_requests=missed + backlog + redeliveries, cursor=state.to_json())
 

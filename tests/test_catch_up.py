@@ -255,7 +255,7 @@ def test_windows_whose_schedule_tick_never_came_get_a_run() -> None:
         ("clicks_every_15min_job", "2026-11-26-10:30"),
     ]  # 10:45 closed at 11:00, within the schedule's grace
     assert all(r.tags["affise/scheduled"] == "1" for r in requests)  # a late tick then skips
-    assert [k.to_user_string() for k in requests[0].asset_selection] == ["affise/acme/clicks"]
+    assert requests[0].asset_selection is None  # the whole group: every integration is due
     again, _ = plan_missed_windows(groups, checked, back, lambda *_: False)
     assert again == []
     # The 5-minute group: its only integration starts at 12:00, nothing is due before.
@@ -384,3 +384,36 @@ def test_failed_windows_wait_while_paused_or_busy_and_are_dropped_on_a_replan() 
     # A failed run of the old frequency's job is not this export's windows any more.
     requests, state = plan_redelivery(hourly, {}, [failed], later, lambda key: set())
     assert requests == [] and state == {}
+
+
+def test_redelivery_keeps_to_its_budget_longest_waiting_first(monkeypatch) -> None:
+    groups = one_clicks_export(15)
+    acme = dg.AssetKey(["affise", "acme", "clicks"])
+    runs = [
+        FailedRun(
+            "clicks_every_15min_job",
+            frozenset({acme}),
+            f"2026-11-2{day}-10:00",
+            f"2026-11-2{day}-10:00",
+        )
+        for day in (6, 7, 8)
+    ]
+    t0 = datetime(2026, 11, 29, 11, 0, tzinfo=UTC)
+    _, state = plan_redelivery(groups, {}, runs, t0, lambda key: set())
+    requests, _ = plan_redelivery(
+        groups, state, [], t0 + timedelta(hours=1), lambda key: set(), budget=1
+    )
+    (request,) = requests
+    assert windows_of(request) == ["2026-11-26-10:00"]
+    none, _ = plan_redelivery(
+        groups, state, [], t0 + timedelta(hours=1), lambda key: set(), budget=0
+    )
+    assert none == []
+    # A bad setting never fails a tick: the default wait.
+    from affise_s3_assets.sensors import redelivery_first_wait
+
+    for value in ("2m", "0", "-5"):
+        monkeypatch.setenv("AFFISE_REDELIVERY_FIRST_WAIT_SECONDS", value)
+        assert redelivery_first_wait() == REDELIVERY_FIRST_WAIT
+    monkeypatch.setenv("AFFISE_REDELIVERY_FIRST_WAIT_SECONDS", "15")
+    assert redelivery_first_wait() == timedelta(seconds=15)

@@ -190,3 +190,13 @@ def test_one_store_spelled_two_ways_is_one_store() -> None:
         "http://127.0.0.1:7480", "https://s3.us-west-2.amazonaws.com"
     )
     assert names(apply_integrations("integrations:\n" + aws)) == []
+    from affise_s3_assets.config import store_of
+
+    for spelling in (
+        "https://s3.us-west-2.amazonaws.com:443",
+        "https://s3.dualstack.us-west-2.amazonaws.com",
+        "https://s3-fips.us-east-1.amazonaws.com/",
+        "http://s3.amazonaws.com",
+    ):
+        assert store_of(spelling) == "AWS", spelling
+    assert store_of("https://acct.r2.cloudflarestorage.com") != "AWS"

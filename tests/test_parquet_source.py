@@ -62,25 +62,31 @@ def test_days_without_files_give_a_header_only_export(dataset: Path) -> None:
     assert gzip.decompress(data).decode() == ",".join(EVENT_COLUMNS["clicks"]) + "\n"
 
 
+def zoned_dataset(root: Path, rows: dict[str, str]) -> None:
+    """A one-day clicks dataset storing instants (TIMESTAMPTZ, as Spark or pyarrow with a
+    zone write them): id -> created_at in UTC."""
+    day = root / "clicks" / "date=2026-11-25"
+    day.mkdir(parents=True)
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        load_schema(con)
+        for index, (row_id, created_at) in enumerate(rows.items()):
+            con.execute(
+                "INSERT INTO clicks (id, created_at, affiliate_id) VALUES (?, ?::TIMESTAMP, ?)",
+                [row_id, created_at, index + 1],
+            )
+        con.execute(
+            "COPY (SELECT * REPLACE (created_at::TIMESTAMPTZ AS created_at) FROM clicks) "
+            f"TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
+        )
+
+
 def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
     tmp_path: Path,
 ) -> None:
     """A dataset storing instants (TIMESTAMPTZ, as Spark or pyarrow with a zone write them)
     gives the same rows and times on a host set to New York as on a UTC one."""
-    day = tmp_path / "clicks" / "date=2026-11-25"
-    day.mkdir(parents=True)
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        load_schema(con)
-        con.execute(
-            "INSERT INTO clicks (id, created_at, affiliate_id) VALUES "
-            "('in', TIMESTAMP '2026-11-25 10:05:00', 1), "
-            "('out', TIMESTAMP '2026-11-25 15:05:00', 2)"
-        )
-        con.execute(
-            "COPY (SELECT * REPLACE (created_at::TIMESTAMPTZ AS created_at) FROM clicks) "
-            f"TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
-        )
+    zoned_dataset(tmp_path, {"in": "2026-11-25 10:05:00", "out": "2026-11-25 15:05:00"})
     script = (
         "import gzip, sys; from datetime import datetime\n"
         "from affise_s3_assets.csv_export import gzip_csv\n"
@@ -104,19 +110,7 @@ def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
 def test_a_range_of_windows_is_cut_from_a_dataset_storing_instants(tmp_path: Path) -> None:
     """A ranged run cuts zoned `created_at` at naive-UTC window bounds (found by a review:
     polars refused to compare the two)."""
-    day = tmp_path / "clicks" / "date=2026-11-25"
-    day.mkdir(parents=True)
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        load_schema(con)
-        con.execute(
-            "INSERT INTO clicks (id, created_at, affiliate_id) VALUES "
-            "('a', TIMESTAMP '2026-11-25 10:05:00', 1), ('b', TIMESTAMP '2026-11-25 10:20:00', 1)"
-        )
-        con.execute(
-            "COPY (SELECT * REPLACE (created_at::TIMESTAMPTZ AS created_at) FROM clicks) "
-            f"TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
-        )
+    zoned_dataset(tmp_path, {"a": "2026-11-25 10:05:00", "b": "2026-11-25 10:20:00"})
     start, middle, end = (datetime(2026, 11, 25, 10, m) for m in (0, 15, 30))
     frames = EventsDatabase(path=str(tmp_path)).window_frames("clicks", start, end)
     windows = [Window("10:00", start, middle), Window("10:15", middle, end)]

@@ -214,11 +214,11 @@ def test_a_failing_integration_fails_alone_shows_failed_and_is_redelivered_alone
     assert observations(rig, "good") == []
 
     # The catch-up sensor finds the failed run and what it planned.
-    ended, after = ended_runs_since(rig.instance, None, {"clicks_every_60min_job"})
+    (group,) = rig.groups()
+    jobs = {group.job_name: [t.asset_key for t in group.live]}
+    ended, after = ended_runs_since(rig.instance, None, jobs)
     assert ended == [] and after["RUN_FAILURE"] > 0  # first look: starts from now
-    ended, _ = ended_runs_since(
-        rig.instance, {"RUN_FAILURE": 0, "RUN_CANCELED": 0}, {"clicks_every_60min_job"}
-    )
+    ended, _ = ended_runs_since(rig.instance, {"RUN_FAILURE": 0, "RUN_CANCELED": 0}, jobs)
     (run,) = ended
     assert (run.first, run.last) == (WINDOW, WINDOW)
     assert run.asset_keys == {
