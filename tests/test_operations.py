@@ -177,12 +177,15 @@ def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
     )
     before = keys_in(s3_server, "ops-gamma")
     backfill = dev.backfill("affise/gamma/clicks", eight)
-    wait_for(
-        "the backfill to complete",
-        lambda: dev.backfill_status(backfill) == "COMPLETED",
+    status = wait_for(
+        "the backfill to finish",
+        lambda: (
+            (found := dev.backfill_status(backfill)) not in ("REQUESTED", "CANCELING") and found
+        ),
         timeout=240,
         every=3,
     )
+    assert status == "COMPLETED_SUCCESS", status
     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
     assert len(runs) == 1
     assert runs[0].tags["dagster/asset_partition_range_start"] == eight[0]
