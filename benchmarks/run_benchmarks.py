@@ -224,6 +224,8 @@ def child_ticks(integrations: str) -> None:
 
     defs = build_definitions(integrations)
     repository = defs.get_repository_def()
+    # As a code server does when it loads the location: every job resolved once, up front.
+    repository.get_all_jobs()
     sensor = repository.get_sensor_def("catch_up_sensor")
     config_sensor = repository.get_sensor_def("integrations_config_sensor")
     timings: dict[str, float] = {}
