@@ -93,6 +93,16 @@ class WindowRig:
             raise_on_error=False,
         )
 
+    def good_and_broken(self, missing: str) -> str:
+        """Two integrations of one group: `good` delivers, `broken` targets `missing`."""
+        self.configure(
+            [
+                ("good", "2026-11-24 00:00:00", self.clicks("good")),
+                ("broken", "2026-11-24 00:00:00", self.clicks("broken", bucket=missing)),
+            ]
+        )
+        return missing
+
     def groups(self):
         applied = apply_integrations(self.path.read_text())
         return build_window_groups(build_export_targets(applied.integrations))
@@ -182,13 +192,7 @@ def test_a_single_asset_run_and_a_group_run_deliver_identical_bytes(rig: WindowR
 def test_a_failing_integration_fails_alone_shows_failed_and_is_redelivered_alone(
     rig: WindowRig,
 ) -> None:
-    missing = rig.bucket + "-not-yet"
-    rig.configure(
-        [
-            ("good", "2026-11-24 00:00:00", rig.clicks("good")),
-            ("broken", "2026-11-24 00:00:00", rig.clicks("broken", bucket=missing)),
-        ]
-    )
+    missing = rig.good_and_broken(rig.bucket + "-not-yet")
     result = rig.run()
     assert not result.success
     assert len(result.get_step_failure_events()) == 1
@@ -267,13 +271,7 @@ def test_a_range_run_delivers_each_window_to_each_integration_from_one_read(
 def test_a_permanent_error_stops_that_destination_for_the_rest_of_its_run(
     rig: WindowRig,
 ) -> None:
-    missing = rig.bucket + "-gone"
-    rig.configure(
-        [
-            ("good", "2026-11-24 00:00:00", rig.clicks("good")),
-            ("broken", "2026-11-24 00:00:00", rig.clicks("broken", bucket=missing)),
-        ]
-    )
+    rig.good_and_broken(rig.bucket + "-gone")
     windows = [f"2026-11-25-{hour}:00" for hour in (10, 11, 12)]
     result = rig.run(last=windows[-1])
     assert not result.success
