@@ -323,31 +323,12 @@ def _describe(error: dict[str, Any], raw: Any) -> str:
 
 
 def parse_integrations(text: str, source: str = "integrations.yaml") -> IntegrationsFile:
-    """Parse and validate the YAML text; raise ConfigError listing every rule broken."""
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if raw is None:
-        raw = {"integrations": []}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: must be a mapping with an 'integrations' list")
-    if raw.get("integrations") is None:
-        raw = {**raw, "integrations": []}
-    try:
-        parsed = IntegrationsFile.model_validate(raw)
-    except ValidationError as exc:
-        problems = [_describe(error, raw) for error in exc.errors(include_input=False)]
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems)) from None
-    seen: set[str] = set()
-    for integration in parsed.integrations:
-        if integration.name in seen:
-            raise ConfigError(
-                f"{source} is invalid:\n  integration {integration.name!r}: name: "
-                "appears more than once; names must be unique"
-            )
-        seen.add(integration.name)
-    return parsed
+    """The strict reading (tests, tools): every rule of `apply_integrations`, and a ConfigError
+    listing every one broken instead of leaving blocks out."""
+    applied = _apply_entries(_parse_file(text, source), source, _digest(text), None)
+    if applied.problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(applied.problems))
+    return IntegrationsFile(integrations=applied.integrations)
 
 
 # --- Applying a file whose blocks may be broken --------------------------------------------
@@ -533,18 +514,27 @@ def apply_integrations(
       was applied before, both are refused, since neither can be known to be the owner.
     - A file that cannot be read as a list of blocks changes nothing: `last_good` stays.
     """
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    previous = {i.name: i for i in last_good.integrations} if last_good else {}
     try:
         entries = _parse_file(text, source)
     except ConfigError as exc:
         return AppliedConfig(
             source=source,
-            file_sha256=digest,
-            integrations=tuple(previous.values()),
+            file_sha256=_digest(text),
+            integrations=last_good.integrations if last_good else (),
             file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
         )
+    return _apply_entries(entries, source, _digest(text), last_good)
 
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _apply_entries(
+    entries: list[Any], source: str, digest: str, last_good: AppliedConfig | None
+) -> AppliedConfig:
+    """The rules of `apply_integrations`, block by block, over the file's entries."""
+    previous = {i.name: i for i in last_good.integrations} if last_good else {}
     problems: list[str] = []
     raw = {"integrations": entries}
     chosen: dict[str, IntegrationConfig] = {}
@@ -556,7 +546,10 @@ def apply_integrations(
         label = f"integration {name!r}" if isinstance(name, str) else f"integration #{index + 1}"
         if isinstance(name, str) and uses[name] > 1:
             if name not in order:
-                problems.append(f"{label}: name: appears {uses[name]} times; names must be unique")
+                problems.append(
+                    f"{label}: name: appears more than once ({uses[name]} times); names must "
+                    "be unique"
+                )
                 order.append(name)
             continue
         try:

@@ -611,9 +611,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     start, end = hour - timedelta(days=args.days), hour + timedelta(days=1)
     if args.from_integrations:
         # Every window from each integration's start holds demo events, not empty files.
-        from affise_s3_assets.config import load_integrations
+        # Applied as the code location applies it: one broken block must not stop the demo.
+        from affise_s3_assets.live_config import apply_file
 
-        starts = [i.start for i in load_integrations(args.from_integrations).integrations]
+        starts = [i.start for i in apply_file(args.from_integrations).integrations]
         start = min([start, *starts])
     began = time.perf_counter()
     counts = generate_demo_events(args.db, start, end, args.clicks_per_day, args.seed)

@@ -86,13 +86,20 @@ def read_file(path: Path) -> tuple[str, str | None]:
 
 
 def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None) -> AppliedConfig:
-    """The config the code location should run now, from the file and the last good one."""
+    """The config the code location should run now, from the file and the last good one.
+
+    A file read as it was when `last_good` was applied gives `last_good` itself, unapplied: the
+    config sensor reads the file every few seconds, and 10,000 integrations take seconds.
+    """
     path = path or integrations_path()
     text, error = read_file(path)
+    digest = hashlib.sha256((text if error is None else error).encode()).hexdigest()
+    if last_good is not None and (last_good.source, last_good.file_sha256) == (str(path), digest):
+        return last_good
     if error is not None:
         return AppliedConfig(
             source=str(path),
-            file_sha256=hashlib.sha256(error.encode()).hexdigest(),
+            file_sha256=digest,
             integrations=last_good.integrations if last_good else (),
             file_error=f"{error}; the last good integrations keep running",
         )
@@ -174,19 +181,14 @@ def _reload_in_background(webserver_url: str, location: str) -> None:
 
 
 def location_name() -> str:
+    """$AFFISE_CODE_LOCATION, else the name the loading code server gives the location."""
     from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext
 
     configured = os.environ.get("AFFISE_CODE_LOCATION")
-    if configured:
-        return configured
-    loaded = DefinitionsLoadContext.get().code_location_name if _load_context_set() else None
-    return loaded or DEFAULT_LOCATION_NAME
-
-
-def _load_context_set() -> bool:
-    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext
-
-    return DefinitionsLoadContext.is_set()
+    loaded = (
+        DefinitionsLoadContext.get().code_location_name if DefinitionsLoadContext.is_set() else None
+    )
+    return configured or loaded or DEFAULT_LOCATION_NAME
 
 
 def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefinition:
@@ -202,12 +204,8 @@ def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefin
         "and shows what was refused.\n\n" + status_line(applied),
     )
     def integrations_config_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        text, error = read_file(path)
-        # Unchanged (the usual tick): nothing to apply, whatever the file's size.
-        if error is None and hashlib.sha256(text.encode()).hexdigest() == applied.file_sha256:
-            return dg.SkipReason(status_line(applied))
         current = apply_file(path, last_good=applied)
-        if current.file_sha256 == applied.file_sha256:
+        if current is applied:  # unchanged, the usual tick
             return dg.SkipReason(status_line(applied))
         if current.file_error is not None:
             context.log.error(f"integrations file NOT applied: {current.file_error}")

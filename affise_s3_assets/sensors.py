@@ -253,9 +253,9 @@ def plan_catch_up(
     an export's start or frequency changes, it is planned again from its start, skipping the
     windows already materialized (`materialized`, asked only for such exports); after a
     frequency change, windows overlapping what the old frequency delivered are skipped too.
+    The sensor caches `materialized` for the tick: `plan_redelivery` asks it too.
     """
     now = _naive(now)
-    materialized = functools.cache(materialized) if materialized else None
     state = dict(exports)
     members: list[_Member] = []
     for group in groups:

@@ -8,6 +8,7 @@ job over one partitions definition only (assets with different ones are refused)
 windows start at its earliest integration's first window; each target knows its own start.
 """
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -87,17 +88,22 @@ class WindowGroup:
     def windows_per_run(self) -> int:
         return max(1, RUN_SPAN // self.step)
 
-    @property
+    # Derived once: the sensor asks `live` and `due` for every window it examines.
+    @functools.cached_property
     def first_window(self) -> datetime:
         return min(target.first_window for target in self.targets)
 
-    @property
+    @functools.cached_property
     def live(self) -> tuple[ExportTarget, ...]:
         """The targets schedules and the catch-up deliver; disabled ones only by hand."""
         return tuple(target for target in self.targets if target.enabled)
 
-    def partitions_def(self) -> dg.TimeWindowPartitionsDefinition:
+    @functools.cached_property
+    def _partitions_def(self) -> dg.TimeWindowPartitionsDefinition:
         return window_partitions(self.first_window, self.frequency)
+
+    def partitions_def(self) -> dg.TimeWindowPartitionsDefinition:
+        return self._partitions_def
 
     def due(self, window_start: datetime) -> list[ExportTarget]:
         """The live targets that deliver the window starting at `window_start` (naive UTC)."""

@@ -88,7 +88,9 @@ def test_a_name_used_twice_refuses_every_block_of_it() -> None:
     )
     applied = apply_integrations(text)
     assert names(applied) == ["ok"]
-    assert applied.problems == ("integration 'acme': name: appears 2 times; names must be unique",)
+    assert applied.problems == (
+        "integration 'acme': name: appears more than once (2 times); names must be unique",
+    )
 
 
 @pytest.mark.parametrize(
