@@ -13,7 +13,9 @@ Three kinds of window, planned by three pure functions the tests drive directly:
   tried again at a slow cadence (2 minutes, doubling, at most an hour), so a broken destination
   is not hammered, and once it works every window it missed is delivered with no operator.
 
-State is the typed, versioned `CatchUpState` in the sensor's cursor; what was delivered comes
+State is the typed, versioned `CatchUpState`, kept in the instance's key-value store (it holds
+every export: megabytes at 10,000) and written only when it changed; the sensor's cursor, which
+Dagster copies into every tick, names only which stored copy is current. What was delivered comes
 from Dagster (materialized partitions), asked only for the few exports that need it.
 """
 
@@ -39,7 +41,8 @@ from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_reque
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 SENSOR_NAME = "catch_up_sensor"
-CURSOR_VERSION = 2
+CURSOR_VERSION = 2  # of the stored state
+POINTER_VERSION = 3  # of the cursor naming the stored copy
 TICK_SECONDS = 30
 CATCH_UP_TAG = "affise/catch_up"
 REDELIVERY_TAG = "affise/redelivery"
@@ -165,6 +168,71 @@ class CatchUpState:
         )
 
 
+@dataclass(frozen=True)
+class StoredState:
+    """Where the sensor keeps its `CatchUpState`: two slots of the instance's key-value store,
+    written alternately, and a cursor naming the current one.
+
+    A tick writes the slot the cursor does not name, and only when the state changed; Dagster
+    saves the new cursor only once the tick's runs are submitted. A tick that dies in between
+    leaves the cursor on the slot it read, intact, and the next tick plans again from there
+    (its run keys make a repeated request a no-op).
+    """
+
+    scope: str  # code location and repository: two deployments on one instance never mix
+
+    @classmethod
+    def of(cls, context: dg.SensorEvaluationContext) -> "StoredState":
+        origin = context.code_location_origin
+        location = origin.location_name if origin else ""
+        return cls(f"{location}/{context.repository_name or ''}")
+
+    def stored_text(self, instance: dg.DagsterInstance, cursor: str) -> str | None:
+        """The stored state a cursor names, as stored (None: not there)."""
+        slot = self._slot(json.loads(cursor)["generation"])
+        return instance.run_storage.get_cursor_values({slot}).get(slot)
+
+    def _slot(self, generation: int) -> str:
+        return f"affise/{self.scope}/{SENSOR_NAME}/state/{generation % 2}"
+
+    def load(self, instance: dg.DagsterInstance, cursor: str | None) -> "LoadedState":
+        if not cursor:
+            return LoadedState(CatchUpState(), None, None, lost=False)
+        pointer = json.loads(cursor)
+        if pointer.get("version") != POINTER_VERSION:
+            # Earlier versions kept the whole state in the cursor.
+            return LoadedState(CatchUpState.from_json(cursor), None, None, lost=False)
+        text = self.stored_text(instance, cursor)
+        if text is None or hashlib.sha256(text.encode()).hexdigest() != pointer["sha256"]:
+            # Lost (a wiped key-value table): start over, but deliver no window again that
+            # Dagster has as materialized.
+            return LoadedState(CatchUpState(), None, None, lost=True)
+        return LoadedState(
+            CatchUpState.from_json(text), pointer["generation"], pointer["sha256"], lost=False
+        )
+
+    def save(self, instance: dg.DagsterInstance, state: CatchUpState, read: "LoadedState") -> str:
+        """Stores `state` if it changed; returns the cursor naming it."""
+        text = state.to_json()
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        generation = read.generation or 0
+        if read.generation is None or digest != read.sha256:
+            generation += 1
+            instance.run_storage.set_cursor_values({self._slot(generation): text})
+        return json.dumps(
+            {"version": POINTER_VERSION, "generation": generation, "sha256": digest},
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    state: CatchUpState
+    generation: int | None  # of the slot it was read from; None: not stored yet
+    sha256: str | None
+    lost: bool  # the cursor named a slot that is gone
+
+
 def _windows_id(target: ExportTarget) -> str:
     return f"{_key(target.first_window)}/{target.frequency}"
 
@@ -244,6 +312,7 @@ def plan_catch_up(
     now: datetime,
     budget: int = CATCH_UP_IN_FLIGHT,
     materialized: Callable[[dg.AssetKey], set[str]] | None = None,
+    lost: bool = False,
 ) -> tuple[list[dg.RunRequest], dict[str, ExportProgress]]:
     """This tick's backlog runs and the next progress of every export.
 
@@ -253,7 +322,9 @@ def plan_catch_up(
     an export's start or frequency changes, it is planned again from its start, skipping the
     windows already materialized (`materialized`, asked only for such exports); after a
     frequency change, windows overlapping what the old frequency delivered are skipped too.
-    The sensor caches `materialized` for the tick: `plan_redelivery` asks it too.
+    The sensor caches `materialized` for the tick: `plan_redelivery` asks it too. `lost`
+    (the stored progress is gone) plans every export again from its start, skipping what
+    was materialized.
     """
     now = _naive(now)
     state = dict(exports)
@@ -269,6 +340,9 @@ def plan_catch_up(
                     next=_key(target.first_window),
                     until=_key(last_closed),
                 )
+                if lost:
+                    progress.skip_materialized = True
+                    progress.started = True
                 if previous is not None:
                     progress.skip_materialized = True
                     progress.started = True
@@ -636,9 +710,18 @@ def build_catch_up_sensor(
         ),
     )
     def catch_up_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        state = CatchUpState.from_json(context.cursor)
-        now = datetime.now(UTC)
         instance = context.instance
+        store = StoredState.of(context)
+        read = store.load(instance, context.cursor)
+        state = read.state
+        if read.lost:
+            context.log.warning(
+                "The catch-up state named by the cursor is gone: every export is planned again "
+                "from its start, skipping what is materialized, and every failed run is read "
+                "again."
+            )
+            state.ended_runs_after = {status.name: 0 for status in _ENDED}
+        now = datetime.now(UTC)
         # A group whose schedule an operator stopped is paused: nothing of it is requested.
         paused = paused_schedules(instance)
         live = [group for group in all_live if group.schedule_name not in paused]
@@ -664,6 +747,7 @@ def build_catch_up_sensor(
             now,
             budget=max(0, CATCH_UP_IN_FLIGHT - in_flight),
             materialized=materialized,
+            lost=read.lost,
         )
         failed, state.ended_runs_after = ended_runs_since(
             instance,
@@ -682,6 +766,8 @@ def build_catch_up_sensor(
             busy=redeliveries_in_flight(instance),
             budget=max(0, CATCH_UP_IN_FLIGHT - in_flight - len(backlog)),
         )
-        return dg.SensorResult(run_requests=missed + backlog + redeliveries, cursor=state.to_json())
+        return dg.SensorResult(
+            run_requests=missed + backlog + redeliveries, cursor=store.save(instance, state, read)
+        )
 
     return catch_up_sensor

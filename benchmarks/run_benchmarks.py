@@ -221,6 +221,7 @@ def child_ticks(integrations: str) -> None:
     import dagster as dg
 
     from affise_s3_assets.definitions import build_definitions
+    from affise_s3_assets.sensors import StoredState
 
     defs = build_definitions(integrations)
     repository = defs.get_repository_def()
@@ -239,6 +240,8 @@ def child_ticks(integrations: str) -> None:
         sensor.evaluate_tick(context)
         timings["sensor_next_tick"] = time.perf_counter() - started
         timings["cursor_kb"] = len(first.cursor or "") / 1024
+        stored = StoredState.of(context).stored_text(instance, first.cursor or "")
+        timings["state_kb"] = len(stored or "") / 1024
         started = time.perf_counter()
         config_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
         timings["config_sensor_tick"] = time.perf_counter() - started
@@ -277,8 +280,11 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
     (group,) = [g for g in groups if g.job_name == job_name]
     start = datetime.strptime(partition, "%Y-%m-%d-%H:%M")
     job = build_definitions(applied).resolve_job_def(job_name)
+    # The cluster's event log (docs/scaling.md) is Postgres; SQLite is `dagster dev`'s.
+    url = os.environ.get("BENCH_POSTGRES_URL")
+    overrides = {"storage": {"postgres": {"postgres_url": url}}} if url else None
     started = time.perf_counter()
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(overrides=overrides) as instance:
         tags = (
             {
                 "dagster/asset_partition_range_start": partition,
@@ -294,10 +300,10 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
             instance=instance,
         )
         assert result.success
-        materializations = sum(
-            len(instance.get_materialized_partitions(t.asset_key)) for t in group.due(start)
-        )
-    emit({"wall": time.perf_counter() - started, "objects": materializations})
+        wall = time.perf_counter() - started
+        # This run's own: a Postgres event log keeps the earlier windows' too.
+        materializations = len(result.get_asset_materialization_events())
+    emit({"wall": wall, "objects": materializations})
 
 
 # ---------------------------------------------------------------- parent
@@ -636,7 +642,8 @@ def tick_case(count: int) -> None:
         f"- {count:,} integrations ({2 * count:,} exports): catch-up sensor tick, first "
         f"(empty cursor) {ticks['sensor_first_tick']:.2f} s ({ticks['first_tick_runs']} runs "
         f"requested), next {ticks['sensor_next_tick']:.2f} s, cursor "
-        f"{ticks['cursor_kb']:.0f} KB; config sensor tick {ticks['config_sensor_tick']:.2f} s; "
+        f"{ticks['cursor_kb']:.1f} KB (state stored apart: {ticks['state_kb']:.0f} KB); "
+        f"config sensor tick {ticks['config_sensor_tick']:.2f} s; "
         f"every schedule on the hour {ticks['all_schedules_tick']:.2f} s in all "
         f"({ticks['all_schedules_runs']} runs)"
     )
@@ -699,6 +706,69 @@ def scale_cases(count: int, windows: int) -> None:
             f"| {partition} | {in_window:,} | {result['objects']:,} | "
             f"{result['wall']:.1f} | {result['process_wall']:.1f} | {rss:.0f} |"
         )
+
+
+PG_DIR = Path("/tmp/affise-bench-postgres")
+PG_PORT = 5439
+
+
+def start_postgres() -> str:
+    """A throwaway Postgres cluster on loopback (Debian's postgresql); returns its URL."""
+    stop_postgres()
+    shutil.rmtree(PG_DIR, ignore_errors=True)
+    PG_DIR.mkdir(parents=True)
+    # initdb refuses to run as root.
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if prefix:
+        shutil.chown(PG_DIR, "postgres")
+    quiet = {"stdout": subprocess.DEVNULL, "check": True}
+    subprocess.run([*prefix, "initdb", "-D", str(PG_DIR), "-A", "trust", "-U", "bench"], **quiet)
+    options = f"-p {PG_PORT} -k {PG_DIR} -c listen_addresses=127.0.0.1 -c fsync=on"
+    log = str(PG_DIR / "log")
+    subprocess.run(
+        [*prefix, "pg_ctl", "-D", str(PG_DIR), "-o", options, "-l", log, "-w", "start"], **quiet
+    )
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; dagster-postgres ships psycopg2.
+    return f"postgresql+psycopg2://bench@127.0.0.1:{PG_PORT}/postgres"
+
+
+def stop_postgres() -> None:
+    if not (PG_DIR / "postmaster.pid").exists():
+        return
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run(
+        [*prefix, "pg_ctl", "-D", str(PG_DIR), "-m", "fast", "stop"],
+        stdout=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def window_storage_case(count: int, windows: int) -> None:
+    """The same window runs as `scale`, with the event log on Postgres (the cluster's) and on
+    SQLite (`dagster dev`'s): what Dagster's two events per integration and window cost."""
+    many = write_integrations(count)
+    fifteen = OUT / f"integrations-{count}-15min.yaml"
+    fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
+    db = fanout_db(count)
+    env = {f"C{i:04d}_KEY": KEY for i in range(count)} | {
+        f"C{i:04d}_SECRET": SECRET for i in range(count)
+    }
+    print(f"\n## Window runs by event log storage: {count:,} integrations' clicks, 15 minutes")
+    print("| storage | window | objects | run wall s | peak RSS MB |\n|---|---|---|---|---|")
+    url = start_postgres()
+    try:
+        for storage, extra in (("postgres", {"BENCH_POSTGRES_URL": url}), ("sqlite", {})):
+            for n in range(windows):
+                start = DAY + timedelta(hours=10, minutes=15 * n)
+                partition = start.strftime("%Y-%m-%d-%H:%M")
+                args = ["--child", "window", str(fifteen), str(db), partition]
+                result, rss = run_child(args, env | extra)
+                print(
+                    f"| {storage} | {partition} | {result['objects']:,} | "
+                    f"{result['wall']:.1f} | {rss:.0f} |"
+                )
+    finally:
+        stop_postgres()
 
 
 def backlog_case() -> None:
@@ -859,7 +929,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4, help="15-minute windows delivered")
     parser.add_argument(
         "--only",
-        choices=["export", "profile", "parquet", "scale", "backlog", "lag"],
+        choices=["export", "profile", "parquet", "scale", "storage", "backlog", "lag"],
         action="append",
     )
     parser.add_argument("--lag-minutes", type=int, default=6)
@@ -876,6 +946,8 @@ def main() -> None:
             parquet_case(options.rows)
         if "scale" in parts:
             scale_cases(options.integrations, options.windows)
+        if "storage" in parts:
+            window_storage_case(options.integrations, 2)
         if "backlog" in parts:
             backlog_case()
         if "lag" in parts:

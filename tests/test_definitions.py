@@ -1,5 +1,6 @@
 """Snapshot of what the definitions produce: catches a config-driven factory drifting."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,12 @@ from typing import Any
 import dagster as dg
 
 from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.sensors import CATCH_UP_IN_FLIGHT, FIRST_RANGE_PRIORITY
+from affise_s3_assets.sensors import (
+    CATCH_UP_IN_FLIGHT,
+    FIRST_RANGE_PRIORITY,
+    CatchUpState,
+    StoredState,
+)
 from tests.conftest import ROOT
 
 SHIPPED = ROOT / "integrations.yaml"
@@ -200,6 +206,57 @@ def test_catch_up_sensor_requests_day_ranges_new_integrations_first() -> None:
         "conversions_every_30min_job",
         "conversions_every_60min_job",
     }
+
+
+def test_the_catch_up_cursor_names_stored_state_written_only_when_it_changes() -> None:
+    """Dagster copies a sensor's cursor into every tick: it stays a few bytes whatever the
+    number of exports, and the state it names survives a tick that never saved its cursor."""
+    defs = build_definitions(SHIPPED)
+    sensor = defs.get_repository_def().get_sensor_def("catch_up_sensor")
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None) -> dg.SensorResult:
+            context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
+            return sensor.evaluate_tick(context)
+
+        first = tick(None)
+        assert len(first.cursor) < 200
+        store = StoredState.of(dg.build_sensor_context(instance=instance, definitions=defs))
+        stored = store.stored_text(instance, first.cursor)
+        assert CatchUpState.from_json(stored).exports["affise/acme/clicks"].started
+        # A tick whose cursor was never saved (the daemon died before) plans the same runs
+        # again from the slot it read: nothing is skipped, and run keys make it one run each.
+        again = tick(None)
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+        second = tick(first.cursor)
+        assert {r.run_key for r in second.run_requests}.isdisjoint(
+            r.run_key for r in first.run_requests
+        )
+        # The stored copy the first cursor named is intact after the second tick wrote.
+        assert store.stored_text(instance, first.cursor) == stored
+        # Once the backlog is requested, a tick that changes nothing writes nothing: the same
+        # cursor. (A window may close between two ticks: then the next pair is compared.)
+        cursor, unchanged = second.cursor, False
+        for _ in range(40):
+            following = tick(cursor).cursor
+            unchanged, cursor = following == cursor, following
+            if unchanged:
+                break
+        assert unchanged
+        # A cursor whose stored state is gone (a wiped table) plans everything again from
+        # each start, skipping the windows Dagster has as materialized.
+        acme = dg.AssetKey(["affise", "acme", "clicks"])
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(acme, partition="2026-11-26-00:00")
+        )
+        gone = json.dumps({"version": 3, "generation": 9, "sha256": "0" * 64})
+        (replanned,) = [r for r in tick(gone).run_requests if r.asset_selection == [acme]][:1]
+        assert replanned.tags["dagster/asset_partition_range_start"] == "2026-11-26-00:15"
+        # A cursor of the previous version (the whole state in it) is read and moved out.
+        legacy = CatchUpState.from_json(stored).to_json()
+        moved = tick(legacy)
+        assert json.loads(moved.cursor)["version"] == 3
+        assert [r.run_key for r in moved.run_requests] == [r.run_key for r in second.run_requests]
 
 
 def test_definitions_validate_with_secrets_unset() -> None:
