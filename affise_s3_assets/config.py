@@ -647,4 +647,11 @@ def resolve_reference(reference: str, what: str) -> str:
     value = os.environ.get(variable)
     if not value:
         raise ConfigError(f"{what}: environment variable {variable} is not set")
+    # A key pasted with its newline would go into the signed Authorization header, and
+    # http.client's refusal of that header quotes it: key id and signature in the error.
+    if any(char.isspace() or not char.isprintable() for char in value):
+        raise ConfigError(
+            f"{what}: environment variable {variable} holds whitespace or control characters "
+            "(a trailing newline?); credentials are refused until it is fixed"
+        )
     return value

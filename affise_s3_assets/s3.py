@@ -4,6 +4,8 @@ unknown length, and what an S3 failure means. Knows S3, nothing of keys, windows
 
 import contextlib
 import functools
+import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -14,6 +16,12 @@ from typing import IO, Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
+from botocore.configprovider import (
+    BOTOCORE_DEFAUT_SESSION_VARIABLES,
+    ConfigValueStore,
+    ConstantProvider,
+)
 
 from affise_s3_assets.config import ConfigError, resolve_reference
 
@@ -84,6 +92,29 @@ _session_lock = threading.Lock()
 _session: boto3.session.Session | None = None
 
 
+def isolated_botocore_session() -> botocore.session.Session:
+    """A botocore session that reads no `AWS_*` variable and no `~/.aws` file: a destination
+    is its integration's block alone. (`AWS_ENDPOINT_URL` or a profile's `endpoint_url` would
+    otherwise send an integration shown as AWS to another server; a profile's `s3` section
+    would change its addressing.) Every setting botocore looks up is a constant, its default."""
+    session = botocore.session.Session()
+    constants: dict[str, Any] = {
+        name: ConstantProvider(default)
+        for name, (_, _, default, _) in BOTOCORE_DEFAUT_SESSION_VARIABLES.items()
+    }
+    constants |= {
+        "config_file": ConstantProvider(os.devnull),
+        "credentials_file": ConstantProvider(os.devnull),
+        "s3": ConstantProvider({}),
+        "proxies_config": ConstantProvider({}),
+        # Endpoints from AWS_ENDPOINT_URL(_S3) and the files are looked up apart from the
+        # rest: this one switch turns that lookup off.
+        "ignore_configured_endpoint_urls": ConstantProvider(True),
+    }
+    session.register_component("config_store", ConfigValueStore(mapping=constants))
+    return session
+
+
 @functools.lru_cache(maxsize=4096)
 def _cached_client(region: str, endpoint_url: str | None, access_key: str, secret_key: str) -> Any:
     # One session for the process: a new session per client costs ~140 ms (it reloads the
@@ -92,23 +123,25 @@ def _cached_client(region: str, endpoint_url: str | None, access_key: str, secre
     global _session
     with _session_lock:
         if _session is None:
-            _session = boto3.session.Session()
+            _session = boto3.session.Session(botocore_session=isolated_botocore_session())
         return _session.client(
             "s3",
             region_name=region,
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
+            verify=True,  # the bundled CA store, not an AWS_CA_BUNDLE or REQUESTS_CA_BUNDLE
             config=botocore.config.Config(
                 # S3-compatible stores (Ceph RGW, MinIO) want path-style URLs on an endpoint.
                 s3={"addressing_style": "path" if endpoint_url else "auto"},
                 # RGW does not understand boto3's default trailing checksums.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 read_timeout=READ_TIMEOUT_SECONDS,
                 max_pool_connections=32,
+                ignore_configured_endpoint_urls=True,
             ),
         )
 
@@ -317,7 +350,17 @@ def describe_s3_error(exc: BaseException) -> str:
         return f"{code} (HTTP {status}){': ' + message if message else ''}"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"cannot connect to endpoint {exc.kwargs.get('endpoint_url')}"
-    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    text = _REQUEST_SECRETS.sub("[request headers withheld]", str(exc))
+    return type(exc).__name__ + (f": {text}" if text else "")
+
+
+# Where a request's signing material starts in an error's text (http.client quotes a refused
+# header whole): everything from there on is left out.
+_REQUEST_SECRETS = re.compile(
+    r"(AWS4-HMAC-SHA256|Credential=|Signature=|X-Amz-|Authorization|aws_access_key_id"
+    r"|aws_secret_access_key).*",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 class DeliveryError(Exception):
