@@ -198,7 +198,7 @@ class EventsDatabase(dg.ConfigurableResource):
     ) -> Iterator[pl.DataFrame]:
         """One sub-window's rows in order. Sub-windows are equal in time, not in rows: one that
         holds more than twice `slice_rows` (events bunched in time) is halved, and a single
-        instant that still does is sorted by DuckDB, under its memory limit, so memory stays
+        instant that still does is read in id ranges (`_instant_frames`), so memory stays
         bounded whatever the source's shape."""
         limit = 2 * self.slice_rows
         # Through the Arrow C stream: no pyarrow in the process (~40 MB less RSS).
@@ -214,17 +214,43 @@ class EventsDatabase(dg.ConfigurableResource):
             yield from self._slice_frames(con, query, start, middle)
             yield from self._slice_frames(con, query, middle, end)
             return
-        # One microsecond holding more rows than a slice: DuckDB sorts them (spilling to
-        # disk beyond its memory limit) and hands them over a batch at a time. Its order is
-        # polars' (binary string order, NULL first), so the bytes do not depend on the path.
-        ordered = f"{query} ORDER BY " + ", ".join(f"{c} NULLS FIRST" for c in ROW_ORDER)
-        batch_rows = min(self.batch_rows, self.slice_rows)
-        reader = con.sql(ordered, params=[start, end]).to_arrow_reader(batch_rows)
-        try:
-            for batch in reader:
-                yield pl.DataFrame(batch)
-        finally:
-            reader.close()
+        yield from self._instant_frames(con, query, start, end)
+
+    def _instant_frames(
+        self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
+    ) -> Iterator[pl.DataFrame]:
+        """One microsecond holding more rows than a slice (a bulk import stamped with one
+        time), in `id` order, a bounded batch at a time. DuckDB's ORDER BY of the whole
+        instant fails at its memory limit, and so does a top-N of whole rows; a top-N of the
+        ids alone is small. So the instant is read as consecutive id ranges: the n-th next id
+        bounds a range, whose rows polars sorts. DuckDB's string order is polars' (binary), so
+        the bytes do not depend on the path."""
+        page_rows = min(self.batch_rows, self.slice_rows)
+        # NULL ids sort first; they cannot be paged by id (rare: sorted together, whole).
+        yield from self._sorted(con, f"{query} AND id IS NULL", [start, end])
+        last: str | None = None
+        while True:
+            after = "" if last is None else " AND id > $3"
+            params: list[object] = [start, end] if last is None else [start, end, last]
+            ((bound,),) = con.execute(
+                f"SELECT max(id) FROM (SELECT id FROM ({query}) WHERE id IS NOT NULL{after} "
+                f"ORDER BY id LIMIT {page_rows})",
+                params,
+            ).fetchall()
+            if bound is None:
+                return
+            # Every row of the range, ids equal to the bound included: none is cut in two.
+            upto = f" AND id <= ${len(params) + 1}"
+            yield from self._sorted(con, f"{query}{after}{upto}", [*params, bound])
+            last = bound
+
+    def _sorted(
+        self, con: duckdb.DuckDBPyConnection, query: str, params: list[object]
+    ) -> Iterator[pl.DataFrame]:
+        frame = pl.DataFrame(con.sql(query, params=params))
+        frame = frame.sort(ROW_ORDER, nulls_last=False)
+        for offset in range(0, frame.height, self.batch_rows):
+            yield frame.slice(offset, self.batch_rows)
 
 
 def sub_windows(

@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+import polars as pl
 import pytest
 
 from affise_s3_assets.config import IntegrationConfig, parse_integrations
@@ -413,3 +414,67 @@ def test_a_partition_range_is_one_object_per_window_from_one_read(
         start = datetime(2026, 11, 25, hour)
         _, expected = source_rows(events_db, "clicks", start, start + timedelta(hours=1))
         assert rows == expected and rows
+
+
+@pytest.fixture(scope="module")
+def one_instant_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """500,000 clicks stamped with one microsecond (a bulk import), with 300 around them, as a
+    DuckDB file and as the same rows in a Parquet dataset."""
+    root = tmp_path_factory.mktemp("one-instant")
+    path = root / "events.duckdb"
+    with duckdb.connect(str(path)) as con:
+        load_schema(con)
+        con.execute(
+            "INSERT INTO clicks (id, created_at, affiliate_id, ua, sub1) "
+            "SELECT md5(i::VARCHAR), TIMESTAMP '2026-11-25 10:07:00.123456', (i % 50)::INT, "
+            "repeat('Mozilla/5.0 ', 8), 's' || i FROM range(500000) t(i)"
+        )
+        con.execute(
+            "INSERT INTO clicks (id, created_at, affiliate_id) SELECT md5('d' || i), "
+            "TIMESTAMP '2026-11-25 10:00:00' + i * INTERVAL 3 SECOND, 7 FROM range(300) t(i)"
+        )
+        dataset = root / "dataset"
+        (dataset / "clicks" / "date=2026-11-25").mkdir(parents=True)
+        (dataset / "conversions").mkdir()
+        con.execute(
+            f"COPY clicks TO '{dataset}/clicks/date=2026-11-25/part-0.parquet' (FORMAT parquet)"
+        )
+    return {"duckdb": path, "parquet": dataset}
+
+
+def test_half_a_million_events_at_one_instant_are_delivered_in_bounded_batches(
+    s3_server: S3Server,
+    bucket: str,
+    customer_env: dict[str, str],
+    one_instant_sources: dict[str, Path],
+) -> None:
+    """DuckDB's ORDER BY of one crowded microsecond fails at the loader's memory limit: the
+    instant is read as id ranges instead, and the object is the window's rows in order, the
+    same bytes from the DuckDB file and from the Parquet dataset."""
+    acme = integration(s3_server, bucket, frequency=15)
+    objects = {}
+    for kind, source in one_instant_sources.items():
+        deliver(export_asset(acme), "2026-11-25-10:00", source)
+        (key,) = keys_in(s3_server, bucket)
+        objects[kind] = fetch(s3_server, bucket, key)
+        s3_server.client().delete_object(Bucket=bucket, Key=key)
+    assert objects["parquet"] == objects["duckdb"]
+    # Every row, in order: (created_at, id) of the file against the source sorted by Python.
+    got = pl.read_csv(gzip.decompress(objects["duckdb"]), infer_schema=False)
+    with duckdb.connect(str(one_instant_sources["duckdb"]), read_only=True) as con:
+        source = con.execute(
+            "SELECT created_at, id FROM clicks WHERE created_at >= ? AND created_at < ?",
+            [datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 10, 15)],
+        ).fetchall()
+    assert got.height == len(source) == 500_300
+    assert list(zip(got["created_at"], got["id"], strict=True)) == [
+        (as_csv_text(at), id_) for at, id_ in sorted(source)
+    ]
+    # And whole rows as the contract writes them: the 300 around the instant and a sample of it.
+    with duckdb.connect(str(one_instant_sources["duckdb"]), read_only=True) as con:
+        sample = con.execute(
+            "SELECT * FROM clicks WHERE sub1 IS NULL OR sub1 LIKE '%777' ORDER BY created_at, id"
+        ).fetchall()
+    rows = got.filter(pl.col("sub1").is_null() | pl.col("sub1").str.ends_with("777"))
+    assert len(sample) == 300 + 500
+    assert rows.rows() == [tuple(as_csv_text(value) for value in row) for row in sample]

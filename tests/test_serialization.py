@@ -122,7 +122,7 @@ def bunched_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bunched_events_are_read_in_bounded_slices_in_the_same_order(bunched_db: Path) -> None:
     """Equal-time sub-windows would put 2,000 rows in one slice here; the loader halves a
-    crowded sub-window, and lets DuckDB sort a crowded single instant, without changing a byte."""
+    crowded sub-window, and reads a crowded single instant in id ranges, without changing a byte."""
     tight = EventsDatabase(path=str(bunched_db), slice_rows=100)
     frames = list(tight.window_frames("clicks", *DAY))
     assert max(frame.height for frame in frames) <= 200
