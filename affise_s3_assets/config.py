@@ -11,7 +11,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +60,20 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+_IP_ADDRESS_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+# Names AWS reserves (access point aliases, Object Lambda, directory and table buckets, ...):
+# accepted by the pattern, refused by S3 at delivery time.
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# A key is the directory, "/", then "YYYY/MM/DD/YYYY-MM-DD hh:mm:ss" and the file's suffix;
+# S3 caps keys at 1,024 bytes. 64 bytes are kept for the date part and any suffix.
+MAX_DIRECTORY_BYTES = 1024 - 64
+# How far back `start` may go: windows between it and now, per export. The partitions
+# definition lists every one of them (66.7M for 1900 at 1 minute: the UI's partition list
+# never returns). 1,000,000 is ~694 days at 1 minute, ~28 years at 15.
+MAX_WINDOWS_BEFORE_NOW = 1_000_000
+# How far ahead `start` may go: a later one delivers nothing for over a year, silently.
+MAX_START_AHEAD = timedelta(days=366)
 _OTHER_REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,49}")
 # YAML 1.1 turns these bare words into booleans; a directory or bucket written that way
 # arrives as True/False and must not become a folder called "False".
@@ -150,6 +164,14 @@ class EventExportConfig(BaseModel):
                 f"{value!r} is not an S3 bucket name (3-63 characters: lowercase letters, "
                 "digits, dots and hyphens, starting and ending with a letter or digit)"
             )
+        if _IP_ADDRESS_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an S3 bucket name: it must not be an IP address")
+        if value.startswith(_RESERVED_BUCKET_PREFIXES) or value.endswith(_RESERVED_BUCKET_SUFFIXES):
+            raise ValueError(
+                f"{value!r} is not an S3 bucket name: S3 reserves the prefixes "
+                f"{', '.join(_RESERVED_BUCKET_PREFIXES)} and the suffixes "
+                f"{', '.join(_RESERVED_BUCKET_SUFFIXES)}"
+            )
         return value
 
     @field_validator("region")
@@ -176,6 +198,13 @@ class EventExportConfig(BaseModel):
             raise ValueError(f"{value!r} must not contain empty, '.' or '..' path segments")
         if any(ord(ch) < 32 or ch == "\x7f" for ch in value):
             raise ValueError("must not contain control characters")
+        if "\\" in value:
+            raise ValueError(f"{value!r} must not contain a backslash (folders are split by '/')")
+        if len(value.encode()) > MAX_DIRECTORY_BYTES:
+            raise ValueError(
+                f"is {len(value.encode())} bytes; at most {MAX_DIRECTORY_BYTES} (UTF-8), so every "
+                "key stays within S3's 1,024"
+            )
         return value
 
     @field_validator("access_key", "secret_key", mode="before")
@@ -322,10 +351,12 @@ def _describe(error: dict[str, Any], raw: Any) -> str:
     return f"{where}: {field}: {message}"
 
 
-def parse_integrations(text: str, source: str = "integrations.yaml") -> IntegrationsFile:
+def parse_integrations(
+    text: str, source: str = "integrations.yaml", now: datetime | None = None
+) -> IntegrationsFile:
     """The strict reading (tests, tools): every rule of `apply_integrations`, and a ConfigError
     listing every one broken instead of leaving blocks out."""
-    applied = _apply_entries(_parse_file(text, source), source, _digest(text), None)
+    applied = _apply_entries(_parse_file(text, source), source, _digest(text), None, now)
     if applied.problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(applied.problems))
     return IntegrationsFile(integrations=applied.integrations)
@@ -502,7 +533,10 @@ def _parse_file(text: str, source: str) -> list[Any]:
 
 
 def apply_integrations(
-    text: str, source: str = "integrations.yaml", last_good: AppliedConfig | None = None
+    text: str,
+    source: str = "integrations.yaml",
+    last_good: AppliedConfig | None = None,
+    now: datetime | None = None,
 ) -> AppliedConfig:
     """Apply the file block by block; never raises for a broken block.
 
@@ -513,6 +547,9 @@ def apply_integrations(
       the same bucket and directory keeps delivering and the newcomer is refused; when neither
       was applied before, both are refused, since neither can be known to be the owner.
     - A file that cannot be read as a list of blocks changes nothing: `last_good` stays.
+    - A `start` more than MAX_START_AHEAD after `now` (default: the clock), or more than
+      MAX_WINDOWS_BEFORE_NOW windows before it, is refused; an export that `last_good`
+      already delivers with that start and frequency is not (time passing never breaks it).
     """
     try:
         entries = _parse_file(text, source)
@@ -523,7 +560,30 @@ def apply_integrations(
             integrations=last_good.integrations if last_good else (),
             file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
         )
-    return _apply_entries(entries, source, _digest(text), last_good)
+    return _apply_entries(entries, source, _digest(text), last_good, now)
+
+
+def _start_problems(
+    integration: IntegrationConfig, now: datetime, established: set[tuple[str, str, int]]
+) -> list[str]:
+    """The time-dependent rules of `start`, per export."""
+    label = f"integration {integration.name!r}: start"
+    if integration.start > now + MAX_START_AHEAD:
+        return [
+            f"{label}: {integration.start:%Y-%m-%d %H:%M:%S} is more than "
+            f"{MAX_START_AHEAD.days} days ahead; nothing would be delivered until then"
+        ]
+    problems = []
+    for event_type, export in integration.exports():
+        windows = (now - integration.start) // timedelta(minutes=export.frequency)
+        key = (integration.name, event_type, export.frequency)
+        if windows > MAX_WINDOWS_BEFORE_NOW and key not in established:
+            problems.append(
+                f"{label}: {integration.start:%Y-%m-%d %H:%M:%S} is {windows:,} windows of "
+                f"{export.frequency} min ({event_type}) before now; at most "
+                f"{MAX_WINDOWS_BEFORE_NOW:,}: start later or choose a longer frequency"
+            )
+    return problems
 
 
 def _digest(text: str) -> str:
@@ -531,9 +591,14 @@ def _digest(text: str) -> str:
 
 
 def _apply_entries(
-    entries: list[Any], source: str, digest: str, last_good: AppliedConfig | None
+    entries: list[Any],
+    source: str,
+    digest: str,
+    last_good: AppliedConfig | None,
+    now: datetime | None = None,
 ) -> AppliedConfig:
     """The rules of `apply_integrations`, block by block, over the file's entries."""
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     previous = {i.name: i for i in last_good.integrations} if last_good else {}
     problems: list[str] = []
     raw = {"integrations": entries}
@@ -561,6 +626,17 @@ def _apply_entries(
             )
             if isinstance(name, str) and name not in order:
                 order.append(name)
+            continue
+        before = previous.get(integration.name)
+        delivering = (
+            {(before.name, event_type, e.frequency) for event_type, e in before.exports()}
+            if before is not None and before.start == integration.start
+            else set()
+        )
+        start_problems = _start_problems(integration, now, delivering)
+        if start_problems:
+            problems.extend(start_problems)
+            order.append(integration.name)
             continue
         chosen[integration.name] = integration
         order.append(integration.name)

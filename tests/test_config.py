@@ -107,6 +107,18 @@ def test_every_allowed_frequency_is_accepted(frequency: int) -> None:
             "is not a region name",
         ),
         ("      colour: blue\n", "clicks.colour", "is not a known field"),
+        # Accepted by the pattern, refused by S3 at delivery time.
+        ("      bucket: 192.168.10.20\n", "clicks.bucket", "must not be an IP address"),
+        ("      bucket: xn--acme-raw\n", "clicks.bucket", "S3 reserves the prefixes"),
+        ("      bucket: acme-raw-s3alias\n", "clicks.bucket", "S3 reserves the prefixes"),
+        ("      bucket: acme-raw--ol-s3\n", "clicks.bucket", "S3 reserves the prefixes"),
+        (
+            "      directory: 'affise\\\\clicks'\n",
+            "clicks.directory",
+            "must not contain a backslash",
+        ),
+        (f"      directory: {'d' * 961}\n", "clicks.directory", "is 961 bytes; at most 960"),
+        (f"      directory: {'é' * 481}\n", "clicks.directory", "is 962 bytes; at most 960"),
     ],
 )
 def test_broken_field_names_integration_field_and_rule(line: str, field: str, rule: str) -> None:
@@ -210,3 +222,26 @@ def test_references_resolve_at_run_time_and_errors_never_show_values(monkeypatch
     monkeypatch.delenv("ACME_SECRET")
     with pytest.raises(ConfigError, match="acme secret_key: environment variable ACME_SECRET"):
         resolve_reference("${ACME_SECRET}", "acme secret_key")
+
+
+def test_a_start_that_cannot_work_is_refused_with_the_rule() -> None:
+    now = datetime(2026, 12, 1, 12, 0)
+    ahead = one_integration().replace("2026-11-01 00:00:00", "2028-01-01 00:00:00")
+    with pytest.raises(ConfigError) as caught:
+        parse_integrations(ahead, now=now)
+    assert "integration 'acme': start: 2028-01-01 00:00:00 is more than 366 days ahead" in str(
+        caught.value
+    )
+    far_back = one_integration("      frequency: 1\n").replace(
+        "2026-11-01 00:00:00", "1900-01-01 00:00:00"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_integrations(far_back, now=now)
+    minutes = int((now - datetime(1900, 1, 1)).total_seconds() // 60)  # 66.7M
+    assert (
+        f"integration 'acme': start: 1900-01-01 00:00:00 is {minutes:,} windows of 1 min "
+        "(clicks) before now; at most 1,000,000: start later or choose a longer frequency"
+    ) in str(caught.value)
+    # The bound is in windows: the same start at a day per window is 46,000-odd windows.
+    daily = far_back.replace("frequency: 1\n", "frequency: 1440\n")
+    assert parse_integrations(daily, now=now).integrations[0].clicks.frequency == 1440

@@ -1,5 +1,6 @@
 """Applying a file with broken blocks: every valid integration keeps running, nothing collides."""
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,17 @@ def test_one_store_spelled_two_ways_is_one_store() -> None:
     ):
         assert store_of(spelling) == "AWS", spelling
     assert store_of("https://acct.r2.cloudflarestorage.com") != "AWS"
+
+
+def test_time_passing_never_breaks_an_integration_already_delivering() -> None:
+    """The bound on windows before now grows with the clock: an export applied within it
+    stays applied with the same start and frequency, while a new one is refused."""
+    text = "integrations:\n" + block("acme", "acme-raw", "a", "      frequency: 1\n").replace(
+        "2026-11-26 00:00:00", "2025-01-01 00:00:00"
+    )
+    then = apply_integrations(text, now=datetime(2026, 11, 1))
+    assert names(then) == ["acme"] and then.problems == ()
+    later = datetime(2027, 12, 1)
+    assert names(apply_integrations(text, last_good=then, now=later)) == ["acme"]
+    fresh = apply_integrations(text, now=later)
+    assert names(fresh) == [] and "windows of 1 min (clicks) before now" in fresh.problems[0]
