@@ -415,3 +415,14 @@ def test_every_limited_tag_is_set_on_some_run(instance_config: Mapping[str, Any]
         assert limit["key"] in keys, f"no job, schedule or sensor run sets {limit['key']}"
     # Window runs span many integrations and buckets: a limit on these would match nothing.
     assert not keys & {"affise/integration", "affise/bucket"}
+
+
+def test_the_demo_instance_fails_runs_whose_worker_died(tmp_path: Path) -> None:
+    """`dagster dev`'s launcher cannot check a run worker's health: without a maximum runtime
+    a run killed with -9 stays STARTED for ever and its windows are never re-delivered."""
+    shutil.copy(ROOT / "scripts" / "dagster.dev.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_monitoring_enabled
+        assert 0 < instance.run_monitoring_max_runtime_seconds <= 3600
+        assert 0 < instance.run_monitoring_start_timeout_seconds <= 300
+        assert instance.run_monitoring_max_resume_run_attempts == 0
