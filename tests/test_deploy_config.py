@@ -7,6 +7,7 @@ every tag a queue limit keys on must be set on some run of the code location.
 """
 
 import copy
+import re
 import shutil
 import tomllib
 from collections.abc import Mapping
@@ -426,3 +427,20 @@ def test_the_demo_instance_fails_runs_whose_worker_died(tmp_path: Path) -> None:
         assert 0 < instance.run_monitoring_max_runtime_seconds <= 3600
         assert 0 < instance.run_monitoring_start_timeout_seconds <= 300
         assert instance.run_monitoring_max_resume_run_attempts == 0
+
+
+def test_every_test_the_readme_cites_for_a_guarantee_exists() -> None:
+    section = (ROOT / "README.md").read_text().split("## Guarantees")[1].split("\n## ")[0]
+    cited = 0
+    for row in section.splitlines():
+        current = None
+        for match in re.finditer(r"`(?:(test_\w+\.py))?::(test_\w+)`|`(test_\w+\.py)` ", row):
+            if match.group(3):
+                current = match.group(3)
+                continue
+            current = match.group(1) or current
+            assert current is not None, row
+            text = (ROOT / "tests" / current).read_text()
+            assert f"def {match.group(2)}(" in text, f"{current}::{match.group(2)}"
+            cited += 1
+    assert cited >= 15
