@@ -14,6 +14,8 @@
 4. Scale: --integrations integrations x 2 event types: definitions import, `dagster
    definitions validate`, a sensor tick and a schedule tick; then window jobs delivering every
    integration's clicks for several consecutive 15-minute windows at 20M clicks/day in total.
+5. Storage (`--only storage`): the window runs of 4. with the event log on a throwaway
+   Postgres cluster (the cluster's storage) and on SQLite (`dagster dev`'s).
 Everything it writes is under benchmarks/out/ (git-ignored).
 """
 
