@@ -16,6 +16,7 @@ from typing import IO, Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
 import botocore.session
 from botocore.configprovider import (
     BOTOCORE_DEFAUT_SESSION_VARIABLES,
@@ -96,7 +97,9 @@ def isolated_botocore_session() -> botocore.session.Session:
     """A botocore session that reads no `AWS_*` variable and no `~/.aws` file: a destination
     is its integration's block alone. (`AWS_ENDPOINT_URL` or a profile's `endpoint_url` would
     otherwise send an integration shown as AWS to another server; a profile's `s3` section
-    would change its addressing.) Every setting botocore looks up is a constant, its default."""
+    would change its addressing.) Every setting botocore looks up is a constant, its default.
+    What stays the deployment's, not a destination's: the HTTP(S)_PROXY / NO_PROXY network
+    route and botocore's own debugging switches (SSLKEYLOGFILE)."""
     session = botocore.session.Session()
     constants: dict[str, Any] = {
         name: ConstantProvider(default)
@@ -112,6 +115,15 @@ def isolated_botocore_session() -> botocore.session.Session:
         "ignore_configured_endpoint_urls": ConstantProvider(True),
     }
     session.register_component("config_store", ConfigValueStore(mapping=constants))
+    # Service models and endpoint rules from the installed packages only: a file under
+    # ~/.aws/models would otherwise replace S3's. (boto3 adds its own data path to this.)
+    session.register_component(
+        "data_loader",
+        botocore.loaders.Loader(
+            extra_search_paths=[botocore.loaders.Loader.BUILTIN_DATA_PATH],
+            include_default_search_paths=False,
+        ),
+    )
     return session
 
 

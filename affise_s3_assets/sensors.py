@@ -41,7 +41,7 @@ from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_reque
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 SENSOR_NAME = "catch_up_sensor"
-CURSOR_VERSION = 2  # of the stored state
+STATE_VERSION = 2  # of the stored state (the cursor held it before version 3)
 POINTER_VERSION = 3  # of the cursor naming the stored copy
 TICK_SECONDS = 30
 CATCH_UP_TAG = "affise/catch_up"
@@ -99,7 +99,7 @@ class ExportProgress:
     started: bool = False  # a first range was requested
 
     def compact(self) -> dict[str, object]:
-        """The cursor holds every export: a caught-up one keeps only what a replan needs."""
+        """The state holds every export: a caught-up one keeps only what a replan needs."""
         data = asdict(self)
         if self.next is None:
             data = {"windows": self.windows, "covered": self.covered}
@@ -127,11 +127,15 @@ class CatchUpState:
     # ended so are still to be read. Storage ids only grow, whatever the clocks say.
     ended_runs_after: dict[str, int] | None = None
     redelivery: dict[str, Redelivery] = field(default_factory=dict)
+    # Set once the stored state was lost: from then on an export seen for the first time may
+    # have been delivered before, so its materialized windows are skipped (one query each).
+    after_loss: bool = False
 
     def to_json(self) -> str:
         return json.dumps(
             {
-                "version": CURSOR_VERSION,
+                "version": STATE_VERSION,
+                "after_loss": self.after_loss,
                 "exports": {name: p.compact() for name, p in sorted(self.exports.items())},
                 "window_jobs": self.window_jobs,
                 "ended_runs_after": self.ended_runs_after,
@@ -145,7 +149,7 @@ class CatchUpState:
         if not text:
             return cls()
         data = json.loads(text)
-        if data.get("version") != CURSOR_VERSION:
+        if data.get("version") != STATE_VERSION:
             # Version 1 was a map of asset keys to untyped entries, plus "__window_jobs__".
             jobs = data.pop("__window_jobs__", None)
             exports = {
@@ -165,6 +169,7 @@ class CatchUpState:
             window_jobs=data["window_jobs"],
             ended_runs_after=data.get("ended_runs_after"),
             redelivery={n: Redelivery(**r) for n, r in data["redelivery"].items()},
+            after_loss=bool(data.get("after_loss")),
         )
 
 
@@ -173,10 +178,13 @@ class StoredState:
     """Where the sensor keeps its `CatchUpState`: two slots of the instance's key-value store,
     written alternately, and a cursor naming the current one.
 
-    A tick writes the slot the cursor does not name, and only when the state changed; Dagster
-    saves the new cursor only once the tick's runs are submitted. A tick that dies in between
-    leaves the cursor on the slot it read, intact, and the next tick plans again from there
-    (its run keys make a repeated request a no-op).
+    A tick writes the slot the cursor does not name, and only when the state changed, before
+    it returns; Dagster then saves the new cursor with the tick's run requests. A tick whose
+    cursor is never saved (the daemon died, the evaluation timed out) leaves the cursor on the
+    slot it read, intact, and the next tick plans again from there; run keys make a repeated
+    request a no-op. An evaluation from a stale cursor (the UI's *Test sensor*) can overwrite
+    the current slot: the cursor's SHA-256 then differs, and the slot's state, a tick or so
+    behind, is used as it is.
     """
 
     scope: str  # code location and repository: two deployments on one instance never mix
@@ -203,13 +211,16 @@ class StoredState:
             # Earlier versions kept the whole state in the cursor.
             return LoadedState(CatchUpState.from_json(cursor), None, None, lost=False)
         text = self.stored_text(instance, cursor)
-        if text is None or hashlib.sha256(text.encode()).hexdigest() != pointer["sha256"]:
+        try:
+            state = CatchUpState.from_json(text) if text else None
+        except (ValueError, KeyError, TypeError):
+            state = None
+        if state is None:
             # Lost (a wiped key-value table): start over, but deliver no window again that
             # Dagster has as materialized.
-            return LoadedState(CatchUpState(), None, None, lost=True)
-        return LoadedState(
-            CatchUpState.from_json(text), pointer["generation"], pointer["sha256"], lost=False
-        )
+            return LoadedState(CatchUpState(after_loss=True), None, None, lost=True)
+        digest = hashlib.sha256(text.encode()).hexdigest() if text else None
+        return LoadedState(state, pointer["generation"], digest, lost=False)
 
     def save(self, instance: dg.DagsterInstance, state: CatchUpState, read: "LoadedState") -> str:
         """Stores `state` if it changed; returns the cursor naming it."""
@@ -312,7 +323,7 @@ def plan_catch_up(
     now: datetime,
     budget: int = CATCH_UP_IN_FLIGHT,
     materialized: Callable[[dg.AssetKey], set[str]] | None = None,
-    lost: bool = False,
+    after_loss: bool = False,
 ) -> tuple[list[dg.RunRequest], dict[str, ExportProgress]]:
     """This tick's backlog runs and the next progress of every export.
 
@@ -322,9 +333,9 @@ def plan_catch_up(
     an export's start or frequency changes, it is planned again from its start, skipping the
     windows already materialized (`materialized`, asked only for such exports); after a
     frequency change, windows overlapping what the old frequency delivered are skipped too.
-    The sensor caches `materialized` for the tick: `plan_redelivery` asks it too. `lost`
-    (the stored progress is gone) plans every export again from its start, skipping what
-    was materialized.
+    The sensor caches `materialized` for the tick: `plan_redelivery` asks it too. With
+    `after_loss` (the stored progress was lost once) an export seen for the first time is
+    planned from its start skipping what was materialized, as it may have been delivered.
     """
     now = _naive(now)
     state = dict(exports)
@@ -340,7 +351,7 @@ def plan_catch_up(
                     next=_key(target.first_window),
                     until=_key(last_closed),
                 )
-                if lost:
+                if after_loss:
                     progress.skip_materialized = True
                     progress.started = True
                 if previous is not None:
@@ -747,7 +758,7 @@ def build_catch_up_sensor(
             now,
             budget=max(0, CATCH_UP_IN_FLIGHT - in_flight),
             materialized=materialized,
-            lost=read.lost,
+            after_loss=state.after_loss,
         )
         failed, state.ended_runs_after = ended_runs_since(
             instance,

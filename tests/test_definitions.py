@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 
+from affise_s3_assets.config import apply_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.sensors import (
     CATCH_UP_IN_FLIGHT,
@@ -208,32 +209,38 @@ def test_catch_up_sensor_requests_day_ranges_new_integrations_first() -> None:
     }
 
 
+def catch_up_tick(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
+) -> dg.SensorResult:
+    sensor = defs.get_repository_def().get_sensor_def("catch_up_sensor")
+    context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
+    return sensor.evaluate_tick(context)
+
+
 def test_the_catch_up_cursor_names_stored_state_written_only_when_it_changes() -> None:
     """Dagster copies a sensor's cursor into every tick: it stays a few bytes whatever the
     number of exports, and the state it names survives a tick that never saved its cursor."""
     defs = build_definitions(SHIPPED)
-    sensor = defs.get_repository_def().get_sensor_def("catch_up_sensor")
     with dg.instance_for_test() as instance:
 
         def tick(cursor: str | None) -> dg.SensorResult:
-            context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor)
-            return sensor.evaluate_tick(context)
+            return catch_up_tick(defs, instance, cursor)
 
         first = tick(None)
         assert len(first.cursor) < 200
         store = StoredState.of(dg.build_sensor_context(instance=instance, definitions=defs))
         stored = store.stored_text(instance, first.cursor)
         assert CatchUpState.from_json(stored).exports["affise/acme/clicks"].started
-        # A tick whose cursor was never saved (the daemon died before) plans the same runs
-        # again from the slot it read: nothing is skipped, and run keys make it one run each.
-        again = tick(None)
-        assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
         second = tick(first.cursor)
         assert {r.run_key for r in second.run_requests}.isdisjoint(
             r.run_key for r in first.run_requests
         )
-        # The stored copy the first cursor named is intact after the second tick wrote.
+        # The second tick's cursor was never saved (the daemon died): the next tick starts
+        # again from the first cursor, whose stored copy is intact, and plans the same runs
+        # (their run keys make them one run each).
         assert store.stored_text(instance, first.cursor) == stored
+        again = tick(first.cursor)
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in second.run_requests]
         # Once the backlog is requested, a tick that changes nothing writes nothing: the same
         # cursor. (A window may close between two ticks: then the next pair is compared.)
         cursor, unchanged = second.cursor, False
@@ -243,20 +250,45 @@ def test_the_catch_up_cursor_names_stored_state_written_only_when_it_changes() -
             if unchanged:
                 break
         assert unchanged
-        # A cursor whose stored state is gone (a wiped table) plans everything again from
-        # each start, skipping the windows Dagster has as materialized.
-        acme = dg.AssetKey(["affise", "acme", "clicks"])
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(acme, partition="2026-11-26-00:00")
-        )
-        gone = json.dumps({"version": 3, "generation": 9, "sha256": "0" * 64})
-        (replanned,) = [r for r in tick(gone).run_requests if r.asset_selection == [acme]][:1]
-        assert replanned.tags["dagster/asset_partition_range_start"] == "2026-11-26-00:15"
+        # A stale cursor (the UI's "Test sensor" long after) overwrote the current slot: its
+        # state, a tick or so behind, is used; nothing is planned again from the start.
+        stale = tick(first.cursor)
+        assert json.loads(stale.cursor)["generation"] == json.loads(first.cursor)["generation"] + 1
+        behind = tick(cursor)
+        assert [r.run_key for r in behind.run_requests] == [
+            r.run_key for r in tick(stale.cursor).run_requests
+        ]
         # A cursor of the previous version (the whole state in it) is read and moved out.
         legacy = CatchUpState.from_json(stored).to_json()
         moved = tick(legacy)
         assert json.loads(moved.cursor)["version"] == 3
         assert [r.run_key for r in moved.run_requests] == [r.run_key for r in second.run_requests]
+
+
+def test_a_lost_catch_up_state_delivers_no_materialized_window_again() -> None:
+    """The cursor names a slot that is gone (a wiped key-value table): every export is planned
+    from its start skipping what Dagster has as materialized, and so is an export first seen
+    after the loss (paused, disabled or out of the file meanwhile)."""
+    without_globex = SHIPPED.read_text().split("  - name: globex")[0]
+    acme = dg.AssetKey(["affise", "acme", "clicks"])
+    globex = dg.AssetKey(["affise", "globex", "clicks"])
+
+    def first_window(result: dg.SensorResult, key: dg.AssetKey) -> str:
+        (request,) = [r for r in result.run_requests if r.asset_selection == [key]][:1]
+        return request.tags["dagster/asset_partition_range_start"]
+
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(acme, partition="2026-11-26-00:00")
+        )
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(globex, partition="2026-11-26-12:00")
+        )
+        gone = json.dumps({"version": 3, "generation": 9, "sha256": "0" * 64})
+        lost = catch_up_tick(build_definitions(apply_integrations(without_globex)), instance, gone)
+        assert first_window(lost, acme) == "2026-11-26-00:15"
+        later = catch_up_tick(build_definitions(SHIPPED), instance, lost.cursor)
+        assert first_window(later, globex) == "2026-11-26-12:05"
 
 
 def test_definitions_validate_with_secrets_unset() -> None:
