@@ -62,7 +62,7 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _IP_ADDRESS_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 # Names AWS reserves (access point aliases, Object Lambda, directory and table buckets, ...):
-# accepted by the pattern, refused by S3 at delivery time.
+# accepted by the pattern, refused by AWS at delivery time. Other stores have their own.
 _RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 # A key is the directory, "/", then "YYYY/MM/DD/YYYY-MM-DD hh:mm:ss" and the file's suffix;
@@ -125,10 +125,11 @@ class EventExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     frequency: int = Field(default=15, description="minutes per window and file")
-    bucket: str
-    # Before region: an S3-compatible store names its regions its own way (R2's `auto`,
-    # Scaleway's `fr-par`), so the region rule depends on whether an endpoint is given.
+    # Before bucket and region: an S3-compatible store names its regions its own way (R2's
+    # `auto`, Scaleway's `fr-par`) and has none of AWS's reserved bucket names, so those
+    # rules depend on whether an endpoint is given.
     endpoint_url: str | None = None
+    bucket: str
     region: str
     directory: str = ""
     access_key: str
@@ -158,17 +159,19 @@ class EventExportConfig(BaseModel):
 
     @field_validator("bucket")
     @classmethod
-    def _bucket_name(cls, value: str) -> str:
+    def _bucket_name(cls, value: str, info: ValidationInfo) -> str:
         if not _BUCKET_RE.fullmatch(value) or ".." in value:
             raise ValueError(
                 f"{value!r} is not an S3 bucket name (3-63 characters: lowercase letters, "
                 "digits, dots and hyphens, starting and ending with a letter or digit)"
             )
+        if info.data.get("endpoint_url"):
+            return value
         if _IP_ADDRESS_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not an S3 bucket name: it must not be an IP address")
         if value.startswith(_RESERVED_BUCKET_PREFIXES) or value.endswith(_RESERVED_BUCKET_SUFFIXES):
             raise ValueError(
-                f"{value!r} is not an S3 bucket name: S3 reserves the prefixes "
+                f"{value!r} is not an AWS S3 bucket name: AWS reserves the prefixes "
                 f"{', '.join(_RESERVED_BUCKET_PREFIXES)} and the suffixes "
                 f"{', '.join(_RESERVED_BUCKET_SUFFIXES)}"
             )

@@ -36,9 +36,12 @@ PY
 # A persistent instance, so run history and sensor cursors survive a restart of this script.
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
 mkdir -p "$DAGSTER_HOME"
-# The instance settings are the project's: copied each time, so an instance made by an older
-# checkout gets today's (run monitoring, retention, run limits).
-cp scripts/dagster.dev.yaml "$DAGSTER_HOME/dagster.yaml"
+# The demo instance's settings are the project's: copied each time, so an instance made by an
+# older checkout gets today's (run monitoring, retention, run limits). A DAGSTER_HOME of your
+# own keeps its dagster.yaml once it has one.
+if [ "$DAGSTER_HOME" = "$PWD/.dagster_home" ] || [ ! -f "$DAGSTER_HOME/dagster.yaml" ]; then
+  cp scripts/dagster.dev.yaml "$DAGSTER_HOME/dagster.yaml"
+fi
 # integrations_config_sensor reloads the code location through the webserver when the file
 # changes: saved edits go live with no restart and no click.
 export AFFISE_WEBSERVER_URL=${AFFISE_WEBSERVER_URL:-http://127.0.0.1:${DAGSTER_PORT:-3000}}

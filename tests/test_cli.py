@@ -1,9 +1,11 @@
 """`affise-s3 validate`, as an account manager runs it: the installed console script."""
 
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from affise_s3_assets.config import parse_integrations
+from affise_s3_assets.config import apply_integrations, parse_integrations
+from affise_s3_assets.live_config import write_last_good
 from tests.conftest import ROOT
 
 CLI = ROOT / ".venv" / "bin" / "affise-s3"
@@ -50,7 +52,7 @@ def test_validate_lists_every_problem_one_per_line_and_never_a_secret(tmp_path: 
         line.startswith("integration 'globex': clicks.directory:") and "both are refused" in line
         for line in lines
     )
-    assert "integration 'initech': clicks.bucket: 'raw--ol-s3' is not an S3 bucket name" in (
+    assert "integration 'initech': clicks.bucket: 'raw--ol-s3' is not an AWS S3 bucket name" in (
         done.stdout
     )
     assert "integration 'initech': clicks.secret_key: must be an ${ENV_VAR} reference" in (
@@ -86,3 +88,24 @@ def test_validate_passes_the_shipped_file() -> None:
     assert (
         done.stdout.strip() == f"{shipped}: ok, {len(integrations)} integrations, {exports} exports"
     )
+
+
+def test_validate_judges_as_the_deployment_does_with_its_state_dir(tmp_path: Path) -> None:
+    """A 1-minute export started 2 years ago is past the bound on windows before now: refused
+    as a newcomer, accepted when the deployment's last applied config already delivers it."""
+    path = tmp_path / "integrations.yaml"
+    old_start = (datetime.now(UTC) - timedelta(days=730)).strftime("%Y-%m-%d 00:00:00")
+    path.write_text(
+        f"""integrations:
+  - name: acme
+    start: "{old_start}"
+    clicks:{export("acme-raw", "affise", 1)}
+"""
+    )
+    fresh = run("validate", str(path))
+    assert fresh.returncode == 1 and "windows of 1 min (clicks) before now" in fresh.stdout
+    state = tmp_path / "state"
+    applied = apply_integrations(path.read_text(), str(path), now=datetime(2026, 1, 1))
+    write_last_good(state, applied)
+    delivering = run("validate", str(path), "--state-dir", str(state))
+    assert delivering.returncode == 0, delivering.stdout

@@ -109,9 +109,10 @@ def test_every_allowed_frequency_is_accepted(frequency: int) -> None:
         ("      colour: blue\n", "clicks.colour", "is not a known field"),
         # Accepted by the pattern, refused by S3 at delivery time.
         ("      bucket: 192.168.10.20\n", "clicks.bucket", "must not be an IP address"),
-        ("      bucket: xn--acme-raw\n", "clicks.bucket", "S3 reserves the prefixes"),
-        ("      bucket: acme-raw-s3alias\n", "clicks.bucket", "S3 reserves the prefixes"),
-        ("      bucket: acme-raw--ol-s3\n", "clicks.bucket", "S3 reserves the prefixes"),
+        # ...on AWS; an S3-compatible store (endpoint_url) has its own rules.
+        ("      bucket: xn--acme-raw\n", "clicks.bucket", "AWS reserves the prefixes"),
+        ("      bucket: acme-raw-s3alias\n", "clicks.bucket", "AWS reserves the prefixes"),
+        ("      bucket: acme-raw--ol-s3\n", "clicks.bucket", "AWS reserves the prefixes"),
         (
             "      directory: 'affise\\\\clicks'\n",
             "clicks.directory",
@@ -245,3 +246,9 @@ def test_a_start_that_cannot_work_is_refused_with_the_rule() -> None:
     # The bound is in windows: the same start at a day per window is 46,000-odd windows.
     daily = far_back.replace("frequency: 1\n", "frequency: 1440\n")
     assert parse_integrations(daily, now=now).integrations[0].clicks.frequency == 1440
+
+
+def test_aws_reserved_bucket_names_are_allowed_on_other_stores() -> None:
+    export = VALID_EXPORT.replace("acme-affise-raw", "raw--ol-s3")
+    text = one_integration("      endpoint_url: http://127.0.0.1:7480\n", export=export)
+    assert parse_integrations(text).integrations[0].clicks.bucket == "raw--ol-s3"

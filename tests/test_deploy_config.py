@@ -444,3 +444,16 @@ def test_every_test_the_readme_cites_for_a_guarantee_exists() -> None:
             assert f"def {match.group(2)}(" in text, f"{current}::{match.group(2)}"
             cited += 1
     assert cited >= 15
+
+
+def test_the_last_applied_config_outlives_the_code_server_pod(
+    helm_values: Mapping[str, Any],
+) -> None:
+    deployment = _user_deployment(helm_values)
+    path = PurePosixPath(_env_value(deployment["env"], "AFFISE_STATE_DIR"))
+    (mount,) = [m for m in deployment["volumeMounts"] if PurePosixPath(m["mountPath"]) == path]
+    volumes = {volume["name"]: volume for volume in deployment["volumes"]}
+    claim = yaml.safe_load((DEPLOY_DIR / "state-pvc.yaml").read_text())
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert "readOnly" not in mount
