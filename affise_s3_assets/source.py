@@ -6,6 +6,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -220,29 +221,40 @@ class EventsDatabase(dg.ConfigurableResource):
         self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
     ) -> Iterator[pl.DataFrame]:
         """One microsecond holding more rows than a slice (a bulk import stamped with one
-        time), in `id` order, a bounded batch at a time. DuckDB's ORDER BY of the whole
-        instant fails at its memory limit, and so does a top-N of whole rows; a top-N of the
-        ids alone is small. So the instant is read as consecutive id ranges: the n-th next id
-        bounds a range, whose rows polars sorts. DuckDB's string order is polars' (binary), so
-        the bytes do not depend on the path."""
+        time), in row order, a bounded batch at a time. DuckDB's ORDER BY of the whole instant
+        fails at its memory limit, and so does a top-N of whole rows; a top-N of the sort keys
+        alone is small. So the instant is read as consecutive key ranges: the n-th next
+        (created_at, id) bounds a range, whose rows polars sorts. (created_at, not only id: a
+        nanosecond source has many times in one microsecond.) DuckDB's string order is polars'
+        (binary), so the bytes do not depend on the path. Each range scans the instant again:
+        the cost grows with its rows squared over `slice_rows`, the memory does not.
+
+        Rows with no id, and the copies of one repeated id, are read whole: rare, and not
+        something a key range can split."""
         page_rows = min(self.batch_rows, self.slice_rows)
-        # NULL ids sort first; they cannot be paged by id (rare: sorted together, whole).
+        # NULL ids sort first within their time; they cannot be paged by id.
         yield from self._sorted(con, f"{query} AND id IS NULL", [start, end])
-        last: str | None = None
+        keyed = f"SELECT created_at, id FROM ({query}) WHERE id IS NOT NULL"
+        after = " AND (created_at > $3 OR (created_at = $3 AND id > $4))"
+        last: tuple[Any, str] | None = None
         while True:
-            after = "" if last is None else " AND id > $3"
-            params: list[object] = [start, end] if last is None else [start, end, last]
-            ((bound,),) = con.execute(
-                f"SELECT max(id) FROM (SELECT id FROM ({query}) WHERE id IS NOT NULL{after} "
-                f"ORDER BY id LIMIT {page_rows})",
+            params: list[object] = [start, end] if last is None else [start, end, *last]
+            keys = con.execute(
+                f"{keyed}{after if last else ''} ORDER BY created_at, id LIMIT {page_rows}",
                 params,
             ).fetchall()
-            if bound is None:
+            if not keys:
                 return
-            # Every row of the range, ids equal to the bound included: none is cut in two.
-            upto = f" AND id <= ${len(params) + 1}"
-            yield from self._sorted(con, f"{query}{after}{upto}", [*params, bound])
-            last = bound
+            bound = keys[-1]
+            # Every row of the range, ids equal to the bound's included: none is cut in two.
+            n = len(params)
+            upto = f" AND (created_at < ${n + 1} OR (created_at = ${n + 1} AND id <= ${n + 2}))"
+            yield from self._sorted(
+                con,
+                f"{query} AND id IS NOT NULL{after if last else ''}{upto}",
+                [*params, *bound],
+            )
+            last = (bound[0], bound[1])
 
     def _sorted(
         self, con: duckdb.DuckDBPyConnection, query: str, params: list[object]

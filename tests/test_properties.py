@@ -3,20 +3,23 @@ exactly one window, and one integration's filter never lets another's rows throu
 example hypothesis finds is kept below as an `@example`, so it stays a regression case."""
 
 import gzip
+import json
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from affise_s3_assets.config import ALLOWED_FREQUENCIES
-from affise_s3_assets.csv_export import event_filter, gzip_csv
-from affise_s3_assets.delivery import Window, cut_at_windows
+from affise_s3_assets.config import ALLOWED_FREQUENCIES, parse_integrations
+from affise_s3_assets.csv_export import gzip_csv
+from affise_s3_assets.delivery import Window, cut_at_windows, deliver_windows
 from affise_s3_assets.demo import load_schema
-from affise_s3_assets.source import EventsDatabase
+from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase
+from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.csv_reader import read_rfc4180
 
 DAY = datetime(2026, 11, 25)
@@ -40,14 +43,22 @@ def test_any_text_round_trips_through_the_delivered_csv(
     assert parsed[1:] == [[ua, sub1, None if n is None else str(n)] for ua, sub1, n in rows]
 
 
-MOMENTS = st.datetimes(min_value=DAY - timedelta(hours=2), max_value=DAY + timedelta(hours=6))
+ANY_MOMENT = st.datetimes(min_value=DAY - timedelta(hours=2), max_value=DAY + timedelta(hours=6))
+# A few moments drawn again and again: crowded instants, past what a slice holds, and rows
+# right at a window's edge.
+MOMENTS = st.one_of(
+    st.lists(ANY_MOMENT, max_size=200),
+    st.lists(
+        st.sampled_from([DAY + timedelta(minutes=m) for m in (0, 1, 30, 60, 61)]), max_size=300
+    ),
+)
 
 
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    st.lists(MOMENTS, max_size=200),
+    MOMENTS,
     st.sampled_from([f for f in ALLOWED_FREQUENCIES if f <= 120]),
     st.integers(1, 6),
     st.integers(3, 50),
@@ -57,7 +68,8 @@ def test_a_row_lands_in_exactly_the_window_that_contains_it(
     moments: list[datetime], frequency: int, count: int, slice_rows: int
 ) -> None:
     """From a real DuckDB file through the loader's bounded slices and the cut at window
-    boundaries: every row of the range in one window, start <= created_at < end, none lost."""
+    boundaries: every row of the range in the one window with start <= created_at < end, in
+    the order (created_at, id), none lost."""
     step = timedelta(minutes=frequency)
     windows = [Window(str(i), DAY + step * i, DAY + step * (i + 1)) for i in range(count)]
     with tempfile.TemporaryDirectory() as scratch:
@@ -72,17 +84,17 @@ def test_a_row_lands_in_exactly_the_window_that_contains_it(
         source = EventsDatabase(path=str(path), slice_rows=slice_rows, batch_rows=slice_rows)
         frames = source.window_frames("clicks", windows[0].start, windows[-1].end)
         placed = [
-            (index, moment)
+            (index, moment, id_)
             for index, frame in cut_at_windows(frames, windows)
-            for moment in frame["created_at"]
+            for moment, id_ in zip(frame["created_at"], frame["id"], strict=True)
         ]
     expected = sorted(
-        (index, moment)
-        for moment in moments
+        (index, moment, f"{i:08d}")
+        for i, moment in enumerate(moments)
         for index, window in enumerate(windows)
         if window.start <= moment < window.end
     )
-    assert sorted(placed) == expected
+    assert placed == expected
 
 
 ROWS = st.lists(st.tuples(st.integers(1, 6), st.sampled_from(["a", "b", "c", None])), max_size=80)
@@ -90,34 +102,81 @@ AFFILIATES = st.lists(st.integers(1, 6), max_size=3, unique=True)
 ADVERTISERS = st.lists(st.sampled_from(["a", "b", "c"]), max_size=2, unique=True)
 
 
-@settings(max_examples=300, deadline=None)
-@given(ROWS, AFFILIATES, ADVERTISERS, AFFILIATES, ADVERTISERS)
-@example([(1, None)], [], ["a"], [1], [])  # a NULL advertiser passes no advertiser filter
-def test_an_integrations_filter_keeps_exactly_its_own_rows(
-    rows: list[tuple[int, str | None]],
-    affiliates: list[int],
-    advertisers: list[str],
-    other_affiliates: list[int],
-    other_advertisers: list[str],
+class _Collected:
+    """An in-memory stand-in for one window's S3 object: what the fan-out wrote to it."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.chunks = key, []
+
+    def write(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def finish(self, last: bytes) -> dict[str, object]:
+        self.chunks.append(last)
+        return {}
+
+    def abort(self) -> None:
+        raise AssertionError("nothing fails here")
+
+
+class _CollectingIO:
+    def __init__(self) -> None:
+        self.objects: dict[str, _Collected] = {}
+
+    def open_object(self, destination: Any, window_start: datetime, in_memory: int) -> _Collected:
+        self.objects[destination.integration] = _Collected(destination.integration)
+        return self.objects[destination.integration]
+
+
+def _filters_block(name: str, affiliates: list[int], advertisers: list[str]) -> str:
+    return f"""  - name: {name}
+    start: "2026-11-25 00:00:00"
+    clicks:
+      frequency: 60
+      bucket: {name}-raw
+      region: us-west-2
+      access_key: ${{K}}
+      secret_key: ${{S}}
+      affiliates: {affiliates}
+      advertisers: {json.dumps(advertisers)}
+"""
+
+
+@settings(max_examples=150, deadline=None)
+@given(ROWS, st.lists(st.tuples(AFFILIATES, ADVERTISERS), min_size=2, max_size=4))
+@example([(1, None)], [([], ["a"]), ([1], [])])  # a NULL advertiser passes no advertiser filter
+def test_each_integration_gets_exactly_the_rows_its_filters_select(
+    rows: list[tuple[int, str | None]], filters: list[tuple[list[int], list[str]]]
 ) -> None:
-    """Two integrations over the same window: each gets exactly the rows its filters select
-    (both filters: AND), whatever the other's are."""
-    frame = pl.DataFrame(
-        [(i, *row) for i, row in enumerate(rows)],
-        schema={"id": pl.Int64, "affiliate_id": pl.Int32, "advertiser_id": pl.String},
-        orient="row",
+    """Integrations sharing one window, through the real fan-out (one CSV per distinct filter,
+    one object per integration): each object holds exactly the rows its own filters select
+    (both filters: AND), whatever the others' are, in order."""
+    text = "integrations:\n" + "".join(
+        _filters_block(f"i{n}", affiliates, advertisers)
+        for n, (affiliates, advertisers) in enumerate(filters)
     )
-    for mine, theirs in (
-        ((affiliates, advertisers), (other_affiliates, other_advertisers)),
-        ((other_affiliates, other_advertisers), (affiliates, advertisers)),
-    ):
-        predicate = event_filter(*mine)
-        kept = frame if predicate is None else frame.filter(predicate)
+    (group,) = build_window_groups(build_export_targets(parse_integrations(text).integrations))
+    columns = EVENT_COLUMNS["clicks"]
+    window = Window("w", DAY + timedelta(hours=10), DAY + timedelta(hours=11))
+    frame = pl.DataFrame(
+        {
+            "id": [f"{i:04d}" for i in range(len(rows))],
+            "created_at": [window.start + timedelta(seconds=i) for i in range(len(rows))],
+            "affiliate_id": [affiliate for affiliate, _ in rows],
+            "advertiser_id": [advertiser for _, advertiser in rows],
+        },
+        schema_overrides={"affiliate_id": pl.Int32, "advertiser_id": pl.String},
+    ).with_columns(pl.lit(None, pl.String).alias(c) for c in columns[4:] if c != "advertiser_id")
+    frame = frame.select(columns)
+    io = _CollectingIO()
+    deliver_windows(group.targets, [window], [frame], io, lambda *_: None)
+    for n, (affiliates, advertisers) in enumerate(filters):
+        data = gzip.decompress(b"".join(io.objects[f"i{n}"].chunks)).decode()
+        got = [row[0] for row in read_rfc4180(data)[1:]]
         wanted = [
-            i
+            f"{i:04d}"
             for i, (affiliate, advertiser) in enumerate(rows)
-            if (not mine[0] or affiliate in mine[0]) and (not mine[1] or advertiser in mine[1])
+            if (not affiliates or affiliate in affiliates)
+            and (not advertisers or advertiser in advertisers)
         ]
-        assert kept["id"].to_list() == wanted
-        other = event_filter(*theirs)
-        assert other is None or set(kept["id"]) >= set(kept.filter(other)["id"])
+        assert got == wanted
