@@ -452,8 +452,8 @@ def plan_missed_windows(
 
     A job seen for the first time starts from the last window closed now: before it, windows
     are the catch-up's (a job back after a pause has none due while it was gone). Only when
-    `checked` is None (a cursor written before this existed) each job starts after its newest
-    scheduled run (`newest_scheduled`), so windows missed during that upgrade are found too.
+    `checked` is None (state written before this existed, or lost) each job starts after its
+    newest scheduled run (`newest_scheduled`), so windows missed meanwhile are found too.
     The newest closed window is never requested here: the scheduler, back from being down,
     evaluates that tick itself, and two runs for one window would race.
     """
