@@ -13,10 +13,12 @@ partitions that were planned and not delivered as Failed.
 Knows the flow of a window; the format is csv_export.py's, keys and uploads io_manager.py's.
 """
 
+import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -33,10 +35,17 @@ from affise_s3_assets.csv_export import (
     in_background,
     whole_second_text,
 )
-from affise_s3_assets.io_manager import DateFolderS3IOManager, WindowObject
+from affise_s3_assets.io_manager import DateFolderS3IOManager, WindowObject, build_object_key
 from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.s3 import delivery_failure, error_code, is_permanent
-from affise_s3_assets.source import EVENT_COLUMNS, EVENT_SOURCE_KEYS, EventsDatabase, naive_utc
+from affise_s3_assets.source import (
+    EVENT_COLUMNS,
+    EVENT_SOURCE_KEYS,
+    EventsDatabase,
+    SourceIncomplete,
+    SourceProgress,
+    naive_utc,
+)
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
@@ -53,6 +62,11 @@ MIN_PART_MEMORY = 256 * 1024
 # Rows per batch fanned out to every integration's filter and CSV: with many integrations,
 # fewer, larger batches cost far less; the loader's slices are of the same size.
 FANOUT_BATCH_ROWS = 25_000
+# A run for a window that closed less than this ago waits for the source to be complete past
+# it (AFFISE_SOURCE_WAIT_SECONDS, default 60), checking every few seconds: events arrive a
+# little after their time. An older window is not waited for: it failed and is tried again.
+FRESH_WINDOW = timedelta(minutes=10)
+SOURCE_POLL_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,18 @@ class Window:
     key: str
     start: datetime  # naive UTC
     end: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one target's object for one window: what its partition reports."""
+
+    target: ExportTarget
+    failure: str | None = None  # None: delivered
+    code: str = ""
+    permanent: bool = False
+    stops_destination: bool = False  # no later window of this run is tried for it
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +126,16 @@ class ObjectDelivery:
         self.permanent = is_permanent(exc)
         self.code = error_code(exc)
         self.object.abort()
+
+    def outcome(self) -> Outcome:
+        return Outcome(
+            self.target,
+            self.failure,
+            self.code,
+            self.permanent,
+            self.stops_destination,
+            self.metadata,
+        )
 
 
 def cut_at_windows(
@@ -176,7 +212,7 @@ def deliver_windows(
     windows: Sequence[Window],
     frames: Iterable[pl.DataFrame],
     io: DateFolderS3IOManager,
-    on_window: Callable[[Window, list[ObjectDelivery]], None],
+    on_window: Callable[[Window, list[Outcome]], None],
 ) -> None:
     """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
     over the range's sorted `frames`; `on_window` reports each window as soon as it is done.
@@ -226,7 +262,7 @@ def deliver_windows(
             if delivery.permanent or failed_in_a_row[key] >= STOP_AFTER_FAILED_WINDOWS:
                 delivery.stops_destination = True
                 stopped.add(key)
-        on_window(windows[index], list(open_objects))
+        on_window(windows[index], [delivery.outcome() for delivery in open_objects])
         open_objects.clear()
 
     def move_to(index: int) -> None:
@@ -308,11 +344,10 @@ def _deliver_selected(
     due = [t for t in selected if t.integration not in early]
     if not due:
         return
-    read_from = next(w for w in windows if any(t.first_window <= w.start for t in due)).start
-    failures: list[ObjectDelivery] = []
+    failures: list[Outcome] = []
     delivered = 0
 
-    def report(window: Window, objects: list[ObjectDelivery]) -> None:
+    def report(window: Window, objects: list[Outcome]) -> None:
         nonlocal delivered
         shown = window_metadata(window.start, window.end)
         lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
@@ -351,13 +386,41 @@ def _deliver_selected(
                 )
             )
 
-    deliver_windows(
-        due,
-        windows,
-        events.window_frames(group.event_type, read_from, windows[-1].end),
-        io,
-        report,
-    )
+    # Only windows the source is complete for: an empty file must mean "no events", never
+    # "the events have not arrived".
+    progress = _source_progress(context, events, group.event_type, windows[-1].end)
+    ready = [window for window in windows if progress.covers(window.end)]
+    if ready:
+        due_in = [w for w in ready if any(t.first_window <= w.start for t in due)]
+        if due_in:
+            deliver_windows(
+                due,
+                ready,
+                events.window_frames(group.event_type, due_in[0].start, ready[-1].end),
+                io,
+                report,
+            )
+    for window in windows[len(ready) :]:
+        reason = SourceIncomplete(
+            f"{progress.describe()}; this window ends at {window.end:%Y-%m-%d %H:%M:%S}, and is "
+            "delivered once the source is complete past its end"
+        )
+        report(
+            window,
+            [
+                Outcome(
+                    target,
+                    delivery_failure(
+                        target.destination,
+                        build_object_key(target.destination.directory, window.start),
+                        reason,
+                    ),
+                    error_code(reason),
+                )
+                for target in due
+                if target.first_window <= window.start
+            ],
+        )
     if failures:
         raise dg.Failure(
             description=_failure_summary(failures, delivered, windows),
@@ -366,19 +429,41 @@ def _deliver_selected(
         )
 
 
+def _source_progress(
+    context: dg.AssetExecutionContext, events: EventsDatabase, event_type: str, end: datetime
+) -> SourceProgress:
+    """The source's progress for the run's last window. A window that just closed may still
+    be arriving: the run waits up to SOURCE_WAIT for it, polling."""
+    progress = events.progress(event_type)
+    age = datetime.now(UTC).replace(tzinfo=None) - end
+    if progress.covers(end) or age > FRESH_WINDOW:
+        return progress
+    deadline = time.monotonic() + source_wait().total_seconds()
+    context.log.info(f"waiting for the source: {progress.describe()}")
+    while not progress.covers(end) and time.monotonic() < deadline:
+        time.sleep(SOURCE_POLL_SECONDS)
+        progress = events.progress(event_type)
+    return progress
+
+
+def source_wait() -> timedelta:
+    """How long a run waits for a window that just closed to arrive in the source."""
+    return timedelta(seconds=float(os.environ.get("AFFISE_SOURCE_WAIT_SECONDS") or 60))
+
+
 def _failure_summary(
-    failures: list[ObjectDelivery],
+    failures: list[Outcome],
     delivered: int,
     windows: list[Window],
 ) -> str:
-    by_target: dict[str, list[ObjectDelivery]] = {}
+    by_target: dict[str, list[Outcome]] = {}
     for item in failures:
         by_target.setdefault(item.target.integration, []).append(item)
     lines = [
         f"{len(failures)} objects failed, {delivered} delivered, over {len(windows)} windows "
         f"({windows[0].key} to {windows[-1].key}). Failed and undelivered windows show as "
         "Failed on each asset; the catch-up sensor delivers them again once the destination "
-        "works."
+        "works and the source is complete."
     ]
     for name, items in sorted(by_target.items()):
         first = items[0]

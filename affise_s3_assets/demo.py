@@ -27,6 +27,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from affise_s3_assets.source import write_watermark
+
 # Bounds the Arrow working set: a 10M-click day is generated and inserted at most 500k rows at a
 # time.
 CHUNK_ROWS = 500_000
@@ -566,7 +568,11 @@ def generate_demo_events(
             " OR (click_time >= $1 AND click_time < $2)",
             [start, end],
         )
-        return insert_demo_events(con, start, end, clicks_per_day, seed)
+        counts = insert_demo_events(con, start, end, clicks_per_day, seed)
+        # As a real loader does once its events are in: the windows before `end` are complete.
+        for event_type in ("clicks", "conversions"):
+            write_watermark(con, event_type, end)
+        return counts
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,9 +1,11 @@
 """The loader: reads one window of raw events out of DuckDB. Knows DuckDB, nothing of S3."""
 
 import itertools
+import json
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,59 @@ def parquet_files(
     ]
 
 
+# The completeness contract with the loader of the events (schema.sql): a DuckDB file holds
+# this table, a Parquet dataset this file at its root ({"clicks": "2026-11-25 10:15:00", ...}).
+WATERMARK_TABLE = "affise_watermarks"
+WATERMARK_FILE = "_watermarks.json"
+
+
+@dataclass(frozen=True)
+class SourceProgress:
+    """How far the source is complete for one event type: every event with created_at before
+    `complete_until` (naive UTC) is in it. None: nothing can be known complete."""
+
+    event_type: EventType
+    complete_until: datetime | None
+    how: str  # "watermark", "latest event", or why there is nothing
+
+    def covers(self, window_end: datetime) -> bool:
+        return self.complete_until is not None and naive_utc(window_end) <= self.complete_until
+
+    def describe(self) -> str:
+        if self.complete_until is None:
+            return f"the source has no {self.event_type} to go by ({self.how})"
+        return (
+            f"the source is complete for {self.event_type} up to "
+            f"{self.complete_until:%Y-%m-%d %H:%M:%S} ({self.how})"
+        )
+
+
+class SourceIncomplete(Exception):
+    """A window the source is not complete for: not delivered, tried again later."""
+
+
+def write_watermark(con: duckdb.DuckDBPyConnection, event_type: EventType, until: datetime) -> None:
+    """For the loader of a DuckDB events file: every `event_type` event before `until` is in.
+    A watermark only moves forward."""
+    con.execute(
+        f"INSERT INTO {WATERMARK_TABLE} VALUES ($1, $2) ON CONFLICT (event_type) DO UPDATE SET "
+        "complete_until = greatest(complete_until, excluded.complete_until)",
+        [event_type, naive_utc(until)],
+    )
+
+
+def write_dataset_watermark(dataset: Path, event_type: EventType, until: datetime) -> None:
+    """For the loader of a Parquet dataset: every `event_type` event before `until` is in.
+    Written atomically (a temporary file renamed); a watermark only moves forward."""
+    marks = dataset / WATERMARK_FILE
+    current = json.loads(marks.read_text(encoding="utf-8")) if marks.exists() else {}
+    value = f"{naive_utc(until):%Y-%m-%d %H:%M:%S}"
+    current[event_type] = max(current.get(event_type, value), value)
+    scratch = marks.with_suffix(".tmp")
+    scratch.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    scratch.replace(marks)
+
+
 # `id` breaks created_at ties so the same rows always serialize to the same bytes.
 ROW_ORDER = ("created_at", "id")
 
@@ -165,6 +220,55 @@ class EventsDatabase(dg.ConfigurableResource):
         if current != spill:
             con.execute(f"SET temp_directory = '{spill}'")
         return con
+
+    def progress(self, event_type: EventType) -> SourceProgress:
+        """How far the source is complete: its watermark, or else its latest event (a source
+        holding events at or after a window's end has moved past it)."""
+        path = self.database_path()
+        if not path.exists():
+            return SourceProgress(event_type, None, f"{path} does not exist")
+        if path.is_dir():
+            return self._dataset_progress(path, event_type)
+        with self._connect(path) as con:
+            ((has_table,),) = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
+                [WATERMARK_TABLE],
+            ).fetchall()
+            if has_table:
+                row = con.execute(
+                    f"SELECT complete_until FROM {WATERMARK_TABLE} WHERE event_type = $1",
+                    [event_type],
+                ).fetchone()
+                if row is not None:
+                    return SourceProgress(event_type, naive_utc(row[0]), "watermark")
+            ((latest,),) = con.execute(f"SELECT max(created_at) FROM {event_type}").fetchall()
+        if latest is None:
+            return SourceProgress(event_type, None, f"no {event_type} in {path}")
+        return SourceProgress(event_type, naive_utc(latest), "latest event")
+
+    def _dataset_progress(self, dataset: Path, event_type: EventType) -> SourceProgress:
+        marks = dataset / WATERMARK_FILE
+        if marks.exists():
+            try:
+                value = json.loads(marks.read_text(encoding="utf-8")).get(event_type)
+                if value is not None:
+                    moment = datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+                    return SourceProgress(event_type, moment, "watermark")
+            except (OSError, ValueError, AttributeError) as exc:
+                return SourceProgress(event_type, None, f"{marks} is unreadable: {exc}")
+        days = sorted((dataset / event_type).glob("date=*"))
+        for day in reversed(days):
+            files = sorted(day.glob("*.parquet"))
+            if not files:
+                continue
+            quoted = ", ".join("'" + str(file).replace("'", "''") + "'" for file in files)
+            with self._connect(dataset) as con:
+                ((latest,),) = con.execute(
+                    f"SELECT max(created_at) FROM read_parquet([{quoted}])"
+                ).fetchall()
+            if latest is not None:
+                return SourceProgress(event_type, naive_utc(latest), "latest event")
+        return SourceProgress(event_type, None, f"no {event_type} in dataset {dataset}")
 
     def window_frames(
         self, event_type: EventType, start: datetime, end: datetime

@@ -21,7 +21,7 @@ from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset
 from affise_s3_assets.demo import load_schema
 from affise_s3_assets.io_manager import DateFolderS3IOManager
 from affise_s3_assets.s3 import MIB, S3ObjectWriter
-from affise_s3_assets.source import EventsDatabase
+from affise_s3_assets.source import EventsDatabase, write_dataset_watermark, write_watermark
 from affise_s3_assets.targets import build_export_targets, build_window_groups, export_asset_key
 from tests.conftest import S3Server
 from tests.csv_reader import read_rfc4180
@@ -349,6 +349,8 @@ def test_multipart_object_round_trips_against_the_real_server(
             "MILLISECOND, 101, md5(i::VARCHAR), md5((i+1)::VARCHAR), sha256(i::VARCHAR), "
             "sha256((i+7)::VARCHAR) FROM range(120000) t(i)"
         )
+        # The rows end at 10:40: the loader says the hour is complete.
+        write_watermark(con, "clicks", datetime(2026, 11, 25, 11))
     asset = export_asset(integration(s3_server, bucket, frequency=60))
     result = deliver(asset, "2026-11-25-10:00", db, part_size_mib=5)
     (key,) = keys_in(s3_server, bucket)
@@ -433,12 +435,14 @@ def one_instant_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
             "INSERT INTO clicks (id, created_at, affiliate_id) SELECT md5('d' || i), "
             "TIMESTAMP '2026-11-25 10:00:00' + i * INTERVAL 3 SECOND, 7 FROM range(300) t(i)"
         )
+        write_watermark(con, "clicks", datetime(2026, 11, 25, 10, 15))
         dataset = root / "dataset"
         (dataset / "clicks" / "date=2026-11-25").mkdir(parents=True)
         (dataset / "conversions").mkdir()
         con.execute(
             f"COPY clicks TO '{dataset}/clicks/date=2026-11-25/part-0.parquet' (FORMAT parquet)"
         )
+        write_dataset_watermark(dataset, "clicks", datetime(2026, 11, 25, 10, 15))
     return {"duckdb": path, "parquet": dataset}
 
 

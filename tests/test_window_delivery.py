@@ -1,6 +1,7 @@
 """Window runs against the real S3 server: one read of the window (or range), one object per
 integration and window, one materialization per partition, failures isolated and Failed."""
 
+import shutil
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -8,13 +9,14 @@ from typing import Any
 
 import botocore.exceptions
 import dagster as dg
+import duckdb
 import pytest
 
 from affise_s3_assets.config import apply_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.delivery import Window, deliver_windows
 from affise_s3_assets.sensors import ended_runs_since
-from affise_s3_assets.source import EventsDatabase
+from affise_s3_assets.source import EventsDatabase, write_watermark
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
 from tests.test_delivery import (
@@ -288,7 +290,7 @@ def test_unreadable_source_fails_the_window_and_delivers_nothing(rig: WindowRig)
     result = rig.run(events_db=rig.tmp_path / "absent.duckdb")
     assert not result.success
     error = result.get_step_failure_events()[0].step_failure_data.error
-    assert "absent.duckdb does not exist" in str(error.cause.message)
+    assert "absent.duckdb does not exist" in error.message
     assert rig.materialized("acme") == set()
     assert rig.status("acme", [WINDOW]) == ["FAILED"]
     assert rig.objects() == []
@@ -360,3 +362,67 @@ def test_a_destination_failing_windows_in_a_row_is_not_tried_for_the_rest_of_the
     )
     assert io.opened == ["10:00", "11:00"]
     assert reported == [("2026-11-25-10:00", False), ("2026-11-25-11:00", True)]
+
+
+def _copy_with_watermark(source: Path, target: Path, until: datetime | None) -> Path:
+    """The events file as a loader would leave it: its rows, and how far they are complete."""
+    shutil.copy(source, target)
+    with duckdb.connect(str(target)) as con:
+        con.execute("DELETE FROM affise_watermarks")
+        if until is not None:
+            write_watermark(con, "clicks", until)
+    return target
+
+
+def test_a_window_the_source_is_not_complete_for_is_failed_and_delivered_once_it_is(
+    rig: WindowRig,
+) -> None:
+    """Ingestion stalled at 10:40: the 10:00-11:00 window is not delivered as a short file but
+    Failed, naming how far the source is complete; once the watermark passes 11:00 the same
+    run delivers it, every row."""
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
+    stalled = _copy_with_watermark(
+        rig.events_db, rig.tmp_path / "stalled.duckdb", datetime(2026, 11, 25, 10, 40)
+    )
+    result = rig.run(events_db=stalled)
+    assert not result.success
+    assert rig.objects() == []
+    assert rig.status("acme", [WINDOW]) == ["FAILED"]
+    (seen,) = observations(rig, "acme")
+    assert seen.metadata["error_code"].value == "SourceIncomplete"
+    assert (
+        "the source is complete for clicks up to 2026-11-25 10:40:00 (watermark); this window "
+        "ends at 2026-11-25 11:00:00"
+    ) in seen.metadata["delivery_failed"].value
+    caught_up = _copy_with_watermark(
+        rig.events_db, rig.tmp_path / "caught-up.duckdb", datetime(2026, 11, 25, 11)
+    )
+    assert rig.run(events_db=caught_up).success
+    (key,) = rig.objects()
+    _, rows = delivered_rows(fetch(rig.s3, rig.bucket, key))
+    assert rows == source_rows(rig.events_db, "clicks", START, END)[1]
+
+
+@pytest.mark.parametrize("shape", ["empty directory", "day folder missing"])
+def test_a_dataset_with_no_data_for_the_window_delivers_no_empty_file(
+    rig: WindowRig, events_db: Path, shape: str
+) -> None:
+    """An unmounted volume (an empty directory) or a Parquet day folder that has not arrived
+    is not "no events": nothing is delivered and the window is Failed with the reason."""
+    dataset = rig.tmp_path / "dataset"
+    (dataset / "clicks").mkdir(parents=True)
+    if shape == "day folder missing":
+        day = dataset / "clicks" / "date=2026-11-24"
+        day.mkdir()
+        with duckdb.connect(str(events_db), read_only=True) as con:
+            con.execute(
+                "COPY (SELECT * FROM clicks WHERE created_at < TIMESTAMP '2026-11-25') "
+                f"TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
+            )
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
+    result = rig.run(events_db=dataset)
+    assert not result.success
+    assert rig.objects() == []
+    assert rig.status("acme", [WINDOW]) == ["FAILED"]
+    (seen,) = observations(rig, "acme")
+    assert seen.metadata["error_code"].value == "SourceIncomplete"
