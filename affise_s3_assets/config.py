@@ -138,6 +138,10 @@ class EventExportConfig(BaseModel):
     advertisers: tuple[str, ...] = ()
     # gzip level: 1-3 use ISA-L (fast), 4-9 zlib (slower, a few percent smaller).
     compression_level: int = Field(default=1, ge=1, le=9, strict=True)
+    # For a bucket of another account that still uses ACLs: objects we write are ours unless
+    # they grant its owner full control. (A bucket with ACLs disabled, AWS's default since
+    # 2023, owns every object already; the grant is then accepted and ignored.)
+    acl: Literal["bucket-owner-full-control"] | None = None
 
     @field_validator("frequency", mode="before")
     @classmethod

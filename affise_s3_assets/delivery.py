@@ -15,7 +15,7 @@ Knows the flow of a window; the format is csv_export.py's, keys and uploads io_m
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +38,8 @@ from affise_s3_assets.csv_export import (
 from affise_s3_assets.io_manager import DateFolderS3IOManager, WindowObject, build_object_key
 from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.s3 import delivery_failure, error_code, is_permanent
+from affise_s3_assets.schedules import SCHEDULED_TAG
+from affise_s3_assets.sensors import CATCH_UP_TAG, REDELIVERY_TAG
 from affise_s3_assets.source import (
     EVENT_COLUMNS,
     EVENT_SOURCE_KEYS,
@@ -49,7 +51,7 @@ from affise_s3_assets.source import (
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
-# Finishing objects is network-bound: small PUTs and HEADs go out in parallel.
+# Finishing objects is network-bound: the last parts and small PUTs go out in parallel.
 CLOSE_THREADS = 16
 # A destination that fails this many windows in a row (after botocore's own retries of each
 # request) is not tried again for the rest of the run: an endpoint that never answers would
@@ -101,6 +103,7 @@ class ObjectDelivery:
     code: str = ""
     stops_destination: bool = False  # no later window of this run is tried for it
     metadata: dict[str, Any] = field(default_factory=dict)
+    clean_up: bool = False  # a re-delivery: abort the uploads an earlier attempt left open
 
     def add(self, rows: int, data: bytes) -> None:
         if self.failure is not None:
@@ -117,7 +120,8 @@ class ObjectDelivery:
         if self.failure is not None:
             return
         try:
-            self.metadata = {**self.encoder.summary(), **self.object.finish(self.encoder.finish())}
+            finished = self.object.finish(self.encoder.finish(), clean_up=self.clean_up)
+            self.metadata = {**self.encoder.summary(), **finished}
         except Exception as exc:
             self.fail(exc)
 
@@ -213,6 +217,7 @@ def deliver_windows(
     frames: Iterable[pl.DataFrame],
     io: DateFolderS3IOManager,
     on_window: Callable[[Window, list[Outcome]], None],
+    clean_up: bool = False,
 ) -> None:
     """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
     over the range's sorted `frames`; `on_window` reports each window as soon as it is done.
@@ -222,7 +227,8 @@ def deliver_windows(
     uploading each object. A target whose delivery fails with a permanent error (access
     denied, no such bucket, ...), or fails STOP_AFTER_FAILED_WINDOWS windows in a row, is not
     tried again for the later windows of this run: they stay undelivered, and are reported
-    with the run.
+    with the run. `clean_up` (a re-delivery) aborts the multipart uploads an earlier
+    attempt left open for each key delivered.
     """
     stopped: set[dg.AssetKey] = set()
     failed_in_a_row: dict[dg.AssetKey, int] = {}
@@ -246,6 +252,7 @@ def deliver_windows(
                 window,
                 io.open_object(target.destination, window.start, in_memory),
                 GzipCsvEncoder(EVENT_COLUMNS[target.event_type], target.compression_level),
+                clean_up=clean_up,
             )
             for target in due
         ]
@@ -399,6 +406,7 @@ def _deliver_selected(
                 events.window_frames(group.event_type, due_in[0].start, ready[-1].end),
                 io,
                 report,
+                clean_up=_is_redelivery(context.run.tags),
             )
     for window in windows[len(ready) :]:
         reason = SourceIncomplete(
@@ -427,6 +435,13 @@ def _deliver_selected(
             metadata={"failed": len(failures), "delivered": delivered},
             allow_retries=False,
         )
+
+
+def _is_redelivery(tags: Mapping[str, str]) -> bool:
+    """Whether a run may follow one that died mid-upload: anything but a window's first
+    delivery by its schedule or the catch-up's backlog (re-deliveries, the UI, backfills)."""
+    first = tags.get(SCHEDULED_TAG) == "1" or tags.get(CATCH_UP_TAG) == "1"
+    return tags.get(REDELIVERY_TAG) == "1" or not first
 
 
 def _source_progress(
@@ -497,6 +512,7 @@ def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.A
             "frequency_minutes": target.frequency,
             "first_window": start,
             "compression_level": target.compression_level,
+            "object_acl": target.destination.acl or "none",
             "enabled": target.enabled,
             **{f"filter_{name}": value for name, value in filters.items()},
         },

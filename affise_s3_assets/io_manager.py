@@ -4,8 +4,8 @@ window's object there. Knows keys and the S3 library, nothing of DuckDB or CSV.
 Every export partition goes through it, whichever way it was started (a schedule, the catch-up
 sensor, *Materialize* or a backfill in the UI): the export step (delivery.py) opens one object
 per selected integration and window, streams the encoded bytes into it and finishes it, which
-completes the upload and checks what S3 now holds. One window, one object, one key derived only
-from the window, so a re-delivery overwrites and never duplicates.
+completes the upload (S3 checks every request body against its MD5). One window, one object,
+one key derived only from the window, so a re-delivery overwrites and never duplicates.
 """
 
 from datetime import UTC, datetime
@@ -19,8 +19,9 @@ from affise_s3_assets.s3 import (
     MIB,
     S3Destination,
     S3ObjectWriter,
+    abort_leftover_uploads,
+    delivered_metadata,
     s3_client,
-    verify_object,
 )
 
 
@@ -47,18 +48,27 @@ class WindowObject:
                 self.key,
                 self._part_size,
                 memory_bytes=self._memory,
+                acl=self.destination.acl,
             )
         return self.writer
 
     def write(self, chunk: bytes) -> None:
         self._open().write(chunk)
 
-    def finish(self, last_chunk: bytes) -> dict[str, Any]:
-        """Complete the object and check it against S3; returns its materialization metadata."""
+    def finish(self, last_chunk: bytes, clean_up: bool = False) -> dict[str, Any]:
+        """Complete the object; returns its materialization metadata. With `clean_up` (a
+        re-delivery: an earlier attempt may have died mid-upload) the multipart uploads left
+        open for its key are aborted."""
         writer = self._open()
         writer.write(last_chunk)
-        sent, parts = writer.close()
-        return verify_object(writer.client, self.destination, self.key, sent, parts)
+        writer.close()
+        metadata = delivered_metadata(writer, self.destination)
+        if clean_up:
+            aborted = abort_leftover_uploads(writer.client, self.destination.bucket, self.key)
+            metadata["leftover_uploads_aborted"] = (
+                "not allowed to list" if aborted is None else aborted
+            )
+        return metadata
 
     def abort(self) -> None:
         if self.writer is not None:

@@ -2,8 +2,10 @@
 unknown length, and what an S3 failure means. Knows S3, nothing of keys, windows or CSV.
 """
 
+import base64
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import tempfile
@@ -72,6 +74,7 @@ class S3Destination:
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     endpoint_url: str | None = None
+    acl: str | None = None  # "bucket-owner-full-control" for another account's ACL bucket
 
     @property
     def label(self) -> str:
@@ -184,11 +187,22 @@ class S3ObjectWriter:
         part_size: int = DEFAULT_PART_SIZE_MIB * MIB,
         content_type: str = "application/gzip",
         memory_bytes: int | None = None,
+        acl: str | None = None,
     ) -> None:
         self.client, self.bucket, self.key = client, bucket, key
         self._part_size = part_size
-        self._content_type = content_type
         self._memory_bytes = memory_bytes
+        # What every request creating the object carries: its type and, for a bucket of
+        # another account that uses ACLs, the grant letting its owner read it.
+        self._create_args: dict[str, str] = {"ContentType": content_type}
+        if acl:
+            self._create_args["ACL"] = acl
+        # Each request body carries its MD5 (Content-MD5): S3 refuses a body that arrived
+        # other than sent (BadDigest), so a delivery is checked by the server itself, with
+        # no read-back (which would need s3:GetObject).
+        self._part_md5 = hashlib.md5(usedforsecurity=False)
+        self._sha256 = hashlib.sha256()
+        self.etag = ""  # as the server answered (RGW's multipart answer has none)
         # Compressed chunks waiting for the next part: joined once, when the part is full,
         # or written to `_spool` once they pass `memory_bytes`.
         self._pending: list[bytes] = []
@@ -206,6 +220,8 @@ class S3ObjectWriter:
         # chunks, one copy of them and never a second part-sized buffer.
         if not chunk:
             return
+        self._part_md5.update(chunk)
+        self._sha256.update(chunk)
         if self._spool is not None:
             self._spool.write(chunk)
         else:
@@ -222,8 +238,19 @@ class S3ObjectWriter:
         if self._pending_bytes >= part_size_for(len(self._parts) + 1, self._part_size):
             self._send_part(self._take_pending(), wait=False)
 
-    def _take_pending(self) -> bytes | IO[bytes]:
-        """The pending part: bytes, or its temporary file rewound (closed once uploaded)."""
+    @property
+    def parts(self) -> int:
+        """Parts sent: 0 for a single PUT."""
+        return len(self._parts)
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of every byte written so far: the whole object once closed."""
+        return self._sha256.hexdigest()
+
+    def _take_pending(self) -> tuple[bytes | IO[bytes], str]:
+        """The pending part (bytes, or its temporary file rewound, closed once uploaded) and
+        its Content-MD5."""
         body: bytes | IO[bytes]
         if self._spool is not None:
             body, self._spool = self._spool, None
@@ -231,12 +258,15 @@ class S3ObjectWriter:
         else:
             body = b"".join(self._pending)
         self._pending, self._pending_bytes = [], 0
-        return body
+        md5 = base64.b64encode(self._part_md5.digest()).decode()
+        self._part_md5 = hashlib.md5(usedforsecurity=False)
+        return body, md5
 
-    def _send_part(self, body: bytes | IO[bytes], wait: bool) -> None:
+    def _send_part(self, pending: tuple[bytes | IO[bytes], str], wait: bool) -> None:
+        body, md5 = pending
         if self._upload_id is None:
             self._upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, ContentType=self._content_type
+                Bucket=self.bucket, Key=self.key, **self._create_args
             )["UploadId"]
             self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         number = len(self._parts) + 1
@@ -249,11 +279,13 @@ class S3ObjectWriter:
         assert self._uploader is not None
         # Sized before the upload thread starts reading: measuring seeks the file.
         self.sent += _body_size(body)
-        self._in_flight = self._uploader.submit(self._upload_part, part, body)
+        self._in_flight = self._uploader.submit(self._upload_part, part, body, md5)
         if wait:
             self._in_flight.result()
 
-    def _upload_part(self, part: dict[str, Any], body: bytes | IO[bytes]) -> dict[str, Any]:
+    def _upload_part(
+        self, part: dict[str, Any], body: bytes | IO[bytes], md5: str
+    ) -> dict[str, Any]:
         try:
             response = self.client.upload_part(
                 Bucket=self.bucket,
@@ -261,6 +293,7 @@ class S3ObjectWriter:
                 UploadId=self._upload_id,
                 PartNumber=part["PartNumber"],
                 Body=body,
+                ContentMD5=md5,
             )
         finally:
             if not isinstance(body, bytes):
@@ -271,26 +304,28 @@ class S3ObjectWriter:
     def close(self) -> tuple[int, int]:
         """Complete the object; returns (bytes sent, parts), parts 0 for a single PUT."""
         if self._upload_id is None:
-            body = self._take_pending()
+            body, md5 = self._take_pending()
             self.sent = _body_size(body)
             try:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=body, ContentType=self._content_type
+                response = self.client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=body, ContentMD5=md5, **self._create_args
                 )
             finally:
                 if not isinstance(body, bytes):
                     body.close()
+            self.etag = response.get("ETag", "").strip('"')
             return self.sent, 0
         if self._pending_bytes:
             self._send_part(self._take_pending(), wait=True)
         elif self._in_flight is not None:
             self._in_flight.result()
-        self.client.complete_multipart_upload(
+        response = self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self._upload_id,
             MultipartUpload={"Parts": self._parts},
         )
+        self.etag = response.get("ETag", "").strip('"')
         self._shutdown()
         return self.sent, len(self._parts)
 
@@ -399,19 +434,38 @@ def delivery_failure(destination: S3Destination, key: str, exc: BaseException) -
     )
 
 
-def verify_object(
-    client: Any, destination: S3Destination, key: str, sent: int, parts: int
-) -> dict[str, Any]:
-    """HEAD the object (RGW's multipart answer has no ETag) and return its metadata."""
-    head = client.head_object(Bucket=destination.bucket, Key=key)
-    if head["ContentLength"] != sent:
-        raise DeliveryError(f"the object holds {head['ContentLength']} bytes after sending {sent}")
+def delivered_metadata(writer: S3ObjectWriter, destination: S3Destination) -> dict[str, Any]:
+    """What a closed object's materialization records. Nothing is read back: S3 checked every
+    request body against its Content-MD5, which takes no permission beyond s3:PutObject."""
     return {
-        "object_bytes": sent,
-        "multipart_parts": parts,
-        "s3_uri": object_uri(destination, key),
-        "etag": head.get("ETag", "").strip('"'),
+        "object_bytes": writer.sent,
+        "multipart_parts": writer.parts,
+        "s3_uri": object_uri(destination, writer.key),
+        "etag": writer.etag,
+        "sha256": writer.sha256,
     }
+
+
+def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | None:
+    """Abort the multipart uploads still open for exactly `key` (a killed run's, an abort that
+    failed): they are invisible, but their parts are billed. Best effort: None when listing
+    them is not allowed (s3:ListBucketMultipartUploads is optional; the bucket's lifecycle rule
+    AbortIncompleteMultipartUpload covers it), else how many were aborted."""
+    aborted = 0
+    try:
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key)
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if upload["Key"] == key:
+                    client.abort_multipart_upload(
+                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) in PERMANENT_ERROR_CODES:
+            return None
+        raise
+    return aborted
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -125,6 +125,7 @@ def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[Expo
                 access_key=export.access_key,
                 secret_key=export.secret_key,
                 endpoint_url=export.endpoint_url,
+                acl=export.acl,
             ),
             frequency=export.frequency,
             first_window=first_window_start(integration.start, export.frequency),

@@ -1,16 +1,35 @@
 """What a delivery reads and says: its destination from its block alone, never the ambient
 AWS environment, and no credential in any error, against the real S3 server."""
 
+import base64
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import botocore.exceptions
+import duckdb
 import pytest
 
 from affise_s3_assets import s3
+from affise_s3_assets.demo import load_schema
 from affise_s3_assets.s3 import describe_s3_error
+from affise_s3_assets.source import write_watermark
+from affise_s3_assets.targets import build_export_targets
 from tests.conftest import S3Server
-from tests.test_delivery import deliver, export_asset, integration, key_of, keys_in
+from tests.test_delivery import (
+    deliver,
+    delivered_rows,
+    export_asset,
+    fetch,
+    integration,
+    key_of,
+    keys_in,
+    source_rows,
+)
 from tests.test_failures import KEY, failure_message
 
 
@@ -103,3 +122,128 @@ def test_an_unexpected_errors_text_never_carries_request_headers() -> None:
     text = describe_s3_error(refused)
     assert text == "ValueError: Invalid header value b'[request headers withheld]"
     assert "AKIDEXAMPLE" not in text
+
+
+# The least privilege a customer grants us, as published in the README.
+DELIVERY_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
+
+
+def grant_only_delivery(s3_server: S3Server, bucket: str) -> None:
+    """The bucket owner's policy: the delivering account may do DELIVERY_ACTIONS on the
+    bucket's objects, and is denied reading, listing and deleting them. (Ceph RGW does not
+    honour NotAction: the denials are spelled out.)"""
+    # The intruder account (tests/conftest.py) stands for the delivering one.
+    principal = {"AWS": ["arn:aws:iam:::user/intruder"]}
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": principal,
+                "Action": DELIVERY_ACTIONS,
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            },
+            {
+                "Effect": "Deny",
+                "Principal": principal,
+                "Action": [
+                    "s3:GetObject",
+                    "s3:GetObjectAcl",
+                    "s3:ListBucket",
+                    "s3:ListBucketMultipartUploads",
+                    "s3:DeleteObject",
+                ],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            },
+        ],
+    }
+    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+@pytest.mark.parametrize("rows", [300, 120_000], ids=["single PUT", "multipart"])
+def test_delivery_works_under_the_published_least_privilege_policy(
+    s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rows: int
+) -> None:
+    """Another account delivers with only s3:PutObject and s3:AbortMultipartUpload: no
+    read-back (S3 checks each body's Content-MD5), and with `acl: bucket-owner-full-control`
+    the bucket's owner reads what was delivered, every row."""
+    grant_only_delivery(s3_server, bucket)
+    monkeypatch.setenv("TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
+    monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
+    db = tmp_path / "events.duckdb"
+    with duckdb.connect(str(db)) as con:
+        load_schema(con)
+        con.execute(
+            "INSERT INTO clicks (id, created_at, affiliate_id, sub1, sub2) SELECT "
+            "lpad(i::VARCHAR, 8, '0'), TIMESTAMP '2026-11-25 10:00:00' + i * INTERVAL 20 "
+            f"MILLISECOND, 101, md5(i::VARCHAR), sha256(i::VARCHAR) FROM range({rows}) t(i)"
+        )
+        write_watermark(con, "clicks", datetime(2026, 11, 25, 11))
+    acme = integration(
+        s3_server, bucket, frequency=60, extra="      acl: bucket-owner-full-control\n"
+    )
+    denied = s3_server.client(s3_server.intruder)
+    with pytest.raises(botocore.exceptions.ClientError):  # the policy holds: no read
+        denied.list_objects_v2(Bucket=bucket)
+    result = deliver(export_asset(acme), "2026-11-25-10:00", db, part_size_mib=5)
+    ((_, materialization),) = result.all_materializations()
+    (key,) = keys_in(s3_server, bucket)  # read by the bucket's owner
+    with pytest.raises(botocore.exceptions.ClientError):
+        denied.head_object(Bucket=bucket, Key=key)
+    data = fetch(s3_server, bucket, key)
+    assert materialization.metadata["sha256"].value == hashlib.sha256(data).hexdigest()
+    assert materialization.metadata["object_bytes"].value == len(data)
+    assert (materialization.metadata["multipart_parts"].value >= 2) == (rows > 1000)
+    _, delivered = delivered_rows(data)
+    start, end = datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11)
+    assert delivered == source_rows(db, "clicks", start, end)[1]
+
+
+def test_a_body_changed_on_the_way_is_refused_by_s3_and_fails_its_window(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
+) -> None:
+    """Each request carries its body's MD5: bytes that arrive other than sent (here changed
+    after signing, as a faulty proxy would) are refused by S3, and nothing lands. (Over plain
+    HTTP, as here, the signed payload hash refuses them first; over HTTPS botocore signs no
+    payload and Content-MD5 is what S3 checks: BadDigest.)"""
+    acme = integration(s3_server, bucket, frequency=60)
+    (target,) = build_export_targets([acme])
+    client = s3.s3_client(target.destination)
+    sent_md5: list[str] = []
+
+    def corrupt(request: Any, **_: Any) -> None:
+        sent_md5.append(request.headers.get("Content-MD5", ""))
+        body = request.body.read() if hasattr(request.body, "read") else request.body
+        if body:
+            request.body = bytes([body[0] ^ 1]) + body[1:]
+
+    client.meta.events.register("before-send.s3.PutObject", corrupt)
+    try:
+        result = deliver(export_asset(acme), "2026-11-25-10:00", events_db, raise_on_error=False)
+    finally:
+        client.meta.events.unregister("before-send.s3.PutObject", corrupt)
+    message = failure_message(result)
+    assert "BadDigest" in message or "XAmzContentSHA256Mismatch" in message
+    assert sent_md5 and all(len(base64.b64decode(md5)) == 16 for md5 in sent_md5)
+    assert keys_in(s3_server, bucket) == []
+
+
+def test_a_redelivery_aborts_the_uploads_an_earlier_attempt_left_open(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
+) -> None:
+    """A run killed mid-upload leaves an invisible multipart upload whose parts are billed:
+    the next delivery of that window that is not its first (a re-delivery, the UI) aborts it.
+    Another key's open upload is not touched."""
+    client = s3_server.client()
+    left = client.create_multipart_upload(Bucket=bucket, Key=KEY)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=KEY, UploadId=left, PartNumber=1, Body=b"x" * 1024)
+    other = client.create_multipart_upload(Bucket=bucket, Key=KEY + ".other")["UploadId"]
+    acme = integration(s3_server, bucket, frequency=60)
+    result = deliver(
+        export_asset(acme), "2026-11-25-10:00", events_db, tags={"affise/redelivery": "1"}
+    )
+    ((_, materialization),) = result.all_materializations()
+    assert materialization.metadata["leftover_uploads_aborted"].value == 1
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [(KEY + ".other", other)]
+    assert keys_in(s3_server, bucket) == [KEY]
