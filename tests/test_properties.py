@@ -111,7 +111,7 @@ class _Collected:
     def write(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
 
-    def finish(self, last: bytes) -> dict[str, object]:
+    def finish(self, last: bytes, clean_up: bool = False) -> dict[str, object]:
         self.chunks.append(last)
         return {}
 
