@@ -16,7 +16,7 @@ Knows the flow of a window; the format is csv_export.py's, keys and uploads io_m
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -220,7 +220,7 @@ def deliver_windows(
     clean_up: bool = False,
 ) -> None:
     """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
-    over the range's sorted `frames`; `on_window` reports each window as soon as it is done.
+    over the range's sorted `frames`; `on_window` reports each object as soon as it is done.
 
     Three stages overlap on their own threads (DuckDB and polars release the GIL): reading
     and sorting, filtering and writing CSV (once per distinct filter), and compressing and
@@ -261,15 +261,18 @@ def deliver_windows(
             by_filter.setdefault(delivery.target.filter_key, []).append(delivery)
 
     def close_window(index: int) -> None:
+        # Each object is reported as soon as it is complete: one slow destination (up to its
+        # request deadline) delays no other's materialization.
         with ThreadPoolExecutor(max_workers=CLOSE_THREADS, thread_name_prefix="s3-close") as pool:
-            list(pool.map(ObjectDelivery.finish, open_objects))
-        for delivery in open_objects:
-            key = delivery.target.asset_key
-            failed_in_a_row[key] = failed_in_a_row.get(key, 0) + 1 if delivery.failure else 0
-            if delivery.permanent or failed_in_a_row[key] >= STOP_AFTER_FAILED_WINDOWS:
-                delivery.stops_destination = True
-                stopped.add(key)
-        on_window(windows[index], [delivery.outcome() for delivery in open_objects])
+            finishing = {pool.submit(delivery.finish): delivery for delivery in open_objects}
+            for done in as_completed(finishing):
+                delivery = finishing[done]
+                key = delivery.target.asset_key
+                failed_in_a_row[key] = failed_in_a_row.get(key, 0) + 1 if delivery.failure else 0
+                if delivery.permanent or failed_in_a_row[key] >= STOP_AFTER_FAILED_WINDOWS:
+                    delivery.stops_destination = True
+                    stopped.add(key)
+                on_window(windows[index], [delivery.outcome()])
         open_objects.clear()
 
     def move_to(index: int) -> None:

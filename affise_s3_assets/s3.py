@@ -10,8 +10,10 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -39,8 +41,11 @@ _PARTS_PER_SIZE_STEP = 1_000
 # other throttling, timeouts, connection resets): up to this many attempts, exponential backoff
 # with full jitter (base 1 s, at most 20 s between attempts). Permanent errors are not retried.
 MAX_ATTEMPTS = 5
-CONNECT_TIMEOUT_SECONDS = 10
-READ_TIMEOUT_SECONDS = 60
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 20
+# A request's whole time, retries included: past it, the object fails (DeliveryTimeout, not
+# permanent) and is delivered again later. An 8 MiB part takes a second or two to a healthy S3.
+REQUEST_DEADLINE_SECONDS = 120
 
 # Errors a retry cannot fix: the destination's owner has to act. A delivery that fails with one
 # stops trying that destination for the rest of its run; the catch-up sensor tries it again at
@@ -166,13 +171,48 @@ def part_size_for(part_number: int, base_part_size: int) -> int:
     return base_part_size * 2 ** ((part_number - 1) // _PARTS_PER_SIZE_STEP)
 
 
+class DeliveryTimeout(Exception):
+    """A request the endpoint did not answer within REQUEST_DEADLINE (retries included)."""
+
+
+def request_deadline() -> float:
+    """Seconds a request may take, botocore's retries included (AFFISE_REQUEST_DEADLINE_SECONDS,
+    default REQUEST_DEADLINE_SECONDS): the per-attempt timeouts alone do not bound a server
+    that trickles a byte now and then."""
+    return float(os.environ.get("AFFISE_REQUEST_DEADLINE_SECONDS") or REQUEST_DEADLINE_SECONDS)
+
+
+def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+    """Run one request on a daemon thread of its own: a request an endpoint never answers is
+    abandoned at its deadline and cannot keep the process from exiting."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="s3-request", daemon=True).start()
+    return future
+
+
 class S3ObjectWriter:
-    """Push-based upload of one object of unknown length, holding at most two parts.
+    """Push-based upload of one object of unknown length.
 
     Up to one part it is a single PUT at `close()`. Beyond, a multipart upload whose parts go
-    up one at a time in a worker thread while the next is being filled. `abort()` (or any
-    failure inside `upload_stream`) discards it: no object, no orphan parts, and the previous
-    object under the key, if any, stays as it was.
+    up one at a time while the next is being filled. `abort()` (or any failure inside
+    `upload_stream`) discards it: no object, and the previous object under the key, if any,
+    stays as it was.
+
+    The caller (in a window run, the one thread feeding every integration's object) never
+    waits on the network: each request runs on a thread of its own, and while a part is in
+    flight the next one keeps filling, however long the endpoint takes; only `close()` waits.
+    Every request is given `deadline` seconds, botocore's retries included: an endpoint that
+    accepts and never answers, or trickles, fails its object at the deadline and holds up no
+    other.
 
     With `memory_bytes`, a part being filled keeps at most that much in memory and the rest in
     a temporary file: a window job fills one object per integration at once, and S3's 5 MiB
@@ -188,10 +228,12 @@ class S3ObjectWriter:
         content_type: str = "application/gzip",
         memory_bytes: int | None = None,
         acl: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.client, self.bucket, self.key = client, bucket, key
         self._part_size = part_size
         self._memory_bytes = memory_bytes
+        self._deadline = deadline if deadline is not None else request_deadline()
         # What every request creating the object carries: its type and, for a bucket of
         # another account that uses ACLs, the grant letting its owner read it.
         self._create_args: dict[str, str] = {"ContentType": content_type}
@@ -208,10 +250,10 @@ class S3ObjectWriter:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._spool: IO[bytes] | None = None
-        self._upload_id: str | None = None
+        self._upload_id: str | None = None  # set by the first part's request
         self._parts: list[dict[str, Any]] = []
         self._in_flight: Future[dict[str, Any]] | None = None
-        self._uploader: ThreadPoolExecutor | None = None
+        self._in_flight_since = 0.0
         self.sent = 0
         self.most_in_memory = 0  # the largest pending part held in memory, in bytes
 
@@ -236,7 +278,11 @@ class S3ObjectWriter:
         if self._spool is None:
             self.most_in_memory = max(self.most_in_memory, self._pending_bytes)
         if self._pending_bytes >= part_size_for(len(self._parts) + 1, self._part_size):
-            self._send_part(self._take_pending(), wait=False)
+            if self._in_flight is None or self._in_flight.done():
+                self._send_part(self._take_pending())
+            elif time.monotonic() - self._in_flight_since > self._deadline:
+                raise self._timeout()
+            # Otherwise the previous part is still going up: this one grows meanwhile.
 
     @property
     def parts(self) -> int:
@@ -247,6 +293,16 @@ class S3ObjectWriter:
     def sha256(self) -> str:
         """The SHA-256 of every byte written so far: the whole object once closed."""
         return self._sha256.hexdigest()
+
+    def _timeout(self) -> DeliveryTimeout:
+        return DeliveryTimeout(f"no answer from the endpoint within {self._deadline:g} s")
+
+    def _wait(self, future: Future[Any], since: float) -> Any:
+        remaining = self._deadline - (time.monotonic() - since)
+        try:
+            return future.result(timeout=max(0.0, remaining))
+        except FutureTimeout:
+            raise self._timeout() from None
 
     def _take_pending(self) -> tuple[bytes | IO[bytes], str]:
         """The pending part (bytes, or its temporary file rewound, closed once uploaded) and
@@ -262,13 +318,9 @@ class S3ObjectWriter:
         self._part_md5 = hashlib.md5(usedforsecurity=False)
         return body, md5
 
-    def _send_part(self, pending: tuple[bytes | IO[bytes], str], wait: bool) -> None:
+    def _send_part(self, pending: tuple[bytes | IO[bytes], str]) -> None:
+        """Start the next part's upload; the previous one has ended (its error raises here)."""
         body, md5 = pending
-        if self._upload_id is None:
-            self._upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, **self._create_args
-            )["UploadId"]
-            self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         number = len(self._parts) + 1
         if number > MAX_PARTS:
             raise ValueError(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts")
@@ -276,17 +328,19 @@ class S3ObjectWriter:
             self._in_flight.result()
         part: dict[str, Any] = {"PartNumber": number}
         self._parts.append(part)
-        assert self._uploader is not None
         # Sized before the upload thread starts reading: measuring seeks the file.
         self.sent += _body_size(body)
-        self._in_flight = self._uploader.submit(self._upload_part, part, body, md5)
-        if wait:
-            self._in_flight.result()
+        self._in_flight = _in_thread(self._upload_part, part, body, md5)
+        self._in_flight_since = time.monotonic()
 
     def _upload_part(
         self, part: dict[str, Any], body: bytes | IO[bytes], md5: str
     ) -> dict[str, Any]:
         try:
+            if self._upload_id is None:
+                self._upload_id = self.client.create_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, **self._create_args
+                )["UploadId"]
             response = self.client.upload_part(
                 Bucket=self.bucket,
                 Key=self.key,
@@ -303,51 +357,67 @@ class S3ObjectWriter:
 
     def close(self) -> tuple[int, int]:
         """Complete the object; returns (bytes sent, parts), parts 0 for a single PUT."""
-        if self._upload_id is None:
+        if not self._parts:
             body, md5 = self._take_pending()
             self.sent = _body_size(body)
-            try:
-                response = self.client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=body, ContentMD5=md5, **self._create_args
-                )
-            finally:
-                if not isinstance(body, bytes):
-                    body.close()
+
+            def put() -> dict[str, Any]:
+                try:
+                    return self.client.put_object(
+                        Bucket=self.bucket,
+                        Key=self.key,
+                        Body=body,
+                        ContentMD5=md5,
+                        **self._create_args,
+                    )
+                finally:
+                    if not isinstance(body, bytes):
+                        body.close()
+
+            response = self._wait(_in_thread(put), time.monotonic())
             self.etag = response.get("ETag", "").strip('"')
             return self.sent, 0
+        assert self._in_flight is not None
+        self._wait(self._in_flight, self._in_flight_since)
         if self._pending_bytes:
-            self._send_part(self._take_pending(), wait=True)
-        elif self._in_flight is not None:
-            self._in_flight.result()
-        response = self.client.complete_multipart_upload(
+            self._send_part(self._take_pending())
+            self._wait(self._in_flight, self._in_flight_since)
+        complete = _in_thread(
+            self.client.complete_multipart_upload,
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self._upload_id,
             MultipartUpload={"Parts": self._parts},
         )
+        response = self._wait(complete, time.monotonic())
         self.etag = response.get("ETag", "").strip('"')
-        self._shutdown()
+        self._close_spool()
         return self.sent, len(self._parts)
 
     def abort(self) -> None:
-        """Discard everything sent; never raises, the original failure is the one to report."""
-        if self._in_flight is not None:
-            self._in_flight.cancel()
-            with contextlib.suppress(BaseException):
-                self._in_flight.result()
-        self._shutdown()
-        if self._upload_id is not None:
-            with contextlib.suppress(
-                botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
-            ):
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, UploadId=self._upload_id
-                )
+        """Discard everything sent; never raises, the original failure is the one to report.
+        An upload whose request is still hanging is aborted once that request ends, on its
+        own thread: the caller does not wait for an endpoint that does not answer."""
+        self._close_spool()
+        in_flight = self._in_flight
 
-    def _shutdown(self) -> None:
-        if self._uploader is not None:
-            self._uploader.shutdown(wait=True)
-            self._uploader = None
+        def abort_upload() -> None:
+            if in_flight is not None:
+                in_flight.exception()  # wait for it to end, whatever its outcome
+            if self._upload_id is not None:
+                with contextlib.suppress(
+                    botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
+                ):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=self.key, UploadId=self._upload_id
+                    )
+
+        if in_flight is None or in_flight.done():
+            abort_upload()
+        else:
+            _in_thread(abort_upload)
+
+    def _close_spool(self) -> None:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
@@ -418,6 +488,7 @@ class DeliveryError(Exception):
 DELIVERY_ERRORS = (
     ConfigError,
     DeliveryError,
+    DeliveryTimeout,
     botocore.exceptions.BotoCoreError,
     botocore.exceptions.ClientError,
 )

@@ -16,6 +16,8 @@
    integration's clicks for several consecutive 15-minute windows at 20M clicks/day in total.
 5. Storage (`--only storage`): the window runs of 4. with the event log on a throwaway
    Postgres cluster (the cluster's storage) and on SQLite (`dagster dev`'s).
+6. Slow destination (`--only slow`): one integration's endpoint never answers, among 50 in
+   one window job: when the other objects land, against the same run with none dead.
 Everything it writes is under benchmarks/out/ (git-ignored).
 """
 
@@ -301,11 +303,17 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
             asset_selection=[t.asset_key for t in group.due(start)],
             instance=instance,
         )
-        assert result.success
+        assert result.success or os.environ.get("BENCH_MAY_FAIL")
         wall = time.perf_counter() - started
         # This run's own: a Postgres event log keeps the earlier windows' too.
-        materializations = len(result.get_asset_materialization_events())
-    emit({"wall": wall, "objects": materializations})
+        events = [
+            e
+            for e in instance.all_logs(result.run_id)
+            if e.dagster_event is not None and e.dagster_event.is_step_materialization
+        ]
+        first_event = min(e.timestamp for e in instance.all_logs(result.run_id))
+        last = max((e.timestamp for e in events), default=first_event) - first_event
+    emit({"wall": wall, "objects": len(events), "last_object_s": last})
 
 
 # ---------------------------------------------------------------- parent
@@ -773,6 +781,40 @@ def window_storage_case(count: int, windows: int) -> None:
         stop_postgres()
 
 
+def slow_destination_case(count: int = 50) -> None:
+    """One integration's endpoint accepts and never answers, among `count` in one window job:
+    when the others' objects land, against the same run with no dead endpoint."""
+    sys.path.insert(0, str(ROOT))
+    from tests.stalling_endpoint import stalling_endpoint
+
+    base = write_integrations(count).read_text()
+    fifteen = re.sub(r"frequency: (5|30)\n", "frequency: 15\n", base)
+    db = fanout_db(1000)
+    env = {f"C{i:04d}_KEY": KEY for i in range(count)} | {
+        f"C{i:04d}_SECRET": SECRET for i in range(count)
+    }
+    partition = (DAY + timedelta(hours=10)).strftime("%Y-%m-%d-%H:%M")
+    print(f"\n## A destination that never answers, among {count} integrations (one window)")
+    print("| case | objects | last healthy object after run start s | run wall s |")
+    print("|---|---|---|---|")
+    with stalling_endpoint() as dead:
+        first = "directory: c00000/clicks\n      access_key: ${C0000_KEY}\n"
+        first += "      secret_key: ${C0000_SECRET}\n"
+        one_dead = fifteen.replace(
+            first + f"      endpoint_url: {ENDPOINT}", first + f"      endpoint_url: {dead}", 1
+        )
+        assert one_dead != fifteen
+        for name, text in (("all healthy", fifteen), ("one never answers", one_dead)):
+            path = OUT / f"integrations-{count}-{name.replace(' ', '-')}.yaml"
+            path.write_text(text)
+            args = ["--child", "window", str(path), str(db), partition]
+            result, _ = run_child(args, env | {"BENCH_MAY_FAIL": "1"})
+            print(
+                f"| {name} | {result['objects']} | {result['last_object_s']:.1f} | "
+                f"{result['wall']:.1f} |"
+            )
+
+
 def backlog_case() -> None:
     """A new integration with 30 days of history at 15 minutes, 20k clicks a day: the runs the
     catch-up sensor plans, each run as its own process (as a run worker), two at a time."""
@@ -931,7 +973,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4, help="15-minute windows delivered")
     parser.add_argument(
         "--only",
-        choices=["export", "profile", "parquet", "scale", "storage", "backlog", "lag"],
+        choices=["export", "profile", "parquet", "scale", "storage", "slow", "backlog", "lag"],
         action="append",
     )
     parser.add_argument("--lag-minutes", type=int, default=6)
@@ -950,6 +992,8 @@ def main() -> None:
             scale_cases(options.integrations, options.windows)
         if "storage" in parts:
             window_storage_case(options.integrations, 2)
+        if "slow" in parts:
+            slow_destination_case()
         if "backlog" in parts:
             backlog_case()
         if "lag" in parts:

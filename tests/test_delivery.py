@@ -358,7 +358,8 @@ def test_multipart_object_round_trips_against_the_real_server(
     data = fetch(s3_server, bucket, key)
     ((_, materialization),) = result.all_materializations()
     parts = materialization.metadata["multipart_parts"].value
-    assert parts == -(-len(data) // (5 * 1024 * 1024)) >= 2
+    # A part still going up when the next is full lets the next grow: at most this many.
+    assert 2 <= parts <= -(-len(data) // (5 * 1024 * 1024))
     # The server's own record of a multipart object: an ETag ending in -<parts>.
     assert client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith(f"-{parts}")
     assert materialization.metadata["object_bytes"].value == len(data)
@@ -374,16 +375,18 @@ def test_parts_beyond_memory_bytes_spill_to_disk_and_arrive_exact(
 ) -> None:
     """The window job's writers keep a part in memory only up to `memory_bytes`."""
     client = s3_server.client()
-    data = random.Random(7).randbytes(11 * MIB)  # incompressible: 3 parts of >= 5 MiB
+    data = random.Random(7).randbytes(11 * MIB)  # incompressible: 2 or 3 parts of >= 5 MiB
     for key, size, memory, parts in (
-        ("spilled", len(data), 64 * 1024, 3),
-        ("in-memory", len(data), None, 3),
-        ("spilled-single-put", MIB, 64 * 1024, 0),
+        ("spilled", len(data), 64 * 1024, {2, 3}),
+        ("in-memory", len(data), None, {2, 3}),
+        ("spilled-single-put", MIB, 64 * 1024, {0}),
     ):
         writer = S3ObjectWriter(client, bucket, key, 5 * MIB, memory_bytes=memory)
         for offset in range(0, size, 100_000):
             writer.write(data[offset : min(offset + 100_000, size)])
-        assert writer.close() == (size, parts)
+        # A part still going up when the next is full lets the next grow: 2 parts or 3.
+        sent, sent_parts = writer.close()
+        assert sent == size and sent_parts in parts
         assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data[:size]
         if memory is None:
             assert writer.most_in_memory >= 5 * MIB

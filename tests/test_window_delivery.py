@@ -19,6 +19,7 @@ from affise_s3_assets.sensors import ended_runs_since
 from affise_s3_assets.source import EventsDatabase, write_watermark
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
+from tests.stalling_endpoint import stalling_endpoint
 from tests.test_delivery import (
     ADVERTISER,
     deliver,
@@ -426,3 +427,38 @@ def test_a_dataset_with_no_data_for_the_window_delivers_no_empty_file(
     assert rig.status("acme", [WINDOW]) == ["FAILED"]
     (seen,) = observations(rig, "acme")
     assert seen.metadata["error_code"].value == "SourceIncomplete"
+
+
+@pytest.mark.parametrize("trickle_every", [None, 0.5], ids=["silent", "trickling"])
+def test_a_destination_that_never_answers_fails_at_its_deadline_and_delays_no_other(
+    rig: WindowRig, monkeypatch: pytest.MonkeyPatch, trickle_every: float | None
+) -> None:
+    """An endpoint that accepts and never answers (or trickles a byte now and then, which no
+    per-read timeout ends) fails its own object at the request deadline, as DeliveryTimeout;
+    the healthy integration's object is delivered and reported first, not after it."""
+    monkeypatch.setenv("AFFISE_REQUEST_DEADLINE_SECONDS", "3")
+    with stalling_endpoint(trickle_every) as url:
+        stalled = rig.clicks("stalled").replace(rig.s3.endpoint_url, url)
+        rig.configure(
+            [
+                ("good", "2026-11-24 00:00:00", rig.clicks("good")),
+                ("stalled", "2026-11-24 00:00:00", stalled),
+            ]
+        )
+        result = rig.run()
+    assert not result.success
+    assert rig.materialized("good") == {WINDOW}
+    assert rig.objects() == ["good/2026/11/25/2026-11-25 10:00:00.csv.gz"]
+    assert rig.status("stalled", [WINDOW]) == ["FAILED"]
+    (seen,) = observations(rig, "stalled")
+    assert seen.metadata["error_code"].value == "DeliveryTimeout"
+    assert "no answer from the endpoint within 3 s" in seen.metadata["delivery_failed"].value
+    # In the run's event log, the healthy object's materialization comes before the
+    # stalled one's failure: nobody waited for it.
+    order = [
+        (event.dagster_event.event_type_value, event.dagster_event.asset_key.path[1])
+        for event in rig.instance.all_logs(result.run_id)
+        if event.dagster_event is not None
+        and event.dagster_event.event_type_value in ("ASSET_MATERIALIZATION", "ASSET_OBSERVATION")
+    ]
+    assert order == [("ASSET_MATERIALIZATION", "good"), ("ASSET_OBSERVATION", "stalled")]
