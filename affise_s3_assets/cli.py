@@ -2,6 +2,9 @@
 (config.py), not the definitions; never prints a secret value.
 
     affise-s3 validate [FILE]     every problem of the file at once; exit 1 if any
+    affise-s3 check-connection NAME [--event-type clicks|conversions] [--file FILE]
+                                  write a probe object with that integration's own
+                                  credentials; say what fails in words to act on
 """
 
 import argparse
@@ -40,6 +43,39 @@ def validate(path: Path, state: Path | None = None) -> int:
     return 0
 
 
+def check_connections(path: Path, name: str, event_type: str | None) -> int:
+    """Check each export of integration `name` (or only `event_type`); 0 when all work."""
+    from affise_s3_assets.connection_check import check_connection
+    from affise_s3_assets.s3 import request_deadline
+    from affise_s3_assets.targets import build_export_targets
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"{path}: cannot be read: {exc.strerror}", file=sys.stderr)
+        return 1
+    applied = apply_integrations(text, source=str(path))
+    mine = [p for p in applied.problems if p.startswith(f"integration {name!r}:")]
+    targets = [
+        t
+        for t in build_export_targets(applied.integrations)
+        if t.integration == name and event_type in (None, t.event_type)
+    ]
+    for problem in mine:
+        print(problem)
+    if not targets:
+        what = f"no {event_type} export" if event_type else "no export"
+        print(f"integration {name!r}: {what} to check in {path}")
+        return 1
+    failed = False
+    for target in targets:
+        # A check answers within seconds, whatever the deliveries' deadline.
+        result = check_connection(target.destination, deadline=min(30.0, request_deadline()))
+        failed |= not result.ok
+        print(f"integration {name!r} {target.event_type}: {result.message}")
+    return 1 if failed or mine else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="affise-s3", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,9 +90,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the deployment's AFFISE_STATE_DIR (default: $AFFISE_STATE_DIR), for its last "
         "applied config",
     )
+    probe = commands.add_parser(
+        "check-connection", help="write a probe object with an integration's own credentials"
+    )
+    probe.add_argument("name", help="the integration's name")
+    probe.add_argument("--event-type", choices=["clicks", "conversions"])
+    probe.add_argument(
+        "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
+    )
     options = parser.parse_args(argv)
     if options.command == "validate":
         return validate(options.file or integrations_path(), options.state_dir)
+    if options.command == "check-connection":
+        return check_connections(
+            options.file or integrations_path(), options.name, options.event_type
+        )
     parser.error(f"unknown command {options.command}")
     return 2
 

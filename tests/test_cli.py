@@ -1,12 +1,24 @@
 """`affise-s3 validate`, as an account manager runs it: the installed console script."""
 
+import contextlib
+import os
+import socket
 import subprocess
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import botocore.exceptions
+import pytest
+
 from affise_s3_assets.config import apply_integrations, parse_integrations
+from affise_s3_assets.connection_check import explain
 from affise_s3_assets.live_config import write_last_good
-from tests.conftest import ROOT
+from affise_s3_assets.targets import build_export_targets
+from tests.conftest import ROOT, S3Server
+from tests.stalling_endpoint import stalling_endpoint
+from tests.test_delivery import keys_in
+from tests.test_security import grant_only_delivery
 
 CLI = ROOT / ".venv" / "bin" / "affise-s3"
 
@@ -109,3 +121,131 @@ def test_validate_judges_as_the_deployment_does_with_its_state_dir(tmp_path: Pat
     write_last_good(state, applied)
     delivering = run("validate", str(path), "--state-dir", str(state))
     assert delivering.returncode == 0, delivering.stdout
+
+
+def probe_file(tmp_path: Path, endpoint: str, bucket: str, region: str = "us-east-1") -> Path:
+    path = tmp_path / "integrations.yaml"
+    path.write_text(
+        f"""integrations:
+  - name: acme
+    start: "2026-11-01 00:00:00"
+    clicks:
+      bucket: {bucket}
+      region: {region}
+      directory: affise/clicks
+      access_key: ${{CHECK_KEY}}
+      secret_key: ${{CHECK_SECRET}}
+      endpoint_url: {endpoint}
+"""
+    )
+    return path
+
+
+def check(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CHECK_", "AWS_"))}
+    return subprocess.run(
+        [str(CLI), "check-connection", "acme", "--file", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=environment | env,
+    )
+
+
+def test_check_connection_writes_a_probe_outside_the_date_folders_and_removes_it(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    customer = s3_server.customer
+    done = check(
+        probe_file(tmp_path, s3_server.endpoint_url, bucket),
+        CHECK_KEY=customer.access_key,
+        CHECK_SECRET=customer.secret_key,
+    )
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.strip() == (
+        f"integration 'acme' clicks: ok: wrote a probe object under s3://{bucket}/affise/clicks/"
+        " and removed it"
+    )
+    assert keys_in(s3_server, bucket) == []
+
+
+def test_check_connection_passes_under_the_least_privilege_policy_and_leaves_the_probe(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    grant_only_delivery(s3_server, bucket)
+    intruder = s3_server.intruder
+    done = check(
+        probe_file(tmp_path, s3_server.endpoint_url, bucket),
+        CHECK_KEY=intruder.access_key,
+        CHECK_SECRET=intruder.secret_key,
+    )
+    assert done.returncode == 0, done.stdout
+    assert "and left it (no s3:DeleteObject; delete s3://" in done.stdout
+    (probe,) = keys_in(s3_server, bucket)
+    assert probe.startswith("affise/clicks/_affise_connection_check/")
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unset variable", "credentials: "),
+        ("no such bucket", "does not exist on http://"),
+        ("access denied", "access denied: these credentials may not s3:PutObject on arn:aws:s3:::"),
+        ("wrong secret", "the secret key does not match the access key id"),
+        ("unknown key id", "the access key id is unknown to the store"),
+        ("unreachable", "is unreachable"),
+        ("not answering", "accepts connections but does not answer"),
+    ],
+)
+def test_check_connection_says_what_is_wrong_in_words_to_act_on(
+    s3_server: S3Server, bucket: str, tmp_path: Path, case: str, expected: str
+) -> None:
+    customer, intruder = s3_server.customer, s3_server.intruder
+    env = {"CHECK_KEY": customer.access_key, "CHECK_SECRET": customer.secret_key}
+    endpoint, target = s3_server.endpoint_url, bucket
+    with contextlib.ExitStack() as stack:
+        if case == "unset variable":
+            env.pop("CHECK_SECRET")
+            expected += "secret_key: environment variable CHECK_SECRET is not set"
+        elif case == "no such bucket":
+            target = bucket + "-missing"
+        elif case == "access denied":
+            env = {"CHECK_KEY": intruder.access_key, "CHECK_SECRET": intruder.secret_key}
+        elif case == "wrong secret":
+            env["CHECK_SECRET"] = "not-the-secret-0123456789"
+        elif case == "unknown key id":
+            env["CHECK_KEY"] = "UNKNOWNKEYID00000000"
+        elif case == "unreachable":
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                endpoint = f"http://127.0.0.1:{free.getsockname()[1]}"
+        elif case == "not answering":
+            endpoint = stack.enter_context(stalling_endpoint())
+            env["AFFISE_REQUEST_DEADLINE_SECONDS"] = "2"
+        done = check(probe_file(tmp_path, endpoint, target), **env)
+    assert done.returncode == 1
+    assert done.stdout.startswith("integration 'acme' clicks: ")
+    assert expected in done.stdout, done.stdout
+    for secret in (customer.secret_key, intruder.secret_key, "not-the-secret-0123456789"):
+        assert secret not in done.stdout + done.stderr
+
+
+def test_a_wrong_region_names_the_region_the_bucket_is_in() -> None:
+    """AWS answers a request signed for the wrong region with the bucket's own region (Ceph
+    RGW accepts any region, so this is AWS's documented answer, built here)."""
+    error = botocore.exceptions.ClientError(
+        {
+            "Error": {"Code": "AuthorizationHeaderMalformed", "Region": "eu-central-1"},
+            "ResponseMetadata": {"HTTPStatusCode": 400, "HTTPHeaders": {}},
+        },
+        "PutObject",
+    )
+    (target,) = build_export_targets(
+        parse_integrations(
+            probe_file(Path(tempfile.mkdtemp()), "https://s3.example.com", "acme-raw").read_text()
+        ).integrations
+    )
+    assert explain(error, target.destination) == (
+        "wrong region: the bucket is in eu-central-1, the integration says us-east-1 "
+        "(AuthorizationHeaderMalformed)"
+    )
