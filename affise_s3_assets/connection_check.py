@@ -46,6 +46,8 @@ def check_connection(destination: S3Destination, deadline: float = 30) -> CheckR
     except ConfigError as exc:
         # "secret_key: environment variable X is not set": the integration is named already.
         return CheckResult(False, f"credentials: {str(exc).removeprefix(destination.label + ' ')}")
+    except ValueError as exc:  # botocore refusing the endpoint or region
+        return CheckResult(False, f"the client cannot be made: {type(exc).__name__}")
     key = probe_key(destination.directory)
     writer = S3ObjectWriter(
         client,
@@ -64,7 +66,7 @@ def check_connection(destination: S3Destination, deadline: float = 30) -> CheckR
     removed = "and removed it"
     try:
         client.delete_object(Bucket=destination.bucket, Key=key)
-    except botocore.exceptions.ClientError:
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
         # The least-privilege policy has no s3:DeleteObject: the probe stays, by design.
         removed = f"and left it (no s3:DeleteObject; delete s3://{destination.bucket}/{key})"
     return CheckResult(True, f"ok: wrote a probe object under {where} {removed}")

@@ -444,7 +444,9 @@ def _is_redelivery(tags: Mapping[str, str]) -> bool:
     """Whether a run may follow one that died mid-upload: anything but a window's first
     delivery by its schedule or the catch-up's backlog (re-deliveries, the UI, backfills)."""
     first = tags.get(SCHEDULED_TAG) == "1" or tags.get(CATCH_UP_TAG) == "1"
-    return tags.get(REDELIVERY_TAG) == "1" or not first
+    # Dagster's own re-execution of a crashed run copies its parent's tags.
+    retried = "dagster/parent_run_id" in tags
+    return tags.get(REDELIVERY_TAG) == "1" or retried or not first
 
 
 def _source_progress(

@@ -589,7 +589,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--days",
         type=int,
         default=3,
-        help="days of history before the current hour; one future day is always added",
+        help="days of history before the current hour; a week ahead is always added (the "
+        "watermark moves with it: a demo left running a week has windows waiting for data)",
     )
     parser.add_argument("--clicks-per-day", type=int, default=20_000)
     parser.add_argument(
@@ -609,12 +610,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI entry point: window is [hour(now) - days, hour(now) + 1 day)."""
+    """CLI entry point: window is [hour(now) - days, hour(now) + 7 days)."""
     args = _parse_args(argv)
     now = _naive_utc(args.end) if args.end else datetime.now(UTC).replace(tzinfo=None)
     hour = now.replace(minute=0, second=0, microsecond=0)
-    # The future day lets a running demo keep finding fresh rows in every new window.
-    start, end = hour - timedelta(days=args.days), hour + timedelta(days=1)
+    # The week ahead lets a running demo keep finding fresh rows (and a watermark past them)
+    # in every new window.
+    start, end = hour - timedelta(days=args.days), hour + timedelta(days=7)
     if args.from_integrations:
         # Every window from each integration's start holds demo events, not empty files.
         # Applied as the code location applies it: one broken block must not stop the demo.

@@ -46,6 +46,10 @@ READ_TIMEOUT_SECONDS = 20
 # A request's whole time, retries included: past it, the object fails (DeliveryTimeout, not
 # permanent) and is delivered again later. An 8 MiB part takes a second or two to a healthy S3.
 REQUEST_DEADLINE_SECONDS = 120
+# ...plus this long per MiB sent: a large object to a slow but working link gets its time.
+SECONDS_PER_MIB = 1.0
+# S3's largest part; a part grows past its planned size only while the previous is in flight.
+MAX_PART_BYTES = 5 * 1024 * MIB
 
 # Errors a retry cannot fix: the destination's owner has to act. A delivery that fails with one
 # stops trying that destination for the rest of its run; the catch-up sensor tries it again at
@@ -176,9 +180,10 @@ class DeliveryTimeout(Exception):
 
 
 def request_deadline() -> float:
-    """Seconds a request may take, botocore's retries included (AFFISE_REQUEST_DEADLINE_SECONDS,
-    default REQUEST_DEADLINE_SECONDS): the per-attempt timeouts alone do not bound a server
-    that trickles a byte now and then."""
+    """Seconds an object's requests may take in all, botocore's retries included, before
+    SECONDS_PER_MIB per MiB sent is added (AFFISE_REQUEST_DEADLINE_SECONDS, default
+    REQUEST_DEADLINE_SECONDS): the per-attempt timeouts alone do not bound a server that
+    trickles a byte now and then."""
     return float(os.environ.get("AFFISE_REQUEST_DEADLINE_SECONDS") or REQUEST_DEADLINE_SECONDS)
 
 
@@ -207,12 +212,12 @@ class S3ObjectWriter:
     `upload_stream`) discards it: no object, and the previous object under the key, if any,
     stays as it was.
 
-    The caller (in a window run, the one thread feeding every integration's object) never
-    waits on the network: each request runs on a thread of its own, and while a part is in
-    flight the next one keeps filling, however long the endpoint takes; only `close()` waits.
-    Every request is given `deadline` seconds, botocore's retries included: an endpoint that
-    accepts and never answers, or trickles, fails its object at the deadline and holds up no
-    other.
+    The caller (in a window run, the one thread feeding every integration's object) does not
+    wait on the network: each request runs on a thread of its own, and while a part is in
+    flight the next one keeps filling, up to four times its planned size (then, for a slow
+    but working link, the caller waits for the part in flight: back-pressure, not failure).
+    The object's requests get `deadline` seconds in all plus SECONDS_PER_MIB per MiB sent:
+    an endpoint that accepts and never answers, or trickles, fails its object there.
 
     With `memory_bytes`, a part being filled keeps at most that much in memory and the rest in
     a temporary file: a window job fills one object per integration at once, and S3's 5 MiB
@@ -253,7 +258,8 @@ class S3ObjectWriter:
         self._upload_id: str | None = None  # set by the first part's request
         self._parts: list[dict[str, Any]] = []
         self._in_flight: Future[dict[str, Any]] | None = None
-        self._in_flight_since = 0.0
+        self._first_request_at: float | None = None
+        self.aborted: Future[None] | None = None  # the abort, once asked for
         self.sent = 0
         self.most_in_memory = 0  # the largest pending part held in memory, in bytes
 
@@ -277,12 +283,14 @@ class S3ObjectWriter:
         self._pending_bytes += len(chunk)
         if self._spool is None:
             self.most_in_memory = max(self.most_in_memory, self._pending_bytes)
-        if self._pending_bytes >= part_size_for(len(self._parts) + 1, self._part_size):
-            if self._in_flight is None or self._in_flight.done():
-                self._send_part(self._take_pending())
-            elif time.monotonic() - self._in_flight_since > self._deadline:
-                raise self._timeout()
-            # Otherwise the previous part is still going up: this one grows meanwhile.
+        planned = part_size_for(len(self._parts) + 1, self._part_size)
+        if self._pending_bytes >= planned:
+            if self._in_flight is not None and not self._in_flight.done():
+                if self._pending_bytes < min(4 * planned, MAX_PART_BYTES):
+                    self._check_deadline()
+                    return  # the previous part is still going up: this one grows meanwhile
+                self._wait(self._in_flight)
+            self._send_part(self._take_pending())
 
     @property
     def parts(self) -> int:
@@ -294,15 +302,27 @@ class S3ObjectWriter:
         """The SHA-256 of every byte written so far: the whole object once closed."""
         return self._sha256.hexdigest()
 
-    def _timeout(self) -> DeliveryTimeout:
-        return DeliveryTimeout(f"no answer from the endpoint within {self._deadline:g} s")
+    def _remaining(self) -> float:
+        """Seconds left of the object's deadline (it starts with its first request)."""
+        if self._first_request_at is None:
+            self._first_request_at = time.monotonic()
+        allowed = self._deadline + SECONDS_PER_MIB * self.sent / MIB
+        return allowed - (time.monotonic() - self._first_request_at)
 
-    def _wait(self, future: Future[Any], since: float) -> Any:
-        remaining = self._deadline - (time.monotonic() - since)
+    def _check_deadline(self) -> None:
+        if self._remaining() <= 0:
+            raise DeliveryTimeout(f"no answer from the endpoint within {self._allowed():g} s")
+
+    def _allowed(self) -> float:
+        return round(self._deadline + SECONDS_PER_MIB * self.sent / MIB, 1)
+
+    def _wait(self, future: Future[Any]) -> Any:
         try:
-            return future.result(timeout=max(0.0, remaining))
+            return future.result(timeout=max(0.0, self._remaining()))
         except FutureTimeout:
-            raise self._timeout() from None
+            raise DeliveryTimeout(
+                f"no answer from the endpoint within {self._allowed():g} s"
+            ) from None
 
     def _take_pending(self) -> tuple[bytes | IO[bytes], str]:
         """The pending part (bytes, or its temporary file rewound, closed once uploaded) and
@@ -322,16 +342,21 @@ class S3ObjectWriter:
         """Start the next part's upload; the previous one has ended (its error raises here)."""
         body, md5 = pending
         number = len(self._parts) + 1
-        if number > MAX_PARTS:
-            raise ValueError(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts")
-        if self._in_flight is not None:
-            self._in_flight.result()
+        try:
+            if number > MAX_PARTS:
+                raise ValueError(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts")
+            if self._in_flight is not None:
+                self._in_flight.result()
+        except BaseException:
+            if not isinstance(body, bytes):
+                body.close()
+            raise
         part: dict[str, Any] = {"PartNumber": number}
         self._parts.append(part)
+        self._remaining()  # the deadline starts with the first request
         # Sized before the upload thread starts reading: measuring seeks the file.
         self.sent += _body_size(body)
         self._in_flight = _in_thread(self._upload_part, part, body, md5)
-        self._in_flight_since = time.monotonic()
 
     def _upload_part(
         self, part: dict[str, Any], body: bytes | IO[bytes], md5: str
@@ -374,14 +399,17 @@ class S3ObjectWriter:
                     if not isinstance(body, bytes):
                         body.close()
 
-            response = self._wait(_in_thread(put), time.monotonic())
+            # A PUT given up at the deadline may still land later: the same bytes under the
+            # same key, so a re-delivery overwrites it with what it would have held.
+            self._remaining()
+            response = self._wait(_in_thread(put))
             self.etag = response.get("ETag", "").strip('"')
             return self.sent, 0
         assert self._in_flight is not None
-        self._wait(self._in_flight, self._in_flight_since)
+        self._wait(self._in_flight)
         if self._pending_bytes:
             self._send_part(self._take_pending())
-            self._wait(self._in_flight, self._in_flight_since)
+            self._wait(self._in_flight)
         complete = _in_thread(
             self.client.complete_multipart_upload,
             Bucket=self.bucket,
@@ -389,15 +417,17 @@ class S3ObjectWriter:
             UploadId=self._upload_id,
             MultipartUpload={"Parts": self._parts},
         )
-        response = self._wait(complete, time.monotonic())
+        self._in_flight = complete  # an abort after a deadline waits for it
+        response = self._wait(complete)
         self.etag = response.get("ETag", "").strip('"')
         self._close_spool()
         return self.sent, len(self._parts)
 
-    def abort(self) -> None:
+    def abort(self) -> Future[None]:
         """Discard everything sent; never raises, the original failure is the one to report.
-        An upload whose request is still hanging is aborted once that request ends, on its
-        own thread: the caller does not wait for an endpoint that does not answer."""
+        The multipart upload is aborted on a thread of its own, once the request in flight has
+        ended: the caller never waits on an endpoint that just failed. `aborted` (returned
+        too) tells when that is done."""
         self._close_spool()
         in_flight = self._in_flight
 
@@ -412,10 +442,8 @@ class S3ObjectWriter:
                         Bucket=self.bucket, Key=self.key, UploadId=self._upload_id
                     )
 
-        if in_flight is None or in_flight.done():
-            abort_upload()
-        else:
-            _in_thread(abort_upload)
+        self.aborted = _in_thread(abort_upload)
+        return self.aborted
 
     def _close_spool(self) -> None:
         if self._spool is not None:
@@ -445,7 +473,9 @@ def upload_stream(
             writer.write(chunk)
         return writer.close()
     except BaseException:
-        writer.abort()
+        # Its caller is told "nothing is left" once this returns: wait for the abort.
+        with contextlib.suppress(Exception):
+            writer.abort().result(timeout=writer._deadline)
         raise
     finally:
         # A producer with threads of its own stops them when closed; don't rely
@@ -517,11 +547,12 @@ def delivered_metadata(writer: S3ObjectWriter, destination: S3Destination) -> di
     }
 
 
-def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | None:
+def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | str | None:
     """Abort the multipart uploads still open for exactly `key` (a killed run's, an abort that
     failed): they are invisible, but their parts are billed. Best effort: None when listing
     them is not allowed (s3:ListBucketMultipartUploads is optional; the bucket's lifecycle rule
-    AbortIncompleteMultipartUpload covers it), else how many were aborted."""
+    AbortIncompleteMultipartUpload covers it), "failed: <why>" when the store would not, else
+    how many were aborted. Never raises: the object is already delivered."""
     aborted = 0
     try:
         pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key)
@@ -535,7 +566,9 @@ def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | None:
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) in PERMANENT_ERROR_CODES:
             return None
-        raise
+        return f"failed: {error_code(exc)}"  # the object is delivered: this fails nothing
+    except (botocore.exceptions.BotoCoreError, DeliveryTimeout) as exc:
+        return f"failed: {type(exc).__name__}"
     return aborted
 
 

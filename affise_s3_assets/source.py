@@ -1,5 +1,6 @@
 """The loader: reads one window of raw events out of DuckDB. Knows DuckDB, nothing of S3."""
 
+import fcntl
 import itertools
 import json
 import os
@@ -8,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import duckdb
@@ -147,12 +147,16 @@ def write_dataset_watermark(dataset: Path, event_type: EventType, until: datetim
     """For the loader of a Parquet dataset: every `event_type` event before `until` is in.
     Written atomically (a temporary file renamed); a watermark only moves forward."""
     marks = dataset / WATERMARK_FILE
-    current = json.loads(marks.read_text(encoding="utf-8")) if marks.exists() else {}
-    value = f"{naive_utc(until):%Y-%m-%d %H:%M:%S}"
-    current[event_type] = max(current.get(event_type, value), value)
-    scratch = marks.with_suffix(".tmp")
-    scratch.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-    scratch.replace(marks)
+    # Loaders of clicks and conversions may write at once: one at a time, or one could roll
+    # the other's watermark back.
+    with open(dataset / f"{WATERMARK_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = json.loads(marks.read_text(encoding="utf-8")) if marks.exists() else {}
+        value = f"{naive_utc(until):%Y-%m-%d %H:%M:%S}"
+        current[event_type] = max(current.get(event_type, value), value)
+        scratch = marks.with_name(f"{WATERMARK_FILE}.{os.getpid()}.tmp")
+        scratch.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+        scratch.replace(marks)
 
 
 # `id` breaks created_at ties so the same rows always serialize to the same bytes.
@@ -338,21 +342,25 @@ class EventsDatabase(dg.ConfigurableResource):
         page_rows = min(self.batch_rows, self.slice_rows)
         # NULL ids sort first within their time; they cannot be paged by id.
         yield from self._sorted(con, f"{query} AND id IS NULL", [start, end])
-        keyed = f"SELECT created_at, id FROM ({query}) WHERE id IS NOT NULL"
-        after = " AND (created_at > $3 OR (created_at = $3 AND id > $4))"
-        last: tuple[Any, str] | None = None
+        # Times as integer nanoseconds: Python's datetime would cut a nanosecond source's
+        # digits, and a bound that matches none of the rows would page forever.
+        keyed = f"SELECT epoch_ns(created_at) AS t, id FROM ({query}) WHERE id IS NOT NULL"
+        after = " AND (epoch_ns(created_at) > $3 OR (epoch_ns(created_at) = $3 AND id > $4))"
+        last: tuple[int, str] | None = None
         while True:
             params: list[object] = [start, end] if last is None else [start, end, *last]
             keys = con.execute(
-                f"{keyed}{after if last else ''} ORDER BY created_at, id LIMIT {page_rows}",
-                params,
+                f"{keyed}{after if last else ''} ORDER BY t, id LIMIT {page_rows}", params
             ).fetchall()
             if not keys:
                 return
             bound = keys[-1]
             # Every row of the range, ids equal to the bound's included: none is cut in two.
             n = len(params)
-            upto = f" AND (created_at < ${n + 1} OR (created_at = ${n + 1} AND id <= ${n + 2}))"
+            upto = (
+                f" AND (epoch_ns(created_at) < ${n + 1} OR "
+                f"(epoch_ns(created_at) = ${n + 1} AND id <= ${n + 2}))"
+            )
             yield from self._sorted(
                 con,
                 f"{query} AND id IS NOT NULL{after if last else ''}{upto}",

@@ -135,3 +135,27 @@ def test_bunched_events_are_read_in_bounded_slices_in_the_same_order(bunched_db:
     assert instant.height == 1_001 and instant["id"][0] is None  # one spread row lands here too
     whole, rows = export_bytes(bunched_db, slice_rows=10**9)  # one slice, sorted by polars
     assert (whole, rows) == export_bytes(bunched_db, slice_rows=100)
+
+
+def test_a_crowded_instant_of_a_nanosecond_source_is_read_whole_and_in_order(
+    tmp_path: Path,
+) -> None:
+    """Python's datetime cuts nanoseconds: paging a crowded microsecond by it would never
+    advance. Paged by integer nanoseconds, every row comes once, in (created_at, id) order
+    (rows with no id first, whole)."""
+    path = tmp_path / "nanoseconds.duckdb"
+    with duckdb.connect(str(path)) as con:
+        load_schema(con)
+        con.execute("ALTER TABLE clicks ALTER created_at TYPE TIMESTAMP_NS")
+        con.execute(
+            "INSERT INTO clicks (id, created_at, affiliate_id) SELECT CASE WHEN i % 5 = 0 THEN "
+            "NULL ELSE md5(i::VARCHAR) END, make_timestamp_ns(epoch_ns("
+            "'2026-11-25 10:07:00.123456'::TIMESTAMP) + (i * 37 % 900)::BIGINT), 1 "
+            "FROM range(40) t(i)"
+        )
+    tight = EventsDatabase(path=str(path), slice_rows=2, batch_rows=2)
+    got = pl.concat(list(tight.window_frames("clicks", *DAY)))
+    assert got.height == 40
+    assert got["id"][:8].is_null().all()
+    named = got.filter(pl.col("id").is_not_null())
+    assert named.equals(named.sort(ROW_ORDER)) and named["id"].n_unique() == 32

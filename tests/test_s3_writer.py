@@ -1,0 +1,79 @@
+"""The object writer's own rules, with an in-memory client standing in for S3 (fast unit
+tests; the real server's answers are in test_delivery, test_failures and test_security)."""
+
+import base64
+import hashlib
+import threading
+import time
+from typing import IO, Any
+
+from affise_s3_assets.s3 import MIB, S3ObjectWriter
+
+
+class SlowStore:
+    """Accepts everything at `mib_per_s`; records each request's body and Content-MD5."""
+
+    def __init__(self, mib_per_s: float = 1000.0) -> None:
+        self.rate = mib_per_s
+        self.parts: dict[int, bytes] = {}
+        self.md5_ok: list[bool] = []
+        self.objects: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def _take(self, body: bytes | IO[bytes], md5: str) -> bytes:
+        data = body if isinstance(body, bytes) else body.read()
+        time.sleep(len(data) / MIB / self.rate)
+        with self.lock:
+            self.md5_ok.append(base64.b64encode(hashlib.md5(data).digest()).decode() == md5)
+        return data
+
+    def put_object(self, Key: str, Body: Any, ContentMD5: str, **_: Any) -> dict[str, Any]:
+        self.objects[Key] = self._take(Body, ContentMD5)
+        return {"ETag": '"single"'}
+
+    def create_multipart_upload(self, **_: Any) -> dict[str, Any]:
+        return {"UploadId": "u1"}
+
+    def upload_part(self, PartNumber: int, Body: Any, ContentMD5: str, **_: Any) -> dict:
+        self.parts[PartNumber] = self._take(Body, ContentMD5)
+        return {"ETag": f'"p{PartNumber}"'}
+
+    def complete_multipart_upload(self, Key: str, MultipartUpload: Any, **_: Any) -> dict:
+        numbers = [part["PartNumber"] for part in MultipartUpload["Parts"]]
+        self.objects[Key] = b"".join(self.parts[n] for n in numbers)
+        return {"ETag": '"multi-2"'}
+
+    def abort_multipart_upload(self, **_: Any) -> dict[str, Any]:
+        return {}
+
+
+def feed(writer: S3ObjectWriter, data: bytes, chunk: int = 256 * 1024) -> None:
+    for offset in range(0, len(data), chunk):
+        writer.write(data[offset : offset + chunk])
+
+
+def test_every_request_carries_the_md5_of_its_own_body() -> None:
+    store = SlowStore()
+    data = bytes(range(256)) * (45 * 4096)  # 45 MiB: several parts
+    writer = S3ObjectWriter(store, "b", "big", part_size=5 * MIB, memory_bytes=MIB)
+    feed(writer, data)
+    assert writer.close()[0] == len(data)
+    single = S3ObjectWriter(store, "b", "small")
+    single.write(b"a few rows\n")
+    single.close()
+    assert store.objects == {"big": data, "small": b"a few rows\n"}
+    assert len(store.md5_ok) == writer.parts + 1 and all(store.md5_ok)
+    assert writer.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_slow_but_working_link_is_waited_for_not_failed() -> None:
+    """The feed outruns the upload five times over: parts grow at most four times their size,
+    then the writer waits for the part going up (back-pressure), and the object arrives whole
+    although it takes longer than the bare deadline."""
+    store = SlowStore(mib_per_s=10)
+    data = bytes(range(256)) * (40 * 4096)  # 40 MiB at 10 MiB/s: ~4 s, deadline 2 s + 40 s
+    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=2)
+    feed(writer, data)
+    writer.close()
+    assert store.objects["k"] == data
+    assert max(len(part) for part in store.parts.values()) <= 4 * 5 * MIB + 256 * 1024
