@@ -38,6 +38,7 @@ from dagster._core.storage.tags import (
 
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
 from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_request
+from affise_s3_assets.source import EventsDatabase, SourceIncomplete
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 SENSOR_NAME = "catch_up_sensor"
@@ -63,6 +64,7 @@ REDELIVERY_FIRST_WAIT = timedelta(minutes=2)
 REDELIVERY_MAX_WAIT = timedelta(hours=1)
 # Failed runs read per tick at most (oldest first; the rest next tick).
 FAILED_RUNS_PER_TICK = 100
+SOURCE_INCOMPLETE_CODE = SourceIncomplete.__name__
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -116,6 +118,9 @@ class Redelivery:
     # "first window/frequency" the windows were recorded for: after a change of start or
     # frequency they are no longer partitions of the export, and the catch-up replans it.
     windows: str = ""
+    # Only the source held it back: tried once the source is complete past a window's end,
+    # every tick, with no back-off; any other failure among them brings the back-off back.
+    waits_for_source: bool = False
 
 
 @dataclass
@@ -515,6 +520,9 @@ class FailedRun:
     asset_keys: frozenset[dg.AssetKey]
     first: str
     last: str
+    # Every window it failed was one the source was not complete for (SourceIncomplete):
+    # tried again as soon as the source has caught up, not at the destination's cadence.
+    waits_for_source: bool = False
 
 
 def redelivery_first_wait() -> timedelta:
@@ -538,6 +546,7 @@ def plan_redelivery(
     on_hold: frozenset[str] | set[str] = frozenset(),
     busy: frozenset[str] | set[str] = frozenset(),
     budget: int = CATCH_UP_IN_FLIGHT,
+    complete_until: Callable[[str], datetime | None] | None = None,
 ) -> tuple[list[dg.RunRequest], dict[str, Redelivery]]:
     """Runs for failed windows whose next attempt is due, and the next redelivery state.
 
@@ -547,7 +556,9 @@ def plan_redelivery(
     `on_hold` (a paused group) or exports `busy` (an attempt still queued or running), and
     entries of exports not configured now are kept as they are, for when they return. An
     export whose start or frequency changed forgets its waiting windows: they are no longer
-    its partitions, and its catch-up is replanned from its start.
+    its partitions, and its catch-up is replanned from its start. Windows that failed only
+    because the source was behind are requested as soon as `complete_until` (per event type,
+    naive UTC) has passed their end, whatever the back-off: the windows it covers.
     """
     now = _naive(now)
     targets = {t.asset_key: (g, t) for g in groups for t in g.live}
@@ -584,8 +595,10 @@ def plan_redelivery(
                     spans=[],
                     next_attempt=(now + first_wait).isoformat(),
                     windows=_windows_id(target),
+                    waits_for_source=run.waits_for_source,
                 )
             else:
+                entry.waits_for_source = entry.waits_for_source and run.waits_for_source
                 # The wait counts from the failure, not from when the attempt was requested
                 # (it may have queued for longer than the wait).
                 wait = min(first_wait * 2**entry.attempts, REDELIVERY_MAX_WAIT)
@@ -602,7 +615,13 @@ def plan_redelivery(
         entry.spans = _merge(left, group.step)
         if group.job_name in on_hold or name in busy:
             continue
-        if datetime.fromisoformat(entry.next_attempt) <= now:
+        if entry.waits_for_source and complete_until is not None:
+            until = complete_until(group.event_type)
+            ready = {k for k in left if until is not None and _moment(k) + group.step <= until}
+            if ready:
+                spans = tuple((a, b) for a, b in _merge(ready, group.step))
+                due.setdefault((group.job_name, spans), []).append(name)
+        elif datetime.fromisoformat(entry.next_attempt) <= now:
             spans = tuple((a, b) for a, b in entry.spans)
             due.setdefault((group.job_name, spans), []).append(name)
     by_job = {group.job_name: group for group in groups}
@@ -678,8 +697,30 @@ def ended_runs_since(
             first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
             last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
             if first and last:
-                ended.append(FailedRun(run.job_name, planned, first, last))
+                ended.append(
+                    FailedRun(run.job_name, planned, first, last, _only_source(instance, run))
+                )
     return ended, state
+
+
+def _only_source(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether every failure the run reported was the source not being complete (the
+    `error_code` of its `delivery_failed` observations)."""
+    codes = []
+    for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION):
+        observation = entry.asset_observation
+        if observation is not None and "error_code" in observation.metadata:
+            codes.append(observation.metadata["error_code"].value)
+    return bool(codes) and all(code == SOURCE_INCOMPLETE_CODE for code in codes)
+
+
+def _complete_until(event_type: str) -> datetime | None:
+    """How far the events source is complete for `event_type` (the code server reads the same
+    $AFFISE_EVENTS_DB as the runs), None when it cannot be read now."""
+    try:
+        return EventsDatabase().progress(event_type).complete_until  # type: ignore[arg-type]
+    except Exception:  # a file being replaced, a volume away: tried again next tick
+        return None
 
 
 def redeliveries_in_flight(instance: dg.DagsterInstance) -> set[str]:
@@ -766,6 +807,7 @@ def build_catch_up_sensor(
             {group.job_name: [t.asset_key for t in group.live] for group in all_live},
         )
         # Every live group is followed, paused ones too: their failures wait for them.
+        progress = functools.cache(_complete_until)
         redeliveries, state.redelivery = plan_redelivery(
             all_live,
             state.redelivery,
@@ -776,6 +818,7 @@ def build_catch_up_sensor(
             on_hold={group.job_name for group in all_live if group.schedule_name in paused},
             busy=redeliveries_in_flight(instance),
             budget=max(0, CATCH_UP_IN_FLIGHT - in_flight - len(backlog)),
+            complete_until=progress,
         )
         return dg.SensorResult(
             run_requests=missed + backlog + redeliveries, cursor=store.save(instance, state, read)

@@ -339,6 +339,39 @@ def test_failed_windows_are_tried_again_at_a_slow_cadence_until_delivered() -> N
     assert done == [] and state == {}
 
 
+def test_windows_the_source_held_back_are_tried_as_soon_as_it_catches_up() -> None:
+    """No back-off for a source that is behind: nothing is requested while it stays behind,
+    however long; the windows it has passed are requested the tick it passes them."""
+    groups = one_clicks_export(15)
+    acme = dg.AssetKey(["affise", "acme", "clicks"])
+    failed = FailedRun(
+        "clicks_every_15min_job",
+        frozenset({acme}),
+        "2026-11-26-10:00",
+        "2026-11-26-10:30",
+        waits_for_source=True,
+    )
+    t0 = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
+    source = {"clicks": datetime(2026, 11, 26, 10, 0)}
+
+    def plan(state, runs, now):
+        return plan_redelivery(groups, state, runs, now, lambda _: set(), complete_until=source.get)
+
+    requests, state = plan({}, [failed], t0)
+    assert requests == [] and state["affise/acme/clicks"].waits_for_source
+    requests, state = plan(state, [], t0 + timedelta(hours=3))
+    assert requests == []  # still behind: nothing, not even after the back-off
+    source["clicks"] = datetime(2026, 11, 26, 10, 30)  # two windows in, at once
+    requests, state = plan(state, [], t0 + timedelta(hours=3, seconds=30))
+    assert requested(requests) == ["2026-11-26-10:00", "2026-11-26-10:15"]
+    # A destination failure among them brings the back-off back.
+    other = FailedRun(
+        "clicks_every_15min_job", frozenset({acme}), "2026-11-26-10:30", "2026-11-26-10:30"
+    )
+    _, state = plan(state, [other], t0 + timedelta(hours=4))
+    assert not state["affise/acme/clicks"].waits_for_source
+
+
 def test_exports_waiting_for_the_same_windows_are_tried_in_one_run() -> None:
     text = SHIPPED.replace("frequency: 5\n", "frequency: 15\n")
     groups = groups_of(text)

@@ -396,6 +396,11 @@ def test_a_window_the_source_is_not_complete_for_is_failed_and_delivered_once_it
         "the source is complete for clicks up to 2026-11-25 10:40:00 (watermark); this window "
         "ends at 2026-11-25 11:00:00"
     ) in seen.metadata["delivery_failed"].value
+    # The catch-up sensor sees it was the source, not the destination: no back-off for it.
+    (group,) = rig.groups()
+    jobs = {group.job_name: [t.asset_key for t in group.live]}
+    (failed,) = ended_runs_since(rig.instance, {"RUN_FAILURE": 0, "RUN_CANCELED": 0}, jobs)[0]
+    assert failed.waits_for_source
     caught_up = _copy_with_watermark(
         rig.events_db, rig.tmp_path / "caught-up.duckdb", datetime(2026, 11, 25, 11)
     )
