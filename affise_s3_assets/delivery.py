@@ -13,10 +13,11 @@ partitions that were planned and not delivered as Failed.
 Knows the flow of a window; the format is csv_export.py's, keys and uploads io_manager.py's.
 """
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +40,12 @@ from affise_s3_assets.io_manager import DateFolderS3IOManager, WindowObject, bui
 from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.s3 import delivery_failure, error_code, is_permanent
 from affise_s3_assets.schedules import SCHEDULED_TAG
-from affise_s3_assets.sensors import CATCH_UP_TAG, REDELIVERY_TAG
+from affise_s3_assets.sensors import (
+    CATCH_UP_TAG,
+    REDELIVERY_TAG,
+    SOURCE_INCOMPLETE_CODE,
+    SOURCE_ONLY_TAG,
+)
 from affise_s3_assets.source import (
     EVENT_COLUMNS,
     EVENT_SOURCE_KEYS,
@@ -69,6 +75,9 @@ FANOUT_BATCH_ROWS = 25_000
 # little after their time. An older window is not waited for: it failed and is tried again.
 FRESH_WINDOW = timedelta(minutes=10)
 SOURCE_POLL_SECONDS = 5
+# How long closing a window waits for a failed object's abort (an endpoint that just failed
+# may not answer it either: the lifecycle rule and the next re-delivery clean up then).
+ABORT_WAIT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class ObjectDelivery:
     stops_destination: bool = False  # no later window of this run is tried for it
     metadata: dict[str, Any] = field(default_factory=dict)
     clean_up: bool = False  # a re-delivery: abort the uploads an earlier attempt left open
+    aborting: Future[None] | None = None
 
     def add(self, rows: int, data: bytes) -> None:
         if self.failure is not None:
@@ -117,7 +127,12 @@ class ObjectDelivery:
             self.fail(exc)
 
     def finish(self) -> None:
+        """On the close pool: complete the object, or wait (bounded) for its abort, so a
+        failed upload is gone before the run ends rather than killed with the process."""
         if self.failure is not None:
+            if self.aborting is not None:
+                with contextlib.suppress(Exception):
+                    self.aborting.result(timeout=ABORT_WAIT_SECONDS)
             return
         try:
             finished = self.object.finish(self.encoder.finish(), clean_up=self.clean_up)
@@ -129,7 +144,7 @@ class ObjectDelivery:
         self.failure = delivery_failure(self.target.destination, self.object.key, exc)
         self.permanent = is_permanent(exc)
         self.code = error_code(exc)
-        self.object.abort()
+        self.aborting = self.object.abort()
 
     def outcome(self) -> Outcome:
         return Outcome(
@@ -293,8 +308,11 @@ def deliver_windows(
         move_to(len(windows) - 1)
     except BaseException:
         # The range could not be read: nothing more is delivered, no upload is left open.
-        for delivery in open_objects:
-            delivery.object.abort()
+        aborts = [delivery.object.abort() for delivery in open_objects]
+        for abort in aborts:
+            if abort is not None:
+                with contextlib.suppress(Exception):
+                    abort.result(timeout=ABORT_WAIT_SECONDS)
         raise
     finally:
         encoded.close()
@@ -433,6 +451,9 @@ def _deliver_selected(
             ],
         )
     if failures:
+        if all(item.code == SOURCE_INCOMPLETE_CODE for item in failures):
+            # The catch-up sensor then tries these as soon as the source passes them.
+            context.instance.add_run_tags(context.run.run_id, {SOURCE_ONLY_TAG: "1"})
         raise dg.Failure(
             description=_failure_summary(failures, delivered, windows),
             metadata={"failed": len(failures), "delivered": delivered},

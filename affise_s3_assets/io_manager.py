@@ -8,6 +8,7 @@ completes the upload (S3 checks every request body against its MD5). One window,
 one key derived only from the window, so a re-delivery overwrites and never duplicates.
 """
 
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,9 +71,9 @@ class WindowObject:
             )
         return metadata
 
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
+    def abort(self) -> Future[None] | None:
+        """Discard the object; the writer's abort, done on its own thread, is returned."""
+        return self.writer.abort() if self.writer is not None else None
 
 
 class DateFolderS3IOManager(dg.ConfigurableIOManager):

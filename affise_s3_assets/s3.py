@@ -46,7 +46,7 @@ READ_TIMEOUT_SECONDS = 20
 # A request's whole time, retries included: past it, the object fails (DeliveryTimeout, not
 # permanent) and is delivered again later. An 8 MiB part takes a second or two to a healthy S3.
 REQUEST_DEADLINE_SECONDS = 120
-# ...plus this long per MiB sent: a large object to a slow but working link gets its time.
+# ...plus this long per MiB of its body: a large part to a slow but working link gets its time.
 SECONDS_PER_MIB = 1.0
 # S3's largest part; a part grows past its planned size only while the previous is in flight.
 MAX_PART_BYTES = 5 * 1024 * MIB
@@ -180,10 +180,11 @@ class DeliveryTimeout(Exception):
 
 
 def request_deadline() -> float:
-    """Seconds an object's requests may take in all, botocore's retries included, before
-    SECONDS_PER_MIB per MiB sent is added (AFFISE_REQUEST_DEADLINE_SECONDS, default
+    """Seconds a request may take, botocore's retries included, before SECONDS_PER_MIB per
+    MiB of its body is added (AFFISE_REQUEST_DEADLINE_SECONDS, default
     REQUEST_DEADLINE_SECONDS): the per-attempt timeouts alone do not bound a server that
-    trickles a byte now and then."""
+    trickles a byte now and then. Only the request's own time counts, never the time the
+    caller spends producing the object."""
     return float(os.environ.get("AFFISE_REQUEST_DEADLINE_SECONDS") or REQUEST_DEADLINE_SECONDS)
 
 
@@ -214,10 +215,11 @@ class S3ObjectWriter:
 
     The caller (in a window run, the one thread feeding every integration's object) does not
     wait on the network: each request runs on a thread of its own, and while a part is in
-    flight the next one keeps filling, up to four times its planned size (then, for a slow
-    but working link, the caller waits for the part in flight: back-pressure, not failure).
-    The object's requests get `deadline` seconds in all plus SECONDS_PER_MIB per MiB sent:
-    an endpoint that accepts and never answers, or trickles, fails its object there.
+    flight the next one keeps filling. A writer with `memory_bytes` spills it to its file and
+    lets it grow up to S3's 5 GiB; one without waits for the part in flight once the next is
+    four times its planned size (back-pressure). Each request gets `deadline` seconds plus
+    SECONDS_PER_MIB per MiB of its body, counted from its own start: an endpoint that accepts
+    and never answers, or trickles, fails the object there.
 
     With `memory_bytes`, a part being filled keeps at most that much in memory and the rest in
     a temporary file: a window job fills one object per integration at once, and S3's 5 MiB
@@ -258,7 +260,8 @@ class S3ObjectWriter:
         self._upload_id: str | None = None  # set by the first part's request
         self._parts: list[dict[str, Any]] = []
         self._in_flight: Future[dict[str, Any]] | None = None
-        self._first_request_at: float | None = None
+        self._in_flight_started = 0.0  # when the request in flight began
+        self._in_flight_bytes = 0  # and its body's size
         self.aborted: Future[None] | None = None  # the abort, once asked for
         self.sent = 0
         self.most_in_memory = 0  # the largest pending part held in memory, in bytes
@@ -286,10 +289,11 @@ class S3ObjectWriter:
         planned = part_size_for(len(self._parts) + 1, self._part_size)
         if self._pending_bytes >= planned:
             if self._in_flight is not None and not self._in_flight.done():
-                if self._pending_bytes < min(4 * planned, MAX_PART_BYTES):
-                    self._check_deadline()
+                cap = MAX_PART_BYTES if self._memory_bytes is not None else 4 * planned
+                if self._pending_bytes < min(cap, MAX_PART_BYTES):
+                    self._check_in_flight()
                     return  # the previous part is still going up: this one grows meanwhile
-                self._wait(self._in_flight)
+                self._wait(self._in_flight, self._in_flight_started, self._in_flight_bytes)
             self._send_part(self._take_pending())
 
     @property
@@ -302,27 +306,25 @@ class S3ObjectWriter:
         """The SHA-256 of every byte written so far: the whole object once closed."""
         return self._sha256.hexdigest()
 
-    def _remaining(self) -> float:
-        """Seconds left of the object's deadline (it starts with its first request)."""
-        if self._first_request_at is None:
-            self._first_request_at = time.monotonic()
-        allowed = self._deadline + SECONDS_PER_MIB * self.sent / MIB
-        return allowed - (time.monotonic() - self._first_request_at)
+    def _allowed(self, size: int) -> float:
+        return self._deadline + SECONDS_PER_MIB * size / MIB
 
-    def _check_deadline(self) -> None:
-        if self._remaining() <= 0:
-            raise DeliveryTimeout(f"no answer from the endpoint within {self._allowed():g} s")
+    def _timeout(self, size: int) -> DeliveryTimeout:
+        return DeliveryTimeout(
+            f"a request got no complete answer within {self._allowed(size):.0f} s"
+        )
 
-    def _allowed(self) -> float:
-        return round(self._deadline + SECONDS_PER_MIB * self.sent / MIB, 1)
+    def _check_in_flight(self) -> None:
+        elapsed = time.monotonic() - self._in_flight_started
+        if elapsed > self._allowed(self._in_flight_bytes):
+            raise self._timeout(self._in_flight_bytes)
 
-    def _wait(self, future: Future[Any]) -> Any:
+    def _wait(self, future: Future[Any], started: float, size: int) -> Any:
+        remaining = self._allowed(size) - (time.monotonic() - started)
         try:
-            return future.result(timeout=max(0.0, self._remaining()))
+            return future.result(timeout=max(0.0, remaining))
         except FutureTimeout:
-            raise DeliveryTimeout(
-                f"no answer from the endpoint within {self._allowed():g} s"
-            ) from None
+            raise self._timeout(size) from None
 
     def _take_pending(self) -> tuple[bytes | IO[bytes], str]:
         """The pending part (bytes, or its temporary file rewound, closed once uploaded) and
@@ -353,9 +355,10 @@ class S3ObjectWriter:
             raise
         part: dict[str, Any] = {"PartNumber": number}
         self._parts.append(part)
-        self._remaining()  # the deadline starts with the first request
         # Sized before the upload thread starts reading: measuring seeks the file.
-        self.sent += _body_size(body)
+        size = _body_size(body)
+        self.sent += size
+        self._in_flight_started, self._in_flight_bytes = time.monotonic(), size
         self._in_flight = _in_thread(self._upload_part, part, body, md5)
 
     def _upload_part(
@@ -401,15 +404,14 @@ class S3ObjectWriter:
 
             # A PUT given up at the deadline may still land later: the same bytes under the
             # same key, so a re-delivery overwrites it with what it would have held.
-            self._remaining()
-            response = self._wait(_in_thread(put))
+            response = self._wait(_in_thread(put), time.monotonic(), self.sent)
             self.etag = response.get("ETag", "").strip('"')
             return self.sent, 0
         assert self._in_flight is not None
-        self._wait(self._in_flight)
+        self._wait(self._in_flight, self._in_flight_started, self._in_flight_bytes)
         if self._pending_bytes:
             self._send_part(self._take_pending())
-            self._wait(self._in_flight)
+            self._wait(self._in_flight, self._in_flight_started, self._in_flight_bytes)
         complete = _in_thread(
             self.client.complete_multipart_upload,
             Bucket=self.bucket,
@@ -418,7 +420,8 @@ class S3ObjectWriter:
             MultipartUpload={"Parts": self._parts},
         )
         self._in_flight = complete  # an abort after a deadline waits for it
-        response = self._wait(complete)
+        self._in_flight_started, self._in_flight_bytes = time.monotonic(), 0
+        response = self._wait(complete, self._in_flight_started, 0)
         self.etag = response.get("ETag", "").strip('"')
         self._close_spool()
         return self.sent, len(self._parts)
@@ -433,7 +436,10 @@ class S3ObjectWriter:
 
         def abort_upload() -> None:
             if in_flight is not None:
-                in_flight.exception()  # wait for it to end, whatever its outcome
+                # Wait for it to end, whatever its outcome; one that never does is left to
+                # the bucket's lifecycle rule and the next re-delivery's clean-up.
+                with contextlib.suppress(FutureTimeout):
+                    in_flight.exception(timeout=self._allowed(self._in_flight_bytes))
             if self._upload_id is not None:
                 with contextlib.suppress(
                     botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
@@ -475,7 +481,7 @@ def upload_stream(
     except BaseException:
         # Its caller is told "nothing is left" once this returns: wait for the abort.
         with contextlib.suppress(Exception):
-            writer.abort().result(timeout=writer._deadline)
+            writer.abort().result(timeout=2 * writer._deadline)
         raise
     finally:
         # A producer with threads of its own stops them when closed; don't rely

@@ -24,8 +24,9 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -65,6 +66,8 @@ REDELIVERY_MAX_WAIT = timedelta(hours=1)
 # Failed runs read per tick at most (oldest first; the rest next tick).
 FAILED_RUNS_PER_TICK = 100
 SOURCE_INCOMPLETE_CODE = SourceIncomplete.__name__
+# Set by a window run whose every failure was the source not being complete.
+SOURCE_ONLY_TAG = "affise/source_incomplete_only"
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -121,6 +124,19 @@ class Redelivery:
     # Only the source held it back: tried once the source is complete past a window's end,
     # every tick, with no back-off; any other failure among them brings the back-off back.
     waits_for_source: bool = False
+    # How far the source was when such windows were last requested: a run that still finds
+    # them incomplete sees another source than the sensor, and the back-off takes over.
+    asked_until: str = ""
+
+    def stored(self) -> dict[str, object]:
+        """As kept in the state: fields at their default left out, so a release that does not
+        know a newer field still reads the entry."""
+        data = asdict(self)
+        return {
+            k: v
+            for k, v in data.items()
+            if k in ("spans", "attempts", "next_attempt", "windows") or v
+        }
 
 
 @dataclass
@@ -144,7 +160,7 @@ class CatchUpState:
                 "exports": {name: p.compact() for name, p in sorted(self.exports.items())},
                 "window_jobs": self.window_jobs,
                 "ended_runs_after": self.ended_runs_after,
-                "redelivery": {name: asdict(r) for name, r in sorted(self.redelivery.items())},
+                "redelivery": {name: r.stored() for name, r in sorted(self.redelivery.items())},
             },
             separators=(",", ":"),
         )
@@ -173,7 +189,7 @@ class CatchUpState:
             exports={n: ExportProgress(**p) for n, p in data["exports"].items()},
             window_jobs=data["window_jobs"],
             ended_runs_after=data.get("ended_runs_after"),
-            redelivery={n: Redelivery(**r) for n, r in data["redelivery"].items()},
+            redelivery={n: _redelivery(r) for n, r in data["redelivery"].items()},
             after_loss=bool(data.get("after_loss")),
         )
 
@@ -247,6 +263,12 @@ class LoadedState:
     generation: int | None  # of the slot it was read from; None: not stored yet
     sha256: str | None
     lost: bool  # the cursor named a slot that is gone
+
+
+def _redelivery(data: dict[str, Any]) -> Redelivery:
+    """An entry as stored; fields a later release added are ignored (rolling back works)."""
+    known = {f.name for f in fields(Redelivery)}
+    return Redelivery(**{k: v for k, v in data.items() if k in known})
 
 
 def _windows_id(target: ExportTarget) -> str:
@@ -598,7 +620,12 @@ def plan_redelivery(
                     waits_for_source=run.waits_for_source,
                 )
             else:
-                entry.waits_for_source = entry.waits_for_source and run.waits_for_source
+                still = entry.waits_for_source and run.waits_for_source
+                if still and entry.asked_until and complete_until is not None:
+                    # Requested as complete, found incomplete: the run reads another source.
+                    until = complete_until(group.event_type)
+                    still = until is not None and _key(until) > entry.asked_until
+                entry.waits_for_source = still
                 # The wait counts from the failure, not from when the attempt was requested
                 # (it may have queued for longer than the wait).
                 wait = min(first_wait * 2**entry.attempts, REDELIVERY_MAX_WAIT)
@@ -615,12 +642,18 @@ def plan_redelivery(
         entry.spans = _merge(left, group.step)
         if group.job_name in on_hold or name in busy:
             continue
-        if entry.waits_for_source and complete_until is not None:
-            until = complete_until(group.event_type)
-            ready = {k for k in left if until is not None and _moment(k) + group.step <= until}
+        until = (
+            complete_until(group.event_type)
+            if entry.waits_for_source and complete_until is not None
+            else None
+        )
+        if until is not None:
+            ready = {k for k in left if _moment(k) + group.step <= until}
             if ready:
                 spans = tuple((a, b) for a, b in _merge(ready, group.step))
                 due.setdefault((group.job_name, spans), []).append(name)
+                entry.asked_until = _key(until)
+        # The back-off, for a destination's failures, or when the source cannot be read.
         elif datetime.fromisoformat(entry.next_attempt) <= now:
             spans = tuple((a, b) for a, b in entry.spans)
             due.setdefault((group.job_name, spans), []).append(name)
@@ -697,21 +730,11 @@ def ended_runs_since(
             first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
             last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
             if first and last:
-                ended.append(
-                    FailedRun(run.job_name, planned, first, last, _only_source(instance, run))
-                )
+                # Every failure it reported was the source not being complete: the run
+                # tags itself so (reading its events would cost a query per object).
+                only_source = tags.get(SOURCE_ONLY_TAG) == "1"
+                ended.append(FailedRun(run.job_name, planned, first, last, only_source))
     return ended, state
-
-
-def _only_source(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
-    """Whether every failure the run reported was the source not being complete (the
-    `error_code` of its `delivery_failed` observations)."""
-    codes = []
-    for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION):
-        observation = entry.asset_observation
-        if observation is not None and "error_code" in observation.metadata:
-            codes.append(observation.metadata["error_code"].value)
-    return bool(codes) and all(code == SOURCE_INCOMPLETE_CODE for code in codes)
 
 
 def _complete_until(event_type: str) -> datetime | None:

@@ -1,8 +1,11 @@
 """The catch-up sensor's planners, driven directly: backlog as ranged runs, missed ticks, and
 failed windows delivered again at a slow cadence until they are delivered."""
 
+import copy
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -364,12 +367,39 @@ def test_windows_the_source_held_back_are_tried_as_soon_as_it_catches_up() -> No
     source["clicks"] = datetime(2026, 11, 26, 10, 30)  # two windows in, at once
     requests, state = plan(state, [], t0 + timedelta(hours=3, seconds=30))
     assert requested(requests) == ["2026-11-26-10:00", "2026-11-26-10:15"]
+    # The run requested as complete still found the source behind (it reads another one):
+    # the back-off takes over rather than a run every tick.
+    again = replace(failed, last="2026-11-26-10:15")
+    _, retried = plan(copy.deepcopy(state), [again], t0 + timedelta(hours=3, minutes=5))
+    assert not retried["affise/acme/clicks"].waits_for_source
+    # The source moved on since it was asked: still the source's, tried again at once.
+    source["clicks"] = datetime(2026, 11, 26, 10, 45)
+    _, moved = plan(copy.deepcopy(state), [again], t0 + timedelta(hours=3, minutes=5))
+    assert moved["affise/acme/clicks"].waits_for_source
     # A destination failure among them brings the back-off back.
     other = FailedRun(
         "clicks_every_15min_job", frozenset({acme}), "2026-11-26-10:30", "2026-11-26-10:30"
     )
-    _, state = plan(state, [other], t0 + timedelta(hours=4))
+    _, state = plan(moved, [other], t0 + timedelta(hours=4))
     assert not state["affise/acme/clicks"].waits_for_source
+
+
+def test_windows_waiting_for_a_source_the_sensor_cannot_read_fall_back_to_the_back_off() -> None:
+    groups = one_clicks_export(15)
+    acme = dg.AssetKey(["affise", "acme", "clicks"])
+    failed = FailedRun(
+        "clicks_every_15min_job",
+        frozenset({acme}),
+        "2026-11-26-10:00",
+        "2026-11-26-10:00",
+        waits_for_source=True,
+    )
+    t0 = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
+    unreadable: dict[str, Any] = {"complete_until": lambda _: None}
+    _, state = plan_redelivery(groups, {}, [failed], t0, lambda _: set(), **unreadable)
+    later = t0 + REDELIVERY_FIRST_WAIT
+    requests, _ = plan_redelivery(groups, state, [], later, lambda _: set(), **unreadable)
+    assert requested(requests) == ["2026-11-26-10:00"]
 
 
 def test_exports_waiting_for_the_same_windows_are_tried_in_one_run() -> None:

@@ -7,7 +7,9 @@ import threading
 import time
 from typing import IO, Any
 
-from affise_s3_assets.s3 import MIB, S3ObjectWriter
+import pytest
+
+from affise_s3_assets.s3 import MIB, DeliveryTimeout, S3ObjectWriter
 
 
 class SlowStore:
@@ -67,13 +69,57 @@ def test_every_request_carries_the_md5_of_its_own_body() -> None:
 
 
 def test_a_slow_but_working_link_is_waited_for_not_failed() -> None:
-    """The feed outruns the upload five times over: parts grow at most four times their size,
-    then the writer waits for the part going up (back-pressure), and the object arrives whole
-    although it takes longer than the bare deadline."""
-    store = SlowStore(mib_per_s=10)
-    data = bytes(range(256)) * (40 * 4096)  # 40 MiB at 10 MiB/s: ~4 s, deadline 2 s + 40 s
-    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=2)
-    feed(writer, data)
+    """The feed outruns the upload five times over. A writer spilling to a file lets the next
+    part grow meanwhile; one keeping parts in memory waits once the next is four parts' worth
+    (back-pressure). Either way the object arrives whole, although the upload takes longer
+    than the bare deadline."""
+    data = bytes(range(256)) * (40 * 4096)  # 40 MiB at 10 MiB/s: ~4 s, deadline 2 s + 1 s/MiB
+    for memory in (MIB, None):
+        store = SlowStore(mib_per_s=10)
+        writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=memory, deadline=2)
+        feed(writer, data)
+        writer.close()
+        assert store.objects["k"] == data
+        if memory is None:
+            assert max(len(part) for part in store.parts.values()) <= 4 * 5 * MIB + 256 * 1024
+
+
+def test_time_spent_producing_the_object_is_not_the_endpoints() -> None:
+    """The deadline is each request's own: a feed slower than the deadline (a large window,
+    a thousand other objects to fill) fails nothing."""
+    store = SlowStore()
+    data = bytes(range(256)) * (12 * 4096)  # 12 MiB: a part goes up, then the rest at close
+    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, deadline=0.5)
+    feed(writer, data[: 6 * MIB])
+    time.sleep(1.0)  # the producer is busy elsewhere, longer than the deadline
+    feed(writer, data[6 * MIB :])
     writer.close()
     assert store.objects["k"] == data
-    assert max(len(part) for part in store.parts.values()) <= 4 * 5 * MIB + 256 * 1024
+
+
+class HungStore(SlowStore):
+    """Takes the first part and never answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def upload_part(self, **_: Any) -> dict:
+        self.release.wait()
+        raise ConnectionError("gone")
+
+
+def test_a_hung_endpoint_never_holds_the_feed() -> None:
+    """The part going up never comes back: the feed goes on (a writer that waited for it
+    would have raised at its deadline while being fed), and the object fails at close."""
+    store = HungStore()
+    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=5)
+    try:
+        feed(writer, bytes(30 * MIB))
+        assert writer.parts == 1  # the first part is still going up: the rest waits on disk
+        writer._deadline = 0.1  # and now the endpoint has had its time
+        with pytest.raises(DeliveryTimeout):
+            writer.close()
+    finally:
+        store.release.set()
+    writer.abort().result(timeout=5)

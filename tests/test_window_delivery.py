@@ -1,7 +1,6 @@
 """Window runs against the real S3 server: one read of the window (or range), one object per
 integration and window, one materialization per partition, failures isolated and Failed."""
 
-import re
 import shutil
 from collections.abc import Iterator
 from datetime import datetime
@@ -458,10 +457,8 @@ def test_a_destination_that_never_answers_fails_at_its_deadline_and_delays_no_ot
     assert rig.status("stalled", [WINDOW]) == ["FAILED"]
     (seen,) = observations(rig, "stalled")
     assert seen.metadata["error_code"].value == "DeliveryTimeout"
-    # 3 s, plus a second per MiB sent.
-    assert re.search(
-        r"no answer from the endpoint within 3(\.\d)? s", seen.metadata["delivery_failed"].value
-    )
+    # 3 s, plus a second per MiB of the request's body (well under one here).
+    assert "a request got no complete answer within 3 s" in seen.metadata["delivery_failed"].value
     # In the run's event log, the healthy object's materialization comes before the
     # stalled one's failure: nobody waited for it.
     order = [
