@@ -260,7 +260,20 @@ class EventsDatabase(dg.ConfigurableResource):
                     return SourceProgress(event_type, moment, "watermark")
             except (OSError, ValueError, AttributeError) as exc:
                 return SourceProgress(event_type, None, f"{marks} is unreadable: {exc}")
-        days = sorted((dataset / event_type).glob("date=*"))
+        days = sorted(
+            day for day in (dataset / event_type).glob("date=*") if any(day.glob("*.parquet"))
+        )
+        # A day folder missing between others has not arrived: complete up to it, at most.
+        dates = []
+        for day in days:
+            try:
+                dates.append(datetime.strptime(day.name.removeprefix("date="), "%Y-%m-%d"))
+            except ValueError:
+                continue
+        for earlier, later in itertools.pairwise(dates):
+            if later - earlier > timedelta(days=1):
+                gap = earlier + timedelta(days=1)
+                return SourceProgress(event_type, gap, f"day folder date={gap:%Y-%m-%d} missing")
         for day in reversed(days):
             files = sorted(day.glob("*.parquet"))
             if not files:

@@ -409,21 +409,25 @@ def test_a_window_the_source_is_not_complete_for_is_failed_and_delivered_once_it
     assert rows == source_rows(rig.events_db, "clicks", START, END)[1]
 
 
-@pytest.mark.parametrize("shape", ["empty directory", "day folder missing"])
+@pytest.mark.parametrize("shape", ["empty directory", "day folder missing", "day folder gap"])
 def test_a_dataset_with_no_data_for_the_window_delivers_no_empty_file(
     rig: WindowRig, events_db: Path, shape: str
 ) -> None:
     """An unmounted volume (an empty directory) or a Parquet day folder that has not arrived
-    is not "no events": nothing is delivered and the window is Failed with the reason."""
+    (the newest, or one between others) is not "no events": nothing is delivered and the
+    window is Failed with the reason."""
     dataset = rig.tmp_path / "dataset"
     (dataset / "clicks").mkdir(parents=True)
-    if shape == "day folder missing":
-        day = dataset / "clicks" / "date=2026-11-24"
-        day.mkdir()
-        with duckdb.connect(str(events_db), read_only=True) as con:
+    days = {"day folder missing": ["2026-11-24"], "day folder gap": ["2026-11-24", "2026-11-26"]}
+    with duckdb.connect(str(events_db), read_only=True) as con:
+        for date in days.get(shape, []):
+            day = dataset / "clicks" / f"date={date}"
+            day.mkdir()
+            # The 25th's rows moved to that day: a dataset with events past the window.
+            shift = (datetime.strptime(date, "%Y-%m-%d") - datetime(2026, 11, 25)).days
             con.execute(
-                "COPY (SELECT * FROM clicks WHERE created_at < TIMESTAMP '2026-11-25') "
-                f"TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
+                f"COPY (SELECT * REPLACE (created_at + INTERVAL ({shift}) DAY AS created_at) "
+                f"FROM clicks) TO '{day / 'part-0.parquet'}' (FORMAT parquet)"
             )
     rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
     result = rig.run(events_db=dataset)
