@@ -17,7 +17,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,7 +113,6 @@ class ObjectDelivery:
     stops_destination: bool = False  # no later window of this run is tried for it
     metadata: dict[str, Any] = field(default_factory=dict)
     clean_up: bool = False  # a re-delivery: abort the uploads an earlier attempt left open
-    aborting: Future[None] | None = None
 
     def add(self, rows: int, data: bytes) -> None:
         if self.failure is not None:
@@ -130,9 +129,10 @@ class ObjectDelivery:
         """On the close pool: complete the object, or wait (bounded) for its abort, so a
         failed upload is gone before the run ends rather than killed with the process."""
         if self.failure is not None:
-            if self.aborting is not None:
+            aborting = self.object.writer.aborted if self.object.writer is not None else None
+            if aborting is not None:
                 with contextlib.suppress(Exception):
-                    self.aborting.result(timeout=ABORT_WAIT_SECONDS)
+                    aborting.result(timeout=ABORT_WAIT_SECONDS)
             return
         try:
             finished = self.object.finish(self.encoder.finish(), clean_up=self.clean_up)
@@ -144,7 +144,7 @@ class ObjectDelivery:
         self.failure = delivery_failure(self.target.destination, self.object.key, exc)
         self.permanent = is_permanent(exc)
         self.code = error_code(exc)
-        self.aborting = self.object.abort()
+        self.object.abort()
 
     def outcome(self) -> Outcome:
         return Outcome(

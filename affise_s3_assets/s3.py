@@ -493,7 +493,7 @@ def upload_stream(
 
 def describe_s3_error(exc: BaseException) -> str:
     """A short, secret-free reason. RGW sends empty messages, so the error Code leads."""
-    if isinstance(exc, ConfigError | DeliveryError):
+    if isinstance(exc, ConfigError):
         return str(exc)
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -516,14 +516,9 @@ _REQUEST_SECRETS = re.compile(
 )
 
 
-class DeliveryError(Exception):
-    """The object is not what was sent; reported like an S3 error."""
-
-
 # What a delivery can fail with, other than a bug: reported per destination, never a secret.
 DELIVERY_ERRORS = (
     ConfigError,
-    DeliveryError,
     DeliveryTimeout,
     botocore.exceptions.BotoCoreError,
     botocore.exceptions.ClientError,

@@ -342,18 +342,17 @@ def test_failed_windows_are_tried_again_at_a_slow_cadence_until_delivered() -> N
     assert done == [] and state == {}
 
 
+def held_back_by_source(key: dg.AssetKey, first: str, last: str) -> FailedRun:
+    """A failed run of the 15-minute clicks job whose every failure was SourceIncomplete."""
+    return FailedRun("clicks_every_15min_job", frozenset({key}), first, last, True)
+
+
 def test_windows_the_source_held_back_are_tried_as_soon_as_it_catches_up() -> None:
     """No back-off for a source that is behind: nothing is requested while it stays behind,
     however long; the windows it has passed are requested the tick it passes them."""
     groups = one_clicks_export(15)
     acme = dg.AssetKey(["affise", "acme", "clicks"])
-    failed = FailedRun(
-        "clicks_every_15min_job",
-        frozenset({acme}),
-        "2026-11-26-10:00",
-        "2026-11-26-10:30",
-        waits_for_source=True,
-    )
+    failed = held_back_by_source(acme, "2026-11-26-10:00", "2026-11-26-10:30")
     t0 = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
     source = {"clicks": datetime(2026, 11, 26, 10, 0)}
 
@@ -387,13 +386,7 @@ def test_windows_the_source_held_back_are_tried_as_soon_as_it_catches_up() -> No
 def test_windows_waiting_for_a_source_the_sensor_cannot_read_fall_back_to_the_back_off() -> None:
     groups = one_clicks_export(15)
     acme = dg.AssetKey(["affise", "acme", "clicks"])
-    failed = FailedRun(
-        "clicks_every_15min_job",
-        frozenset({acme}),
-        "2026-11-26-10:00",
-        "2026-11-26-10:00",
-        waits_for_source=True,
-    )
+    failed = held_back_by_source(acme, "2026-11-26-10:00", "2026-11-26-10:00")
     t0 = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
     unreadable: dict[str, Any] = {"complete_until": lambda _: None}
     _, state = plan_redelivery(groups, {}, [failed], t0, lambda _: set(), **unreadable)

@@ -336,21 +336,26 @@ def test_redelivery_is_byte_identical_and_overwrites_the_same_key(
     assert first[4:8] == b"\x00\x00\x00\x00"  # mtime 0: no timestamp inside
 
 
-def test_multipart_object_round_trips_against_the_real_server(
-    s3_server: S3Server, bucket: str, customer_env: dict[str, str], tmp_path: Path
-) -> None:
-    db = tmp_path / "big.duckdb"
-    with duckdb.connect(str(db)) as con:
+def hex_clicks_db(path: Path, rows: int) -> Path:
+    """`rows` clicks from 2026-11-25 10:00, 20 ms apart, carrying hex digests: they compress
+    about 2:1, so 120k rows make a gzip of several 5 MiB parts. The loader says the hour is
+    complete (the rows end before 11:00)."""
+    with duckdb.connect(str(path)) as con:
         load_schema(con)
-        # Hex digests compress about 2:1, so 120k rows make a gzip of several 5 MiB parts.
         con.execute(
             "INSERT INTO clicks (id, created_at, affiliate_id, sub1, sub2, sub3, sub4) "
             "SELECT lpad(i::VARCHAR, 8, '0'), TIMESTAMP '2026-11-25 10:00:00' + i * INTERVAL 20 "
             "MILLISECOND, 101, md5(i::VARCHAR), md5((i+1)::VARCHAR), sha256(i::VARCHAR), "
-            "sha256((i+7)::VARCHAR) FROM range(120000) t(i)"
+            f"sha256((i+7)::VARCHAR) FROM range({rows}) t(i)"
         )
-        # The rows end at 10:40: the loader says the hour is complete.
         write_watermark(con, "clicks", datetime(2026, 11, 25, 11))
+    return path
+
+
+def test_multipart_object_round_trips_against_the_real_server(
+    s3_server: S3Server, bucket: str, customer_env: dict[str, str], tmp_path: Path
+) -> None:
+    db = hex_clicks_db(tmp_path / "big.duckdb", 120_000)
     asset = export_asset(integration(s3_server, bucket, frequency=60))
     result = deliver(asset, "2026-11-25-10:00", db, part_size_mib=5)
     (key,) = keys_in(s3_server, bucket)

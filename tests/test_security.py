@@ -11,13 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
-import duckdb
 import pytest
 
 from affise_s3_assets import s3
-from affise_s3_assets.demo import load_schema
 from affise_s3_assets.s3 import describe_s3_error
-from affise_s3_assets.source import write_watermark
 from affise_s3_assets.targets import build_export_targets
 from tests.conftest import S3Server
 from tests.test_delivery import (
@@ -25,6 +22,7 @@ from tests.test_delivery import (
     delivered_rows,
     export_asset,
     fetch,
+    hex_clicks_db,
     integration,
     key_of,
     keys_in,
@@ -170,15 +168,7 @@ def test_delivery_works_under_the_published_least_privilege_policy(
     grant_only_delivery(s3_server, bucket)
     monkeypatch.setenv("TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
     monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
-    db = tmp_path / "events.duckdb"
-    with duckdb.connect(str(db)) as con:
-        load_schema(con)
-        con.execute(
-            "INSERT INTO clicks (id, created_at, affiliate_id, sub1, sub2) SELECT "
-            "lpad(i::VARCHAR, 8, '0'), TIMESTAMP '2026-11-25 10:00:00' + i * INTERVAL 20 "
-            f"MILLISECOND, 101, md5(i::VARCHAR), sha256(i::VARCHAR) FROM range({rows}) t(i)"
-        )
-        write_watermark(con, "clicks", datetime(2026, 11, 25, 11))
+    db = hex_clicks_db(tmp_path / "events.duckdb", rows)
     acme = integration(
         s3_server, bucket, frequency=60, extra="      acl: bucket-owner-full-control\n"
     )
