@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from affise_s3_assets.source import write_watermark
+from affise_s3_assets.source import connect_events_file, write_watermark
 
 # Bounds the Arrow working set: a 10M-click day is generated and inserted at most 500k rows at a
 # time.
@@ -557,7 +557,7 @@ def generate_demo_events(
 
     path = Path(db_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(path)) as con:
+    with connect_events_file(path, read_only=False) as con:
         load_schema(con)
         # Autocommit per statement, not one transaction: DuckDB holds uncommitted rows in memory
         # (~5 GB for a 10M-click day). No other process can open the file while we write it, and

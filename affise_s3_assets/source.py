@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -133,6 +134,27 @@ class SourceIncomplete(Exception):
     """A window the source is not complete for: not delivered, tried again later."""
 
 
+# DuckDB lets one process write a file and no other open it meanwhile: a reader that meets
+# the loader's write lock (or the loader meeting a reader's) waits for it, up to this long.
+# Loaders should hold their write connection only while writing.
+FILE_LOCK_WAIT = timedelta(seconds=30)
+
+
+def connect_events_file(
+    path: str | Path, read_only: bool = True, wait: timedelta = FILE_LOCK_WAIT
+) -> duckdb.DuckDBPyConnection:
+    """A connection to a DuckDB events file, waiting for another process's lock on it to be
+    released (at most `wait`) rather than failing at once."""
+    deadline = time.monotonic() + wait.total_seconds()
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
+
+
 def write_watermark(con: duckdb.DuckDBPyConnection, event_type: EventType, until: datetime) -> None:
     """For the loader of a DuckDB events file: every `event_type` event before `until` is in.
     A watermark only moves forward."""
@@ -208,7 +230,7 @@ class EventsDatabase(dg.ConfigurableResource):
         if not path.exists():
             raise FileNotFoundError(f"events database {path} does not exist")
         # A Parquet dataset needs no database: an in-memory connection reads the files.
-        con = duckdb.connect() if path.is_dir() else duckdb.connect(str(path), read_only=True)
+        con = duckdb.connect() if path.is_dir() else connect_events_file(path)
         memory_limit = self.memory_limit or ("256MB" if path.is_dir() else "16MB")
         con.execute(f"SET memory_limit = '{memory_limit}'")
         con.execute(f"SET threads = {int(self.threads)}")

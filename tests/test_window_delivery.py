@@ -2,8 +2,11 @@
 integration and window, one materialization per partition, failures isolated and Failed."""
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
-from datetime import datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +15,15 @@ import dagster as dg
 import duckdb
 import pytest
 
+from affise_s3_assets import source
 from affise_s3_assets.config import apply_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.delivery import Window, deliver_windows
 from affise_s3_assets.sensors import ended_runs_since
-from affise_s3_assets.source import EventsDatabase, write_watermark
+from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
+from tests.operations import wait_for
 from tests.stalling_endpoint import stalling_endpoint
 from tests.test_delivery import (
     ADVERTISER,
@@ -407,6 +412,56 @@ def test_a_window_the_source_is_not_complete_for_is_failed_and_delivered_once_it
     (key,) = rig.objects()
     _, rows = delivered_rows(fetch(rig.s3, rig.bucket, key))
     assert rows == source_rows(rig.events_db, "clicks", START, END)[1]
+
+
+def test_a_window_run_waits_for_the_loaders_write_lock_and_delivers(rig: WindowRig) -> None:
+    """A loader writing the DuckDB file (another process, holding its write lock) does not
+    fail the window: the run's reads wait for the lock and deliver every row."""
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
+    loader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys\n"
+            f"con = duckdb.connect({str(rig.events_db)!r})\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "con.close()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert loader.stdout is not None and loader.stdin is not None
+        assert loader.stdout.readline() == "locked\n"
+        with pytest.raises(duckdb.IOException, match="lock"):
+            connect_events_file(rig.events_db, wait=timedelta(seconds=0.2))
+        refused: list[str] = []
+        real_connect = duckdb.connect
+
+        def connect(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+            try:
+                return real_connect(*args, **kwargs)
+            except duckdb.IOException as exc:
+                refused.append(str(exc))
+                raise
+
+        rig.monkeypatch.setattr(source.duckdb, "connect", connect)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(rig.run)
+            # The run has met the lock: only now does the loader commit and let go.
+            wait_for("the run to meet the loader's lock", lambda: refused, timeout=60, every=0.1)
+            loader.stdin.write("\n")
+            loader.stdin.flush()
+            result = running.result(timeout=120)
+    finally:
+        loader.kill()
+        loader.wait()
+    assert result.success
+    (key,) = rig.objects()
+    _, rows = delivered_rows(fetch(rig.s3, rig.bucket, key))
+    assert rows == source_rows(rig.events_db, "clicks", START, END)[1] and rows
 
 
 @pytest.mark.parametrize("shape", ["empty directory", "day folder missing", "day folder gap"])
