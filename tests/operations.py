@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
+import yaml
 from dagster._core.instance.ref import InstanceRef
 
 from tests.conftest import ROOT
@@ -23,10 +24,13 @@ LOCATION = "affise_s3_assets"
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 2.0) -> T:
     """Poll `check` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = began + timeout
     while True:
         found = check()
         if found:
+            # Where a long test spends its time, in its output.
+            print(f"waited {time.monotonic() - began:.0f} s for {what}")
             return found
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
@@ -41,16 +45,30 @@ def _reset_signals() -> None:
 
 
 class DagsterDev:
-    def __init__(self, home: Path, env: dict[str, str], port: int) -> None:
+    """`dagster dev` on the instance settings of `scripts/dev.sh`, with `settings` (top-level
+    sections of dagster.yaml) merged over them."""
+
+    def __init__(
+        self,
+        home: Path,
+        env: dict[str, str],
+        port: int,
+        settings: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.home, self.env, self.port = home, env, port
+        self.settings = settings or {}
         self.url = f"http://127.0.0.1:{port}"
         self.log = home / "dagster-dev.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "dagster.yaml").write_text((ROOT / "scripts/dagster.dev.yaml").read_text())
-        with self.log.open("wb") as log:
+        config = yaml.safe_load((ROOT / "scripts/dagster.dev.yaml").read_text())
+        for section, values in self.settings.items():
+            config[section] = {**config.get(section, {}), **values}
+        (self.home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        # Appended: a restart keeps what the earlier session logged.
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
                     str(ROOT / ".venv/bin/dagster"),
@@ -81,6 +99,13 @@ class DagsterDev:
         # Code servers and run workers that outlived their parent.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def crash(self) -> None:
+        """Every process at once, with SIGKILL, as a power cut or the OOM killer leaves it:
+        nothing gets to report anything."""
+        assert self.process is not None
+        os.killpg(os.getpgid(self.process.pid), signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -21,7 +21,12 @@ from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset
 from affise_s3_assets.demo import load_schema
 from affise_s3_assets.io_manager import DateFolderS3IOManager
 from affise_s3_assets.s3 import MIB, S3ObjectWriter
-from affise_s3_assets.source import EventsDatabase, write_dataset_watermark, write_watermark
+from affise_s3_assets.source import (
+    EventsDatabase,
+    connect_events_file,
+    write_dataset_watermark,
+    write_watermark,
+)
 from affise_s3_assets.targets import build_export_targets, build_window_groups, export_asset_key
 from tests.conftest import S3Server
 from tests.csv_reader import read_rfc4180
@@ -154,7 +159,7 @@ def source_rows(
     advertisers: Sequence[str] = (),
 ) -> tuple[list[str], list[list[str | None]]]:
     """Header and rows as the contract describes them, straight from DuckDB and Python."""
-    with duckdb.connect(str(events_db), read_only=True) as con:
+    with connect_events_file(events_db) as con:
         header = [
             row[0]
             for row in con.execute(
