@@ -16,6 +16,7 @@ Knows the flow of a window; the format is csv_export.py's, keys and uploads io_m
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -36,9 +37,21 @@ from affise_s3_assets.csv_export import (
     in_background,
     whole_second_text,
 )
-from affise_s3_assets.io_manager import DateFolderS3IOManager, WindowObject, build_object_key
+from affise_s3_assets.io_manager import (
+    DateFolderS3IOManager,
+    WindowObject,
+    build_manifest_key,
+    build_object_key,
+)
+from affise_s3_assets.manifest import DeliveredObject, manifest_bytes
 from affise_s3_assets.partitions import window_metadata
-from affise_s3_assets.s3 import delivery_failure, error_code, is_permanent
+from affise_s3_assets.s3 import (
+    Verification,
+    VerificationFailed,
+    delivery_failure,
+    error_code,
+    is_permanent,
+)
 from affise_s3_assets.schedules import SCHEDULED_TAG
 from affise_s3_assets.sensors import (
     CATCH_UP_TAG,
@@ -57,6 +70,11 @@ from affise_s3_assets.source import (
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
+# A window is delivered a little after it closes: the source may be waited for (60 s), the
+# run may queue behind others and takes its time. Beyond this, an export is late.
+FRESHNESS_GRACE = timedelta(minutes=10)
+# Each export's check, per window: the object the store completed is the one sent.
+INTACT_CHECK = "delivered_intact"
 # Finishing objects is network-bound: the last parts and small PUTs go out in parallel.
 CLOSE_THREADS = 16
 # A destination that fails this many windows in a row (after botocore's own retries of each
@@ -97,6 +115,8 @@ class Outcome:
     permanent: bool = False
     stops_destination: bool = False  # no later window of this run is tried for it
     metadata: dict[str, Any] = field(default_factory=dict)
+    # What the store's answers say of the object it completed (None: it completed none).
+    verification: Verification | None = None
 
 
 @dataclass
@@ -137,14 +157,40 @@ class ObjectDelivery:
         try:
             finished = self.object.finish(self.encoder.finish(), clean_up=self.clean_up)
             self.metadata = {**self.encoder.summary(), **finished}
+        except VerificationFailed as exc:
+            self.fail(exc, abort=False)  # complete, but not as sent: delivered again
+            return
         except Exception as exc:
             self.fail(exc)
+            return
+        if self.target.manifest:
+            delivered = DeliveredObject(
+                event_type=self.target.event_type,
+                window_start=self.window.start,
+                window_end=self.window.end,
+                key=self.object.key,
+                rows=self.metadata["rows"],
+                bytes=self.metadata["object_bytes"],
+                sha256=self.metadata["sha256"],
+                columns=EVENT_COLUMNS[self.target.event_type],
+            )
+            try:
+                self.metadata["manifest_uri"] = self.object.write_manifest(
+                    manifest_bytes(delivered)
+                )
+            # The data object is complete but unannounced: the window is Failed and delivered
+            # again (the same bytes, then its manifest). Nothing is deleted: that would need
+            # s3:DeleteObject, and a customer goes by the manifest.
+            except Exception as exc:
+                self.fail(exc, build_manifest_key(self.object.key), abort=False)
+                self.metadata = {}
 
-    def fail(self, exc: BaseException) -> None:
-        self.failure = delivery_failure(self.target.destination, self.object.key, exc)
+    def fail(self, exc: BaseException, key: str | None = None, abort: bool = True) -> None:
+        self.failure = delivery_failure(self.target.destination, key or self.object.key, exc)
         self.permanent = is_permanent(exc)
         self.code = error_code(exc)
-        self.object.abort()
+        if abort:
+            self.object.abort()
 
     def outcome(self) -> Outcome:
         return Outcome(
@@ -154,6 +200,7 @@ class ObjectDelivery:
             self.permanent,
             self.stops_destination,
             self.metadata,
+            self.object.verification,
         )
 
 
@@ -334,10 +381,26 @@ def build_window_asset(group: WindowGroup) -> dg.AssetsDefinition:
     partitions_def = group.partitions_def()
     by_key = {target.asset_key: target for target in group.targets}
     specs = [_spec(target, partitions_def) for target in group.targets]
+    with warnings.catch_warnings():
+        # A check per partition is a preview API in Dagster 1.13; it is what puts each
+        # window's verification next to that window.
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        checks = [
+            dg.AssetCheckSpec(
+                INTACT_CHECK,
+                asset=target.asset_key,
+                partitions_def=partitions_def,
+                description="The store's answers about each window's object (its ETag, each "
+                "part's) match the bytes sent; Content-MD5 alone where they cannot tell "
+                "(SSE-KMS, SSE-C). A mismatch fails the window, which is delivered again.",
+            )
+            for target in group.targets
+        ]
 
     @dg.multi_asset(
         name=group.step_name,
         specs=specs,
+        check_specs=checks,
         can_subset=True,
         required_resource_keys={"events", IO_MANAGER_KEY},
         # A backfill of many windows runs as a few ranged runs, each window its own object.
@@ -374,6 +437,7 @@ def _deliver_selected(
         return
     failures: list[Outcome] = []
     delivered = 0
+    checked = context.selected_asset_check_keys
 
     def report(window: Window, objects: list[Outcome]) -> None:
         nonlocal delivered
@@ -381,6 +445,9 @@ def _deliver_selected(
         lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
         for item in objects:
             target = item.target
+            check = dg.AssetCheckKey(target.asset_key, INTACT_CHECK)
+            if item.verification is not None and check in checked:
+                context.log_event(_intact_evaluation(check, window, item))
             if item.failure is None:
                 delivered += 1
                 context.log_event(
@@ -515,6 +582,34 @@ def _failure_summary(
     return "\n".join(lines)
 
 
+def _intact_evaluation(
+    check: dg.AssetCheckKey, window: Window, item: Outcome
+) -> dg.AssetCheckEvaluation:
+    """The window's verification, as its check's result."""
+    assert item.verification is not None
+    intact = item.verification.intact
+    return dg.AssetCheckEvaluation(
+        asset_key=check.asset_key,
+        check_name=check.name,
+        passed=intact is not False,
+        partition=window.key,
+        description=item.verification.how,
+        metadata={
+            "verified_by": {True: "etag", None: "content-md5 only", False: "mismatch"}[intact],
+            **{k: v for k, v in item.metadata.items() if k in ("etag", "sha256", "object_bytes")},
+        },
+    )
+
+
+def freshness_policy(frequency: int) -> dg.FreshnessPolicy:
+    """Each export should have delivered a window within its frequency plus FRESHNESS_GRACE
+    (warn) and within two of them (fail): the UI then marks an integration fallen behind."""
+    step = timedelta(minutes=frequency)
+    return dg.FreshnessPolicy.time_window(
+        warn_window=step + FRESHNESS_GRACE, fail_window=2 * step + FRESHNESS_GRACE
+    )
+
+
 def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.AssetSpec:
     filters = filters_metadata(target.affiliates, target.advertisers)
     start = f"{target.first_window:%Y-%m-%d %H:%M}"
@@ -542,6 +637,7 @@ def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.A
             "enabled": target.enabled,
             **{f"filter_{name}": value for name, value in filters.items()},
         },
+        freshness_policy=freshness_policy(target.frequency),
         kinds={"s3", "csv"},
         tags={"integration": target.integration, "event_type": target.event_type},
     ).with_io_manager_key(IO_MANAGER_KEY)

@@ -20,8 +20,11 @@ from affise_s3_assets.s3 import (
     MIB,
     S3Destination,
     S3ObjectWriter,
+    Verification,
+    VerificationFailed,
     abort_leftover_uploads,
     delivered_metadata,
+    object_uri,
     s3_client,
 )
 
@@ -33,6 +36,14 @@ def build_object_key(directory: str, window_start: datetime) -> str:
     return f"{directory}/{name}" if directory else name
 
 
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def build_manifest_key(object_key: str) -> str:
+    """Beside its data object: `…/2026-11-25 10:00:00.csv.gz.manifest.json`."""
+    return object_key + MANIFEST_SUFFIX
+
+
 class WindowObject:
     """One partition's object while it is written: nothing is sent before the first chunk."""
 
@@ -40,6 +51,7 @@ class WindowObject:
         self.destination, self.key = destination, key
         self._part_size, self._memory = part_size, memory
         self.writer: S3ObjectWriter | None = None
+        self.verification: Verification | None = None  # once finished
 
     def _open(self) -> S3ObjectWriter:
         if self.writer is None:
@@ -57,19 +69,45 @@ class WindowObject:
         self._open().write(chunk)
 
     def finish(self, last_chunk: bytes, clean_up: bool = False) -> dict[str, Any]:
-        """Complete the object; returns its materialization metadata. With `clean_up` (a
+        """Complete the object and check the store's answers about it (VerificationFailed if
+        they say it holds other bytes); returns its materialization metadata. With `clean_up` (a
         re-delivery: an earlier attempt may have died mid-upload) the multipart uploads left
         open for its key are aborted."""
         writer = self._open()
         writer.write(last_chunk)
         writer.close()
         metadata = delivered_metadata(writer, self.destination)
+        self.verification = writer.verification()
+        if self.verification.intact is False:
+            raise VerificationFailed(
+                f"{object_uri(self.destination, self.key)}: {self.verification.how}"
+            )
+        metadata["verified"] = self.verification.how
         if clean_up:
             aborted = abort_leftover_uploads(writer.client, self.destination.bucket, self.key)
             metadata["leftover_uploads_aborted"] = (
                 "not allowed to list" if aborted is None else aborted
             )
         return metadata
+
+    def write_manifest(self, body: bytes) -> str:
+        """Write the object's manifest beside it (after the object is complete: its presence
+        says so); returns its URI."""
+        assert self.writer is not None, "the manifest follows its complete object"
+        key = build_manifest_key(self.key)
+        writer = S3ObjectWriter(
+            self.writer.client,
+            self.destination.bucket,
+            key,
+            content_type="application/json",
+            acl=self.destination.acl,
+        )
+        writer.write(body)
+        writer.close()
+        uri = object_uri(self.destination, key)
+        if (verification := writer.verification()).intact is False:
+            raise VerificationFailed(f"{uri}: {verification.how}")
+        return uri
 
     def abort(self) -> Future[None] | None:
         """Discard the object; the writer's abort, done on its own thread, is returned."""

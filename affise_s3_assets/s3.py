@@ -175,6 +175,24 @@ def part_size_for(part_number: int, base_part_size: int) -> int:
     return base_part_size * 2 ** ((part_number - 1) // _PARTS_PER_SIZE_STEP)
 
 
+class VerificationFailed(Exception):
+    """What the store says it holds is not what was sent: the window is delivered again."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the store answered about an object, against what was sent. `intact` is None when
+    its answers cannot tell (an SSE-KMS or SSE-C object's ETag is no MD5; a store that gave
+    none): S3 then vouches for each body only by its Content-MD5 check."""
+
+    intact: bool | None
+    how: str
+
+
+# ETags that are not the MD5 of the bytes: objects encrypted with KMS keys or the customer's.
+_OPAQUE_ETAG_ENCRYPTION = ("aws:kms", "aws:kms:dsse")
+
+
 class DeliveryTimeout(Exception):
     """A request the endpoint did not answer within REQUEST_DEADLINE (retries included)."""
 
@@ -252,6 +270,8 @@ class S3ObjectWriter:
         self._part_md5 = hashlib.md5(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
         self.etag = ""  # as the server answered (RGW's multipart answer has none)
+        self._digests: list[bytes] = []  # the MD5 of each request body sent, in order
+        self._encryption = ""  # how the store says it encrypted the object
         # Compressed chunks waiting for the next part: joined once, when the part is full,
         # or written to `_spool` once they pass `memory_bytes`.
         self._pending: list[bytes] = []
@@ -336,7 +356,9 @@ class S3ObjectWriter:
         else:
             body = b"".join(self._pending)
         self._pending, self._pending_bytes = [], 0
-        md5 = base64.b64encode(self._part_md5.digest()).decode()
+        digest = self._part_md5.digest()
+        self._digests.append(digest)
+        md5 = base64.b64encode(digest).decode()
         self._part_md5 = hashlib.md5(usedforsecurity=False)
         return body, md5
 
@@ -366,9 +388,11 @@ class S3ObjectWriter:
     ) -> dict[str, Any]:
         try:
             if self._upload_id is None:
-                self._upload_id = self.client.create_multipart_upload(
+                created = self.client.create_multipart_upload(
                     Bucket=self.bucket, Key=self.key, **self._create_args
-                )["UploadId"]
+                )
+                self._note_encryption(created)
+                self._upload_id = created["UploadId"]
             response = self.client.upload_part(
                 Bucket=self.bucket,
                 Key=self.key,
@@ -406,6 +430,7 @@ class S3ObjectWriter:
             # same key, so a re-delivery overwrites it with what it would have held.
             response = self._wait(_in_thread(put), time.monotonic(), self.sent)
             self.etag = response.get("ETag", "").strip('"')
+            self._note_encryption(response)
             return self.sent, 0
         assert self._in_flight is not None
         self._wait(self._in_flight, self._in_flight_started, self._in_flight_bytes)
@@ -425,6 +450,53 @@ class S3ObjectWriter:
         self.etag = response.get("ETag", "").strip('"')
         self._close_spool()
         return self.sent, len(self._parts)
+
+    def _note_encryption(self, response: dict[str, Any]) -> None:
+        if response.get("SSECustomerAlgorithm"):
+            self._encryption = "SSE-C"
+        elif response.get("ServerSideEncryption") in _OPAQUE_ETAG_ENCRYPTION:
+            self._encryption = str(response["ServerSideEncryption"])
+
+    def verification(self) -> Verification:
+        """The closed object as the store acknowledged it, from its answers alone (no read:
+        that would need s3:GetObject): a single PUT's ETag is the MD5 of its bytes, a part's
+        ETag its part's, a multipart object's the MD5 of its parts' MD5s and their count."""
+        if self._encryption:
+            return Verification(
+                None,
+                f"the store encrypted it with {self._encryption}, whose ETags are not MD5s: "
+                "checked by S3 against each request's Content-MD5 only",
+            )
+        if not self._parts:
+            expected = self._digests[-1].hex()
+            if not self.etag:
+                return Verification(None, "the store answered no ETag: Content-MD5 only")
+            if self.etag != expected:
+                return Verification(
+                    False, f"the store's ETag {self.etag} is not the MD5 sent, {expected}"
+                )
+            return Verification(True, "the store's ETag is the MD5 of the bytes sent")
+        for number, (part, digest) in enumerate(zip(self._parts, self._digests, strict=True), 1):
+            etag = str(part.get("ETag", "")).strip('"')
+            if etag != digest.hex():
+                return Verification(
+                    False, f"part {number}'s ETag {etag or '(none)'} is not its MD5, {digest.hex()}"
+                )
+        whole = f"{hashlib.md5(b''.join(self._digests), usedforsecurity=False).hexdigest()}"
+        whole += f"-{len(self._parts)}"
+        if self.etag and self.etag != whole:
+            return Verification(
+                False, f"the store's ETag {self.etag} is not the one of the parts sent, {whole}"
+            )
+        return Verification(
+            True,
+            f"each of the {len(self._parts)} parts' ETags is its MD5"
+            + (
+                ", and the object's ETag theirs"
+                if self.etag
+                else " (the store answered no ETag for the whole object)"
+            ),
+        )
 
     def abort(self) -> Future[None]:
         """Discard everything sent; never raises, the original failure is the one to report.

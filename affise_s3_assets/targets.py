@@ -37,6 +37,7 @@ class ExportTarget:
     affiliates: tuple[int, ...]
     advertisers: tuple[str, ...]
     compression_level: int
+    manifest: bool = False  # a manifest beside each object
 
     @property
     def integration(self) -> str:
@@ -133,6 +134,7 @@ def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[Expo
             affiliates=export.affiliates,
             advertisers=export.advertisers,
             compression_level=export.compression_level,
+            manifest=export.manifest,
         )
         for integration in integrations
         for event_type, export in integration.exports()

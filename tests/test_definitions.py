@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -40,6 +40,14 @@ def snapshot(defs: dg.Definitions) -> dict:
                 partitions.timezone,
             ),
             "first_window": node.metadata.get("first_window"),
+            "checks": sorted(check.name for check in node.check_keys),
+            # (warn, fail) minutes without a new window
+            "freshness": None
+            if node.freshness_policy is None
+            else (
+                node.freshness_policy.warn_window.to_timedelta() // timedelta(minutes=1),
+                node.freshness_policy.fail_window.to_timedelta() // timedelta(minutes=1),
+            ),
         }
     schedules = {
         schedule.name: (schedule.cron_schedule, schedule.job_name, schedule.default_status.value)
@@ -64,42 +72,56 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/clicks"],
                 "partitions": ("*/15 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
+                "checks": ["delivered_intact"],
+                "freshness": (25, 40),
             },
             "affise/acme/conversions": {
                 "group": "acme",
                 "deps": ["events/conversions"],
                 "partitions": ("0 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
+                "checks": ["delivered_intact"],
+                "freshness": (70, 130),
             },
             "affise/globex/clicks": {
                 "group": "globex",
                 "deps": ["events/clicks"],
                 "partitions": ("*/5 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
+                "checks": ["delivered_intact"],
+                "freshness": (15, 20),
             },
             "affise/globex/conversions": {
                 "group": "globex",
                 "deps": ["events/conversions"],
                 "partitions": ("*/30 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
+                "checks": ["delivered_intact"],
+                "freshness": (40, 70),
             },
             "affise/initech/clicks": {
                 "group": "initech",
                 "deps": ["events/clicks"],
                 "partitions": ("0 * * * *", "2026-11-20 00:00", fmt, "UTC"),
                 "first_window": "2026-11-20 00:00",
+                "checks": ["delivered_intact"],
+                "freshness": (70, 130),
             },
             "events/clicks": {
                 "group": "events",
                 "deps": [],
                 "partitions": None,
                 "first_window": None,
+                "checks": [],
+                "freshness": None,
             },
             "events/conversions": {
                 "group": "events",
                 "deps": [],
                 "partitions": None,
                 "first_window": None,
+                "checks": [],
+                "freshness": None,
             },
         },
         # One schedule per window group: the scheduler's work grows with frequencies, not

@@ -123,3 +123,75 @@ def test_a_hung_endpoint_never_holds_the_feed() -> None:
     finally:
         store.release.set()
     writer.abort().result(timeout=5)
+
+
+class AnsweringStore(SlowStore):
+    """Answers each request with an ETag as S3 computes it (the MD5 of the body; for a
+    multipart object the MD5 of the parts' MD5s and their count), or as `lie` says, and with
+    the encryption it claims."""
+
+    def __init__(self, lie: str = "", encryption: str = "") -> None:
+        super().__init__()
+        self.lie, self.encryption = lie, encryption
+
+    def _answer(self, etag: str, what: str) -> dict[str, Any]:
+        if self.lie == what:
+            etag = "0" * 32
+        answer: dict[str, Any] = {"ETag": f'"{etag}"'}
+        if self.encryption:
+            answer["ServerSideEncryption"] = self.encryption
+        return answer
+
+    def put_object(self, Key: str, Body: Any, ContentMD5: str, **_: Any) -> dict[str, Any]:
+        super().put_object(Key=Key, Body=Body, ContentMD5=ContentMD5)
+        return self._answer(hashlib.md5(self.objects[Key]).hexdigest(), "single")
+
+    def create_multipart_upload(self, **_: Any) -> dict[str, Any]:
+        return {"UploadId": "u1", **self._answer("", "")}
+
+    def upload_part(self, PartNumber: int, Body: Any, ContentMD5: str, **_: Any) -> dict:
+        super().upload_part(PartNumber=PartNumber, Body=Body, ContentMD5=ContentMD5)
+        return self._answer(hashlib.md5(self.parts[PartNumber]).hexdigest(), f"part {PartNumber}")
+
+    def complete_multipart_upload(self, Key: str, MultipartUpload: Any, **_: Any) -> dict:
+        super().complete_multipart_upload(Key=Key, MultipartUpload=MultipartUpload)
+        numbers = [part["PartNumber"] for part in MultipartUpload["Parts"]]
+        digests = b"".join(hashlib.md5(self.parts[n]).digest() for n in numbers)
+        return self._answer(f"{hashlib.md5(digests).hexdigest()}-{len(numbers)}", "whole")
+
+
+@pytest.mark.parametrize(
+    ("size", "lie", "encryption", "intact"),
+    [
+        (100, "", "", True),
+        (100, "single", "", False),
+        (12 * MIB, "", "", True),
+        (12 * MIB, "part 2", "", False),
+        (12 * MIB, "whole", "", False),
+        (100, "single", "aws:kms", None),
+        (12 * MIB, "whole", "aws:kms", None),
+    ],
+    ids=[
+        "PUT",
+        "PUT, another ETag",
+        "multipart",
+        "a part's ETag another",
+        "the object's ETag another",
+        "SSE-KMS PUT",
+        "SSE-KMS multipart",
+    ],
+)
+def test_the_stores_answers_verify_the_object_or_say_they_cannot(
+    size: int, lie: str, encryption: str, intact: bool | None
+) -> None:
+    """With no read-back: a single PUT's ETag must be the MD5 sent, each part's its own and
+    the object's theirs; an SSE-KMS object's ETags are no MD5s, so they decide nothing."""
+    store = AnsweringStore(lie, encryption)
+    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB)
+    feed(writer, bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    writer.close()
+    assert (writer.parts > 0) == (size > 5 * MIB)
+    verification = writer.verification()
+    assert verification.intact is intact, verification.how
+    if lie and not encryption:
+        assert "0" * 32 in verification.how

@@ -184,6 +184,12 @@ def test_delivery_works_under_the_published_least_privilege_policy(
     assert materialization.metadata["sha256"].value == hashlib.sha256(data).hexdigest()
     assert materialization.metadata["object_bytes"].value == len(data)
     assert (materialization.metadata["multipart_parts"].value >= 2) == (rows > 1000)
+    # Verified from the store's answers alone: the policy allows no read.
+    verified = materialization.metadata["verified"].value
+    if rows > 1000:
+        assert verified.startswith("each of the") and "parts' ETags is its MD5" in verified
+    else:
+        assert verified == "the store's ETag is the MD5 of the bytes sent"
     _, delivered = delivered_rows(data)
     start, end = datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11)
     assert delivered == source_rows(db, "clicks", start, end)[1]

@@ -1,9 +1,12 @@
 """Window runs against the real S3 server: one read of the window (or range), one object per
 integration and window, one materialization per partition, failures isolated and Failed."""
 
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -22,7 +25,9 @@ from affise_s3_assets.delivery import Window, deliver_windows
 from affise_s3_assets.sensors import ended_runs_since
 from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
 from affise_s3_assets.targets import build_export_targets, build_window_groups
-from tests.conftest import S3Server
+from tests.conftest import ROOT, S3Server
+from tests.etag_rewriting_proxy import etag_rewriting_proxy
+from tests.json_schema import problems
 from tests.operations import wait_for
 from tests.stalling_endpoint import stalling_endpoint
 from tests.test_delivery import (
@@ -145,6 +150,16 @@ def rig(
 def observations(rig: WindowRig, name: str) -> list[dg.AssetObservation]:
     records = rig.instance.fetch_observations(dg.AssetKey(["affise", name, "clicks"]), limit=10)
     return [record.asset_observation for record in records.records]
+
+
+def check_evaluations(
+    rig: WindowRig, result: dg.ExecuteInProcessResult
+) -> list[dg.AssetCheckEvaluation]:
+    """The run's check results, as the instance stored them (what the UI shows)."""
+    entries = rig.instance.all_logs(
+        result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    )
+    return [entry.dagster_event.event_specific_data for entry in entries]
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -320,6 +335,7 @@ def test_selecting_an_integration_before_its_start_delivers_nothing_for_it(
 class _FailingObject:
     def __init__(self, key: str) -> None:
         self.key = key
+        self.verification = None  # never completed
 
     def write(self, chunk: bytes) -> None:
         raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://dead")
@@ -462,6 +478,148 @@ def test_a_window_run_waits_for_the_loaders_write_lock_and_delivers(rig: WindowR
     (key,) = rig.objects()
     _, rows = delivered_rows(fetch(rig.s3, rig.bucket, key))
     assert rows == source_rows(rig.events_db, "clicks", START, END)[1] and rows
+
+
+def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_redelivery(
+    rig: WindowRig,
+) -> None:
+    """With `manifest: true`, each data object gets `<key>.manifest.json` once complete: the
+    documented format (docs/manifest.schema.json), the object's own size, SHA-256 and rows as
+    a customer reads them back; a re-delivery writes the same bytes for both."""
+    rig.configure(
+        [
+            ("acme", "2026-11-24 00:00:00", rig.clicks("x", "      manifest: true\n")),
+            ("plain", "2026-11-24 00:00:00", rig.clicks("y")),
+        ]
+    )
+    assert rig.run().success
+    data_key, manifest_key, plain_key = rig.objects()
+    assert manifest_key == data_key + ".manifest.json" and plain_key.startswith("y/")
+    data = fetch(rig.s3, rig.bucket, data_key)
+    written = fetch(rig.s3, rig.bucket, manifest_key)
+    manifest = json.loads(written)
+    schema = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
+    assert problems(manifest, schema) == []
+    header, rows = delivered_rows(data)
+    assert rows == source_rows(rig.events_db, "clicks", START, END)[1] and rows
+    assert manifest["object"] == {
+        "name": data_key.rsplit("/", 1)[1],
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "format": "csv",
+        "compression": "gzip",
+    }
+    assert manifest["rows"] == len(rows)
+    assert manifest["columns"] == header
+    assert manifest["window"] == {"start": "2026-11-25T10:00:00Z", "end": "2026-11-25T11:00:00Z"}
+    assert manifest["event_type"] == "clicks"
+    (record,) = rig.instance.fetch_materializations(
+        dg.AssetKey(["affise", "acme", "clicks"]), limit=1
+    ).records
+    metadata = record.asset_materialization.metadata
+    assert metadata["manifest_uri"].value == f"s3://{rig.bucket}/{manifest_key}"
+
+    # The README's customer-side check passes on the day, and catches a file changed since.
+    check = readme_manifest_check(rig.bucket, data_key.rsplit("/", 1)[0] + "/")
+    exec(check, {"CLIENT": rig.s3.client()})
+    rig.s3.client().put_object(
+        Bucket=rig.bucket, Key=data_key, Body=data[:-1] + bytes([data[-1] ^ 0xFF])
+    )
+    with pytest.raises(AssertionError, match=r"\.manifest\.json"):
+        exec(check, {"CLIENT": rig.s3.client()})
+
+    assert rig.run().success
+    assert fetch(rig.s3, rig.bucket, manifest_key) == written
+    assert fetch(rig.s3, rig.bucket, data_key) == data
+
+
+def readme_manifest_check(bucket: str, day: str) -> str:
+    """The README's check of a day against its manifests, on this bucket and day."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("Check a day against its")[1].split("```python")[1].split("```")[0]
+    code = textwrap.dedent(block)
+    line = 's3, bucket, day = boto3.client("s3"), "acme-affise-raw", "affise/clicks/2026/11/25/"'
+    assert line in code
+    return code.replace(line, f"s3, bucket, day = CLIENT, {bucket!r}, {day!r}")
+
+
+def test_a_manifest_that_cannot_be_written_fails_its_window_and_the_next_run_completes_it(
+    rig: WindowRig,
+) -> None:
+    """The data object without its manifest is not announced as complete: its window is
+    Failed, naming the manifest's key, and once the manifest can be written a re-delivery
+    writes both."""
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": ["arn:aws:iam:::user/intruder"]},
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": [f"arn:aws:s3:::{rig.bucket}/*"],
+            },
+            {
+                "Effect": "Deny",
+                "Principal": {"AWS": ["arn:aws:iam:::user/intruder"]},
+                "Action": ["s3:PutObject"],
+                # RGW's wildcards do not match `*.manifest.json`; no data key says manifest.
+                "Resource": [f"arn:aws:s3:::{rig.bucket}/*manifest*"],
+            },
+        ],
+    }
+    rig.s3.client().put_bucket_policy(Bucket=rig.bucket, Policy=json.dumps(policy))
+    rig.monkeypatch.setenv("TEST_ACCESS_KEY_ID", rig.s3.intruder.access_key)
+    rig.monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", rig.s3.intruder.secret_key)
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x", "      manifest: true\n"))])
+    result = rig.run()
+    assert not result.success
+    (data_key,) = rig.objects()
+    assert rig.status("acme", [WINDOW]) == ["FAILED"]
+    (seen,) = observations(rig, "acme")
+    assert f"key '{data_key}.manifest.json'" in seen.metadata["delivery_failed"].value
+    assert seen.metadata["error_code"].value == "AccessDenied"
+
+    rig.s3.client().delete_bucket_policy(Bucket=rig.bucket)
+    rig.monkeypatch.setenv("TEST_ACCESS_KEY_ID", rig.s3.customer.access_key)
+    rig.monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", rig.s3.customer.secret_key)
+    assert rig.run().success
+    assert rig.objects() == [data_key, data_key + ".manifest.json"]
+    manifest = json.loads(fetch(rig.s3, rig.bucket, data_key + ".manifest.json"))
+    data = fetch(rig.s3, rig.bucket, data_key)
+    assert manifest["object"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_store_whose_answers_say_it_holds_other_bytes_fails_the_window_until_they_agree(
+    rig: WindowRig,
+) -> None:
+    """Each object is verified from the store's own answers (no read-back: least privilege).
+    A store answering another ETag than the MD5 sent fails that window, as its check says,
+    and harms no other integration; once its answers agree, the re-delivery passes."""
+    with etag_rewriting_proxy(rig.s3.endpoint_url) as (url, switch):
+        rig.configure(
+            [
+                ("acme", "2026-11-24 00:00:00", rig.clicks("x").replace(rig.s3.endpoint_url, url)),
+                ("good", "2026-11-24 00:00:00", rig.clicks("good")),
+            ]
+        )
+        result = rig.run()
+        assert not result.success
+        assert rig.status("acme", [WINDOW]) == ["FAILED"]
+        assert rig.materialized("good") == {WINDOW}
+        (seen,) = observations(rig, "acme")
+        assert seen.metadata["error_code"].value == "VerificationFailed"
+        assert "is not the MD5 sent" in seen.metadata["delivery_failed"].value
+        checks = {e.asset_key.path[1]: e for e in check_evaluations(rig, result)}
+        assert not checks["acme"].passed and checks["good"].passed
+        assert checks["acme"].partition == checks["good"].partition == WINDOW
+
+        switch.lying = False
+        again = rig.run(only=["acme"])
+    assert again.success
+    assert rig.status("acme", [WINDOW]) == ["MATERIALIZED"]
+    (check,) = check_evaluations(rig, again)
+    assert check.passed and check.metadata["verified_by"].value == "etag"
+    assert check.description == "the store's ETag is the MD5 of the bytes sent"
 
 
 @pytest.mark.parametrize("shape", ["empty directory", "day folder missing", "day folder gap"])

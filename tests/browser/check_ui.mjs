@@ -1,6 +1,7 @@
 // What the data team sees in the running Dagster UI, in Debian's Chromium (never a downloaded
 // browser): the lineage events/clicks -> affise/<name>/clicks, a partitions view with green and
-// red windows, and a failed window's reason. Prints one JSON line of findings; exits non-zero
+// red windows, a failed window's reason, each window's verification check and the asset's
+// freshness. Prints one JSON line of findings; exits non-zero
 // with the reason when something is not on the page.
 //   node check_ui.mjs <ui url> <screenshot dir> <failed asset key, e.g. affise/beta/clicks>
 import { mkdirSync } from "node:fs";
@@ -68,6 +69,24 @@ try {
   const events = await page.locator("body").innerText();
   findings.reason = /UserSuspended|AccessDenied|NoSuchBucket/.test(events);
   if (!findings.reason) fail("the failed window's reason (S3 error code) is not shown");
+
+  // Verification: each delivered window's check, with its partition and how it was verified.
+  await page.goto(`${assetPath}?view=checks`);
+  await waitForText(page, "delivered_intact", "checks");
+  await waitForText(page, "Passed", "checks");
+  await waitForText(page, "verified_by", "checks");
+  await page.waitForTimeout(1000);
+  await page.screenshot({ path: `${outDir}/checks.png` });
+  const checks = await page.locator("body").innerText();
+  findings.check = /Partition\s+\d{4}-\d{2}-\d{2}-\d{2}:\d{2}/.test(checks);
+  if (!findings.check) fail("the check's result does not name its window");
+
+  // Freshness: the asset's overview states its policy's verdict.
+  await page.goto(`${assetPath}?view=overview`);
+  await waitForText(page, "Freshness policy", "freshness");
+  const overview = await page.locator("body").innerText();
+  findings.freshness = overview.match(/Freshness policy\s+(\w+)/)?.[1] ?? null;
+  if (!findings.freshness) fail("the asset's freshness is not shown");
   console.log(JSON.stringify(findings));
 } finally {
   await browser.close();

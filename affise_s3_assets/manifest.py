@@ -1,0 +1,78 @@
+"""What a window's manifest says: the small JSON object written beside its data object, once
+that object is complete, so a customer can prove from the bucket alone that a file is whole.
+Knows the manifest format (docs/manifest.schema.json), nothing of S3, DuckDB or Dagster.
+
+The same rows give the same bytes: no wall-clock time, keys sorted, one fixed layout. What
+changes a manifest is what changes the data (rows, bytes, checksum) and the producer's
+version.
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from typing import Any
+
+# The manifest's own format. A new field that readers may ignore keeps it; removing or
+# changing the meaning of one makes it 2.
+MANIFEST_VERSION = 1
+# The data file's layout (the columns and how values are written: README, "What a customer
+# receives"). A column added or a value written differently makes it 2.
+DATA_SCHEMA_VERSION = 1
+
+
+def producer() -> str:
+    try:
+        return f"affise-s3-assets {metadata.version('affise-s3-assets')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "affise-s3-assets (not installed)"
+
+
+@dataclass(frozen=True)
+class DeliveredObject:
+    """What was delivered for one window: the facts its manifest states."""
+
+    event_type: str
+    window_start: datetime  # naive UTC
+    window_end: datetime
+    key: str
+    rows: int
+    bytes: int
+    sha256: str
+    columns: tuple[str, ...]
+    format: str = "csv"
+    compression: str = "gzip"
+
+
+def _instant(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
+
+
+def manifest_document(delivered: DeliveredObject) -> dict[str, Any]:
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "producer": producer(),
+        "event_type": delivered.event_type,
+        "window": {
+            "start": _instant(delivered.window_start),
+            "end": _instant(delivered.window_end),
+        },
+        "object": {
+            # Relative to the manifest's own folder: it holds the same whichever bucket or
+            # prefix the files are copied to.
+            "name": delivered.key.rsplit("/", 1)[-1],
+            "bytes": delivered.bytes,
+            "sha256": delivered.sha256,
+            "format": delivered.format,
+            "compression": delivered.compression,
+        },
+        "rows": delivered.rows,
+        "columns": list(delivered.columns),
+        "data_schema_version": DATA_SCHEMA_VERSION,
+    }
+
+
+def manifest_bytes(delivered: DeliveredObject) -> bytes:
+    """The manifest as written: UTF-8 JSON, keys sorted, two-space indent, a final newline."""
+    document = manifest_document(delivered)
+    return (json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
