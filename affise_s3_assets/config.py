@@ -142,8 +142,19 @@ class EventExportConfig(BaseModel):
     # they grant its owner full control. (A bucket with ACLs disabled, AWS's default since
     # 2023, owns every object already; the grant is then accepted and ignored.)
     acl: Literal["bucket-owner-full-control"] | None = None
-    # A JSON manifest beside each data object, written once it is complete (docs/manifest.md).
+    # A JSON manifest beside each data object, written once it is complete (README).
     manifest: bool = Field(default=False, strict=True)
+    # csv: gzipped CSV (the contract); parquet: typed columns, zstd (parquet_export.py).
+    format: Literal["csv", "parquet"] = "csv"
+
+    @model_validator(mode="after")
+    def _compression_level_is_csvs(self) -> "EventExportConfig":
+        if self.format != "csv" and "compression_level" in self.model_fields_set:
+            raise ValueError(
+                "compression_level: is the gzip level of CSV files; a parquet file is "
+                "compressed with zstd (level 3): remove it"
+            )
+        return self
 
     @field_validator("frequency", mode="before")
     @classmethod
@@ -387,6 +398,8 @@ def _yaml_dict(integration: IntegrationConfig) -> dict[str, Any]:
             block = data[event_type]
             block["affiliates"] = list(block["affiliates"])
             block["advertisers"] = list(block["advertisers"])
+            if block["format"] != "csv":
+                del block["compression_level"]  # CSV's alone: refused beside another format
     return data
 
 

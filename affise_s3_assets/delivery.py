@@ -44,6 +44,7 @@ from affise_s3_assets.io_manager import (
     build_object_key,
 )
 from affise_s3_assets.manifest import DeliveredObject, manifest_bytes
+from affise_s3_assets.parquet_export import COMPRESSION, COMPRESSION_LEVEL, ParquetEncoder
 from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.s3 import (
     Verification,
@@ -126,7 +127,7 @@ class ObjectDelivery:
     target: ExportTarget
     window: Window
     object: WindowObject
-    encoder: GzipCsvEncoder
+    encoder: GzipCsvEncoder | ParquetEncoder
     failure: str | None = None
     permanent: bool = False
     code: str = ""
@@ -134,7 +135,8 @@ class ObjectDelivery:
     metadata: dict[str, Any] = field(default_factory=dict)
     clean_up: bool = False  # a re-delivery: abort the uploads an earlier attempt left open
 
-    def add(self, rows: int, data: bytes) -> None:
+    def add(self, rows: int, data: Any) -> None:
+        """Encode `rows` rows (CSV text, or a frame for Parquet) into the object."""
         if self.failure is not None:
             return
         try:
@@ -173,6 +175,8 @@ class ObjectDelivery:
                 bytes=self.metadata["object_bytes"],
                 sha256=self.metadata["sha256"],
                 columns=EVENT_COLUMNS[self.target.event_type],
+                format=self.target.file_format,
+                compression="gzip" if self.target.file_format == "csv" else COMPRESSION,
             )
             try:
                 self.metadata["manifest_uri"] = self.object.write_manifest(
@@ -202,6 +206,13 @@ class ObjectDelivery:
             self.metadata,
             self.object.verification,
         )
+
+
+def _encoder(target: ExportTarget) -> GzipCsvEncoder | ParquetEncoder:
+    columns = EVENT_COLUMNS[target.event_type]
+    if target.file_format == "parquet":
+        return ParquetEncoder(target.event_type, columns)
+    return GzipCsvEncoder(columns, target.compression_level)
 
 
 def cut_at_windows(
@@ -245,7 +256,7 @@ def _batches(
         yield index, pl.concat(pending, rechunk=False)
 
 
-FilterKey = tuple[tuple[int, ...], tuple[str, ...]]
+EncodingKey = tuple[tuple[int, ...], tuple[str, ...], str]
 
 
 def _encoded(
@@ -253,24 +264,27 @@ def _encoded(
     targets: Sequence[ExportTarget],
     windows: Sequence[Window],
     stopped: set[dg.AssetKey],
-) -> Iterator[tuple[int, FilterKey, int, bytes]]:
-    """Each batch's CSV, once per distinct filter of the targets due in its window and still
-    tried, one filter at a time: the queue behind it bounds how much CSV waits."""
+) -> Iterator[tuple[int, EncodingKey, int, bytes | pl.DataFrame]]:
+    """Each batch, once per distinct filter and format of the targets due in its window and
+    still tried, one at a time (the queue behind it bounds how much waits): CSV text for CSV
+    targets, the filtered typed rows for Parquet ones (their encoder makes the row groups)."""
     predicates = {target.filter_key: event_filter(*target.filter_key) for target in targets}
     for index, frame in batches:
         start = windows[index].start
         wanted = {
-            target.filter_key
+            target.encoding_key
             for target in targets
             if target.first_window <= start and target.asset_key not in stopped
         }
         # Once per batch rather than once per integration: the timestamp text.
-        frame = whole_second_text(frame)
+        text = whole_second_text(frame) if any(k[2] == "csv" for k in wanted) else frame
         for key in sorted(wanted):
-            predicate = predicates[key]
-            kept = frame.filter(predicate) if predicate is not None else frame
+            affiliates, advertisers, file_format = key
+            predicate = predicates[(affiliates, advertisers)]
+            rows = text if file_format == "csv" else frame
+            kept = rows.filter(predicate) if predicate is not None else rows
             if kept.height:
-                yield index, key, kept.height, csv_bytes(kept)
+                yield index, key, kept.height, csv_bytes(kept) if file_format == "csv" else kept
 
 
 def deliver_windows(
@@ -295,7 +309,7 @@ def deliver_windows(
     stopped: set[dg.AssetKey] = set()
     failed_in_a_row: dict[dg.AssetKey, int] = {}
     open_objects: list[ObjectDelivery] = []
-    by_filter: dict[FilterKey, list[ObjectDelivery]] = {}
+    by_filter: dict[EncodingKey, list[ObjectDelivery]] = {}
     current = -1
 
     def open_window(index: int) -> None:
@@ -312,15 +326,15 @@ def deliver_windows(
             ObjectDelivery(
                 target,
                 window,
-                io.open_object(target.destination, window.start, in_memory),
-                GzipCsvEncoder(EVENT_COLUMNS[target.event_type], target.compression_level),
+                io.open_object(target.destination, window.start, in_memory, target.file_format),
+                _encoder(target),
                 clean_up=clean_up,
             )
             for target in due
         ]
         by_filter.clear()
         for delivery in open_objects:
-            by_filter.setdefault(delivery.target.filter_key, []).append(delivery)
+            by_filter.setdefault(delivery.target.encoding_key, []).append(delivery)
 
     def close_window(index: int) -> None:
         # Each object is reported as soon as it is complete: one slow destination (up to its
@@ -508,7 +522,9 @@ def _deliver_selected(
                     target,
                     delivery_failure(
                         target.destination,
-                        build_object_key(target.destination.directory, window.start),
+                        build_object_key(
+                            target.destination.directory, window.start, target.file_format
+                        ),
                         reason,
                     ),
                     error_code(reason),
@@ -621,7 +637,8 @@ def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.A
         # Never handed an output: each window's object is written by the step itself.
         skippable=True,
         description=(
-            f"Raw {target.event_type} of integration `{target.integration}`, one gzipped CSV "
+            f"Raw {target.event_type} of integration `{target.integration}`, one "
+            f"{'gzipped CSV' if target.file_format == 'csv' else 'Parquet file'} "
             f"every {target.frequency} minutes under `{target.folder}YYYY/MM/DD/`, from the "
             f"window of {start} UTC (windows before it are not this integration's)."
         ),
@@ -632,13 +649,16 @@ def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.A
             "endpoint_url": target.destination.endpoint_url or "AWS",
             "frequency_minutes": target.frequency,
             "first_window": start,
-            "compression_level": target.compression_level,
+            "file_format": target.file_format,
+            "compression": f"gzip level {target.compression_level}"
+            if target.file_format == "csv"
+            else f"{COMPRESSION} level {COMPRESSION_LEVEL}",
             "object_acl": target.destination.acl or "none",
             "enabled": target.enabled,
             **{f"filter_{name}": value for name, value in filters.items()},
         },
         freshness_policy=freshness_policy(target.frequency),
-        kinds={"s3", "csv"},
+        kinds={"s3", target.file_format},
         tags={"integration": target.integration, "event_type": target.event_type},
     ).with_io_manager_key(IO_MANAGER_KEY)
 

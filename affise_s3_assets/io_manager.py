@@ -28,11 +28,16 @@ from affise_s3_assets.s3 import (
     s3_client,
 )
 
+# Per file format: the key's extension and the object's Content-Type.
+EXTENSIONS = {"csv": "csv.gz", "parquet": "parquet"}
+CONTENT_TYPES = {"csv": "application/gzip", "parquet": "application/vnd.apache.parquet"}
 
-def build_object_key(directory: str, window_start: datetime) -> str:
-    """`{directory}/YYYY/MM/DD/YYYY-MM-DD hh:mm:ss.csv.gz` from the window start in UTC."""
+
+def build_object_key(directory: str, window_start: datetime, file_format: str = "csv") -> str:
+    """`{directory}/YYYY/MM/DD/YYYY-MM-DD hh:mm:ss.csv.gz` (`.parquet`) from the window start
+    in UTC."""
     start = window_start.astimezone(UTC) if window_start.tzinfo else window_start
-    name = f"{start:%Y/%m/%d}/{start:%Y-%m-%d %H:%M:%S}.csv.gz"
+    name = f"{start:%Y/%m/%d}/{start:%Y-%m-%d %H:%M:%S}.{EXTENSIONS[file_format]}"
     return f"{directory}/{name}" if directory else name
 
 
@@ -47,8 +52,15 @@ def build_manifest_key(object_key: str) -> str:
 class WindowObject:
     """One partition's object while it is written: nothing is sent before the first chunk."""
 
-    def __init__(self, destination: S3Destination, key: str, part_size: int, memory: int) -> None:
-        self.destination, self.key = destination, key
+    def __init__(
+        self,
+        destination: S3Destination,
+        key: str,
+        part_size: int,
+        memory: int,
+        content_type: str = CONTENT_TYPES["csv"],
+    ) -> None:
+        self.destination, self.key, self.content_type = destination, key, content_type
         self._part_size, self._memory = part_size, memory
         self.writer: S3ObjectWriter | None = None
         self.verification: Verification | None = None  # once finished
@@ -60,6 +72,7 @@ class WindowObject:
                 self.destination.bucket,
                 self.key,
                 self._part_size,
+                content_type=self.content_type,
                 memory_bytes=self._memory,
                 acl=self.destination.acl,
             )
@@ -115,7 +128,8 @@ class WindowObject:
 
 
 class DateFolderS3IOManager(dg.ConfigurableIOManager):
-    """Writes each export partition to `directory/YYYY/MM/DD/<window start>.csv.gz`."""
+    """Writes each export partition to `directory/YYYY/MM/DD/<window start>.csv.gz` (or
+    `.parquet`)."""
 
     part_size_mib: int = Field(
         default=DEFAULT_PART_SIZE_MIB,
@@ -125,16 +139,21 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
     )
 
     def open_object(
-        self, destination: S3Destination, window_start: datetime, in_memory: int = 256 * 1024
+        self,
+        destination: S3Destination,
+        window_start: datetime,
+        in_memory: int = 256 * 1024,
+        file_format: str = "csv",
     ) -> WindowObject:
         """The window's object. Its filling part keeps `in_memory` bytes in memory and the rest
         in a temporary file: the export step shares a budget among the objects it has open,
         so a group of large integrations cannot cost a part (8 MiB; S3's minimum is 5) each."""
         return WindowObject(
             destination,
-            build_object_key(destination.directory, window_start),
+            build_object_key(destination.directory, window_start, file_format),
             self.part_size_mib * MIB,
             in_memory,
+            CONTENT_TYPES[file_format],
         )
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:

@@ -38,6 +38,7 @@ class ExportTarget:
     advertisers: tuple[str, ...]
     compression_level: int
     manifest: bool = False  # a manifest beside each object
+    file_format: str = "csv"  # csv (gzipped) or parquet
 
     @property
     def integration(self) -> str:
@@ -46,6 +47,11 @@ class ExportTarget:
     @property
     def filter_key(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
         return self.affiliates, self.advertisers
+
+    @property
+    def encoding_key(self) -> tuple[tuple[int, ...], tuple[str, ...], str]:
+        """Targets alike in this encode each batch once, for all of them."""
+        return self.affiliates, self.advertisers, self.file_format
 
     @property
     def folder(self) -> str:
@@ -135,6 +141,7 @@ def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[Expo
             advertisers=export.advertisers,
             compression_level=export.compression_level,
             manifest=export.manifest,
+            file_format=export.format,
         )
         for integration in integrations
         for event_type, export in integration.exports()

@@ -107,6 +107,7 @@ class _Collected:
 
     def __init__(self, key: str) -> None:
         self.key, self.chunks = key, []
+        self.verification = None  # no store answered
 
     def write(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
@@ -123,7 +124,9 @@ class _CollectingIO:
     def __init__(self) -> None:
         self.objects: dict[str, _Collected] = {}
 
-    def open_object(self, destination: Any, window_start: datetime, in_memory: int) -> _Collected:
+    def open_object(
+        self, destination: Any, window_start: datetime, in_memory: int, file_format: str
+    ) -> _Collected:
         self.objects[destination.integration] = _Collected(destination.integration)
         return self.objects[destination.integration]
 

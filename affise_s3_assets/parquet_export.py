@@ -1,0 +1,134 @@
+"""The Parquet format: polars frames in, deterministic Parquet chunks out, a row group at a
+time. Knows neither DuckDB nor S3; the CSV format is csv_export.py's.
+
+Columns are typed as the source declares them (schema.sql): timestamps as UTC instants with
+microseconds, decimals as DECIMAL(18,4), integers, booleans and text as themselves. Row groups
+hold exactly ROW_GROUP_ROWS rows (the last one fewer), whatever the batches they came in, so
+the same rows give the same bytes on any path; one row group is held in memory per object.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from affise_s3_assets.config import EventType
+
+ROW_GROUP_ROWS = 65_536
+COMPRESSION = "zstd"
+COMPRESSION_LEVEL = 3
+
+_DECIMAL = pa.decimal128(18, 4)
+_INSTANT = pa.timestamp("us", tz="UTC")
+# The source DDL (schema.sql) as Arrow types, in column order.
+_TYPES: dict[str, pa.DataType] = {
+    "created_at": _INSTANT,
+    "updated_at": _INSTANT,
+    "click_time": _INSTANT,
+    "affiliate_id": pa.int32(),
+    "offer_id": pa.int32(),
+    "landing_id": pa.int32(),
+    "uniq": pa.bool_(),
+    "payouts": _DECIMAL,
+    "revenue": _DECIMAL,
+}
+
+
+def parquet_schema(columns: Sequence[str]) -> pa.Schema:
+    """The file's schema: every column nullable, typed as in the source, text otherwise."""
+    return pa.schema([pa.field(name, _TYPES.get(name, pa.string())) for name in columns])
+
+
+def _typed(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    """The frame as the file's types: naive timestamps are UTC (the source's convention)."""
+    columns = []
+    for field in schema:
+        series = frame[field.name]
+        if field.type == _INSTANT:
+            dtype = series.dtype
+            zoned = isinstance(dtype, pl.Datetime) and dtype.time_zone is not None
+            series = (
+                series.dt.convert_time_zone("UTC")
+                if zoned
+                else series.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+            )
+            series = series.dt.cast_time_unit("us")
+        columns.append(series.to_arrow().cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class _Drain:
+    """A write-only file for ParquetWriter whose written bytes are taken as they come."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self.closed = False
+        self.written = 0
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self.written += len(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.written
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data, self._chunks = b"".join(self._chunks), []
+        return data
+
+
+class ParquetEncoder:
+    """One object's Parquet bytes, fed frame by frame (in the window's order)."""
+
+    def __init__(self, event_type: EventType, columns: Sequence[str]) -> None:
+        self.event_type = event_type
+        self.schema = parquet_schema(columns)
+        self._drain = _Drain()
+        self._writer = pq.ParquetWriter(
+            self._drain,
+            self.schema,
+            compression=COMPRESSION,
+            compression_level=COMPRESSION_LEVEL,
+            # No pandas or Arrow extras that could vary: the schema is the file's own.
+            store_schema=False,
+        )
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def add(self, rows: int, frame: pl.DataFrame) -> Iterator[bytes]:
+        """Take `frame`'s rows; yields the bytes of every row group completed."""
+        if not rows:
+            return
+        self.rows += rows
+        self._pending.append(_typed(frame, self.schema))
+        self._pending_rows += rows
+        while self._pending_rows >= ROW_GROUP_ROWS:
+            pending = pa.concat_tables(self._pending)
+            self._writer.write_table(
+                pending.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS
+            )
+            rest = pending.slice(ROW_GROUP_ROWS)
+            self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+            yield self._drain.take()
+
+    def finish(self) -> bytes:
+        if self._pending_rows:
+            table = pa.concat_tables(self._pending)
+            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            self._pending, self._pending_rows = [], 0
+        self._writer.close()
+        return self._drain.take()
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.rows}

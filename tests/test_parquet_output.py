@@ -1,0 +1,133 @@
+"""`format: parquet`: the same windows and keys (`.parquet`), typed columns, deterministic
+bytes on every path, read back from the real S3 server by DuckDB and pyarrow and compared
+with the source."""
+
+import hashlib
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from affise_s3_assets.config import ConfigError, parse_integrations
+from affise_s3_assets.parquet_export import ROW_GROUP_ROWS
+from affise_s3_assets.source import EVENT_COLUMNS
+from tests.conftest import ROOT, S3Server
+from tests.json_schema import problems
+from tests.test_delivery import deliver, export_asset, fetch, integration, keys_in, range_tags
+from tests.test_window_delivery import readme_manifest_check
+
+PARQUET = "      format: parquet\n      manifest: true\n"
+
+
+def source_table(events_db: Path, event_type: str, start: datetime, end: datetime) -> pa.Table:
+    """The window's rows straight from the source, timestamps as UTC instants."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"ATTACH '{events_db}' AS src (READ_ONLY)")
+    types = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = 'src' AND table_name = $1",
+            [event_type],
+        ).fetchall()
+    )
+    select = ", ".join(
+        f"{c}::TIMESTAMPTZ AS {c}" if types[c] == "TIMESTAMP" else c
+        for c in EVENT_COLUMNS[event_type]
+    )
+    return con.sql(
+        f"SELECT {select} FROM src.{event_type} WHERE created_at >= $1 AND created_at < $2 "
+        "ORDER BY created_at, id",
+        params=[start, end],
+    ).to_arrow_table()
+
+
+@pytest.mark.parametrize("event_type", ["clicks", "conversions"])
+def test_a_parquet_window_holds_the_sources_rows_typed(
+    s3_server: S3Server, bucket: str, customer_env: dict, events_db: Path, event_type: str
+) -> None:
+    acme = integration(s3_server, bucket, event_type, extra=PARQUET)
+    result = deliver(export_asset(acme), "2026-11-25-10:00", events_db)
+    ((_, materialization),) = result.all_materializations()
+    data_key, manifest_key = keys_in(s3_server, bucket)
+    assert data_key == "affise/raw/2026/11/25/2026-11-25 10:00:00.parquet"
+    data = fetch(s3_server, bucket, data_key)
+    window = (datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))
+    expected = source_table(events_db, event_type, *window)
+    assert expected.num_rows > 0
+
+    # pyarrow: the documented types, every value equal to the source's.
+    table = pq.read_table(io.BytesIO(data))
+    assert table.column_names == list(EVENT_COLUMNS[event_type])
+    assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
+    if event_type == "conversions":
+        assert table.schema.field("payouts").type == pa.decimal128(18, 4)
+        assert table.schema.field("click_time").type == pa.timestamp("us", tz="UTC")
+    else:
+        assert table.schema.field("uniq").type == pa.bool_()
+    assert table.schema.field("affiliate_id").type == pa.int32()
+    assert table.equals(expected.cast(table.schema))
+    assert pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0).column(0).compression == "ZSTD"
+
+    # DuckDB reads the same rows back.
+    path = Path(f"/tmp/affise-parquet-{event_type}-{bucket}.parquet")
+    path.write_bytes(data)
+    try:
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        read_back = con.execute(f"SELECT * FROM read_parquet('{path}')").fetchall()
+        assert read_back == [tuple(row.values()) for row in expected.to_pylist()]
+    finally:
+        path.unlink()
+
+    manifest = json.loads(fetch(s3_server, bucket, manifest_key))
+    schema = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
+    assert problems(manifest, schema) == []
+    assert manifest["object"]["format"] == "parquet"
+    assert manifest["object"]["compression"] == "zstd"
+    assert manifest["object"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["rows"] == expected.num_rows == materialization.metadata["rows"].value
+    # The README's customer-side check reads Parquet days too.
+    check = readme_manifest_check(bucket, "affise/raw/2026/11/25/")
+    exec(check, {"CLIENT": s3_server.client()})
+
+
+def test_parquet_bytes_depend_on_the_rows_alone_not_on_the_run(
+    s3_server: S3Server, bucket: str, customer_env: dict, events_db: Path, monkeypatch
+) -> None:
+    """A window delivered on its own and inside a day's range gives the same bytes, with row
+    groups of exactly ROW_GROUP_ROWS rows whatever the batches (shrunk here to see several)."""
+    monkeypatch.setattr("affise_s3_assets.parquet_export.ROW_GROUP_ROWS", 97)
+    acme = integration(s3_server, bucket, "clicks", extra="      format: parquet\n")
+    asset = export_asset(acme)
+    key = "affise/raw/2026/11/25/2026-11-25 10:00:00.parquet"
+    deliver(asset, "2026-11-25-10:00", events_db)
+    alone = fetch(s3_server, bucket, key)
+    deliver(asset, None, events_db, tags=range_tags("2026-11-25-00:00", "2026-11-25-23:00"))
+    assert fetch(s3_server, bucket, key) == alone
+    groups = pq.ParquetFile(io.BytesIO(alone)).metadata
+    sizes = [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]
+    assert len(sizes) > 2 and set(sizes[:-1]) == {97} and 0 < sizes[-1] <= 97
+    assert ROW_GROUP_ROWS == 65_536  # the real size is the module's own
+
+
+def test_parquet_refuses_a_gzip_level() -> None:
+    text = """
+integrations:
+  - name: acme
+    start: "2026-11-24 00:00:00"
+    clicks:
+      bucket: b-parquet
+      region: us-west-2
+      access_key: ${K}
+      secret_key: ${S}
+      format: parquet
+      compression_level: 6
+"""
+    with pytest.raises(ConfigError, match="integration 'acme': clicks: compression_level"):
+        parse_integrations(text)
