@@ -30,6 +30,9 @@ from pydantic import (
 EventType = Literal["clicks", "conversions"]
 EVENT_TYPES: tuple[EventType, ...] = ("clicks", "conversions")
 
+# A day: a window's delivery may wait for a day's late events at most (reconciliation, not
+# a longer wait, is for what comes later).
+MAX_LATENESS_MINUTES = 1440
 DEFAULT_INTEGRATIONS_PATH = Path(__file__).resolve().parent.parent / "integrations.yaml"
 
 # Frequencies (minutes) that cut every UTC day into equal windows expressible by one cron:
@@ -344,9 +347,24 @@ class IntegrationConfig(BaseModel):
         return [(event_type, export) for event_type, export in pairs if export is not None]
 
 
+class Lateness(BaseModel):
+    """How long after a window's end its scheduled delivery waits, per event type, in minutes:
+    events keep arriving a little after their `created_at` (a conversion's postback far
+    longer than a click). The file's top-level `lateness:` block; its defaults are these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clicks: int = Field(default=2, ge=0, le=MAX_LATENESS_MINUTES, strict=True)
+    conversions: int = Field(default=10, ge=0, le=MAX_LATENESS_MINUTES, strict=True)
+
+    def of(self, event_type: EventType) -> timedelta:
+        return timedelta(minutes=getattr(self, event_type))
+
+
 class IntegrationsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    lateness: Lateness = Lateness()
     integrations: tuple[IntegrationConfig, ...] = ()
 
 
@@ -376,10 +394,11 @@ def parse_integrations(
 ) -> IntegrationsFile:
     """The strict reading (tests, tools): every rule of `apply_integrations`, and a ConfigError
     listing every one broken instead of leaving blocks out."""
-    applied = _apply_entries(_parse_file(text, source), source, _digest(text), None, now)
+    entries, lateness = _parse_file(text, source)
+    applied = _apply_entries(entries, source, _digest(text), None, now, lateness)
     if applied.problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(applied.problems))
-    return IntegrationsFile(integrations=applied.integrations)
+    return IntegrationsFile(integrations=applied.integrations, lateness=applied.lateness)
 
 
 # --- Applying a file whose blocks may be broken --------------------------------------------
@@ -419,12 +438,14 @@ class AppliedConfig(BaseModel):
     integrations: tuple[IntegrationConfig, ...] = ()
     problems: tuple[str, ...] = ()
     file_error: str | None = None
+    lateness: Lateness = Lateness()
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "source": self.source,
                 "file_sha256": self.file_sha256,
+                "lateness": self.lateness.model_dump(),
                 "integrations": [_yaml_dict(i) for i in self.integrations],
                 "problems": list(self.problems),
                 "file_error": self.file_error,
@@ -443,6 +464,8 @@ class AppliedConfig(BaseModel):
             ).integrations,
             problems=tuple(data["problems"]),
             file_error=data["file_error"],
+            # Written before lateness existed: the defaults.
+            lateness=Lateness.model_validate(data.get("lateness", {})),
         )
 
 
@@ -531,8 +554,9 @@ def _clashes(exports: list[_Export]) -> list[tuple[_Export, _Export]]:
     return pairs
 
 
-def _parse_file(text: str, source: str) -> list[Any]:
-    """The file's entries, unvalidated; ConfigError if the file as a whole is unusable."""
+def _parse_file(text: str, source: str) -> tuple[list[Any], Any]:
+    """The file's entries and its `lateness` block, unvalidated; ConfigError if the file as a
+    whole is unusable."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -540,18 +564,18 @@ def _parse_file(text: str, source: str) -> list[Any]:
     except (TypeError, ValueError) as exc:  # e.g. a list used as a key: unhashable
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if raw is None:
-        return []
+        return [], None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: must be a mapping with an 'integrations' list")
-    unknown = sorted(str(key) for key in raw if key != "integrations")
+    unknown = sorted(str(key) for key in raw if key not in ("integrations", "lateness"))
     if unknown:
         raise ConfigError(f"{source}: {', '.join(unknown)}: is not a known field")
     entries = raw.get("integrations")
     if entries is None:
-        return []
+        return [], raw.get("lateness")
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: integrations: must be a list of integration blocks")
-    return entries
+    return entries, raw.get("lateness")
 
 
 def apply_integrations(
@@ -574,15 +598,16 @@ def apply_integrations(
       already delivers with that start and frequency is not (time passing never breaks it).
     """
     try:
-        entries = _parse_file(text, source)
+        entries, lateness = _parse_file(text, source)
     except ConfigError as exc:
         return AppliedConfig(
             source=source,
             file_sha256=_digest(text),
             integrations=last_good.integrations if last_good else (),
             file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
+            lateness=last_good.lateness if last_good else Lateness(),
         )
-    return _apply_entries(entries, source, _digest(text), last_good, now)
+    return _apply_entries(entries, source, _digest(text), last_good, now, lateness)
 
 
 def _start_problems(
@@ -618,11 +643,13 @@ def _apply_entries(
     digest: str,
     last_good: AppliedConfig | None,
     now: datetime | None = None,
+    raw_lateness: Any = None,
 ) -> AppliedConfig:
     """The rules of `apply_integrations`, block by block, over the file's entries."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
     previous = {i.name: i for i in last_good.integrations} if last_good else {}
     problems: list[str] = []
+    lateness = _lateness(raw_lateness, last_good, problems)
     raw = {"integrations": entries}
     chosen: dict[str, IntegrationConfig] = {}
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]
@@ -711,7 +738,33 @@ def _apply_entries(
         file_sha256=digest,
         integrations=tuple(accepted[name] for name in order if name in accepted),
         problems=tuple(dict.fromkeys(problems)),
+        lateness=lateness,
     )
+
+
+def _lateness(raw: Any, last_good: AppliedConfig | None, problems: list[str]) -> Lateness:
+    """The file's `lateness` block; a broken one keeps the last good (or default) values."""
+    if raw is None:
+        return Lateness()
+    kept = last_good.lateness if last_good else Lateness()
+    if not isinstance(raw, dict):
+        problems.append(
+            "lateness: must be a mapping of event type to minutes, e.g. {clicks: 2}; kept at "
+            f"{kept.model_dump()}"
+        )
+        return kept
+    try:
+        return Lateness.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False):
+            field = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "is not an event type (clicks, conversions)"
+            elif error["type"] in ("greater_than_equal", "less_than_equal", "int_type"):
+                message = f"must be whole minutes from 0 to {MAX_LATENESS_MINUTES}"
+            problems.append(f"lateness: {field}: {message}; kept at {kept.model_dump()}")
+        return kept
 
 
 def integrations_path() -> Path:

@@ -48,7 +48,7 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
     )
     # A disabled integration keeps its assets (history stays browsable, windows can still be
     # re-delivered by hand) but no schedule or catch-up delivers it: nothing syncs.
-    groups = build_window_groups(build_export_targets(applied.integrations))
+    groups = build_window_groups(build_export_targets(applied.integrations), applied.lateness)
     live = [group for group in groups if group.live]
     jobs = {group.job_name: build_window_job(group) for group in groups}
     sensors = [build_config_sensor(applied, location_name())]

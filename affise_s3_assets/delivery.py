@@ -394,7 +394,7 @@ def build_window_asset(group: WindowGroup) -> dg.AssetsDefinition:
     """The assets of every integration in `group`, delivered by one step."""
     partitions_def = group.partitions_def()
     by_key = {target.asset_key: target for target in group.targets}
-    specs = [_spec(target, partitions_def) for target in group.targets]
+    specs = [_spec(target, partitions_def, group.lateness) for target in group.targets]
     with warnings.catch_warnings():
         # A check per partition is a preview API in Dagster 1.13; it is what puts each
         # window's verification next to that window.
@@ -497,7 +497,7 @@ def _deliver_selected(
 
     # Only windows the source is complete for: an empty file must mean "no events", never
     # "the events have not arrived".
-    progress = _source_progress(context, events, group.event_type, windows[-1].end)
+    progress = _source_progress(context, events, group, windows[-1].end)
     ready = [window for window in windows if progress.covers(window.end)]
     if ready:
         due_in = [w for w in ready if any(t.first_window <= w.start for t in due)]
@@ -554,19 +554,19 @@ def _is_redelivery(tags: Mapping[str, str]) -> bool:
 
 
 def _source_progress(
-    context: dg.AssetExecutionContext, events: EventsDatabase, event_type: str, end: datetime
+    context: dg.AssetExecutionContext, events: EventsDatabase, group: WindowGroup, end: datetime
 ) -> SourceProgress:
-    """The source's progress for the run's last window. A window that just closed may still
-    be arriving: the run waits up to SOURCE_WAIT for it, polling."""
-    progress = events.progress(event_type)
+    """The source's progress for the run's last window. A window that just closed (and whose
+    lateness just passed) may still be arriving: the run waits up to SOURCE_WAIT for it."""
+    progress = events.progress(group.event_type)
     age = datetime.now(UTC).replace(tzinfo=None) - end
-    if progress.covers(end) or age > FRESH_WINDOW:
+    if progress.covers(end) or age > FRESH_WINDOW + group.lateness:
         return progress
     deadline = time.monotonic() + source_wait().total_seconds()
     context.log.info(f"waiting for the source: {progress.describe()}")
     while not progress.covers(end) and time.monotonic() < deadline:
         time.sleep(SOURCE_POLL_SECONDS)
-        progress = events.progress(event_type)
+        progress = events.progress(group.event_type)
     return progress
 
 
@@ -617,16 +617,18 @@ def _intact_evaluation(
     )
 
 
-def freshness_policy(frequency: int) -> dg.FreshnessPolicy:
-    """Each export should have delivered a window within its frequency plus FRESHNESS_GRACE
-    (warn) and within two of them (fail): the UI then marks an integration fallen behind."""
+def freshness_policy(frequency: int, lateness: timedelta = timedelta(0)) -> dg.FreshnessPolicy:
+    """Each export should have delivered a window within its frequency plus its lateness and
+    FRESHNESS_GRACE (warn), and within two frequencies (fail): the UI then marks an
+    integration fallen behind."""
     step = timedelta(minutes=frequency)
-    return dg.FreshnessPolicy.time_window(
-        warn_window=step + FRESHNESS_GRACE, fail_window=2 * step + FRESHNESS_GRACE
-    )
+    grace = lateness + FRESHNESS_GRACE
+    return dg.FreshnessPolicy.time_window(warn_window=step + grace, fail_window=2 * step + grace)
 
 
-def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.AssetSpec:
+def _spec(
+    target: ExportTarget, partitions_def: dg.PartitionsDefinition, lateness: timedelta
+) -> dg.AssetSpec:
     filters = filters_metadata(target.affiliates, target.advertisers)
     start = f"{target.first_window:%Y-%m-%d %H:%M}"
     return dg.AssetSpec(
@@ -648,6 +650,7 @@ def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.A
             "region": target.destination.region,
             "endpoint_url": target.destination.endpoint_url or "AWS",
             "frequency_minutes": target.frequency,
+            "lateness_minutes": lateness // timedelta(minutes=1),
             "first_window": start,
             "file_format": target.file_format,
             "compression": f"gzip level {target.compression_level}"
@@ -657,7 +660,7 @@ def _spec(target: ExportTarget, partitions_def: dg.PartitionsDefinition) -> dg.A
             "enabled": target.enabled,
             **{f"filter_{name}": value for name, value in filters.items()},
         },
-        freshness_policy=freshness_policy(target.frequency),
+        freshness_policy=freshness_policy(target.frequency, lateness),
         kinds={"s3", target.file_format},
         tags={"integration": target.integration, "event_type": target.event_type},
     ).with_io_manager_key(IO_MANAGER_KEY)

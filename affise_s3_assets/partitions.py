@@ -10,10 +10,17 @@ from affise_s3_assets.config import ALLOWED_FREQUENCIES
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 
 
-def cron_for_frequency(frequency: int) -> str:
-    """A cron that ticks at every window boundary of `frequency` minutes from UTC midnight."""
+def cron_for_frequency(frequency: int, after_minutes: int = 0) -> str:
+    """A cron that ticks at every window boundary of `frequency` minutes from UTC midnight,
+    or `after_minutes` after each (a window's scheduled delivery waits for its lateness)."""
     if frequency not in ALLOWED_FREQUENCIES:
         raise ValueError(f"frequency {frequency} is not one of {ALLOWED_FREQUENCIES}")
+    if after_minutes:
+        if frequency <= 60:
+            minutes = sorted({(m + after_minutes) % 60 for m in range(0, 60, frequency)})
+            return f"{','.join(map(str, minutes))} * * * *"
+        hours = sorted({(h + after_minutes // 60) % 24 for h in range(0, 24, frequency // 60)})
+        return f"{after_minutes % 60} {','.join(map(str, hours))} * * *"
     if frequency == 1:
         return "* * * * *"
     if frequency < 60:

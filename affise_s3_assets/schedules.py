@@ -13,7 +13,11 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
+from affise_s3_assets.partitions import (
+    PARTITION_KEY_FORMAT,
+    cron_for_frequency,
+    first_window_start,
+)
 from affise_s3_assets.targets import WindowGroup
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
@@ -64,15 +68,19 @@ def build_window_schedule(
 
     @dg.schedule(
         name=group.schedule_name,
-        cron_schedule=cron_for_frequency(group.frequency),
+        cron_schedule=cron_for_frequency(group.frequency, group.lateness // timedelta(minutes=1)),
         job=job,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Every {group.frequency} minutes, the {group.event_type} window that just "
-        f"closed, for every enabled integration at that frequency ({len(group.live)} now).",
+        description=f"Every {group.frequency} minutes, the {group.event_type} window that "
+        f"closed {group.lateness // timedelta(minutes=1)} minutes ago (the lateness), for every "
+        f"enabled integration at that frequency ({len(group.live)} now).",
     )
     def window_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        window_start = context.scheduled_execution_time - timedelta(minutes=group.frequency)
+        # The window whose end, plus the lateness, is the tick (or the last before it, for a
+        # tick evaluated off the cron, as the UI's "Test schedule" may).
+        ticked = context.scheduled_execution_time - group.lateness
+        window_start = first_window_start(ticked, group.frequency) - group.step
         request = scheduled_run_request(group, window_start)
         if request is None:
             return dg.SkipReason(

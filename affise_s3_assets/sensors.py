@@ -372,7 +372,9 @@ def plan_catch_up(
             name = target.asset_key.to_user_string()
             previous = exports.get(name)
             if previous is None or previous.windows != _windows_id(target):
-                last_closed = first_window_start(now, target.frequency) - group.step
+                # Windows still within their lateness are the schedule's.
+                last_closed = first_window_start(now - group.lateness, target.frequency)
+                last_closed -= group.step
                 progress = ExportProgress(
                     windows=_windows_id(target),
                     next=_key(target.first_window),
@@ -491,13 +493,15 @@ def plan_missed_windows(
     requests = []
     for name, group in live.items():
         step = group.step
-        newest_tick_window = first_window_start(now, group.frequency) - step
+        # A window's tick comes its lateness after its end.
+        ticked_by = now - group.lateness
+        newest_tick_window = first_window_start(ticked_by, group.frequency) - step
         if name not in state:
             seed = newest_scheduled(name) if checked is None and newest_scheduled else None
             state[name] = seed or _key(newest_tick_window)
             continue
         last = min(
-            first_window_start(now - SCHEDULE_GRACE, group.frequency) - step,
+            first_window_start(ticked_by - SCHEDULE_GRACE, group.frequency) - step,
             newest_tick_window - step,
         )
         window = _moment(state[name]) + step

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from affise_s3_assets.config import EventType, IntegrationConfig
+from affise_s3_assets.config import EventType, IntegrationConfig, Lateness
 from affise_s3_assets.partitions import first_window_start, window_partitions
 from affise_s3_assets.s3 import S3Destination
 
@@ -74,6 +74,8 @@ class WindowGroup:
     event_type: EventType
     frequency: int
     targets: tuple[ExportTarget, ...]
+    # How long after a window's end its scheduled delivery waits (the event type's lateness).
+    lateness: timedelta = timedelta(0)
 
     @property
     def job_name(self) -> str:
@@ -148,12 +150,20 @@ def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[Expo
     ]
 
 
-def build_window_groups(targets: Sequence[ExportTarget]) -> list[WindowGroup]:
-    """Targets grouped by (event type, frequency), in a stable order."""
+def build_window_groups(
+    targets: Sequence[ExportTarget], lateness: Lateness | None = None
+) -> list[WindowGroup]:
+    """Targets grouped by (event type, frequency), in a stable order; each group waits its
+    event type's `lateness` (none when not given) after a window's end."""
     groups: dict[tuple[EventType, int], list[ExportTarget]] = {}
     for target in targets:
         groups.setdefault((target.event_type, target.frequency), []).append(target)
     return [
-        WindowGroup(event_type, frequency, tuple(members))
+        WindowGroup(
+            event_type,
+            frequency,
+            tuple(members),
+            lateness.of(event_type) if lateness is not None else timedelta(0),
+        )
         for (event_type, frequency), members in sorted(groups.items())
     ]

@@ -2,6 +2,7 @@
 failed windows delivered again at a slow cadence until they are delivered."""
 
 import copy
+import dataclasses
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -473,3 +474,22 @@ def test_redelivery_keeps_to_its_budget_longest_waiting_first(monkeypatch) -> No
         assert redelivery_first_wait() == REDELIVERY_FIRST_WAIT
     monkeypatch.setenv("AFFISE_REDELIVERY_FIRST_WAIT_SECONDS", "15")
     assert redelivery_first_wait() == timedelta(seconds=15)
+
+
+def test_windows_within_their_lateness_are_the_schedules_not_the_catch_ups() -> None:
+    """With a lateness of 10 minutes, at 12:05 the 11:00 window (closed at 12:00) still waits
+    for late events, and its tick is at 12:10: neither the backlog nor the missed-tick check
+    requests it; after downtime, the windows whose ticks passed are requested."""
+    (group,) = one_clicks_export(60)
+    late = dataclasses.replace(group, lateness=timedelta(minutes=10))
+    now = datetime(2026, 11, 26, 12, 5, tzinfo=UTC)
+    assert requested(drain([group], {}, now)[0])[-1] == "2026-11-26-11:00"
+    assert requested(drain([late], {}, now)[0])[-1] == "2026-11-26-10:00"
+    never = lambda *_: False  # noqa: E731
+    _, checked = plan_missed_windows([late], {}, now, never)
+    assert checked == {"clicks_every_60min_job": "2026-11-26-10:00"}
+    # Down until 14:20: the 11:00 and 12:00 ticks (12:10, 13:10) never came; 13:00's (14:10)
+    # is the newest, which the scheduler evaluates itself.
+    back = datetime(2026, 11, 26, 14, 20, tzinfo=UTC)
+    requests, _ = plan_missed_windows([late], checked, back, never)
+    assert requested(requests) == ["2026-11-26-11:00", "2026-11-26-12:00"]

@@ -1,5 +1,6 @@
 """Applying a file with broken blocks: every valid integration keeps running, nothing collides."""
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -217,3 +218,40 @@ def test_time_passing_never_breaks_an_integration_already_delivering() -> None:
     assert names(apply_integrations(text, last_good=then, now=later)) == ["acme"]
     fresh = apply_integrations(text, now=later)
     assert names(fresh) == [] and "windows of 1 min (clicks) before now" in fresh.problems[0]
+
+
+def test_lateness_defaults_per_event_type_and_is_set_at_the_top_of_the_file() -> None:
+    """Clicks wait 2 minutes after a window's end, conversions 10 (postbacks come later);
+    the file's `lateness:` block sets either, and the applied config carries it through
+    its JSON (a run rebuilds the definitions from it) and a release that wrote none."""
+    assert parse_integrations(SHIPPED).lateness.model_dump() == {"clicks": 2, "conversions": 10}
+    text = "lateness:\n  conversions: 90\n" + SHIPPED.split("\n", 2)[2]
+    applied = apply_integrations(text)
+    assert applied.problems == ()
+    assert applied.lateness.model_dump() == {"clicks": 2, "conversions": 90}
+    again = AppliedConfig.from_json(applied.to_json())
+    assert again == applied
+    older = json.loads(applied.to_json())
+    del older["lateness"]
+    assert AppliedConfig.from_json(json.dumps(older)).lateness.model_dump()["conversions"] == 10
+
+
+@pytest.mark.parametrize(
+    ("block", "problem"),
+    [
+        ("lateness:\n  clicks: -1\n", "lateness: clicks: must be whole minutes from 0 to 1440"),
+        ("lateness:\n  clicks: 1441\n", "lateness: clicks: must be whole minutes from 0 to 1440"),
+        ("lateness:\n  clicks: 2.5\n", "lateness: clicks: must be whole minutes from 0 to 1440"),
+        ("lateness:\n  impressions: 3\n", "lateness: impressions: is not an event type"),
+        ("lateness: 5\n", "lateness: must be a mapping of event type to minutes"),
+    ],
+)
+def test_a_broken_lateness_keeps_the_last_good_one_and_says_why(block: str, problem: str) -> None:
+    good = apply_integrations("lateness:\n  clicks: 4\n" + SHIPPED)
+    applied = apply_integrations(block + SHIPPED, last_good=good)
+    assert applied.lateness == good.lateness
+    assert names(applied) == names(good)  # the integrations are not harmed
+    (found,) = [p for p in applied.problems if p.startswith("lateness")]
+    assert found.startswith(problem) and "kept at {'clicks': 4, 'conversions': 10}" in found
+    with pytest.raises(ConfigError, match="lateness"):
+        parse_integrations(block + SHIPPED)

@@ -73,7 +73,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "partitions": ("*/15 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
                 "checks": ["delivered_intact"],
-                "freshness": (25, 40),
+                "freshness": (27, 42),
             },
             "affise/acme/conversions": {
                 "group": "acme",
@@ -81,7 +81,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "partitions": ("0 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
                 "checks": ["delivered_intact"],
-                "freshness": (70, 130),
+                "freshness": (80, 140),
             },
             "affise/globex/clicks": {
                 "group": "globex",
@@ -89,7 +89,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "partitions": ("*/5 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
                 "checks": ["delivered_intact"],
-                "freshness": (15, 20),
+                "freshness": (17, 22),
             },
             "affise/globex/conversions": {
                 "group": "globex",
@@ -97,7 +97,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "partitions": ("*/30 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
                 "checks": ["delivered_intact"],
-                "freshness": (40, 70),
+                "freshness": (50, 80),
             },
             "affise/initech/clicks": {
                 "group": "initech",
@@ -105,7 +105,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "partitions": ("0 * * * *", "2026-11-20 00:00", fmt, "UTC"),
                 "first_window": "2026-11-20 00:00",
                 "checks": ["delivered_intact"],
-                "freshness": (70, 130),
+                "freshness": (72, 132),
             },
             "events/clicks": {
                 "group": "events",
@@ -126,16 +126,26 @@ def test_shipped_integrations_snapshot() -> None:
         },
         # One schedule per window group: the scheduler's work grows with frequencies, not
         # integrations. initech is disabled: its asset stays, nothing is scheduled for it.
+        # Each ticks its event type's default lateness after every window's end: clicks 2
+        # minutes, conversions 10.
         "schedules": {
-            "clicks_every_15min_schedule": ("*/15 * * * *", "clicks_every_15min_job", "RUNNING"),
-            "clicks_every_5min_schedule": ("*/5 * * * *", "clicks_every_5min_job", "RUNNING"),
+            "clicks_every_15min_schedule": (
+                "2,17,32,47 * * * *",
+                "clicks_every_15min_job",
+                "RUNNING",
+            ),
+            "clicks_every_5min_schedule": (
+                "2,7,12,17,22,27,32,37,42,47,52,57 * * * *",
+                "clicks_every_5min_job",
+                "RUNNING",
+            ),
             "conversions_every_30min_schedule": (
-                "*/30 * * * *",
+                "10,40 * * * *",
                 "conversions_every_30min_job",
                 "RUNNING",
             ),
             "conversions_every_60min_schedule": (
-                "0 * * * *",
+                "10 * * * *",
                 "conversions_every_60min_job",
                 "RUNNING",
             ),
@@ -190,7 +200,8 @@ def test_one_schedule_per_group_requests_the_closed_window_for_every_due_integra
             )
             return schedule.evaluate_tick(context)
 
-        (request,) = tick(datetime(2026, 11, 26, 13, 30, tzinfo=UTC)).run_requests
+        # 13:32: the 13:15 window's end and the clicks' default lateness of 2 minutes.
+        (request,) = tick(datetime(2026, 11, 26, 13, 32, tzinfo=UTC)).run_requests
         assert request.partition_key == "2026-11-26-13:15"
         assert request.tags["dagster/priority"] == "10"
         assert request.run_key == "scheduled|clicks_every_15min_job|2026-11-26-13:15"
@@ -202,10 +213,10 @@ def test_one_schedule_per_group_requests_the_closed_window_for_every_due_integra
             "affise/globex/clicks",
         ]
         # Before globex's start (12:00) only acme is due.
-        (early,) = tick(datetime(2026, 11, 26, 11, 0, tzinfo=UTC)).run_requests
+        (early,) = tick(datetime(2026, 11, 26, 11, 2, tzinfo=UTC)).run_requests
         assert [key.to_user_string() for key in early.asset_selection] == ["affise/acme/clicks"]
         # Before anyone's start there is nothing to request.
-        none = tick(datetime(2026, 11, 25, 11, 0, tzinfo=UTC))
+        none = tick(datetime(2026, 11, 25, 11, 2, tzinfo=UTC))
         assert none.run_requests == [] and "no enabled integration is due" in none.skip_message
 
 

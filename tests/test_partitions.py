@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+from dagster._utils.schedules import cron_string_iterator
 
 from affise_s3_assets.config import ALLOWED_FREQUENCIES
 from affise_s3_assets.partitions import cron_for_frequency, first_window_start, window_partitions
@@ -44,3 +45,28 @@ def test_start_off_a_boundary_begins_with_the_window_that_contains_it() -> None:
     now = datetime(2026, 11, 26, tzinfo=UTC)
     with dg.partition_loading_context(effective_dt=now):
         assert partitions.get_first_partition_key() == "2026-11-25-10:00"
+
+
+@pytest.mark.parametrize("frequency", ALLOWED_FREQUENCIES)
+@pytest.mark.parametrize("lateness", [0, 7, 61, 1439])
+def test_a_schedule_ticks_exactly_its_lateness_after_every_window_end(
+    frequency: int, lateness: int
+) -> None:
+    """Over two days, the cron's ticks are the window ends shifted by the lateness, no more,
+    no fewer, whatever the lateness against the frequency."""
+    midnight = datetime(2026, 11, 25, tzinfo=UTC)
+    ticks = []
+    for moment in cron_string_iterator(
+        midnight.timestamp(), cron_for_frequency(frequency, lateness), "UTC"
+    ):
+        if moment >= midnight + timedelta(days=2):
+            break
+        ticks.append(moment)
+    # Every minute that is a window end (a multiple of the frequency since midnight) plus
+    # the lateness; windows cut every day alike, so this holds across midnight too.
+    expected = [
+        midnight + timedelta(minutes=minute)
+        for minute in range(2 * 1440)
+        if (minute - lateness) % frequency == 0
+    ]
+    assert ticks == expected
