@@ -460,7 +460,7 @@ def _deliver_selected(
         for item in objects:
             target = item.target
             check = dg.AssetCheckKey(target.asset_key, INTACT_CHECK)
-            if item.verification is not None and check in checked:
+            if check in checked:
                 context.log_event(_intact_evaluation(check, window, item))
             if item.failure is None:
                 delivered += 1
@@ -601,8 +601,19 @@ def _failure_summary(
 def _intact_evaluation(
     check: dg.AssetCheckKey, window: Window, item: Outcome
 ) -> dg.AssetCheckEvaluation:
-    """The window's verification, as its check's result."""
-    assert item.verification is not None
+    """The window's verification, as its check's result. A window whose object the store
+    never completed is not intact: a warning naming why (the partition is Failed for it),
+    rather than a check Dagster would show as failed with no reason."""
+    if item.verification is None:
+        return dg.AssetCheckEvaluation(
+            asset_key=check.asset_key,
+            check_name=check.name,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            partition=window.key,
+            description=f"not delivered: {item.failure}",
+            metadata={"verified_by": "not delivered", "error_code": item.code},
+        )
     intact = item.verification.intact
     return dg.AssetCheckEvaluation(
         asset_key=check.asset_key,

@@ -18,6 +18,8 @@
    Postgres cluster (the cluster's storage) and on SQLite (`dagster dev`'s).
 6. Slow destination (`--only slow`): one integration's endpoint never answers, among 50 in
    one window job: when the other objects land, against the same run with none dead.
+7. File format (`--only format`): the one-day window as gzipped CSV and as Parquet through
+   the asset path: wall, peak RSS, object size.
 Everything it writes is under benchmarks/out/ (git-ignored).
 """
 
@@ -114,6 +116,7 @@ integrations:
       access_key: ${{BENCH_KEY}}
       secret_key: ${{BENCH_SECRET}}
       endpoint_url: {ENDPOINT}
+      format: {os.environ.get("BENCH_FORMAT", "csv")}
 """
     ).integrations
     (group,) = build_window_groups(build_export_targets(config))
@@ -367,6 +370,15 @@ def events_db(per_day: int, start: datetime, end: datetime, name: str) -> Path:
             f"generated {path.name} ({per_day:,} clicks/day from {start} to {end}) "
             f"in {time.perf_counter() - started:.0f} s"
         )
+    # Complete up to its end (files generated before watermarks existed have none): the
+    # windows it holds are then deliverable, not SourceIncomplete.
+    from affise_s3_assets.demo import load_schema
+    from affise_s3_assets.source import connect_events_file, write_watermark
+
+    with connect_events_file(path, read_only=False) as con:
+        load_schema(con)
+        for event_type in ("clicks", "conversions"):
+            write_watermark(con, event_type, end)
     return path
 
 
@@ -479,6 +491,39 @@ def export_cases(rows: int) -> None:
         key = str(ours["s3_uri"]).removeprefix(f"s3://{BUCKET}/")
         print(f"verify {label}: {verify(db, key, start, end, ours['rows'])}")
         # The server keeps objects in RAM: a repeated run must not fill it.
+        s3_client().delete_object(Bucket=BUCKET, Key=key)
+
+
+def format_cases(rows: int) -> None:
+    """The one-day window through the asset path as gzipped CSV and as Parquet; the Parquet
+    object is read back with pyarrow and its row count and a sample compared with the CSV's
+    source rows."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
+    print(f"\n## File format, {rows:,}-row one-day clicks window through the asset path")
+    header = ("format", "rows", "wall s", "rows/s", "peak RSS MB", "object MB", "check")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    partition = DAY.strftime("%Y-%m-%d-%H:%M")
+    for file_format in ("csv", "parquet"):
+        result, rss = run_child(
+            ["--child", "export", str(db), "1440", partition],
+            {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET, "BENCH_FORMAT": file_format},
+        )
+        key = str(result["s3_uri"]).removeprefix(f"s3://{BUCKET}/")
+        if file_format == "csv":
+            check = verify(db, key, DAY, DAY + timedelta(days=1), result["rows"])
+        else:
+            data = s3_client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            read = pq.read_metadata(io.BytesIO(data)).num_rows
+            check = "ok" if read == result["rows"] else f"FAILED: {read} rows read back"
+        print(
+            f"| {file_format} | {result['rows']:,} | {result['wall']:.1f} | "
+            f"{result['rows'] / result['wall']:,.0f} | {rss:.0f} | "
+            f"{result['object_bytes'] / 1e6:.1f} | {check} |"
+        )
         s3_client().delete_object(Bucket=BUCKET, Key=key)
 
 
@@ -974,7 +1019,17 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4, help="15-minute windows delivered")
     parser.add_argument(
         "--only",
-        choices=["export", "profile", "parquet", "scale", "storage", "slow", "backlog", "lag"],
+        choices=[
+            "export",
+            "profile",
+            "parquet",
+            "format",
+            "scale",
+            "storage",
+            "slow",
+            "backlog",
+            "lag",
+        ],
         action="append",
     )
     parser.add_argument("--lag-minutes", type=int, default=6)
@@ -989,6 +1044,8 @@ def main() -> None:
             profile_cases(options.rows)
         if "parquet" in parts:
             parquet_case(options.rows)
+        if "format" in parts:
+            format_cases(options.rows)
         if "scale" in parts:
             scale_cases(options.integrations, options.windows)
         if "storage" in parts:

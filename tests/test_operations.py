@@ -335,7 +335,12 @@ def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
 
     failed = wait_for("two of beta's windows to fail", failed_windows, timeout=300, every=5)
     # What the data team sees, in a real browser, while beta is red.
-    run_browser_checks(dev, tmp_path / "screenshots", failed_asset="affise/beta/clicks")
+    run_browser_checks(
+        dev,
+        tmp_path / "screenshots",
+        failed_asset="affise/beta/clicks",
+        healthy_asset="affise/alpha/clicks",
+    )
 
     # 4. Fixed: every window it missed arrives by itself, exactly once, rows equal to the source.
     rgw_admin("user", "enable", "--uid=beta-ops")

@@ -11,14 +11,16 @@ from tests.conftest import ROOT
 HERE = Path(__file__).resolve().parent
 
 
-def run_browser_checks(dev: Any, out_dir: Path, failed_asset: str) -> dict[str, Any]:
+def run_browser_checks(
+    dev: Any, out_dir: Path, failed_asset: str, healthy_asset: str
+) -> dict[str, Any]:
     """Lineage, a partitions view with green and red windows, a failed window's reason, a
     window's verification check and the asset's freshness, on screenshots in `out_dir`;
     fails with what was missing."""
     # On a fresh instance a "Join the Dagster community" pop-up covers the page.
     dev.graphql("mutation { setNuxSeen }")
     done = subprocess.run(
-        ["node", str(HERE / "check_ui.mjs"), dev.url, str(out_dir), failed_asset],
+        ["node", str(HERE / "check_ui.mjs"), dev.url, str(out_dir), failed_asset, healthy_asset],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -27,5 +29,6 @@ def run_browser_checks(dev: Any, out_dir: Path, failed_asset: str) -> dict[str, 
     assert done.returncode == 0, f"browser check failed:\n{done.stderr}\n{done.stdout}"
     findings = json.loads(done.stdout.strip().splitlines()[-1])
     assert findings["lineage"] and findings["reason"] and findings["check"], findings
+    assert findings["failedCheck"], findings
     assert findings["freshness"] in ("Passing", "Warning", "Failing"), findings
     return findings

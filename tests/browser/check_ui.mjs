@@ -7,7 +7,7 @@
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 
-const [url, outDir, failedAsset] = process.argv.slice(2);
+const [url, outDir, failedAsset, healthyAsset] = process.argv.slice(2);
 mkdirSync(outDir, { recursive: true });
 const findings = {};
 
@@ -70,9 +70,9 @@ try {
   findings.reason = /UserSuspended|AccessDenied|NoSuchBucket/.test(events);
   if (!findings.reason) fail("the failed window's reason (S3 error code) is not shown");
 
-  // Verification: each delivered window's check, with its partition and how it was verified.
-  await page.goto(`${assetPath}?view=checks`);
-  await waitForText(page, "delivered_intact", "checks");
+  // Verification: a healthy integration's latest window passed its check, named with its
+  // partition and how it was verified; the broken one's says it was not delivered, and why.
+  await page.goto(`${url}/assets/${healthyAsset}?view=checks`);
   await waitForText(page, "Passed", "checks");
   await waitForText(page, "verified_by", "checks");
   await page.waitForTimeout(1000);
@@ -80,6 +80,13 @@ try {
   const checks = await page.locator("body").innerText();
   findings.check = /Partition\s+\d{4}-\d{2}-\d{2}-\d{2}:\d{2}/.test(checks);
   if (!findings.check) fail("the check's result does not name its window");
+  await page.goto(`${assetPath}?view=checks`);
+  await waitForText(page, "not delivered", "failed-check");
+  await page.screenshot({ path: `${outDir}/failed-check.png` });
+  findings.failedCheck = /UserSuspended|AccessDenied|NoSuchBucket/.test(
+    await page.locator("body").innerText(),
+  );
+  if (!findings.failedCheck) fail("the broken window's check does not say why");
 
   // Freshness: the asset's overview states its policy's verdict.
   await page.goto(`${assetPath}?view=overview`);
