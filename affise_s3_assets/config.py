@@ -149,6 +149,9 @@ class EventExportConfig(BaseModel):
     manifest: bool = Field(default=False, strict=True)
     # csv: gzipped CSV (the contract); parquet: typed columns, zstd (parquet_export.py).
     format: Literal["csv", "parquet"] = "csv"
+    # Each object is verified from the store's ETags; a store whose ETags are not MD5s (MinIO
+    # without S3 compatibility) would fail every window: false keeps Content-MD5 alone.
+    verify_etag: bool = Field(default=True, strict=True)
 
     @model_validator(mode="after")
     def _compression_level_is_csvs(self) -> "EventExportConfig":

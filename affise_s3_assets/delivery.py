@@ -25,6 +25,9 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
@@ -452,16 +455,47 @@ def _deliver_selected(
     failures: list[Outcome] = []
     delivered = 0
     checked = context.selected_asset_check_keys
+    # Delivered objects whose check waits for their materialization to be stored.
+    awaiting: list[tuple[dg.AssetCheckKey, Window, Outcome]] = []
+
+    def evaluate_awaiting() -> None:
+        """The delivered objects' checks, each naming the materialization it verifies (Dagster
+        counts a window's result as current only then): one read for all of a window's."""
+        if not awaiting:
+            return
+        keys = list({check.asset_key for check, _, _ in awaiting})
+        latest = {
+            record.asset_entry.asset_key: record.asset_entry.last_materialization_record
+            for record in context.instance.get_asset_records(keys)
+        }
+        for check, window, item in awaiting:
+            found = latest.get(check.asset_key)
+            verified = (
+                AssetCheckEvaluationTargetMaterializationData(
+                    storage_id=found.storage_id, run_id=found.run_id, timestamp=found.timestamp
+                )
+                if found is not None
+                and found.run_id == context.run.run_id
+                and found.partition_key == window.key
+                else None
+            )
+            context.log_event(_intact_evaluation(check, window, item, verified))
+        awaiting.clear()
 
     def report(window: Window, objects: list[Outcome]) -> None:
         nonlocal delivered
+        if awaiting and awaiting[0][1] != window:
+            evaluate_awaiting()
         shown = window_metadata(window.start, window.end)
         lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
         for item in objects:
             target = item.target
             check = dg.AssetCheckKey(target.asset_key, INTACT_CHECK)
             if check in checked:
-                context.log_event(_intact_evaluation(check, window, item))
+                if item.failure is None:
+                    awaiting.append((check, window, item))
+                else:
+                    context.log_event(_intact_evaluation(check, window, item))
             if item.failure is None:
                 delivered += 1
                 context.log_event(
@@ -502,14 +536,17 @@ def _deliver_selected(
     if ready:
         due_in = [w for w in ready if any(t.first_window <= w.start for t in due)]
         if due_in:
-            deliver_windows(
-                due,
-                ready,
-                events.window_frames(group.event_type, due_in[0].start, ready[-1].end),
-                io,
-                report,
-                clean_up=_is_redelivery(context.run.tags),
-            )
+            try:
+                deliver_windows(
+                    due,
+                    ready,
+                    events.window_frames(group.event_type, due_in[0].start, ready[-1].end),
+                    io,
+                    report,
+                    clean_up=_is_redelivery(context.run.tags),
+                )
+            finally:
+                evaluate_awaiting()
     for window in windows[len(ready) :]:
         reason = SourceIncomplete(
             f"{progress.describe()}; this window ends at {window.end:%Y-%m-%d %H:%M:%S}, and is "
@@ -599,7 +636,10 @@ def _failure_summary(
 
 
 def _intact_evaluation(
-    check: dg.AssetCheckKey, window: Window, item: Outcome
+    check: dg.AssetCheckKey,
+    window: Window,
+    item: Outcome,
+    materialization: AssetCheckEvaluationTargetMaterializationData | None = None,
 ) -> dg.AssetCheckEvaluation:
     """The window's verification, as its check's result. A window whose object the store
     never completed is not intact: a warning naming why (the partition is Failed for it),
@@ -620,6 +660,7 @@ def _intact_evaluation(
         check_name=check.name,
         passed=intact is not False,
         partition=window.key,
+        target_materialization_data=materialization,
         description=item.verification.how,
         metadata={
             "verified_by": {True: "etag", None: "content-md5 only", False: "mismatch"}[intact],
@@ -671,7 +712,8 @@ def _spec(
             "enabled": target.enabled,
             **{f"filter_{name}": value for name, value in filters.items()},
         },
-        freshness_policy=freshness_policy(target.frequency, lateness),
+        # A paused integration is not late: no policy that would show it red for ever.
+        freshness_policy=freshness_policy(target.frequency, lateness) if target.enabled else None,
         kinds={"s3", target.file_format},
         tags={"integration": target.integration, "event_type": target.event_type},
     ).with_io_manager_key(IO_MANAGER_KEY)

@@ -90,7 +90,7 @@ class WindowObject:
         writer.write(last_chunk)
         writer.close()
         metadata = delivered_metadata(writer, self.destination)
-        self.verification = writer.verification()
+        self.verification = writer.verification(self.destination.verify_etag)
         if self.verification.intact is False:
             raise VerificationFailed(
                 f"{object_uri(self.destination, self.key)}: {self.verification.how}"
@@ -118,7 +118,7 @@ class WindowObject:
         writer.write(body)
         writer.close()
         uri = object_uri(self.destination, key)
-        if (verification := writer.verification()).intact is False:
+        if (verification := writer.verification(self.destination.verify_etag)).intact is False:
             raise VerificationFailed(f"{uri}: {verification.how}")
         return uri
 

@@ -115,17 +115,19 @@ class ParquetEncoder:
         self._pending_rows += rows
         while self._pending_rows >= ROW_GROUP_ROWS:
             pending = pa.concat_tables(self._pending)
-            self._writer.write_table(
-                pending.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS
-            )
+            self._write_group(pending.slice(0, ROW_GROUP_ROWS))
             rest = pending.slice(ROW_GROUP_ROWS)
             self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
             yield self._drain.take()
 
+    def _write_group(self, table: pa.Table) -> None:
+        # One chunk per column: pyarrow cuts pages at chunk boundaries, which follow the
+        # batches the rows came in; combined, the bytes follow the rows alone.
+        self._writer.write_table(table.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+
     def finish(self) -> bytes:
         if self._pending_rows:
-            table = pa.concat_tables(self._pending)
-            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            self._write_group(pa.concat_tables(self._pending))
             self._pending, self._pending_rows = [], 0
         self._writer.close()
         return self._drain.take()

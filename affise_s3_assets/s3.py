@@ -84,6 +84,7 @@ class S3Destination:
     secret_key: str = field(repr=False)
     endpoint_url: str | None = None
     acl: str | None = None  # "bucket-owner-full-control" for another account's ACL bucket
+    verify_etag: bool = True  # the store's ETags are MD5s (S3's own are, but for KMS and SSE-C)
 
     @property
     def label(self) -> str:
@@ -429,7 +430,7 @@ class S3ObjectWriter:
             # A PUT given up at the deadline may still land later: the same bytes under the
             # same key, so a re-delivery overwrites it with what it would have held.
             response = self._wait(_in_thread(put), time.monotonic(), self.sent)
-            self.etag = response.get("ETag", "").strip('"')
+            self.etag = response.get("ETag", "").strip('"').lower()
             self._note_encryption(response)
             return self.sent, 0
         assert self._in_flight is not None
@@ -447,7 +448,7 @@ class S3ObjectWriter:
         self._in_flight = complete  # an abort after a deadline waits for it
         self._in_flight_started, self._in_flight_bytes = time.monotonic(), 0
         response = self._wait(complete, self._in_flight_started, 0)
-        self.etag = response.get("ETag", "").strip('"')
+        self.etag = response.get("ETag", "").strip('"').lower()
         self._close_spool()
         return self.sent, len(self._parts)
 
@@ -457,10 +458,18 @@ class S3ObjectWriter:
         elif response.get("ServerSideEncryption") in _OPAQUE_ETAG_ENCRYPTION:
             self._encryption = str(response["ServerSideEncryption"])
 
-    def verification(self) -> Verification:
+    def verification(self, etags: bool = True) -> Verification:
         """The closed object as the store acknowledged it, from its answers alone (no read:
         that would need s3:GetObject): a single PUT's ETag is the MD5 of its bytes, a part's
-        ETag its part's, a multipart object's the MD5 of its parts' MD5s and their count."""
+        ETag its part's, a multipart object's the MD5 of its parts' MD5s and their count.
+        Without `etags` (a store whose ETags are no MD5s, such as MinIO without its S3
+        compatibility), Content-MD5 alone vouches for each body."""
+        if not etags:
+            return Verification(
+                None,
+                "this destination's ETags are not checked (verify_etag: false): "
+                "checked by S3 against each request's Content-MD5 only",
+            )
         if self._encryption:
             return Verification(
                 None,
@@ -477,7 +486,7 @@ class S3ObjectWriter:
                 )
             return Verification(True, "the store's ETag is the MD5 of the bytes sent")
         for number, (part, digest) in enumerate(zip(self._parts, self._digests, strict=True), 1):
-            etag = str(part.get("ETag", "")).strip('"')
+            etag = str(part.get("ETag", "")).strip('"').lower()
             if etag != digest.hex():
                 return Verification(
                     False, f"part {number}'s ETag {etag or '(none)'} is not its MD5, {digest.hex()}"

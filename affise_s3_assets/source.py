@@ -150,7 +150,7 @@ def connect_events_file(
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+            if "could not set lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
         time.sleep(0.1)
 

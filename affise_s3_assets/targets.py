@@ -135,6 +135,7 @@ def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[Expo
                 secret_key=export.secret_key,
                 endpoint_url=export.endpoint_url,
                 acl=export.acl,
+                verify_etag=export.verify_etag,
             ),
             frequency=export.frequency,
             first_window=first_window_start(integration.start, export.frequency),

@@ -9,12 +9,13 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from affise_s3_assets.config import ConfigError, parse_integrations
-from affise_s3_assets.parquet_export import ROW_GROUP_ROWS
+from affise_s3_assets.parquet_export import ROW_GROUP_ROWS, ParquetEncoder
 from affise_s3_assets.source import EVENT_COLUMNS
 from tests.conftest import ROOT, S3Server
 from tests.json_schema import problems
@@ -131,3 +132,36 @@ integrations:
 """
     with pytest.raises(ConfigError, match="integration 'acme': clicks: compression_level"):
         parse_integrations(text)
+
+
+def test_parquet_bytes_do_not_depend_on_how_the_rows_were_batched() -> None:
+    """150,000 rows (three row groups) fed whole, in 25,000s and in 1,000s: the same bytes
+    (pyarrow cuts pages at chunk boundaries, so the encoder must not pass its batches on)."""
+    rows = 150_000
+    frame = pl.DataFrame(
+        # Varied text: dictionary pages then fill unevenly, which is where batches showed.
+        {
+            name: [f"{name}-{i * 7919 % 100_003}" for i in range(rows)]
+            for name in EVENT_COLUMNS["conversions"]
+        }
+    ).with_columns(
+        pl.datetime(2026, 11, 25, 10).alias("created_at"),
+        pl.lit(None, pl.Datetime("us")).alias("updated_at"),
+        pl.lit(None, pl.Datetime("us")).alias("click_time"),
+        (pl.int_range(rows) % 50).cast(pl.Int32).alias("affiliate_id"),
+        pl.int_range(rows).cast(pl.Int32).alias("offer_id"),
+        pl.lit("1.2345").cast(pl.Decimal(18, 4)).alias("payouts"),
+        pl.lit(None, pl.Decimal(18, 4)).alias("revenue"),
+    )
+
+    def encoded(batch: int) -> bytes:
+        encoder = ParquetEncoder("conversions", EVENT_COLUMNS["conversions"])
+        out = b""
+        for offset in range(0, rows, batch):
+            part = frame.slice(offset, batch)
+            out += b"".join(encoder.add(part.height, part))
+        return out + encoder.finish()
+
+    whole = encoded(rows)
+    assert encoded(25_000) == whole and encoded(1_000) == whole
+    assert pq.ParquetFile(io.BytesIO(whole)).metadata.num_row_groups == 3

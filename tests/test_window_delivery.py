@@ -500,6 +500,7 @@ def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_r
     manifest = json.loads(written)
     schema = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
     assert problems(manifest, schema) == []
+    assert set(manifest) == set(schema["properties"]) == set(schema["required"])
     header, rows = delivered_rows(data)
     assert rows == source_rows(rig.events_db, "clicks", START, END)[1] and rows
     assert manifest["object"] == {
@@ -619,6 +620,13 @@ def test_a_store_whose_answers_say_it_holds_other_bytes_fails_the_window_until_t
     assert rig.status("acme", [WINDOW]) == ["MATERIALIZED"]
     (check,) = check_evaluations(rig, again)
     assert check.passed and check.metadata["verified_by"].value == "etag"
+    # It names the materialization it verified: Dagster counts it as the window's current
+    # result only then.
+    (record,) = rig.instance.fetch_materializations(
+        dg.AssetKey(["affise", "acme", "clicks"]), limit=1
+    ).records
+    assert check.target_materialization_data.storage_id == record.storage_id
+    assert check.target_materialization_data.run_id == again.run_id
     assert check.description == "the store's ETag is the MD5 of the bytes sent"
 
 
