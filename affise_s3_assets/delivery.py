@@ -297,6 +297,7 @@ def deliver_windows(
     io: DateFolderS3IOManager,
     on_window: Callable[[Window, list[Outcome]], None],
     clean_up: bool = False,
+    on_closed: Callable[[], None] | None = None,
 ) -> None:
     """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
     over the range's sorted `frames`; `on_window` reports each object as soon as it is done.
@@ -353,6 +354,8 @@ def deliver_windows(
                     stopped.add(key)
                 on_window(windows[index], [delivery.outcome()])
         open_objects.clear()
+        if on_closed is not None:
+            on_closed()
 
     def move_to(index: int) -> None:
         nonlocal current
@@ -409,7 +412,8 @@ def build_window_asset(group: WindowGroup) -> dg.AssetsDefinition:
                 partitions_def=partitions_def,
                 description="The store's answers about each window's object (its ETag, each "
                 "part's) match the bytes sent; Content-MD5 alone where they cannot tell "
-                "(SSE-KMS, SSE-C). A mismatch fails the window, which is delivered again.",
+                "(SSE-KMS, SSE-C, verify_etag: false). A mismatch fails the window, which is "
+                "delivered again; a window not delivered is a warning saying why.",
             )
             for target in group.targets
         ]
@@ -454,48 +458,15 @@ def _deliver_selected(
         return
     failures: list[Outcome] = []
     delivered = 0
-    checked = context.selected_asset_check_keys
-    # Delivered objects whose check waits for their materialization to be stored.
-    awaiting: list[tuple[dg.AssetCheckKey, Window, Outcome]] = []
-
-    def evaluate_awaiting() -> None:
-        """The delivered objects' checks, each naming the materialization it verifies (Dagster
-        counts a window's result as current only then): one read for all of a window's."""
-        if not awaiting:
-            return
-        keys = list({check.asset_key for check, _, _ in awaiting})
-        latest = {
-            record.asset_entry.asset_key: record.asset_entry.last_materialization_record
-            for record in context.instance.get_asset_records(keys)
-        }
-        for check, window, item in awaiting:
-            found = latest.get(check.asset_key)
-            verified = (
-                AssetCheckEvaluationTargetMaterializationData(
-                    storage_id=found.storage_id, run_id=found.run_id, timestamp=found.timestamp
-                )
-                if found is not None
-                and found.run_id == context.run.run_id
-                and found.partition_key == window.key
-                else None
-            )
-            context.log_event(_intact_evaluation(check, window, item, verified))
-        awaiting.clear()
+    checks = IntactChecks(context)
 
     def report(window: Window, objects: list[Outcome]) -> None:
         nonlocal delivered
-        if awaiting and awaiting[0][1] != window:
-            evaluate_awaiting()
         shown = window_metadata(window.start, window.end)
         lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
         for item in objects:
             target = item.target
-            check = dg.AssetCheckKey(target.asset_key, INTACT_CHECK)
-            if check in checked:
-                if item.failure is None:
-                    awaiting.append((check, window, item))
-                else:
-                    context.log_event(_intact_evaluation(check, window, item))
+            checks.add(window, item)
             if item.failure is None:
                 delivered += 1
                 context.log_event(
@@ -544,9 +515,13 @@ def _deliver_selected(
                     io,
                     report,
                     clean_up=_is_redelivery(context.run.tags),
+                    on_closed=checks.flush,
                 )
             finally:
-                evaluate_awaiting()
+                checks.flush()
+                # Windows a stopped destination was not tried for, or that a failed read
+                # never reached: their checks say so rather than Dagster's bare "failed".
+                checks.not_attempted(ready, due)
     for window in windows[len(ready) :]:
         reason = SourceIncomplete(
             f"{progress.describe()}; this window ends at {window.end:%Y-%m-%d %H:%M:%S}, and is "
@@ -635,6 +610,88 @@ def _failure_summary(
     return "\n".join(lines)
 
 
+class IntactChecks:
+    """Each window's `delivered_intact` result, for every target the run planned it for.
+
+    A delivered object's result names the materialization it verified (Dagster counts a
+    window's result as current only then): they are logged once the window has closed, its
+    materializations looked up in one read. Bookkeeping never fails a delivery: a lookup that
+    fails logs the results without the pointer."""
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self.context = context
+        self.selected = context.selected_asset_check_keys
+        self.awaiting: list[tuple[dg.AssetCheckKey, Window, Outcome]] = []
+        self.done: set[tuple[dg.AssetKey, str]] = set()
+
+    def add(self, window: Window, item: Outcome) -> None:
+        check = dg.AssetCheckKey(item.target.asset_key, INTACT_CHECK)
+        if check not in self.selected:
+            return
+        self.done.add((check.asset_key, window.key))
+        if item.failure is None:
+            self.awaiting.append((check, window, item))
+        else:
+            self.context.log_event(_intact_evaluation(check, window, item))
+
+    def flush(self) -> None:
+        awaiting, self.awaiting = self.awaiting, []
+        if not awaiting:
+            return
+        try:
+            found = self._materializations(awaiting)
+        except Exception as exc:  # the results still count, without their pointer
+            self.context.log.warning(f"could not look up the materializations checked: {exc}")
+            found = {}
+        for check, window, item in awaiting:
+            pointer = found.get((check.asset_key, window.key))
+            self.context.log_event(_intact_evaluation(check, window, item, pointer))
+
+    def _materializations(
+        self, awaiting: list[tuple[dg.AssetCheckKey, Window, Outcome]]
+    ) -> dict[tuple[dg.AssetKey, str], AssetCheckEvaluationTargetMaterializationData]:
+        run_id = self.context.run.run_id
+        instance = self.context.instance
+        keys = list({check.asset_key for check, _, _ in awaiting})
+        latest = {
+            record.asset_entry.asset_key: record.asset_entry.last_materialization_record
+            for record in instance.get_asset_records(keys)
+        }
+        found = {}
+        for check, window, _ in awaiting:
+            record = latest.get(check.asset_key)
+            if record is None or record.run_id != run_id or record.partition_key != window.key:
+                # Another run materialized another window of it meanwhile: this one's own.
+                records = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=check.asset_key, asset_partitions=[window.key]),
+                    limit=1,
+                ).records
+                record = records[0] if records and records[0].run_id == run_id else None
+            if record is not None:
+                found[(check.asset_key, window.key)] = (
+                    AssetCheckEvaluationTargetMaterializationData(
+                        storage_id=record.storage_id,
+                        run_id=record.run_id,
+                        timestamp=record.timestamp,
+                    )
+                )
+        return found
+
+    def not_attempted(self, windows: Sequence[Window], targets: Sequence[ExportTarget]) -> None:
+        for window in windows:
+            for target in targets:
+                check = dg.AssetCheckKey(target.asset_key, INTACT_CHECK)
+                if (
+                    check in self.selected
+                    and target.first_window <= window.start
+                    and (target.asset_key, window.key) not in self.done
+                ):
+                    skipped = Outcome(
+                        target, "not attempted in this run (see the run's failure)", "NotAttempted"
+                    )
+                    self.add(window, skipped)
+
+
 def _intact_evaluation(
     check: dg.AssetCheckKey,
     window: Window,
@@ -644,7 +701,9 @@ def _intact_evaluation(
     """The window's verification, as its check's result. A window whose object the store
     never completed is not intact: a warning naming why (the partition is Failed for it),
     rather than a check Dagster would show as failed with no reason."""
-    if item.verification is None:
+    verification = item.verification or Verification(None, "the store answered nothing to check")
+    if item.failure is not None and verification.intact is not False:
+        # Never completed, or complete but not delivered (its manifest failed): not intact.
         return dg.AssetCheckEvaluation(
             asset_key=check.asset_key,
             check_name=check.name,
@@ -654,14 +713,14 @@ def _intact_evaluation(
             description=f"not delivered: {item.failure}",
             metadata={"verified_by": "not delivered", "error_code": item.code},
         )
-    intact = item.verification.intact
+    intact = verification.intact
     return dg.AssetCheckEvaluation(
         asset_key=check.asset_key,
         check_name=check.name,
         passed=intact is not False,
         partition=window.key,
         target_materialization_data=materialization,
-        description=item.verification.how,
+        description=verification.how,
         metadata={
             "verified_by": {True: "etag", None: "content-md5 only", False: "mismatch"}[intact],
             **{k: v for k, v in item.metadata.items() if k in ("etag", "sha256", "object_bytes")},

@@ -304,6 +304,17 @@ def test_a_permanent_error_stops_that_destination_for_the_rest_of_its_run(
     assert rig.status("broken", windows) == ["FAILED"] * 3
     assert rig.status("good", windows) == ["MATERIALIZED"] * 3
     assert len(observations(rig, "broken")) == 1
+    # Every window the run planned has its check: the failed one and the two never tried
+    # say why, the good ones passed and name the materialization they verified.
+    checks = {(e.asset_key.path[1], e.partition): e for e in check_evaluations(rig, result)}
+    assert sorted(checks) == sorted((n, w) for n in ("broken", "good") for w in windows)
+    assert checks[("broken", windows[0])].description.startswith("not delivered: Delivery failed")
+    assert all(
+        checks[("broken", w)].description.startswith("not delivered: not attempted")
+        for w in windows[1:]
+    )
+    assert all(checks[("good", w)].passed for w in windows)
+    assert all(checks[("good", w)].target_materialization_data for w in windows)
 
 
 def test_unreadable_source_fails_the_window_and_delivers_nothing(rig: WindowRig) -> None:
@@ -579,6 +590,10 @@ def test_a_manifest_that_cannot_be_written_fails_its_window_and_the_next_run_com
     (seen,) = observations(rig, "acme")
     assert f"key '{data_key}.manifest.json'" in seen.metadata["delivery_failed"].value
     assert seen.metadata["error_code"].value == "AccessDenied"
+    # The object itself is intact, but the window is not delivered: its check says so.
+    (check,) = check_evaluations(rig, result)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description.startswith("not delivered: ") and check.partition == WINDOW
 
     rig.s3.client().delete_bucket_policy(Bucket=rig.bucket)
     rig.monkeypatch.setenv("TEST_ACCESS_KEY_ID", rig.s3.customer.access_key)
