@@ -88,12 +88,19 @@ try {
   );
   if (!findings.failedCheck) fail("the broken window's check does not say why");
 
-  // Freshness: the asset's overview states its policy's verdict.
-  await page.goto(`${assetPath}?view=overview`);
-  await waitForText(page, "Freshness policy", "freshness");
-  const overview = await page.locator("body").innerText();
-  findings.freshness = overview.match(/Freshness policy\s+(\w+)/)?.[1] ?? null;
-  if (!findings.freshness) fail("the asset's freshness is not shown");
+  // Freshness: the healthy asset's overview states its policy's verdict, once the daemon
+  // has evaluated it (every 30 s): the page is reloaded until it does, with a deadline.
+  const verdict = /Freshness policy\s+(Passing|Warning|Failing)/;
+  for (let attempt = 0; attempt < 12 && !findings.freshness; attempt++) {
+    await page.goto(`${url}/assets/${healthyAsset}?view=overview`);
+    await waitForText(page, "Freshness policy", "freshness");
+    await page.waitForTimeout(5000);
+    findings.freshness = (await page.locator("body").innerText()).match(verdict)?.[1] ?? null;
+  }
+  if (!findings.freshness) {
+    await page.screenshot({ path: `${outDir}/failed-freshness.png` });
+    fail("the asset's freshness verdict is not shown");
+  }
   console.log(JSON.stringify(findings));
 } finally {
   await browser.close();
