@@ -141,6 +141,9 @@ class GzipCsvEncoder:
     one per integration.
     """
 
+    file_format = "csv"
+    compression = "gzip"
+
     def __init__(self, columns: Sequence[str], compression_level: int = 1) -> None:
         header = csv_header(columns)
         self._compressor = gzip_compressor(compression_level)

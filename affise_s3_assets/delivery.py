@@ -178,8 +178,8 @@ class ObjectDelivery:
                 bytes=self.metadata["object_bytes"],
                 sha256=self.metadata["sha256"],
                 columns=EVENT_COLUMNS[self.target.event_type],
-                format=self.target.file_format,
-                compression="gzip" if self.target.file_format == "csv" else COMPRESSION,
+                format=self.encoder.file_format,
+                compression=self.encoder.compression,
             )
             try:
                 self.metadata["manifest_uri"] = self.object.write_manifest(

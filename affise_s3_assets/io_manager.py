@@ -90,11 +90,7 @@ class WindowObject:
         writer.write(last_chunk)
         writer.close()
         metadata = delivered_metadata(writer, self.destination)
-        self.verification = writer.verification(self.destination.verify_etag)
-        if self.verification.intact is False:
-            raise VerificationFailed(
-                f"{object_uri(self.destination, self.key)}: {self.verification.how}"
-            )
+        self.verification = self._verified(writer)
         metadata["verified"] = self.verification.how
         if clean_up:
             aborted = abort_leftover_uploads(writer.client, self.destination.bucket, self.key)
@@ -117,10 +113,17 @@ class WindowObject:
         )
         writer.write(body)
         writer.close()
-        uri = object_uri(self.destination, key)
-        if (verification := writer.verification(self.destination.verify_etag)).intact is False:
+        self._verified(writer)
+        return object_uri(self.destination, key)
+
+    def _verified(self, writer: S3ObjectWriter) -> Verification:
+        """The closed object's verification; VerificationFailed if the store's answers say
+        it holds other bytes than were sent."""
+        verification = writer.verification(self.destination.verify_etag)
+        if verification.intact is False:
+            uri = object_uri(self.destination, writer.key)
             raise VerificationFailed(f"{uri}: {verification.how}")
-        return uri
+        return verification
 
     def abort(self) -> Future[None] | None:
         """Discard the object; the writer's abort, done on its own thread, is returned."""

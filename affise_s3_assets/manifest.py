@@ -7,6 +7,7 @@ changes a manifest is what changes the data (rows, bytes, checksum) and the prod
 version.
 """
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,9 @@ MANIFEST_VERSION = 1
 DATA_SCHEMA_VERSION = 1
 
 
+@functools.cache
 def producer() -> str:
+    """Read once per process: every manifest of a run names the same producer."""
     try:
         return f"affise-s3-assets {metadata.version('affise-s3-assets')}"
     except metadata.PackageNotFoundError:  # run from a source tree that is not installed

@@ -90,6 +90,9 @@ class _Drain:
 class ParquetEncoder:
     """One object's Parquet bytes, fed frame by frame (in the window's order)."""
 
+    file_format = "parquet"
+    compression = COMPRESSION
+
     def __init__(self, event_type: EventType, columns: Sequence[str]) -> None:
         self.event_type = event_type
         self.schema = parquet_schema(columns)

@@ -13,11 +13,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from affise_s3_assets.partitions import (
-    PARTITION_KEY_FORMAT,
-    cron_for_frequency,
-    first_window_start,
-)
+from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
 from affise_s3_assets.targets import WindowGroup
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
@@ -79,8 +75,7 @@ def build_window_schedule(
     def window_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         # The window whose end, plus the lateness, is the tick (or the last before it, for a
         # tick evaluated off the cron, as the UI's "Test schedule" may).
-        ticked = context.scheduled_execution_time - group.lateness
-        window_start = first_window_start(ticked, group.frequency) - group.step
+        window_start = group.newest_ticked_window(context.scheduled_execution_time)
         request = scheduled_run_request(group, window_start)
         if request is None:
             return dg.SkipReason(

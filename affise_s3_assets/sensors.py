@@ -37,7 +37,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
+from affise_s3_assets.partitions import PARTITION_KEY_FORMAT
 from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_request
 from affise_s3_assets.source import EventsDatabase, SourceIncomplete
 from affise_s3_assets.targets import ExportTarget, WindowGroup
@@ -373,8 +373,7 @@ def plan_catch_up(
             previous = exports.get(name)
             if previous is None or previous.windows != _windows_id(target):
                 # Windows still within their lateness are the schedule's.
-                last_closed = first_window_start(now - group.lateness, target.frequency)
-                last_closed -= group.step
+                last_closed = group.newest_ticked_window(now)
                 progress = ExportProgress(
                     windows=_windows_id(target),
                     next=_key(target.first_window),
@@ -493,15 +492,13 @@ def plan_missed_windows(
     requests = []
     for name, group in live.items():
         step = group.step
-        # A window's tick comes its lateness after its end.
-        ticked_by = now - group.lateness
-        newest_tick_window = first_window_start(ticked_by, group.frequency) - step
+        newest_tick_window = group.newest_ticked_window(now)
         if name not in state:
             seed = newest_scheduled(name) if checked is None and newest_scheduled else None
             state[name] = seed or _key(newest_tick_window)
             continue
         last = min(
-            first_window_start(ticked_by - SCHEDULE_GRACE, group.frequency) - step,
+            group.newest_ticked_window(now - SCHEDULE_GRACE),
             newest_tick_window - step,
         )
         window = _moment(state[name]) + step

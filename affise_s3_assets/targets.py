@@ -93,6 +93,11 @@ class WindowGroup:
     def step(self) -> timedelta:
         return timedelta(minutes=self.frequency)
 
+    def newest_ticked_window(self, moment: datetime) -> datetime:
+        """The start of the newest window whose tick (its end plus the lateness) is at or
+        before `moment`: what the schedule delivers then, and the last the catch-up may."""
+        return first_window_start(moment - self.lateness, self.frequency) - self.step
+
     @property
     def windows_per_run(self) -> int:
         return max(1, RUN_SPAN // self.step)

@@ -15,7 +15,7 @@ from affise_s3_assets.config import apply_integrations, parse_integrations
 from affise_s3_assets.connection_check import explain
 from affise_s3_assets.live_config import write_last_good
 from affise_s3_assets.targets import build_export_targets
-from tests.conftest import ROOT, S3Server
+from tests.conftest import ROOT, Account, S3Server
 from tests.stalling_endpoint import stalling_endpoint
 from tests.test_delivery import keys_in
 from tests.test_security import grant_only_delivery
@@ -152,15 +152,21 @@ def check(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def check_as(
+    account: Account, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """check-connection of the probe integration, with `account`'s keys in its variables."""
+    return check(
+        probe_file(tmp_path, s3_server.endpoint_url, bucket),
+        CHECK_KEY=account.access_key,
+        CHECK_SECRET=account.secret_key,
+    )
+
+
 def test_check_connection_writes_a_probe_outside_the_date_folders_and_removes_it(
     s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:
-    customer = s3_server.customer
-    done = check(
-        probe_file(tmp_path, s3_server.endpoint_url, bucket),
-        CHECK_KEY=customer.access_key,
-        CHECK_SECRET=customer.secret_key,
-    )
+    done = check_as(s3_server.customer, s3_server, bucket, tmp_path)
     assert done.returncode == 0, done.stdout
     assert done.stdout.strip() == (
         f"integration 'acme' clicks: ok: wrote a probe object under s3://{bucket}/affise/clicks/"
@@ -173,12 +179,7 @@ def test_check_connection_passes_under_the_least_privilege_policy_and_leaves_the
     s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:
     grant_only_delivery(s3_server, bucket)
-    intruder = s3_server.intruder
-    done = check(
-        probe_file(tmp_path, s3_server.endpoint_url, bucket),
-        CHECK_KEY=intruder.access_key,
-        CHECK_SECRET=intruder.secret_key,
-    )
+    done = check_as(s3_server.intruder, s3_server, bucket, tmp_path)
     assert done.returncode == 0, done.stdout
     assert "and left it (no s3:DeleteObject; delete s3://" in done.stdout
     (probe,) = keys_in(s3_server, bucket)
