@@ -623,12 +623,16 @@ class IntactChecks:
         self.selected = context.selected_asset_check_keys
         self.awaiting: list[tuple[dg.AssetCheckKey, Window, Outcome]] = []
         self.done: set[tuple[dg.AssetKey, str]] = set()
+        # The window whose failure stopped a destination: its later windows' results cite it.
+        self.stopped_by: dict[dg.AssetKey, tuple[Window, Outcome]] = {}
 
     def add(self, window: Window, item: Outcome) -> None:
         check = dg.AssetCheckKey(item.target.asset_key, INTACT_CHECK)
         if check not in self.selected:
             return
         self.done.add((check.asset_key, window.key))
+        if item.stops_destination:
+            self.stopped_by.setdefault(check.asset_key, (window, item))
         if item.failure is None:
             self.awaiting.append((check, window, item))
         else:
@@ -686,10 +690,21 @@ class IntactChecks:
                     and target.first_window <= window.start
                     and (target.asset_key, window.key) not in self.done
                 ):
-                    skipped = Outcome(
-                        target, "not attempted in this run (see the run's failure)", "NotAttempted"
-                    )
-                    self.add(window, skipped)
+                    self.add(window, self._skipped(target))
+
+    def _skipped(self, target: ExportTarget) -> Outcome:
+        """A window this run did not try: why, in the words of the failure that stopped it."""
+        stopper = self.stopped_by.get(target.asset_key)
+        if stopper is None:
+            return Outcome(
+                target, "not attempted in this run (see the run's failure)", "NotAttempted"
+            )
+        window, item = stopper
+        return Outcome(
+            target,
+            f"not attempted in this run, stopped by window {window.key}'s failure: {item.failure}",
+            item.code or "NotAttempted",
+        )
 
 
 def _intact_evaluation(

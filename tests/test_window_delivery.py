@@ -309,8 +309,13 @@ def test_a_permanent_error_stops_that_destination_for_the_rest_of_its_run(
     checks = {(e.asset_key.path[1], e.partition): e for e in check_evaluations(rig, result)}
     assert sorted(checks) == sorted((n, w) for n in ("broken", "good") for w in windows)
     assert checks[("broken", windows[0])].description.startswith("not delivered: Delivery failed")
+    # ... in the words of the failure that stopped the destination, its S3 code included.
     assert all(
-        checks[("broken", w)].description.startswith("not delivered: not attempted")
+        checks[("broken", w)].description.startswith(
+            f"not delivered: not attempted in this run, stopped by window {windows[0]}'s failure"
+        )
+        and "NoSuchBucket" in checks[("broken", w)].description
+        and checks[("broken", w)].metadata["error_code"].value == "NoSuchBucket"
         for w in windows[1:]
     )
     assert all(checks[("good", w)].passed for w in windows)

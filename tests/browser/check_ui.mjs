@@ -83,10 +83,12 @@ try {
   await page.goto(`${assetPath}?view=checks`);
   await waitForText(page, "not delivered", "failed-check");
   await page.screenshot({ path: `${outDir}/failed-check.png` });
-  findings.failedCheck = /UserSuspended|AccessDenied|NoSuchBucket/.test(
-    await page.locator("body").innerText(),
-  );
-  if (!findings.failedCheck) fail("the broken window's check does not say why");
+  const failedCheck = await page.locator("body").innerText();
+  findings.failedCheck = /UserSuspended|AccessDenied|NoSuchBucket/.test(failedCheck);
+  if (!findings.failedCheck) {
+    const shown = failedCheck.slice(Math.max(0, failedCheck.indexOf("not delivered") - 300));
+    fail(`the broken window's check does not say why; the page shows:\n${shown.slice(0, 1500)}`);
+  }
 
   // Freshness: the healthy asset's overview states its policy's verdict, once the daemon
   // has evaluated it (every 30 s): the page is reloaded until it does, with a deadline.
