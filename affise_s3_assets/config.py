@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
@@ -33,6 +33,7 @@ EVENT_TYPES: tuple[EventType, ...] = ("clicks", "conversions")
 # A day: a window's delivery may wait for a day's late events at most (reconciliation, not
 # a longer wait, is for what comes later).
 MAX_LATENESS_MINUTES = 1440
+MAX_LOOK_BACK_HOURS = 720  # 30 days of windows compared with the source at most
 DEFAULT_INTEGRATIONS_PATH = Path(__file__).resolve().parent.parent / "integrations.yaml"
 
 # Frequencies (minutes) that cut every UTC day into equal windows expressible by one cron:
@@ -364,10 +365,26 @@ class Lateness(BaseModel):
         return timedelta(minutes=getattr(self, event_type))
 
 
+class Reconciliation(BaseModel):
+    """How far back delivered windows are compared with what the source holds now, and how
+    often: a window whose rows changed since (late events) is delivered again, same key. The
+    file's top-level `reconciliation:` block; its defaults are these. 0 hours: never."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    look_back_hours: int = Field(default=72, ge=0, le=MAX_LOOK_BACK_HOURS, strict=True)
+    every_minutes: int = Field(default=30, ge=5, le=1440, strict=True)
+
+    @property
+    def look_back(self) -> timedelta:
+        return timedelta(hours=self.look_back_hours)
+
+
 class IntegrationsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     lateness: Lateness = Lateness()
+    reconciliation: Reconciliation = Reconciliation()
     integrations: tuple[IntegrationConfig, ...] = ()
 
 
@@ -397,11 +414,15 @@ def parse_integrations(
 ) -> IntegrationsFile:
     """The strict reading (tests, tools): every rule of `apply_integrations`, and a ConfigError
     listing every one broken instead of leaving blocks out."""
-    entries, lateness = _parse_file(text, source)
-    applied = _apply_entries(entries, source, _digest(text), None, now, lateness)
+    entries, settings = _parse_file(text, source)
+    applied = _apply_entries(entries, source, _digest(text), None, now, settings)
     if applied.problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(applied.problems))
-    return IntegrationsFile(integrations=applied.integrations, lateness=applied.lateness)
+    return IntegrationsFile(
+        integrations=applied.integrations,
+        lateness=applied.lateness,
+        reconciliation=applied.reconciliation,
+    )
 
 
 # --- Applying a file whose blocks may be broken --------------------------------------------
@@ -442,6 +463,7 @@ class AppliedConfig(BaseModel):
     problems: tuple[str, ...] = ()
     file_error: str | None = None
     lateness: Lateness = Lateness()
+    reconciliation: Reconciliation = Reconciliation()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -449,6 +471,7 @@ class AppliedConfig(BaseModel):
                 "source": self.source,
                 "file_sha256": self.file_sha256,
                 "lateness": self.lateness.model_dump(),
+                "reconciliation": self.reconciliation.model_dump(),
                 "integrations": [_yaml_dict(i) for i in self.integrations],
                 "problems": list(self.problems),
                 "file_error": self.file_error,
@@ -467,8 +490,9 @@ class AppliedConfig(BaseModel):
             ).integrations,
             problems=tuple(data["problems"]),
             file_error=data["file_error"],
-            # Written before lateness existed: the defaults.
+            # Written before these blocks existed: the defaults.
             lateness=Lateness.model_validate(data.get("lateness", {})),
+            reconciliation=Reconciliation.model_validate(data.get("reconciliation", {})),
         )
 
 
@@ -557,9 +581,13 @@ def _clashes(exports: list[_Export]) -> list[tuple[_Export, _Export]]:
     return pairs
 
 
-def _parse_file(text: str, source: str) -> tuple[list[Any], Any]:
-    """The file's entries and its `lateness` block, unvalidated; ConfigError if the file as a
-    whole is unusable."""
+# The file's top-level blocks besides `integrations`: settings of the whole deployment.
+SETTINGS_BLOCKS = ("lateness", "reconciliation")
+
+
+def _parse_file(text: str, source: str) -> tuple[list[Any], dict[str, Any]]:
+    """The file's entries and its settings blocks (by name), unvalidated; ConfigError if the
+    file as a whole is unusable."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -567,18 +595,19 @@ def _parse_file(text: str, source: str) -> tuple[list[Any], Any]:
     except (TypeError, ValueError) as exc:  # e.g. a list used as a key: unhashable
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if raw is None:
-        return [], None
+        return [], {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: must be a mapping with an 'integrations' list")
-    unknown = sorted(str(key) for key in raw if key not in ("integrations", "lateness"))
+    unknown = sorted(str(key) for key in raw if key not in ("integrations", *SETTINGS_BLOCKS))
     if unknown:
         raise ConfigError(f"{source}: {', '.join(unknown)}: is not a known field")
+    settings = {name: raw[name] for name in SETTINGS_BLOCKS if raw.get(name) is not None}
     entries = raw.get("integrations")
     if entries is None:
-        return [], raw.get("lateness")
+        return [], settings
     if not isinstance(entries, list):
         raise ConfigError(f"{source}: integrations: must be a list of integration blocks")
-    return entries, raw.get("lateness")
+    return entries, settings
 
 
 def apply_integrations(
@@ -601,7 +630,7 @@ def apply_integrations(
       already delivers with that start and frequency is not (time passing never breaks it).
     """
     try:
-        entries, lateness = _parse_file(text, source)
+        entries, settings = _parse_file(text, source)
     except ConfigError as exc:
         return AppliedConfig(
             source=source,
@@ -609,8 +638,9 @@ def apply_integrations(
             integrations=last_good.integrations if last_good else (),
             file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
             lateness=last_good.lateness if last_good else Lateness(),
+            reconciliation=last_good.reconciliation if last_good else Reconciliation(),
         )
-    return _apply_entries(entries, source, _digest(text), last_good, now, lateness)
+    return _apply_entries(entries, source, _digest(text), last_good, now, settings)
 
 
 def _start_problems(
@@ -646,13 +676,34 @@ def _apply_entries(
     digest: str,
     last_good: AppliedConfig | None,
     now: datetime | None = None,
-    raw_lateness: Any = None,
+    settings: dict[str, Any] | None = None,
 ) -> AppliedConfig:
     """The rules of `apply_integrations`, block by block, over the file's entries."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
     previous = {i.name: i for i in last_good.integrations} if last_good else {}
     problems: list[str] = []
-    lateness = _lateness(raw_lateness, last_good, problems)
+    settings = settings or {}
+    lateness = _settings_block(
+        "lateness",
+        Lateness,
+        settings.get("lateness"),
+        last_good.lateness if last_good else Lateness(),
+        problems,
+        "a mapping of event type to minutes, e.g. {clicks: 2}",
+        {field: f"must be whole minutes from 0 to {MAX_LATENESS_MINUTES}" for field in EVENT_TYPES},
+    )
+    reconciliation = _settings_block(
+        "reconciliation",
+        Reconciliation,
+        settings.get("reconciliation"),
+        last_good.reconciliation if last_good else Reconciliation(),
+        problems,
+        "a mapping, e.g. {look_back_hours: 72, every_minutes: 30}",
+        {
+            "look_back_hours": f"must be whole hours from 0 (never) to {MAX_LOOK_BACK_HOURS}",
+            "every_minutes": "must be whole minutes from 5 to 1440",
+        },
+    )
     raw = {"integrations": entries}
     chosen: dict[str, IntegrationConfig] = {}
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]
@@ -742,31 +793,41 @@ def _apply_entries(
         integrations=tuple(accepted[name] for name in order if name in accepted),
         problems=tuple(dict.fromkeys(problems)),
         lateness=lateness,
+        reconciliation=reconciliation,
     )
 
 
-def _lateness(raw: Any, last_good: AppliedConfig | None, problems: list[str]) -> Lateness:
-    """The file's `lateness` block; a broken one keeps the last good (or default) values."""
+Settings = TypeVar("Settings", Lateness, Reconciliation)
+
+
+def _settings_block(
+    name: str,
+    model: type[Settings],
+    raw: Any,
+    kept: Settings,
+    problems: list[str],
+    shape: str,
+    bounds: dict[str, str],
+) -> Settings:
+    """A top-level settings block (absent: the defaults); a broken one keeps the last good (or
+    default) values, each problem naming the block, the field and the rule."""
     if raw is None:
-        return Lateness()
-    kept = last_good.lateness if last_good else Lateness()
+        return model()
     if not isinstance(raw, dict):
-        problems.append(
-            "lateness: must be a mapping of event type to minutes, e.g. {clicks: 2}; kept at "
-            f"{kept.model_dump()}"
-        )
+        problems.append(f"{name}: must be {shape}; kept at {kept.model_dump()}")
         return kept
     try:
-        return Lateness.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         for error in exc.errors(include_input=False):
             field = ".".join(str(part) for part in error["loc"])
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                message = "is not an event type (clicks, conversions)"
+                known = ", ".join(model.model_fields)
+                message = f"is not {'an event type' if model is Lateness else 'a field'} ({known})"
             elif error["type"] in ("greater_than_equal", "less_than_equal", "int_type"):
-                message = f"must be whole minutes from 0 to {MAX_LATENESS_MINUTES}"
-            problems.append(f"lateness: {field}: {message}; kept at {kept.model_dump()}")
+                message = bounds.get(field, message)
+            problems.append(f"{name}: {field}: {message}; kept at {kept.model_dump()}")
         return kept
 
 

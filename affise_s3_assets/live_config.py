@@ -25,7 +25,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from affise_s3_assets.config import AppliedConfig, Lateness, apply_integrations, integrations_path
+from affise_s3_assets.config import (
+    AppliedConfig,
+    Lateness,
+    Reconciliation,
+    apply_integrations,
+    integrations_path,
+)
 
 # The key of the applied config in the definitions' reconstruction metadata.
 APPLIED_CONFIG_KEY = "affise/applied_config"
@@ -103,6 +109,7 @@ def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None)
             integrations=last_good.integrations if last_good else (),
             file_error=f"{error}; the last good integrations keep running",
             lateness=last_good.lateness if last_good else Lateness(),
+            reconciliation=last_good.reconciliation if last_good else Reconciliation(),
         )
     return apply_integrations(text, source=str(path), last_good=last_good)
 
