@@ -6,7 +6,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -312,11 +313,14 @@ class EventsDatabase(dg.ConfigurableResource):
     def window_frames(
         self, event_type: EventType, start: datetime, end: datetime
     ) -> Iterator[pl.DataFrame]:
-        """Yield the window's rows in order, a bounded batch at a time.
+        """Yield the window's rows in order, a bounded batch at a time (see `SourceRead`)."""
+        with self.read(event_type, start, end) as source:
+            yield from source.frames()
 
-        Windows compare full precision: an event at 10:14:59.999999 belongs to the 10:00-10:15
-        window even though the file shows it as 10:14:59.
-        """
+    @contextmanager
+    def read(self, event_type: EventType, start: datetime, end: datetime) -> Iterator["SourceRead"]:
+        """One connection for the range [start, end): its fingerprints and its rows, read from
+        one state of a DuckDB file (no loader can write to it while it is open)."""
         # The columns are naive UTC TIMESTAMPs; binding an aware datetime would make DuckDB
         # compare through the session time zone.
         start, end = naive_utc(start), naive_utc(end)
@@ -325,17 +329,18 @@ class EventsDatabase(dg.ConfigurableResource):
         if path.is_dir():
             files = parquet_files(path, event_type, start, end)
             if not files:
+                yield SourceRead(self, None, event_type, start, end, None, self._scheme(path))
                 return
             quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
             relation = f"read_parquet([{quoted}])"
         with self._connect(path) as con:
-            query = window_query(event_type, relation)
-            ((rows,),) = con.execute(f"SELECT count(*) FROM ({query})", [start, end]).fetchall()
-            # Sorted sub-windows, one after the other, are the sorted window. polars sorts a
-            # slice several times faster than DuckDB's ORDER BY, which also materializes the
-            # whole result under its memory limit.
-            for slice_start, slice_end in sub_windows(start, end, rows, self.slice_rows):
-                yield from self._slice_frames(con, query, slice_start, slice_end)
+            yield SourceRead(self, con, event_type, start, end, relation, self._scheme(path))
+
+    @staticmethod
+    def _scheme(path: Path) -> str:
+        # DuckDB's hash is stable within a version and depends on the column types, which a
+        # Parquet dataset may declare otherwise than the DuckDB file's schema.
+        return f"duckdb-{duckdb.__version__}-{'parquet' if path.is_dir() else 'file'}-hash"
 
     def _slice_frames(
         self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
@@ -410,6 +415,112 @@ class EventsDatabase(dg.ConfigurableResource):
         frame = frame.sort(ROW_ORDER, nulls_last=False)
         for offset in range(0, frame.height, self.batch_rows):
             yield frame.slice(offset, self.batch_rows)
+
+
+FilterKey = tuple[tuple[int, ...], tuple[str, ...]]  # (affiliates, advertisers); () takes all
+# DuckDB's hash() is 64 bits: a window's digest is the sum of its rows' hashes modulo this.
+DIGEST_MODULUS = 2**64
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the source holds for one target's window: its rows, and a digest of their content
+    (the sum of each row's hash, so a row added, removed or changed changes it)."""
+
+    rows: int
+    digest: int
+    scheme: str  # how the digest was computed: digests of different schemes do not compare
+
+    def text(self) -> str:
+        return f"{self.scheme}:{self.digest:016x}"
+
+    @classmethod
+    def parse(cls, rows: int, text: str) -> "Fingerprint":
+        scheme, _, digest = text.rpartition(":")
+        return cls(rows, int(digest, 16), scheme)
+
+    def differs_from(self, other: "Fingerprint") -> bool:
+        """Whether the window's content differs; by row count alone across schemes."""
+        if self.scheme != other.scheme:
+            return self.rows != other.rows
+        return (self.rows, self.digest) != (other.rows, other.digest)
+
+
+@dataclass
+class SourceRead:
+    """One range of one event type, read through one connection (`EventsDatabase.read`)."""
+
+    database: EventsDatabase
+    con: duckdb.DuckDBPyConnection | None  # None: a Parquet dataset with no file in the range
+    event_type: EventType
+    start: datetime
+    end: datetime
+    relation: str | None
+    scheme: str
+
+    def fingerprints(
+        self, frequency: int, filters: Sequence[FilterKey]
+    ) -> dict[tuple[FilterKey, datetime], Fingerprint]:
+        """Every window's fingerprint for each filter, in one query over the range, whatever
+        the number of filters: rows are counted and hashed once per (window, affiliate,
+        advertiser), and each filter sums the groups it takes. Windows with no rows for a
+        filter are absent (their fingerprint is `Fingerprint(0, 0, scheme)`)."""
+        if self.con is None or not filters:
+            return {}
+        columns = ", ".join(f'"{column}"' for column in EVENT_COLUMNS[self.event_type])
+        step_us = frequency * 60_000_000
+        # A window is [start, end) at full precision; epoch_us floors, so a row at
+        # 10:14:59.9999999 falls in the 10:00 window here too.
+        query = f"""
+            WITH wanted AS (SELECT f.id, f.affiliates, f.advertisers FROM unnest($3) AS t(f)),
+            grouped AS (
+                SELECT epoch_us(created_at) // {step_us} AS slot, affiliate_id, advertiser_id,
+                       count(*) AS n, sum(hash({columns})) % {DIGEST_MODULUS} AS h
+                FROM ({window_query(self.event_type, self.relation)})
+                GROUP BY ALL
+            )
+            SELECT wanted.id, slot, sum(n)::BIGINT, (sum(h) % {DIGEST_MODULUS})::VARCHAR
+            FROM grouped JOIN wanted
+              ON (len(wanted.affiliates) = 0 OR list_contains(wanted.affiliates, affiliate_id))
+             AND (len(wanted.advertisers) = 0 OR list_contains(wanted.advertisers, advertiser_id))
+            GROUP BY ALL
+        """
+        wanted = [
+            {"id": i, "affiliates": list(affiliates), "advertisers": list(advertisers)}
+            for i, (affiliates, advertisers) in enumerate(filters)
+        ]
+        found = {}
+        for index, slot, rows, digest in self.con.execute(
+            query, [self.start, self.end, wanted]
+        ).fetchall():
+            start = EPOCH + timedelta(microseconds=slot * step_us)
+            found[(filters[index], start)] = Fingerprint(rows, int(digest), self.scheme)
+        return found
+
+    def empty(self) -> Fingerprint:
+        return Fingerprint(0, 0, self.scheme)
+
+    def frames(self) -> Iterator[pl.DataFrame]:
+        """The range's rows in order, a bounded batch at a time.
+
+        Windows compare full precision: an event at 10:14:59.999999 belongs to the 10:00-10:15
+        window even though the file shows it as 10:14:59.
+        """
+        if self.con is None:
+            return
+        query = window_query(self.event_type, self.relation)
+        params = [self.start, self.end]
+        ((rows,),) = self.con.execute(f"SELECT count(*) FROM ({query})", params).fetchall()
+        # Sorted sub-windows, one after the other, are the sorted window. polars sorts a
+        # slice several times faster than DuckDB's ORDER BY, which also materializes the
+        # whole result under its memory limit.
+        for slice_start, slice_end in sub_windows(
+            self.start, self.end, rows, self.database.slice_rows
+        ):
+            yield from self.database._slice_frames(self.con, query, slice_start, slice_end)
+
+
+EPOCH = datetime(1970, 1, 1)
 
 
 def sub_windows(
