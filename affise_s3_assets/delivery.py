@@ -59,6 +59,7 @@ from affise_s3_assets.s3 import (
 from affise_s3_assets.schedules import SCHEDULED_TAG
 from affise_s3_assets.sensors import (
     CATCH_UP_TAG,
+    REASON_TAG,
     REDELIVERY_TAG,
     SOURCE_INCOMPLETE_CODE,
     SOURCE_ONLY_TAG,
@@ -67,6 +68,8 @@ from affise_s3_assets.source import (
     EVENT_COLUMNS,
     EVENT_SOURCE_KEYS,
     EventsDatabase,
+    FilterKey,
+    Fingerprint,
     SourceIncomplete,
     SourceProgress,
     naive_utc,
@@ -137,6 +140,7 @@ class ObjectDelivery:
     stops_destination: bool = False  # no later window of this run is tried for it
     metadata: dict[str, Any] = field(default_factory=dict)
     clean_up: bool = False  # a re-delivery: abort the uploads an earlier attempt left open
+    redelivery_reason: str | None = None  # for the manifest: why its rows changed
 
     def add(self, rows: int, data: Any) -> None:
         """Encode `rows` rows (CSV text, or a frame for Parquet) into the object."""
@@ -180,6 +184,7 @@ class ObjectDelivery:
                 columns=EVENT_COLUMNS[self.target.event_type],
                 format=self.encoder.file_format,
                 compression=self.encoder.compression,
+                redelivery_reason=self.redelivery_reason,
             )
             try:
                 self.metadata["manifest_uri"] = self.object.write_manifest(
@@ -298,6 +303,7 @@ def deliver_windows(
     on_window: Callable[[Window, list[Outcome]], None],
     clean_up: bool = False,
     on_closed: Callable[[], None] | None = None,
+    redelivery_reason: str | None = None,
 ) -> None:
     """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
     over the range's sorted `frames`; `on_window` reports each object as soon as it is done.
@@ -308,7 +314,7 @@ def deliver_windows(
     denied, no such bucket, ...), or fails STOP_AFTER_FAILED_WINDOWS windows in a row, is not
     tried again for the later windows of this run: they stay undelivered, and are reported
     with the run. `clean_up` (a re-delivery) aborts the multipart uploads an earlier
-    attempt left open for each key delivered.
+    attempt left open for each key delivered; `redelivery_reason` goes in the manifests.
     """
     stopped: set[dg.AssetKey] = set()
     failed_in_a_row: dict[dg.AssetKey, int] = {}
@@ -333,6 +339,7 @@ def deliver_windows(
                 io.open_object(target.destination, window.start, in_memory, target.file_format),
                 _encoder(target),
                 clean_up=clean_up,
+                redelivery_reason=redelivery_reason,
             )
             for target in due
         ]
@@ -459,6 +466,13 @@ def _deliver_selected(
     failures: list[Outcome] = []
     delivered = 0
     checks = IntactChecks(context)
+    # What the source held for each (filter, window) delivered: recorded with the window, so
+    # reconciliation can tell later whether the source's rows for it have changed since.
+    fingerprints: dict[tuple[FilterKey, datetime], Fingerprint] = {}
+    empty = Fingerprint(0, 0, "")
+    # A window delivered again because its rows changed says so, with the rows it had.
+    reason = context.run.tags.get(REASON_TAG)
+    before = _delivered_rows(context.instance, due, windows) if reason else {}
 
     def report(window: Window, objects: list[Outcome]) -> None:
         nonlocal delivered
@@ -469,6 +483,13 @@ def _deliver_selected(
             checks.add(window, item)
             if item.failure is None:
                 delivered += 1
+                source = fingerprints.get((target.filter_key, window.start), empty)
+                redelivery = {}
+                if reason:
+                    redelivery = {"reason": reason}
+                    rows_before = before.get((target.asset_key, window.key))
+                    if rows_before is not None:
+                        redelivery["rows_before"] = rows_before
                 context.log_event(
                     dg.AssetMaterialization(
                         asset_key=target.asset_key,
@@ -477,6 +498,8 @@ def _deliver_selected(
                             **shown,
                             **filters_metadata(target.affiliates, target.advertisers),
                             **item.metadata,
+                            **redelivery,
+                            "source_fingerprint": source.text(),
                             "delivered_after_close_s": round(lag, 1),
                         },
                     )
@@ -508,15 +531,22 @@ def _deliver_selected(
         due_in = [w for w in ready if any(t.first_window <= w.start for t in due)]
         if due_in:
             try:
-                deliver_windows(
-                    due,
-                    ready,
-                    events.window_frames(group.event_type, due_in[0].start, ready[-1].end),
-                    io,
-                    report,
-                    clean_up=_is_redelivery(context.run.tags),
-                    on_closed=checks.flush,
-                )
+                with events.read(group.event_type, due_in[0].start, ready[-1].end) as source:
+                    # Before the rows, through the same connection: what they are read from.
+                    empty = source.empty()
+                    fingerprints.update(
+                        source.fingerprints(group.frequency, sorted({t.filter_key for t in due}))
+                    )
+                    deliver_windows(
+                        due,
+                        ready,
+                        source.frames(),
+                        io,
+                        report,
+                        clean_up=_is_redelivery(context.run.tags),
+                        on_closed=checks.flush,
+                        redelivery_reason=reason,
+                    )
             finally:
                 checks.flush()
                 # Windows a stopped destination was not tried for, or that a failed read
@@ -554,6 +584,25 @@ def _deliver_selected(
             metadata={"failed": len(failures), "delivered": delivered},
             allow_retries=False,
         )
+
+
+def _delivered_rows(
+    instance: dg.DagsterInstance, targets: Sequence[ExportTarget], windows: Sequence[Window]
+) -> dict[tuple[dg.AssetKey, str], int]:
+    """The rows each window's latest materialization delivered (a reconciliation run's few
+    windows: one lookup each)."""
+    found = {}
+    for target in targets:
+        for window in windows:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=target.asset_key, asset_partitions=[window.key]),
+                limit=1,
+            ).records
+            if records:
+                rows = records[0].asset_materialization.metadata.get("rows")
+                if rows is not None and isinstance(rows.value, int):
+                    found[(target.asset_key, window.key)] = rows.value
+    return found
 
 
 def _is_redelivery(tags: Mapping[str, str]) -> bool:

@@ -45,6 +45,8 @@ class DeliveredObject:
     columns: tuple[str, ...]
     format: str = "csv"
     compression: str = "gzip"
+    # Why this window was delivered again with other rows than before (e.g. "late_rows").
+    redelivery_reason: str | None = None
 
 
 def _instant(moment: datetime) -> str:
@@ -72,6 +74,12 @@ def manifest_document(delivered: DeliveredObject) -> dict[str, Any]:
         "rows": delivered.rows,
         "columns": list(delivered.columns),
         "data_schema_version": DATA_SCHEMA_VERSION,
+        # Only on a window delivered again because the source's rows for it changed.
+        **(
+            {"redelivery_reason": delivered.redelivery_reason}
+            if delivered.redelivery_reason
+            else {}
+        ),
     }
 
 

@@ -48,6 +48,9 @@ POINTER_VERSION = 3  # of the cursor naming the stored copy
 TICK_SECONDS = 30
 CATCH_UP_TAG = "affise/catch_up"
 REDELIVERY_TAG = "affise/redelivery"
+# Why a window is delivered again with other rows than before (reconciliation.py): its
+# materializations and manifests say so.
+REASON_TAG = "affise/redelivery_reason"
 # Catch-up runs queued or running at once, at most: backlog never fills the queue, so a window
 # that just closed, or a new integration's first range, waits behind a few runs at most.
 CATCH_UP_IN_FLIGHT = 6
@@ -297,11 +300,12 @@ def ranged_request(
     kind: str,
     priority: str,
     extra_key: str = "",
+    extra_tags: Mapping[str, str] | None = None,
 ) -> dg.RunRequest:
     """One run delivering windows `first`..`last` (inclusive) to the assets `keys`."""
     names = ",".join(sorted(key.to_user_string() for key in keys))
     digest = hashlib.sha256(f"{names}|{extra_key}".encode()).hexdigest()[:16]
-    tags = {"dagster/priority": priority, CATCH_UP_TAG: "1"}
+    tags = {"dagster/priority": priority, CATCH_UP_TAG: "1", **(extra_tags or {})}
     if kind == "redeliver":
         tags[REDELIVERY_TAG] = "1"
     partition_key = None
