@@ -19,6 +19,7 @@ from affise_s3_assets.live_config import (
     load_live_config,
     location_name,
 )
+from affise_s3_assets.reconciliation import build_reconciliation_sensor
 from affise_s3_assets.schedules import build_window_schedule
 from affise_s3_assets.sensors import build_catch_up_sensor
 from affise_s3_assets.source import EVENT_SOURCE_KEYS, EventsDatabase
@@ -54,6 +55,10 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
     sensors = [build_config_sensor(applied, location_name())]
     if live:
         sensors.append(build_catch_up_sensor(live, list(jobs.values())))
+        if applied.reconciliation.look_back_hours:
+            sensors.append(
+                build_reconciliation_sensor(live, list(jobs.values()), applied.reconciliation)
+            )
     with warnings.catch_warnings():
         # BackfillPolicy is beta in Dagster 1.13: its warning would repeat at every load.
         warnings.simplefilter("ignore", dg.BetaWarning)

@@ -20,6 +20,9 @@
    one window job: when the other objects land, against the same run with none dead.
 7. File format (`--only format`): the one-day window as gzipped CSV and as Parquet through
    the asset path: wall, peak RSS, object size.
+8. Reconciliation (`--only reconcile`): the fingerprints of every 15-minute window of the
+   one-day table (reconciliation's one query over a look-back of that many rows) for 1, 10,
+   100 and 1,000 distinct filters.
 Everything it writes is under benchmarks/out/ (git-ignored).
 """
 
@@ -997,6 +1000,25 @@ def lag_case(minutes: int) -> None:
     )
 
 
+def reconcile_case(rows: int) -> None:
+    """Fingerprints of the one-day table's 15-minute windows, as reconciliation reads them."""
+    from affise_s3_assets.source import EventsDatabase
+
+    day = datetime(2026, 11, 25)
+    db = events_db(rows, day, day + timedelta(days=1), "export")
+    source = EventsDatabase(path=str(db))
+    print(f"\nreconciliation: fingerprints of {rows:,} rows (96 windows of 15 minutes)")
+    print("| distinct filters | wall s | rows/s | (filter, window) results |")
+    print("| --- | --- | --- | --- |")
+    for count in (1, 10, 100, 1000):
+        filters = [((), ())] + [((FIRST_AFFILIATE + i, i + 1), ()) for i in range(count - 1)]
+        started = time.perf_counter()
+        with source.read("clicks", day, day + timedelta(days=1)) as read:
+            found = read.fingerprints(15, filters)
+        wall = time.perf_counter() - started
+        print(f"| {count:,} | {wall:.1f} | {rows / wall:,.0f} | {len(found):,} |")
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, *args = sys.argv[2:]
@@ -1029,6 +1051,7 @@ def main() -> None:
             "slow",
             "backlog",
             "lag",
+            "reconcile",
         ],
         action="append",
     )
@@ -1056,6 +1079,8 @@ def main() -> None:
             backlog_case()
         if "lag" in parts:
             lag_case(options.lag_minutes)
+        if "reconcile" in parts:
+            reconcile_case(options.rows)
     finally:
         stop_s3()
 

@@ -161,6 +161,15 @@ def test_shipped_integrations_snapshot() -> None:
                 "RUNNING",
             ),
             "integrations_config_sensor": ([], "RUNNING"),
+            "reconciliation_sensor": (
+                [
+                    "clicks_every_15min_job",
+                    "clicks_every_5min_job",
+                    "conversions_every_30min_job",
+                    "conversions_every_60min_job",
+                ],
+                "RUNNING",
+            ),
         },
     }
 

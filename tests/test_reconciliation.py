@@ -1,0 +1,320 @@
+"""Late rows: delivered windows whose rows the source changed since are found by one query over
+the look-back and delivered again, same key, saying why; the untouched ones are left alone.
+Against the real S3 server and a real DuckDB file."""
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from affise_s3_assets.config import Reconciliation, apply_integrations
+from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.reconciliation import (
+    CHANGED_ROWS,
+    LATE_ROWS,
+    RECONCILIATION_SENSOR,
+    reconcile_group,
+)
+from affise_s3_assets.sensors import REASON_TAG, REDELIVERY_TAG
+from affise_s3_assets.source import EventsDatabase, Fingerprint, connect_events_file
+from affise_s3_assets.targets import build_export_targets, build_window_groups
+from tests.conftest import S3Server
+from tests.json_schema import problems
+from tests.test_delivery import ADVERTISER, delivered_rows, fetch, source_rows
+from tests.test_window_delivery import ROOT, WindowRig
+
+HOURS = ["2026-11-25-10:00", "2026-11-25-11:00", "2026-11-25-12:00"]
+LATE_AT = datetime(2026, 11, 25, 11, 30)
+# The whole look-back of these windows, whatever today's date.
+LOOK_BACK = Reconciliation(look_back_hours=720)
+
+
+@pytest.fixture
+def rig(
+    s3_server: S3Server,
+    bucket: str,
+    customer_env: dict[str, str],
+    events_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[WindowRig]:
+    with dg.instance_for_test() as instance:
+        yield WindowRig(s3_server, bucket, events_db, tmp_path, monkeypatch, instance)
+
+
+def insert_late_rows(db: Path, at: datetime, affiliate: int, count: int = 3) -> None:
+    """Copies of existing clicks, new ids, stamped `at`, of `affiliate` and of an advertiser no
+    filter takes, written after the window's delivery."""
+    with connect_events_file(db, read_only=False) as con:
+        con.execute(
+            "INSERT INTO clicks SELECT * EXCLUDE (n) REPLACE (id || '-late-' || n AS id, "
+            "$1 AS created_at, $2 AS affiliate_id, 'late-advertiser' AS advertiser_id) "
+            "FROM (SELECT *, row_number() OVER () AS n FROM clicks LIMIT $3)",
+            [at, affiliate, count],
+        )
+
+
+def head(rig: WindowRig, key: str) -> tuple[str, datetime]:
+    found = rig.s3.client().head_object(Bucket=rig.bucket, Key=key)
+    return found["ETag"], found["LastModified"]
+
+
+def group_of(rig: WindowRig):
+    (group,) = build_window_groups(
+        build_export_targets(apply_integrations(rig.path.read_text()).integrations)
+    )
+    return group
+
+
+def latest_metadata(rig: WindowRig, name: str, window: str) -> dict:
+    records = rig.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["affise", name, "clicks"]), asset_partitions=[window]
+        ),
+        limit=1,
+    ).records
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def evaluate_sensor(rig: WindowRig, look_back_hours: int) -> dg.SensorResult:
+    text = rig.path.read_text()
+    rig.path.write_text(f"reconciliation:\n  look_back_hours: {look_back_hours}\n" + text)
+    defs = build_definitions(rig.path)
+    rig.path.write_text(text)
+    sensor = defs.get_repository_def().get_sensor_def(RECONCILIATION_SENSOR)
+    return sensor.evaluate_tick(dg.build_sensor_context(instance=rig.instance, definitions=defs))
+
+
+def test_late_rows_are_delivered_again_under_the_same_key_and_nothing_else_is(
+    rig: WindowRig, events_db: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    rig.configure(
+        [
+            ("everything", "2026-11-24 00:00:00", rig.clicks("all", "      manifest: true\n")),
+            ("picky", "2026-11-24 00:00:00", rig.clicks("picky", "      affiliates: [101]\n")),
+            (
+                "other",
+                "2026-11-24 00:00:00",
+                rig.clicks("other", f'      advertisers: ["{ADVERTISER}"]\n'),
+            ),
+        ]
+    )
+    assert rig.run(events_db=db, last=HOURS[-1]).success
+    data_keys = [k for k in rig.objects() if not k.endswith(".manifest.json")]
+    assert len(data_keys) == 9
+    before = {key: head(rig, key) for key in data_keys}
+    first_rows = {
+        name: latest_metadata(rig, name, HOURS[1])["rows"] for name in ("everything", "picky")
+    }
+
+    # Nothing changed yet: the sensor, over the real instance and source, asks for nothing.
+    rig.monkeypatch.setenv("AFFISE_EVENTS_DB", str(db))
+    assert evaluate_sensor(rig, 720).run_requests == []
+
+    # Three clicks of affiliate 101 (of another advertiser than `other` takes) arrive late.
+    insert_late_rows(db, LATE_AT, affiliate=101)
+    result = evaluate_sensor(rig, 720)
+    (request,) = result.run_requests
+    assert request.partition_key == HOURS[1]
+    assert request.tags[REASON_TAG] == LATE_ROWS and request.tags[REDELIVERY_TAG] == "1"
+    assert sorted(k.to_user_string() for k in request.asset_selection) == [
+        "affise/everything/clicks",
+        "affise/picky/clicks",
+    ]
+    job = build_definitions(rig.path).resolve_job_def(request.job_name)
+    run = job.execute_in_process(
+        partition_key=request.partition_key,
+        tags=request.tags,
+        asset_selection=request.asset_selection,
+        instance=rig.instance,
+    )
+    assert run.success
+
+    # The changed window's objects hold the complete rows now, under the same keys.
+    for name, directory, filters in (
+        ("everything", "all", ((), ())),
+        ("picky", "picky", ((101,), ())),
+    ):
+        key = f"{directory}/2026/11/25/2026-11-25 11:00:00.csv.gz"
+        _, expected = source_rows(
+            db,
+            "clicks",
+            LATE_AT.replace(minute=0),
+            LATE_AT.replace(minute=0) + timedelta(hours=1),
+            *filters,
+        )
+        _, rows = delivered_rows(fetch(rig.s3, rig.bucket, key))
+        assert rows == expected
+        assert len(rows) == first_rows[name] + 3
+        shown = latest_metadata(rig, name, HOURS[1])
+        assert shown["reason"] == LATE_ROWS
+        assert (shown["rows_before"], shown["rows"]) == (first_rows[name], first_rows[name] + 3)
+    # The others were not uploaded again.
+    changed = {f"{d}/2026/11/25/2026-11-25 11:00:00.csv.gz" for d in ("all", "picky")}
+    for key in data_keys:
+        if key not in changed:
+            assert head(rig, key) == before[key], key
+        else:
+            assert head(rig, key)[1] > before[key][1]
+    # The manifest says why, and still describes its object.
+    manifest = json.loads(
+        fetch(rig.s3, rig.bucket, "all/2026/11/25/2026-11-25 11:00:00.csv.gz.manifest.json")
+    )
+    assert manifest["redelivery_reason"] == LATE_ROWS
+    assert manifest["rows"] == first_rows["everything"] + 3
+    assert (
+        problems(manifest, json.loads((ROOT / "docs" / "manifest.schema.json").read_text())) == []
+    )
+
+    # Delivered as the source now is: the next pass finds nothing to do.
+    assert evaluate_sensor(rig, 720).run_requests == []
+
+
+def test_one_query_over_the_look_back_tells_every_filter_and_window_apart(
+    events_db: Path, tmp_path: Path
+) -> None:
+    """Fingerprints of a range equal each window's alone; a changed value or a removed row
+    changes only the windows and filters that held it."""
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    source = EventsDatabase(path=str(db))
+    start, end = datetime(2026, 11, 25, 9), datetime(2026, 11, 25, 13)
+    filters = [((), ()), ((101,), ()), ((), (ADVERTISER,)), ((999_999,), ())]
+
+    def prints(first: datetime = start, last: datetime = end) -> dict:
+        with source.read("clicks", first, last) as read:
+            return read.fingerprints(60, filters)
+
+    whole = prints()
+    for hour in range(9, 13):
+        alone = prints(datetime(2026, 11, 25, hour), datetime(2026, 11, 25, hour + 1))
+        assert alone == {k: v for k, v in whole.items() if k[1].hour == hour}
+        window = datetime(2026, 11, 25, hour)
+        _, rows = source_rows(db, "clicks", window, window + timedelta(hours=1))
+        assert whole[(((), ()), window)].rows == len(rows) > 0
+    assert not any(k[0] == ((999_999,), ()) for k in whole)  # no such affiliate: no rows
+
+    with connect_events_file(db, read_only=False) as con:
+        ((row_id, affiliate),) = con.execute(
+            "SELECT id, affiliate_id FROM clicks WHERE created_at >= '2026-11-25 10:00' "
+            "AND created_at < '2026-11-25 11:00' AND affiliate_id <> 101 LIMIT 1"
+        ).fetchall()
+        con.execute("UPDATE clicks SET city = city || 'x' WHERE id = $1", [row_id])
+    edited = prints()
+    ten = datetime(2026, 11, 25, 10)
+    assert edited[(((), ()), ten)].rows == whole[(((), ()), ten)].rows
+    assert edited[(((), ()), ten)].differs_from(whole[(((), ()), ten)])
+    assert edited[(((101,), ()), ten)] == whole[(((101,), ()), ten)]  # not its row
+    assert {k: v for k, v in edited.items() if k[1] != ten} == {
+        k: v for k, v in whole.items() if k[1] != ten
+    }
+    with connect_events_file(db, read_only=False) as con:
+        con.execute("DELETE FROM clicks WHERE id = $1", [row_id])
+    assert prints()[(((), ()), ten)].rows == whole[(((), ()), ten)].rows - 1
+    assert affiliate != 101
+
+
+def test_what_changed_is_found_and_named_without_a_source() -> None:
+    """The comparison alone: more rows is late_rows, other rows changed_rows, a delivery
+    recorded before fingerprints by its rows; consecutive windows share a run."""
+    text = (ROOT / "integrations.yaml").read_text()
+    groups = build_window_groups(build_export_targets(apply_integrations(text).integrations))
+    group = next(g for g in groups if g.event_type == "clicks" and g.frequency == 15)
+    (target, *_) = group.live
+    scheme = "duckdb-test"
+    delivered = {
+        (target.asset_key, "2026-11-27-10:00"): Fingerprint(5, 1, scheme),
+        (target.asset_key, "2026-11-27-10:15"): Fingerprint(5, 1, scheme),
+        (target.asset_key, "2026-11-27-10:30"): Fingerprint(5, 1, scheme),
+        (target.asset_key, "2026-11-27-10:45"): Fingerprint(4, 0, "rows only"),
+    }
+    at = datetime(2026, 11, 27, 10)
+    current = {
+        (target.filter_key, at): Fingerprint(6, 2, scheme),
+        (target.filter_key, at + timedelta(minutes=15)): Fingerprint(5, 1, scheme),
+        (target.filter_key, at + timedelta(minutes=30)): Fingerprint(5, 9, scheme),
+        (target.filter_key, at + timedelta(minutes=45)): Fingerprint(4, 7, scheme),
+    }
+    from affise_s3_assets.reconciliation import find_changed, redelivery_requests
+
+    changed = find_changed(group, current, delivered, Fingerprint(0, 0, scheme))
+    assert [(c.window, c.reason) for c in changed] == [
+        ("2026-11-27-10:00", LATE_ROWS),
+        ("2026-11-27-10:30", CHANGED_ROWS),
+    ]
+    # A window emptied at the source is a change too.
+    gone = find_changed(group, {}, delivered, Fingerprint(0, 0, scheme))
+    assert len(gone) == 4 and {c.reason for c in gone} == {CHANGED_ROWS}
+    requests = redelivery_requests(group, gone, set(), datetime(2026, 11, 28))
+    assert [
+        (
+            r.tags.get("dagster/asset_partition_range_start"),
+            r.tags.get("dagster/asset_partition_range_end"),
+        )
+        for r in requests
+    ] == [("2026-11-27-10:00", "2026-11-27-10:45")]
+    busy = {(target.asset_key, "2026-11-27-10:15")}
+    assert [
+        r.partition_key or r.tags["dagster/asset_partition_range_start"]
+        for r in redelivery_requests(group, gone, busy, datetime(2026, 11, 28))
+    ] == [
+        "2026-11-27-10:00",
+        "2026-11-27-10:30",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("block", "problem"),
+    [
+        (
+            "reconciliation:\n  look_back_hours: 721\n",
+            "reconciliation: look_back_hours: must be whole hours from 0 (never) to 720",
+        ),
+        (
+            "reconciliation:\n  every_minutes: 1\n",
+            "reconciliation: every_minutes: must be whole minutes from 5 to 1440",
+        ),
+        (
+            "reconciliation:\n  days: 3\n",
+            "reconciliation: days: is not a field (look_back_hours, every_minutes)",
+        ),
+        ("reconciliation: 3\n", "reconciliation: must be a mapping"),
+    ],
+)
+def test_a_broken_reconciliation_block_keeps_the_last_good_one(block: str, problem: str) -> None:
+    shipped = (ROOT / "integrations.yaml").read_text()
+    good = apply_integrations("reconciliation:\n  look_back_hours: 24\n" + shipped)
+    assert good.reconciliation.look_back_hours == 24 and not good.problems
+    applied = apply_integrations(block + shipped, last_good=good)
+    assert applied.reconciliation == good.reconciliation
+    assert any(p.startswith(problem) for p in applied.problems), applied.problems
+    assert applied.integrations == good.integrations
+
+
+def test_no_look_back_means_no_reconciliation_sensor(tmp_path: Path) -> None:
+    path = tmp_path / "integrations.yaml"
+    path.write_text(
+        "reconciliation:\n  look_back_hours: 0\n" + (ROOT / "integrations.yaml").read_text()
+    )
+    names = [s.name for s in build_definitions(path).get_repository_def().sensor_defs]
+    assert RECONCILIATION_SENSOR not in names and "catch_up_sensor" in names
+
+
+def test_reconcile_group_skips_a_range_with_nothing_delivered(events_db: Path) -> None:
+    text = (ROOT / "integrations.yaml").read_text()
+    groups = build_window_groups(build_export_targets(apply_integrations(text).integrations))
+    with dg.instance_for_test() as instance:
+        changed, requests = reconcile_group(
+            instance,
+            EventsDatabase(path=str(events_db)),
+            groups[0],
+            Reconciliation(),
+            datetime(2026, 11, 26),
+        )
+    assert changed == [] and requests == []
