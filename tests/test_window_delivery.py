@@ -517,9 +517,11 @@ def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_r
     schema = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
     assert problems(manifest, schema) == []
     # Every field the schema names, all required but the re-delivery's reason (a first delivery).
-    assert set(manifest) == set(schema["required"]) == set(schema["properties"]) - {
-        "redelivery_reason"
-    }
+    assert (
+        set(manifest)
+        == set(schema["required"])
+        == set(schema["properties"]) - {"redelivery_reason"}
+    )
     header, rows = delivered_rows(data)
     assert rows == source_rows(rig.events_db, "clicks", START, END)[1] and rows
     assert manifest["object"] == {
