@@ -15,9 +15,12 @@ Knows Dagster's records and the window groups; what the source holds comes from 
 a window is delivered from delivery.py (through the run it requests).
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -29,7 +32,8 @@ from dagster._core.storage.tags import (
 )
 
 from affise_s3_assets.config import Reconciliation
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
+from affise_s3_assets.csv_export import filters_metadata
+from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start, window_metadata
 from affise_s3_assets.sensors import (
     _IN_FLIGHT,
     CATCH_UP_RUN_PRIORITY,
@@ -46,6 +50,11 @@ LATE_ROWS = "late_rows"  # the source holds more rows for the window than were d
 CHANGED_ROWS = "changed_rows"  # as many or fewer rows, but not the same
 # Materialization records read per request while collecting what was delivered.
 RECORDS_PAGE = 1000
+# The sensor looks this often whether a pass is due or under way; a tick compares groups for
+# this long at most (well under the sensor's 60 s timeout) and requests this many runs.
+TICK_SECONDS = 60
+TICK_BUDGET_SECONDS = 30
+RUNS_PER_TICK = 20
 
 
 @dataclass(frozen=True)
@@ -136,50 +145,78 @@ def redelivery_requests(
             CATCH_UP_RUN_PRIORITY,
             extra_key=f"{reason}|{now.isoformat()}",
             extra_tags={REASON_TAG: reason},
+            catch_up=False,
         )
         for first, last, reason, members in runs
     ]
 
 
+# Partition keys asked for in one read of materializations.
+PARTITIONS_PER_READ = 500
+
+
 def delivered_fingerprints(
-    instance: dg.DagsterInstance, targets: Iterable[ExportTarget], first: datetime, end: datetime
-) -> dict[tuple[dg.AssetKey, str], Fingerprint]:
-    """Each window of [first, end) as its latest materialization recorded it: its fingerprint,
-    or its rows alone for a window delivered before fingerprints were recorded."""
+    instance: dg.DagsterInstance, group: WindowGroup, windows: Sequence[str]
+) -> tuple[dict[tuple[dg.AssetKey, str], Fingerprint], set[tuple[dg.AssetKey, str]]]:
+    """Each of `windows` (partition keys) as its latest materialization recorded it, per live
+    target: its fingerprint, or its rows alone for a window delivered before fingerprints
+    were recorded; and the (asset, window) pairs whose latest delivery is not comparable with
+    the export as configured now (another frequency's window, other filters): what it holds
+    is not what a re-delivery would, and re-delivering it is the operator's call, not a late
+    row's."""
     found: dict[tuple[dg.AssetKey, str], Fingerprint] = {}
-    # A window is delivered after it ends: older materializations cannot be of these windows.
-    after = first.replace(tzinfo=UTC).timestamp()
-    for target in targets:
-        seen: set[str] = set()
-        cursor = None
-        while True:
-            result = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=target.asset_key, after_timestamp=after),
-                limit=RECORDS_PAGE,
-                cursor=cursor,
-            )
-            for record in result.records:  # newest first: the first seen of a window counts
-                key = record.partition_key
-                if key is None or key in seen:
-                    continue
-                seen.add(key)
-                start = datetime.strptime(key, PARTITION_KEY_FORMAT)
-                if not first <= start < end:
-                    continue
-                metadata = record.asset_materialization.metadata
-                rows = metadata.get("rows")
-                if rows is None or not isinstance(rows.value, int):
-                    continue
-                text = metadata.get("source_fingerprint")
-                if text is not None and isinstance(text.value, str) and ":" in text.value:
-                    fingerprint = Fingerprint.parse(rows.value, text.value)
-                else:
-                    fingerprint = Fingerprint(rows.value, 0, "rows only")
-                found[(target.asset_key, key)] = fingerprint
-            if not result.has_more:
-                break
-            cursor = result.cursor
-    return found
+    other: set[tuple[dg.AssetKey, str]] = set()
+    for target in group.live:
+        expected_filters = filters_metadata(target.affiliates, target.advertisers)
+        for offset in range(0, len(windows), PARTITIONS_PER_READ):
+            keys = list(windows[offset : offset + PARTITIONS_PER_READ])
+            seen: set[str] = set()
+            cursor = None
+            while len(seen) < len(keys):
+                result = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=target.asset_key, asset_partitions=keys),
+                    limit=RECORDS_PAGE,
+                    cursor=cursor,
+                )
+                for record in result.records:  # newest first: the first of a window counts
+                    key = record.partition_key
+                    if key is None or key in seen:
+                        continue
+                    seen.add(key)
+                    fingerprint = _comparable(
+                        record.asset_materialization.metadata, key, group, expected_filters
+                    )
+                    if fingerprint is None:
+                        other.add((target.asset_key, key))
+                    else:
+                        found[(target.asset_key, key)] = fingerprint
+                if not result.has_more:
+                    break
+                cursor = result.cursor
+    return found, other
+
+
+def _comparable(
+    metadata: Mapping[str, dg.MetadataValue],
+    key: str,
+    group: WindowGroup,
+    expected_filters: Mapping[str, str],
+) -> Fingerprint | None:
+    start = datetime.strptime(key, PARTITION_KEY_FORMAT)
+    shown = {
+        name: getattr(metadata.get(name), "value", None) for name in ("window_start", "window_end")
+    }
+    if shown != window_metadata(start, start + group.step):
+        return None  # a window of another frequency, under a key this one also has
+    if any(getattr(metadata.get(k), "value", None) != v for k, v in expected_filters.items()):
+        return None
+    rows = getattr(metadata.get("rows"), "value", None)
+    if not isinstance(rows, int):
+        return None
+    text = getattr(metadata.get("source_fingerprint"), "value", None)
+    if isinstance(text, str) and ":" in text:
+        return Fingerprint.parse(rows, text)
+    return Fingerprint(rows, 0, "rows only")
 
 
 def reconciliation_busy(
@@ -206,6 +243,25 @@ def reconciliation_busy(
     return busy
 
 
+def _window_digest(
+    group: WindowGroup,
+    start: datetime,
+    current: Mapping[tuple[FilterKey, datetime], Fingerprint],
+    empty: Fingerprint,
+) -> str:
+    """What the source holds for one window, for every target due in it, in 16 hex digits."""
+    parts = []
+    for target in group.due(start):
+        held = current.get((target.filter_key, start), empty)
+        parts.append([target.asset_key.to_user_string(), held.rows, held.text()])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def settled_key(group: WindowGroup) -> str:
+    """Where a group's settled windows are kept (the instance's key-value store)."""
+    return f"affise/reconciliation/settled/{group.job_name}"
+
+
 def reconcile_group(
     instance: dg.DagsterInstance,
     events: EventsDatabase,
@@ -213,40 +269,85 @@ def reconcile_group(
     settings: Reconciliation,
     now: datetime,
     busy: set[tuple[dg.AssetKey, str]] | None = None,
-) -> tuple[list[Changed], list[dg.RunRequest]]:
-    """One pass over one window group: what changed, and the runs delivering it again."""
+    settled: Mapping[str, str] | None = None,
+) -> tuple[list[Changed], list[dg.RunRequest], dict[str, str]]:
+    """One pass over one window group: what changed, the runs delivering it again, and the
+    windows settled now.
+
+    The source is read once over the look-back. A window whose source digest is what it was
+    when an earlier pass found every due target's delivery equal to it (`settled`) is not
+    looked up again: only new windows, windows whose rows moved since, and windows not yet
+    settled (undelivered, or delivered again but not yet as the source is) are read from
+    Dagster's records, so a pass costs reads for what changed, not for the whole look-back.
+    """
     now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     span = look_back_range(group, settings, now)
     if span is None or not group.live:
-        return [], []
+        return [], [], {}
     first, end = span
-    delivered = delivered_fingerprints(instance, group.live, first, end)
-    if not delivered:
-        return [], []
-    # The query spans the delivered windows only: the newest ones may not be delivered yet.
-    starts = [datetime.strptime(window, PARTITION_KEY_FORMAT) for _, window in delivered]
-    with events.read(group.event_type, min(starts), max(starts) + group.step) as source:
+    with events.read(group.event_type, first, end) as source:
         current = source.fingerprints(
             group.frequency, sorted({target.filter_key for target in group.live})
         )
         empty = source.empty()
+    starts = [first + group.step * i for i in range((end - first) // group.step)]
+    digests = {
+        start.strftime(PARTITION_KEY_FORMAT): _window_digest(group, start, current, empty)
+        for start in starts
+        if group.due(start)
+    }
+    settled = settled or {}
+    candidates = [key for key, digest in digests.items() if settled.get(key) != digest]
+    delivered, other = delivered_fingerprints(instance, group, candidates)
     changed = find_changed(group, current, delivered, empty)
-    return changed, redelivery_requests(group, changed, busy or set(), now)
+    differs = {(item.target.asset_key, item.window) for item in changed}
+    now_settled = {key: settled[key] for key in digests if settled.get(key) == digests[key]}
+    for key in candidates:
+        start = datetime.strptime(key, PARTITION_KEY_FORMAT)
+        pairs = [(target.asset_key, key) for target in group.due(start)]
+        if all((pair in delivered or pair in other) and pair not in differs for pair in pairs):
+            now_settled[key] = digests[key]
+    return changed, redelivery_requests(group, changed, busy or set(), now), now_settled
+
+
+@dataclass(frozen=True)
+class PassCursor:
+    """Where the reconciliation pass stands: the next group to compare (0: no pass under way)
+    and when the next pass starts."""
+
+    next_group: int = 0
+    due: str = ""  # ISO instant, UTC
+
+    def to_json(self) -> str:
+        return json.dumps({"next_group": self.next_group, "due": self.due}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "PassCursor":
+        try:
+            data = json.loads(text or "{}")
+            return cls(int(data.get("next_group", 0)), str(data.get("due", "")))
+        except (ValueError, TypeError, AttributeError):
+            return cls()
 
 
 def build_reconciliation_sensor(
     groups: Sequence[WindowGroup],
     jobs: Sequence[UnresolvedAssetJobDefinition],
     settings: Reconciliation,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dg.SensorDefinition:
-    """Compares the look-back's delivered windows with the source every `every_minutes`."""
-    live = [group for group in groups if group.live]
+    """Compares the look-back's delivered windows with the source every `every_minutes`: a
+    pass over every live group, spread over ticks of at most TICK_BUDGET_SECONDS and
+    RUNS_PER_TICK requests, so no tick outlasts the sensor's timeout and no pass floods the
+    run queue."""
+    live = sorted((group for group in groups if group.live), key=lambda g: g.job_name)
     job_names = {group.job_name for group in live}
+    every = timedelta(minutes=settings.every_minutes)
 
     @dg.sensor(
         name=RECONCILIATION_SENSOR,
         jobs=[job for job in jobs if job.name in job_names],
-        minimum_interval_seconds=settings.every_minutes * 60,
+        minimum_interval_seconds=TICK_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Every {settings.every_minutes} minutes, compares each window delivered in the last "
@@ -256,33 +357,63 @@ def build_reconciliation_sensor(
         ),
     )
     def reconciliation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        cursor = PassCursor.from_json(context.cursor)
+        now = clock()
+        if cursor.next_group == 0 and cursor.due and now < datetime.fromisoformat(cursor.due):
+            return dg.SensorResult(
+                skip_reason=f"next pass at {cursor.due}", cursor=cursor.to_json()
+            )
+        due = (now + every).isoformat() if cursor.next_group == 0 else cursor.due
         instance = context.instance
         paused = paused_schedules(instance)
         busy = reconciliation_busy(instance, live)
-        now = datetime.now(UTC)
         requests: list[dg.RunRequest] = []
-        lines = []
-        for group in live:
+        lines, failed = [], []
+        started = time.monotonic()
+        index = cursor.next_group if cursor.next_group < len(live) else 0
+        while index < len(live):
+            if time.monotonic() - started > TICK_BUDGET_SECONDS or len(requests) >= RUNS_PER_TICK:
+                break
+            group = live[index]
             if group.schedule_name in paused:
+                index += 1
                 continue
+            key = settled_key(group)
+            stored = instance.run_storage.get_cursor_values({key}).get(key)
             try:
-                changed, wanted = reconcile_group(
-                    instance, EventsDatabase(), group, settings, now, busy
+                settled = json.loads(stored) if stored else {}
+                changed, wanted, now_settled = reconcile_group(
+                    instance, EventsDatabase(), group, settings, now, busy, settled
                 )
+                if now_settled != settled:
+                    instance.run_storage.set_cursor_values({key: json.dumps(now_settled)})
             except Exception as exc:  # the source away: this group waits for the next pass
-                lines.append(f"{group.job_name}: not compared: {exc}")
+                failed.append(group.job_name)
+                context.log.warning(f"{group.job_name}: not compared with the source: {exc}")
+                index += 1
                 continue
-            requests.extend(wanted)
+            room = RUNS_PER_TICK - len(requests)
+            requests.extend(wanted[:room])
             for item in changed:
                 lines.append(
                     f"{item.target.integration} {group.event_type} {item.window}: {item.reason} "
                     f"({item.before.rows} rows delivered, {item.after.rows} in the source)"
                 )
+            if len(wanted) > room:
+                break  # this group again next tick: what was requested is in flight by then
+            index += 1
         if lines:
             context.log.info("\n".join(lines))
-        return dg.SensorResult(
-            run_requests=requests,
-            skip_reason=None if requests else "every delivered window matches the source",
-        )
+        finished = index >= len(live)
+        state = PassCursor(0 if finished else index, due)
+        skip = None
+        if not requests:
+            skip = (
+                f"not compared: {', '.join(failed)}"
+                if failed
+                else "every delivered window compared matches the source"
+                + ("" if finished else f" (pass continues with {live[index].job_name})")
+            )
+        return dg.SensorResult(run_requests=requests, skip_reason=skip, cursor=state.to_json())
 
     return reconciliation_sensor

@@ -301,11 +301,15 @@ def ranged_request(
     priority: str,
     extra_key: str = "",
     extra_tags: Mapping[str, str] | None = None,
+    catch_up: bool = True,
 ) -> dg.RunRequest:
-    """One run delivering windows `first`..`last` (inclusive) to the assets `keys`."""
+    """One run delivering windows `first`..`last` (inclusive) to the assets `keys`; counted
+    in the catch-up's runs in flight unless `catch_up` is false."""
     names = ",".join(sorted(key.to_user_string() for key in keys))
     digest = hashlib.sha256(f"{names}|{extra_key}".encode()).hexdigest()[:16]
-    tags = {"dagster/priority": priority, CATCH_UP_TAG: "1", **(extra_tags or {})}
+    tags = {"dagster/priority": priority, **(extra_tags or {})}
+    if catch_up:
+        tags[CATCH_UP_TAG] = "1"
     if kind == "redeliver":
         tags[REDELIVERY_TAG] = "1"
     partition_key = None

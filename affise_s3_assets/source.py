@@ -72,35 +72,68 @@ EVENT_COLUMNS: dict[EventType, tuple[str, ...]] = {
     ),
 }
 
+# Conversion status changes are the conversions table again, windowed by its latest change:
+# each window holds the conversions whose `updated_at` falls in it, as they are now.
+EVENT_COLUMNS["conversion_updates"] = EVENT_COLUMNS["conversions"]
+# The table (a Parquet dataset's folder) each event type is read from.
+EVENT_TABLE: dict[EventType, str] = {
+    "clicks": "clicks",
+    "conversions": "conversions",
+    "conversion_updates": "conversions",
+}
+# The column a window selects its rows by, and orders them by (`id` breaking ties, so the
+# same rows always serialize to the same bytes).
+WINDOW_COLUMN: dict[EventType, str] = {
+    "clicks": "created_at",
+    "conversions": "created_at",
+    "conversion_updates": "updated_at",
+}
+
+
+def row_order(event_type: EventType) -> tuple[str, str]:
+    return WINDOW_COLUMN[event_type], "id"
+
+
+# The raw tables, upstream of every export read from them (the UI's lineage).
+SOURCE_TABLE_KEYS: dict[str, dg.AssetKey] = {
+    table: dg.AssetKey(["events", table]) for table in dict.fromkeys(EVENT_TABLE.values())
+}
 EVENT_SOURCE_KEYS: dict[EventType, dg.AssetKey] = {
-    event_type: dg.AssetKey(["events", event_type]) for event_type in EVENT_COLUMNS
+    event_type: SOURCE_TABLE_KEYS[table] for event_type, table in EVENT_TABLE.items()
 }
 
 
 def window_query(event_type: EventType, relation: str | None = None) -> str:
-    """SQL selecting one `[start, end)` window by created_at, in the file's column order.
+    """SQL selecting one `[start, end)` window by its window column (created_at; updated_at
+    for conversion_updates), in the file's column order.
 
     Unordered on purpose: DuckDB scans in parallel without keeping insertion order, and the
-    caller sorts each bounded slice (see `EventsDatabase.window_frames`). `relation` is the
-    table (default: the event type's table) or a `read_parquet(...)` call.
+    caller sorts each bounded slice (see `SourceRead.frames`). `relation` is the table
+    (default: the event type's table) or a `read_parquet(...)` call.
     """
     columns = ", ".join(f'"{column}"' for column in EVENT_COLUMNS[event_type])
-    return (
-        f"SELECT {columns} FROM {relation or event_type} WHERE created_at >= $1 AND created_at < $2"
-    )
+    at = WINDOW_COLUMN[event_type]
+    table = relation or EVENT_TABLE[event_type]
+    return f"SELECT {columns} FROM {table} WHERE {at} >= $1 AND {at} < $2"
 
 
 def parquet_files(
     dataset: Path, event_type: EventType, start: datetime, end: datetime
 ) -> list[str]:
-    """The files of a Hive-partitioned dataset (`<type>/date=YYYY-MM-DD/*.parquet`) that can
-    hold rows of [start, end): only the window's days are opened."""
+    """The files of a Hive-partitioned dataset (`<table>/date=YYYY-MM-DD/*.parquet`, days of
+    created_at) that can hold rows of [start, end): only the window's days are opened. A
+    conversion changed in the window may have been created any day before: every day up to
+    the window's last (DuckDB skips row groups by their updated_at statistics)."""
     last = end - timedelta(microseconds=1)
+    folder = dataset / EVENT_TABLE[event_type]
+    if WINDOW_COLUMN[event_type] != "created_at":
+        days = sorted(day for day in folder.glob("date=*") if day.name <= f"date={last:%Y-%m-%d}")
+        return [str(file) for day in days for file in sorted(day.glob("*.parquet"))]
     days = [start.date() + timedelta(days=i) for i in range((last.date() - start.date()).days + 1)]
     return [
         str(file)
         for day in days
-        for file in sorted((dataset / event_type / f"date={day:%Y-%m-%d}").glob("*.parquet"))
+        for file in sorted((folder / f"date={day:%Y-%m-%d}").glob("*.parquet"))
     ]
 
 
@@ -180,10 +213,6 @@ def write_dataset_watermark(dataset: Path, event_type: EventType, until: datetim
         scratch = marks.with_name(f"{WATERMARK_FILE}.{os.getpid()}.tmp")
         scratch.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n", encoding="utf-8")
         scratch.replace(marks)
-
-
-# `id` breaks created_at ties so the same rows always serialize to the same bytes.
-ROW_ORDER = ("created_at", "id")
 
 
 def naive_utc(moment: datetime) -> datetime:
@@ -268,7 +297,9 @@ class EventsDatabase(dg.ConfigurableResource):
                 ).fetchone()
                 if row is not None:
                     return SourceProgress(event_type, naive_utc(row[0]), "watermark")
-            ((latest,),) = con.execute(f"SELECT max(created_at) FROM {event_type}").fetchall()
+            ((latest,),) = con.execute(
+                f"SELECT max({WINDOW_COLUMN[event_type]}) FROM {EVENT_TABLE[event_type]}"
+            ).fetchall()
         if latest is None:
             return SourceProgress(event_type, None, f"no {event_type} in {path}")
         return SourceProgress(event_type, naive_utc(latest), "latest event")
@@ -284,7 +315,9 @@ class EventsDatabase(dg.ConfigurableResource):
             except (OSError, ValueError, AttributeError) as exc:
                 return SourceProgress(event_type, None, f"{marks} is unreadable: {exc}")
         days = sorted(
-            day for day in (dataset / event_type).glob("date=*") if any(day.glob("*.parquet"))
+            day
+            for day in (dataset / EVENT_TABLE[event_type]).glob("date=*")
+            if any(day.glob("*.parquet"))
         )
         # A day folder missing between others has not arrived: complete up to it, at most.
         dates = []
@@ -297,14 +330,17 @@ class EventsDatabase(dg.ConfigurableResource):
             if later - earlier > timedelta(days=1):
                 gap = earlier + timedelta(days=1)
                 return SourceProgress(event_type, gap, f"day folder date={gap:%Y-%m-%d} missing")
-        for day in reversed(days):
-            files = sorted(day.glob("*.parquet"))
+        column = WINDOW_COLUMN[event_type]
+        # The newest day holds the latest creation; a latest change may be in any day.
+        newest_first = [[day] for day in reversed(days)] if column == "created_at" else [days]
+        for group in newest_first:
+            files = [file for day in group for file in sorted(day.glob("*.parquet"))]
             if not files:
                 continue
             quoted = ", ".join("'" + str(file).replace("'", "''") + "'" for file in files)
             with self._connect(dataset) as con:
                 ((latest,),) = con.execute(
-                    f"SELECT max(created_at) FROM read_parquet([{quoted}])"
+                    f"SELECT max({column}) FROM read_parquet([{quoted}])"
                 ).fetchall()
             if latest is not None:
                 return SourceProgress(event_type, naive_utc(latest), "latest event")
@@ -338,86 +374,39 @@ class EventsDatabase(dg.ConfigurableResource):
 
     @staticmethod
     def _scheme(path: Path) -> str:
-        # DuckDB's hash is stable within a version and depends on the column types, which a
-        # Parquet dataset may declare otherwise than the DuckDB file's schema.
-        return f"duckdb-{duckdb.__version__}-{'parquet' if path.is_dir() else 'file'}-hash"
-
-    def _slice_frames(
-        self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
-    ) -> Iterator[pl.DataFrame]:
-        """One sub-window's rows in order. Sub-windows are equal in time, not in rows: one that
-        holds more than twice `slice_rows` (events bunched in time) is halved, and a single
-        instant that still does is read in id ranges (`_instant_frames`), so memory stays
-        bounded whatever the source's shape."""
-        limit = 2 * self.slice_rows
-        # Through the Arrow C stream: no pyarrow in the process (~40 MB less RSS).
-        frame = pl.DataFrame(con.sql(f"{query} LIMIT {limit + 1}", params=[start, end]))
-        if frame.height <= limit:
-            frame = frame.sort(ROW_ORDER)
-            for offset in range(0, frame.height, self.batch_rows):
-                yield frame.slice(offset, self.batch_rows)
-            return
-        del frame
-        middle = start + (end - start) / 2
-        if start < middle < end:
-            yield from self._slice_frames(con, query, start, middle)
-            yield from self._slice_frames(con, query, middle, end)
-            return
-        yield from self._instant_frames(con, query, start, end)
-
-    def _instant_frames(
-        self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
-    ) -> Iterator[pl.DataFrame]:
-        """One microsecond holding more rows than a slice (a bulk import stamped with one
-        time), in row order, a bounded batch at a time. DuckDB's ORDER BY of the whole instant
-        fails at its memory limit, and so does a top-N of whole rows; a top-N of the sort keys
-        alone is small. So the instant is read as consecutive key ranges: the n-th next
-        (created_at, id) bounds a range, whose rows polars sorts. (created_at, not only id: a
-        nanosecond source has many times in one microsecond.) DuckDB's string order is polars'
-        (binary), so the bytes do not depend on the path. Each range scans the instant again:
-        the cost grows with its rows squared over `slice_rows`, the memory does not.
-
-        Rows with no id, and the copies of one repeated id, are read whole: rare, and not
-        something a key range can split."""
-        page_rows = min(self.batch_rows, self.slice_rows)
-        # NULL ids sort first within their time; they cannot be paged by id.
-        yield from self._sorted(con, f"{query} AND id IS NULL", [start, end])
-        # Times as integer nanoseconds: Python's datetime would cut a nanosecond source's
-        # digits, and a bound that matches none of the rows would page forever.
-        keyed = f"SELECT epoch_ns(created_at) AS t, id FROM ({query}) WHERE id IS NOT NULL"
-        after = " AND (epoch_ns(created_at) > $3 OR (epoch_ns(created_at) = $3 AND id > $4))"
-        last: tuple[int, str] | None = None
-        while True:
-            params: list[object] = [start, end] if last is None else [start, end, *last]
-            keys = con.execute(
-                f"{keyed}{after if last else ''} ORDER BY t, id LIMIT {page_rows}", params
-            ).fetchall()
-            if not keys:
-                return
-            bound = keys[-1]
-            # Every row of the range, ids equal to the bound's included: none is cut in two.
-            n = len(params)
-            upto = (
-                f" AND (epoch_ns(created_at) < ${n + 1} OR "
-                f"(epoch_ns(created_at) = ${n + 1} AND id <= ${n + 2}))"
-            )
-            yield from self._sorted(
-                con,
-                f"{query} AND id IS NOT NULL{after if last else ''}{upto}",
-                [*params, *bound],
-            )
-            last = (bound[0], bound[1])
-
-    def _sorted(
-        self, con: duckdb.DuckDBPyConnection, query: str, params: list[object]
-    ) -> Iterator[pl.DataFrame]:
-        frame = pl.DataFrame(con.sql(query, params=params))
-        frame = frame.sort(ROW_ORDER, nulls_last=False)
-        for offset in range(0, frame.height, self.batch_rows):
-            yield frame.slice(offset, self.batch_rows)
+        # DuckDB's hash() is stable within a version; the values are hashed as the schema's
+        # types (`canonical_hash`), whatever types a file or dataset declares them with.
+        return f"duckdb-{duckdb.__version__}-canonical-hash"
 
 
 FilterKey = tuple[tuple[int, ...], tuple[str, ...]]  # (affiliates, advertisers); () takes all
+# (window, affiliate, advertiser) groups one fingerprint query aggregates at most: well within
+# a 16 MB memory_limit (about 100,000 fail there).
+FINGERPRINT_GROUPS = 40_000
+# The schema's types (schema.sql), for hashing values the same whatever a source declares:
+# a Parquet file's TIMESTAMP_NS or DOUBLE would hash otherwise than the DuckDB file's types.
+_CANONICAL: dict[str, str] = {
+    "created_at": "epoch_us({})",
+    "updated_at": "epoch_us({})",
+    "click_time": "epoch_us({})",
+    "affiliate_id": "{}::BIGINT",
+    "offer_id": "{}::BIGINT",
+    "landing_id": "{}::BIGINT",
+    "uniq": "{}::BOOLEAN",
+    "payouts": "{}::DECIMAL(18,4)",
+    "revenue": "{}::DECIMAL(18,4)",
+}
+
+
+def canonical_hash(event_type: EventType) -> str:
+    """The SQL hashing one row of `event_type`: every column, as the schema types it."""
+    values = [
+        _CANONICAL.get(column, "{}::VARCHAR").format(f'"{column}"')
+        for column in EVENT_COLUMNS[event_type]
+    ]
+    return f"hash({', '.join(values)})"
+
+
 # DuckDB's hash() is 64 bits: a window's digest is the sum of its rows' hashes modulo this.
 DIGEST_MODULUS = 2**64
 
@@ -461,40 +450,51 @@ class SourceRead:
     def fingerprints(
         self, frequency: int, filters: Sequence[FilterKey]
     ) -> dict[tuple[FilterKey, datetime], Fingerprint]:
-        """Every window's fingerprint for each filter, in one query over the range, whatever
-        the number of filters: rows are counted and hashed once per (window, affiliate,
-        advertiser), and each filter sums the groups it takes. Windows with no rows for a
-        filter are absent (their fingerprint is `Fingerprint(0, 0, scheme)`)."""
+        """Every window's fingerprint for each filter, from one scan of the range whatever the
+        number of filters: rows are counted and hashed once per (window, affiliate, advertiser)
+        (only the ids some filter names are told apart), and each filter sums the groups it
+        takes. The range is cut into spans of at most FINGERPRINT_GROUPS such groups, so the
+        aggregation stays within DuckDB's memory limit. Windows with no rows for a filter are
+        absent (their fingerprint is `empty()`)."""
         if self.con is None or not filters:
             return {}
-        columns = ", ".join(f'"{column}"' for column in EVENT_COLUMNS[self.event_type])
+        affiliates = sorted({a for f in filters for a in f[0]})
+        advertisers = sorted({a for f in filters for a in f[1]})
+        pairs = (len(affiliates) + 1) * (len(advertisers) + 1)
+        step = timedelta(minutes=frequency)
+        span = step * max(1, FINGERPRINT_GROUPS // pairs)
         step_us = frequency * 60_000_000
         # A window is [start, end) at full precision; epoch_us floors, so a row at
         # 10:14:59.9999999 falls in the 10:00 window here too.
         query = f"""
             WITH wanted AS (SELECT f.id, f.affiliates, f.advertisers FROM unnest($3) AS t(f)),
             grouped AS (
-                SELECT epoch_us(created_at) // {step_us} AS slot, affiliate_id, advertiser_id,
-                       count(*) AS n, sum(hash({columns})) % {DIGEST_MODULUS} AS h
+                SELECT epoch_us({WINDOW_COLUMN[self.event_type]}) // {step_us} AS slot,
+                       CASE WHEN list_contains($4, affiliate_id) THEN affiliate_id END AS aff,
+                       CASE WHEN list_contains($5, advertiser_id) THEN advertiser_id END AS adv,
+                       count(*) AS n, sum({canonical_hash(self.event_type)}) % {DIGEST_MODULUS} AS h
                 FROM ({window_query(self.event_type, self.relation)})
                 GROUP BY ALL
             )
             SELECT wanted.id, slot, sum(n)::BIGINT, (sum(h) % {DIGEST_MODULUS})::VARCHAR
             FROM grouped JOIN wanted
-              ON (len(wanted.affiliates) = 0 OR list_contains(wanted.affiliates, affiliate_id))
-             AND (len(wanted.advertisers) = 0 OR list_contains(wanted.advertisers, advertiser_id))
+              ON (len(wanted.affiliates) = 0 OR list_contains(wanted.affiliates, aff))
+             AND (len(wanted.advertisers) = 0 OR list_contains(wanted.advertisers, adv))
             GROUP BY ALL
         """
         wanted = [
-            {"id": i, "affiliates": list(affiliates), "advertisers": list(advertisers)}
-            for i, (affiliates, advertisers) in enumerate(filters)
+            {"id": i, "affiliates": list(a), "advertisers": list(b)}
+            for i, (a, b) in enumerate(filters)
         ]
         found = {}
-        for index, slot, rows, digest in self.con.execute(
-            query, [self.start, self.end, wanted]
-        ).fetchall():
-            start = EPOCH + timedelta(microseconds=slot * step_us)
-            found[(filters[index], start)] = Fingerprint(rows, int(digest), self.scheme)
+        first = self.start
+        while first < self.end:
+            last = min(self.end, first + span)
+            params = [first, last, wanted, affiliates, advertisers]
+            for index, slot, rows, digest in self.con.execute(query, params).fetchall():
+                start = EPOCH + timedelta(microseconds=slot * step_us)
+                found[(filters[index], start)] = Fingerprint(rows, int(digest), self.scheme)
+            first = last
         return found
 
     def empty(self) -> Fingerprint:
@@ -517,7 +517,79 @@ class SourceRead:
         for slice_start, slice_end in sub_windows(
             self.start, self.end, rows, self.database.slice_rows
         ):
-            yield from self.database._slice_frames(self.con, query, slice_start, slice_end)
+            yield from self._slice_frames(self.con, query, slice_start, slice_end)
+
+    def _slice_frames(
+        self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
+    ) -> Iterator[pl.DataFrame]:
+        """One sub-window's rows in order. Sub-windows are equal in time, not in rows: one that
+        holds more than twice `slice_rows` (events bunched in time) is halved, and a single
+        instant that still does is read in id ranges (`_instant_frames`), so memory stays
+        bounded whatever the source's shape."""
+        limit = 2 * self.database.slice_rows
+        # Through the Arrow C stream: no pyarrow in the process (~40 MB less RSS).
+        frame = pl.DataFrame(con.sql(f"{query} LIMIT {limit + 1}", params=[start, end]))
+        if frame.height <= limit:
+            frame = frame.sort(row_order(self.event_type))
+            for offset in range(0, frame.height, self.database.batch_rows):
+                yield frame.slice(offset, self.database.batch_rows)
+            return
+        del frame
+        middle = start + (end - start) / 2
+        if start < middle < end:
+            yield from self._slice_frames(con, query, start, middle)
+            yield from self._slice_frames(con, query, middle, end)
+            return
+        yield from self._instant_frames(con, query, start, end)
+
+    def _instant_frames(
+        self, con: duckdb.DuckDBPyConnection, query: str, start: datetime, end: datetime
+    ) -> Iterator[pl.DataFrame]:
+        """One microsecond holding more rows than a slice (a bulk import stamped with one
+        time), in row order, a bounded batch at a time. DuckDB's ORDER BY of the whole instant
+        fails at its memory limit, and so does a top-N of whole rows; a top-N of the sort keys
+        alone is small. So the instant is read as consecutive key ranges: the n-th next
+        (window column, id) bounds a range, whose rows polars sorts. (The time, not only id: a
+        nanosecond source has many times in one microsecond.) DuckDB's string order is polars'
+        (binary), so the bytes do not depend on the path. Each range scans the instant again:
+        the cost grows with its rows squared over `slice_rows`, the memory does not.
+
+        Rows with no id, and the copies of one repeated id, are read whole: rare, and not
+        something a key range can split."""
+        page_rows = min(self.database.batch_rows, self.database.slice_rows)
+        # NULL ids sort first within their time; they cannot be paged by id.
+        yield from self._sorted(con, f"{query} AND id IS NULL", [start, end])
+        # Times as integer nanoseconds: Python's datetime would cut a nanosecond source's
+        # digits, and a bound that matches none of the rows would page forever.
+        at = f"epoch_ns({WINDOW_COLUMN[self.event_type]})"
+        keyed = f"SELECT {at} AS t, id FROM ({query}) WHERE id IS NOT NULL"
+        after = f" AND ({at} > $3 OR ({at} = $3 AND id > $4))"
+        last: tuple[int, str] | None = None
+        while True:
+            params: list[object] = [start, end] if last is None else [start, end, *last]
+            keys = con.execute(
+                f"{keyed}{after if last else ''} ORDER BY t, id LIMIT {page_rows}", params
+            ).fetchall()
+            if not keys:
+                return
+            bound = keys[-1]
+            # Every row of the range, ids equal to the bound's included: none is cut in two.
+            n = len(params)
+            upto = f" AND ({at} < ${n + 1} OR ({at} = ${n + 1} AND id <= ${n + 2}))"
+            yield from self._sorted(
+                con,
+                f"{query} AND id IS NOT NULL{after if last else ''}{upto}",
+                [*params, *bound],
+            )
+            last = (bound[0], bound[1])
+
+    def _sorted(
+        self, con: duckdb.DuckDBPyConnection, query: str, params: list[object]
+    ) -> Iterator[pl.DataFrame]:
+        frame = pl.DataFrame(con.sql(query, params=params))
+        frame = frame.sort(row_order(self.event_type), nulls_last=False)
+        for offset in range(0, frame.height, self.database.batch_rows):
+            yield frame.slice(offset, self.database.batch_rows)
 
 
 EPOCH = datetime(1970, 1, 1)

@@ -603,7 +603,7 @@ def child_parquet_read(dataset: str, files: str, partition: str) -> None:
     import duckdb
     import polars as pl
 
-    from affise_s3_assets.source import ROW_ORDER, parquet_files, window_query
+    from affise_s3_assets.source import parquet_files, row_order, window_query
 
     start = datetime.strptime(partition, "%Y-%m-%d-%H:%M")
     end = start + timedelta(minutes=15)
@@ -617,7 +617,7 @@ def child_parquet_read(dataset: str, files: str, partition: str) -> None:
         con.execute("SET memory_limit = '256MB'")
         con.execute("SET threads = 1")
         frame = pl.DataFrame(con.sql(window_query("clicks", relation), params=[start, end]))
-        rows = frame.sort(ROW_ORDER).height
+        rows = frame.sort(row_order("clicks")).height
     emit({"wall": time.perf_counter() - started, "rows": rows, "files": len(paths)})
 
 

@@ -5,7 +5,7 @@ Against the real S3 server and a real DuckDB file."""
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -17,10 +17,16 @@ from affise_s3_assets.reconciliation import (
     CHANGED_ROWS,
     LATE_ROWS,
     RECONCILIATION_SENSOR,
+    build_reconciliation_sensor,
     reconcile_group,
 )
 from affise_s3_assets.sensors import REASON_TAG, REDELIVERY_TAG
-from affise_s3_assets.source import EventsDatabase, Fingerprint, connect_events_file
+from affise_s3_assets.source import (
+    EventsDatabase,
+    Fingerprint,
+    SourceRead,
+    connect_events_file,
+)
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
 from tests.json_schema import problems
@@ -29,8 +35,6 @@ from tests.test_window_delivery import ROOT, WindowRig
 
 HOURS = ["2026-11-25-10:00", "2026-11-25-11:00", "2026-11-25-12:00"]
 LATE_AT = datetime(2026, 11, 25, 11, 30)
-# The whole look-back of these windows, whatever today's date.
-LOOK_BACK = Reconciliation(look_back_hours=720)
 
 
 @pytest.fixture
@@ -80,13 +84,23 @@ def latest_metadata(rig: WindowRig, name: str, window: str) -> dict:
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def evaluate_sensor(rig: WindowRig, look_back_hours: int) -> dg.SensorResult:
-    text = rig.path.read_text()
-    rig.path.write_text(f"reconciliation:\n  look_back_hours: {look_back_hours}\n" + text)
+# The windows' day, seen a few hours later: within a 72-hour look-back whatever today is.
+NOW = datetime(2026, 11, 25, 16, tzinfo=UTC)
+
+
+DEFAULTS = Reconciliation()
+
+
+def evaluate_sensor(
+    rig: WindowRig, settings: Reconciliation = DEFAULTS, cursor: str | None = None
+) -> dg.SensorResult:
+    """A tick of the reconciliation sensor over the rig's config, the clock at NOW."""
     defs = build_definitions(rig.path)
-    rig.path.write_text(text)
-    sensor = defs.get_repository_def().get_sensor_def(RECONCILIATION_SENSOR)
-    return sensor.evaluate_tick(dg.build_sensor_context(instance=rig.instance, definitions=defs))
+    sensor = build_reconciliation_sensor(
+        [group_of(rig)], [defs.resolve_job_def("clicks_every_60min_job")], settings, lambda: NOW
+    )
+    context = dg.build_sensor_context(instance=rig.instance, definitions=defs, cursor=cursor)
+    return sensor.evaluate_tick(context)
 
 
 def test_late_rows_are_delivered_again_under_the_same_key_and_nothing_else_is(
@@ -115,11 +129,11 @@ def test_late_rows_are_delivered_again_under_the_same_key_and_nothing_else_is(
 
     # Nothing changed yet: the sensor, over the real instance and source, asks for nothing.
     rig.monkeypatch.setenv("AFFISE_EVENTS_DB", str(db))
-    assert evaluate_sensor(rig, 720).run_requests == []
+    assert evaluate_sensor(rig).run_requests == []
 
     # Three clicks of affiliate 101 (of another advertiser than `other` takes) arrive late.
     insert_late_rows(db, LATE_AT, affiliate=101)
-    result = evaluate_sensor(rig, 720)
+    result = evaluate_sensor(rig)
     (request,) = result.run_requests
     assert request.partition_key == HOURS[1]
     assert request.tags[REASON_TAG] == LATE_ROWS and request.tags[REDELIVERY_TAG] == "1"
@@ -173,7 +187,92 @@ def test_late_rows_are_delivered_again_under_the_same_key_and_nothing_else_is(
     )
 
     # Delivered as the source now is: the next pass finds nothing to do.
-    assert evaluate_sensor(rig, 720).run_requests == []
+    assert evaluate_sensor(rig).run_requests == []
+
+
+def test_a_delivery_of_another_frequency_or_filter_is_not_taken_for_late_rows(
+    rig: WindowRig, events_db: Path, tmp_path: Path
+) -> None:
+    """After a frequency or filter change, the windows delivered before it hold other rows
+    than a re-delivery would: not a late row, and not re-delivered (the README's rule for a
+    frequency change: nothing overlapping what the old one delivered is delivered again)."""
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
+    assert rig.run(events_db=db, last=HOURS[-1]).success
+    insert_late_rows(db, LATE_AT, affiliate=101)
+    source = EventsDatabase(path=str(db))
+    (group,) = build_window_groups(
+        build_export_targets(apply_integrations(rig.path.read_text()).integrations)
+    )
+    changed, _, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
+    assert [c.window for c in changed] == [HOURS[1]]  # as configured: found
+    for edit in (
+        ("frequency: 60", "frequency: 15"),
+        ("directory: all", "directory: all\n      affiliates: [101]"),
+    ):
+        rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all").replace(*edit))])
+        (group,) = build_window_groups(
+            build_export_targets(apply_integrations(rig.path.read_text()).integrations)
+        )
+        changed, requests, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
+        assert (changed, requests) == ([], [])
+
+
+def test_a_failed_fingerprint_never_fails_the_delivery_and_rows_still_tell(
+    rig: WindowRig, events_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
+
+    def broken(*args: object) -> dict:
+        raise RuntimeError("Out of Memory Error: could not allocate block")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SourceRead, "fingerprints", broken)
+        assert rig.run(events_db=db, last=HOURS[-1]).success
+    shown = latest_metadata(rig, "acme", HOURS[1])
+    assert "source_fingerprint" not in shown and shown["rows"] > 0
+    rig.monkeypatch.setenv("AFFISE_EVENTS_DB", str(db))
+    assert evaluate_sensor(rig).run_requests == []
+    insert_late_rows(db, LATE_AT, affiliate=101)
+    (request,) = evaluate_sensor(rig).run_requests
+    assert request.partition_key == HOURS[1] and request.tags[REASON_TAG] == LATE_ROWS
+
+
+def test_a_pass_waits_every_minutes_and_a_tick_says_when_the_next_one_is(
+    rig: WindowRig, events_db: Path
+) -> None:
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
+    rig.monkeypatch.setenv("AFFISE_EVENTS_DB", str(events_db))
+    first = evaluate_sensor(rig)
+    assert first.run_requests == [] and "matches the source" in first.skip_message
+    waiting = evaluate_sensor(rig, cursor=first.cursor)
+    due = (NOW + timedelta(minutes=DEFAULTS.every_minutes)).isoformat()
+    assert waiting.skip_message == f"next pass at {due}"
+
+
+def test_a_parquet_source_fingerprints_as_the_duckdb_file_does(
+    events_db: Path, tmp_path: Path
+) -> None:
+    """Values are hashed as the schema types them: a dataset storing nanosecond timestamps
+    and BIGINT ids gives the same fingerprints as the DuckDB file."""
+    root = tmp_path / "dataset"
+    root.mkdir()
+    with connect_events_file(events_db) as con:
+        con.execute(
+            "COPY (SELECT * REPLACE (created_at::TIMESTAMP_NS AS created_at, "
+            "affiliate_id::BIGINT AS affiliate_id), strftime(created_at, '%Y-%m-%d') AS date "
+            f"FROM clicks) TO '{root / 'clicks'}' (FORMAT parquet, PARTITION_BY (date))"
+        )
+    start, end = datetime(2026, 11, 25, 9), datetime(2026, 11, 25, 13)
+    filters = [((), ()), ((101,), ())]
+    prints = []
+    for path in (events_db, root):
+        with EventsDatabase(path=str(path)).read("clicks", start, end) as read:
+            prints.append(read.fingerprints(60, filters))
+    assert prints[0] == prints[1] and len(prints[0]) == 8
 
 
 def test_one_query_over_the_look_back_tells_every_filter_and_window_apart(
@@ -203,9 +302,9 @@ def test_one_query_over_the_look_back_tells_every_filter_and_window_apart(
     with connect_events_file(db, read_only=False) as con:
         ((row_id, affiliate),) = con.execute(
             "SELECT id, affiliate_id FROM clicks WHERE created_at >= '2026-11-25 10:00' "
-            "AND created_at < '2026-11-25 11:00' AND affiliate_id <> 101 LIMIT 1"
+            "AND created_at < '2026-11-25 11:00' AND affiliate_id <> 101 ORDER BY id LIMIT 1"
         ).fetchall()
-        con.execute("UPDATE clicks SET city = city || 'x' WHERE id = $1", [row_id])
+        con.execute("UPDATE clicks SET city = coalesce(city, '') || 'x' WHERE id = $1", [row_id])
     edited = prints()
     ten = datetime(2026, 11, 25, 10)
     assert edited[(((), ()), ten)].rows == whole[(((), ()), ten)].rows
@@ -306,11 +405,48 @@ def test_no_look_back_means_no_reconciliation_sensor(tmp_path: Path) -> None:
     assert RECONCILIATION_SENSOR not in names and "catch_up_sensor" in names
 
 
+def test_settled_windows_are_not_read_again_until_their_rows_move(
+    rig: WindowRig, events_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass reads Dagster's records only for windows new to it, windows whose rows moved
+    and windows not yet settled: the steady state costs no read per delivered window."""
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
+    assert rig.run(events_db=db, last=HOURS[-1]).success
+    source = EventsDatabase(path=str(db))
+    group = group_of(rig)
+    asked: list[list[str]] = []
+    fetch_materializations = rig.instance.fetch_materializations
+
+    def counting(records_filter: dg.AssetRecordsFilter, **kwargs: object) -> object:
+        asked.append(list(records_filter.asset_partitions or []))
+        return fetch_materializations(records_filter, **kwargs)
+
+    monkeypatch.setattr(rig.instance, "fetch_materializations", counting)
+    changed, _, settled = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
+    assert changed == [] and set(HOURS) <= set(settled)
+    assert any(set(HOURS) <= set(keys) for keys in asked)
+    # Undelivered windows of the look-back stay candidates; the delivered ones are settled.
+    asked.clear()
+    changed, _, again = reconcile_group(rig.instance, source, group, DEFAULTS, NOW, None, settled)
+    assert changed == [] and again == settled
+    assert not any(set(keys) & set(HOURS) for keys in asked)
+    # Late rows move one window's digest: that window alone is read, and found.
+    insert_late_rows(db, LATE_AT, affiliate=101)
+    asked.clear()
+    changed, _, after = reconcile_group(rig.instance, source, group, DEFAULTS, NOW, None, settled)
+    assert [c.window for c in changed] == [HOURS[1]]
+    assert {k for keys in asked for k in keys} & set(HOURS) == {HOURS[1]}
+    # Not settled until it is delivered as the source now is.
+    assert HOURS[1] not in after and HOURS[0] in after
+
+
 def test_reconcile_group_skips_a_range_with_nothing_delivered(events_db: Path) -> None:
     text = (ROOT / "integrations.yaml").read_text()
     groups = build_window_groups(build_export_targets(apply_integrations(text).integrations))
     with dg.instance_for_test() as instance:
-        changed, requests = reconcile_group(
+        changed, requests, _ = reconcile_group(
             instance,
             EventsDatabase(path=str(events_db)),
             groups[0],

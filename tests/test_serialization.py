@@ -12,7 +12,7 @@ import pytest
 
 from affise_s3_assets.csv_export import GzipCsvEncoder, event_filter, gzip_csv, in_background
 from affise_s3_assets.demo import load_schema
-from affise_s3_assets.source import EVENT_COLUMNS, ROW_ORDER, EventsDatabase, sub_windows
+from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, row_order, sub_windows
 
 DAY = (datetime(2026, 11, 25), datetime(2026, 11, 26))
 
@@ -130,7 +130,7 @@ def test_bunched_events_are_read_in_bounded_slices_in_the_same_order(bunched_db:
     with duckdb.connect(str(bunched_db), read_only=True) as con:
         everything = pl.DataFrame(con.sql("SELECT * FROM clicks"))
     assert got.height == everything.height == 2_300
-    assert got.equals(everything.sort(ROW_ORDER))  # polars' order, NULL id first
+    assert got.equals(everything.sort(row_order("clicks")))  # polars' order, NULL id first
     instant = got.filter(pl.col("created_at") == datetime(2026, 11, 25, 10))
     assert instant.height == 1_001 and instant["id"][0] is None  # one spread row lands here too
     whole, rows = export_bytes(bunched_db, slice_rows=10**9)  # one slice, sorted by polars
@@ -158,4 +158,4 @@ def test_a_crowded_instant_of_a_nanosecond_source_is_read_whole_and_in_order(
     got = pl.concat(list(tight.window_frames("clicks", *DAY)))
     assert got.height == 40
     named = got.filter(pl.col("id").is_not_null())
-    assert named.equals(named.sort(ROW_ORDER)) and named["id"].n_unique() == 32
+    assert named.equals(named.sort(row_order("clicks"))) and named["id"].n_unique() == 32
