@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from affise_s3_assets.config import apply_integrations, integrations_path
+from affise_s3_assets.config import EVENT_TYPES, apply_integrations, integrations_path
 from affise_s3_assets.live_config import read_last_good, state_dir
 
 
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-connection", help="write a probe object with an integration's own credentials"
     )
     probe.add_argument("name", help="the integration's name")
-    probe.add_argument("--event-type", choices=["clicks", "conversions"])
+    probe.add_argument("--event-type", choices=list(EVENT_TYPES))
     probe.add_argument(
         "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
     )

@@ -27,8 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-EventType = Literal["clicks", "conversions"]
-EVENT_TYPES: tuple[EventType, ...] = ("clicks", "conversions")
+EventType = Literal["clicks", "conversions", "conversion_updates"]
+# conversion_updates: the conversions table again, windowed by updated_at (source.py).
+EVENT_TYPES: tuple[EventType, ...] = ("clicks", "conversions", "conversion_updates")
 
 # A day: a window's delivery may wait for a day's late events at most (reconciliation, not
 # a longer wait, is for what comes later).
@@ -302,6 +303,7 @@ class IntegrationConfig(BaseModel):
     enabled: bool = True
     clicks: EventExportConfig | None = None
     conversions: EventExportConfig | None = None
+    conversion_updates: EventExportConfig | None = None
 
     @field_validator("name", mode="before")
     @classmethod
@@ -341,8 +343,10 @@ class IntegrationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _has_an_export(self) -> "IntegrationConfig":
-        if self.clicks is None and self.conversions is None:
-            raise ValueError("needs a clicks block, a conversions block, or both")
+        if all(getattr(self, event_type) is None for event_type in EVENT_TYPES):
+            raise ValueError(
+                "needs at least one of the blocks clicks, conversions, conversion_updates"
+            )
         return self
 
     def exports(self) -> list[tuple[EventType, EventExportConfig]]:
@@ -360,6 +364,8 @@ class Lateness(BaseModel):
 
     clicks: int = Field(default=2, ge=0, le=MAX_LATENESS_MINUTES, strict=True)
     conversions: int = Field(default=10, ge=0, le=MAX_LATENESS_MINUTES, strict=True)
+    # A status change is written by the same postback path as a conversion.
+    conversion_updates: int = Field(default=10, ge=0, le=MAX_LATENESS_MINUTES, strict=True)
 
     def of(self, event_type: EventType) -> timedelta:
         return timedelta(minutes=getattr(self, event_type))

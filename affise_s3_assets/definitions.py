@@ -22,7 +22,7 @@ from affise_s3_assets.live_config import (
 from affise_s3_assets.reconciliation import build_reconciliation_sensor
 from affise_s3_assets.schedules import build_window_schedule
 from affise_s3_assets.sensors import build_catch_up_sensor
-from affise_s3_assets.source import EVENT_SOURCE_KEYS, EventsDatabase
+from affise_s3_assets.source import SOURCE_TABLE_KEYS, EventsDatabase
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 
 # Raw event tables, owned upstream of this project; declared so the UI shows the lineage.
@@ -30,10 +30,10 @@ event_sources = [
     dg.AssetSpec(
         key,
         group_name="events",
-        description=f"Raw {event_type} of the affiliate network (DuckDB table `{event_type}`).",
+        description=f"Raw {table} of the affiliate network (DuckDB table `{table}`).",
         kinds={"duckdb"},
     )
-    for event_type, key in EVENT_SOURCE_KEYS.items()
+    for table, key in SOURCE_TABLE_KEYS.items()
 ]
 
 

@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from affise_s3_assets.config import EVENT_TYPES
 from affise_s3_assets.source import connect_events_file, write_watermark
 
 # Bounds the Arrow working set: a 10M-click day is generated and inserted at most 500k rows at a
@@ -570,7 +571,7 @@ def generate_demo_events(
         )
         counts = insert_demo_events(con, start, end, clicks_per_day, seed)
         # As a real loader does once its events are in: the windows before `end` are complete.
-        for event_type in ("clicks", "conversions"):
+        for event_type in EVENT_TYPES:
             write_watermark(con, event_type, end)
         return counts
 

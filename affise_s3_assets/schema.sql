@@ -12,8 +12,11 @@ CREATE TABLE IF NOT EXISTS conversions (
   country VARCHAR, city VARCHAR, ip VARCHAR, os VARCHAR, device VARCHAR, browser VARCHAR,
   ua VARCHAR, referrer VARCHAR, sub1 VARCHAR, sub2 VARCHAR, sub3 VARCHAR, sub4 VARCHAR,
   sub5 VARCHAR, sub6 VARCHAR, sub7 VARCHAR, sub8 VARCHAR);
+-- conversions.updated_at is the time of the conversion's latest change (its created_at while it
+-- never changed): the conversion_updates export is windowed by it.
 -- Maintained by whatever loads the events: per event type, every event with created_at before
--- complete_until is in the tables. A window is delivered only once its end is at or before it
+-- complete_until is in the tables (for conversion_updates: every change with updated_at before
+-- it). A window is delivered only once its end is at or before it
 -- (without a row, the latest created_at present stands in). See README, "Source completeness".
 CREATE TABLE IF NOT EXISTS affise_watermarks (
   event_type VARCHAR PRIMARY KEY, complete_until TIMESTAMP NOT NULL);

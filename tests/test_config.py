@@ -197,7 +197,10 @@ def test_duplicate_names_and_empty_integration_are_rejected() -> None:
     text = one_integration() + one_integration().replace("integrations:\n", "")
     assert "integration 'acme': name: appears more than once" in error_of(text)
     lone = 'integrations:\n  - name: lonely\n    start: "2026-11-01 00:00:00"\n'
-    assert "integration 'lonely': (entry): needs a clicks block" in error_of(lone)
+    assert (
+        "integration 'lonely': (entry): needs at least one of the blocks clicks, conversions, "
+        "conversion_updates" in error_of(lone)
+    )
 
 
 def test_unnamed_entry_is_identified_by_position() -> None:

@@ -224,11 +224,19 @@ def test_lateness_defaults_per_event_type_and_is_set_at_the_top_of_the_file() ->
     """Clicks wait 2 minutes after a window's end, conversions 10 (postbacks come later);
     the file's `lateness:` block sets either, and the applied config carries it through
     its JSON (a run rebuilds the definitions from it) and a release that wrote none."""
-    assert parse_integrations(SHIPPED).lateness.model_dump() == {"clicks": 2, "conversions": 10}
+    assert parse_integrations(SHIPPED).lateness.model_dump() == {
+        "clicks": 2,
+        "conversions": 10,
+        "conversion_updates": 10,
+    }
     text = "lateness:\n  conversions: 90\n" + SHIPPED.split("\n", 2)[2]
     applied = apply_integrations(text)
     assert applied.problems == ()
-    assert applied.lateness.model_dump() == {"clicks": 2, "conversions": 90}
+    assert applied.lateness.model_dump() == {
+        "clicks": 2,
+        "conversions": 90,
+        "conversion_updates": 10,
+    }
     again = AppliedConfig.from_json(applied.to_json())
     assert again == applied
     older = json.loads(applied.to_json())
@@ -252,6 +260,9 @@ def test_a_broken_lateness_keeps_the_last_good_one_and_says_why(block: str, prob
     assert applied.lateness == good.lateness
     assert names(applied) == names(good)  # the integrations are not harmed
     (found,) = [p for p in applied.problems if p.startswith("lateness")]
-    assert found.startswith(problem) and "kept at {'clicks': 4, 'conversions': 10}" in found
+    assert (
+        found.startswith(problem)
+        and "kept at {'clicks': 4, 'conversions': 10, 'conversion_updates': 10}" in found
+    )
     with pytest.raises(ConfigError, match="lateness"):
         parse_integrations(block + SHIPPED)

@@ -158,18 +158,24 @@ def source_rows(
     affiliates: Sequence[int] = (),
     advertisers: Sequence[str] = (),
 ) -> tuple[list[str], list[list[str | None]]]:
-    """Header and rows as the contract describes them, straight from DuckDB and Python."""
+    """Header and rows as the contract describes them, straight from DuckDB and Python:
+    conversion_updates are the conversions whose updated_at is in the window, in that order."""
+    table, at = (
+        ("conversions", "updated_at")
+        if event_type == "conversion_updates"
+        else (event_type, "created_at")
+    )
     with connect_events_file(events_db) as con:
         header = [
             row[0]
             for row in con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
                 "ORDER BY ordinal_position",
-                [event_type],
+                [table],
             ).fetchall()
         ]
         rows = con.execute(
-            f"SELECT * FROM {event_type} WHERE created_at >= ? AND created_at < ?", [start, end]
+            f"SELECT * FROM {table} WHERE {at} >= ? AND {at} < ?", [start, end]
         ).fetchall()
     by_name = [dict(zip(header, row, strict=True)) for row in rows]
     kept = [
@@ -178,7 +184,7 @@ def source_rows(
         if (not affiliates or row["affiliate_id"] in affiliates)
         and (not advertisers or row["advertiser_id"] in advertisers)
     ]
-    kept.sort(key=lambda row: (row["created_at"], row["id"]))
+    kept.sort(key=lambda row: (row[at], row["id"]))
     return header, [[as_csv_text(row[column]) for column in header] for row in kept]
 
 
@@ -228,7 +234,7 @@ def test_exact_key_for_frequency_and_directory(
     assert metadata["rows"] == len(expected)
 
 
-@pytest.mark.parametrize("event_type", ["clicks", "conversions"])
+@pytest.mark.parametrize("event_type", ["clicks", "conversions", "conversion_updates"])
 @pytest.mark.parametrize(
     ("affiliates", "advertisers"),
     [((), ()), ((101, 102), ()), ((), (ADVERTISER,)), ((101, 102), (ADVERTISER,))],

@@ -26,7 +26,13 @@ PARQUET = "      format: parquet\n      manifest: true\n"
 
 
 def source_table(events_db: Path, event_type: str, start: datetime, end: datetime) -> pa.Table:
-    """The window's rows straight from the source, timestamps as UTC instants."""
+    """The window's rows straight from the source, timestamps as UTC instants (updates: the
+    conversions whose updated_at is in the window)."""
+    table, at = (
+        ("conversions", "updated_at")
+        if event_type == "conversion_updates"
+        else (event_type, "created_at")
+    )
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"ATTACH '{events_db}' AS src (READ_ONLY)")
@@ -34,7 +40,7 @@ def source_table(events_db: Path, event_type: str, start: datetime, end: datetim
         con.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_catalog = 'src' AND table_name = $1",
-            [event_type],
+            [table],
         ).fetchall()
     )
     select = ", ".join(
@@ -42,13 +48,12 @@ def source_table(events_db: Path, event_type: str, start: datetime, end: datetim
         for c in EVENT_COLUMNS[event_type]
     )
     return con.sql(
-        f"SELECT {select} FROM src.{event_type} WHERE created_at >= $1 AND created_at < $2 "
-        "ORDER BY created_at, id",
+        f"SELECT {select} FROM src.{table} WHERE {at} >= $1 AND {at} < $2 ORDER BY {at}, id",
         params=[start, end],
     ).to_arrow_table()
 
 
-@pytest.mark.parametrize("event_type", ["clicks", "conversions"])
+@pytest.mark.parametrize("event_type", ["clicks", "conversions", "conversion_updates"])
 def test_a_parquet_window_holds_the_sources_rows_typed(
     s3_server: S3Server, bucket: str, customer_env: dict, events_db: Path, event_type: str
 ) -> None:
@@ -66,7 +71,7 @@ def test_a_parquet_window_holds_the_sources_rows_typed(
     table = pq.read_table(io.BytesIO(data))
     assert table.column_names == list(EVENT_COLUMNS[event_type])
     assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
-    if event_type == "conversions":
+    if event_type != "clicks":
         assert table.schema.field("payouts").type == pa.decimal128(18, 4)
         assert table.schema.field("click_time").type == pa.timestamp("us", tz="UTC")
     else:

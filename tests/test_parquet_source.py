@@ -35,15 +35,19 @@ def export(path: Path, event_type: str, start: datetime, end: datetime) -> bytes
     return b"".join(gzip_csv(frames, EVENT_COLUMNS[event_type]))
 
 
-@pytest.mark.parametrize("event_type", ["clicks", "conversions"])
+@pytest.mark.parametrize("event_type", ["clicks", "conversions", "conversion_updates"])
 def test_parquet_dataset_exports_the_same_bytes_as_the_duckdb_file(
     events_db: Path, dataset: Path, event_type: str
 ) -> None:
-    for start, end in (
+    windows = [
         (datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 13)),
         (datetime(2026, 11, 25), datetime(2026, 11, 26)),
         (datetime(2026, 11, 24, 23), datetime(2026, 11, 25, 1)),
-    ):
+    ]
+    if event_type == "conversion_updates":
+        # Changes a day after: conversions from the 25th's folder, read for a window of the 26th.
+        windows.append((datetime(2026, 11, 26, 10), datetime(2026, 11, 26, 13)))
+    for start, end in windows:
         from_file = export(events_db, event_type, start, end)
         assert export(dataset, event_type, start, end) == from_file
         assert len(from_file) > 100
