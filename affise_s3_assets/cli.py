@@ -2,9 +2,10 @@
 (config.py), not the definitions; never prints a secret value.
 
     affise-s3 validate [FILE]     every problem of the file at once; exit 1 if any
-    affise-s3 check-connection NAME [--event-type clicks|conversions] [--file FILE]
+    affise-s3 check-connection NAME [--event-type TYPE] [--file FILE]
                                   write a probe object with that integration's own
-                                  credentials; say what fails in words to act on
+                                  credentials; say what fails in words to act on (TYPE:
+                                  clicks, conversions or conversion_updates)
 """
 
 import argparse

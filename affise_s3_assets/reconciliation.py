@@ -4,12 +4,12 @@ corrected row) are delivered again, same key, saying why.
 Each delivery records, with the window's materialization, the fingerprint of the rows it read
 (`source_fingerprint`: rows and a digest, computed by DuckDB through the same connection as the
 rows). Every `every_minutes`, `reconciliation_sensor` asks the source for the fingerprints of
-every window in the look-back, in one query per window group whatever its number of
+every window in the look-back, in one scan per window group whatever its number of
 integrations (source.py, `SourceRead.fingerprints`), compares them with the latest
-materialization of each window, and requests a run for the windows that differ, tagged with the
-reason (`late_rows` when the source holds more rows, `changed_rows` otherwise). Only delivered
-windows are compared: the others are the catch-up's. A re-delivery that fails leaves the
-difference in place, so the next pass asks again.
+materialization of each window not already settled (`reconcile_group`), and requests a run for
+the windows that differ, tagged with the reason (`late_rows` when the source holds more rows,
+`changed_rows` otherwise). Only delivered windows are compared: the others are the catch-up's.
+A re-delivery that fails leaves the difference in place, so the next pass asks again.
 
 Knows Dagster's records and the window groups; what the source holds comes from source.py, how
 a window is delivered from delivery.py (through the run it requests).
@@ -37,8 +37,9 @@ from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
 from affise_s3_assets.sensors import (
     _IN_FLIGHT,
     CATCH_UP_RUN_PRIORITY,
+    CHANGED_ROWS,
+    LATE_ROWS,
     REASON_TAG,
-    REDELIVERY_TAG,
     paused_schedules,
     ranged_request,
 )
@@ -46,8 +47,6 @@ from affise_s3_assets.source import EventsDatabase, FilterKey, Fingerprint
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 RECONCILIATION_SENSOR = "reconciliation_sensor"
-LATE_ROWS = "late_rows"  # the source holds more rows for the window than were delivered
-CHANGED_ROWS = "changed_rows"  # as many or fewer rows, but not the same
 # Materialization records read per request while collecting what was delivered.
 RECORDS_PAGE = 1000
 # The sensor looks this often whether a pass is due or under way; a tick compares groups for
@@ -145,7 +144,6 @@ def redelivery_requests(
             CATCH_UP_RUN_PRIORITY,
             extra_key=f"{reason}|{now.isoformat()}",
             extra_tags={REASON_TAG: reason},
-            catch_up=False,
         )
         for first, last, reason, members in runs
     ]
@@ -196,6 +194,11 @@ def delivered_fingerprints(
     return found, other
 
 
+def _ids(shown: str) -> frozenset[str]:
+    """A filter as materializations show it ("101, 102", or "all"), order and repeats aside."""
+    return frozenset(part.strip() for part in shown.split(","))
+
+
 def _comparable(
     metadata: Mapping[str, dg.MetadataValue],
     key: str,
@@ -208,8 +211,10 @@ def _comparable(
     }
     if shown != window_metadata(start, start + group.step):
         return None  # a window of another frequency, under a key this one also has
-    if any(getattr(metadata.get(k), "value", None) != v for k, v in expected_filters.items()):
-        return None
+    for name, expected in expected_filters.items():
+        shown_ids = getattr(metadata.get(name), "value", None)
+        if not isinstance(shown_ids, str) or _ids(shown_ids) != _ids(expected):
+            return None
     rows = getattr(metadata.get("rows"), "value", None)
     if not isinstance(rows, int):
         return None
@@ -219,28 +224,32 @@ def _comparable(
     return Fingerprint(rows, 0, "rows only")
 
 
-def reconciliation_busy(
+def runs_in_flight(
     instance: dg.DagsterInstance, groups: Sequence[WindowGroup]
-) -> set[tuple[dg.AssetKey, str]]:
-    """(asset, window) of every re-delivery for changed rows queued or running."""
+) -> tuple[set[tuple[dg.AssetKey, str]], dict[str, set[str]]]:
+    """Of the window jobs' runs queued or running: the (asset, window) pairs a re-delivery
+    for changed rows is under way for, and per job the windows any run is delivering."""
     steps = {group.job_name: group.step for group in groups}
-    busy = set()
-    runs = instance.get_runs(dg.RunsFilter(statuses=_IN_FLIGHT, tags={REDELIVERY_TAG: "1"}))
-    for run in runs:
+    busy: set[tuple[dg.AssetKey, str]] = set()
+    delivering: dict[str, set[str]] = {}
+    for run in instance.get_runs(dg.RunsFilter(statuses=_IN_FLIGHT)):
         step = steps.get(run.job_name)
-        if REASON_TAG not in run.tags or step is None:
+        if step is None:
             continue
         single = run.tags.get("dagster/partition")
         first = single or run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
         last = single or run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
         if not first or not last:
             continue
+        windows = []
         moment = datetime.strptime(first, PARTITION_KEY_FORMAT)
         while moment <= datetime.strptime(last, PARTITION_KEY_FORMAT):
-            window = moment.strftime(PARTITION_KEY_FORMAT)
-            busy.update((key, window) for key in run.asset_selection or ())
+            windows.append(moment.strftime(PARTITION_KEY_FORMAT))
             moment += step
-    return busy
+        delivering.setdefault(run.job_name, set()).update(windows)
+        if REASON_TAG in run.tags:
+            busy.update((key, w) for key in run.asset_selection or () for w in windows)
+    return busy, delivering
 
 
 def _window_digest(
@@ -257,9 +266,21 @@ def _window_digest(
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def settled_key(group: WindowGroup) -> str:
-    """Where a group's settled windows are kept (the instance's key-value store)."""
-    return f"affise/reconciliation/settled/{group.job_name}"
+def settled_key(scope: str, group: WindowGroup) -> str:
+    """Where a group's settled windows are kept (the instance's key-value store), per code
+    location: two deployments on one instance keep their own."""
+    return f"affise/{scope}/reconciliation/settled/{group.job_name}"
+
+
+def _settled(stored: str | None) -> dict[str, str]:
+    """A stored settled map; anything unreadable is nothing settled (compared again)."""
+    try:
+        data = json.loads(stored) if stored else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, str)}
 
 
 def reconcile_group(
@@ -270,6 +291,7 @@ def reconcile_group(
     now: datetime,
     busy: set[tuple[dg.AssetKey, str]] | None = None,
     settled: Mapping[str, str] | None = None,
+    delivering: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[Changed], list[dg.RunRequest], dict[str, str]]:
     """One pass over one window group: what changed, the runs delivering it again, and the
     windows settled now.
@@ -279,6 +301,8 @@ def reconcile_group(
     looked up again: only new windows, windows whose rows moved since, and windows not yet
     settled (undelivered, or delivered again but not yet as the source is) are read from
     Dagster's records, so a pass costs reads for what changed, not for the whole look-back.
+    A window a run is still delivering (`delivering`) is never settled: that run may record
+    other rows than the source holds now.
     """
     now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     span = look_back_range(group, settings, now)
@@ -303,6 +327,8 @@ def reconcile_group(
     differs = {(item.target.asset_key, item.window) for item in changed}
     now_settled = {key: settled[key] for key in digests if settled.get(key) == digests[key]}
     for key in candidates:
+        if key in delivering:
+            continue
         start = datetime.strptime(key, PARTITION_KEY_FORMAT)
         pairs = [(target.asset_key, key) for target in group.due(start)]
         if all((pair in delivered or pair in other) and pair not in differs for pair in pairs):
@@ -312,10 +338,10 @@ def reconcile_group(
 
 @dataclass(frozen=True)
 class PassCursor:
-    """Where the reconciliation pass stands: the next group to compare (0: no pass under way)
-    and when the next pass starts."""
+    """Where the reconciliation pass stands: under way (`next_group`, the next group to
+    compare) or not (None), and when the next pass starts."""
 
-    next_group: int = 0
+    next_group: int | None = None
     due: str = ""  # ISO instant, UTC
 
     def to_json(self) -> str:
@@ -325,7 +351,8 @@ class PassCursor:
     def from_json(cls, text: str | None) -> "PassCursor":
         try:
             data = json.loads(text or "{}")
-            return cls(int(data.get("next_group", 0)), str(data.get("due", "")))
+            index = data.get("next_group")
+            return cls(None if index is None else int(index), str(data.get("due", "")))
         except (ValueError, TypeError, AttributeError):
             return cls()
 
@@ -357,20 +384,24 @@ def build_reconciliation_sensor(
         ),
     )
     def reconciliation_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        origin = context.code_location_origin
+        scope = f"{origin.location_name if origin else ''}/{context.repository_name or ''}"
         cursor = PassCursor.from_json(context.cursor)
         now = clock()
-        if cursor.next_group == 0 and cursor.due and now < datetime.fromisoformat(cursor.due):
+        waiting = cursor.next_group is None
+        if waiting and cursor.due and now < datetime.fromisoformat(cursor.due):
             return dg.SensorResult(
                 skip_reason=f"next pass at {cursor.due}", cursor=cursor.to_json()
             )
-        due = (now + every).isoformat() if cursor.next_group == 0 else cursor.due
+        due = (now + every).isoformat() if waiting else cursor.due
         instance = context.instance
         paused = paused_schedules(instance)
-        busy = reconciliation_busy(instance, live)
+        busy, delivering = runs_in_flight(instance, live)
         requests: list[dg.RunRequest] = []
         lines, failed = [], []
         started = time.monotonic()
-        index = cursor.next_group if cursor.next_group < len(live) else 0
+        index = cursor.next_group or 0
+        index = index if index < len(live) else 0
         while index < len(live):
             if time.monotonic() - started > TICK_BUDGET_SECONDS or len(requests) >= RUNS_PER_TICK:
                 break
@@ -378,12 +409,18 @@ def build_reconciliation_sensor(
             if group.schedule_name in paused:
                 index += 1
                 continue
-            key = settled_key(group)
-            stored = instance.run_storage.get_cursor_values({key}).get(key)
+            key = settled_key(scope, group)
+            settled = _settled(instance.run_storage.get_cursor_values({key}).get(key))
             try:
-                settled = json.loads(stored) if stored else {}
                 changed, wanted, now_settled = reconcile_group(
-                    instance, EventsDatabase(), group, settings, now, busy, settled
+                    instance,
+                    EventsDatabase(),
+                    group,
+                    settings,
+                    now,
+                    busy,
+                    settled,
+                    delivering.get(group.job_name, set()),
                 )
                 if now_settled != settled:
                     instance.run_storage.set_cursor_values({key: json.dumps(now_settled)})
@@ -405,7 +442,7 @@ def build_reconciliation_sensor(
         if lines:
             context.log.info("\n".join(lines))
         finished = index >= len(live)
-        state = PassCursor(0 if finished else index, due)
+        state = PassCursor(None if finished else index, due)
         skip = None
         if not requests:
             skip = (

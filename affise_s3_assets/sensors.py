@@ -51,6 +51,8 @@ REDELIVERY_TAG = "affise/redelivery"
 # Why a window is delivered again with other rows than before (reconciliation.py): its
 # materializations and manifests say so.
 REASON_TAG = "affise/redelivery_reason"
+LATE_ROWS = "late_rows"  # the source holds more rows for the window than were delivered
+CHANGED_ROWS = "changed_rows"  # as many or fewer rows, but not the same
 # Catch-up runs queued or running at once, at most: backlog never fills the queue, so a window
 # that just closed, or a new integration's first range, waits behind a few runs at most.
 CATCH_UP_IN_FLIGHT = 6
@@ -301,15 +303,11 @@ def ranged_request(
     priority: str,
     extra_key: str = "",
     extra_tags: Mapping[str, str] | None = None,
-    catch_up: bool = True,
 ) -> dg.RunRequest:
-    """One run delivering windows `first`..`last` (inclusive) to the assets `keys`; counted
-    in the catch-up's runs in flight unless `catch_up` is false."""
+    """One run delivering windows `first`..`last` (inclusive) to the assets `keys`."""
     names = ",".join(sorted(key.to_user_string() for key in keys))
     digest = hashlib.sha256(f"{names}|{extra_key}".encode()).hexdigest()[:16]
-    tags = {"dagster/priority": priority, **(extra_tags or {})}
-    if catch_up:
-        tags[CATCH_UP_TAG] = "1"
+    tags = {"dagster/priority": priority, CATCH_UP_TAG: "1", **(extra_tags or {})}
     if kind == "redeliver":
         tags[REDELIVERY_TAG] = "1"
     partition_key = None
@@ -821,8 +819,15 @@ def build_catch_up_sensor(
             lambda job_name, key: latest_scheduled_run(instance, job_name, key) is not None,
             newest_scheduled,
         )
+        # Reconciliation's runs share the catch-up tag's queue limit (the window that just
+        # closed keeps its slot) but not this sensor's budget.
         in_flight = instance.get_runs_count(
             dg.RunsFilter(statuses=_IN_FLIGHT, tags={CATCH_UP_TAG: "1"})
+        ) - sum(
+            instance.get_runs_count(
+                dg.RunsFilter(statuses=_IN_FLIGHT, tags={CATCH_UP_TAG: "1", REASON_TAG: reason})
+            )
+            for reason in (LATE_ROWS, CHANGED_ROWS)
         )
         materialized = functools.cache(lambda key: set(instance.get_materialized_partitions(key)))
         backlog, state.exports = plan_catch_up(

@@ -145,8 +145,9 @@ WATERMARK_FILE = "_watermarks.json"
 
 @dataclass(frozen=True)
 class SourceProgress:
-    """How far the source is complete for one event type: every event with created_at before
-    `complete_until` (naive UTC) is in it. None: nothing can be known complete."""
+    """How far the source is complete for one event type: every event with its window column
+    (created_at; updated_at for conversion_updates) before `complete_until` (naive UTC) is in
+    it. None: nothing can be known complete."""
 
     event_type: EventType
     complete_until: datetime | None
@@ -279,7 +280,28 @@ class EventsDatabase(dg.ConfigurableResource):
 
     def progress(self, event_type: EventType) -> SourceProgress:
         """How far the source is complete: its watermark, or else its latest event (a source
-        holding events at or after a window's end has moved past it)."""
+        holding events at or after a window's end has moved past it). Every conversion is a
+        change at its creation too: conversion_updates are complete no further than the
+        conversions are."""
+        own = self._progress(event_type)
+        if WINDOW_COLUMN[event_type] == "created_at":
+            return own
+        created = next(
+            other
+            for other, table in EVENT_TABLE.items()
+            if table == EVENT_TABLE[event_type] and WINDOW_COLUMN[other] == "created_at"
+        )
+        base = self._progress(created)
+        if base.complete_until is None or own.complete_until is None:
+            missing = base if base.complete_until is None else own
+            return SourceProgress(event_type, None, missing.how)
+        if base.complete_until < own.complete_until:
+            return SourceProgress(
+                event_type, base.complete_until, f"{created}' {base.how}, before its own {own.how}"
+            )
+        return own
+
+    def _progress(self, event_type: EventType) -> SourceProgress:
         path = self.database_path()
         if not path.exists():
             return SourceProgress(event_type, None, f"{path} does not exist")

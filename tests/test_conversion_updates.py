@@ -13,7 +13,7 @@ import pytest
 from affise_s3_assets.config import Reconciliation, apply_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.reconciliation import CHANGED_ROWS, reconcile_group
-from affise_s3_assets.source import EventsDatabase, connect_events_file
+from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
 from tests.test_delivery import delivered_rows, fetch, keys_in, range_tags, source_rows
@@ -97,6 +97,12 @@ def test_applying_the_files_in_order_gives_every_conversions_current_state(
             ).fetchall()
         ]
         assert len(ids) == 3
+        before = {
+            moment.strftime("%Y-%m-%d-%H:00")
+            for (moment,) in con.execute(
+                "SELECT updated_at FROM conversions WHERE list_contains($1, id)", [ids]
+            ).fetchall()
+        }
         con.execute(
             "UPDATE conversions SET status = 'confirmed', payouts = payouts + 1, "
             "updated_at = $1 WHERE list_contains($2, id)",
@@ -142,19 +148,22 @@ def test_applying_the_files_in_order_gives_every_conversions_current_state(
     assert {row["status"] for row in tens if row["id"] in ids} == {"pending"}
 
     # ... until reconciliation finds the window's rows changed and delivers it again.
-    (group,) = [
-        g
+    groups = {
+        g.event_type: g
         for g in build_window_groups(
             build_export_targets(apply_integrations(config.read_text()).integrations)
         )
-        if g.event_type == "conversions"
-    ]
+    }
+    late = datetime(2026, 11, 26, 1, tzinfo=UTC)
+    source = EventsDatabase(path=str(db))
+    # The updates windows the three left hold fewer rows now: delivered again without them
+    # (harmless to a customer who upserts; README).
+    moved, _, _ = reconcile_group(
+        instance, source, groups["conversion_updates"], Reconciliation(), late
+    )
+    assert {(c.window, c.reason) for c in moved} == {(w, CHANGED_ROWS) for w in before}
     changed, requests, _ = reconcile_group(
-        instance,
-        EventsDatabase(path=str(db)),
-        group,
-        Reconciliation(),
-        datetime(2026, 11, 26, 1, tzinfo=UTC),
+        instance, source, groups["conversions"], Reconciliation(), late
     )
     assert [(c.window, c.reason) for c in changed] == [("2026-11-25-10:00", CHANGED_ROWS)]
     (request,) = requests
@@ -167,3 +176,30 @@ def test_applying_the_files_in_order_gives_every_conversions_current_state(
     )
     _, now = source_rows(db, "conversions", DAY + timedelta(hours=10), DAY + timedelta(hours=11))
     assert again == now
+
+
+def test_updates_are_complete_no_further_than_the_conversions(
+    events_db: Path, tmp_path: Path
+) -> None:
+    """Every conversion is a change at its creation: with the conversions' watermark at 12:00
+    and no watermark of its own (a loader that keeps only the two first), the updates count
+    as complete up to 12:00, not up to their latest updated_at (days later)."""
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    with connect_events_file(db, read_only=False) as con:
+        con.execute("DELETE FROM affise_watermarks WHERE event_type = 'conversion_updates'")
+        con.execute(
+            "UPDATE affise_watermarks SET complete_until = '2026-11-25 12:00:00' "
+            "WHERE event_type = 'conversions'"
+        )
+        ((latest,),) = con.execute("SELECT max(updated_at) FROM conversions").fetchall()
+    assert latest > datetime(2026, 11, 26)
+    progress = EventsDatabase(path=str(db)).progress("conversion_updates")
+    assert progress.complete_until == datetime(2026, 11, 25, 12)
+    assert "conversions' watermark" in progress.how
+    # Its own watermark, behind the conversions', is the one that counts.
+    with connect_events_file(db, read_only=False) as con:
+        write_watermark(con, "conversion_updates", datetime(2026, 11, 25, 9))
+    assert EventsDatabase(path=str(db)).progress("conversion_updates").complete_until == datetime(
+        2026, 11, 25, 9
+    )

@@ -316,7 +316,6 @@ def test_the_catch_up_cursor_names_stored_state_written_only_when_it_changes() -
         # (Which state its slot holds now depends on how many ticks wrote since: either way,
         # none of the first tick's runs is planned again.)
         stale = tick(first.cursor)
-        assert json.loads(stale.cursor)["generation"] >= json.loads(first.cursor)["generation"]
         assert {r.run_key for r in stale.run_requests}.isdisjoint(
             r.run_key for r in first.run_requests
         )

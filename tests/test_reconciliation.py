@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from affise_s3_assets import reconciliation
 from affise_s3_assets.config import Reconciliation, apply_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.reconciliation import (
@@ -239,6 +240,30 @@ def test_a_failed_fingerprint_never_fails_the_delivery_and_rows_still_tell(
     insert_late_rows(db, LATE_AT, affiliate=101)
     (request,) = evaluate_sensor(rig).run_requests
     assert request.partition_key == HOURS[1] and request.tags[REASON_TAG] == LATE_ROWS
+
+
+def test_a_pass_that_wants_more_runs_than_a_tick_goes_on_at_the_next_tick(
+    rig: WindowRig, events_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
+    assert rig.run(events_db=db, last=HOURS[-1]).success
+    insert_late_rows(db, datetime(2026, 11, 25, 10, 30), affiliate=101)
+    insert_late_rows(db, datetime(2026, 11, 25, 12, 30), affiliate=101)
+    monkeypatch.setattr(reconciliation, "RUNS_PER_TICK", 1)
+    first = evaluate_sensor(rig)
+    assert [r.partition_key for r in first.run_requests] == [HOURS[0]]
+    run = build_definitions(rig.path).resolve_job_def("clicks_every_60min_job")
+    (request,) = first.run_requests
+    assert run.execute_in_process(
+        partition_key=request.partition_key, tags=request.tags, instance=rig.instance
+    ).success
+    # The pass is under way: the next tick goes on with it, not "next pass at ...".
+    second = evaluate_sensor(rig, cursor=first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [HOURS[2]]
+    third = evaluate_sensor(rig, cursor=second.cursor)
+    assert third.run_requests == [] and third.skip_message.startswith("next pass at")
 
 
 def test_a_pass_waits_every_minutes_and_a_tick_says_when_the_next_one_is(
