@@ -420,10 +420,11 @@ _CANONICAL: dict[str, str] = {
 }
 
 
-def canonical_hash(event_type: EventType) -> str:
+def canonical_hash(event_type: EventType, alias: str = "") -> str:
     """The SQL hashing one row of `event_type`: every column, as the schema types it."""
+    prefix = f"{alias}." if alias else ""
     values = [
-        _CANONICAL.get(column, "{}::VARCHAR").format(f'"{column}"')
+        _CANONICAL.get(column, "{}::VARCHAR").format(f'{prefix}"{column}"')
         for column in EVENT_COLUMNS[event_type]
     ]
     return f"hash({', '.join(values)})"
@@ -490,12 +491,16 @@ class SourceRead:
         # 10:14:59.9999999 falls in the 10:00 window here too.
         query = f"""
             WITH wanted AS (SELECT f.id, f.affiliates, f.advertisers FROM unnest($3) AS t(f)),
+            named_affiliates AS (SELECT DISTINCT unnest($4::BIGINT[]) AS aff),
+            named_advertisers AS (SELECT DISTINCT unnest($5::VARCHAR[]) AS adv),
             grouped AS (
-                SELECT epoch_us({WINDOW_COLUMN[self.event_type]}) // {step_us} AS slot,
-                       CASE WHEN list_contains($4, affiliate_id) THEN affiliate_id END AS aff,
-                       CASE WHEN list_contains($5, advertiser_id) THEN advertiser_id END AS adv,
-                       count(*) AS n, sum({canonical_hash(self.event_type)}) % {DIGEST_MODULUS} AS h
-                FROM ({window_query(self.event_type, self.relation)})
+                SELECT epoch_us(e.{WINDOW_COLUMN[self.event_type]}) // {step_us} AS slot,
+                       aff, adv, count(*) AS n,
+                       sum({canonical_hash(self.event_type, "e")}) % {DIGEST_MODULUS} AS h
+                FROM ({window_query(self.event_type, self.relation)}) AS e
+                -- Hash joins: a row finds its named ids in constant time, however many.
+                LEFT JOIN named_affiliates ON e.affiliate_id = named_affiliates.aff
+                LEFT JOIN named_advertisers ON e.advertiser_id = named_advertisers.adv
                 GROUP BY ALL
             )
             SELECT wanted.id, slot, sum(n)::BIGINT, (sum(h) % {DIGEST_MODULUS})::VARCHAR
