@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -36,7 +36,6 @@ from affise_s3_assets.csv_export import filters_metadata
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start, window_metadata
 from affise_s3_assets.sensors import (
     _IN_FLIGHT,
-    CATCH_UP_RUN_PRIORITY,
     CHANGED_ROWS,
     LATE_ROWS,
     REASON_TAG,
@@ -54,6 +53,10 @@ RECORDS_PAGE = 1000
 TICK_SECONDS = 60
 TICK_BUDGET_SECONDS = 30
 RUNS_PER_TICK = 20
+# Reconciliation's runs queued or running at once, at most; below the catch-up's backlog in
+# the queue, which delivers windows never delivered at all.
+REDELIVERIES_IN_FLIGHT = 10
+RECONCILIATION_RUN_PRIORITY = "-2"
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def redelivery_requests(
             first,
             last,
             "redeliver",
-            CATCH_UP_RUN_PRIORITY,
+            RECONCILIATION_RUN_PRIORITY,
             extra_key=f"{reason}|{now.isoformat()}",
             extra_tags={REASON_TAG: reason},
         )
@@ -154,20 +157,30 @@ PARTITIONS_PER_READ = 500
 
 
 def delivered_fingerprints(
-    instance: dg.DagsterInstance, group: WindowGroup, windows: Sequence[str]
-) -> tuple[dict[tuple[dg.AssetKey, str], Fingerprint], set[tuple[dg.AssetKey, str]]]:
-    """Each of `windows` (partition keys) as its latest materialization recorded it, per live
-    target: its fingerprint, or its rows alone for a window delivered before fingerprints
-    were recorded; and the (asset, window) pairs whose latest delivery is not comparable with
-    the export as configured now (another frequency's window, other filters): what it holds
-    is not what a re-delivery would, and re-delivering it is the operator's call, not a late
-    row's."""
+    instance: dg.DagsterInstance,
+    group: WindowGroup,
+    windows: Mapping[dg.AssetKey, Sequence[str]],
+    deadline: float | None = None,
+) -> tuple[
+    dict[tuple[dg.AssetKey, str], Fingerprint], set[tuple[dg.AssetKey, str]], set[dg.AssetKey]
+]:
+    """For each live target, each of its `windows` (partition keys) as its latest
+    materialization recorded it: its fingerprint, or its rows alone for a window delivered
+    before fingerprints were recorded. Also: the (asset, window) pairs whose latest delivery
+    is not comparable with the export as configured now (another frequency's window, other
+    filters: what it holds is not what a re-delivery would, and re-delivering it is the
+    operator's call, not a late row's), and the targets read before `deadline` (monotonic
+    seconds; the others wait for the next tick)."""
     found: dict[tuple[dg.AssetKey, str], Fingerprint] = {}
     other: set[tuple[dg.AssetKey, str]] = set()
+    read: set[dg.AssetKey] = set()
     for target in group.live:
+        wanted = list(windows.get(target.asset_key, ()))
+        if wanted and deadline is not None and time.monotonic() > deadline:
+            break
         expected_filters = filters_metadata(target.affiliates, target.advertisers)
-        for offset in range(0, len(windows), PARTITIONS_PER_READ):
-            keys = list(windows[offset : offset + PARTITIONS_PER_READ])
+        for offset in range(0, len(wanted), PARTITIONS_PER_READ):
+            keys = wanted[offset : offset + PARTITIONS_PER_READ]
             seen: set[str] = set()
             cursor = None
             while len(seen) < len(keys):
@@ -191,7 +204,8 @@ def delivered_fingerprints(
                 if not result.has_more:
                     break
                 cursor = result.cursor
-    return found, other
+        read.add(target.asset_key)
+    return found, other, read
 
 
 def _ids(shown: str) -> frozenset[str]:
@@ -224,46 +238,40 @@ def _comparable(
     return Fingerprint(rows, 0, "rows only")
 
 
-def runs_in_flight(
-    instance: dg.DagsterInstance, groups: Sequence[WindowGroup]
-) -> tuple[set[tuple[dg.AssetKey, str]], dict[str, set[str]]]:
-    """Of the window jobs' runs queued or running: the (asset, window) pairs a re-delivery
-    for changed rows is under way for, and per job the windows any run is delivering."""
-    steps = {group.job_name: group.step for group in groups}
-    busy: set[tuple[dg.AssetKey, str]] = set()
-    delivering: dict[str, set[str]] = {}
+@dataclass
+class InFlight:
+    """The window jobs' runs queued or running, as reconciliation must know them."""
+
+    # (asset, window) some run is delivering: not requested again, never settled meanwhile.
+    delivering: set[tuple[dg.AssetKey, str]] = field(default_factory=set)
+    redeliveries: int = 0  # reconciliation's own runs
+
+
+def runs_in_flight(instance: dg.DagsterInstance, groups: Sequence[WindowGroup]) -> InFlight:
+    by_job = {group.job_name: group for group in groups}
+    found = InFlight()
     for run in instance.get_runs(dg.RunsFilter(statuses=_IN_FLIGHT)):
-        step = steps.get(run.job_name)
-        if step is None:
+        group = by_job.get(run.job_name)
+        if group is None:
             continue
+        found.redeliveries += REASON_TAG in run.tags
         single = run.tags.get("dagster/partition")
         first = single or run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
         last = single or run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
         if not first or not last:
             continue
-        windows = []
+        keys = run.asset_selection or {target.asset_key for target in group.targets}
         moment = datetime.strptime(first, PARTITION_KEY_FORMAT)
         while moment <= datetime.strptime(last, PARTITION_KEY_FORMAT):
-            windows.append(moment.strftime(PARTITION_KEY_FORMAT))
-            moment += step
-        delivering.setdefault(run.job_name, set()).update(windows)
-        if REASON_TAG in run.tags:
-            busy.update((key, w) for key in run.asset_selection or () for w in windows)
-    return busy, delivering
+            window = moment.strftime(PARTITION_KEY_FORMAT)
+            found.delivering.update((key, window) for key in keys)
+            moment += group.step
+    return found
 
 
-def _window_digest(
-    group: WindowGroup,
-    start: datetime,
-    current: Mapping[tuple[FilterKey, datetime], Fingerprint],
-    empty: Fingerprint,
-) -> str:
-    """What the source holds for one window, for every target due in it, in 16 hex digits."""
-    parts = []
-    for target in group.due(start):
-        held = current.get((target.filter_key, start), empty)
-        parts.append([target.asset_key.to_user_string(), held.rows, held.text()])
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+def _held(fingerprint: Fingerprint) -> str:
+    """A target's window as the source holds it, short: what `settled` keeps."""
+    return hashlib.sha256(f"{fingerprint.rows}|{fingerprint.text()}".encode()).hexdigest()[:12]
 
 
 def settled_key(scope: str, group: WindowGroup) -> str:
@@ -272,7 +280,10 @@ def settled_key(scope: str, group: WindowGroup) -> str:
     return f"affise/{scope}/reconciliation/settled/{group.job_name}"
 
 
-def _settled(stored: str | None) -> dict[str, str]:
+Settled = dict[str, dict[str, str]]  # asset key -> window -> what the source held (`_held`)
+
+
+def _settled(stored: str | None) -> Settled:
     """A stored settled map; anything unreadable is nothing settled (compared again)."""
     try:
         data = json.loads(stored) if stored else {}
@@ -280,7 +291,11 @@ def _settled(stored: str | None) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {str(k): v for k, v in data.items() if isinstance(v, str)}
+    return {
+        str(asset): {str(w): v for w, v in windows.items() if isinstance(v, str)}
+        for asset, windows in data.items()
+        if isinstance(windows, dict)
+    }
 
 
 def reconcile_group(
@@ -289,25 +304,26 @@ def reconcile_group(
     group: WindowGroup,
     settings: Reconciliation,
     now: datetime,
-    busy: set[tuple[dg.AssetKey, str]] | None = None,
-    settled: Mapping[str, str] | None = None,
-    delivering: set[str] | frozenset[str] = frozenset(),
-) -> tuple[list[Changed], list[dg.RunRequest], dict[str, str]]:
-    """One pass over one window group: what changed, the runs delivering it again, and the
-    windows settled now.
+    in_flight: InFlight | None = None,
+    settled: Settled | None = None,
+    deadline: float | None = None,
+) -> tuple[list[Changed], list[dg.RunRequest], Settled, bool]:
+    """One pass over one window group: what changed, the runs delivering it again, the
+    (export, window) pairs settled now, and whether every export was read before `deadline`.
 
-    The source is read once over the look-back. A window whose source digest is what it was
-    when an earlier pass found every due target's delivery equal to it (`settled`) is not
-    looked up again: only new windows, windows whose rows moved since, and windows not yet
-    settled (undelivered, or delivered again but not yet as the source is) are read from
-    Dagster's records, so a pass costs reads for what changed, not for the whole look-back.
-    A window a run is still delivering (`delivering`) is never settled: that run may record
-    other rows than the source holds now.
+    The source is read once over the look-back. An export's window whose source fingerprint
+    is what it was when an earlier pass found its delivery equal to it (`settled`) is not
+    looked up again: only windows new to the look-back, windows whose rows moved since, and
+    windows not settled yet (undelivered, being delivered, or delivered again but not yet as
+    the source is) are read from Dagster's records, export by export, so one export's broken
+    destination costs reads of its own windows only. A window a run is still delivering is
+    never settled: that run may record other rows than the source holds now.
     """
     now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     span = look_back_range(group, settings, now)
+    in_flight = in_flight or InFlight()
     if span is None or not group.live:
-        return [], [], {}
+        return [], [], {}, True
     first, end = span
     with events.read(group.event_type, first, end) as source:
         current = source.fingerprints(
@@ -315,25 +331,41 @@ def reconcile_group(
         )
         empty = source.empty()
     starts = [first + group.step * i for i in range((end - first) // group.step)]
-    digests = {
-        start.strftime(PARTITION_KEY_FORMAT): _window_digest(group, start, current, empty)
-        for start in starts
-        if group.due(start)
-    }
     settled = settled or {}
-    candidates = [key for key, digest in digests.items() if settled.get(key) != digest]
-    delivered, other = delivered_fingerprints(instance, group, candidates)
+    held: dict[dg.AssetKey, dict[str, str]] = {}
+    candidates: dict[dg.AssetKey, list[str]] = {}
+    for target in group.live:
+        before = settled.get(target.asset_key.to_user_string(), {})
+        mine = held[target.asset_key] = {}
+        for start in starts:
+            if start < target.first_window:
+                continue
+            key = start.strftime(PARTITION_KEY_FORMAT)
+            mine[key] = _held(current.get((target.filter_key, start), empty))
+            if before.get(key) != mine[key]:
+                candidates.setdefault(target.asset_key, []).append(key)
+    delivered, other, read = delivered_fingerprints(instance, group, candidates, deadline)
     changed = find_changed(group, current, delivered, empty)
     differs = {(item.target.asset_key, item.window) for item in changed}
-    now_settled = {key: settled[key] for key in digests if settled.get(key) == digests[key]}
-    for key in candidates:
-        if key in delivering:
-            continue
-        start = datetime.strptime(key, PARTITION_KEY_FORMAT)
-        pairs = [(target.asset_key, key) for target in group.due(start)]
-        if all((pair in delivered or pair in other) and pair not in differs for pair in pairs):
-            now_settled[key] = digests[key]
-    return changed, redelivery_requests(group, changed, busy or set(), now), now_settled
+    now_settled: Settled = {}
+    for target in group.live:
+        name = target.asset_key.to_user_string()
+        before = settled.get(name, {})
+        fresh = set(candidates.get(target.asset_key, ())) if target.asset_key in read else set()
+        mine = {}
+        for key, digest in held[target.asset_key].items():
+            pair = (target.asset_key, key)
+            if pair in in_flight.delivering:
+                continue
+            if key in fresh:
+                if (pair in delivered or pair in other) and pair not in differs:
+                    mine[key] = digest
+            elif before.get(key) == digest:
+                mine[key] = digest
+        if mine:
+            now_settled[name] = mine
+    requests = redelivery_requests(group, changed, in_flight.delivering, now)
+    return changed, requests, now_settled, read >= set(candidates)
 
 
 @dataclass(frozen=True)
@@ -364,9 +396,10 @@ def build_reconciliation_sensor(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dg.SensorDefinition:
     """Compares the look-back's delivered windows with the source every `every_minutes`: a
-    pass over every live group, spread over ticks of at most TICK_BUDGET_SECONDS and
-    RUNS_PER_TICK requests, so no tick outlasts the sensor's timeout and no pass floods the
-    run queue."""
+    pass over every live group, spread over ticks of about TICK_BUDGET_SECONDS (checked
+    between groups and between a group's exports: one source scan, or one export's records,
+    can still outlast it) and at most RUNS_PER_TICK requests, REDELIVERIES_IN_FLIGHT in
+    flight."""
     live = sorted((group for group in groups if group.live), key=lambda g: g.job_name)
     job_names = {group.job_name for group in live}
     every = timedelta(minutes=settings.every_minutes)
@@ -379,7 +412,7 @@ def build_reconciliation_sensor(
         description=(
             f"Every {settings.every_minutes} minutes, compares each window delivered in the last "
             f"{settings.look_back_hours} hours with what the source holds now (rows and a "
-            "content fingerprint, one DuckDB query per window group) and delivers again, same "
+            "content fingerprint, one DuckDB scan per window group) and delivers again, same "
             "key, each window whose rows changed (reason late_rows or changed_rows)."
         ),
     )
@@ -396,15 +429,15 @@ def build_reconciliation_sensor(
         due = (now + every).isoformat() if waiting else cursor.due
         instance = context.instance
         paused = paused_schedules(instance)
-        busy, delivering = runs_in_flight(instance, live)
+        in_flight = runs_in_flight(instance, live)
+        # Requests this tick may add: within its own cap, and within what is still in flight.
+        room = max(0, min(RUNS_PER_TICK, REDELIVERIES_IN_FLIGHT - in_flight.redeliveries))
         requests: list[dg.RunRequest] = []
         lines, failed = [], []
-        started = time.monotonic()
+        deadline = time.monotonic() + TICK_BUDGET_SECONDS
         index = cursor.next_group or 0
         index = index if index < len(live) else 0
-        while index < len(live):
-            if time.monotonic() - started > TICK_BUDGET_SECONDS or len(requests) >= RUNS_PER_TICK:
-                break
+        while index < len(live) and time.monotonic() < deadline:
             group = live[index]
             if group.schedule_name in paused:
                 index += 1
@@ -412,15 +445,8 @@ def build_reconciliation_sensor(
             key = settled_key(scope, group)
             settled = _settled(instance.run_storage.get_cursor_values({key}).get(key))
             try:
-                changed, wanted, now_settled = reconcile_group(
-                    instance,
-                    EventsDatabase(),
-                    group,
-                    settings,
-                    now,
-                    busy,
-                    settled,
-                    delivering.get(group.job_name, set()),
+                changed, wanted, now_settled, whole = reconcile_group(
+                    instance, EventsDatabase(), group, settings, now, in_flight, settled, deadline
                 )
                 if now_settled != settled:
                     instance.run_storage.set_cursor_values({key: json.dumps(now_settled)})
@@ -429,15 +455,15 @@ def build_reconciliation_sensor(
                 context.log.warning(f"{group.job_name}: not compared with the source: {exc}")
                 index += 1
                 continue
-            room = RUNS_PER_TICK - len(requests)
-            requests.extend(wanted[:room])
+            # Beyond the room, the rest stay unsettled: the next pass finds them again.
+            requests.extend(wanted[: max(0, room - len(requests))])
             for item in changed:
                 lines.append(
                     f"{item.target.integration} {group.event_type} {item.window}: {item.reason} "
                     f"({item.before.rows} rows delivered, {item.after.rows} in the source)"
                 )
-            if len(wanted) > room:
-                break  # this group again next tick: what was requested is in flight by then
+            if not whole:
+                break  # out of time among its exports: this group goes on next tick
             index += 1
         if lines:
             context.log.info("\n".join(lines))

@@ -821,13 +821,11 @@ def build_catch_up_sensor(
         )
         # Reconciliation's runs share the catch-up tag's queue limit (the window that just
         # closed keeps its slot) but not this sensor's budget.
-        in_flight = instance.get_runs_count(
-            dg.RunsFilter(statuses=_IN_FLIGHT, tags={CATCH_UP_TAG: "1"})
-        ) - sum(
-            instance.get_runs_count(
-                dg.RunsFilter(statuses=_IN_FLIGHT, tags={CATCH_UP_TAG: "1", REASON_TAG: reason})
+        in_flight = sum(
+            REASON_TAG not in run.tags
+            for run in instance.get_runs(
+                dg.RunsFilter(statuses=_IN_FLIGHT, tags={CATCH_UP_TAG: "1"})
             )
-            for reason in (LATE_ROWS, CHANGED_ROWS)
         )
         materialized = functools.cache(lambda key: set(instance.get_materialized_partitions(key)))
         backlog, state.exports = plan_catch_up(

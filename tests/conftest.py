@@ -132,3 +132,19 @@ def customer_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> dict[s
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
+
+
+@pytest.fixture
+def rig(
+    s3_server: S3Server,
+    bucket: str,
+    customer_env: dict[str, str],
+    events_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Any]:
+    """A WindowRig (tests/window_rig.py) on a fresh instance and bucket."""
+    from tests.window_rig import WindowRig  # it imports this module: not at the top
+
+    with dg.instance_for_test() as instance:
+        yield WindowRig(s3_server, bucket, events_db, tmp_path, monkeypatch, instance)

@@ -3,7 +3,6 @@ customer who applies the files in order (newest updated_at wins per id) has ever
 current state. Against the real S3 server and a real DuckDB file."""
 
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from affise_s3_assets.source import EventsDatabase, connect_events_file, write_w
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
 from tests.test_delivery import delivered_rows, fetch, keys_in, range_tags, source_rows
+from tests.window_rig import WindowRig
 
 DAY = datetime(2026, 11, 25)
 CHANGED_AT = datetime(2026, 11, 25, 22, 30)
@@ -36,24 +36,18 @@ def block(event_type: str, s3: S3Server, bucket: str, directory: str) -> str:
 
 @pytest.fixture
 def setup(
-    s3_server: S3Server,
-    bucket: str,
-    customer_env: dict[str, str],
-    events_db: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[dg.DagsterInstance, Path, dg.Definitions, Path]]:
+    rig: WindowRig, events_db: Path, tmp_path: Path
+) -> tuple[dg.DagsterInstance, Path, dg.Definitions, Path]:
+    """acme's conversions and conversion_updates, from a copy of the events file."""
     db = tmp_path / "events.duckdb"
     shutil.copy(events_db, db)
-    monkeypatch.setenv("AFFISE_EVENTS_DB", str(db))
-    path = tmp_path / "integrations.yaml"
-    path.write_text(
+    rig.monkeypatch.setenv("AFFISE_EVENTS_DB", str(db))
+    rig.path.write_text(
         'integrations:\n  - name: acme\n    start: "2026-11-24 00:00:00"\n'
-        + block("conversions", s3_server, bucket, "conversions")
-        + block("conversion_updates", s3_server, bucket, "updates")
+        + block("conversions", rig.s3, rig.bucket, "conversions")
+        + block("conversion_updates", rig.s3, rig.bucket, "updates")
     )
-    with dg.instance_for_test() as instance:
-        yield instance, db, build_definitions(path), path
+    return rig.instance, db, build_definitions(rig.path), rig.path
 
 
 def run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, first: str, last: str):
@@ -158,11 +152,11 @@ def test_applying_the_files_in_order_gives_every_conversions_current_state(
     source = EventsDatabase(path=str(db))
     # The updates windows the three left hold fewer rows now: delivered again without them
     # (harmless to a customer who upserts; README).
-    moved, _, _ = reconcile_group(
+    moved, _, _, _ = reconcile_group(
         instance, source, groups["conversion_updates"], Reconciliation(), late
     )
     assert {(c.window, c.reason) for c in moved} == {(w, CHANGED_ROWS) for w in before}
-    changed, requests, _ = reconcile_group(
+    changed, requests, _, _ = reconcile_group(
         instance, source, groups["conversions"], Reconciliation(), late
     )
     assert [(c.window, c.reason) for c in changed] == [("2026-11-25-10:00", CHANGED_ROWS)]

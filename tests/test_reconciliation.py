@@ -4,7 +4,6 @@ Against the real S3 server and a real DuckDB file."""
 
 import json
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,26 +28,13 @@ from affise_s3_assets.source import (
     connect_events_file,
 )
 from affise_s3_assets.targets import build_export_targets, build_window_groups
-from tests.conftest import S3Server
+from tests.conftest import ROOT
 from tests.json_schema import problems
 from tests.test_delivery import ADVERTISER, delivered_rows, fetch, source_rows
-from tests.test_window_delivery import ROOT, WindowRig
+from tests.window_rig import WindowRig
 
 HOURS = ["2026-11-25-10:00", "2026-11-25-11:00", "2026-11-25-12:00"]
 LATE_AT = datetime(2026, 11, 25, 11, 30)
-
-
-@pytest.fixture
-def rig(
-    s3_server: S3Server,
-    bucket: str,
-    customer_env: dict[str, str],
-    events_db: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[WindowRig]:
-    with dg.instance_for_test() as instance:
-        yield WindowRig(s3_server, bucket, events_db, tmp_path, monkeypatch, instance)
 
 
 def insert_late_rows(db: Path, at: datetime, affiliate: int, count: int = 3) -> None:
@@ -61,6 +47,15 @@ def insert_late_rows(db: Path, at: datetime, affiliate: int, count: int = 3) -> 
             "FROM (SELECT *, row_number() OVER () AS n FROM clicks LIMIT $3)",
             [at, affiliate, count],
         )
+
+
+def delivered(rig: WindowRig, events_db: Path, tmp_path: Path) -> Path:
+    """A copy of the events file, and acme's HOURS delivered from it; the copy."""
+    db = tmp_path / "events.duckdb"
+    shutil.copy(events_db, db)
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
+    assert rig.run(events_db=db, last=HOURS[-1]).success
+    return db
 
 
 def head(rig: WindowRig, key: str) -> tuple[str, datetime]:
@@ -93,12 +88,15 @@ DEFAULTS = Reconciliation()
 
 
 def evaluate_sensor(
-    rig: WindowRig, settings: Reconciliation = DEFAULTS, cursor: str | None = None
+    rig: WindowRig,
+    settings: Reconciliation = DEFAULTS,
+    cursor: str | None = None,
+    at: datetime = NOW,
 ) -> dg.SensorResult:
-    """A tick of the reconciliation sensor over the rig's config, the clock at NOW."""
+    """A tick of the reconciliation sensor over the rig's config, the clock at `at`."""
     defs = build_definitions(rig.path)
     sensor = build_reconciliation_sensor(
-        [group_of(rig)], [defs.resolve_job_def("clicks_every_60min_job")], settings, lambda: NOW
+        [group_of(rig)], [defs.resolve_job_def("clicks_every_60min_job")], settings, lambda: at
     )
     context = dg.build_sensor_context(instance=rig.instance, definitions=defs, cursor=cursor)
     return sensor.evaluate_tick(context)
@@ -197,16 +195,13 @@ def test_a_delivery_of_another_frequency_or_filter_is_not_taken_for_late_rows(
     """After a frequency or filter change, the windows delivered before it hold other rows
     than a re-delivery would: not a late row, and not re-delivered (the README's rule for a
     frequency change: nothing overlapping what the old one delivered is delivered again)."""
-    db = tmp_path / "events.duckdb"
-    shutil.copy(events_db, db)
-    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
-    assert rig.run(events_db=db, last=HOURS[-1]).success
+    db = delivered(rig, events_db, tmp_path)
     insert_late_rows(db, LATE_AT, affiliate=101)
     source = EventsDatabase(path=str(db))
     (group,) = build_window_groups(
         build_export_targets(apply_integrations(rig.path.read_text()).integrations)
     )
-    changed, _, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
+    changed, _, _, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
     assert [c.window for c in changed] == [HOURS[1]]  # as configured: found
     for edit in (
         ("frequency: 60", "frequency: 15"),
@@ -216,7 +211,7 @@ def test_a_delivery_of_another_frequency_or_filter_is_not_taken_for_late_rows(
         (group,) = build_window_groups(
             build_export_targets(apply_integrations(rig.path.read_text()).integrations)
         )
-        changed, requests, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
+        changed, requests, _, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
         assert (changed, requests) == ([], [])
 
 
@@ -242,28 +237,47 @@ def test_a_failed_fingerprint_never_fails_the_delivery_and_rows_still_tell(
     assert request.partition_key == HOURS[1] and request.tags[REASON_TAG] == LATE_ROWS
 
 
-def test_a_pass_that_wants_more_runs_than_a_tick_goes_on_at_the_next_tick(
+def test_what_a_tick_has_no_room_for_is_found_again_by_the_next_pass(
     rig: WindowRig, events_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = tmp_path / "events.duckdb"
-    shutil.copy(events_db, db)
-    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
-    assert rig.run(events_db=db, last=HOURS[-1]).success
+    db = delivered(rig, events_db, tmp_path)
     insert_late_rows(db, datetime(2026, 11, 25, 10, 30), affiliate=101)
     insert_late_rows(db, datetime(2026, 11, 25, 12, 30), affiliate=101)
     monkeypatch.setattr(reconciliation, "RUNS_PER_TICK", 1)
     first = evaluate_sensor(rig)
     assert [r.partition_key for r in first.run_requests] == [HOURS[0]]
-    run = build_definitions(rig.path).resolve_job_def("clicks_every_60min_job")
     (request,) = first.run_requests
+    run = build_definitions(rig.path).resolve_job_def("clicks_every_60min_job")
     assert run.execute_in_process(
         partition_key=request.partition_key, tags=request.tags, instance=rig.instance
     ).success
-    # The pass is under way: the next tick goes on with it, not "next pass at ...".
-    second = evaluate_sensor(rig, cursor=first.cursor)
+    # The pass went on (no group waits behind one with more than a tick's room) ...
+    waiting = evaluate_sensor(rig, cursor=first.cursor)
+    assert waiting.run_requests == [] and waiting.skip_message.startswith("next pass at")
+    # ... and the next pass finds what had no room, still unsettled.
+    later = NOW + timedelta(minutes=DEFAULTS.every_minutes)
+    second = evaluate_sensor(rig, cursor=waiting.cursor, at=later)
     assert [r.partition_key for r in second.run_requests] == [HOURS[2]]
-    third = evaluate_sensor(rig, cursor=second.cursor)
-    assert third.run_requests == [] and third.skip_message.startswith("next pass at")
+
+
+def test_no_more_redeliveries_are_requested_than_may_be_in_flight(
+    rig: WindowRig, events_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = delivered(rig, events_db, tmp_path)
+    insert_late_rows(db, LATE_AT, affiliate=101)
+    monkeypatch.setattr(reconciliation, "REDELIVERIES_IN_FLIGHT", 1)
+    (request,) = evaluate_sensor(rig).run_requests
+    # Created, not started yet (in flight): the cap is reached.
+    job = build_definitions(rig.path).resolve_job_def("clicks_every_60min_job")
+    rig.instance.create_run_for_job(
+        job,
+        run_config={},
+        tags={**request.tags, "dagster/partition": request.partition_key},
+        asset_selection=frozenset(request.asset_selection),
+    )
+    insert_late_rows(db, datetime(2026, 11, 25, 12, 30), affiliate=101)
+    later = NOW + timedelta(minutes=DEFAULTS.every_minutes)
+    assert evaluate_sensor(rig, at=later).run_requests == []
 
 
 def test_a_pass_waits_every_minutes_and_a_tick_says_when_the_next_one_is(
@@ -433,45 +447,63 @@ def test_no_look_back_means_no_reconciliation_sensor(tmp_path: Path) -> None:
 def test_settled_windows_are_not_read_again_until_their_rows_move(
     rig: WindowRig, events_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pass reads Dagster's records only for windows new to it, windows whose rows moved
-    and windows not yet settled: the steady state costs no read per delivered window."""
+    """A pass reads Dagster's records only for each export's windows new to it, whose rows
+    moved, or not yet settled: the steady state costs no read per delivered window, and an
+    export whose destination is broken costs reads of its own windows only."""
     db = tmp_path / "events.duckdb"
     shutil.copy(events_db, db)
-    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all"))])
-    assert rig.run(events_db=db, last=HOURS[-1]).success
+    rig.configure(
+        [
+            ("acme", "2026-11-24 00:00:00", rig.clicks("all")),
+            ("broken", "2026-11-24 00:00:00", rig.clicks("x", bucket=rig.bucket + "-gone")),
+        ]
+    )
+    assert not rig.run(events_db=db, last=HOURS[-1]).success  # acme's delivered, broken's not
     source = EventsDatabase(path=str(db))
     group = group_of(rig)
-    asked: list[list[str]] = []
+    asked: list[tuple[str, frozenset[str]]] = []
     fetch_materializations = rig.instance.fetch_materializations
 
     def counting(records_filter: dg.AssetRecordsFilter, **kwargs: object) -> object:
-        asked.append(list(records_filter.asset_partitions or []))
+        keys = frozenset(records_filter.asset_partitions or [])
+        asked.append((records_filter.asset_key.path[1], keys))
         return fetch_materializations(records_filter, **kwargs)
 
+    def read(name: str) -> set[str]:
+        return {k for who, keys in asked if who == name for k in keys} & set(HOURS)
+
     monkeypatch.setattr(rig.instance, "fetch_materializations", counting)
-    changed, _, settled = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
-    assert changed == [] and set(HOURS) <= set(settled)
-    assert any(set(HOURS) <= set(keys) for keys in asked)
-    # Undelivered windows of the look-back stay candidates; the delivered ones are settled.
+    changed, _, settled, whole = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
+    assert changed == [] and whole
+    assert (
+        set(HOURS) <= set(settled["affise/acme/clicks"]) and "affise/broken/clicks" not in settled
+    )
+    assert read("acme") == read("broken") == set(HOURS)
+    # Settled: acme's windows are not read again; broken's, never delivered, are.
     asked.clear()
-    changed, _, again = reconcile_group(rig.instance, source, group, DEFAULTS, NOW, None, settled)
+    args = (rig.instance, source, group, DEFAULTS, NOW, None)
+    changed, _, again, _ = reconcile_group(*args, settled)
     assert changed == [] and again == settled
-    assert not any(set(keys) & set(HOURS) for keys in asked)
-    # Late rows move one window's digest: that window alone is read, and found.
+    assert read("acme") == set() and read("broken") == set(HOURS)
+    # Late rows move one window's fingerprint: acme's window alone is read, and found.
     insert_late_rows(db, LATE_AT, affiliate=101)
     asked.clear()
-    changed, _, after = reconcile_group(rig.instance, source, group, DEFAULTS, NOW, None, settled)
-    assert [c.window for c in changed] == [HOURS[1]]
-    assert {k for keys in asked for k in keys} & set(HOURS) == {HOURS[1]}
+    changed, _, after, _ = reconcile_group(*args, settled)
+    assert [(c.target.integration, c.window) for c in changed] == [("acme", HOURS[1])]
+    assert read("acme") == {HOURS[1]}
     # Not settled until it is delivered as the source now is.
-    assert HOURS[1] not in after and HOURS[0] in after
+    assert HOURS[1] not in after["affise/acme/clicks"] and HOURS[0] in after["affise/acme/clicks"]
+    # Out of time before any export is read: nothing read, nothing newly settled, not whole.
+    asked.clear()
+    changed, requests, cut, whole = reconcile_group(*args, {}, deadline=0.0)
+    assert (changed, requests, cut, whole, asked) == ([], [], {}, False, [])
 
 
 def test_reconcile_group_skips_a_range_with_nothing_delivered(events_db: Path) -> None:
     text = (ROOT / "integrations.yaml").read_text()
     groups = build_window_groups(build_export_targets(apply_integrations(text).integrations))
     with dg.instance_for_test() as instance:
-        changed, requests, _ = reconcile_group(
+        changed, requests, _, _ = reconcile_group(
             instance,
             EventsDatabase(path=str(events_db)),
             groups[0],
