@@ -52,9 +52,8 @@ RECORDS_PAGE = 1000
 # this long at most (well under the sensor's 60 s timeout) and requests this many runs.
 TICK_SECONDS = 60
 TICK_BUDGET_SECONDS = 30
-RUNS_PER_TICK = 20
-# Reconciliation's runs queued or running at once, at most; below the catch-up's backlog in
-# the queue, which delivers windows never delivered at all.
+# Reconciliation's runs queued or running at once, this tick's requests included; below the
+# catch-up's backlog in the queue, which delivers windows never delivered at all.
 REDELIVERIES_IN_FLIGHT = 10
 RECONCILIATION_RUN_PRIORITY = "-2"
 
@@ -176,7 +175,9 @@ def delivered_fingerprints(
     read: set[dg.AssetKey] = set()
     for target in group.live:
         wanted = list(windows.get(target.asset_key, ()))
-        if wanted and deadline is not None and time.monotonic() > deadline:
+        # At least one export per call, so a group whose scan alone outlasts the budget
+        # still moves on at each tick.
+        if wanted and read and deadline is not None and time.monotonic() > deadline:
             break
         expected_filters = filters_metadata(target.affiliates, target.advertisers)
         for offset in range(0, len(wanted), PARTITIONS_PER_READ):
@@ -342,7 +343,9 @@ def reconcile_group(
                 continue
             key = start.strftime(PARTITION_KEY_FORMAT)
             mine[key] = _held(current.get((target.filter_key, start), empty))
-            if before.get(key) != mine[key]:
+            # A window being delivered can be neither settled nor requested: not read now.
+            delivering = (target.asset_key, key) in in_flight.delivering
+            if before.get(key) != mine[key] and not delivering:
                 candidates.setdefault(target.asset_key, []).append(key)
     delivered, other, read = delivered_fingerprints(instance, group, candidates, deadline)
     changed = find_changed(group, current, delivered, empty)
@@ -397,9 +400,9 @@ def build_reconciliation_sensor(
 ) -> dg.SensorDefinition:
     """Compares the look-back's delivered windows with the source every `every_minutes`: a
     pass over every live group, spread over ticks of about TICK_BUDGET_SECONDS (checked
-    between groups and between a group's exports: one source scan, or one export's records,
-    can still outlast it) and at most RUNS_PER_TICK requests, REDELIVERIES_IN_FLIGHT in
-    flight."""
+    between groups and between a group's exports, at least one export being read per group
+    and tick: one source scan, or one export's records, can still outlast it), with at most
+    REDELIVERIES_IN_FLIGHT of its runs in flight."""
     live = sorted((group for group in groups if group.live), key=lambda g: g.job_name)
     job_names = {group.job_name for group in live}
     every = timedelta(minutes=settings.every_minutes)
@@ -431,7 +434,7 @@ def build_reconciliation_sensor(
         paused = paused_schedules(instance)
         in_flight = runs_in_flight(instance, live)
         # Requests this tick may add: within its own cap, and within what is still in flight.
-        room = max(0, min(RUNS_PER_TICK, REDELIVERIES_IN_FLIGHT - in_flight.redeliveries))
+        room = max(0, REDELIVERIES_IN_FLIGHT - in_flight.redeliveries)
         requests: list[dg.RunRequest] = []
         lines, failed = [], []
         deadline = time.monotonic() + TICK_BUDGET_SECONDS

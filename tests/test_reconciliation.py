@@ -243,7 +243,7 @@ def test_what_a_tick_has_no_room_for_is_found_again_by_the_next_pass(
     db = delivered(rig, events_db, tmp_path)
     insert_late_rows(db, datetime(2026, 11, 25, 10, 30), affiliate=101)
     insert_late_rows(db, datetime(2026, 11, 25, 12, 30), affiliate=101)
-    monkeypatch.setattr(reconciliation, "RUNS_PER_TICK", 1)
+    monkeypatch.setattr(reconciliation, "REDELIVERIES_IN_FLIGHT", 1)
     first = evaluate_sensor(rig)
     assert [r.partition_key for r in first.run_requests] == [HOURS[0]]
     (request,) = first.run_requests
@@ -493,10 +493,13 @@ def test_settled_windows_are_not_read_again_until_their_rows_move(
     assert read("acme") == {HOURS[1]}
     # Not settled until it is delivered as the source now is.
     assert HOURS[1] not in after["affise/acme/clicks"] and HOURS[0] in after["affise/acme/clicks"]
-    # Out of time before any export is read: nothing read, nothing newly settled, not whole.
+    # Out of time from the start: one export is read all the same (a group whose scan alone
+    # outlasts the budget still moves on), the rest wait; not whole.
     asked.clear()
-    changed, requests, cut, whole = reconcile_group(*args, {}, deadline=0.0)
-    assert (changed, requests, cut, whole, asked) == ([], [], {}, False, [])
+    changed, _, cut, whole = reconcile_group(*args, {}, deadline=0.0)
+    assert not whole and {who for who, _ in asked} == {"acme"}
+    assert [(c.target.integration, c.window) for c in changed] == [("acme", HOURS[1])]
+    assert list(cut) == ["affise/acme/clicks"] and HOURS[1] not in cut["affise/acme/clicks"]
 
 
 def test_reconcile_group_skips_a_range_with_nothing_delivered(events_db: Path) -> None:
