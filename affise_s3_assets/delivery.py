@@ -49,6 +49,7 @@ from affise_s3_assets.io_manager import (
 from affise_s3_assets.manifest import DeliveredObject, manifest_bytes
 from affise_s3_assets.parquet_export import COMPRESSION, COMPRESSION_LEVEL, ParquetEncoder
 from affise_s3_assets.partitions import window_metadata
+from affise_s3_assets.reconciliation import latest_materializations
 from affise_s3_assets.s3 import (
     Verification,
     VerificationFailed,
@@ -599,30 +600,14 @@ def _deliver_selected(
 def _delivered_rows(
     instance: dg.DagsterInstance, targets: Sequence[ExportTarget], windows: Sequence[Window]
 ) -> dict[tuple[dg.AssetKey, str], int]:
-    """The rows each window's latest materialization delivered: one paged read per target
-    over the run's windows."""
+    """The rows each window's latest materialization delivered."""
     keys = [window.key for window in windows]
     found: dict[tuple[dg.AssetKey, str], int] = {}
     for target in targets:
-        seen: set[str] = set()
-        cursor = None
-        while len(seen) < len(keys):
-            result = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=target.asset_key, asset_partitions=keys),
-                limit=1000,
-                cursor=cursor,
-            )
-            for record in result.records:  # newest first
-                key = record.partition_key
-                if key is None or key in seen:
-                    continue
-                seen.add(key)
-                rows = record.asset_materialization.metadata.get("rows")
-                if rows is not None and isinstance(rows.value, int):
-                    found[(target.asset_key, key)] = rows.value
-            if not result.has_more:
-                break
-            cursor = result.cursor
+        for key, materialization in latest_materializations(instance, target.asset_key, keys):
+            rows = getattr(materialization.metadata.get("rows"), "value", None)
+            if isinstance(rows, int):
+                found[(target.asset_key, key)] = rows
     return found
 
 

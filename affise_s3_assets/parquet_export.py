@@ -1,5 +1,6 @@
 """The Parquet format: polars frames in, deterministic Parquet chunks out, a row group at a
-time. Knows neither DuckDB nor S3; the CSV format is csv_export.py's.
+time. Knows neither DuckDB nor S3 (which columns are typed, and how, is source.py's
+TYPED_COLUMNS); the CSV format is csv_export.py's.
 
 Columns are typed as the source declares them (schema.sql): timestamps as UTC instants with
 microseconds, decimals as DECIMAL(18,4), integers, booleans and text as themselves. Row groups
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from affise_s3_assets.config import EventType
+from affise_s3_assets.source import TYPED_COLUMNS
 
 ROW_GROUP_ROWS = 65_536
 COMPRESSION = "zstd"
@@ -22,23 +24,20 @@ COMPRESSION_LEVEL = 3
 
 _DECIMAL = pa.decimal128(18, 4)
 _INSTANT = pa.timestamp("us", tz="UTC")
-# The source DDL (schema.sql) as Arrow types, in column order.
-_TYPES: dict[str, pa.DataType] = {
-    "created_at": _INSTANT,
-    "updated_at": _INSTANT,
-    "click_time": _INSTANT,
-    "affiliate_id": pa.int32(),
-    "offer_id": pa.int32(),
-    "landing_id": pa.int32(),
-    "uniq": pa.bool_(),
-    "payouts": _DECIMAL,
-    "revenue": _DECIMAL,
+# The source DDL's typed columns (source.TYPED_COLUMNS) as Arrow types; the rest is text.
+_ARROW: dict[str, pa.DataType] = {
+    "instant": _INSTANT,
+    "integer": pa.int32(),
+    "boolean": pa.bool_(),
+    "decimal": _DECIMAL,
 }
 
 
 def parquet_schema(columns: Sequence[str]) -> pa.Schema:
     """The file's schema: every column nullable, typed as in the source, text otherwise."""
-    return pa.schema([pa.field(name, _TYPES.get(name, pa.string())) for name in columns])
+    return pa.schema(
+        [pa.field(name, _ARROW.get(TYPED_COLUMNS.get(name, ""), pa.string())) for name in columns]
+    )
 
 
 def _typed(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:

@@ -18,17 +18,13 @@ a window is delivered from delivery.py (through the run it requests).
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
-)
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
 )
 
 from affise_s3_assets.config import Reconciliation
@@ -39,8 +35,10 @@ from affise_s3_assets.sensors import (
     CHANGED_ROWS,
     LATE_ROWS,
     REASON_TAG,
+    expand_windows,
     paused_schedules,
     ranged_request,
+    run_window_span,
 )
 from affise_s3_assets.source import EventsDatabase, FilterKey, Fingerprint
 from affise_s3_assets.targets import ExportTarget, WindowGroup
@@ -155,6 +153,31 @@ def redelivery_requests(
 PARTITIONS_PER_READ = 500
 
 
+def latest_materializations(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: Sequence[str]
+) -> Iterator[tuple[str, dg.AssetMaterialization]]:
+    """Each of `partitions` (keys) with its latest materialization of `asset_key`, where it
+    has one: paged reads of PARTITIONS_PER_READ keys at a time."""
+    for offset in range(0, len(partitions), PARTITIONS_PER_READ):
+        keys = list(partitions[offset : offset + PARTITIONS_PER_READ])
+        seen: set[str] = set()
+        cursor = None
+        while len(seen) < len(keys):
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys),
+                limit=RECORDS_PAGE,
+                cursor=cursor,
+            )
+            for record in result.records:  # newest first: the first of a partition counts
+                key = record.partition_key
+                if key is not None and key not in seen:
+                    seen.add(key)
+                    yield key, record.asset_materialization
+            if not result.has_more:
+                break
+            cursor = result.cursor
+
+
 def delivered_fingerprints(
     instance: dg.DagsterInstance,
     group: WindowGroup,
@@ -180,31 +203,12 @@ def delivered_fingerprints(
         if wanted and read and deadline is not None and time.monotonic() > deadline:
             break
         expected_filters = filters_metadata(target.affiliates, target.advertisers)
-        for offset in range(0, len(wanted), PARTITIONS_PER_READ):
-            keys = wanted[offset : offset + PARTITIONS_PER_READ]
-            seen: set[str] = set()
-            cursor = None
-            while len(seen) < len(keys):
-                result = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=target.asset_key, asset_partitions=keys),
-                    limit=RECORDS_PAGE,
-                    cursor=cursor,
-                )
-                for record in result.records:  # newest first: the first of a window counts
-                    key = record.partition_key
-                    if key is None or key in seen:
-                        continue
-                    seen.add(key)
-                    fingerprint = _comparable(
-                        record.asset_materialization.metadata, key, group, expected_filters
-                    )
-                    if fingerprint is None:
-                        other.add((target.asset_key, key))
-                    else:
-                        found[(target.asset_key, key)] = fingerprint
-                if not result.has_more:
-                    break
-                cursor = result.cursor
+        for key, materialization in latest_materializations(instance, target.asset_key, wanted):
+            fingerprint = _comparable(materialization.metadata, key, group, expected_filters)
+            if fingerprint is None:
+                other.add((target.asset_key, key))
+            else:
+                found[(target.asset_key, key)] = fingerprint
         read.add(target.asset_key)
     return found, other, read
 
@@ -256,17 +260,12 @@ def runs_in_flight(instance: dg.DagsterInstance, groups: Sequence[WindowGroup]) 
         if group is None:
             continue
         found.redeliveries += REASON_TAG in run.tags
-        single = run.tags.get("dagster/partition")
-        first = single or run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
-        last = single or run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
-        if not first or not last:
+        span = run_window_span(run.tags)
+        if span is None:
             continue
         keys = run.asset_selection or {target.asset_key for target in group.targets}
-        moment = datetime.strptime(first, PARTITION_KEY_FORMAT)
-        while moment <= datetime.strptime(last, PARTITION_KEY_FORMAT):
-            window = moment.strftime(PARTITION_KEY_FORMAT)
+        for window in expand_windows([span], group.step):
             found.delivering.update((key, window) for key in keys)
-            moment += group.step
     return found
 
 

@@ -530,7 +530,16 @@ def _merge(keys: Iterable[str], step: timedelta) -> list[list[str]]:
     return spans
 
 
-def _expand(spans: Iterable[Sequence[str]], step: timedelta) -> list[str]:
+def run_window_span(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first and last window (partition keys) a window run delivers, from its tags: one
+    partition, or a range; None for a run of no window."""
+    first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
+    last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
+    return (first, last) if first and last else None
+
+
+def expand_windows(spans: Iterable[Sequence[str]], step: timedelta) -> list[str]:
+    """Every window key of the inclusive spans (first, last), `step` apart."""
     keys = []
     for first, last in spans:
         window = _moment(first)
@@ -602,7 +611,7 @@ def plan_redelivery(
             del state[name]
             continue
         waiting[name] = {
-            k for k in _expand(entry.spans, group.step) if _moment(k) >= target.first_window
+            k for k in expand_windows(entry.spans, group.step) if _moment(k) >= target.first_window
         }
     for run in failed_runs:
         for key in run.asset_keys:
@@ -614,7 +623,7 @@ def plan_redelivery(
             name = key.to_user_string()
             planned = [
                 k
-                for k in _expand([[run.first, run.last]], group.step)
+                for k in expand_windows([[run.first, run.last]], group.step)
                 if _moment(k) >= target.first_window
             ]
             waiting.setdefault(name, set()).update(planned)
@@ -733,14 +742,12 @@ def ended_runs_since(
             if run.job_name not in job_names:
                 continue
             planned = frozenset(run.asset_selection or jobs[run.job_name])
-            tags = run.tags
-            first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
-            last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
-            if first and last:
+            span = run_window_span(run.tags)
+            if span is not None:
                 # Every failure it reported was the source not being complete: the run
                 # tags itself so (reading its events would cost a query per object).
-                only_source = tags.get(SOURCE_ONLY_TAG) == "1"
-                ended.append(FailedRun(run.job_name, planned, first, last, only_source))
+                only_source = run.tags.get(SOURCE_ONLY_TAG) == "1"
+                ended.append(FailedRun(run.job_name, planned, *span, only_source))
     return ended, state
 
 

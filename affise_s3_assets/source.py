@@ -72,6 +72,20 @@ EVENT_COLUMNS: dict[EventType, tuple[str, ...]] = {
     ),
 }
 
+# The columns schema.sql types other than as text: what every reader of typed values (the
+# fingerprint's canonical hash, the Parquet schema) goes by. Every other column is text.
+TYPED_COLUMNS: dict[str, str] = {
+    "created_at": "instant",
+    "updated_at": "instant",
+    "click_time": "instant",
+    "affiliate_id": "integer",
+    "offer_id": "integer",
+    "landing_id": "integer",
+    "uniq": "boolean",
+    "payouts": "decimal",
+    "revenue": "decimal",
+}
+
 # Conversion status changes are the conversions table again, windowed by its latest change:
 # each window holds the conversions whose `updated_at` falls in it, as they are now.
 EVENT_COLUMNS["conversion_updates"] = EVENT_COLUMNS["conversions"]
@@ -405,18 +419,13 @@ FilterKey = tuple[tuple[int, ...], tuple[str, ...]]  # (affiliates, advertisers)
 # (window, affiliate, advertiser) groups one fingerprint query aggregates at most: well within
 # a 16 MB memory_limit (about 100,000 fail there).
 FINGERPRINT_GROUPS = 40_000
-# The schema's types (schema.sql), for hashing values the same whatever a source declares:
-# a Parquet file's TIMESTAMP_NS or DOUBLE would hash otherwise than the DuckDB file's types.
+# Values hashed as the schema types them, whatever a source declares: a Parquet file's
+# TIMESTAMP_NS or BIGINT would hash otherwise than the DuckDB file's types.
 _CANONICAL: dict[str, str] = {
-    "created_at": "epoch_us({})",
-    "updated_at": "epoch_us({})",
-    "click_time": "epoch_us({})",
-    "affiliate_id": "{}::BIGINT",
-    "offer_id": "{}::BIGINT",
-    "landing_id": "{}::BIGINT",
-    "uniq": "{}::BOOLEAN",
-    "payouts": "{}::DECIMAL(18,4)",
-    "revenue": "{}::DECIMAL(18,4)",
+    "instant": "epoch_us({})",
+    "integer": "{}::BIGINT",
+    "boolean": "{}::BOOLEAN",
+    "decimal": "{}::DECIMAL(18,4)",
 }
 
 
@@ -424,7 +433,7 @@ def canonical_hash(event_type: EventType, alias: str = "") -> str:
     """The SQL hashing one row of `event_type`: every column, as the schema types it."""
     prefix = f"{alias}." if alias else ""
     values = [
-        _CANONICAL.get(column, "{}::VARCHAR").format(f'{prefix}"{column}"')
+        _CANONICAL.get(TYPED_COLUMNS.get(column, ""), "{}::VARCHAR").format(f'{prefix}"{column}"')
         for column in EVENT_COLUMNS[event_type]
     ]
     return f"hash({', '.join(values)})"
