@@ -113,6 +113,28 @@ def test_every_allowed_frequency_is_accepted(frequency: int) -> None:
         ("      bucket: xn--acme-raw\n", "clicks.bucket", "AWS reserves the prefixes"),
         ("      bucket: acme-raw-s3alias\n", "clicks.bucket", "AWS reserves the prefixes"),
         ("      bucket: acme-raw--ol-s3\n", "clicks.bucket", "AWS reserves the prefixes"),
+        # AWS's own endpoint written out is still AWS.
+        (
+            "      bucket: 192.168.10.20\n      endpoint_url: https://s3.us-west-2.amazonaws.com\n",
+            "clicks.bucket",
+            "must not be an IP address",
+        ),
+        (
+            "      bucket: xn--acme\n      endpoint_url: https://s3.dualstack.us-west-2.amazonaws.com\n",
+            "clicks.bucket",
+            "AWS reserves the prefixes",
+        ),
+        (
+            "      region: auto\n      endpoint_url: https://s3-fips.us-west-2.amazonaws.com\n",
+            "clicks.region",
+            "is not an AWS region name",
+        ),
+        # A literal key id is allowed (it is not secret), but not with its newline pasted in.
+        (
+            '      access_key: "AKIDLITERAL0123\\n"\n',
+            "clicks.access_key",
+            "holds whitespace or control characters",
+        ),
         (
             "      directory: 'affise\\\\clicks'\n",
             "clicks.directory",

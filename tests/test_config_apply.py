@@ -177,6 +177,64 @@ def test_yaml_merge_keys_share_settings_and_an_explicit_key_overrides_them() -> 
     assert acme.conversions.bucket == "acme-affise-raw"
 
 
+MERGED_EXPORT = """integrations:
+  - name: acme
+    start: "2026-11-26 00:00:00"
+    clicks: &acme
+      bucket: acme-affise-raw
+      region: us-west-2
+      directory: clicks
+      access_key: ${A}
+      secret_key: ${S}
+      affiliates: [101]
+    conversions: {MERGE}
+"""
+
+
+@pytest.mark.parametrize(
+    ("merge", "refusal"),
+    [
+        # A second `<<` would drop the filter the first one brought.
+        (
+            "{<<: *acme, <<: {affiliates: []}, directory: c}",
+            r"key '<<' appears twice in one block \(line 11, columns \d+ and \d+\)",
+        ),
+        # A key twice inside a merged block never passes through a mapping of its own.
+        (
+            "{<<: {<<: *acme, affiliates: [101], affiliates: []}, directory: c}",
+            r"key 'affiliates' appears twice in one block \(line 11, columns \d+ and \d+\)",
+        ),
+        # Two merged blocks giving one key: which wins is PyYAML's guess, not the file's.
+        (
+            "{<<: [*acme, {affiliates: []}], directory: c}",
+            r"key 'affiliates' comes from two merged blocks \(lines 10 and 11\)",
+        ),
+    ],
+)
+def test_a_key_given_twice_through_merges_is_refused(merge: str, refusal: str) -> None:
+    text = MERGED_EXPORT.replace("{MERGE}", merge)
+    with pytest.raises(ConfigError, match=refusal):
+        parse_integrations(text)
+    good = apply_integrations(MERGED_EXPORT.replace("{MERGE}", "{<<: *acme, directory: c}"))
+    (acme,) = good.integrations
+    assert acme.conversions is not None and acme.conversions.affiliates == (101,)
+    applied = apply_integrations(text, last_good=good)
+    assert applied.file_error is not None and applied.integrations == good.integrations
+
+
+@pytest.mark.parametrize(
+    "value", ["!!int wJalrXUtnFEMIK7MDENGbPxRfiCY", "!!timestamp wJalrXUtnFEMIK7MDENGbPxRfiCY"]
+)
+def test_a_value_its_tag_cannot_read_is_a_file_error_that_never_quotes_it(value: str) -> None:
+    # PyYAML's own errors quote the value (int()'s ValueError) or crash (AttributeError for
+    # a timestamp): either would take the code location down or echo a secret.
+    text = MERGED_EXPORT.replace("{MERGE}", "*acme").replace("${S}", value)
+    applied = apply_integrations(text)
+    assert applied.file_error is not None
+    assert "line 9" in applied.file_error and "cannot be read as its tag !!" in applied.file_error
+    assert "wJalr" not in applied.file_error
+
+
 def test_a_key_yaml_cannot_hash_is_a_file_error_not_a_crash() -> None:
     applied = apply_integrations("integrations:\n  - ? [a, b]\n    : 1\n")
     assert applied.file_error is not None and "not valid YAML" in applied.file_error
