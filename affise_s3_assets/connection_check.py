@@ -19,6 +19,7 @@ from affise_s3_assets.s3 import (
     S3ObjectWriter,
     error_code,
     s3_client,
+    within_deadline,
 )
 
 # Where the probe goes: beside the deliveries' YYYY/ folders, never among them.
@@ -65,7 +66,9 @@ def check_connection(destination: S3Destination, deadline: float = 30) -> CheckR
         return CheckResult(False, explain(exc, destination))
     removed = "and removed it"
     try:
-        client.delete_object(Bucket=destination.bucket, Key=key)
+        within_deadline(deadline, client.delete_object, Bucket=destination.bucket, Key=key)
+    except DeliveryTimeout:
+        removed = f"and left it (the delete had no answer within {deadline:.0f} s)"
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
         # The least-privilege policy has no s3:DeleteObject: the probe stays, by design.
         removed = f"and left it (no s3:DeleteObject; delete s3://{destination.bucket}/{key})"

@@ -224,6 +224,16 @@ def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Future[Any]:
     return future
 
 
+def within_deadline(seconds: float, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` (a request, or a few), on a thread of its own, given up with
+    DeliveryTimeout after `seconds`: an endpoint that accepts and then trickles would otherwise
+    hold its caller, and with it every object of the run, for as long as it likes."""
+    try:
+        return _in_thread(function, *args, **kwargs).result(timeout=seconds)
+    except FutureTimeout:
+        raise DeliveryTimeout(f"no answer within {seconds:.0f} s") from None
+
+
 class S3ObjectWriter:
     """Push-based upload of one object of unknown length.
 
@@ -633,10 +643,12 @@ def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | str | No
     """Abort the multipart uploads still open for exactly `key` (a killed run's, an abort that
     failed): they are invisible, but their parts are billed. Best effort: None when listing
     them is not allowed (s3:ListBucketMultipartUploads is optional; the bucket's lifecycle rule
-    AbortIncompleteMultipartUpload covers it), "failed: <why>" when the store would not, else
-    how many were aborted. Never raises: the object is already delivered."""
-    aborted = 0
-    try:
+    AbortIncompleteMultipartUpload covers it), "failed: <why>" when the store would not or not
+    within one request's deadline, else how many were aborted. Never raises: the object is
+    already delivered."""
+
+    def abort_all() -> int:
+        aborted = 0
         pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key)
         for page in pages:
             for upload in page.get("Uploads", []):
@@ -645,13 +657,16 @@ def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | str | No
                         Bucket=bucket, Key=key, UploadId=upload["UploadId"]
                     )
                     aborted += 1
+        return aborted
+
+    try:
+        return within_deadline(request_deadline(), abort_all)
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) in PERMANENT_ERROR_CODES:
             return None
         return f"failed: {error_code(exc)}"  # the object is delivered: this fails nothing
     except (botocore.exceptions.BotoCoreError, DeliveryTimeout) as exc:
         return f"failed: {type(exc).__name__}"
-    return aborted
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -5,6 +5,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from affise_s3_assets import s3
 from affise_s3_assets.s3 import describe_s3_error
 from affise_s3_assets.targets import build_export_targets
 from tests.conftest import S3Server
+from tests.stalling_endpoint import stalling_endpoint
 from tests.test_delivery import (
     deliver,
     delivered_rows,
@@ -243,3 +245,23 @@ def test_a_redelivery_aborts_the_uploads_an_earlier_attempt_left_open(
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [(u["Key"], u["UploadId"]) for u in uploads] == [(KEY + ".other", other)]
     assert keys_in(s3_server, bucket) == [KEY]
+
+
+def test_a_clean_up_the_store_never_finishes_answering_is_given_up_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leftover clean-up runs after the object is delivered, and the window's step waits
+    for it: a store that trickles its listing would hold every integration of the run. It is
+    given up at one request's deadline, and says so."""
+    monkeypatch.setenv("AFFISE_REQUEST_DEADLINE_SECONDS", "1")
+    with stalling_endpoint(trickle_every=0.2) as url:
+        destination = s3.S3Destination("slow", "clicks", "slow", "us-east-1", "d", "AK", "SK", url)
+        client = s3.s3_client(destination)
+        outcome: list[object] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(s3.abort_leftover_uploads(client, "slow", KEY)),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout=60)
+        assert outcome == ["failed: DeliveryTimeout"]
