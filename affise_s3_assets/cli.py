@@ -2,7 +2,7 @@
 (config.py), not the definitions; never prints a secret value.
 
     affise-s3 validate [FILE]     every problem of the file at once; exit 1 if any
-    affise-s3 check-connection NAME [--event-type TYPE] [--file FILE]
+    affise-s3 check-connection NAME [--event-type TYPE] [--file FILE] [--state-dir DIR]
                                   write a probe object with that integration's own
                                   credentials; say what fails in words to act on (TYPE:
                                   clicks, conversions or conversion_updates)
@@ -44,8 +44,12 @@ def validate(path: Path, state: Path | None = None) -> int:
     return 0
 
 
-def check_connections(path: Path, name: str, event_type: str | None) -> int:
-    """Check each export of integration `name` (or only `event_type`); 0 when all work."""
+def check_connections(
+    path: Path, name: str, event_type: str | None, state: Path | None = None
+) -> int:
+    """Check each export of integration `name` (or only `event_type`); 0 when all work. With
+    the deployment's `state` directory, an export it keeps delivering under its last applied
+    config is checked as it delivers, as `validate` judges it."""
     from affise_s3_assets.connection_check import check_connection
     from affise_s3_assets.s3 import request_deadline
     from affise_s3_assets.targets import build_export_targets
@@ -55,7 +59,8 @@ def check_connections(path: Path, name: str, event_type: str | None) -> int:
     except OSError as exc:
         print(f"{path}: cannot be read: {exc.strerror}", file=sys.stderr)
         return 1
-    applied = apply_integrations(text, source=str(path))
+    last_good = read_last_good(state) if state is not None else None
+    applied = apply_integrations(text, source=str(path), last_good=last_good)
     mine = [p for p in applied.problems if p.startswith(f"integration {name!r}:")]
     targets = [
         t
@@ -77,6 +82,16 @@ def check_connections(path: Path, name: str, event_type: str | None) -> int:
     return 1 if failed or mine else 0
 
 
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=state_dir(),
+        help="the deployment's AFFISE_STATE_DIR (default: $AFFISE_STATE_DIR), for its last "
+        "applied config",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="affise-s3", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,18 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument(
         "file", nargs="?", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
     )
-    check.add_argument(
-        "--state-dir",
-        type=Path,
-        default=state_dir(),
-        help="the deployment's AFFISE_STATE_DIR (default: $AFFISE_STATE_DIR), for its last "
-        "applied config",
-    )
+    _add_state_dir(check)
     probe = commands.add_parser(
         "check-connection", help="write a probe object with an integration's own credentials"
     )
     probe.add_argument("name", help="the integration's name")
     probe.add_argument("--event-type", choices=list(EVENT_TYPES))
+    _add_state_dir(probe)
     probe.add_argument(
         "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
     )
@@ -104,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return validate(options.file or integrations_path(), options.state_dir)
     if options.command == "check-connection":
         return check_connections(
-            options.file or integrations_path(), options.name, options.event_type
+            options.file or integrations_path(), options.name, options.event_type, options.state_dir
         )
     parser.error(f"unknown command {options.command}")
     return 2

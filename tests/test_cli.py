@@ -141,10 +141,10 @@ def probe_file(tmp_path: Path, endpoint: str, bucket: str, region: str = "us-eas
     return path
 
 
-def check(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def check(path: Path, *options: str, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("CHECK_", "AWS_"))}
     return subprocess.run(
-        [str(CLI), "check-connection", "acme", "--file", str(path)],
+        [str(CLI), "check-connection", "acme", "--file", str(path), *options],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -184,6 +184,34 @@ def test_check_connection_passes_under_the_least_privilege_policy_and_leaves_the
     assert "and left it (no s3:DeleteObject; delete s3://" in done.stdout
     (probe,) = keys_in(s3_server, bucket)
     assert probe.startswith("affise/clicks/_affise_connection_check/")
+
+
+def test_check_connection_checks_an_export_the_deployment_keeps_delivering(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """An export whose start time has pushed past the bound on windows before now is still
+    delivered under the deployment's last applied config: with its state directory, it can
+    still be checked."""
+    path = probe_file(tmp_path, s3_server.endpoint_url, bucket)
+    old_start = (datetime.now(UTC) - timedelta(days=730)).strftime("%Y-%m-%d 00:00:00")
+    path.write_text(
+        path.read_text()
+        .replace('"2026-11-01 00:00:00"', f'"{old_start}"')
+        .replace("    clicks:\n", "    clicks:\n      frequency: 1\n")
+    )
+    keys = {
+        "CHECK_KEY": s3_server.customer.access_key,
+        "CHECK_SECRET": s3_server.customer.secret_key,
+    }
+    fresh = check(path, **keys)
+    assert fresh.returncode == 1 and "no export to check" in fresh.stdout, fresh.stdout
+    state = tmp_path / "state"
+    write_last_good(
+        state, apply_integrations(path.read_text(), str(path), now=datetime(2026, 1, 1))
+    )
+    delivering = check(path, "--state-dir", str(state), **keys)
+    assert delivering.returncode == 0, delivering.stdout
+    assert "ok: wrote a probe object" in delivering.stdout
 
 
 @pytest.mark.parametrize(
