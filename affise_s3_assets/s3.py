@@ -20,6 +20,7 @@ from typing import IO, Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 import botocore.loaders
 import botocore.session
 from botocore.configprovider import (
@@ -106,14 +107,23 @@ _session_lock = threading.Lock()
 _session: boto3.session.Session | None = None
 
 
+class _SessionWithoutPlugins(botocore.session.Session):
+    def _register_client_plugins(self, client: Any) -> None:
+        # BOTOCORE_EXPERIMENTAL__PLUGINS would import a module into every client.
+        return
+
+
 def isolated_botocore_session() -> botocore.session.Session:
     """A botocore session that reads no `AWS_*` variable and no `~/.aws` file: a destination
     is its integration's block alone. (`AWS_ENDPOINT_URL` or a profile's `endpoint_url` would
     otherwise send an integration shown as AWS to another server; a profile's `s3` section
     would change its addressing.) Every setting botocore looks up is a constant, its default.
     What stays the deployment's, not a destination's: the HTTP(S)_PROXY / NO_PROXY network
-    route and botocore's own debugging switches (SSLKEYLOGFILE)."""
-    session = botocore.session.Session()
+    route (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) and TLS key logging (SSLKEYLOGFILE), which only
+    whoever runs the process can set. Neither botocore's experimental plugins nor the Lambda
+    trace header (AWS_LAMBDA_FUNCTION_NAME, _X_AMZN_TRACE_ID) apply."""
+    session = _SessionWithoutPlugins()
+    session.unregister("before-call", botocore.handlers.add_recursion_detection_header)
     constants: dict[str, Any] = {
         name: ConstantProvider(default)
         for name, (_, _, default, _) in BOTOCORE_DEFAUT_SESSION_VARIABLES.items()

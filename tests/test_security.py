@@ -53,14 +53,25 @@ def hostile_aws_environment(tmp_path: Path) -> Iterator[None]:
             "AWS_DEFAULT_REGION": "ap-south-1",
             "AWS_USE_DUALSTACK_ENDPOINT": "true",
             "AWS_CA_BUNDLE": str(tmp_path / "no-such-bundle.pem"),
+            "REQUESTS_CA_BUNDLE": str(tmp_path / "no-such-bundle.pem"),
             "AWS_MAX_ATTEMPTS": "1",
+            # A module imported into every client, and a header added to every request.
+            "BOTOCORE_EXPERIMENTAL__PLUGINS": "hostile=affise_hostile_plugin",
+            "AWS_LAMBDA_FUNCTION_NAME": "hostile",
+            "_X_AMZN_TRACE_ID": "Root=1-hostile",
         }.items():
             patch.setenv(name, value)
         # The process's one session and its clients were made before: made again here.
+        loaded = tmp_path / "plugin-loaded"
+        (tmp_path / "affise_hostile_plugin.py").write_text(
+            f"def initialize_client_plugin(client):\n    open({str(loaded)!r}, 'w').close()\n"
+        )
+        patch.syspath_prepend(str(tmp_path))
         patch.setattr(s3, "_session", None)
         s3._cached_client.cache_clear()
         try:
             yield
+            assert not loaded.exists(), "a plugin named by the environment was loaded"
         finally:
             s3._cached_client.cache_clear()
 
@@ -74,6 +85,8 @@ def test_an_integration_shown_as_aws_goes_to_aws_whatever_the_environment_says(
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.config.s3 == {"addressing_style": "auto"}
     assert client.meta.config.retries["total_max_attempts"] == s3.MAX_ATTEMPTS
+    # The bundled CA store: botocore keeps the choice on its HTTP session only.
+    assert client._endpoint.http_session._verify is True
     # No service model or endpoint rules from ~/.aws/models, only the installed packages'.
     session = s3.isolated_botocore_session()
     assert not any(".aws" in path for path in session.get_component("data_loader").search_paths)
@@ -87,10 +100,16 @@ def test_delivery_uses_its_blocks_endpoint_under_a_hostile_environment(
     tmp_path: Path,
 ) -> None:
     acme = integration(s3_server, bucket, frequency=60)
+    sent: list[dict[str, str]] = []
     with hostile_aws_environment(tmp_path):
+        client = s3.s3_client(build_export_targets((acme,))[0].destination)
+        client.meta.events.register(
+            "before-send.s3", lambda request, **_: sent.append(dict(request.headers))
+        )
         result = deliver(export_asset(acme), "2026-11-25-10:00", events_db)
     assert len(result.materializations(key_of(acme))) == 1
     assert keys_in(s3_server, bucket) == [KEY]
+    assert sent and not any("X-Amzn-Trace-Id" in headers for headers in sent)
 
 
 @pytest.mark.parametrize("variable", ["TEST_ACCESS_KEY_ID", "TEST_SECRET_ACCESS_KEY"])
