@@ -216,6 +216,47 @@ def test_delivery_works_under_the_published_least_privilege_policy(
     assert delivered == source_rows(db, "clicks", start, end)[1]
 
 
+def test_a_redelivery_under_the_least_privilege_policy_delivers_and_says_it_could_not_list(
+    s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch, events_db: Path
+) -> None:
+    """A re-delivery looks for uploads an earlier attempt left open, which takes the optional
+    s3:ListBucketMultipartUploads: denied, it still delivers, and the metadata says so."""
+    grant_only_delivery(s3_server, bucket)
+    monkeypatch.setenv("TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
+    monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
+    acme = integration(
+        s3_server, bucket, frequency=60, extra="      acl: bucket-owner-full-control\n"
+    )
+    first = deliver(export_asset(acme), "2026-11-25-10:00", events_db)
+    ((_, delivered),) = first.all_materializations()
+    again = deliver(
+        export_asset(acme), "2026-11-25-10:00", events_db, tags={"affise/redelivery": "1"}
+    )
+    ((_, redelivered),) = again.all_materializations()
+    assert redelivered.metadata["leftover_uploads_aborted"].value == "not allowed to list"
+    assert redelivered.metadata["sha256"].value == delivered.metadata["sha256"].value
+    assert keys_in(s3_server, bucket) == [KEY]
+    data = fetch(s3_server, bucket, KEY)  # read by the bucket's owner
+    assert hashlib.sha256(data).hexdigest() == redelivered.metadata["sha256"].value
+
+
+def test_without_the_acl_option_the_owner_of_an_acl_bucket_cannot_read_what_another_account_wrote(
+    s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch, events_db: Path
+) -> None:
+    """Why `acl: bucket-owner-full-control` exists: the same delivery without it lands, and the
+    bucket's owner is refused the object."""
+    grant_only_delivery(s3_server, bucket)
+    monkeypatch.setenv("TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
+    monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
+    acme = integration(s3_server, bucket, frequency=60)
+    result = deliver(export_asset(acme), "2026-11-25-10:00", events_db)
+    assert len(result.materializations(key_of(acme))) == 1
+    assert keys_in(s3_server, bucket) == [KEY]
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        fetch(s3_server, bucket, KEY)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+
 def test_a_body_changed_on_the_way_is_refused_by_s3_and_fails_its_window(
     s3_server: S3Server, bucket: str, customer_env: dict[str, str], events_db: Path
 ) -> None:
