@@ -40,7 +40,7 @@ from affise_s3_assets.sensors import (
     ranged_request,
     run_window_span,
 )
-from affise_s3_assets.source import EventsDatabase, FilterKey, Fingerprint
+from affise_s3_assets.source import WINDOW_COLUMN, EventsDatabase, FilterKey, Fingerprint
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 RECONCILIATION_SENSOR = "reconciliation_sensor"
@@ -68,6 +68,15 @@ class Changed:
     @property
     def reason(self) -> str:
         return LATE_ROWS if self.after.rows > self.before.rows else CHANGED_ROWS
+
+    @property
+    def vanished(self) -> bool:
+        """Every delivered row is gone from the source: far likelier a day folder unmounted or
+        being rewritten than events all withdrawn, and an empty file would tell the customer
+        there were none. Not delivered again by itself (an operator can, by hand). A
+        conversion_updates window empties when its changes change again: those rows moved."""
+        moves = WINDOW_COLUMN[self.target.event_type] != "created_at"
+        return not moves and self.after.rows == 0 < self.before.rows
 
 
 def look_back_range(
@@ -116,7 +125,7 @@ def redelivery_requests(
     already queued or running (`busy`) wait for the next pass."""
     by_window: dict[tuple[str, str], list[dg.AssetKey]] = {}
     for item in changed:
-        if (item.target.asset_key, item.window) in busy:
+        if (item.target.asset_key, item.window) in busy or item.vanished:
             continue
         by_window.setdefault((item.window, item.reason), []).append(item.target.asset_key)
     runs: list[tuple[datetime, datetime, str, tuple[dg.AssetKey, ...]]] = []
@@ -435,7 +444,7 @@ def build_reconciliation_sensor(
         # Requests this tick may add: within its own cap, and within what is still in flight.
         room = max(0, REDELIVERIES_IN_FLIGHT - in_flight.redeliveries)
         requests: list[dg.RunRequest] = []
-        lines, failed = [], []
+        lines, failed, vanished = [], [], []
         deadline = time.monotonic() + TICK_BUDGET_SECONDS
         index = cursor.next_group or 0
         index = index if index < len(live) else 0
@@ -460,6 +469,14 @@ def build_reconciliation_sensor(
             # Beyond the room, the rest stay unsettled: the next pass finds them again.
             requests.extend(wanted[: max(0, room - len(requests))])
             for item in changed:
+                if item.vanished:
+                    vanished.append(
+                        f"{item.target.integration} {group.event_type} {item.window}: all "
+                        f"{item.before.rows} delivered rows are gone from the source; not "
+                        "delivered again (an empty file would say there were no events): "
+                        "re-materialize it by hand if they really were withdrawn"
+                    )
+                    continue
                 lines.append(
                     f"{item.target.integration} {group.event_type} {item.window}: {item.reason} "
                     f"({item.before.rows} rows delivered, {item.after.rows} in the source)"
@@ -469,6 +486,8 @@ def build_reconciliation_sensor(
             index += 1
         if lines:
             context.log.info("\n".join(lines))
+        if vanished:
+            context.log.warning("\n".join(vanished))
         finished = index >= len(live)
         state = PassCursor(None if finished else index, due)
         skip = None

@@ -189,6 +189,37 @@ def test_late_rows_are_delivered_again_under_the_same_key_and_nothing_else_is(
     assert evaluate_sensor(rig).run_requests == []
 
 
+def test_a_window_whose_rows_all_vanished_is_not_replaced_by_an_empty_file(
+    rig: WindowRig, events_db: Path, tmp_path: Path
+) -> None:
+    """A day folder unmounted or a loader's delete-then-reload leaves a delivered window with no
+    rows while the watermark still says complete: an empty file over the delivered one would
+    tell the customer there were no events. It is left alone, and the next pass looks again;
+    a window that only lost some rows is delivered again as before."""
+    db = delivered(rig, events_db, tmp_path)
+    rig.monkeypatch.setenv("AFFISE_EVENTS_DB", str(db))
+    emptied, thinned = HOURS[1], HOURS[2]
+    with connect_events_file(db, read_only=False) as con:
+        con.execute(
+            "DELETE FROM clicks WHERE created_at >= $1 AND created_at < $2",
+            [datetime(2026, 11, 25, 11), datetime(2026, 11, 25, 12)],
+        )
+        con.execute(
+            "DELETE FROM clicks WHERE id IN (SELECT id FROM clicks WHERE created_at >= $1 "
+            "AND created_at < $2 LIMIT 2)",
+            [datetime(2026, 11, 25, 12), datetime(2026, 11, 25, 13)],
+        )
+    key = "all/2026/11/25/2026-11-25 11:00:00.csv.gz"
+    kept = head(rig, key)
+    for _ in range(2):
+        (request,) = evaluate_sensor(rig).run_requests
+        assert request.partition_key == thinned and request.tags[REASON_TAG] == CHANGED_ROWS
+    assert head(rig, key) == kept
+    assert latest_metadata(rig, "acme", emptied)["rows"] > 0
+    _, rows = delivered_rows(fetch(rig.s3, rig.bucket, key))
+    assert rows
+
+
 def test_a_delivery_of_another_frequency_or_filter_is_not_taken_for_late_rows(
     rig: WindowRig, events_db: Path, tmp_path: Path
 ) -> None:
@@ -386,8 +417,16 @@ def test_what_changed_is_found_and_named_without_a_source() -> None:
         ("2026-11-27-10:00", LATE_ROWS),
         ("2026-11-27-10:30", CHANGED_ROWS),
     ]
-    # A window emptied at the source is a change too.
+    # A window emptied at the source is a change, but not one delivered by itself.
     gone = find_changed(group, {}, delivered, Fingerprint(0, 0, scheme))
+    assert len(gone) == 4 and all(c.vanished for c in gone)
+    assert redelivery_requests(group, gone, set(), datetime(2026, 11, 28)) == []
+    # Rows removed, some left: delivered again.
+    fewer = {
+        (target.filter_key, at + timedelta(minutes=15 * i)): Fingerprint(1, 3, scheme)
+        for i in range(4)
+    }
+    gone = find_changed(group, fewer, delivered, Fingerprint(0, 0, scheme))
     assert len(gone) == 4 and {c.reason for c in gone} == {CHANGED_ROWS}
     requests = redelivery_requests(group, gone, set(), datetime(2026, 11, 28))
     assert [
