@@ -1,5 +1,6 @@
 """The loader: reads one window of raw events out of DuckDB. Knows DuckDB, nothing of S3."""
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -179,6 +180,16 @@ class SourceProgress:
         )
 
 
+# Without a watermark, events stamped later than this past the clock are not taken for
+# progress: one row from a client with a wrong clock (2099) would otherwise mark every window
+# complete, and a stalled ingestion would ship empty files.
+FUTURE_EVENT_SKEW = timedelta(minutes=5)
+
+
+def _horizon() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None) + FUTURE_EVENT_SKEW
+
+
 class SourceIncomplete(Exception):
     """A window the source is not complete for: not delivered, tried again later."""
 
@@ -223,8 +234,11 @@ def write_dataset_watermark(dataset: Path, event_type: EventType, until: datetim
     with open(dataset / f"{WATERMARK_FILE}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         current = json.loads(marks.read_text(encoding="utf-8")) if marks.exists() else {}
-        value = f"{naive_utc(until):%Y-%m-%d %H:%M:%S}"
-        current[event_type] = max(current.get(event_type, value), value)
+        moment = naive_utc(until)
+        # None yet, or one the exporter cannot read (so it counts for nothing): replaced.
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            moment = max(moment, datetime.strptime(current[event_type], "%Y-%m-%d %H:%M:%S"))
+        current[event_type] = f"{moment:%Y-%m-%d %H:%M:%S}"
         scratch = marks.with_name(f"{WATERMARK_FILE}.{os.getpid()}.tmp")
         scratch.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n", encoding="utf-8")
         scratch.replace(marks)
@@ -333,8 +347,10 @@ class EventsDatabase(dg.ConfigurableResource):
                 ).fetchone()
                 if row is not None:
                     return SourceProgress(event_type, naive_utc(row[0]), "watermark")
+            column = WINDOW_COLUMN[event_type]
             ((latest,),) = con.execute(
-                f"SELECT max({WINDOW_COLUMN[event_type]}) FROM {EVENT_TABLE[event_type]}"
+                f"SELECT max({column}) FROM {EVENT_TABLE[event_type]} WHERE {column} <= $1",
+                [_horizon()],
             ).fetchall()
         if latest is None:
             return SourceProgress(event_type, None, f"no {event_type} in {path}")
@@ -350,18 +366,18 @@ class EventsDatabase(dg.ConfigurableResource):
                     return SourceProgress(event_type, moment, "watermark")
             except (OSError, ValueError, AttributeError) as exc:
                 return SourceProgress(event_type, None, f"{marks} is unreadable: {exc}")
-        days = sorted(
-            day
-            for day in (dataset / EVENT_TABLE[event_type]).glob("date=*")
-            if any(day.glob("*.parquet"))
-        )
+        horizon = _horizon()
         # A day folder missing between others has not arrived: complete up to it, at most.
-        dates = []
-        for day in days:
+        # Folders of days after the clock's are not taken for progress (FUTURE_EVENT_SKEW).
+        days, dates = [], []
+        for day in sorted((dataset / EVENT_TABLE[event_type]).glob("date=*")):
             try:
-                dates.append(datetime.strptime(day.name.removeprefix("date="), "%Y-%m-%d"))
+                date = datetime.strptime(day.name.removeprefix("date="), "%Y-%m-%d")
             except ValueError:
                 continue
+            if date <= horizon and any(day.glob("*.parquet")):
+                days.append(day)
+                dates.append(date)
         for earlier, later in itertools.pairwise(dates):
             if later - earlier > timedelta(days=1):
                 gap = earlier + timedelta(days=1)
@@ -376,7 +392,8 @@ class EventsDatabase(dg.ConfigurableResource):
             quoted = ", ".join("'" + str(file).replace("'", "''") + "'" for file in files)
             with self._connect(dataset) as con:
                 ((latest,),) = con.execute(
-                    f"SELECT max({column}) FROM read_parquet([{quoted}])"
+                    f"SELECT max({column}) FROM read_parquet([{quoted}]) WHERE {column} <= $1",
+                    [horizon],
                 ).fetchall()
             if latest is not None:
                 return SourceProgress(event_type, naive_utc(latest), "latest event")

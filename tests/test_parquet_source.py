@@ -2,6 +2,7 @@
 window opens only its own days' files."""
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,13 @@ import pytest
 from affise_s3_assets.csv_export import gzip_csv
 from affise_s3_assets.delivery import Window, cut_at_windows
 from affise_s3_assets.demo import load_schema
-from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, parquet_files
+from affise_s3_assets.source import (
+    EVENT_COLUMNS,
+    WATERMARK_FILE,
+    EventsDatabase,
+    parquet_files,
+    write_dataset_watermark,
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +127,19 @@ def test_a_range_of_windows_is_cut_from_a_dataset_storing_instants(tmp_path: Pat
     windows = [Window("10:00", start, middle), Window("10:15", middle, end)]
     cut = [(index, frame["id"].to_list()) for index, frame in cut_at_windows(frames, windows)]
     assert cut == [(0, ["a"]), (1, ["b"])]
+
+
+def test_a_dataset_watermark_moves_forward_only_whatever_was_written_before(
+    tmp_path: Path,
+) -> None:
+    """Compared as moments, not as text: a value another tool wrote as ISO text
+    ("2026-11-25T09:00:00", which the exporter cannot read) is replaced, and an earlier
+    moment never rolls a later one back."""
+    marks = tmp_path / WATERMARK_FILE
+    marks.write_text(json.dumps({"clicks": "2026-11-25T09:00:00"}))
+    write_dataset_watermark(tmp_path, "clicks", datetime(2026, 11, 25, 12))
+    assert json.loads(marks.read_text())["clicks"] == "2026-11-25 12:00:00"
+    write_dataset_watermark(tmp_path, "clicks", datetime(2026, 11, 25, 11))
+    assert json.loads(marks.read_text())["clicks"] == "2026-11-25 12:00:00"
+    progress = EventsDatabase(path=str(tmp_path)).progress("clicks")
+    assert (progress.complete_until, progress.how) == (datetime(2026, 11, 25, 12), "watermark")

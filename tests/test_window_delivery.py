@@ -342,6 +342,29 @@ def test_a_window_the_source_is_not_complete_for_is_failed_and_delivered_once_it
     assert rows == source_rows(rig.events_db, "clicks", START, END)[1]
 
 
+def test_without_a_watermark_an_event_stamped_in_the_future_completes_nothing(
+    rig: WindowRig,
+) -> None:
+    """Ingestion stalled at 10:07, and one click arrived stamped 2099 (a client's wrong
+    clock): without a watermark the latest event stands in, but not one past the clock, so
+    the 10:00-11:00 window is Failed, not delivered short."""
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x"))])
+    stalled = _copy_with_watermark(rig.events_db, rig.tmp_path / "stalled.duckdb", None)
+    with duckdb.connect(str(stalled)) as con:
+        con.execute("DELETE FROM clicks WHERE created_at >= '2026-11-25 10:07:00'")
+        con.execute(
+            "INSERT INTO clicks SELECT * REPLACE ('future-' || id AS id, "
+            "TIMESTAMP '2099-01-01 00:00:00' AS created_at) FROM clicks LIMIT 1"
+        )
+    result = rig.run(events_db=stalled)
+    assert not result.success
+    assert rig.objects() == []
+    (seen,) = observations(rig, "acme")
+    assert seen.metadata["error_code"].value == "SourceIncomplete"
+    assert "up to 2026-11-25 10:0" in seen.metadata["delivery_failed"].value
+    assert "(latest event)" in seen.metadata["delivery_failed"].value
+
+
 def test_a_window_run_waits_for_the_loaders_write_lock_and_delivers(rig: WindowRig) -> None:
     """A loader writing the DuckDB file (another process, holding its write lock) does not
     fail the window: the run's reads wait for the lock and deliver every row."""
@@ -551,16 +574,23 @@ def test_a_store_whose_answers_say_it_holds_other_bytes_fails_the_window_until_t
     assert check.description == "the store's ETag is the MD5 of the bytes sent"
 
 
-@pytest.mark.parametrize("shape", ["empty directory", "day folder missing", "day folder gap"])
+@pytest.mark.parametrize(
+    "shape", ["empty directory", "day folder missing", "day folder gap", "day folder in 2099"]
+)
 def test_a_dataset_with_no_data_for_the_window_delivers_no_empty_file(
     rig: WindowRig, events_db: Path, shape: str
 ) -> None:
     """An unmounted volume (an empty directory) or a Parquet day folder that has not arrived
-    (the newest, or one between others) is not "no events": nothing is delivered and the
-    window is Failed with the reason."""
+    (the newest, or one between others) is not "no events", nor are events stamped years
+    ahead: nothing is delivered and the window is Failed with the reason."""
     dataset = rig.tmp_path / "dataset"
     (dataset / "clicks").mkdir(parents=True)
-    days = {"day folder missing": ["2026-11-24"], "day folder gap": ["2026-11-24", "2026-11-26"]}
+    days = {
+        "day folder missing": ["2026-11-24"],
+        "day folder gap": ["2026-11-24", "2026-11-26"],
+        # A client's wrong clock: a folder past today is no progress.
+        "day folder in 2099": ["2099-11-25"],
+    }
     with duckdb.connect(str(events_db), read_only=True) as con:
         for date in days.get(shape, []):
             day = dataset / "clicks" / f"date={date}"
