@@ -62,6 +62,9 @@ ALLOWED_FREQUENCIES: tuple[int, ...] = (
 )
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# The environment's own namespaces: no integration may be named into them (its variables'
+# prefix would reach, e.g., DAGSTER_PG_PASSWORD or AWS_SECRET_ACCESS_KEY).
+_DEPLOYMENT_NAMESPACES = ("aws", "dagster", "affise")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
@@ -405,6 +408,12 @@ class IntegrationConfig(BaseModel):
             raise ValueError(
                 f"{value!r} must match [a-z][a-z0-9_]{{0,63}} (it becomes part of asset keys)"
             )
+        if value.split("_")[0] in _DEPLOYMENT_NAMESPACES:
+            raise ValueError(
+                f"{value!r} must not begin with {' or '.join(_DEPLOYMENT_NAMESPACES)}: its "
+                f"variables would be named {value.upper()}_..., which is the deployment's own "
+                "environment (its AWS, Dagster or affise-s3 settings and secrets)"
+            )
         return value
 
     @field_validator("start", mode="before")
@@ -742,6 +751,43 @@ def apply_integrations(
     return _apply_entries(entries, source, _digest(text), last_good, now, settings)
 
 
+def variable_owner(variable: str, names: set[str]) -> str | None:
+    """The integration a variable is named for: the longest name whose upper-cased form and
+    "_" begin it (ACME_EU_KEY is acme_eu's when both acme and acme_eu exist)."""
+    # Each "_" of the variable ends one candidate name: a look-up each, whatever the number
+    # of integrations (ten thousand of them would otherwise be 10^8 comparisons).
+    parts = variable.split("_")
+    for count in range(len(parts) - 1, 0, -1):
+        prefix = "_".join(parts[:count])
+        if prefix == prefix.upper() and prefix.lower() in names:
+            return prefix.lower()
+    return None
+
+
+def _variable_problems(integration: IntegrationConfig, names: set[str]) -> list[str]:
+    """An integration's `${VAR}`s must be named for it: whoever edits one block can then never
+    send another integration's secret, or one of the deployment's, to an endpoint of their
+    choosing (an access key goes out in clear, in the Authorization header)."""
+    problems = []
+    for event_type, export in integration.exports():
+        for field_name in ("access_key", "secret_key"):
+            variable = env_reference_name(getattr(export, field_name))
+            if variable is None:
+                continue
+            owner = variable_owner(variable, names)
+            if owner == integration.name:
+                continue
+            whose = (
+                f"is named for integration {owner!r}" if owner else "is named for no integration"
+            )
+            problems.append(
+                f"integration {integration.name!r}: {event_type}.{field_name}: ${{{variable}}} "
+                f"{whose}; this integration's variables begin with {integration.name.upper()}_, "
+                "so no integration can read another's secrets or the deployment's"
+            )
+    return problems
+
+
 def _start_problems(
     integration: IntegrationConfig, now: datetime, established: set[tuple[str, str, int]]
 ) -> list[str]:
@@ -807,6 +853,7 @@ def _apply_entries(
     chosen: dict[str, IntegrationConfig] = {}
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]
     uses = Counter(name for name in names if isinstance(name, str))
+    named = set(uses)
     order: list[str] = []
     for index, entry in enumerate(entries):
         name = names[index]
@@ -835,7 +882,9 @@ def _apply_entries(
             if before is not None and before.start == integration.start
             else set()
         )
-        start_problems = _start_problems(integration, now, delivering)
+        start_problems = _start_problems(integration, now, delivering) + _variable_problems(
+            integration, named
+        )
         if start_problems:
             problems.extend(start_problems)
             order.append(integration.name)

@@ -676,8 +676,8 @@ def write_integrations(count: int) -> Path:
       bucket: {BUCKET}
       region: us-east-1
       directory: c{i:05d}/clicks
-      access_key: ${{C{i:04d}_KEY}}
-      secret_key: ${{C{i:04d}_SECRET}}
+      access_key: ${{CUSTOMER_{i:05d}_KEY}}
+      secret_key: ${{CUSTOMER_{i:05d}_SECRET}}
       endpoint_url: {ENDPOINT}
       affiliates: [{affiliates}]
     conversions:
@@ -685,8 +685,8 @@ def write_integrations(count: int) -> Path:
       bucket: {BUCKET}
       region: us-east-1
       directory: c{i:05d}/conversions
-      access_key: ${{C{i:04d}_KEY}}
-      secret_key: ${{C{i:04d}_SECRET}}
+      access_key: ${{CUSTOMER_{i:05d}_KEY}}
+      secret_key: ${{CUSTOMER_{i:05d}_SECRET}}
       endpoint_url: {ENDPOINT}"""
         )
     many = OUT / f"integrations-{count}.yaml"
@@ -740,8 +740,8 @@ def scale_cases(count: int, windows: int) -> None:
     fifteen = OUT / f"integrations-{count}-15min.yaml"
     fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
     db = fanout_db(count)
-    env = {f"C{i:04d}_KEY": KEY for i in range(count)} | {
-        f"C{i:04d}_SECRET": SECRET for i in range(count)
+    env = {f"CUSTOMER_{i:05d}_KEY": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_SECRET": SECRET for i in range(count)
     }
     print(
         f"\n## Window jobs: {count:,} integrations' clicks every 15 minutes, "
@@ -809,8 +809,8 @@ def window_storage_case(count: int, windows: int) -> None:
     fifteen = OUT / f"integrations-{count}-15min.yaml"
     fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
     db = fanout_db(count)
-    env = {f"C{i:04d}_KEY": KEY for i in range(count)} | {
-        f"C{i:04d}_SECRET": SECRET for i in range(count)
+    env = {f"CUSTOMER_{i:05d}_KEY": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_SECRET": SECRET for i in range(count)
     }
     print(f"\n## Window runs by event log storage: {count:,} integrations' clicks, 15 minutes")
     print("| storage | window | objects | run wall s | peak RSS MB |\n|---|---|---|---|---|")
@@ -839,16 +839,16 @@ def slow_destination_case(count: int = 50) -> None:
     base = write_integrations(count).read_text()
     fifteen = re.sub(r"frequency: (5|30)\n", "frequency: 15\n", base)
     db = fanout_db(1000)
-    env = {f"C{i:04d}_KEY": KEY for i in range(count)} | {
-        f"C{i:04d}_SECRET": SECRET for i in range(count)
+    env = {f"CUSTOMER_{i:05d}_KEY": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_SECRET": SECRET for i in range(count)
     }
     partition = (DAY + timedelta(hours=10)).strftime("%Y-%m-%d-%H:%M")
     print(f"\n## A destination that never answers, among {count} integrations (one window)")
     print("| case | objects | last healthy object after run start s | run wall s |")
     print("|---|---|---|---|")
     with stalling_endpoint() as dead:
-        first = "directory: c00000/clicks\n      access_key: ${C0000_KEY}\n"
-        first += "      secret_key: ${C0000_SECRET}\n"
+        first = "directory: c00000/clicks\n      access_key: ${CUSTOMER_00000_KEY}\n"
+        first += "      secret_key: ${CUSTOMER_00000_SECRET}\n"
         one_dead = fifteen.replace(
             first + f"      endpoint_url: {ENDPOINT}", first + f"      endpoint_url: {dead}", 1
         )
@@ -951,8 +951,8 @@ def lag_case(minutes: int) -> None:
       bucket: lag-{name}
       region: us-east-1
       directory: clicks
-      access_key: ${{BENCH_KEY}}
-      secret_key: ${{BENCH_SECRET}}
+      access_key: ${{{name.upper()}_BENCH_KEY}}
+      secret_key: ${{{name.upper()}_BENCH_SECRET}}
       endpoint_url: {ENDPOINT}
 """
 
@@ -967,8 +967,11 @@ def lag_case(minutes: int) -> None:
         "AFFISE_INTEGRATIONS": str(integrations),
         "AFFISE_EVENTS_DB": str(db),
         "AFFISE_STATE_DIR": str(home / "state"),
-        "BENCH_KEY": KEY,
-        "BENCH_SECRET": SECRET,
+        **{
+            f"{name}_BENCH_{part}": value
+            for name in ("BACKLOG", "FRESH")
+            for part, value in (("KEY", KEY), ("SECRET", SECRET))
+        },
     }
     dev = DagsterDev(home / "dagster_home", env, 3198)
     lags: dict[str, float] = {}
@@ -1042,8 +1045,8 @@ def reconcile_records_case(db: Path, count: int) -> None:
       bucket: affise-bench
       region: us-east-1
       directory: c{i:05d}/clicks
-      access_key: ${{BENCH_KEY}}
-      secret_key: ${{BENCH_SECRET}}
+      access_key: ${{CUSTOMER_{i:05d}_KEY}}
+      secret_key: ${{CUSTOMER_{i:05d}_SECRET}}
       endpoint_url: http://127.0.0.1:7482
       affiliates: [{101 + i % 8}]
 """

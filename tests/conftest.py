@@ -122,13 +122,29 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The variables a test integration's config names for its keys: named for the integration,
+# as the config requires (<NAME>_...).
+KEY_VARIABLES = ("TEST_ACCESS_KEY_ID", "TEST_SECRET_ACCESS_KEY")
+
+
+def key_variables(name: str) -> tuple[str, str]:
+    access, secret = KEY_VARIABLES
+    return f"{name.upper()}_{access}", f"{name.upper()}_{secret}"
+
+
+# The integrations tests/test_delivery.integration() builds (the rig names its own).
+TEST_INTEGRATIONS = ("acme", "good", "bad")
+
+
 @pytest.fixture
 def customer_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> dict[str, str]:
-    """The customer's credentials in the environment variables the test configs reference."""
-    values = {
-        "TEST_ACCESS_KEY_ID": s3_server.customer.access_key,
-        "TEST_SECRET_ACCESS_KEY": s3_server.customer.secret_key,
-    }
+    """The customer's credentials in the environment variables the test configs reference:
+    TEST_ACCESS_KEY_ID and TEST_SECRET_ACCESS_KEY (the rig's, copied to its integrations'
+    own at each run), and each of TEST_INTEGRATIONS' own."""
+    keys = (s3_server.customer.access_key, s3_server.customer.secret_key)
+    values = dict(zip(KEY_VARIABLES, keys, strict=True))
+    for name in TEST_INTEGRATIONS:
+        values |= dict(zip(key_variables(name), keys, strict=True))
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values

@@ -27,14 +27,20 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def export(bucket: str, directory: str, frequency: int = 15, secret: str = "${S}") -> str:
+def export(
+    bucket: str, directory: str, frequency: int = 15, secret: str | None = None, name: str = "acme"
+) -> str:
+    variable = name.upper()
     return f"""
       frequency: {frequency}
       bucket: {bucket}
       region: us-west-2
       directory: "{directory}"
-      access_key: ${{K}}
-      secret_key: {secret}"""
+      access_key: ${{{variable}_K}}
+      secret_key: {secret or "${" + variable + "_S}"}"""
+
+
+LITERAL_SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
 
 
 def test_validate_lists_every_problem_one_per_line_and_never_a_secret(tmp_path: Path) -> None:
@@ -46,14 +52,14 @@ def test_validate_lists_every_problem_one_per_line_and_never_a_secret(tmp_path: 
     clicks:{export("acme-raw", "affise", 7)}
   - name: globex
     start: "2026-11-01 00:00:00"
-    clicks:{export("shared-raw", "x")}
-    conversions:{export("shared-raw", "x")}
+    clicks:{export("shared-raw", "x", name="globex")}
+    conversions:{export("shared-raw", "x", name="globex")}
   - name: initech
     start: "2026-11-01 00:00:00"
-    clicks:{export("raw--ol-s3", "i", secret="wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY")}
+    clicks:{export("raw--ol-s3", "i", secret=LITERAL_SECRET, name="initech")}
   - name: hooli
     start: "2026-11-01 00:00:00"
-    clicks:{export("hooli-raw", "h")}
+    clicks:{export("hooli-raw", "h", name="hooli")}
 """
     )
     done = run("validate", str(path))
@@ -133,8 +139,8 @@ def probe_file(tmp_path: Path, endpoint: str, bucket: str, region: str = "us-eas
       bucket: {bucket}
       region: {region}
       directory: affise/clicks
-      access_key: ${{CHECK_KEY}}
-      secret_key: ${{CHECK_SECRET}}
+      access_key: ${{ACME_CHECK_KEY}}
+      secret_key: ${{ACME_CHECK_SECRET}}
       endpoint_url: {endpoint}
 """
     )
@@ -142,7 +148,7 @@ def probe_file(tmp_path: Path, endpoint: str, bucket: str, region: str = "us-eas
 
 
 def check(path: Path, *options: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CHECK_", "AWS_"))}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("ACME_CHECK_", "AWS_"))}
     return subprocess.run(
         [str(CLI), "check-connection", "acme", "--file", str(path), *options],
         capture_output=True,
@@ -158,8 +164,8 @@ def check_as(
     """check-connection of the probe integration, with `account`'s keys in its variables."""
     return check(
         probe_file(tmp_path, s3_server.endpoint_url, bucket),
-        CHECK_KEY=account.access_key,
-        CHECK_SECRET=account.secret_key,
+        ACME_CHECK_KEY=account.access_key,
+        ACME_CHECK_SECRET=account.secret_key,
     )
 
 
@@ -200,8 +206,8 @@ def test_check_connection_checks_an_export_the_deployment_keeps_delivering(
         .replace("    clicks:\n", "    clicks:\n      frequency: 1\n")
     )
     keys = {
-        "CHECK_KEY": s3_server.customer.access_key,
-        "CHECK_SECRET": s3_server.customer.secret_key,
+        "ACME_CHECK_KEY": s3_server.customer.access_key,
+        "ACME_CHECK_SECRET": s3_server.customer.secret_key,
     }
     fresh = check(path, **keys)
     assert fresh.returncode == 1 and "no export to check" in fresh.stdout, fresh.stdout
@@ -230,20 +236,20 @@ def test_check_connection_says_what_is_wrong_in_words_to_act_on(
     s3_server: S3Server, bucket: str, tmp_path: Path, case: str, expected: str
 ) -> None:
     customer, intruder = s3_server.customer, s3_server.intruder
-    env = {"CHECK_KEY": customer.access_key, "CHECK_SECRET": customer.secret_key}
+    env = {"ACME_CHECK_KEY": customer.access_key, "ACME_CHECK_SECRET": customer.secret_key}
     endpoint, target = s3_server.endpoint_url, bucket
     with contextlib.ExitStack() as stack:
         if case == "unset variable":
-            env.pop("CHECK_SECRET")
-            expected += "secret_key: environment variable CHECK_SECRET is not set"
+            env.pop("ACME_CHECK_SECRET")
+            expected += "secret_key: environment variable ACME_CHECK_SECRET is not set"
         elif case == "no such bucket":
             target = bucket + "-missing"
         elif case == "access denied":
-            env = {"CHECK_KEY": intruder.access_key, "CHECK_SECRET": intruder.secret_key}
+            env = {"ACME_CHECK_KEY": intruder.access_key, "ACME_CHECK_SECRET": intruder.secret_key}
         elif case == "wrong secret":
-            env["CHECK_SECRET"] = "not-the-secret-0123456789"
+            env["ACME_CHECK_SECRET"] = "not-the-secret-0123456789"
         elif case == "unknown key id":
-            env["CHECK_KEY"] = "UNKNOWNKEYID00000000"
+            env["ACME_CHECK_KEY"] = "UNKNOWNKEYID00000000"
         elif case == "unreachable":
             with socket.socket() as free:
                 free.bind(("127.0.0.1", 0))

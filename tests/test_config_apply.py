@@ -27,8 +27,8 @@ def block(
       bucket: {bucket}
       region: us-west-2
       directory: "{directory}"
-      access_key: ${{K}}
-      secret_key: ${{S}}
+      access_key: ${{{name.upper()}_K}}
+      secret_key: ${{{name.upper()}_S}}
       endpoint_url: http://127.0.0.1:7480
 {extra}"""
 
@@ -164,8 +164,8 @@ def test_yaml_merge_keys_share_settings_and_an_explicit_key_overrides_them() -> 
       bucket: acme-affise-raw
       region: us-west-2
       directory: clicks
-      access_key: ${A}
-      secret_key: ${S}
+      access_key: ${ACME_A}
+      secret_key: ${ACME_S}
     conversions:
       <<: *acme
       directory: conversions
@@ -184,8 +184,8 @@ MERGED_EXPORT = """integrations:
       bucket: acme-affise-raw
       region: us-west-2
       directory: clicks
-      access_key: ${A}
-      secret_key: ${S}
+      access_key: ${ACME_A}
+      secret_key: ${ACME_S}
       affiliates: [101]
     conversions: {MERGE}
 """
@@ -228,7 +228,7 @@ def test_a_key_given_twice_through_merges_is_refused(merge: str, refusal: str) -
 def test_a_value_its_tag_cannot_read_is_a_file_error_that_never_quotes_it(value: str) -> None:
     # PyYAML's own errors quote the value (int()'s ValueError) or crash (AttributeError for
     # a timestamp): either would take the code location down or echo a secret.
-    text = MERGED_EXPORT.replace("{MERGE}", "*acme").replace("${S}", value)
+    text = MERGED_EXPORT.replace("{MERGE}", "*acme").replace("${ACME_S}", value)
     applied = apply_integrations(text)
     assert applied.file_error is not None
     assert "line 9" in applied.file_error and "cannot be read as its tag !!" in applied.file_error
@@ -324,3 +324,58 @@ def test_a_broken_lateness_keeps_the_last_good_one_and_says_why(block: str, prob
     )
     with pytest.raises(ConfigError, match="lateness"):
         parse_integrations(block + SHIPPED)
+
+
+def test_an_integration_may_name_only_variables_named_for_it() -> None:
+    """Whoever edits one block could otherwise send another integration's secret, or the
+    deployment's, to an endpoint of their choosing: an access key goes out in clear."""
+    stolen = block("evil", "evil-raw", "x").replace("${EVIL_K}", "${ACME_S}")
+    deployment = block("rogue", "rogue-raw", "x").replace("${ROGUE_S}", "${DAGSTER_PG_PASSWORD}")
+    applied = apply_integrations(
+        "integrations:\n" + block("acme", "acme-raw", "x") + stolen + deployment
+    )
+    assert names(applied) == ["acme"]
+    assert applied.problems == (
+        "integration 'evil': clicks.access_key: ${ACME_S} is named for integration 'acme'; "
+        "this integration's variables begin with EVIL_, so no integration can read another's "
+        "secrets or the deployment's",
+        "integration 'rogue': clicks.secret_key: ${DAGSTER_PG_PASSWORD} is named for no "
+        "integration; this integration's variables begin with ROGUE_, so no integration can "
+        "read another's secrets or the deployment's",
+    )
+
+
+def test_a_variable_belongs_to_the_longest_name_it_begins_with() -> None:
+    """ACME_EU_K is acme_eu's, not acme's, when both exist."""
+    grabbing = block("acme", "acme-raw", "x").replace("${ACME_K}", "${ACME_EU_K}")
+    applied = apply_integrations(
+        "integrations:\n" + grabbing + block("acme_eu", "acme-eu-raw", "x")
+    )
+    assert names(applied) == ["acme_eu"]
+    assert "${ACME_EU_K} is named for integration 'acme_eu'" in applied.problems[0]
+
+
+@pytest.mark.parametrize("name", ["aws", "dagster", "dagster_pg", "affise", "aws_secret"])
+def test_a_name_reaching_into_the_deployments_environment_is_refused(name: str) -> None:
+    applied = apply_integrations("integrations:\n" + block(name, "x-raw", "x"))
+    assert names(applied) == []
+    assert (
+        f"integration {name!r}: name: {name!r} must not begin with aws or dagster or affise"
+        in (applied.problems[0])
+    )
+    # A name that only looks alike is not the deployment's.
+    assert names(apply_integrations("integrations:\n" + block("awsome", "x-raw", "x"))) == [
+        "awsome"
+    ]
+
+
+def test_an_established_integration_naming_anothers_variable_keeps_its_last_good_state() -> None:
+    good = apply_integrations("integrations:\n" + block("acme", "acme-raw", "x"))
+    turned = block("acme", "acme-raw", "x").replace("${ACME_K}", "${GLOBEX_K}")
+    applied = apply_integrations(
+        "integrations:\n" + turned + block("globex", "globex-raw", "x"), last_good=good
+    )
+    assert names(applied) == ["acme", "globex"]
+    (acme, _) = applied.integrations
+    assert acme == good.integrations[0]
+    assert "integration 'acme': kept at its last good state until fixed" in applied.problems

@@ -28,7 +28,7 @@ from affise_s3_assets.source import (
     write_watermark,
 )
 from affise_s3_assets.targets import build_export_targets, build_window_groups, export_asset_key
-from tests.conftest import S3Server
+from tests.conftest import S3Server, key_variables
 from tests.csv_reader import read_rfc4180
 
 ADVERTISER = "5a0c7d1e9f3b2a0012c4e8f1"
@@ -42,9 +42,12 @@ def integration(
     directory: str = "affise/raw",
     extra: str = "",
     name: str = "acme",
-    access_key: str = "${TEST_ACCESS_KEY_ID}",
-    secret_key: str = "${TEST_SECRET_ACCESS_KEY}",
+    access_key: str | None = None,
+    secret_key: str | None = None,
 ) -> IntegrationConfig:
+    """One integration's one export; its keys in its own variables (`key_variables`)."""
+    own = [f"${{{variable}}}" for variable in key_variables(name)]
+    access_key, secret_key = access_key or own[0], secret_key or own[1]
     text = f"""
 integrations:
   - name: {name}

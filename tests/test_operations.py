@@ -50,8 +50,8 @@ def block(
       bucket: {bucket}
       region: us-east-1
       directory: {name}/{event_type}
-      access_key: ${{{keys}_KEY}}
-      secret_key: ${{{keys}_SECRET}}
+      access_key: ${{{name.upper()}_{keys}_KEY}}
+      secret_key: ${{{name.upper()}_{keys}_SECRET}}
       endpoint_url: {endpoint}
 """
 
@@ -112,10 +112,17 @@ def running(
         "AFFISE_REDELIVERY_FIRST_WAIT_SECONDS": "15",
         # Kappa's run waits for its source until the power cut, however slow the start.
         "AFFISE_SOURCE_WAIT_SECONDS": "300",
-        "CUSTOMER_KEY": s3_server.customer.access_key,
-        "CUSTOMER_SECRET": s3_server.customer.secret_key,
-        "BETA_KEY": BETA[0],
-        "BETA_SECRET": BETA[1],
+        # Each integration's variables are named for it (the config's rule).
+        **{
+            f"{name}_CUSTOMER_{part}": value
+            for name in ("ALPHA", "KAPPA", "GAMMA", "DELTA")
+            for part, value in (
+                ("KEY", s3_server.customer.access_key),
+                ("SECRET", s3_server.customer.secret_key),
+            )
+        },
+        "BETA_BETA_KEY": BETA[0],
+        "BETA_BETA_SECRET": BETA[1],
     }
     dev = DagsterDev(
         tmp_path / "dagster_home",

@@ -130,8 +130,8 @@ integrations:
     clicks:
       bucket: b-parquet
       region: us-west-2
-      access_key: ${K}
-      secret_key: ${S}
+      access_key: ${ACME_K}
+      secret_key: ${ACME_S}
       format: parquet
       compression_level: 6
 """

@@ -138,8 +138,8 @@ def _filters_block(name: str, affiliates: list[int], advertisers: list[str]) -> 
       frequency: 60
       bucket: {name}-raw
       region: us-west-2
-      access_key: ${{K}}
-      secret_key: ${{S}}
+      access_key: ${{{name.upper()}_K}}
+      secret_key: ${{{name.upper()}_S}}
       affiliates: {affiliates}
       advertisers: {json.dumps(advertisers)}
 """

@@ -1,6 +1,7 @@
 """WindowRig: one integrations file, one Dagster instance and one bucket on the real S3 server,
 for tests that run window jobs in process (the `rig` fixture, tests/conftest.py)."""
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from affise_s3_assets.config import apply_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.targets import build_export_targets, build_window_groups
-from tests.conftest import S3Server
+from tests.conftest import KEY_VARIABLES, S3Server, key_variables
 from tests.test_delivery import keys_in, range_tags
 
 WINDOW = "2026-11-25-10:00"
@@ -32,6 +33,7 @@ class WindowRig:
         self.s3, self.bucket, self.events_db = s3, bucket, events_db
         self.tmp_path, self.monkeypatch, self.instance = tmp_path, monkeypatch, instance
         self.path = tmp_path / "integrations.yaml"
+        self.names: list[str] = []
 
     def clicks(self, directory: str, extra: str = "", bucket: str | None = None) -> str:
         return f"""    clicks:
@@ -39,19 +41,34 @@ class WindowRig:
       bucket: {bucket or self.bucket}
       region: us-west-2
       directory: {directory}
-      access_key: ${{TEST_ACCESS_KEY_ID}}
-      secret_key: ${{TEST_SECRET_ACCESS_KEY}}
+      access_key: ${{{KEY_VARIABLES[0]}}}
+      secret_key: ${{{KEY_VARIABLES[1]}}}
       endpoint_url: {self.s3.endpoint_url}
 {extra}"""
 
     def configure(self, entries: list[tuple[str, str, str]]) -> None:
-        """(name, start, clicks block) per integration."""
-        self.path.write_text(
-            "integrations:\n"
-            + "".join(
-                f'  - name: {name}\n    start: "{start}"\n{block}' for name, start, block in entries
-            )
-        )
+        """(name, start, clicks block) per integration. Each integration's key variables are
+        its own (`key_variables`), holding the account in TEST_ACCESS_KEY_ID and
+        TEST_SECRET_ACCESS_KEY now and at each `run`."""
+        self.names = [name for name, _, _ in entries]
+        text = "integrations:\n"
+        for name, start, block in entries:
+            for generic, own in zip(KEY_VARIABLES, key_variables(name), strict=True):
+                block = block.replace("${" + generic + "}", "${" + own + "}")
+            text += f'  - name: {name}\n    start: "{start}"\n{block}'
+        self.path.write_text(text)
+        self.share_keys()
+
+    def share_keys(self) -> None:
+        """The account now in TEST_ACCESS_KEY_ID / TEST_SECRET_ACCESS_KEY, in each configured
+        integration's own variables."""
+        for name in self.names:
+            for generic, own in zip(KEY_VARIABLES, key_variables(name), strict=True):
+                value = os.environ.get(generic)
+                if value is None:
+                    self.monkeypatch.delenv(own, raising=False)
+                else:
+                    self.monkeypatch.setenv(own, value)
 
     def run(
         self,
@@ -62,6 +79,7 @@ class WindowRig:
         """Run the group's job for WINDOW (through `last`, as one ranged run), for the named
         integrations or, like the schedule, for every one due."""
         self.monkeypatch.setenv("AFFISE_EVENTS_DB", str(events_db or self.events_db))
+        self.share_keys()
         job = build_definitions(self.path).resolve_job_def("clicks_every_60min_job")
         if only:
             keys = [dg.AssetKey(["affise", name, "clicks"]) for name in only]
