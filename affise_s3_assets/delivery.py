@@ -89,7 +89,10 @@ CLOSE_THREADS = 16
 # A destination that fails this many windows in a row (after botocore's own retries of each
 # request) is not tried again for the rest of the run: an endpoint that never answers would
 # otherwise cost every window of a day's range its timeouts, and hold up the whole group.
+# One that let a request run out its deadline (DeliveryTimeout) is stopped at once: each
+# window waits for every object of the one before, so a second deadline would be everyone's.
 STOP_AFTER_FAILED_WINDOWS = 2
+STOPS_AT_ONCE = ("DeliveryTimeout",)
 # Memory for the parts being filled, shared by the objects open at once (one per integration
 # due in the window), each keeping at least MIN_PART_MEMORY before spilling to a file.
 PART_MEMORY_BUDGET = 64 * 1024 * 1024
@@ -358,7 +361,11 @@ def deliver_windows(
                 delivery = finishing[done]
                 key = delivery.target.asset_key
                 failed_in_a_row[key] = failed_in_a_row.get(key, 0) + 1 if delivery.failure else 0
-                if delivery.permanent or failed_in_a_row[key] >= STOP_AFTER_FAILED_WINDOWS:
+                if (
+                    delivery.permanent
+                    or delivery.code in STOPS_AT_ONCE
+                    or failed_in_a_row[key] >= STOP_AFTER_FAILED_WINDOWS
+                ):
                     delivery.stops_destination = True
                     stopped.add(key)
                 on_window(windows[index], [delivery.outcome()])

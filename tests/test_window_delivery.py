@@ -19,6 +19,7 @@ import pytest
 
 from affise_s3_assets import source
 from affise_s3_assets.delivery import Window, deliver_windows
+from affise_s3_assets.s3 import DeliveryTimeout
 from affise_s3_assets.sensors import ended_runs_since
 from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
 from affise_s3_assets.targets import build_export_targets
@@ -252,7 +253,7 @@ class _FailingObject:
     def write(self, chunk: bytes) -> None:
         raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://dead")
 
-    def finish(self, last_chunk: bytes) -> dict[str, Any]:
+    def finish(self, last_chunk: bytes, clean_up: bool = False) -> dict[str, Any]:
         self.write(last_chunk)
         return {}
 
@@ -260,15 +261,22 @@ class _FailingObject:
         pass
 
 
-class _Unreachable:
-    """An IO manager whose every object fails as an endpoint that never answers would."""
+class _TimingOutObject(_FailingObject):
+    def write(self, chunk: bytes) -> None:
+        raise DeliveryTimeout("no answer within 120 s")
 
-    def __init__(self) -> None:
+
+class _Unreachable:
+    """An IO manager whose every object fails as an unreachable endpoint would (or, with
+    `failure`, as another failing object does)."""
+
+    def __init__(self, failure: type[_FailingObject] = _FailingObject) -> None:
         self.opened: list[str] = []
+        self.failure = failure
 
     def open_object(self, destination: Any, window_start: datetime, *_: Any) -> _FailingObject:
         self.opened.append(f"{window_start:%H:%M}")
-        return _FailingObject(f"k/{window_start:%H:%M}")
+        return self.failure(f"k/{window_start:%H:%M}")
 
 
 def test_a_destination_failing_windows_in_a_row_is_not_tried_for_the_rest_of_the_run(
@@ -296,6 +304,34 @@ def test_a_destination_failing_windows_in_a_row_is_not_tried_for_the_rest_of_the
     )
     assert io.opened == ["10:00", "11:00"]
     assert reported == [("2026-11-25-10:00", False), ("2026-11-25-11:00", True)]
+
+
+def test_a_destination_that_ran_out_a_deadline_is_not_tried_for_the_rest_of_the_run(
+    events_db: Path,
+) -> None:
+    """Each window waits for every object of the one before: a destination whose request ran
+    out its deadline is stopped after that one window, so the others of a ranged run wait for
+    it once, not twice."""
+    (target,) = build_export_targets(
+        [integration(S3Server("http://dead", *[None] * 3), "dead-bucket")]  # type: ignore[arg-type]
+    )
+    windows = [
+        Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
+        for h in (10, 11, 12)
+    ]
+    reported: list[tuple[str, str, bool]] = []
+    io = _Unreachable(_TimingOutObject)
+    deliver_windows(
+        [target],
+        windows,
+        EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
+        io,  # type: ignore[arg-type]
+        lambda window, objects: reported.extend(
+            (window.key, item.code, item.stops_destination) for item in objects if item.failure
+        ),
+    )
+    assert io.opened == ["10:00"]
+    assert reported[0] == ("2026-11-25-10:00", "DeliveryTimeout", True)
 
 
 def _copy_with_watermark(source: Path, target: Path, until: datetime | None) -> Path:
