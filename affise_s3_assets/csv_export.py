@@ -16,13 +16,13 @@ from isal import isal_zlib
 # gzip wrapper (wbits 16+15): mtime 0 and no file name, so the same rows give the same bytes
 # whenever and wherever they are compressed.
 _GZIP_WBITS = 31
-# Levels up to this one use ISA-L (about 9x zlib's speed at level 1, ratio close to zlib's 6);
-# higher levels use zlib for the last few percent of size.
+# Levels up to this one use ISA-L (several times zlib's speed, at a ratio close to zlib's 6);
+# higher levels use zlib for the last few percent of size (README, "Tuning choices").
 ISAL_MAX_LEVEL = 3
 # ISA-L's output depends on how its input is cut into calls; feeding it fixed-size blocks
 # makes the bytes depend on the rows only, not on batch sizes or on which path exported them.
-# A window job holds up to one block of CSV per integration, so the block is small: 256 KiB
-# compresses at 97% of 1 MiB's speed with the same ratio (64 KiB: 88%).
+# A window job holds up to one block of CSV per integration, so the block is small, and
+# still about as fast as a large one (README, "Tuning choices").
 COMPRESS_BLOCK = 256 * 1024
 _T = TypeVar("_T")
 

@@ -561,7 +561,7 @@ def generate_demo_events(
     with connect_events_file(path, read_only=False) as con:
         load_schema(con)
         # Autocommit per statement, not one transaction: DuckDB holds uncommitted rows in memory
-        # (~5 GB for a 10M-click day). No other process can open the file while we write it, and
+        # (gigabytes for a 10M-click day). No other process can open the file while we write it, and
         # a crash only leaves a partial window that the next run's DELETE clears.
         con.execute("DELETE FROM clicks WHERE created_at >= $1 AND created_at < $2", [start, end])
         con.execute(

@@ -260,25 +260,25 @@ class EventsDatabase(dg.ConfigurableResource):
         "then data/events.duckdb",
     )
     batch_rows: int = Field(default=25_000, description="rows per batch handed to the writer")
-    # Measured on 2 cores, 10M-row day (benchmarks/run_benchmarks.py): each halving of the
-    # slice saves ~60 MB of peak RSS (the slice is fetched, converted and sorted: ~3 copies in
-    # flight) at about the same speed down to 25k rows; below that, per-query cost shows.
+    # A slice is fetched, converted and sorted (about three copies in flight): each halving
+    # saves peak RSS at about the same speed down to 25k rows; below that, per-query cost
+    # shows (README, "Tuning choices").
     slice_rows: int = Field(
         default=25_000,
         description="rows DuckDB sorts at a time: a window is read as consecutive sub-windows "
         "of about this many rows, each sorted, so sorting memory does not grow with the window",
     )
     # Unset, it depends on the source. A DuckDB file's blocks are read once and sorted in
-    # polars, so DuckDB's cache buys nothing: 16 MB instead of 64 MB is ~50 MB less RSS at the
-    # same speed. The Parquet reader decodes whole column chunks in DuckDB memory, which needs
-    # room for the dataset's largest row group (16 MB fails on 122,880-row groups).
+    # polars, so DuckDB's cache buys nothing: 16 MB is less RSS at the same speed. The Parquet
+    # reader decodes whole column chunks in DuckDB memory, which needs room for the dataset's
+    # largest row group (16 MB fails on 122,880-row groups).
     memory_limit: str | None = Field(
         default=None,
         description="DuckDB memory_limit; unset: 16MB for a DuckDB file, 256MB for a Parquet "
         "dataset",
     )
     # A slice is smaller than one DuckDB row group (122,880 rows), which one thread scans; a
-    # second thread only adds its own buffers (~20 MB of RSS).
+    # second thread only adds its own buffers.
     threads: int = Field(default=1, description="DuckDB threads")
 
     def database_path(self) -> Path:
@@ -434,7 +434,7 @@ class EventsDatabase(dg.ConfigurableResource):
 
 FilterKey = tuple[tuple[int, ...], tuple[str, ...]]  # (affiliates, advertisers); () takes all
 # (window, affiliate, advertiser) groups one fingerprint query aggregates at most: well within
-# a 16 MB memory_limit (about 100,000 fail there).
+# a 16 MB memory_limit (README, "Tuning choices").
 FINGERPRINT_GROUPS = 40_000
 # Values hashed as the schema types them, whatever a source declares: a Parquet file's
 # TIMESTAMP_NS or BIGINT would hash otherwise than the DuckDB file's types.
@@ -580,7 +580,7 @@ class SourceRead:
         instant that still does is read in id ranges (`_instant_frames`), so memory stays
         bounded whatever the source's shape."""
         limit = 2 * self.database.slice_rows
-        # Through the Arrow C stream: no pyarrow in the process (~40 MB less RSS).
+        # Through the Arrow C stream: no pyarrow in the process (less RSS).
         frame = pl.DataFrame(con.sql(f"{query} LIMIT {limit + 1}", params=[start, end]))
         if frame.height <= limit:
             frame = frame.sort(row_order(self.event_type))
