@@ -156,27 +156,6 @@ def test_applied_config_round_trips_and_is_kept_for_the_next_start(tmp_path: Pat
     assert read_last_good(tmp_path) == applied
 
 
-def test_yaml_merge_keys_share_settings_and_an_explicit_key_overrides_them() -> None:
-    text = """integrations:
-  - name: acme
-    start: "2026-11-26 00:00:00"
-    clicks: &acme
-      bucket: acme-affise-raw
-      region: us-west-2
-      directory: clicks
-      access_key: ${ACME_A}
-      secret_key: ${ACME_S}
-    conversions:
-      <<: *acme
-      directory: conversions
-"""
-    applied = apply_integrations(text)
-    assert applied.file_error is None and applied.problems == ()
-    (acme,) = applied.integrations
-    assert acme.conversions is not None and acme.conversions.directory == "conversions"
-    assert acme.conversions.bucket == "acme-affise-raw"
-
-
 MERGED_EXPORT = """integrations:
   - name: acme
     start: "2026-11-26 00:00:00"
@@ -189,6 +168,14 @@ MERGED_EXPORT = """integrations:
       affiliates: [101]
     conversions: {MERGE}
 """
+
+
+def test_yaml_merge_keys_share_settings_and_an_explicit_key_overrides_them() -> None:
+    applied = apply_integrations(MERGED_EXPORT.replace("{MERGE}", "{<<: *acme, directory: c}"))
+    assert applied.file_error is None and applied.problems == ()
+    (acme,) = applied.integrations
+    assert acme.conversions is not None and acme.conversions.directory == "c"
+    assert acme.conversions.bucket == "acme-affise-raw" and acme.conversions.affiliates == (101,)
 
 
 @pytest.mark.parametrize(

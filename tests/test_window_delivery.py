@@ -279,11 +279,18 @@ class _Unreachable:
         return self.failure(f"k/{window_start:%H:%M}")
 
 
-def test_a_destination_failing_windows_in_a_row_is_not_tried_for_the_rest_of_the_run(
-    events_db: Path,
+@pytest.mark.parametrize(
+    ("failure", "opened", "stopped_at"),
+    [(_FailingObject, ["10:00", "11:00"], "11:00"), (_TimingOutObject, ["10:00"], "10:00")],
+    ids=["unreachable", "ran out a deadline"],
+)
+def test_a_failing_destination_is_not_tried_for_the_rest_of_the_run(
+    events_db: Path, failure: type[_FailingObject], opened: list[str], stopped_at: str
 ) -> None:
     """An unreachable endpoint costs each object botocore's retries and timeouts: after two
-    windows in a row it is not tried again in that run, so it cannot hold up a day's range."""
+    windows in a row it is not tried again in that run, so it cannot hold up a day's range.
+    One whose request ran out its deadline is stopped after that one window: each window
+    waits for every object of the one before, so the others wait for it once, not twice."""
     (target,) = build_export_targets(
         [integration(S3Server("http://dead", *[None] * 3), "dead-bucket")]  # type: ignore[arg-type]
     )
@@ -291,36 +298,8 @@ def test_a_destination_failing_windows_in_a_row_is_not_tried_for_the_rest_of_the
         Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
         for h in (10, 11, 12, 13)
     ]
-    reported: list[tuple[str, bool]] = []
-    io = _Unreachable()
-    deliver_windows(
-        [target],
-        windows,
-        EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
-        io,  # type: ignore[arg-type]
-        lambda window, objects: reported.extend(
-            (window.key, item.stops_destination) for item in objects if item.failure
-        ),
-    )
-    assert io.opened == ["10:00", "11:00"]
-    assert reported == [("2026-11-25-10:00", False), ("2026-11-25-11:00", True)]
-
-
-def test_a_destination_that_ran_out_a_deadline_is_not_tried_for_the_rest_of_the_run(
-    events_db: Path,
-) -> None:
-    """Each window waits for every object of the one before: a destination whose request ran
-    out its deadline is stopped after that one window, so the others of a ranged run wait for
-    it once, not twice."""
-    (target,) = build_export_targets(
-        [integration(S3Server("http://dead", *[None] * 3), "dead-bucket")]  # type: ignore[arg-type]
-    )
-    windows = [
-        Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
-        for h in (10, 11, 12)
-    ]
     reported: list[tuple[str, str, bool]] = []
-    io = _Unreachable(_TimingOutObject)
+    io = _Unreachable(failure)
     deliver_windows(
         [target],
         windows,
@@ -330,8 +309,9 @@ def test_a_destination_that_ran_out_a_deadline_is_not_tried_for_the_rest_of_the_
             (window.key, item.code, item.stops_destination) for item in objects if item.failure
         ),
     )
-    assert io.opened == ["10:00"]
-    assert reported[0] == ("2026-11-25-10:00", "DeliveryTimeout", True)
+    assert io.opened == opened
+    code = "DeliveryTimeout" if failure is _TimingOutObject else "EndpointConnectionError"
+    assert reported == [(f"2026-11-25-{hour}", code, hour == stopped_at) for hour in opened]
 
 
 def _copy_with_watermark(source: Path, target: Path, until: datetime | None) -> Path:
