@@ -140,7 +140,8 @@ def _mapping_keys(
             if not isinstance(source, yaml.MappingNode):
                 continue  # YAML's own error: only mappings merge
             for key, line in _mapping_keys(source, known).items():
-                if key in merged and key not in written:
+                # The same position twice is one key reached by two paths (a diamond).
+                if key in merged and key not in written and merged[key] != line:
                     raise _duplicate_key_error(
                         key, merged[key], line, "comes from two merged blocks"
                     )

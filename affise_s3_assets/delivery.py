@@ -51,6 +51,7 @@ from affise_s3_assets.parquet_export import COMPRESSION, COMPRESSION_LEVEL, Parq
 from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.reconciliation import latest_materializations
 from affise_s3_assets.s3 import (
+    CLEAN_UP_TIMED_OUT,
     Verification,
     VerificationFailed,
     delivery_failure,
@@ -322,6 +323,10 @@ def deliver_windows(
     attempt left open for each key delivered; `redelivery_reason` goes in the manifests.
     """
     stopped: set[dg.AssetKey] = set()
+    # Destinations whose clean-up ran out its deadline: not cleaned up again in this run, or
+    # a store that lists slowly would hold every window of the range (the lifecycle rule and
+    # the next re-delivery still clean up).
+    no_clean_up: set[dg.AssetKey] = set()
     failed_in_a_row: dict[dg.AssetKey, int] = {}
     open_objects: list[ObjectDelivery] = []
     by_filter: dict[EncodingKey, list[ObjectDelivery]] = {}
@@ -343,7 +348,7 @@ def deliver_windows(
                 window,
                 io.open_object(target.destination, window.start, in_memory, target.file_format),
                 _encoder(target),
-                clean_up=clean_up,
+                clean_up=clean_up and target.asset_key not in no_clean_up,
                 redelivery_reason=redelivery_reason,
             )
             for target in due
@@ -368,6 +373,8 @@ def deliver_windows(
                 ):
                     delivery.stops_destination = True
                     stopped.add(key)
+                if delivery.metadata.get("leftover_uploads_aborted") == CLEAN_UP_TIMED_OUT:
+                    no_clean_up.add(key)
                 on_window(windows[index], [delivery.outcome()])
         open_objects.clear()
         if on_closed is not None:

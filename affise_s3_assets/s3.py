@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -238,10 +238,11 @@ def within_deadline(seconds: float, function: Any, *args: Any, **kwargs: Any) ->
     """`function(*args, **kwargs)` (a request, or a few), on a thread of its own, given up with
     DeliveryTimeout after `seconds`: an endpoint that accepts and then trickles would otherwise
     hold its caller, and with it every object of the run, for as long as it likes."""
-    try:
-        return _in_thread(function, *args, **kwargs).result(timeout=seconds)
-    except FutureTimeout:
-        raise DeliveryTimeout(f"no answer within {seconds:.0f} s") from None
+    future = _in_thread(function, *args, **kwargs)
+    # Waited for, then read: a TimeoutError the function itself raised is its own failure.
+    if not wait([future], timeout=seconds).done:
+        raise DeliveryTimeout(f"no answer within {seconds:.0f} s")
+    return future.result()
 
 
 class S3ObjectWriter:
@@ -677,6 +678,9 @@ def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | str | No
         return f"failed: {error_code(exc)}"  # the object is delivered: this fails nothing
     except (botocore.exceptions.BotoCoreError, DeliveryTimeout) as exc:
         return f"failed: {type(exc).__name__}"
+
+
+CLEAN_UP_TIMED_OUT = f"failed: {DeliveryTimeout.__name__}"
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ import pytest
 
 from affise_s3_assets import source
 from affise_s3_assets.delivery import Window, deliver_windows
-from affise_s3_assets.s3 import DeliveryTimeout
+from affise_s3_assets.s3 import CLEAN_UP_TIMED_OUT, DeliveryTimeout
 from affise_s3_assets.sensors import ended_runs_since
 from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
 from affise_s3_assets.targets import build_export_targets
@@ -312,6 +312,55 @@ def test_a_failing_destination_is_not_tried_for_the_rest_of_the_run(
     assert io.opened == opened
     code = "DeliveryTimeout" if failure is _TimingOutObject else "EndpointConnectionError"
     assert reported == [(f"2026-11-25-{hour}", code, hour == stopped_at) for hour in opened]
+
+
+class _SlowListing:
+    """An IO manager whose objects land, but whose clean-up of leftover uploads runs out its
+    deadline (a store that lists slowly); it records which objects were asked to clean up."""
+
+    def __init__(self) -> None:
+        self.cleaned: list[bool] = []
+
+    def open_object(self, destination: Any, window_start: datetime, *_: Any) -> Any:
+        io = self
+
+        class Landing(_FailingObject):
+            def write(self, chunk: bytes) -> None:
+                pass
+
+            def finish(self, last_chunk: bytes, clean_up: bool = False) -> dict[str, Any]:
+                io.cleaned.append(clean_up)
+                return {"leftover_uploads_aborted": CLEAN_UP_TIMED_OUT} if clean_up else {}
+
+        return Landing(f"k/{window_start:%H:%M}")
+
+
+def test_a_clean_up_that_ran_out_its_deadline_is_not_tried_again_in_the_run(
+    events_db: Path,
+) -> None:
+    """Every window of a ranged re-delivery cleans up its key: a store that lists slowly
+    would cost each window a deadline, and hold up every integration of the range."""
+    (target,) = build_export_targets(
+        [integration(S3Server("http://slow", *[None] * 3), "slow-bucket")]  # type: ignore[arg-type]
+    )
+    windows = [
+        Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
+        for h in (10, 11, 12)
+    ]
+    io = _SlowListing()
+    delivered: list[str] = []
+    deliver_windows(
+        [target],
+        windows,
+        EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
+        io,  # type: ignore[arg-type]
+        lambda window, objects: delivered.extend(
+            window.key for item in objects if item.failure is None
+        ),
+        clean_up=True,
+    )
+    assert delivered == [window.key for window in windows]
+    assert io.cleaned == [True, False, False]
 
 
 def _copy_with_watermark(source: Path, target: Path, until: datetime | None) -> Path:
