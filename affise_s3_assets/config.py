@@ -10,6 +10,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -590,14 +591,24 @@ class AppliedConfig(BaseModel):
 
     @classmethod
     def from_json(cls, text: str) -> "AppliedConfig":
+        """The stored state; an integration that breaks a rule of this version (stored by an
+        older one) is left out alone, named in `problems`, never a value: the others keep
+        their last good state, and the file's block of it is judged afresh."""
         data = json.loads(text)
+        integrations, dropped = [], []
+        for item in data["integrations"]:
+            try:
+                integrations.append(IntegrationConfig.model_validate(item))
+            except ValidationError:
+                dropped.append(
+                    f"integration {item.get('name') if isinstance(item, dict) else None!r}: "
+                    "its last applied state breaks a rule of this version and is not kept"
+                )
         return cls(
             source=data["source"],
             file_sha256=data["file_sha256"],
-            integrations=IntegrationsFile.model_validate(
-                {"integrations": data["integrations"]}
-            ).integrations,
-            problems=tuple(data["problems"]),
+            integrations=tuple(integrations),
+            problems=(*dropped, *data["problems"]),
             file_error=data["file_error"],
             # Written before these blocks existed: the defaults.
             lateness=Lateness.model_validate(data.get("lateness", {})),
@@ -753,8 +764,8 @@ def apply_integrations(
 
 
 def variable_owner(variable: str, names: set[str]) -> str | None:
-    """The integration a variable is named for: the longest name whose upper-cased form and
-    "_" begin it (ACME_EU_KEY is acme_eu's when both acme and acme_eu exist)."""
+    """The integration a variable is named for: the one whose upper-cased name and "_" begin
+    it. Unique once no name is another's and "_..." (`nested_names` refuses those)."""
     # Each "_" of the variable ends one candidate name: a look-up each, whatever the number
     # of integrations (ten thousand of them would otherwise be 10^8 comparisons).
     parts = variable.split("_")
@@ -765,16 +776,64 @@ def variable_owner(variable: str, names: set[str]) -> str | None:
     return None
 
 
-def _variable_problems(integration: IntegrationConfig, names: set[str]) -> list[str]:
+def nested_names(names: set[str], established: set[str]) -> dict[str, str]:
+    """Names refused because one is another's and "_..." (acme, acme_eu): ACME_EU_KEY could be
+    either's, so a block renamed `globex_aws` would own GLOBEX_AWS_SECRET_ACCESS_KEY. The name
+    already applied keeps its variables and the newcomer is refused; when neither or both were
+    applied, both are. By name, the problem."""
+    refused: dict[str, str] = {}
+    for longer in names:
+        parts = longer.split("_")
+        for count in range(1, len(parts)):
+            shorter = "_".join(parts[:count])
+            if shorter not in names:
+                continue
+            both = {shorter, longer}
+            applied = both & established
+            for name in sorted(both - applied if len(applied) == 1 else both):
+                other = longer if name == shorter else shorter
+                refused[name] = (
+                    f"integration {name!r}: name: one of {shorter!r} and {longer!r} begins "
+                    f"with the other and '_', so their variables ({longer.upper()}_...) could "
+                    f"not be told apart; {other!r} "
+                    + ("keeps its name" if other in established else "must be renamed as well")
+                    + ", choose another (e.g. without the '_')"
+                )
+    return refused
+
+
+def secret_variables(entries: Sequence[Any]) -> set[str]:
+    """Every variable some block names as a secret_key, read from the raw blocks."""
+    found = set()
+    for entry in entries:
+        for event_type in EVENT_TYPES:
+            export = entry.get(event_type) if isinstance(entry, dict) else None
+            secret = export.get("secret_key") if isinstance(export, dict) else None
+            variable = env_reference_name(secret) if isinstance(secret, str) else None
+            if variable is not None:
+                found.add(variable)
+    return found
+
+
+def _variable_problems(
+    integration: IntegrationConfig, names: set[str], secrets: set[str]
+) -> list[str]:
     """An integration's `${VAR}`s must be named for it: whoever edits one block can then never
     send another integration's secret, or one of the deployment's, to an endpoint of their
-    choosing (an access key goes out in clear, in the Authorization header)."""
+    choosing (an access key goes out in clear, in the Authorization header). For the same
+    reason an access_key never names a secret: one a secret_key names, or one called so."""
     problems = []
     for event_type, export in integration.exports():
         for field_name in ("access_key", "secret_key"):
             variable = env_reference_name(getattr(export, field_name))
             if variable is None:
                 continue
+            where = f"integration {integration.name!r}: {event_type}.{field_name}: ${{{variable}}}"
+            if field_name == "access_key" and (variable in secrets or "SECRET" in variable):
+                problems.append(
+                    f"{where} is a secret (a secret_key names it, or its name says so); an "
+                    "access key is sent in clear with every request: name the key id's variable"
+                )
             owner = variable_owner(variable, names)
             if owner == integration.name:
                 continue
@@ -782,9 +841,9 @@ def _variable_problems(integration: IntegrationConfig, names: set[str]) -> list[
                 f"is named for integration {owner!r}" if owner else "is named for no integration"
             )
             problems.append(
-                f"integration {integration.name!r}: {event_type}.{field_name}: ${{{variable}}} "
-                f"{whose}; this integration's variables begin with {integration.name.upper()}_, "
-                "so no integration can read another's secrets or the deployment's"
+                f"{where} {whose}; this integration's variables begin with "
+                f"{integration.name.upper()}_, so no integration can read another's secrets or "
+                "the deployment's"
             )
     return problems
 
@@ -854,11 +913,26 @@ def _apply_entries(
     chosen: dict[str, IntegrationConfig] = {}
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]
     uses = Counter(name for name in names if isinstance(name, str))
-    named = set(uses)
+    nested = nested_names(set(uses), set(previous))
+    # Who may own a variable, and which variables are secrets, for every block and fallback.
+    owners = set(uses) - set(nested)
+    secrets = secret_variables(entries)
+
+    def keepable(integration: IntegrationConfig) -> list[str]:
+        """Why a last good state may not be kept: it names variables it no longer owns (or
+        a secret as an access key), or its name now nests with another's."""
+        if integration.name in nested:
+            return [nested[integration.name]]
+        return _variable_problems(integration, owners, secrets)
+
     order: list[str] = []
     for index, entry in enumerate(entries):
         name = names[index]
         label = f"integration {name!r}" if isinstance(name, str) else f"integration #{index + 1}"
+        if isinstance(name, str) and name in nested:
+            problems.append(nested[name])
+            order.append(name)
+            continue
         if isinstance(name, str) and uses[name] > 1:
             if name not in order:
                 problems.append(
@@ -884,7 +958,7 @@ def _apply_entries(
             else set()
         )
         start_problems = _start_problems(integration, now, delivering) + _variable_problems(
-            integration, named
+            integration, owners, secrets
         )
         if start_problems:
             problems.extend(start_problems)
@@ -897,6 +971,12 @@ def _apply_entries(
     accepted: dict[str, IntegrationConfig] = dict(chosen)
     for name in broken:
         if name in previous:
+            unkeepable = keepable(previous[name])
+            if unkeepable:
+                # Its last good state would send what the rules now refuse: not kept either.
+                problems.extend(unkeepable)
+                problems.append(f"integration {name!r}: its last good state is not kept either")
+                continue
             accepted[name] = previous[name]
             problems.append(f"integration {name!r}: kept at its last good state until fixed")
 
@@ -930,7 +1010,12 @@ def _apply_entries(
                 )
         for name in losers:
             fallback = previous.get(name)
-            if name in refused or fallback is None or accepted.get(name) == fallback:
+            if (
+                name in refused
+                or fallback is None
+                or accepted.get(name) == fallback
+                or keepable(fallback)
+            ):
                 accepted.pop(name, None)
             else:
                 accepted[name] = fallback

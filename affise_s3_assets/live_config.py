@@ -60,7 +60,11 @@ def _last_good_file(directory: Path) -> Path:
 
 def read_last_good(directory: Path) -> AppliedConfig | None:
     try:
-        return AppliedConfig.from_json(_last_good_file(directory).read_text(encoding="utf-8"))
+        applied = AppliedConfig.from_json(_last_good_file(directory).read_text(encoding="utf-8"))
+        for problem in applied.problems:
+            if problem.endswith("breaks a rule of this version and is not kept"):
+                log.warning("last applied config in %s: %s", directory, problem)
+        return applied
     except (OSError, ValueError, KeyError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.warning("ignoring unreadable last applied config in %s: %s", directory, exc)

@@ -5,10 +5,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from affise_s3_assets.config import (
     AppliedConfig,
     ConfigError,
+    IntegrationsFile,
     apply_integrations,
     parse_integrations,
 )
@@ -316,14 +318,14 @@ def test_a_broken_lateness_keeps_the_last_good_one_and_says_why(block: str, prob
 def test_an_integration_may_name_only_variables_named_for_it() -> None:
     """Whoever edits one block could otherwise send another integration's secret, or the
     deployment's, to an endpoint of their choosing: an access key goes out in clear."""
-    stolen = block("evil", "evil-raw", "x").replace("${EVIL_K}", "${ACME_S}")
+    stolen = block("evil", "evil-raw", "x").replace("${EVIL_K}", "${ACME_K}")
     deployment = block("rogue", "rogue-raw", "x").replace("${ROGUE_S}", "${DAGSTER_PG_PASSWORD}")
     applied = apply_integrations(
         "integrations:\n" + block("acme", "acme-raw", "x") + stolen + deployment
     )
     assert names(applied) == ["acme"]
     assert applied.problems == (
-        "integration 'evil': clicks.access_key: ${ACME_S} is named for integration 'acme'; "
+        "integration 'evil': clicks.access_key: ${ACME_K} is named for integration 'acme'; "
         "this integration's variables begin with EVIL_, so no integration can read another's "
         "secrets or the deployment's",
         "integration 'rogue': clicks.secret_key: ${DAGSTER_PG_PASSWORD} is named for no "
@@ -332,14 +334,71 @@ def test_an_integration_may_name_only_variables_named_for_it() -> None:
     )
 
 
-def test_a_variable_belongs_to_the_longest_name_it_begins_with() -> None:
-    """ACME_EU_K is acme_eu's, not acme's, when both exist."""
-    grabbing = block("acme", "acme-raw", "x").replace("${ACME_K}", "${ACME_EU_K}")
-    applied = apply_integrations(
-        "integrations:\n" + grabbing + block("acme_eu", "acme-eu-raw", "x")
+def test_names_one_of_which_begins_with_the_other_are_refused_the_newcomer_first() -> None:
+    """GLOBEX_AWS_SECRET_ACCESS_KEY could be globex's or a block renamed `globex_aws`: names
+    that nest are refused, the newcomer when the other already delivers, else both."""
+    both_new = apply_integrations(
+        "integrations:\n" + block("acme", "acme-raw", "x") + block("acme_eu", "eu-raw", "x")
     )
-    assert names(applied) == ["acme_eu"]
-    assert "${ACME_EU_K} is named for integration 'acme_eu'" in applied.problems[0]
+    assert names(both_new) == []
+    assert any("one of 'acme' and 'acme_eu' begins with the other" in p for p in both_new.problems)
+    good = apply_integrations("integrations:\n" + block("globex", "globex-raw", "x"))
+    grabbing = block("globex_aws", "grab-raw", "x").replace(
+        "${GLOBEX_AWS_S}", "${GLOBEX_AWS_SECRET_ACCESS_KEY}"
+    )
+    applied = apply_integrations(
+        "integrations:\n" + block("globex", "globex-raw", "x") + grabbing, last_good=good
+    )
+    assert names(applied) == ["globex"]
+    assert applied.integrations == good.integrations
+    assert applied.problems[0].startswith("integration 'globex_aws': name: one of 'globex'")
+    assert "'globex' keeps its name" in applied.problems[0]
+
+
+def test_an_access_key_never_names_a_secret() -> None:
+    """The block's own secret would go out in clear as its key id."""
+    for variable in ("${ACME_S}", "${ACME_AWS_SECRET_ACCESS_KEY}"):
+        text = block("acme", "acme-raw", "x").replace("${ACME_K}", variable)
+        applied = apply_integrations("integrations:\n" + text)
+        assert names(applied) == []
+        assert f"clicks.access_key: {variable} is a secret" in applied.problems[0]
+
+
+def test_a_last_good_state_naming_what_the_rules_now_refuse_is_not_kept() -> None:
+    """Stored by an older version, a block that sent the deployment's password as its secret
+    is not brought back as its last good state: it stops, saying why."""
+    rogue = block("rogue", "rogue-raw", "x").replace("${ROGUE_S}", "${DAGSTER_PG_PASSWORD}")
+    old = IntegrationsFile.model_validate(
+        {"integrations": yaml.safe_load("integrations:\n" + rogue)["integrations"]}
+    ).integrations
+    good = apply_integrations("integrations:\n" + block("acme", "acme-raw", "x"))
+    stored = good.model_copy(update={"integrations": good.integrations + old})
+    applied = apply_integrations(
+        "integrations:\n" + block("acme", "acme-raw", "x") + rogue, last_good=stored
+    )
+    assert names(applied) == ["acme"]
+    assert "integration 'rogue': its last good state is not kept either" in applied.problems
+
+
+def test_a_stored_state_an_older_version_accepted_loses_only_that_integration(
+    tmp_path: Path,
+) -> None:
+    """One stored integration breaking a rule of this version (here a name now refused)
+    leaves the others' last good states, and so their ownership of their folders, intact."""
+    good = apply_integrations("integrations:\n" + block("acme", "acme-raw", "x"))
+    text = good.to_json().replace('"integrations": [', '"integrations": [{"name": "aws"}, ', 1)
+    write_last_good(tmp_path, good)
+    (tmp_path / "last-applied-config.json").write_text(text)
+    stored = read_last_good(tmp_path)
+    assert stored is not None and stored.integrations == good.integrations
+    assert stored.problems[0] == (
+        "integration 'aws': its last applied state breaks a rule of this version and is not kept"
+    )
+    newcomer = apply_integrations(
+        "integrations:\n" + block("acme", "acme-raw", "x") + block("beta", "acme-raw", "x"),
+        last_good=stored,
+    )
+    assert names(newcomer) == ["acme"]
 
 
 @pytest.mark.parametrize("name", ["aws", "dagster", "dagster_pg", "affise", "aws_secret"])
