@@ -44,6 +44,9 @@ from affise_s3_assets.source import WINDOW_COLUMN, EventsDatabase, FilterKey, Fi
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 RECONCILIATION_SENSOR = "reconciliation_sensor"
+# Every row of a window, no filter: tells a window the source lost from one that lost a
+# filtered export's rows only (`Changed.vanished`).
+WHOLE_WINDOW: FilterKey = ((), ())
 # Materialization records read per request while collecting what was delivered.
 RECORDS_PAGE = 1000
 # The sensor looks this often whether a pass is due or under way; a tick compares groups for
@@ -64,6 +67,7 @@ class Changed:
     window: str  # partition key
     before: Fingerprint
     after: Fingerprint
+    window_rows: int = 0  # the source's rows in the window, whatever the filters
 
     @property
     def reason(self) -> str:
@@ -73,10 +77,12 @@ class Changed:
     def vanished(self) -> bool:
         """Every delivered row is gone from the source: far likelier a day folder unmounted or
         being rewritten than events all withdrawn, and an empty file would tell the customer
-        there were none. Not delivered again by itself (an operator can, by hand). A
+        there were none. Not delivered again by itself (an operator can, by hand). Only when
+        the whole window is empty, whatever the filters: a filtered export losing its one row
+        (deleted, or re-attributed) beside others' rows is an ordinary change. A
         conversion_updates window empties when its changes change again: those rows moved."""
         moves = WINDOW_COLUMN[self.target.event_type] != "created_at"
-        return not moves and self.after.rows == 0 < self.before.rows
+        return not moves and self.after.rows == 0 < self.before.rows and self.window_rows == 0
 
 
 def look_back_range(
@@ -98,7 +104,8 @@ def find_changed(
     empty: Fingerprint,
 ) -> list[Changed]:
     """Every delivered window (of `delivered`, by asset and partition key) whose fingerprint in
-    the source now (`current`, by filter and window start; absent: no rows) differs."""
+    the source now (`current`, by filter and window start; absent: no rows) differs; with
+    WHOLE_WINDOW's fingerprints in `current`, each says how many rows its window holds."""
     targets = {target.asset_key: target for target in group.live}
     changed = []
     for (asset_key, window), before in sorted(delivered.items()):
@@ -110,7 +117,8 @@ def find_changed(
             continue
         after = current.get((target.filter_key, start), empty)
         if after.differs_from(before):
-            changed.append(Changed(target, window, before, after))
+            whole = current.get((WHOLE_WINDOW, start), empty).rows
+            changed.append(Changed(target, window, before, after, whole))
     return changed
 
 
@@ -336,7 +344,7 @@ def reconcile_group(
     first, end = span
     with events.read(group.event_type, first, end) as source:
         current = source.fingerprints(
-            group.frequency, sorted({target.filter_key for target in group.live})
+            group.frequency, sorted({WHOLE_WINDOW} | {t.filter_key for t in group.live})
         )
         empty = source.empty()
     starts = [first + group.step * i for i in range((end - first) // group.step)]

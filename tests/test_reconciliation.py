@@ -17,6 +17,7 @@ from affise_s3_assets.reconciliation import (
     CHANGED_ROWS,
     LATE_ROWS,
     RECONCILIATION_SENSOR,
+    WHOLE_WINDOW,
     build_reconciliation_sensor,
     reconcile_group,
 )
@@ -417,10 +418,17 @@ def test_what_changed_is_found_and_named_without_a_source() -> None:
         ("2026-11-27-10:00", LATE_ROWS),
         ("2026-11-27-10:30", CHANGED_ROWS),
     ]
-    # A window emptied at the source is a change, but not one delivered by itself.
+    # A window emptied at the source is a change, but not one delivered by itself...
     gone = find_changed(group, {}, delivered, Fingerprint(0, 0, scheme))
     assert len(gone) == 4 and all(c.vanished for c in gone)
     assert redelivery_requests(group, gone, set(), datetime(2026, 11, 28)) == []
+    # ...unless only this export's rows left a window that still holds others'.
+    others = {
+        (WHOLE_WINDOW, at + timedelta(minutes=15 * i)): Fingerprint(9, 5, scheme) for i in range(4)
+    }
+    lost = find_changed(group, others, delivered, Fingerprint(0, 0, scheme))
+    assert len(lost) == 4 and not any(c.vanished for c in lost)
+    assert len(redelivery_requests(group, lost, set(), datetime(2026, 11, 28))) == 1
     # Rows removed, some left: delivered again.
     fewer = {
         (target.filter_key, at + timedelta(minutes=15 * i)): Fingerprint(1, 3, scheme)
