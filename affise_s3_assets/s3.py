@@ -258,8 +258,10 @@ class S3ObjectWriter:
     flight the next one keeps filling. A writer with `memory_bytes` spills it to its file and
     lets it grow up to S3's 5 GiB; one without waits for the part in flight once the next is
     four times its planned size (back-pressure). Each request gets `deadline` seconds plus
-    SECONDS_PER_MIB per MiB of its body, counted from its own start: an endpoint that accepts
-    and never answers, or trickles, fails the object there.
+    SECONDS_PER_MIB per MiB of its body, counted from its own start, and the object's requests
+    together `deadline` once plus SECONDS_PER_MIB per MiB of all their bodies (the time spent
+    producing the object is not counted): an endpoint that accepts and never answers, trickles,
+    or answers every part just in time, fails the object there.
 
     With `memory_bytes`, a part being filled keeps at most that much in memory and the rest in
     a temporary file: a window job fills one object per integration at once, and S3's 5 MiB
@@ -281,6 +283,7 @@ class S3ObjectWriter:
         self._part_size = part_size
         self._memory_bytes = memory_bytes
         self._deadline = deadline if deadline is not None else request_deadline()
+        self._spent = 0.0  # seconds the object's ended requests took
         # What every request creating the object carries: its type and, for a bucket of
         # another account that uses ACLs, the grant letting its owner read it.
         self._create_args: dict[str, str] = {"ContentType": content_type}
@@ -351,20 +354,38 @@ class S3ObjectWriter:
     def _allowed(self, size: int) -> float:
         return self._deadline + SECONDS_PER_MIB * size / MIB
 
+    def _left(self, size: int, started: float) -> float:
+        """Seconds the request begun at `started` may still take: its own deadline, and the
+        object's (the deadline once, plus SECONDS_PER_MIB per MiB of every body sent, less
+        the time its ended requests took), so slow parts cannot add up without end."""
+        elapsed = time.monotonic() - started
+        whole = self._deadline + SECONDS_PER_MIB * self.sent / MIB - self._spent
+        return min(self._allowed(size), whole) - elapsed
+
     def _timeout(self, size: int) -> DeliveryTimeout:
         return DeliveryTimeout(
-            f"a request got no complete answer within {self._allowed(size):.0f} s"
+            f"a request got no complete answer in time ({self._allowed(size):.0f} s for it, "
+            f"{self._deadline + SECONDS_PER_MIB * self.sent / MIB:.0f} s for the object's "
+            "requests in all)"
         )
 
+    def _started(self, future: Future[Any]) -> Future[Any]:
+        """`future`, a request begun now, counted into the object's time once it ends."""
+        started = time.monotonic()
+
+        def ended(_: Future[Any]) -> None:
+            self._spent += time.monotonic() - started
+
+        future.add_done_callback(ended)
+        return future
+
     def _check_in_flight(self) -> None:
-        elapsed = time.monotonic() - self._in_flight_started
-        if elapsed > self._allowed(self._in_flight_bytes):
+        if self._left(self._in_flight_bytes, self._in_flight_started) < 0:
             raise self._timeout(self._in_flight_bytes)
 
     def _wait(self, future: Future[Any], started: float, size: int) -> Any:
-        remaining = self._allowed(size) - (time.monotonic() - started)
         try:
-            return future.result(timeout=max(0.0, remaining))
+            return future.result(timeout=max(0.0, self._left(size, started)))
         except FutureTimeout:
             raise self._timeout(size) from None
 
@@ -403,7 +424,7 @@ class S3ObjectWriter:
         size = _body_size(body)
         self.sent += size
         self._in_flight_started, self._in_flight_bytes = time.monotonic(), size
-        self._in_flight = _in_thread(self._upload_part, part, body, md5)
+        self._in_flight = self._started(_in_thread(self._upload_part, part, body, md5))
 
     def _upload_part(
         self, part: dict[str, Any], body: bytes | IO[bytes], md5: str
@@ -450,7 +471,7 @@ class S3ObjectWriter:
 
             # A PUT given up at the deadline may still land later: the same bytes under the
             # same key, so a re-delivery overwrites it with what it would have held.
-            response = self._wait(_in_thread(put), time.monotonic(), self.sent)
+            response = self._wait(self._started(_in_thread(put)), time.monotonic(), self.sent)
             self.etag = response.get("ETag", "").strip('"').lower()
             self._note_encryption(response)
             return self.sent, 0
@@ -459,12 +480,14 @@ class S3ObjectWriter:
         if self._pending_bytes:
             self._send_part(self._take_pending())
             self._wait(self._in_flight, self._in_flight_started, self._in_flight_bytes)
-        complete = _in_thread(
-            self.client.complete_multipart_upload,
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=self._upload_id,
-            MultipartUpload={"Parts": self._parts},
+        complete = self._started(
+            _in_thread(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
         )
         self._in_flight = complete  # an abort after a deadline waits for it
         self._in_flight_started, self._in_flight_bytes = time.monotonic(), 0

@@ -84,6 +84,22 @@ def test_a_slow_but_working_link_is_waited_for_not_failed() -> None:
             assert max(len(part) for part in store.parts.values()) <= 4 * 5 * MIB + 256 * 1024
 
 
+def test_parts_each_just_in_time_still_meet_the_objects_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each part answered a little before its own deadline: without a deadline for the
+    object, a link that slow would hold it for parts x deadline. The object's requests share
+    the deadline once (here 1 s plus 0.1 s per MiB), so it fails on its second part."""
+    monkeypatch.setattr("affise_s3_assets.s3.SECONDS_PER_MIB", 0.1)
+    store = SlowStore(mib_per_s=5 / 1.2)  # 1.2 s per 5 MiB part, under its own 1.5 s
+    data = bytes(range(256)) * (15 * 4096)  # three parts
+    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=1)
+    with pytest.raises(DeliveryTimeout, match="for the object's requests in all"):
+        feed(writer, data)
+        writer.close()
+    assert "k" not in store.objects and len(store.parts) <= 2
+
+
 def test_time_spent_producing_the_object_is_not_the_endpoints() -> None:
     """The deadline is each request's own: a feed slower than the deadline (a large window,
     a thousand other objects to fill) fails nothing."""
