@@ -10,7 +10,6 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -453,10 +452,37 @@ class IntegrationConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _credentials_are_its_own(self) -> "IntegrationConfig":
+        # An access key goes out in clear in every request's Authorization header: were any
+        # variable allowed, whoever edits one block could send another customer's secret, or
+        # the deployment's, to an endpoint of their choosing. One name per integration and
+        # role, derived from the name alone (two names never give one variable, whatever else
+        # the file holds or held), so a block can only ever name its own.
+        wanted = credential_variables(self.name)
+        for event_type, export in self.exports():
+            for field_name, variable in zip(("access_key", "secret_key"), wanted, strict=True):
+                named = env_reference_name(getattr(export, field_name))
+                literal = named is None and field_name == "access_key"
+                if not literal and named != variable:
+                    raise ValueError(
+                        f"{event_type}.{field_name}: must be ${{{variable}}}"
+                        + (" or a literal key id" if field_name == "access_key" else "")
+                        + f", not ${{{named}}}: an integration's credentials are named for it, "
+                        "so no block can name another's secret, or the deployment's"
+                    )
+        return self
+
     def exports(self) -> list[tuple[EventType, EventExportConfig]]:
         """The configured (event type, export) pairs, clicks first."""
         pairs = [(event_type, getattr(self, event_type)) for event_type in EVENT_TYPES]
         return [(event_type, export) for event_type, export in pairs if export is not None]
+
+
+def credential_variables(name: str) -> tuple[str, str]:
+    """The variables an integration's access key id and secret are read from:
+    acme -> ACME_AWS_ACCESS_KEY_ID, ACME_AWS_SECRET_ACCESS_KEY."""
+    return f"{name.upper()}_AWS_ACCESS_KEY_ID", f"{name.upper()}_AWS_SECRET_ACCESS_KEY"
 
 
 class Lateness(BaseModel):
@@ -512,6 +538,10 @@ def _describe(error: dict[str, Any], raw: Any) -> str:
         loc = loc[2:]
     field = ".".join(str(part) for part in loc) or "(entry)"
     message = error["msg"].removeprefix("Value error, ")
+    # A rule of the whole block that names the field it is about ("clicks.secret_key: ...").
+    named = re.match(r"([a-z_]+\.[a-z_]+): ", message) if not loc else None
+    if named:
+        field, message = named.group(1), message[named.end() :]
     if error["type"] == "missing":
         message = "is required"
     elif error["type"] == "extra_forbidden":
@@ -606,7 +636,9 @@ class AppliedConfig(BaseModel):
                 )
         return cls(
             source=data["source"],
-            file_sha256=data["file_sha256"],
+            # Less than what that file gave: never taken for its result (live_config's short
+            # cut for an unchanged file), so the file is applied again.
+            file_sha256="" if dropped else data["file_sha256"],
             integrations=tuple(integrations),
             problems=(*dropped, *data["problems"]),
             file_error=data["file_error"],
@@ -763,91 +795,6 @@ def apply_integrations(
     return _apply_entries(entries, source, _digest(text), last_good, now, settings)
 
 
-def variable_owner(variable: str, names: set[str]) -> str | None:
-    """The integration a variable is named for: the one whose upper-cased name and "_" begin
-    it. Unique once no name is another's and "_..." (`nested_names` refuses those)."""
-    # Each "_" of the variable ends one candidate name: a look-up each, whatever the number
-    # of integrations (ten thousand of them would otherwise be 10^8 comparisons).
-    parts = variable.split("_")
-    for count in range(len(parts) - 1, 0, -1):
-        prefix = "_".join(parts[:count])
-        if prefix == prefix.upper() and prefix.lower() in names:
-            return prefix.lower()
-    return None
-
-
-def nested_names(names: set[str], established: set[str]) -> dict[str, str]:
-    """Names refused because one is another's and "_..." (acme, acme_eu): ACME_EU_KEY could be
-    either's, so a block renamed `globex_aws` would own GLOBEX_AWS_SECRET_ACCESS_KEY. The name
-    already applied keeps its variables and the newcomer is refused; when neither or both were
-    applied, both are. By name, the problem."""
-    refused: dict[str, str] = {}
-    for longer in names:
-        parts = longer.split("_")
-        for count in range(1, len(parts)):
-            shorter = "_".join(parts[:count])
-            if shorter not in names:
-                continue
-            both = {shorter, longer}
-            applied = both & established
-            for name in sorted(both - applied if len(applied) == 1 else both):
-                other = longer if name == shorter else shorter
-                refused[name] = (
-                    f"integration {name!r}: name: one of {shorter!r} and {longer!r} begins "
-                    f"with the other and '_', so their variables ({longer.upper()}_...) could "
-                    f"not be told apart; {other!r} "
-                    + ("keeps its name" if other in established else "must be renamed as well")
-                    + ", choose another (e.g. without the '_')"
-                )
-    return refused
-
-
-def secret_variables(entries: Sequence[Any]) -> set[str]:
-    """Every variable some block names as a secret_key, read from the raw blocks."""
-    found = set()
-    for entry in entries:
-        for event_type in EVENT_TYPES:
-            export = entry.get(event_type) if isinstance(entry, dict) else None
-            secret = export.get("secret_key") if isinstance(export, dict) else None
-            variable = env_reference_name(secret) if isinstance(secret, str) else None
-            if variable is not None:
-                found.add(variable)
-    return found
-
-
-def _variable_problems(
-    integration: IntegrationConfig, names: set[str], secrets: set[str]
-) -> list[str]:
-    """An integration's `${VAR}`s must be named for it: whoever edits one block can then never
-    send another integration's secret, or one of the deployment's, to an endpoint of their
-    choosing (an access key goes out in clear, in the Authorization header). For the same
-    reason an access_key never names a secret: one a secret_key names, or one called so."""
-    problems = []
-    for event_type, export in integration.exports():
-        for field_name in ("access_key", "secret_key"):
-            variable = env_reference_name(getattr(export, field_name))
-            if variable is None:
-                continue
-            where = f"integration {integration.name!r}: {event_type}.{field_name}: ${{{variable}}}"
-            if field_name == "access_key" and (variable in secrets or "SECRET" in variable):
-                problems.append(
-                    f"{where} is a secret (a secret_key names it, or its name says so); an "
-                    "access key is sent in clear with every request: name the key id's variable"
-                )
-            owner = variable_owner(variable, names)
-            if owner == integration.name:
-                continue
-            whose = (
-                f"is named for integration {owner!r}" if owner else "is named for no integration"
-            )
-            problems.append(
-                f"{where} {whose}; this integration's variables begin with "
-                f"{integration.name.upper()}_, so no integration can read another's secrets or "
-                "the deployment's"
-            )
-    return problems
-
-
 def _start_problems(
     integration: IntegrationConfig, now: datetime, established: set[tuple[str, str, int]]
 ) -> list[str]:
@@ -913,26 +860,10 @@ def _apply_entries(
     chosen: dict[str, IntegrationConfig] = {}
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]
     uses = Counter(name for name in names if isinstance(name, str))
-    nested = nested_names(set(uses), set(previous))
-    # Who may own a variable, and which variables are secrets, for every block and fallback.
-    owners = set(uses) - set(nested)
-    secrets = secret_variables(entries)
-
-    def keepable(integration: IntegrationConfig) -> list[str]:
-        """Why a last good state may not be kept: it names variables it no longer owns (or
-        a secret as an access key), or its name now nests with another's."""
-        if integration.name in nested:
-            return [nested[integration.name]]
-        return _variable_problems(integration, owners, secrets)
-
     order: list[str] = []
     for index, entry in enumerate(entries):
         name = names[index]
         label = f"integration {name!r}" if isinstance(name, str) else f"integration #{index + 1}"
-        if isinstance(name, str) and name in nested:
-            problems.append(nested[name])
-            order.append(name)
-            continue
         if isinstance(name, str) and uses[name] > 1:
             if name not in order:
                 problems.append(
@@ -957,9 +888,7 @@ def _apply_entries(
             if before is not None and before.start == integration.start
             else set()
         )
-        start_problems = _start_problems(integration, now, delivering) + _variable_problems(
-            integration, owners, secrets
-        )
+        start_problems = _start_problems(integration, now, delivering)
         if start_problems:
             problems.extend(start_problems)
             order.append(integration.name)
@@ -971,12 +900,6 @@ def _apply_entries(
     accepted: dict[str, IntegrationConfig] = dict(chosen)
     for name in broken:
         if name in previous:
-            unkeepable = keepable(previous[name])
-            if unkeepable:
-                # Its last good state would send what the rules now refuse: not kept either.
-                problems.extend(unkeepable)
-                problems.append(f"integration {name!r}: its last good state is not kept either")
-                continue
             accepted[name] = previous[name]
             problems.append(f"integration {name!r}: kept at its last good state until fixed")
 
@@ -1010,12 +933,7 @@ def _apply_entries(
                 )
         for name in losers:
             fallback = previous.get(name)
-            if (
-                name in refused
-                or fallback is None
-                or accepted.get(name) == fallback
-                or keepable(fallback)
-            ):
+            if name in refused or fallback is None or accepted.get(name) == fallback:
                 accepted.pop(name, None)
             else:
                 accepted[name] = fallback

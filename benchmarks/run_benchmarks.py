@@ -116,8 +116,8 @@ integrations:
       bucket: {BUCKET}
       region: us-east-1
       directory: export/{frequency}
-      access_key: ${{BENCH_KEY}}
-      secret_key: ${{BENCH_SECRET}}
+      access_key: ${{BENCH_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{BENCH_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {ENDPOINT}
       format: {os.environ.get("BENCH_FORMAT", "csv")}
 """
@@ -466,7 +466,7 @@ def export_cases(rows: int) -> None:
         partition = start.strftime("%Y-%m-%d-%H:%M")
         ours, ours_rss = run_child(
             ["--child", "export", str(db), str(frequency), partition],
-            {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET},
+            {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
         )
         target = OUT / f"duckdb-copy-{frequency}.csv.gz"
         ref, ref_rss = run_child(
@@ -513,7 +513,11 @@ def format_cases(rows: int) -> None:
     for file_format in ("csv", "parquet"):
         result, rss = run_child(
             ["--child", "export", str(db), "1440", partition],
-            {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET, "BENCH_FORMAT": file_format},
+            {
+                "BENCH_AWS_ACCESS_KEY_ID": KEY,
+                "BENCH_AWS_SECRET_ACCESS_KEY": SECRET,
+                "BENCH_FORMAT": file_format,
+            },
         )
         key = str(result["s3_uri"]).removeprefix(f"s3://{BUCKET}/")
         if file_format == "csv":
@@ -569,7 +573,7 @@ def profile_cases(rows: int) -> None:
     server_before = server_cpu_seconds()
     ours, rss = run_child(
         ["--child", "export", str(db), "1440", DAY.strftime("%Y-%m-%d-%H:%M")],
-        {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET},
+        {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
     )
     server = server_cpu_seconds() - server_before
     s3_client().delete_object(
@@ -650,7 +654,7 @@ def parquet_case(rows: int) -> None:
     for label, source in (("DuckDB file", db), ("Parquet dataset, asset path", dataset)):
         result, rss = run_child(
             ["--child", "export", str(source), "15", partition],
-            {"BENCH_KEY": KEY, "BENCH_SECRET": SECRET},
+            {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
         )
         print(f"- {label}: {result['rows']:,} rows, {result['wall']:.2f} s, peak RSS {rss:.0f} MB")
     for files, label in (("pruned", "the window's day only (the loader)"), ("all", "every file")):
@@ -676,8 +680,8 @@ def write_integrations(count: int) -> Path:
       bucket: {BUCKET}
       region: us-east-1
       directory: c{i:05d}/clicks
-      access_key: ${{CUSTOMER_{i:05d}_KEY}}
-      secret_key: ${{CUSTOMER_{i:05d}_SECRET}}
+      access_key: ${{CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {ENDPOINT}
       affiliates: [{affiliates}]
     conversions:
@@ -685,8 +689,8 @@ def write_integrations(count: int) -> Path:
       bucket: {BUCKET}
       region: us-east-1
       directory: c{i:05d}/conversions
-      access_key: ${{CUSTOMER_{i:05d}_KEY}}
-      secret_key: ${{CUSTOMER_{i:05d}_SECRET}}
+      access_key: ${{CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {ENDPOINT}"""
         )
     many = OUT / f"integrations-{count}.yaml"
@@ -740,8 +744,8 @@ def scale_cases(count: int, windows: int) -> None:
     fifteen = OUT / f"integrations-{count}-15min.yaml"
     fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
     db = fanout_db(count)
-    env = {f"CUSTOMER_{i:05d}_KEY": KEY for i in range(count)} | {
-        f"CUSTOMER_{i:05d}_SECRET": SECRET for i in range(count)
+    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
     }
     print(
         f"\n## Window jobs: {count:,} integrations' clicks every 15 minutes, "
@@ -809,8 +813,8 @@ def window_storage_case(count: int, windows: int) -> None:
     fifteen = OUT / f"integrations-{count}-15min.yaml"
     fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
     db = fanout_db(count)
-    env = {f"CUSTOMER_{i:05d}_KEY": KEY for i in range(count)} | {
-        f"CUSTOMER_{i:05d}_SECRET": SECRET for i in range(count)
+    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
     }
     print(f"\n## Window runs by event log storage: {count:,} integrations' clicks, 15 minutes")
     print("| storage | window | objects | run wall s | peak RSS MB |\n|---|---|---|---|---|")
@@ -839,16 +843,16 @@ def slow_destination_case(count: int = 50) -> None:
     base = write_integrations(count).read_text()
     fifteen = re.sub(r"frequency: (5|30)\n", "frequency: 15\n", base)
     db = fanout_db(1000)
-    env = {f"CUSTOMER_{i:05d}_KEY": KEY for i in range(count)} | {
-        f"CUSTOMER_{i:05d}_SECRET": SECRET for i in range(count)
+    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
     }
     partition = (DAY + timedelta(hours=10)).strftime("%Y-%m-%d-%H:%M")
     print(f"\n## A destination that never answers, among {count} integrations (one window)")
     print("| case | objects | last healthy object after run start s | run wall s |")
     print("|---|---|---|---|")
     with stalling_endpoint() as dead:
-        first = "directory: c00000/clicks\n      access_key: ${CUSTOMER_00000_KEY}\n"
-        first += "      secret_key: ${CUSTOMER_00000_SECRET}\n"
+        first = "directory: c00000/clicks\n      access_key: ${CUSTOMER_00000_AWS_ACCESS_KEY_ID}\n"
+        first += "      secret_key: ${CUSTOMER_00000_AWS_SECRET_ACCESS_KEY}\n"
         one_dead = fifteen.replace(
             first + f"      endpoint_url: {ENDPOINT}", first + f"      endpoint_url: {dead}", 1
         )
@@ -884,8 +888,8 @@ def backlog_case() -> None:
       bucket: {BUCKET}
       region: us-east-1
       directory: backlog/clicks
-      access_key: ${{NEWCO_KEY}}
-      secret_key: ${{NEWCO_SECRET}}
+      access_key: ${{NEWCO_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{NEWCO_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {ENDPOINT}
 """
     path = OUT / "integrations-backlog.yaml"
@@ -897,7 +901,7 @@ def backlog_case() -> None:
         if not planned:
             break
         requests += planned
-    env = {"NEWCO_KEY": KEY, "NEWCO_SECRET": SECRET}
+    env = {"NEWCO_AWS_ACCESS_KEY_ID": KEY, "NEWCO_AWS_SECRET_ACCESS_KEY": SECRET}
 
     def one(request: Any) -> float:
         first = request.tags.get("dagster/asset_partition_range_start") or request.partition_key
@@ -951,8 +955,8 @@ def lag_case(minutes: int) -> None:
       bucket: lag-{name}
       region: us-east-1
       directory: clicks
-      access_key: ${{{name.upper()}_BENCH_KEY}}
-      secret_key: ${{{name.upper()}_BENCH_SECRET}}
+      access_key: ${{{name.upper()}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {ENDPOINT}
 """
 
@@ -968,9 +972,9 @@ def lag_case(minutes: int) -> None:
         "AFFISE_EVENTS_DB": str(db),
         "AFFISE_STATE_DIR": str(home / "state"),
         **{
-            f"{name}_BENCH_{part}": value
+            f"{name}_AWS_{part}": value
             for name in ("BACKLOG", "FRESH")
-            for part, value in (("KEY", KEY), ("SECRET", SECRET))
+            for part, value in (("ACCESS_KEY_ID", KEY), ("SECRET_ACCESS_KEY", SECRET))
         },
     }
     dev = DagsterDev(home / "dagster_home", env, 3198)
@@ -1045,8 +1049,8 @@ def reconcile_records_case(db: Path, count: int) -> None:
       bucket: affise-bench
       region: us-east-1
       directory: c{i:05d}/clicks
-      access_key: ${{CUSTOMER_{i:05d}_KEY}}
-      secret_key: ${{CUSTOMER_{i:05d}_SECRET}}
+      access_key: ${{CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: http://127.0.0.1:7482
       affiliates: [{101 + i % 8}]
 """

@@ -122,14 +122,15 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# The variables a test integration's config names for its keys: named for the integration,
-# as the config requires (<NAME>_...).
+# The account a test's integrations deliver with; each integration's config names its own
+# variables (`key_variables`: <NAME>_AWS_ACCESS_KEY_ID, ..., as the config requires).
 KEY_VARIABLES = ("TEST_ACCESS_KEY_ID", "TEST_SECRET_ACCESS_KEY")
 
 
 def key_variables(name: str) -> tuple[str, str]:
-    access, secret = KEY_VARIABLES
-    return f"{name.upper()}_{access}", f"{name.upper()}_{secret}"
+    from affise_s3_assets.config import credential_variables
+
+    return credential_variables(name)
 
 
 # The integrations tests/test_delivery.integration() builds (the rig names its own).

@@ -45,8 +45,8 @@ def one_clicks_export(
       bucket: {name}-affise-raw
       region: us-west-2
       directory: d
-      access_key: ${{{name.upper()}_A}}
-      secret_key: ${{{name.upper()}_S}}
+      access_key: ${{{name.upper()}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
 """
     )
 

@@ -36,8 +36,8 @@ def export(
       bucket: {bucket}
       region: us-west-2
       directory: "{directory}"
-      access_key: ${{{variable}_K}}
-      secret_key: {secret or "${" + variable + "_S}"}"""
+      access_key: ${{{variable}_AWS_ACCESS_KEY_ID}}
+      secret_key: {secret or "${" + variable + "_AWS_SECRET_ACCESS_KEY}"}"""
 
 
 LITERAL_SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
@@ -139,8 +139,8 @@ def probe_file(tmp_path: Path, endpoint: str, bucket: str, region: str = "us-eas
       bucket: {bucket}
       region: {region}
       directory: affise/clicks
-      access_key: ${{ACME_CHECK_KEY}}
-      secret_key: ${{ACME_CHECK_SECRET}}
+      access_key: ${{ACME_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{ACME_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {endpoint}
 """
     )
@@ -148,7 +148,7 @@ def probe_file(tmp_path: Path, endpoint: str, bucket: str, region: str = "us-eas
 
 
 def check(path: Path, *options: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("ACME_CHECK_", "AWS_"))}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("ACME_AWS_", "AWS_"))}
     return subprocess.run(
         [str(CLI), "check-connection", "acme", "--file", str(path), *options],
         capture_output=True,
@@ -164,8 +164,8 @@ def check_as(
     """check-connection of the probe integration, with `account`'s keys in its variables."""
     return check(
         probe_file(tmp_path, s3_server.endpoint_url, bucket),
-        ACME_CHECK_KEY=account.access_key,
-        ACME_CHECK_SECRET=account.secret_key,
+        ACME_AWS_ACCESS_KEY_ID=account.access_key,
+        ACME_AWS_SECRET_ACCESS_KEY=account.secret_key,
     )
 
 
@@ -206,8 +206,8 @@ def test_check_connection_checks_an_export_the_deployment_keeps_delivering(
         .replace("    clicks:\n", "    clicks:\n      frequency: 1\n")
     )
     keys = {
-        "ACME_CHECK_KEY": s3_server.customer.access_key,
-        "ACME_CHECK_SECRET": s3_server.customer.secret_key,
+        "ACME_AWS_ACCESS_KEY_ID": s3_server.customer.access_key,
+        "ACME_AWS_SECRET_ACCESS_KEY": s3_server.customer.secret_key,
     }
     fresh = check(path, **keys)
     assert fresh.returncode == 1 and "no export to check" in fresh.stdout, fresh.stdout
@@ -236,20 +236,26 @@ def test_check_connection_says_what_is_wrong_in_words_to_act_on(
     s3_server: S3Server, bucket: str, tmp_path: Path, case: str, expected: str
 ) -> None:
     customer, intruder = s3_server.customer, s3_server.intruder
-    env = {"ACME_CHECK_KEY": customer.access_key, "ACME_CHECK_SECRET": customer.secret_key}
+    env = {
+        "ACME_AWS_ACCESS_KEY_ID": customer.access_key,
+        "ACME_AWS_SECRET_ACCESS_KEY": customer.secret_key,
+    }
     endpoint, target = s3_server.endpoint_url, bucket
     with contextlib.ExitStack() as stack:
         if case == "unset variable":
-            env.pop("ACME_CHECK_SECRET")
-            expected += "secret_key: environment variable ACME_CHECK_SECRET is not set"
+            env.pop("ACME_AWS_SECRET_ACCESS_KEY")
+            expected += "secret_key: environment variable ACME_AWS_SECRET_ACCESS_KEY is not set"
         elif case == "no such bucket":
             target = bucket + "-missing"
         elif case == "access denied":
-            env = {"ACME_CHECK_KEY": intruder.access_key, "ACME_CHECK_SECRET": intruder.secret_key}
+            env = {
+                "ACME_AWS_ACCESS_KEY_ID": intruder.access_key,
+                "ACME_AWS_SECRET_ACCESS_KEY": intruder.secret_key,
+            }
         elif case == "wrong secret":
-            env["ACME_CHECK_SECRET"] = "not-the-secret-0123456789"
+            env["ACME_AWS_SECRET_ACCESS_KEY"] = "not-the-secret-0123456789"
         elif case == "unknown key id":
-            env["ACME_CHECK_KEY"] = "UNKNOWNKEYID00000000"
+            env["ACME_AWS_ACCESS_KEY_ID"] = "UNKNOWNKEYID00000000"
         elif case == "unreachable":
             with socket.socket() as free:
                 free.bind(("127.0.0.1", 0))

@@ -16,8 +16,8 @@ VALID_EXPORT = """
       bucket: acme-affise-raw
       region: us-west-2
       directory: affise/clicks
-      access_key: ${ACME_KEY_ID}
-      secret_key: ${ACME_SECRET}
+      access_key: ${ACME_AWS_ACCESS_KEY_ID}
+      secret_key: ${ACME_AWS_SECRET_ACCESS_KEY}
 """
 
 
@@ -49,7 +49,7 @@ def test_full_example_parses_with_defaults() -> None:
       region: eu-west-1
       directory: ""
       access_key: AKIDLITERALISFINE
-      secret_key: ${ACME_SECRET}
+      secret_key: ${ACME_AWS_SECRET_ACCESS_KEY}
 """
         )
     )
@@ -156,7 +156,9 @@ def test_broken_field_names_integration_field_and_rule(line: str, field: str, ru
 
 
 def test_literal_secret_is_rejected_without_echoing_it() -> None:
-    export = VALID_EXPORT.replace("${ACME_SECRET}", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    export = VALID_EXPORT.replace(
+        "${ACME_AWS_SECRET_ACCESS_KEY}", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    )
     message = error_of(one_integration(export=export))
     assert "integration 'acme': clicks.secret_key: must be an ${ENV_VAR} reference" in message
     assert "wJalrXUtnFEMI" not in message

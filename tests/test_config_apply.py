@@ -5,12 +5,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
 from affise_s3_assets.config import (
     AppliedConfig,
     ConfigError,
-    IntegrationsFile,
     apply_integrations,
     parse_integrations,
 )
@@ -29,8 +27,8 @@ def block(
       bucket: {bucket}
       region: us-west-2
       directory: "{directory}"
-      access_key: ${{{name.upper()}_K}}
-      secret_key: ${{{name.upper()}_S}}
+      access_key: ${{{name.upper()}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: http://127.0.0.1:7480
 {extra}"""
 
@@ -165,8 +163,8 @@ MERGED_EXPORT = """integrations:
       bucket: acme-affise-raw
       region: us-west-2
       directory: clicks
-      access_key: ${ACME_A}
-      secret_key: ${ACME_S}
+      access_key: ${ACME_AWS_ACCESS_KEY_ID}
+      secret_key: ${ACME_AWS_SECRET_ACCESS_KEY}
       affiliates: [101]
     conversions: {MERGE}
 """
@@ -217,7 +215,7 @@ def test_a_key_given_twice_through_merges_is_refused(merge: str, refusal: str) -
 def test_a_value_its_tag_cannot_read_is_a_file_error_that_never_quotes_it(value: str) -> None:
     # PyYAML's own errors quote the value (int()'s ValueError) or crash (AttributeError for
     # a timestamp): either would take the code location down or echo a secret.
-    text = MERGED_EXPORT.replace("{MERGE}", "*acme").replace("${ACME_S}", value)
+    text = MERGED_EXPORT.replace("{MERGE}", "*acme").replace("${ACME_AWS_SECRET_ACCESS_KEY}", value)
     applied = apply_integrations(text)
     assert applied.file_error is not None
     assert "line 9" in applied.file_error and "cannot be read as its tag !!" in applied.file_error
@@ -315,69 +313,58 @@ def test_a_broken_lateness_keeps_the_last_good_one_and_says_why(block: str, prob
         parse_integrations(block + SHIPPED)
 
 
-def test_an_integration_may_name_only_variables_named_for_it() -> None:
+@pytest.mark.parametrize(
+    ("name", "field", "variable"),
+    [
+        ("evil", "access_key", "ACME_AWS_ACCESS_KEY_ID"),  # another customer's
+        ("rogue", "secret_key", "DAGSTER_PG_PASSWORD"),  # the deployment's
+        # Renamed to reach globex's: its own would be GLOBEX_AWS_AWS_SECRET_ACCESS_KEY.
+        ("globex_aws", "secret_key", "GLOBEX_AWS_SECRET_ACCESS_KEY"),
+        ("acme", "access_key", "ACME_AWS_SECRET_ACCESS_KEY"),  # its own secret, sent in clear
+    ],
+)
+def test_an_integration_names_only_its_own_two_variables(
+    name: str, field: str, variable: str
+) -> None:
     """Whoever edits one block could otherwise send another integration's secret, or the
-    deployment's, to an endpoint of their choosing: an access key goes out in clear."""
-    stolen = block("evil", "evil-raw", "x").replace("${EVIL_K}", "${ACME_K}")
-    deployment = block("rogue", "rogue-raw", "x").replace("${ROGUE_S}", "${DAGSTER_PG_PASSWORD}")
-    applied = apply_integrations(
-        "integrations:\n" + block("acme", "acme-raw", "x") + stolen + deployment
-    )
-    assert names(applied) == ["acme"]
-    assert applied.problems == (
-        "integration 'evil': clicks.access_key: ${ACME_K} is named for integration 'acme'; "
-        "this integration's variables begin with EVIL_, so no integration can read another's "
-        "secrets or the deployment's",
-        "integration 'rogue': clicks.secret_key: ${DAGSTER_PG_PASSWORD} is named for no "
-        "integration; this integration's variables begin with ROGUE_, so no integration can "
-        "read another's secrets or the deployment's",
-    )
-
-
-def test_names_one_of_which_begins_with_the_other_are_refused_the_newcomer_first() -> None:
-    """GLOBEX_AWS_SECRET_ACCESS_KEY could be globex's or a block renamed `globex_aws`: names
-    that nest are refused, the newcomer when the other already delivers, else both."""
-    both_new = apply_integrations(
-        "integrations:\n" + block("acme", "acme-raw", "x") + block("acme_eu", "eu-raw", "x")
-    )
-    assert names(both_new) == []
-    assert any("one of 'acme' and 'acme_eu' begins with the other" in p for p in both_new.problems)
-    good = apply_integrations("integrations:\n" + block("globex", "globex-raw", "x"))
-    grabbing = block("globex_aws", "grab-raw", "x").replace(
-        "${GLOBEX_AWS_S}", "${GLOBEX_AWS_SECRET_ACCESS_KEY}"
-    )
-    applied = apply_integrations(
-        "integrations:\n" + block("globex", "globex-raw", "x") + grabbing, last_good=good
-    )
+    deployment's, to an endpoint of their choosing: an access key goes out in clear. The two
+    variables come from the name alone, so no other block, now or later, can name them."""
+    own = {
+        "access_key": f"${{{name.upper()}_AWS_ACCESS_KEY_ID}}",
+        "secret_key": f"${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}",
+    }
+    text = block(name, f"{name.replace('_', '-')}-raw", "x").replace(own[field], f"${{{variable}}}")
+    applied = apply_integrations("integrations:\n" + block("globex", "globex-raw", "g") + text)
     assert names(applied) == ["globex"]
-    assert applied.integrations == good.integrations
-    assert applied.problems[0].startswith("integration 'globex_aws': name: one of 'globex'")
-    assert "'globex' keeps its name" in applied.problems[0]
-
-
-def test_an_access_key_never_names_a_secret() -> None:
-    """The block's own secret would go out in clear as its key id."""
-    for variable in ("${ACME_S}", "${ACME_AWS_SECRET_ACCESS_KEY}"):
-        text = block("acme", "acme-raw", "x").replace("${ACME_K}", variable)
-        applied = apply_integrations("integrations:\n" + text)
-        assert names(applied) == []
-        assert f"clicks.access_key: {variable} is a secret" in applied.problems[0]
-
-
-def test_a_last_good_state_naming_what_the_rules_now_refuse_is_not_kept() -> None:
-    """Stored by an older version, a block that sent the deployment's password as its secret
-    is not brought back as its last good state: it stops, saying why."""
-    rogue = block("rogue", "rogue-raw", "x").replace("${ROGUE_S}", "${DAGSTER_PG_PASSWORD}")
-    old = IntegrationsFile.model_validate(
-        {"integrations": yaml.safe_load("integrations:\n" + rogue)["integrations"]}
-    ).integrations
-    good = apply_integrations("integrations:\n" + block("acme", "acme-raw", "x"))
-    stored = good.model_copy(update={"integrations": good.integrations + old})
-    applied = apply_integrations(
-        "integrations:\n" + block("acme", "acme-raw", "x") + rogue, last_good=stored
+    (problem,) = applied.problems
+    assert problem.startswith(f"integration {name!r}: clicks.{field}: must be {own[field]}"), (
+        problem
     )
-    assert names(applied) == ["acme"]
-    assert "integration 'rogue': its last good state is not kept either" in applied.problems
+    assert f"not ${{{variable}}}: an integration's credentials are named for it" in problem
+
+
+def test_a_stored_state_naming_anothers_variable_is_not_brought_back(tmp_path: Path) -> None:
+    """A last applied state written by an older version, or by hand, holding a block that
+    names another's variable, loses that integration when it is read: neither the unchanged
+    file's short cut nor a fallback can bring it back."""
+    path = tmp_path / "integrations.yaml"
+    path.write_text(
+        "integrations:\n" + block("acme", "acme-raw", "x") + block("globex", "globex-raw", "g")
+    )
+    state = tmp_path / "state"
+    write_last_good(state, apply_file(path))
+    stored = state / "last-applied-config.json"
+    stored.write_text(
+        stored.read_text().replace("GLOBEX_AWS_ACCESS_KEY_ID", "ACME_AWS_ACCESS_KEY_ID")
+    )
+    last_good = read_last_good(state)
+    assert last_good is not None and names(last_good) == ["acme"]
+    assert last_good.problems[0] == (
+        "integration 'globex': its last applied state breaks a rule of this version and is not kept"
+    )
+    assert names(apply_file(path, last_good=last_good)) == ["acme", "globex"]
+    path.write_text(path.read_text() + "  - name: [\n")  # a file error: the last good runs
+    assert names(apply_file(path, last_good=last_good)) == ["acme"]
 
 
 def test_a_stored_state_an_older_version_accepted_loses_only_that_integration(
@@ -413,15 +400,3 @@ def test_a_name_reaching_into_the_deployments_environment_is_refused(name: str) 
     assert names(apply_integrations("integrations:\n" + block("awsome", "x-raw", "x"))) == [
         "awsome"
     ]
-
-
-def test_an_established_integration_naming_anothers_variable_keeps_its_last_good_state() -> None:
-    good = apply_integrations("integrations:\n" + block("acme", "acme-raw", "x"))
-    turned = block("acme", "acme-raw", "x").replace("${ACME_K}", "${GLOBEX_K}")
-    applied = apply_integrations(
-        "integrations:\n" + turned + block("globex", "globex-raw", "x"), last_good=good
-    )
-    assert names(applied) == ["acme", "globex"]
-    (acme, _) = applied.integrations
-    assert acme == good.integrations[0]
-    assert "integration 'acme': kept at its last good state until fixed" in applied.problems

@@ -28,8 +28,8 @@ def block(event_type: str, s3: S3Server, bucket: str, directory: str) -> str:
       bucket: {bucket}
       region: us-west-2
       directory: {directory}
-      access_key: ${{ACME_TEST_ACCESS_KEY_ID}}
-      secret_key: ${{ACME_TEST_SECRET_ACCESS_KEY}}
+      access_key: ${{ACME_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{ACME_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {s3.endpoint_url}
 """
 

@@ -46,9 +46,9 @@ def test_bad_destination_fails_its_partition_with_the_servers_error(
     code: str,
 ) -> None:
     if secret:
-        monkeypatch.setenv("ACME_TEST_SECRET_ACCESS_KEY", secret)
+        monkeypatch.setenv("ACME_AWS_SECRET_ACCESS_KEY", secret)
     if access_key_env:
-        monkeypatch.setenv("ACME_TEST_ACCESS_KEY_ID", access_key_env)
+        monkeypatch.setenv("ACME_AWS_ACCESS_KEY_ID", access_key_env)
     target = bucket + bucket_suffix
     asset = export_asset(integration(s3_server, target, frequency=60))
     result = deliver(asset, "2026-11-25-10:00", events_db, raise_on_error=False)
@@ -67,8 +67,8 @@ def test_bad_destination_fails_its_partition_with_the_servers_error(
 def test_another_accounts_bucket_is_access_denied(
     s3_server: S3Server, bucket: str, events_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ACME_TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
-    monkeypatch.setenv("ACME_TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
+    monkeypatch.setenv("ACME_AWS_ACCESS_KEY_ID", s3_server.intruder.access_key)
+    monkeypatch.setenv("ACME_AWS_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
     asset = export_asset(integration(s3_server, bucket, frequency=60))
     result = deliver(asset, "2026-11-25-10:00", events_db, raise_on_error=False)
     message = failure_message(result)
@@ -92,12 +92,12 @@ def test_one_failing_bucket_does_not_stop_another_integration(
 def test_unset_secret_names_the_variable_not_a_value(
     s3_server: S3Server, bucket: str, events_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ACME_TEST_ACCESS_KEY_ID", s3_server.customer.access_key)
-    monkeypatch.delenv("ACME_TEST_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("ACME_AWS_ACCESS_KEY_ID", s3_server.customer.access_key)
+    monkeypatch.delenv("ACME_AWS_SECRET_ACCESS_KEY", raising=False)
     asset = export_asset(integration(s3_server, bucket, frequency=60))
     result = deliver(asset, "2026-11-25-10:00", events_db, raise_on_error=False)
     message = failure_message(result)
-    assert "secret_key: environment variable ACME_TEST_SECRET_ACCESS_KEY is not set" in message
+    assert "secret_key: environment variable ACME_AWS_SECRET_ACCESS_KEY is not set" in message
     assert f"bucket '{bucket}'" in message
 
 

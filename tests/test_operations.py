@@ -40,7 +40,6 @@ def block(
     bucket: str,
     endpoint: str,
     frequency: int,
-    keys: str,
     event_type: str = "clicks",
 ) -> str:
     return f"""  - name: {name}
@@ -50,8 +49,8 @@ def block(
       bucket: {bucket}
       region: us-east-1
       directory: {name}/{event_type}
-      access_key: ${{{name.upper()}_{keys}_KEY}}
-      secret_key: ${{{name.upper()}_{keys}_SECRET}}
+      access_key: ${{{name.upper()}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
       endpoint_url: {endpoint}
 """
 
@@ -94,9 +93,9 @@ def running(
         # No lateness: each window is scheduled the moment it closes, so the test waits less.
         "lateness:\n  clicks: 0\n  conversions: 0\n"
         + "integrations:\n"
-        + block("alpha", start, "ops-alpha", endpoint, 1, "CUSTOMER")
-        + block("beta", start, "ops-beta", endpoint, 1, "BETA")
-        + block("kappa", start, "ops-kappa", endpoint, 1, "CUSTOMER", "conversions")
+        + block("alpha", start, "ops-alpha", endpoint, 1)
+        + block("beta", start, "ops-beta", endpoint, 1)
+        + block("kappa", start, "ops-kappa", endpoint, 1, "conversions")
     )
     s3_server.client().create_bucket(Bucket="ops-alpha")
     s3_server.client().create_bucket(Bucket="ops-kappa")
@@ -114,15 +113,19 @@ def running(
         "AFFISE_SOURCE_WAIT_SECONDS": "300",
         # Each integration's variables are named for it (the config's rule).
         **{
-            f"{name}_CUSTOMER_{part}": value
-            for name in ("ALPHA", "KAPPA", "GAMMA", "DELTA")
+            f"{name}_AWS_{part}": value
+            for name, account in (
+                ("ALPHA", s3_server.customer),
+                ("KAPPA", s3_server.customer),
+                ("GAMMA", s3_server.customer),
+                ("DELTA", s3_server.customer),
+                ("BETA", type(s3_server.customer)(*BETA)),
+            )
             for part, value in (
-                ("KEY", s3_server.customer.access_key),
-                ("SECRET", s3_server.customer.secret_key),
+                ("ACCESS_KEY_ID", account.access_key),
+                ("SECRET_ACCESS_KEY", account.secret_key),
             )
         },
-        "BETA_BETA_KEY": BETA[0],
-        "BETA_BETA_SECRET": BETA[1],
     }
     dev = DagsterDev(
         tmp_path / "dagster_home",
@@ -275,7 +278,7 @@ def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
     gamma_start -= timedelta(minutes=gamma_start.minute % 5)
     saved = time.monotonic()
     with integrations.open("a") as file:
-        file.write(block("gamma", gamma_start, "ops-gamma", s3_server.endpoint_url, 5, "CUSTOMER"))
+        file.write(block("gamma", gamma_start, "ops-gamma", s3_server.endpoint_url, 5))
     wait_for("gamma's first object", lambda: keys_in(s3_server, "ops-gamma"), timeout=240)
     print(f"file saved -> gamma's first object: {time.monotonic() - saved:.0f} s")
     assert_rows(s3_server, "ops-gamma", events, "gamma", gamma_start, 5)
@@ -307,7 +310,7 @@ def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
 
     # 2. A broken block: refused with its reason in the UI, everyone else keeps delivering.
     with integrations.open("a") as file:
-        file.write(block("delta", gamma_start, "ops-delta", s3_server.endpoint_url, 7, "CUSTOMER"))
+        file.write(block("delta", gamma_start, "ops-delta", s3_server.endpoint_url, 7))
     message = wait_for(
         "the config sensor to report delta",
         lambda: (

@@ -130,8 +130,8 @@ integrations:
     clicks:
       bucket: b-parquet
       region: us-west-2
-      access_key: ${ACME_K}
-      secret_key: ${ACME_S}
+      access_key: ${ACME_AWS_ACCESS_KEY_ID}
+      secret_key: ${ACME_AWS_SECRET_ACCESS_KEY}
       format: parquet
       compression_level: 6
 """

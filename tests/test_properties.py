@@ -138,8 +138,8 @@ def _filters_block(name: str, affiliates: list[int], advertisers: list[str]) -> 
       frequency: 60
       bucket: {name}-raw
       region: us-west-2
-      access_key: ${{{name.upper()}_K}}
-      secret_key: ${{{name.upper()}_S}}
+      access_key: ${{{name.upper()}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
       affiliates: {affiliates}
       advertisers: {json.dumps(advertisers)}
 """

@@ -112,7 +112,7 @@ def test_delivery_uses_its_blocks_endpoint_under_a_hostile_environment(
     assert sent and not any("X-Amzn-Trace-Id" in headers for headers in sent)
 
 
-@pytest.mark.parametrize("variable", ["ACME_TEST_ACCESS_KEY_ID", "ACME_TEST_SECRET_ACCESS_KEY"])
+@pytest.mark.parametrize("variable", ["ACME_AWS_ACCESS_KEY_ID", "ACME_AWS_SECRET_ACCESS_KEY"])
 def test_a_credential_with_a_trailing_newline_is_refused_by_its_variables_name(
     s3_server: S3Server,
     bucket: str,
@@ -187,8 +187,8 @@ def test_delivery_works_under_the_published_least_privilege_policy(
     read-back (S3 checks each body's Content-MD5), and with `acl: bucket-owner-full-control`
     the bucket's owner reads what was delivered, every row."""
     grant_only_delivery(s3_server, bucket)
-    monkeypatch.setenv("ACME_TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
-    monkeypatch.setenv("ACME_TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
+    monkeypatch.setenv("ACME_AWS_ACCESS_KEY_ID", s3_server.intruder.access_key)
+    monkeypatch.setenv("ACME_AWS_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
     db = hex_clicks_db(tmp_path / "events.duckdb", rows)
     acme = integration(
         s3_server, bucket, frequency=60, extra="      acl: bucket-owner-full-control\n"
@@ -222,8 +222,8 @@ def test_a_redelivery_under_the_least_privilege_policy_delivers_and_says_it_coul
     """A re-delivery looks for uploads an earlier attempt left open, which takes the optional
     s3:ListBucketMultipartUploads: denied, it still delivers, and the metadata says so."""
     grant_only_delivery(s3_server, bucket)
-    monkeypatch.setenv("ACME_TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
-    monkeypatch.setenv("ACME_TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
+    monkeypatch.setenv("ACME_AWS_ACCESS_KEY_ID", s3_server.intruder.access_key)
+    monkeypatch.setenv("ACME_AWS_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
     acme = integration(
         s3_server, bucket, frequency=60, extra="      acl: bucket-owner-full-control\n"
     )
@@ -246,8 +246,8 @@ def test_without_the_acl_option_the_owner_of_an_acl_bucket_cannot_read_what_anot
     """Why `acl: bucket-owner-full-control` exists: the same delivery without it lands, and the
     bucket's owner is refused the object."""
     grant_only_delivery(s3_server, bucket)
-    monkeypatch.setenv("ACME_TEST_ACCESS_KEY_ID", s3_server.intruder.access_key)
-    monkeypatch.setenv("ACME_TEST_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
+    monkeypatch.setenv("ACME_AWS_ACCESS_KEY_ID", s3_server.intruder.access_key)
+    monkeypatch.setenv("ACME_AWS_SECRET_ACCESS_KEY", s3_server.intruder.secret_key)
     acme = integration(s3_server, bucket, frequency=60)
     result = deliver(export_asset(acme), "2026-11-25-10:00", events_db)
     assert len(result.materializations(key_of(acme))) == 1
