@@ -218,6 +218,11 @@ def test_check_connection_checks_an_export_the_deployment_keeps_delivering(
     delivering = check(path, "--state-dir", str(state), **keys)
     assert delivering.returncode == 0, delivering.stdout
     assert "ok: wrote a probe object" in delivering.stdout
+    # A file that cannot be applied is not checked by what the deployment kept instead.
+    path.write_text(path.read_text() + "  - name: [\n")
+    broken = check(path, "--state-dir", str(state), **keys)
+    assert broken.returncode == 1 and "not valid YAML" in broken.stdout, broken.stdout
+    assert "probe" not in broken.stdout
 
 
 @pytest.mark.parametrize(
