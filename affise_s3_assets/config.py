@@ -460,23 +460,37 @@ class IntegrationConfig(BaseModel):
         # role, derived from the name alone (two names never give one variable, whatever else
         # the file holds or held), so a block can only ever name its own.
         wanted = credential_variables(self.name)
+        wrong = []
         for event_type, export in self.exports():
             for field_name, variable in zip(("access_key", "secret_key"), wanted, strict=True):
                 named = env_reference_name(getattr(export, field_name))
                 literal = named is None and field_name == "access_key"
                 if not literal and named != variable:
-                    raise ValueError(
-                        f"{event_type}.{field_name}: must be ${{{variable}}}"
-                        + (" or a literal key id" if field_name == "access_key" else "")
-                        + f", not ${{{named}}}: an integration's credentials are named for it, "
-                        "so no block can name another's secret, or the deployment's"
-                    )
+                    wrong.append((f"{event_type}.{field_name}", variable, named))
+        if wrong:
+            (field, variable, named), *others = wrong
+            also = f"; wrong as well: {', '.join(f for f, _, _ in others)}" if others else ""
+            raise ValueError(
+                f"{field}: must be ${{{variable}}}"
+                + (" or a literal key id" if field.endswith("access_key") else "")
+                + f", not ${{{named}}}: an integration's credentials are named for it, "
+                f"so no block can name another's secret, or the deployment's{also}"
+            )
         return self
 
     def exports(self) -> list[tuple[EventType, EventExportConfig]]:
         """The configured (event type, export) pairs, clicks first."""
         pairs = [(event_type, getattr(self, event_type)) for event_type in EVENT_TYPES]
         return [(event_type, export) for event_type, export in pairs if export is not None]
+
+
+NOT_KEPT = "its last applied state breaks a rule of this version and is not kept"
+
+
+def not_kept(last_good: "AppliedConfig | None") -> tuple[str, ...]:
+    """The integrations a stored state lost when read (`AppliedConfig.from_json`): still
+    said when a file error keeps that state running."""
+    return tuple(p for p in last_good.problems if p.endswith(NOT_KEPT)) if last_good else ()
 
 
 def credential_variables(name: str) -> tuple[str, str]:
@@ -626,13 +640,15 @@ class AppliedConfig(BaseModel):
         their last good state, and the file's block of it is judged afresh."""
         data = json.loads(text)
         integrations, dropped = [], []
+        if not isinstance(data["integrations"], list):
+            raise ValueError("integrations: not a list")
         for item in data["integrations"]:
             try:
                 integrations.append(IntegrationConfig.model_validate(item))
             except ValidationError:
                 dropped.append(
                     f"integration {item.get('name') if isinstance(item, dict) else None!r}: "
-                    "its last applied state breaks a rule of this version and is not kept"
+                    + NOT_KEPT
                 )
         return cls(
             source=data["source"],
@@ -788,6 +804,7 @@ def apply_integrations(
             source=source,
             file_sha256=_digest(text),
             integrations=last_good.integrations if last_good else (),
+            problems=not_kept(last_good),
             file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
             lateness=last_good.lateness if last_good else Lateness(),
             reconciliation=last_good.reconciliation if last_good else Reconciliation(),

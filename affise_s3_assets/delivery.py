@@ -52,6 +52,7 @@ from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.reconciliation import latest_materializations
 from affise_s3_assets.s3 import (
     CLEAN_UP_TIMED_OUT,
+    TIMEOUT_CODES,
     Verification,
     VerificationFailed,
     delivery_failure,
@@ -90,10 +91,11 @@ CLOSE_THREADS = 16
 # A destination that fails this many windows in a row (after botocore's own retries of each
 # request) is not tried again for the rest of the run: an endpoint that never answers would
 # otherwise cost every window of a day's range its timeouts, and hold up the whole group.
-# One that let a request run out its deadline (DeliveryTimeout) is stopped at once: each
-# window waits for every object of the one before, so a second deadline would be everyone's.
+# One whose request took its whole time (our deadline, or botocore's timeouts on every
+# attempt) is stopped at once: each window waits for every object of the one before, so a
+# second wait would be everyone's.
 STOP_AFTER_FAILED_WINDOWS = 2
-STOPS_AT_ONCE = ("DeliveryTimeout",)
+STOPS_AT_ONCE = TIMEOUT_CODES
 # Memory for the parts being filled, shared by the objects open at once (one per integration
 # due in the window), each keeping at least MIN_PART_MEMORY before spilling to a file.
 PART_MEMORY_BUDGET = 64 * 1024 * 1024
@@ -373,7 +375,7 @@ def deliver_windows(
                 ):
                     delivery.stops_destination = True
                     stopped.add(key)
-                if delivery.metadata.get("leftover_uploads_aborted") == CLEAN_UP_TIMED_OUT:
+                if delivery.metadata.get("leftover_uploads_aborted") in CLEAN_UP_TIMED_OUT:
                     no_clean_up.add(key)
                 on_window(windows[index], [delivery.outcome()])
         open_objects.clear()

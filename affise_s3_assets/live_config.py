@@ -26,11 +26,13 @@ from pathlib import Path
 import dagster as dg
 
 from affise_s3_assets.config import (
+    NOT_KEPT,
     AppliedConfig,
     Lateness,
     Reconciliation,
     apply_integrations,
     integrations_path,
+    not_kept,
 )
 
 # The key of the applied config in the definitions' reconstruction metadata.
@@ -62,7 +64,7 @@ def read_last_good(directory: Path) -> AppliedConfig | None:
     try:
         applied = AppliedConfig.from_json(_last_good_file(directory).read_text(encoding="utf-8"))
         for problem in applied.problems:
-            if problem.endswith("breaks a rule of this version and is not kept"):
+            if problem.endswith(NOT_KEPT):
                 log.warning("last applied config in %s: %s", directory, problem)
         return applied
     except (OSError, ValueError, KeyError) as exc:
@@ -111,6 +113,7 @@ def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None)
             source=str(path),
             file_sha256=digest,
             integrations=last_good.integrations if last_good else (),
+            problems=not_kept(last_good),
             file_error=f"{error}; the last good integrations keep running",
             lateness=last_good.lateness if last_good else Lateness(),
             reconciliation=last_good.reconciliation if last_good else Reconciliation(),

@@ -49,6 +49,11 @@ READ_TIMEOUT_SECONDS = 20
 REQUEST_DEADLINE_SECONDS = 120
 # ...plus this long per MiB of its body: a large part to a slow but working link gets its time.
 SECONDS_PER_MIB = 1.0
+# An object's requests together: REQUEST_DEADLINE_SECONDS once, plus this long per MiB of all
+# they sent. 16 s/MiB is the rate a default 8 MiB part already had to beat ((120 + 8) / 8):
+# a link that slow per object (64 KiB/s, 50 large objects sharing a busy egress) still gets
+# its objects through, and parts each answered just in time cannot add up without end.
+OBJECT_SECONDS_PER_MIB = 16.0
 # S3's largest part; a part grows past its planned size only while the previous is in flight.
 MAX_PART_BYTES = 5 * 1024 * MIB
 
@@ -359,14 +364,15 @@ class S3ObjectWriter:
         object's (the deadline once, plus SECONDS_PER_MIB per MiB of every body sent, less
         the time its ended requests took), so slow parts cannot add up without end."""
         elapsed = time.monotonic() - started
-        whole = self._deadline + SECONDS_PER_MIB * self.sent / MIB - self._spent
-        return min(self._allowed(size), whole) - elapsed
+        return min(self._allowed(size), self._object_allowed() - self._spent) - elapsed
+
+    def _object_allowed(self) -> float:
+        return self._deadline + OBJECT_SECONDS_PER_MIB * self.sent / MIB
 
     def _timeout(self, size: int) -> DeliveryTimeout:
         return DeliveryTimeout(
             f"a request got no complete answer in time ({self._allowed(size):.0f} s for it, "
-            f"{self._deadline + SECONDS_PER_MIB * self.sent / MIB:.0f} s for the object's "
-            "requests in all)"
+            f"{self._object_allowed():.0f} s for the object's requests in all)"
         )
 
     def _started(self, future: Future[Any]) -> Future[Any]:
@@ -380,8 +386,19 @@ class S3ObjectWriter:
         return future
 
     def _check_in_flight(self) -> None:
-        if self._left(self._in_flight_bytes, self._in_flight_started) < 0:
+        # Done meanwhile: its time is in _spent already (counting it as elapsed too would
+        # be counting it twice).
+        left = self._left(self._in_flight_bytes, self._in_flight_started)
+        if left < 0 and not self._in_flight.done():
             raise self._timeout(self._in_flight_bytes)
+
+    def _check_budget(self, size: int) -> None:
+        """Before a request of `size` bytes starts: the object's deadline is not spent
+        already (a request begun with none left would be given up at once, and might still
+        land after its object was reported failed)."""
+        allowed = self._deadline + OBJECT_SECONDS_PER_MIB * (self.sent + size) / MIB
+        if allowed - self._spent <= 0:
+            raise self._timeout(size)
 
     def _wait(self, future: Future[Any], started: float, size: int) -> Any:
         try:
@@ -414,6 +431,7 @@ class S3ObjectWriter:
                 raise ValueError(f"s3://{self.bucket}/{self.key}: more than {MAX_PARTS} parts")
             if self._in_flight is not None:
                 self._in_flight.result()
+            self._check_budget(_body_size(body))
         except BaseException:
             if not isinstance(body, bytes):
                 body.close()
@@ -480,6 +498,7 @@ class S3ObjectWriter:
         if self._pending_bytes:
             self._send_part(self._take_pending())
             self._wait(self._in_flight, self._in_flight_started, self._in_flight_bytes)
+        self._check_budget(0)
         complete = self._started(
             _in_thread(
                 self.client.complete_multipart_upload,
@@ -703,7 +722,10 @@ def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | str | No
         return f"failed: {type(exc).__name__}"
 
 
-CLEAN_UP_TIMED_OUT = f"failed: {DeliveryTimeout.__name__}"
+# Failures that took a request's whole time: our deadline, or botocore's timeouts after every
+# attempt (a silent endpoint ends as ReadTimeoutError, ~5 x 20 s, before the deadline).
+TIMEOUT_CODES = ("DeliveryTimeout", "ReadTimeoutError", "ConnectTimeoutError")
+CLEAN_UP_TIMED_OUT = tuple(f"failed: {code}" for code in TIMEOUT_CODES)
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -343,6 +343,13 @@ def test_an_integration_names_only_its_own_two_variables(
     assert f"not ${{{variable}}}: an integration's credentials are named for it" in problem
 
 
+def test_every_credential_not_its_own_is_named_in_one_problem() -> None:
+    text = block("acme", "acme-raw", "x", extra="").replace("${ACME_AWS_", "${GLOBEX_AWS_")
+    (problem,) = apply_integrations("integrations:\n" + text).problems
+    assert problem.startswith("integration 'acme': clicks.access_key: must be ")
+    assert problem.endswith("; wrong as well: clicks.secret_key")
+
+
 def test_a_stored_state_naming_anothers_variable_is_not_brought_back(tmp_path: Path) -> None:
     """A last applied state written by an older version, or by hand, holding a block that
     names another's variable, loses that integration when it is read: neither the unchanged
@@ -364,7 +371,13 @@ def test_a_stored_state_naming_anothers_variable_is_not_brought_back(tmp_path: P
     )
     assert names(apply_file(path, last_good=last_good)) == ["acme", "globex"]
     path.write_text(path.read_text() + "  - name: [\n")  # a file error: the last good runs
-    assert names(apply_file(path, last_good=last_good)) == ["acme"]
+    kept = apply_file(path, last_good=last_good)
+    assert names(kept) == ["acme"] and kept.problems == last_good.problems[:1]
+    # A stored state that is no list at all is unreadable, not a crash.
+    stored.write_text(
+        stored.read_text().replace('"integrations": [', '"integrations": null, "x": [', 1)
+    )
+    assert read_last_good(state) is None
 
 
 def test_a_stored_state_an_older_version_accepted_loses_only_that_integration(

@@ -87,17 +87,51 @@ def test_a_slow_but_working_link_is_waited_for_not_failed() -> None:
 def test_parts_each_just_in_time_still_meet_the_objects_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each part answered a little before its own deadline: without a deadline for the
-    object, a link that slow would hold it for parts x deadline. The object's requests share
-    the deadline once (here 1 s plus 0.1 s per MiB), so it fails on its second part."""
-    monkeypatch.setattr("affise_s3_assets.s3.SECONDS_PER_MIB", 0.1)
-    store = SlowStore(mib_per_s=5 / 1.2)  # 1.2 s per 5 MiB part, under its own 1.5 s
+    """Each part answered before its own deadline: without one for the object, parts that
+    slow would add up without end. Scaled down here: each request 1 s plus 0.3 s per MiB,
+    the object's requests 1 s plus 0.16 s per MiB in all, parts of 5 MiB taking 1.2 s: the
+    third part runs out the object's time."""
+    monkeypatch.setattr("affise_s3_assets.s3.SECONDS_PER_MIB", 0.3)
+    monkeypatch.setattr("affise_s3_assets.s3.OBJECT_SECONDS_PER_MIB", 0.16)
+    store = SlowStore(mib_per_s=5 / 1.2)
     data = bytes(range(256)) * (15 * 4096)  # three parts
     writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=1)
     with pytest.raises(DeliveryTimeout, match="for the object's requests in all"):
         feed(writer, data)
         writer.close()
-    assert "k" not in store.objects and len(store.parts) <= 2
+    assert "k" not in store.objects
+
+
+class CountingStore(SlowStore):
+    """A slow link that keeps only how much each part held (large objects, little memory)."""
+
+    def _take(self, body: bytes | IO[bytes], md5: str) -> bytes:
+        size = len(body) if isinstance(body, bytes) else len(body.read())
+        time.sleep(size / MIB / self.rate)
+        return str(size).encode()
+
+    def complete_multipart_upload(self, Key: str, MultipartUpload: Any, **_: Any) -> dict:
+        numbers = [part["PartNumber"] for part in MultipartUpload["Parts"]]
+        self.objects[Key] = str(sum(int(self.parts[n]) for n in numbers)).encode()
+        return {"ETag": '"multi"'}
+
+
+def test_a_link_slower_than_a_mib_per_second_still_delivers_a_large_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The object's deadline is a floor on its average rate (16 s per MiB), not a second
+    request deadline: 160 MiB at 0.5 MiB/s (a large customer sharing a busy egress) gets
+    through, where 1 s per MiB for the object would fail it after the upload. Time scaled
+    1:1000."""
+    monkeypatch.setattr("affise_s3_assets.s3.SECONDS_PER_MIB", 0.001)
+    monkeypatch.setattr("affise_s3_assets.s3.OBJECT_SECONDS_PER_MIB", 0.016)
+    store = CountingStore(mib_per_s=500)  # 2 ms per MiB: 0.5 MiB/s at scale
+    chunk = bytes(range(256)) * 4096  # 1 MiB, fed 160 times
+    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=0.12)
+    for _ in range(160):
+        writer.write(chunk)
+    writer.close()
+    assert int(store.objects["k"]) == 160 * MIB
 
 
 def test_time_spent_producing_the_object_is_not_the_endpoints() -> None:

@@ -266,6 +266,14 @@ class _TimingOutObject(_FailingObject):
         raise DeliveryTimeout("no answer within 120 s")
 
 
+class _SilentObject(_FailingObject):
+    """A silent endpoint: botocore's read timeouts on every attempt end it before our
+    deadline does."""
+
+    def write(self, chunk: bytes) -> None:
+        raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://silent")
+
+
 class _Unreachable:
     """An IO manager whose every object fails as an unreachable endpoint would (or, with
     `failure`, as another failing object does)."""
@@ -281,8 +289,12 @@ class _Unreachable:
 
 @pytest.mark.parametrize(
     ("failure", "opened", "stopped_at"),
-    [(_FailingObject, ["10:00", "11:00"], "11:00"), (_TimingOutObject, ["10:00"], "10:00")],
-    ids=["unreachable", "ran out a deadline"],
+    [
+        (_FailingObject, ["10:00", "11:00"], "11:00"),
+        (_TimingOutObject, ["10:00"], "10:00"),
+        (_SilentObject, ["10:00"], "10:00"),
+    ],
+    ids=["unreachable", "ran out a deadline", "silent"],
 )
 def test_a_failing_destination_is_not_tried_for_the_rest_of_the_run(
     events_db: Path, failure: type[_FailingObject], opened: list[str], stopped_at: str
@@ -310,7 +322,11 @@ def test_a_failing_destination_is_not_tried_for_the_rest_of_the_run(
         ),
     )
     assert io.opened == opened
-    code = "DeliveryTimeout" if failure is _TimingOutObject else "EndpointConnectionError"
+    code = {
+        _FailingObject: "EndpointConnectionError",
+        _TimingOutObject: "DeliveryTimeout",
+        _SilentObject: "ReadTimeoutError",
+    }[failure]
     assert reported == [(f"2026-11-25-{hour}", code, hour == stopped_at) for hour in opened]
 
 
@@ -330,7 +346,7 @@ class _SlowListing:
 
             def finish(self, last_chunk: bytes, clean_up: bool = False) -> dict[str, Any]:
                 io.cleaned.append(clean_up)
-                return {"leftover_uploads_aborted": CLEAN_UP_TIMED_OUT} if clean_up else {}
+                return {"leftover_uploads_aborted": CLEAN_UP_TIMED_OUT[0]} if clean_up else {}
 
         return Landing(f"k/{window_start:%H:%M}")
 
