@@ -287,6 +287,29 @@ class _Unreachable:
         return self.failure(f"k/{window_start:%H:%M}")
 
 
+def _deliver_hours(
+    events_db: Path, hours: tuple[int, ...], io: Any, on_window: Any, clean_up: bool = False
+) -> list[Window]:
+    """The hourly windows `hours` of 2026-11-25, one ranged delivery through `io` of one
+    integration whose destination `io` stands for; the windows."""
+    (target,) = build_export_targets(
+        [integration(S3Server("http://io", *[None] * 3), "io-bucket")]  # type: ignore[arg-type]
+    )
+    windows = [
+        Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
+        for h in hours
+    ]
+    deliver_windows(
+        [target],
+        windows,
+        EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
+        io,
+        on_window,
+        clean_up=clean_up,
+    )
+    return windows
+
+
 @pytest.mark.parametrize(
     ("failure", "opened", "stopped_at"),
     [
@@ -303,20 +326,12 @@ def test_a_failing_destination_is_not_tried_for_the_rest_of_the_run(
     windows in a row it is not tried again in that run, so it cannot hold up a day's range.
     One whose request ran out its deadline is stopped after that one window: each window
     waits for every object of the one before, so the others wait for it once, not twice."""
-    (target,) = build_export_targets(
-        [integration(S3Server("http://dead", *[None] * 3), "dead-bucket")]  # type: ignore[arg-type]
-    )
-    windows = [
-        Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
-        for h in (10, 11, 12, 13)
-    ]
     reported: list[tuple[str, str, bool]] = []
     io = _Unreachable(failure)
-    deliver_windows(
-        [target],
-        windows,
-        EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
-        io,  # type: ignore[arg-type]
+    _deliver_hours(
+        events_db,
+        (10, 11, 12, 13),
+        io,
         lambda window, objects: reported.extend(
             (window.key, item.code, item.stops_destination) for item in objects if item.failure
         ),
@@ -356,20 +371,12 @@ def test_a_clean_up_that_ran_out_its_deadline_is_not_tried_again_in_the_run(
 ) -> None:
     """Every window of a ranged re-delivery cleans up its key: a store that lists slowly
     would cost each window a deadline, and hold up every integration of the range."""
-    (target,) = build_export_targets(
-        [integration(S3Server("http://slow", *[None] * 3), "slow-bucket")]  # type: ignore[arg-type]
-    )
-    windows = [
-        Window(f"2026-11-25-{h}:00", datetime(2026, 11, 25, h), datetime(2026, 11, 25, h + 1))
-        for h in (10, 11, 12)
-    ]
     io = _SlowListing()
     delivered: list[str] = []
-    deliver_windows(
-        [target],
-        windows,
-        EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
-        io,  # type: ignore[arg-type]
+    windows = _deliver_hours(
+        events_db,
+        (10, 11, 12),
+        io,
         lambda window, objects: delivered.extend(
             window.key for item in objects if item.failure is None
         ),
