@@ -640,8 +640,8 @@ class AppliedConfig(BaseModel):
         their last good state, and the file's block of it is judged afresh."""
         data = json.loads(text)
         integrations, dropped = [], []
-        if not isinstance(data["integrations"], list):
-            raise ValueError("integrations: not a list")
+        if not isinstance(data["integrations"], list) or not isinstance(data["problems"], list):
+            raise ValueError("integrations and problems: not lists")
         for item in data["integrations"]:
             try:
                 integrations.append(IntegrationConfig.model_validate(item))

@@ -67,7 +67,7 @@ def read_last_good(directory: Path) -> AppliedConfig | None:
             if problem.endswith(NOT_KEPT):
                 log.warning("last applied config in %s: %s", directory, problem)
         return applied
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.warning("ignoring unreadable last applied config in %s: %s", directory, exc)
         return None

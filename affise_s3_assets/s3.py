@@ -50,10 +50,11 @@ REQUEST_DEADLINE_SECONDS = 120
 # ...plus this long per MiB of its body: a large part to a slow but working link gets its time.
 SECONDS_PER_MIB = 1.0
 # An object's requests together: REQUEST_DEADLINE_SECONDS once, plus this long per MiB of all
-# they sent. 16 s/MiB is the rate a default 8 MiB part already had to beat ((120 + 8) / 8):
-# a link that slow per object (64 KiB/s, 50 large objects sharing a busy egress) still gets
-# its objects through, and parts each answered just in time cannot add up without end.
-OBJECT_SECONDS_PER_MIB = 16.0
+# they sent: a floor of 128 KiB/s on the object's average rate. A slow but working link (50
+# large objects sharing a busy egress) stays well above it; an endpoint answering each 8 MiB
+# part just before its own 128 s fails the object within a few parts (tighter than the
+# 16 s/MiB a part gets alone, or it would never bite).
+OBJECT_SECONDS_PER_MIB = 8.0
 # S3's largest part; a part grows past its planned size only while the previous is in flight.
 MAX_PART_BYTES = 5 * 1024 * MIB
 
@@ -722,9 +723,10 @@ def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | str | No
         return f"failed: {type(exc).__name__}"
 
 
-# Failures that took a request's whole time: our deadline, or botocore's timeouts after every
-# attempt (a silent endpoint ends as ReadTimeoutError, ~5 x 20 s, before the deadline).
-TIMEOUT_CODES = ("DeliveryTimeout", "ReadTimeoutError", "ConnectTimeoutError")
+# Failures that took a request's whole time: our deadline, or botocore's read timeouts after
+# every attempt (a silent endpoint ends so, ~5 x 20 s, before the deadline). Connect timeouts
+# (5 s an attempt) are cheaper: such a destination is stopped after two windows in a row.
+TIMEOUT_CODES = ("DeliveryTimeout", "ReadTimeoutError")
 CLEAN_UP_TIMED_OUT = tuple(f"failed: {code}" for code in TIMEOUT_CODES)
 
 

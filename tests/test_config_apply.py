@@ -373,11 +373,15 @@ def test_a_stored_state_naming_anothers_variable_is_not_brought_back(tmp_path: P
     path.write_text(path.read_text() + "  - name: [\n")  # a file error: the last good runs
     kept = apply_file(path, last_good=last_good)
     assert names(kept) == ["acme"] and kept.problems == last_good.problems[:1]
-    # A stored state that is no list at all is unreadable, not a crash.
-    stored.write_text(
-        stored.read_text().replace('"integrations": [', '"integrations": null, "x": [', 1)
-    )
-    assert read_last_good(state) is None
+    # A stored state of the wrong shape is unreadable, not a crash.
+    text = stored.read_text()
+    for broken in (
+        text.replace('"integrations": [', '"integrations": null, "x": [', 1),
+        text.replace('"problems": [', '"problems": "abc", "y": [', 1),
+        "[]",
+    ):
+        stored.write_text(broken)
+        assert read_last_good(state) is None
 
 
 def test_a_stored_state_an_older_version_accepted_loses_only_that_integration(

@@ -84,24 +84,6 @@ def test_a_slow_but_working_link_is_waited_for_not_failed() -> None:
             assert max(len(part) for part in store.parts.values()) <= 4 * 5 * MIB + 256 * 1024
 
 
-def test_parts_each_just_in_time_still_meet_the_objects_deadline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Each part answered before its own deadline: without one for the object, parts that
-    slow would add up without end. Scaled down here: each request 1 s plus 0.3 s per MiB,
-    the object's requests 1 s plus 0.16 s per MiB in all, parts of 5 MiB taking 1.2 s: the
-    third part runs out the object's time."""
-    monkeypatch.setattr("affise_s3_assets.s3.SECONDS_PER_MIB", 0.3)
-    monkeypatch.setattr("affise_s3_assets.s3.OBJECT_SECONDS_PER_MIB", 0.16)
-    store = SlowStore(mib_per_s=5 / 1.2)
-    data = bytes(range(256)) * (15 * 4096)  # three parts
-    writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=1)
-    with pytest.raises(DeliveryTimeout, match="for the object's requests in all"):
-        feed(writer, data)
-        writer.close()
-    assert "k" not in store.objects
-
-
 class CountingStore(SlowStore):
     """A slow link that keeps only how much each part held (large objects, little memory)."""
 
@@ -116,15 +98,35 @@ class CountingStore(SlowStore):
         return {"ETag": '"multi"'}
 
 
+def test_parts_each_just_in_time_still_meet_the_objects_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each 8 MiB part answered just before its own deadline (120 s + 8 s): without one for
+    the object, parts that slow would add up without end. The object's requests share 120 s
+    plus 8 s per MiB, so it fails within a few parts. Time scaled 1:100."""
+    monkeypatch.setattr("affise_s3_assets.s3.SECONDS_PER_MIB", 0.01)
+    monkeypatch.setattr("affise_s3_assets.s3.OBJECT_SECONDS_PER_MIB", 0.08)
+    store = CountingStore(mib_per_s=8 / 1.25)  # 1.25 s per 8 MiB part, under its own 1.28 s
+    chunk = bytes(range(256)) * 4096  # 1 MiB, fed 48 times: six parts
+    writer = S3ObjectWriter(store, "b", "k", part_size=8 * MIB, deadline=1.2)
+    # Its own deadline (1.28 s: "1 s") was never reached: the object's was.
+    with pytest.raises(DeliveryTimeout, match=r"\(1 s for it, \d s for the object's"):
+        for _ in range(48):
+            writer.write(chunk)
+            time.sleep(0.17)  # a producer a little slower than the link: parts stay 8 MiB
+        writer.close()
+    assert "k" not in store.objects and len(store.parts) < 6
+
+
 def test_a_link_slower_than_a_mib_per_second_still_delivers_a_large_object(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The object's deadline is a floor on its average rate (16 s per MiB), not a second
+    """The object's deadline is a floor on its average rate (8 s per MiB), not a second
     request deadline: 160 MiB at 0.5 MiB/s (a large customer sharing a busy egress) gets
     through, where 1 s per MiB for the object would fail it after the upload. Time scaled
     1:1000."""
     monkeypatch.setattr("affise_s3_assets.s3.SECONDS_PER_MIB", 0.001)
-    monkeypatch.setattr("affise_s3_assets.s3.OBJECT_SECONDS_PER_MIB", 0.016)
+    monkeypatch.setattr("affise_s3_assets.s3.OBJECT_SECONDS_PER_MIB", 0.008)
     store = CountingStore(mib_per_s=500)  # 2 ms per MiB: 0.5 MiB/s at scale
     chunk = bytes(range(256)) * 4096  # 1 MiB, fed 160 times
     writer = S3ObjectWriter(store, "b", "k", part_size=5 * MIB, memory_bytes=MIB, deadline=0.12)
