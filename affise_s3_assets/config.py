@@ -484,15 +484,6 @@ class IntegrationConfig(BaseModel):
         return [(event_type, export) for event_type, export in pairs if export is not None]
 
 
-NOT_KEPT = "its last applied state breaks a rule of this version and is not kept"
-
-
-def not_kept(last_good: "AppliedConfig | None") -> tuple[str, ...]:
-    """The integrations a stored state lost when read (`AppliedConfig.from_json`): still
-    said when a file error keeps that state running."""
-    return tuple(p for p in last_good.problems if p.endswith(NOT_KEPT)) if last_good else ()
-
-
 def credential_variables(name: str) -> tuple[str, str]:
     """The variables an integration's access key id and secret are read from:
     acme -> ACME_AWS_ACCESS_KEY_ID, ACME_AWS_SECRET_ACCESS_KEY."""
@@ -606,7 +597,9 @@ class AppliedConfig(BaseModel):
     `problems` lists every block left out or kept at its last good state, each naming the
     integration, the field and the rule; `file_error` says why the file as a whole could not be
     applied (then `integrations` is the last good set). `file_sha256` is the content read, so a
-    watcher can tell whether the file changed since.
+    watcher can tell whether the file changed since. `dropped` (a stored state only, never
+    written): the integrations `from_json` could not keep, one problem each, also in
+    `problems`.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -616,6 +609,7 @@ class AppliedConfig(BaseModel):
     integrations: tuple[IntegrationConfig, ...] = ()
     problems: tuple[str, ...] = ()
     file_error: str | None = None
+    dropped: tuple[str, ...] = ()
     lateness: Lateness = Lateness()
     reconciliation: Reconciliation = Reconciliation()
 
@@ -648,16 +642,15 @@ class AppliedConfig(BaseModel):
             except ValidationError:
                 dropped.append(
                     f"integration {item.get('name') if isinstance(item, dict) else None!r}: "
-                    + NOT_KEPT
+                    "its last applied state breaks a rule of this version and is not kept"
                 )
         return cls(
             source=data["source"],
-            # Less than what that file gave: never taken for its result (live_config's short
-            # cut for an unchanged file), so the file is applied again.
-            file_sha256="" if dropped else data["file_sha256"],
+            file_sha256=data["file_sha256"],
             integrations=tuple(integrations),
             problems=(*dropped, *data["problems"]),
             file_error=data["file_error"],
+            dropped=tuple(dropped),
             # Written before these blocks existed: the defaults.
             lateness=Lateness.model_validate(data.get("lateness", {})),
             reconciliation=Reconciliation.model_validate(data.get("reconciliation", {})),
@@ -804,7 +797,7 @@ def apply_integrations(
             source=source,
             file_sha256=_digest(text),
             integrations=last_good.integrations if last_good else (),
-            problems=not_kept(last_good),
+            problems=last_good.dropped if last_good else (),
             file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
             lateness=last_good.lateness if last_good else Lateness(),
             reconciliation=last_good.reconciliation if last_good else Reconciliation(),

@@ -26,13 +26,11 @@ from pathlib import Path
 import dagster as dg
 
 from affise_s3_assets.config import (
-    NOT_KEPT,
     AppliedConfig,
     Lateness,
     Reconciliation,
     apply_integrations,
     integrations_path,
-    not_kept,
 )
 
 # The key of the applied config in the definitions' reconstruction metadata.
@@ -63,9 +61,8 @@ def _last_good_file(directory: Path) -> Path:
 def read_last_good(directory: Path) -> AppliedConfig | None:
     try:
         applied = AppliedConfig.from_json(_last_good_file(directory).read_text(encoding="utf-8"))
-        for problem in applied.problems:
-            if problem.endswith(NOT_KEPT):
-                log.warning("last applied config in %s: %s", directory, problem)
+        for problem in applied.dropped:
+            log.warning("last applied config in %s: %s", directory, problem)
         return applied
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if not isinstance(exc, FileNotFoundError):
@@ -106,14 +103,19 @@ def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None)
     path = path or integrations_path()
     text, error = read_file(path)
     digest = hashlib.sha256((text if error is None else error).encode()).hexdigest()
-    if last_good is not None and (last_good.source, last_good.file_sha256) == (str(path), digest):
+    # A stored state that lost integrations when read is less than that file gave: applied again.
+    if (
+        last_good is not None
+        and not last_good.dropped
+        and (last_good.source, last_good.file_sha256) == (str(path), digest)
+    ):
         return last_good
     if error is not None:
         return AppliedConfig(
             source=str(path),
             file_sha256=digest,
             integrations=last_good.integrations if last_good else (),
-            problems=not_kept(last_good),
+            problems=last_good.dropped if last_good else (),
             file_error=f"{error}; the last good integrations keep running",
             lateness=last_good.lateness if last_good else Lateness(),
             reconciliation=last_good.reconciliation if last_good else Reconciliation(),

@@ -15,6 +15,7 @@ import botocore.config
 import dagster as dg
 import pytest
 
+from affise_s3_assets.config import credential_variables
 from affise_s3_assets.demo import generate_demo_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,14 +124,8 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # The account a test's integrations deliver with; each integration's config names its own
-# variables (`key_variables`: <NAME>_AWS_ACCESS_KEY_ID, ..., as the config requires).
+# variables (config.credential_variables: <NAME>_AWS_ACCESS_KEY_ID, ...).
 KEY_VARIABLES = ("TEST_ACCESS_KEY_ID", "TEST_SECRET_ACCESS_KEY")
-
-
-def key_variables(name: str) -> tuple[str, str]:
-    from affise_s3_assets.config import credential_variables
-
-    return credential_variables(name)
 
 
 # The integrations tests/test_delivery.integration() builds (the rig names its own).
@@ -145,7 +140,7 @@ def customer_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> dict[s
     keys = (s3_server.customer.access_key, s3_server.customer.secret_key)
     values = dict(zip(KEY_VARIABLES, keys, strict=True))
     for name in TEST_INTEGRATIONS:
-        values |= dict(zip(key_variables(name), keys, strict=True))
+        values |= dict(zip(credential_variables(name), keys, strict=True))
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values

@@ -15,7 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from affise_s3_assets.config import IntegrationConfig, parse_integrations
+from affise_s3_assets.config import IntegrationConfig, credential_variables, parse_integrations
 from affise_s3_assets.definitions import event_sources
 from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset
 from affise_s3_assets.demo import load_schema
@@ -28,7 +28,7 @@ from affise_s3_assets.source import (
     write_watermark,
 )
 from affise_s3_assets.targets import build_export_targets, build_window_groups, export_asset_key
-from tests.conftest import S3Server, key_variables
+from tests.conftest import S3Server
 from tests.csv_reader import read_rfc4180
 
 ADVERTISER = "5a0c7d1e9f3b2a0012c4e8f1"
@@ -45,8 +45,8 @@ def integration(
     access_key: str | None = None,
     secret_key: str | None = None,
 ) -> IntegrationConfig:
-    """One integration's one export; its keys in its own variables (`key_variables`)."""
-    own = [f"${{{variable}}}" for variable in key_variables(name)]
+    """One integration's one export; its keys in its own variables (config.credential_variables)."""
+    own = [f"${{{variable}}}" for variable in credential_variables(name)]
     access_key, secret_key = access_key or own[0], secret_key or own[1]
     text = f"""
 integrations:

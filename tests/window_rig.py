@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets.config import apply_integrations
+from affise_s3_assets.config import apply_integrations, credential_variables
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.targets import build_export_targets, build_window_groups
-from tests.conftest import KEY_VARIABLES, S3Server, key_variables
+from tests.conftest import KEY_VARIABLES, S3Server
 from tests.test_delivery import keys_in, range_tags
 
 WINDOW = "2026-11-25-10:00"
@@ -48,12 +48,12 @@ class WindowRig:
 
     def configure(self, entries: list[tuple[str, str, str]]) -> None:
         """(name, start, clicks block) per integration. Each integration's key variables are
-        its own (`key_variables`), holding the account in TEST_ACCESS_KEY_ID and
+        its own (config.credential_variables), holding the account in TEST_ACCESS_KEY_ID and
         TEST_SECRET_ACCESS_KEY now and at each `run`."""
         self.names = [name for name, _, _ in entries]
         text = "integrations:\n"
         for name, start, block in entries:
-            for generic, own in zip(KEY_VARIABLES, key_variables(name), strict=True):
+            for generic, own in zip(KEY_VARIABLES, credential_variables(name), strict=True):
                 block = block.replace("${" + generic + "}", "${" + own + "}")
             text += f'  - name: {name}\n    start: "{start}"\n{block}'
         self.path.write_text(text)
@@ -63,7 +63,7 @@ class WindowRig:
         """The account now in TEST_ACCESS_KEY_ID / TEST_SECRET_ACCESS_KEY, in each configured
         integration's own variables."""
         for name in self.names:
-            for generic, own in zip(KEY_VARIABLES, key_variables(name), strict=True):
+            for generic, own in zip(KEY_VARIABLES, credential_variables(name), strict=True):
                 value = os.environ.get(generic)
                 if value is None:
                     self.monkeypatch.delenv(own, raising=False)
