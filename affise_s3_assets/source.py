@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import overload
 
 import dagster as dg
 import duckdb
@@ -103,6 +104,9 @@ WINDOW_COLUMN: dict[EventType, str] = {
     "conversions": "created_at",
     "conversion_updates": "updated_at",
 }
+# An event type windowed by a later change, and the one of its rows' creation: every row is a
+# change at its creation too, so it is complete no further than that one.
+CREATED_WITH: dict[EventType, EventType] = {"conversion_updates": "conversions"}
 
 
 def row_order(event_type: EventType) -> tuple[str, str]:
@@ -311,30 +315,37 @@ class EventsDatabase(dg.ConfigurableResource):
         holding events at or after a window's end has moved past it). Every conversion is a
         change at its creation too: conversion_updates are complete no further than the
         conversions are."""
-        own = self._progress(event_type)
         if WINDOW_COLUMN[event_type] == "created_at":
-            return own
-        created = next(
-            other
-            for other, table in EVENT_TABLE.items()
-            if table == EVENT_TABLE[event_type] and WINDOW_COLUMN[other] == "created_at"
-        )
+            return self._progress(event_type)
+        created = CREATED_WITH[event_type]
         base = self._progress(created)
-        if base.complete_until is None or own.complete_until is None:
-            missing = base if base.complete_until is None else own
-            return SourceProgress(event_type, None, missing.how)
-        if base.complete_until < own.complete_until:
-            return SourceProgress(
-                event_type, base.complete_until, f"{created}' {base.how}, before its own {own.how}"
-            )
-        return own
+        # Without a watermark of its own, its latest change is never before the latest
+        # creation (updated_at >= created_at, same rows): the conversions' progress is it,
+        # and scanning every change for it would only cost a full scan.
+        own = self._progress(event_type, latest=False)
+        if base.complete_until is None:
+            return SourceProgress(event_type, None, base.how)
+        if own is None:
+            return SourceProgress(event_type, base.complete_until, f"{created}' {base.how}")
+        if own.complete_until is None or own.complete_until <= base.complete_until:
+            return own
+        return SourceProgress(
+            event_type, base.complete_until, f"{created}' {base.how}, before its own {own.how}"
+        )
 
-    def _progress(self, event_type: EventType) -> SourceProgress:
+    @overload
+    def _progress(self, event_type: EventType) -> SourceProgress: ...
+    @overload
+    def _progress(self, event_type: EventType, latest: bool) -> SourceProgress | None: ...
+
+    def _progress(self, event_type: EventType, latest: bool = True) -> SourceProgress | None:
+        """The watermark's progress, or else (with `latest`) the latest event's; without
+        `latest`, None when there is no watermark."""
         path = self.database_path()
         if not path.exists():
             return SourceProgress(event_type, None, f"{path} does not exist")
         if path.is_dir():
-            return self._dataset_progress(path, event_type)
+            return self._dataset_progress(path, event_type, latest)
         with self._connect(path) as con:
             ((has_table,),) = con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
@@ -347,6 +358,8 @@ class EventsDatabase(dg.ConfigurableResource):
                 ).fetchone()
                 if row is not None:
                     return SourceProgress(event_type, naive_utc(row[0]), "watermark")
+            if not latest:
+                return None
             column = WINDOW_COLUMN[event_type]
             ((latest,),) = con.execute(
                 f"SELECT max({column}) FROM {EVENT_TABLE[event_type]} WHERE {column} <= $1",
@@ -356,7 +369,9 @@ class EventsDatabase(dg.ConfigurableResource):
             return SourceProgress(event_type, None, f"no {event_type} in {path}")
         return SourceProgress(event_type, naive_utc(latest), "latest event")
 
-    def _dataset_progress(self, dataset: Path, event_type: EventType) -> SourceProgress:
+    def _dataset_progress(
+        self, dataset: Path, event_type: EventType, latest: bool = True
+    ) -> SourceProgress | None:
         marks = dataset / WATERMARK_FILE
         if marks.exists():
             try:
@@ -366,6 +381,8 @@ class EventsDatabase(dg.ConfigurableResource):
                     return SourceProgress(event_type, moment, "watermark")
             except (OSError, ValueError, AttributeError) as exc:
                 return SourceProgress(event_type, None, f"{marks} is unreadable: {exc}")
+        if not latest:
+            return None
         horizon = _horizon()
         # A day folder missing between others has not arrived: complete up to it, at most.
         # Folders of days after the clock's are not taken for progress (FUTURE_EVENT_SKEW).
@@ -382,13 +399,10 @@ class EventsDatabase(dg.ConfigurableResource):
             if later - earlier > timedelta(days=1):
                 gap = earlier + timedelta(days=1)
                 return SourceProgress(event_type, gap, f"day folder date={gap:%Y-%m-%d} missing")
+        # The newest day holds the latest creation (updates go by the conversions': above).
         column = WINDOW_COLUMN[event_type]
-        # The newest day holds the latest creation; a latest change may be in any day.
-        newest_first = [[day] for day in reversed(days)] if column == "created_at" else [days]
-        for group in newest_first:
-            files = [file for day in group for file in sorted(day.glob("*.parquet"))]
-            if not files:
-                continue
+        for day in reversed(days):
+            files = sorted(day.glob("*.parquet"))
             quoted = ", ".join("'" + str(file).replace("'", "''") + "'" for file in files)
             with self._connect(dataset) as con:
                 ((latest,),) = con.execute(

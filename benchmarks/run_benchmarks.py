@@ -1089,12 +1089,12 @@ def reconcile_records_case(db: Path, count: int) -> None:
         settled = None
         for name in ("first pass (nothing settled)", "next pass (settled)"):
             started = time.perf_counter()
-            changed, _, settled = reconcile_group(
+            changed, _, settled, _ = reconcile_group(
                 instance, source, group, Reconciliation(), now, None, settled
             )
             print(
                 f"- {name}: {time.perf_counter() - started:.1f} s, {len(changed)} changed, "
-                f"{len(settled)} windows settled"
+                f"{sum(len(windows) for windows in settled.values())} windows settled"
             )
 
 
