@@ -342,9 +342,8 @@ class EventExportConfig(BaseModel):
             )
         if "${" in value and not is_reference:
             raise ValueError("must be exactly one ${ENV_VAR} reference, e.g. ${ACME_AWS_KEY_ID}")
-        if not is_reference and any(ch.isspace() or not ch.isprintable() for ch in value):
-            # As for a variable's value (resolve_reference): it would go into the signed
-            # Authorization header, whose refusal quotes the header.
+        if not is_reference and not _fit_for_a_header(value):
+            # As for a variable's value (resolve_reference).
             raise ValueError("holds whitespace or control characters (a trailing newline?)")
         return value
 
@@ -657,6 +656,22 @@ class AppliedConfig(BaseModel):
         )
 
 
+def kept_last_good(
+    source: str, digest: str, file_error: str, last_good: AppliedConfig | None
+) -> AppliedConfig:
+    """What runs when the file as a whole cannot be applied: the last good state, saying why
+    (and which of its integrations it could not keep when read)."""
+    return AppliedConfig(
+        source=source,
+        file_sha256=digest,
+        integrations=last_good.integrations if last_good else (),
+        problems=last_good.dropped if last_good else (),
+        file_error=file_error,
+        lateness=last_good.lateness if last_good else Lateness(),
+        reconciliation=last_good.reconciliation if last_good else Reconciliation(),
+    )
+
+
 @dataclass(frozen=True)
 class _Export:
     integration: str
@@ -793,14 +808,11 @@ def apply_integrations(
     try:
         entries, settings = _parse_file(text, source)
     except ConfigError as exc:
-        return AppliedConfig(
-            source=source,
-            file_sha256=_digest(text),
-            integrations=last_good.integrations if last_good else (),
-            problems=last_good.dropped if last_good else (),
-            file_error=f"{exc}; nothing in it was applied, the last good integrations keep running",
-            lateness=last_good.lateness if last_good else Lateness(),
-            reconciliation=last_good.reconciliation if last_good else Reconciliation(),
+        return kept_last_good(
+            source,
+            _digest(text),
+            f"{exc}; nothing in it was applied, the last good integrations keep running",
+            last_good,
         )
     return _apply_entries(entries, source, _digest(text), last_good, now, settings)
 
@@ -1013,6 +1025,12 @@ def env_reference_name(reference: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _fit_for_a_header(value: str) -> bool:
+    """A credential goes into the signed Authorization header: one pasted with its newline
+    is refused by http.client, whose error quotes the header (key id and signature)."""
+    return not any(char.isspace() or not char.isprintable() for char in value)
+
+
 def resolve_reference(reference: str, what: str) -> str:
     """Resolve `${VAR}` from the environment at delivery time; literals pass through.
 
@@ -1024,9 +1042,7 @@ def resolve_reference(reference: str, what: str) -> str:
     value = os.environ.get(variable)
     if not value:
         raise ConfigError(f"{what}: environment variable {variable} is not set")
-    # A key pasted with its newline would go into the signed Authorization header, and
-    # http.client's refusal of that header quotes it: key id and signature in the error.
-    if any(char.isspace() or not char.isprintable() for char in value):
+    if not _fit_for_a_header(value):
         raise ConfigError(
             f"{what}: environment variable {variable} holds whitespace or control characters "
             "(a trailing newline?); credentials are refused until it is fixed"

@@ -95,7 +95,6 @@ CLOSE_THREADS = 16
 # attempt) is stopped at once: each window waits for every object of the one before, so a
 # second wait would be everyone's.
 STOP_AFTER_FAILED_WINDOWS = 2
-STOPS_AT_ONCE = TIMEOUT_CODES
 # Memory for the parts being filled, shared by the objects open at once (one per integration
 # due in the window), each keeping at least MIN_PART_MEMORY before spilling to a file.
 PART_MEMORY_BUDGET = 64 * 1024 * 1024
@@ -370,7 +369,7 @@ def deliver_windows(
                 failed_in_a_row[key] = failed_in_a_row.get(key, 0) + 1 if delivery.failure else 0
                 if (
                     delivery.permanent
-                    or delivery.code in STOPS_AT_ONCE
+                    or delivery.code in TIMEOUT_CODES
                     or failed_in_a_row[key] >= STOP_AFTER_FAILED_WINDOWS
                 ):
                     delivery.stops_destination = True

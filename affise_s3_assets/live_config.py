@@ -27,10 +27,9 @@ import dagster as dg
 
 from affise_s3_assets.config import (
     AppliedConfig,
-    Lateness,
-    Reconciliation,
     apply_integrations,
     integrations_path,
+    kept_last_good,
 )
 
 # The key of the applied config in the definitions' reconstruction metadata.
@@ -111,14 +110,8 @@ def apply_file(path: Path | None = None, last_good: AppliedConfig | None = None)
     ):
         return last_good
     if error is not None:
-        return AppliedConfig(
-            source=str(path),
-            file_sha256=digest,
-            integrations=last_good.integrations if last_good else (),
-            problems=last_good.dropped if last_good else (),
-            file_error=f"{error}; the last good integrations keep running",
-            lateness=last_good.lateness if last_good else Lateness(),
-            reconciliation=last_good.reconciliation if last_good else Reconciliation(),
+        return kept_last_good(
+            str(path), digest, f"{error}; the last good integrations keep running", last_good
         )
     return apply_integrations(text, source=str(path), last_good=last_good)
 

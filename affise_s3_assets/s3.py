@@ -367,8 +367,9 @@ class S3ObjectWriter:
         elapsed = time.monotonic() - started
         return min(self._allowed(size), self._object_allowed() - self._spent) - elapsed
 
-    def _object_allowed(self) -> float:
-        return self._deadline + OBJECT_SECONDS_PER_MIB * self.sent / MIB
+    def _object_allowed(self, more: int = 0) -> float:
+        """The object's requests' time in all, once `more` bytes beyond those sent go too."""
+        return self._deadline + OBJECT_SECONDS_PER_MIB * (self.sent + more) / MIB
 
     def _timeout(self, size: int) -> DeliveryTimeout:
         return DeliveryTimeout(
@@ -397,8 +398,7 @@ class S3ObjectWriter:
         """Before a request of `size` bytes starts: the object's deadline is not spent
         already (a request begun with none left would be given up at once, and might still
         land after its object was reported failed)."""
-        allowed = self._deadline + OBJECT_SECONDS_PER_MIB * (self.sent + size) / MIB
-        if allowed - self._spent <= 0:
+        if self._object_allowed(size) - self._spent <= 0:
             raise self._timeout(size)
 
     def _wait(self, future: Future[Any], started: float, size: int) -> Any:
