@@ -64,13 +64,6 @@ def head(rig: WindowRig, key: str) -> tuple[str, datetime]:
     return found["ETag"], found["LastModified"]
 
 
-def group_of(rig: WindowRig):
-    (group,) = build_window_groups(
-        build_export_targets(apply_integrations(rig.path.read_text()).integrations)
-    )
-    return group
-
-
 def latest_metadata(rig: WindowRig, name: str, window: str) -> dict:
     records = rig.instance.fetch_materializations(
         dg.AssetRecordsFilter(
@@ -97,7 +90,7 @@ def evaluate_sensor(
     """A tick of the reconciliation sensor over the rig's config, the clock at `at`."""
     defs = build_definitions(rig.path)
     sensor = build_reconciliation_sensor(
-        [group_of(rig)], [defs.resolve_job_def("clicks_every_60min_job")], settings, lambda: at
+        rig.groups(), [defs.resolve_job_def("clicks_every_60min_job")], settings, lambda: at
     )
     context = dg.build_sensor_context(instance=rig.instance, definitions=defs, cursor=cursor)
     return sensor.evaluate_tick(context)
@@ -230,9 +223,7 @@ def test_a_delivery_of_another_frequency_or_filter_is_not_taken_for_late_rows(
     db = delivered(rig, events_db, tmp_path)
     insert_late_rows(db, LATE_AT, affiliate=101)
     source = EventsDatabase(path=str(db))
-    (group,) = build_window_groups(
-        build_export_targets(apply_integrations(rig.path.read_text()).integrations)
-    )
+    (group,) = rig.groups()
     changed, _, _, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
     assert [c.window for c in changed] == [HOURS[1]]  # as configured: found
     for edit in (
@@ -240,9 +231,7 @@ def test_a_delivery_of_another_frequency_or_filter_is_not_taken_for_late_rows(
         ("directory: all", "directory: all\n      affiliates: [101]"),
     ):
         rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("all").replace(*edit))])
-        (group,) = build_window_groups(
-            build_export_targets(apply_integrations(rig.path.read_text()).integrations)
-        )
+        (group,) = rig.groups()
         changed, requests, _, _ = reconcile_group(rig.instance, source, group, DEFAULTS, NOW)
         assert (changed, requests) == ([], [])
 
@@ -507,7 +496,7 @@ def test_settled_windows_are_not_read_again_until_their_rows_move(
     )
     assert not rig.run(events_db=db, last=HOURS[-1]).success  # acme's delivered, broken's not
     source = EventsDatabase(path=str(db))
-    group = group_of(rig)
+    (group,) = rig.groups()
     asked: list[tuple[str, frozenset[str]]] = []
     fetch_materializations = rig.instance.fetch_materializations
 
@@ -549,11 +538,13 @@ def test_settled_windows_are_not_read_again_until_their_rows_move(
     assert list(cut) == ["affise/acme/clicks"] and HOURS[1] not in cut["affise/acme/clicks"]
 
 
-def test_reconcile_group_skips_a_range_with_nothing_delivered(events_db: Path) -> None:
+def test_reconcile_group_finds_nothing_to_redeliver_or_settle_where_nothing_was_delivered(
+    events_db: Path,
+) -> None:
     text = (ROOT / "integrations.yaml").read_text()
     groups = build_window_groups(build_export_targets(apply_integrations(text).integrations))
     with dg.instance_for_test() as instance:
-        changed, requests, _, _ = reconcile_group(
+        changed, requests, settled, _ = reconcile_group(
             instance,
             EventsDatabase(path=str(events_db)),
             groups[0],
@@ -561,3 +552,4 @@ def test_reconcile_group_skips_a_range_with_nothing_delivered(events_db: Path) -
             datetime(2026, 11, 26),
         )
     assert changed == [] and requests == []
+    assert settled == {}  # nothing delivered is nothing known equal to the source
