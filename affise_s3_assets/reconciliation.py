@@ -456,13 +456,15 @@ def build_reconciliation_sensor(
         deadline = time.monotonic() + TICK_BUDGET_SECONDS
         index = cursor.next_group or 0
         index = index if index < len(live) else 0
+        # Every group's settled windows in one read, not one per group.
+        stored = instance.run_storage.get_cursor_values({settled_key(scope, g) for g in live})
         while index < len(live) and time.monotonic() < deadline:
             group = live[index]
             if group.schedule_name in paused:
                 index += 1
                 continue
             key = settled_key(scope, group)
-            settled = _settled(instance.run_storage.get_cursor_values({key}).get(key))
+            settled = _settled(stored.get(key))
             try:
                 changed, wanted, now_settled, whole = reconcile_group(
                     instance, EventsDatabase(), group, settings, now, in_flight, settled, deadline
