@@ -4,12 +4,9 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.definitions_load_context import (
-    DefinitionsLoadContext,
-    DefinitionsLoadType,
-)
 
 from affise_s3_assets.config import AppliedConfig
+from affise_s3_assets.dagster_internal import pin_for_runs, reconstruction_value
 from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset, build_window_job
 from affise_s3_assets.io_manager import DateFolderS3IOManager
 from affise_s3_assets.live_config import (
@@ -77,18 +74,10 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """The code location. A code server applies the file now; a run rebuilds exactly the
-    definitions it was launched with, whatever the file says by the time it starts."""
-    context = DefinitionsLoadContext.get()
-    pinned = (
-        context.reconstruction_metadata.get(APPLIED_CONFIG_KEY)
-        if context.load_type == DefinitionsLoadType.RECONSTRUCTION
-        else None
-    )
+    """The code location. A code server applies the file now and pins what it applied to every
+    run it launches; a run's processes rebuild exactly those definitions, whatever the file
+    says by the time they start (tests/test_definitions.py, tests/test_pinned_runs.py)."""
+    pinned = reconstruction_value(APPLIED_CONFIG_KEY)
     applied = AppliedConfig.from_json(pinned) if pinned else load_live_config()
-    with warnings.catch_warnings():
-        # Reconstruction metadata is a preview API in Dagster 1.13; it is what pins a run.
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return build_definitions(applied).with_reconstruction_metadata(
-            {APPLIED_CONFIG_KEY: applied.to_json()}
-        )
+    pin_for_runs(APPLIED_CONFIG_KEY, applied.to_json())
+    return build_definitions(applied)

@@ -1,0 +1,42 @@
+"""The one place that reaches into Dagster's private modules, for what 1.13 has no public API.
+
+Each function names the internal it stands on; `tests/test_dagster_internal.py` fails loudly
+when an upgrade of the pinned Dagster moves or changes one of them. Knows nothing of this
+project's config, S3 or DuckDB: it takes and returns strings.
+"""
+
+from dagster._core.definitions.definitions_load_context import (
+    DefinitionsLoadContext,
+    DefinitionsLoadType,
+)
+
+
+def _context() -> DefinitionsLoadContext | None:
+    return DefinitionsLoadContext.get() if DefinitionsLoadContext.is_set() else None
+
+
+def reconstruction_value(key: str) -> str | None:
+    """The value a run's process was launched with under `key`, when this load rebuilds the
+    definitions of a run (a run worker, a step process); None on a code server's own load."""
+    context = _context()
+    if context is None or context.load_type != DefinitionsLoadType.RECONSTRUCTION:
+        return None
+    return context.reconstruction_metadata.get(key)
+
+
+def pin_for_runs(key: str, value: str) -> None:
+    """Hand `value` to every run launched from this load: Dagster stores it with the run's
+    execution plan, and `reconstruction_value(key)` returns it in the run's processes.
+
+    `Definitions.with_reconstruction_metadata` (the public preview API) only adds the value
+    to the definitions' metadata, which no run ever receives: the pending reconstruction
+    metadata of the load context is what `RepositoryLoadData` is built from."""
+    context = _context()
+    if context is not None and context.load_type == DefinitionsLoadType.INITIALIZATION:
+        context.add_to_pending_reconstruction_metadata(key, value)
+
+
+def loading_location_name() -> str | None:
+    """The name the loading code server gives the code location, if it gives one."""
+    context = _context()
+    return context.code_location_name if context is not None else None
