@@ -15,12 +15,12 @@ Knows files, the webserver's address and Dagster's loading; nothing of S3 or Duc
 """
 
 import hashlib
-import json
 import logging
 import os
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +31,7 @@ from affise_s3_assets.config import (
     integrations_path,
     kept_last_good,
 )
+from affise_s3_assets.dagster_internal import loading_location_name
 
 # The key of the applied config in the definitions' reconstruction metadata.
 APPLIED_CONFIG_KEY = "affise/applied_config"
@@ -147,58 +148,70 @@ def status_line(applied: AppliedConfig) -> str:
     return "\n".join(lines)
 
 
-_RELOAD_MUTATION = """
-mutation Reload($name: String!) {
-  reloadRepositoryLocation(repositoryLocationName: $name) {
-    __typename
-    ... on WorkspaceLocationEntry { name }
-    ... on PythonError { message }
-    ... on ReloadNotSupported { message }
-    ... on RepositoryLocationNotFound { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What the webserver answered the last reload this process asked for."""
+
+    file_sha256: str  # the file the reload was asked for
+    ok: bool
+    message: str
 
 
-def request_reload(webserver_url: str, location: str) -> str:
-    """Ask the webserver to reload `location`; returns what it answered, never raises."""
-    body = json.dumps({"query": _RELOAD_MUTATION, "variables": {"name": location}}).encode()
-    request = urllib.request.Request(
-        webserver_url.rstrip("/") + "/graphql",
-        data=body,
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+# The outcome of this process's last reload request, kept for the next tick to report: the
+# request runs after the tick that asked for it has ended.
+_last_reload: ReloadOutcome | None = None
+
+
+def request_reload(webserver_url: str, location: str) -> tuple[bool, str]:
+    """Ask the webserver to reload `location`: (reloaded and loaded, what it answered). A
+    reload whose location then fails to load is a failure. Never raises."""
+    # Imported here: only a config sensor's reload needs the GraphQL client, not every run.
+    from dagster_graphql import DagsterGraphQLClient, ReloadRepositoryLocationStatus
+
+    url = urllib.parse.urlsplit(webserver_url)
     try:
-        with urllib.request.urlopen(request, timeout=RELOAD_TIMEOUT_SECONDS) as response:
-            answer = json.loads(response.read())
-    except (OSError, ValueError) as exc:
-        return f"reload request to {webserver_url} failed: {exc}"
-    result = (answer.get("data") or {}).get("reloadRepositoryLocation") or {}
-    kind = result.get("__typename", "no answer")
-    if kind == "WorkspaceLocationEntry":
-        return f"reloaded code location {location!r}"
-    return f"reload of {location!r} answered {kind}: {result.get('message') or answer}"
+        client = DagsterGraphQLClient(
+            url.hostname or "127.0.0.1",
+            port_number=url.port,
+            use_https=url.scheme == "https",
+            timeout=RELOAD_TIMEOUT_SECONDS,
+            path_prefix=url.path.rstrip("/"),
+        )
+        with warnings.catch_warnings():
+            # gql deprecates how dagster-graphql 0.29 passes variables; nothing to act on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            info = client.reload_repository_location(location)
+    except Exception as exc:  # the client raises its own, requests' and gql's errors
+        return False, f"reload request to {webserver_url} failed: {type(exc).__name__}: {exc}"
+    if info.status == ReloadRepositoryLocationStatus.SUCCESS:
+        return True, f"reloaded code location {location!r}"
+    said = " ".join((info.message or "no message").split())
+    return False, (
+        f"reload of code location {location!r} failed ({info.failure_type}): {said} "
+        "(the cause: Deployment > Code locations in the UI)"
+    )
 
 
-def _reload_in_background(webserver_url: str, location: str) -> None:
+def _reload_in_background(webserver_url: str, location: str, file_sha256: str) -> None:
     # The reload replaces the process this sensor runs in: the tick must end first.
     def work() -> None:
-        log.info(request_reload(webserver_url, location))
+        global _last_reload
+        ok, message = request_reload(webserver_url, location)
+        (log.info if ok else log.error)(message)
+        _last_reload = ReloadOutcome(file_sha256, ok, message)
 
     threading.Thread(target=work, name="affise-reload", daemon=True).start()
 
 
+class ReloadFailed(Exception):
+    """The code location could not be reloaded with a changed file: it runs the old one."""
+
+
 def location_name() -> str:
     """$AFFISE_CODE_LOCATION, else the name the loading code server gives the location."""
-    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext
-
-    configured = os.environ.get("AFFISE_CODE_LOCATION")
-    loaded = (
-        DefinitionsLoadContext.get().code_location_name if DefinitionsLoadContext.is_set() else None
+    return (
+        os.environ.get("AFFISE_CODE_LOCATION") or loading_location_name() or DEFAULT_LOCATION_NAME
     )
-    return configured or loaded or DEFAULT_LOCATION_NAME
 
 
 def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefinition:
@@ -227,8 +240,13 @@ def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefin
                 "reload the code location: reload it from Deployment → Code locations.\n"
                 + status_line(applied)
             )
-        _reload_in_background(webserver, location)
+        failed = _last_reload
+        _reload_in_background(webserver, location, current.file_sha256)
         context.log.info(f"{path} changed: reloading code location {location!r}")
+        if failed is not None and not failed.ok and failed.file_sha256 == current.file_sha256:
+            # The location still runs the old config: the tick is a failure, and says why.
+            context.log.error(failed.message)
+            raise ReloadFailed(f"{failed.message}; asked again.\n" + status_line(applied))
         return dg.SkipReason(
             f"{path} changed: reloading code location {location!r} with:\n" + status_line(current)
         )
