@@ -104,5 +104,5 @@ def test_the_config_sensor_fails_its_tick_while_the_reload_fails(
         for r in caplog.records
     )
     assert not any("reloaded" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ReloadFailed, match="'broken' failed .*asked again"):
+    with pytest.raises(ReloadFailed, match=r"'broken' failed .*asked again"):
         tick()
