@@ -20,6 +20,7 @@ import polars as pl
 from pydantic import Field
 
 from affise_s3_assets.config import EventType
+from affise_s3_assets.parquet_dataset import DatasetUnreadable, ParquetDataset, is_remote
 
 DEFAULT_EVENTS_DB = Path(__file__).resolve().parent.parent / "data" / "events.duckdb"
 
@@ -137,23 +138,22 @@ def window_query(event_type: EventType, relation: str | None = None) -> str:
 
 
 def parquet_files(
-    dataset: Path, event_type: EventType, start: datetime, end: datetime
+    dataset: "Path | ParquetDataset", event_type: EventType, start: datetime, end: datetime
 ) -> list[str]:
     """The files of a Hive-partitioned dataset (`<table>/date=YYYY-MM-DD/*.parquet`, days of
-    created_at) that can hold rows of [start, end): only the window's days are opened. A
-    conversion changed in the window may have been created any day before: every day up to
-    the window's last (DuckDB skips row groups by their updated_at statistics)."""
+    created_at) that can hold rows of [start, end): only the window's days are opened (one
+    listing of each day's folder). A conversion changed in the window may have been created
+    any day before: every day up to the window's last (DuckDB skips row groups by their
+    updated_at statistics)."""
+    store = dataset if isinstance(dataset, ParquetDataset) else ParquetDataset.local(dataset)
     last = end - timedelta(microseconds=1)
-    folder = dataset / EVENT_TABLE[event_type]
+    table = EVENT_TABLE[event_type]
     if WINDOW_COLUMN[event_type] != "created_at":
-        days = sorted(day for day in folder.glob("date=*") if day.name <= f"date={last:%Y-%m-%d}")
-        return [str(file) for day in days for file in sorted(day.glob("*.parquet"))]
-    days = [start.date() + timedelta(days=i) for i in range((last.date() - start.date()).days + 1)]
-    return [
-        str(file)
-        for day in days
-        for file in sorted((folder / f"date={day:%Y-%m-%d}").glob("*.parquet"))
-    ]
+        days = [day for day, _ in store.day_folders(table) if day <= f"{last:%Y-%m-%d}"]
+    else:
+        count = (last.date() - start.date()).days + 1
+        days = [f"{start.date() + timedelta(days=i):%Y-%m-%d}" for i in range(count)]
+    return [file for day in days for file in store.files(table, day)]
 
 
 # The completeness contract with the loader of the events (schema.sql): a DuckDB file holds
@@ -229,22 +229,35 @@ def write_watermark(con: duckdb.DuckDBPyConnection, event_type: EventType, until
     )
 
 
-def write_dataset_watermark(dataset: Path, event_type: EventType, until: datetime) -> None:
-    """For the loader of a Parquet dataset: every `event_type` event before `until` is in.
-    Written atomically (a temporary file renamed); a watermark only moves forward."""
-    marks = dataset / WATERMARK_FILE
+def write_dataset_watermark(dataset: str | Path, event_type: EventType, until: datetime) -> None:
+    """For the loader of a Parquet dataset (a folder, or s3://bucket/prefix): every
+    `event_type` event before `until` is in. Replaced whole (a temporary file renamed; one PUT
+    on S3); a watermark only moves forward."""
+    moment = naive_utc(until)
+
+    def advanced(text: str | None) -> str:
+        current = json.loads(text) if text else {}
+        # None yet, or one the exporter cannot read (so it counts for nothing): replaced.
+        mark = moment
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            mark = max(mark, datetime.strptime(current[event_type], "%Y-%m-%d %H:%M:%S"))
+        current[event_type] = f"{mark:%Y-%m-%d %H:%M:%S}"
+        return json.dumps(current, sort_keys=True, indent=2) + "\n"
+
+    if is_remote(dataset):
+        # S3 has no lock: the loaders of one s3:// dataset write its watermarks one at a time.
+        store = ParquetDataset.open(dataset)
+        store.write_text(WATERMARK_FILE, advanced(store.read_text(WATERMARK_FILE)))
+        return
+    root = Path(dataset)
+    marks = root / WATERMARK_FILE
     # Loaders of clicks and conversions may write at once: one at a time, or one could roll
     # the other's watermark back.
-    with open(dataset / f"{WATERMARK_FILE}.lock", "w") as lock:
+    with open(root / f"{WATERMARK_FILE}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        current = json.loads(marks.read_text(encoding="utf-8")) if marks.exists() else {}
-        moment = naive_utc(until)
-        # None yet, or one the exporter cannot read (so it counts for nothing): replaced.
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            moment = max(moment, datetime.strptime(current[event_type], "%Y-%m-%d %H:%M:%S"))
-        current[event_type] = f"{moment:%Y-%m-%d %H:%M:%S}"
+        text = marks.read_text(encoding="utf-8") if marks.exists() else None
         scratch = marks.with_name(f"{WATERMARK_FILE}.{os.getpid()}.tmp")
-        scratch.write_text(json.dumps(current, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+        scratch.write_text(advanced(text), encoding="utf-8")
         scratch.replace(marks)
 
 
@@ -259,9 +272,9 @@ class EventsDatabase(dg.ConfigurableResource):
 
     path: str | None = Field(
         default=None,
-        description="a DuckDB file, or a directory holding a Hive-partitioned Parquet dataset "
-        "(clicks/date=YYYY-MM-DD/*.parquet, conversions/...); unset means $AFFISE_EVENTS_DB, "
-        "then data/events.duckdb",
+        description="a DuckDB file, or a Hive-partitioned Parquet dataset (clicks/date="
+        "YYYY-MM-DD/*.parquet, conversions/...) in a directory or at s3://bucket/prefix; "
+        "unset means $AFFISE_EVENTS_DB, then data/events.duckdb",
     )
     batch_rows: int = Field(default=25_000, description="rows per batch handed to the writer")
     # A slice is fetched, converted and sorted (about three copies in flight): each halving
@@ -285,16 +298,27 @@ class EventsDatabase(dg.ConfigurableResource):
     # second thread only adds its own buffers.
     threads: int = Field(default=1, description="DuckDB threads")
 
-    def database_path(self) -> Path:
+    def location(self) -> str:
         # Read at run time, not at import, so definitions load the same everywhere.
-        return Path(self.path or os.environ.get("AFFISE_EVENTS_DB") or DEFAULT_EVENTS_DB)
+        return str(self.path or os.environ.get("AFFISE_EVENTS_DB") or DEFAULT_EVENTS_DB)
 
-    def _connect(self, path: Path) -> duckdb.DuckDBPyConnection:
-        if not path.exists():
-            raise FileNotFoundError(f"events database {path} does not exist")
+    def dataset(self) -> ParquetDataset | None:
+        """The Parquet dataset the events are, None for a DuckDB file."""
+        location = self.location()
+        if is_remote(location) or Path(location).is_dir():
+            return ParquetDataset.open(location)
+        return None
+
+    def _connect(self, dataset: ParquetDataset | None) -> duckdb.DuckDBPyConnection:
         # A Parquet dataset needs no database: an in-memory connection reads the files.
-        con = duckdb.connect() if path.is_dir() else connect_events_file(path)
-        memory_limit = self.memory_limit or ("256MB" if path.is_dir() else "16MB")
+        if dataset is None:
+            path = Path(self.location())
+            if not path.exists():
+                raise FileNotFoundError(f"events database {path} does not exist")
+            con = connect_events_file(path)
+        else:
+            con = duckdb.connect()
+        memory_limit = self.memory_limit or ("16MB" if dataset is None else "256MB")
         con.execute(f"SET memory_limit = '{memory_limit}'")
         con.execute(f"SET threads = {int(self.threads)}")
         con.execute("SET preserve_insertion_order = false")
@@ -341,12 +365,18 @@ class EventsDatabase(dg.ConfigurableResource):
     def _progress(self, event_type: EventType, latest: bool = True) -> SourceProgress | None:
         """The watermark's progress, or else (with `latest`) the latest event's; without
         `latest`, None when there is no watermark."""
-        path = self.database_path()
+        dataset = self.dataset()
+        if dataset is not None:
+            try:
+                if not dataset.exists():
+                    return SourceProgress(event_type, None, f"{dataset.uri} does not exist")
+                return self._dataset_progress(dataset, event_type, latest)
+            except DatasetUnreadable as exc:
+                return SourceProgress(event_type, None, str(exc))
+        path = Path(self.location())
         if not path.exists():
             return SourceProgress(event_type, None, f"{path} does not exist")
-        if path.is_dir():
-            return self._dataset_progress(path, event_type, latest)
-        with self._connect(path) as con:
+        with self._connect(None) as con:
             ((has_table,),) = con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
                 [WATERMARK_TABLE],
@@ -370,48 +400,48 @@ class EventsDatabase(dg.ConfigurableResource):
         return SourceProgress(event_type, naive_utc(latest), "latest event")
 
     def _dataset_progress(
-        self, dataset: Path, event_type: EventType, latest: bool = True
+        self, dataset: ParquetDataset, event_type: EventType, latest: bool = True
     ) -> SourceProgress | None:
-        marks = dataset / WATERMARK_FILE
-        if marks.exists():
-            try:
-                value = json.loads(marks.read_text(encoding="utf-8")).get(event_type)
-                if value is not None:
-                    moment = datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
-                    return SourceProgress(event_type, moment, "watermark")
-            except (OSError, ValueError, AttributeError) as exc:
-                return SourceProgress(event_type, None, f"{marks} is unreadable: {exc}")
+        try:
+            text = dataset.read_text(WATERMARK_FILE)
+            value = json.loads(text).get(event_type) if text is not None else None
+            if value is not None:
+                moment = datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+                return SourceProgress(event_type, moment, "watermark")
+        except (OSError, ValueError, AttributeError) as exc:
+            where = f"{dataset.uri.rstrip('/')}/{WATERMARK_FILE}"
+            return SourceProgress(event_type, None, f"{where} is unreadable: {exc}")
         if not latest:
             return None
         horizon = _horizon()
         # A day folder missing between others has not arrived: complete up to it, at most.
         # Folders of days after the clock's are not taken for progress (FUTURE_EVENT_SKEW).
         days, dates = [], []
-        for day in sorted((dataset / EVENT_TABLE[event_type]).glob("date=*")):
+        for day, _ in dataset.day_folders(EVENT_TABLE[event_type]):
             try:
-                date = datetime.strptime(day.name.removeprefix("date="), "%Y-%m-%d")
+                date = datetime.strptime(day, "%Y-%m-%d")
             except ValueError:
                 continue
-            if date <= horizon and any(day.glob("*.parquet")):
-                days.append(day)
-                dates.append(date)
+            if date <= horizon:
+                files = dataset.files(EVENT_TABLE[event_type], day)
+                if files:
+                    days.append(files)
+                    dates.append(date)
         for earlier, later in itertools.pairwise(dates):
             if later - earlier > timedelta(days=1):
                 gap = earlier + timedelta(days=1)
                 return SourceProgress(event_type, gap, f"day folder date={gap:%Y-%m-%d} missing")
         # The newest day holds the latest creation (updates go by the conversions': above).
         column = WINDOW_COLUMN[event_type]
-        for day in reversed(days):
-            files = sorted(day.glob("*.parquet"))
-            quoted = ", ".join("'" + str(file).replace("'", "''") + "'" for file in files)
+        for files in reversed(days):
             with self._connect(dataset) as con:
+                relation = _relation(con, dataset, files)
                 ((latest,),) = con.execute(
-                    f"SELECT max({column}) FROM read_parquet([{quoted}]) WHERE {column} <= $1",
-                    [horizon],
+                    f"SELECT max({column}) FROM {relation} WHERE {column} <= $1", [horizon]
                 ).fetchall()
             if latest is not None:
                 return SourceProgress(event_type, naive_utc(latest), "latest event")
-        return SourceProgress(event_type, None, f"no {event_type} in dataset {dataset}")
+        return SourceProgress(event_type, None, f"no {event_type} in dataset {dataset.uri}")
 
     def window_frames(
         self, event_type: EventType, start: datetime, end: datetime
@@ -427,23 +457,36 @@ class EventsDatabase(dg.ConfigurableResource):
         # The columns are naive UTC TIMESTAMPs; binding an aware datetime would make DuckDB
         # compare through the session time zone.
         start, end = naive_utc(start), naive_utc(end)
-        path = self.database_path()
-        relation = None
-        if path.is_dir():
-            files = parquet_files(path, event_type, start, end)
-            if not files:
-                yield SourceRead(self, None, event_type, start, end, None, self._scheme(path))
-                return
-            quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
-            relation = f"read_parquet([{quoted}])"
-        with self._connect(path) as con:
-            yield SourceRead(self, con, event_type, start, end, relation, self._scheme(path))
+        dataset = self.dataset()
+        if dataset is None:
+            with self._connect(None) as con:
+                yield SourceRead(self, con, event_type, start, end, None, self._scheme())
+            return
+        if not dataset.exists():
+            raise FileNotFoundError(f"events dataset {dataset.uri} does not exist")
+        files = parquet_files(dataset, event_type, start, end)
+        if not files:
+            yield SourceRead(self, None, event_type, start, end, None, self._scheme())
+            return
+        with self._connect(dataset) as con:
+            relation = _relation(con, dataset, files)
+            yield SourceRead(self, con, event_type, start, end, relation, self._scheme())
 
     @staticmethod
-    def _scheme(path: Path) -> str:
+    def _scheme() -> str:
         # DuckDB's hash() is stable within a version; the values are hashed as the schema's
         # types (`canonical_hash`), whatever types a file or dataset declares them with.
         return f"duckdb-{duckdb.__version__}-canonical-hash"
+
+
+def _relation(con: duckdb.DuckDBPyConnection, dataset: ParquetDataset, files: list[str]) -> str:
+    """The SQL relation of a dataset's files: DuckDB's own Parquet reader on local files, an
+    Arrow dataset on S3 (DuckDB pushes the window's filter into its scan; no extension)."""
+    if dataset.remote:
+        con.register("affise_events", dataset.arrow_dataset(files))
+        return "affise_events"
+    quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
+    return f"read_parquet([{quoted}])"
 
 
 FilterKey = tuple[tuple[int, ...], tuple[str, ...]]  # (affiliates, advertisers); () takes all

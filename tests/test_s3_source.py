@@ -1,0 +1,190 @@
+"""AFFISE_EVENTS_DB=s3://bucket/prefix: the Parquet dataset read in place on the real S3 server,
+with the deployment's own credentials (the standard AWS chain) and never an integration's.
+The same bytes as the DuckDB file and the local dataset; the same completeness rules; a
+store that cannot be read fails its windows with the reason, never an empty file."""
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from affise_s3_assets.csv_export import gzip_csv
+from affise_s3_assets.parquet_dataset import DatasetUnreadable, ParquetDataset
+from affise_s3_assets.parquet_export import ParquetEncoder
+from affise_s3_assets.source import (
+    EVENT_COLUMNS,
+    WATERMARK_FILE,
+    EventsDatabase,
+    parquet_files,
+    write_dataset_watermark,
+)
+from tests.conftest import Account, S3Server
+from tests.test_delivery import delivered_rows, fetch, source_rows
+from tests.window_rig import START, WINDOW, WindowRig
+
+LAKE = "affise-events-lake"
+PREFIX = "exports/v1"
+
+
+@pytest.fixture(scope="module")
+def local_dataset(events_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("parquet")
+    with duckdb.connect(str(events_db), read_only=True) as con:
+        for table in ("clicks", "conversions"):
+            con.execute(
+                f"COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM {table}) "
+                f"TO '{root / table}' (FORMAT parquet, PARTITION_BY (date))"
+            )
+    write_dataset_watermark(root, "clicks", datetime(2026, 11, 25, 12))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lake(s3_server: S3Server, local_dataset: Path) -> str:
+    """The local dataset uploaded to a bucket of the deployment's account (the server's
+    admin), which no customer account can read."""
+    client = s3_server.client(s3_server.admin)
+    client.create_bucket(Bucket=LAKE)
+    for file in sorted(local_dataset.rglob("*")):
+        if file.is_file() and not file.name.endswith(".lock"):
+            key = f"{PREFIX}/{file.relative_to(local_dataset)}"
+            client.put_object(Bucket=LAKE, Key=key, Body=file.read_bytes())
+    return f"s3://{LAKE}/{PREFIX}"
+
+
+def deployment_chain(monkeypatch: pytest.MonkeyPatch, s3: S3Server, account: Account) -> None:
+    """The deployment's standard AWS chain: environment variables, and its store's endpoint."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", account.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", account.secret_key)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    # No instance-metadata lookups from a test: the environment's keys are the chain.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AFFISE_EVENTS_S3_ENDPOINT", s3.endpoint_url)
+    monkeypatch.setenv("AFFISE_EVENTS_S3_REGION", "us-east-1")
+
+
+@pytest.fixture
+def deployment(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    deployment_chain(monkeypatch, s3_server, s3_server.admin)
+    yield
+
+
+def csv_export(location: str | Path, event_type: str, start: datetime, end: datetime) -> bytes:
+    database = EventsDatabase(path=str(location), slice_rows=2_000)
+    return b"".join(
+        gzip_csv(database.window_frames(event_type, start, end), EVENT_COLUMNS[event_type])
+    )
+
+
+def parquet_export(location: str | Path, event_type: str, start: datetime, end: datetime) -> bytes:
+    database = EventsDatabase(path=str(location), slice_rows=2_000)
+    encoder = ParquetEncoder(event_type, EVENT_COLUMNS[event_type])
+    out = b""
+    for frame in database.window_frames(event_type, start, end):
+        out += b"".join(encoder.add(frame.height, frame))
+    return out + encoder.finish()
+
+
+@pytest.mark.parametrize("event_type", ["clicks", "conversions", "conversion_updates"])
+def test_an_s3_dataset_exports_the_same_bytes_as_the_duckdb_file_and_the_local_dataset(
+    events_db: Path, local_dataset: Path, lake: str, deployment: None, event_type: str
+) -> None:
+    windows = [
+        (datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 10, 15)),
+        (datetime(2026, 11, 25), datetime(2026, 11, 26)),
+        (datetime(2026, 11, 24, 23), datetime(2026, 11, 25, 1)),
+    ]
+    for start, end in windows:
+        for export in (csv_export, parquet_export):
+            from_file = export(events_db, event_type, start, end)
+            assert export(local_dataset, event_type, start, end) == from_file
+            assert export(lake, event_type, start, end) == from_file
+            assert len(from_file) > 100
+
+
+def test_a_window_lists_and_opens_only_its_days_objects(lake: str, deployment: None) -> None:
+    store = ParquetDataset.open(lake)
+    files = parquet_files(store, "clicks", datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))
+    assert files and all(f.startswith(f"{LAKE}/{PREFIX}/clicks/date=2026-11-25/") for f in files)
+    assert parquet_files(store, "clicks", datetime(2026, 11, 20), datetime(2026, 11, 20, 1)) == []
+
+
+def test_watermarks_and_completeness_work_the_same_on_s3(
+    lake: str, s3_server: S3Server, deployment: None
+) -> None:
+    database = EventsDatabase(path=lake)
+    progress = database.progress("clicks")
+    assert (progress.complete_until, progress.how) == (datetime(2026, 11, 25, 12), "watermark")
+    write_dataset_watermark(lake, "clicks", datetime(2026, 11, 25, 13))
+    write_dataset_watermark(lake, "clicks", datetime(2026, 11, 25, 11))  # never backwards
+    assert database.progress("clicks").complete_until == datetime(2026, 11, 25, 13)
+    # Without a watermark: the latest event of the newest day folder.
+    latest = database.progress("conversions")
+    assert latest.how == "latest event"
+    assert latest.complete_until is not None and latest.complete_until < datetime(2026, 11, 26)
+    # The written file is the local writer's format, read back by a customer-side client.
+    body = fetch_admin(s3_server, f"{PREFIX}/{WATERMARK_FILE}")
+    assert '"clicks": "2026-11-25 13:00:00"' in body
+
+
+def fetch_admin(s3: S3Server, key: str) -> str:
+    return s3.client(s3.admin).get_object(Bucket=LAKE, Key=key)["Body"].read().decode()
+
+
+@pytest.mark.parametrize(
+    "where", ["access denied", "bucket gone", "endpoint down"], ids=lambda w: w.replace(" ", "-")
+)
+def test_a_store_that_cannot_be_read_fails_its_windows_never_an_empty_file(
+    lake: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    location = lake
+    if where == "access denied":
+        deployment_chain(monkeypatch, s3_server, s3_server.intruder)
+    else:
+        deployment_chain(monkeypatch, s3_server, s3_server.admin)
+    if where == "bucket gone":
+        location = f"s3://affise-no-such-lake/{PREFIX}"
+    if where == "endpoint down":
+        monkeypatch.setenv("AFFISE_EVENTS_S3_ENDPOINT", "http://127.0.0.1:9")
+    database = EventsDatabase(path=location)
+    progress = database.progress("clicks")
+    assert progress.complete_until is None
+    assert not progress.covers(datetime(2000, 1, 1))
+    with pytest.raises(OSError) as failure:
+        list(database.window_frames("clicks", START, START + timedelta(hours=1)))
+    said = str(failure.value)
+    expected = {
+        "access denied": "ACCESS_DENIED",
+        "bucket gone": "does not exist",
+        "endpoint down": "127.0.0.1:9",
+    }[where]
+    assert expected in said or expected in progress.how, (said, progress.how)
+    assert isinstance(failure.value, (DatasetUnreadable, FileNotFoundError))
+
+
+def test_the_source_reads_with_the_deployments_chain_and_delivery_with_the_integrations_keys(
+    rig: WindowRig, lake: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("acme"))])
+    # The deployment's chain can read the lake but not the customer's bucket; the customer's
+    # keys can write its bucket but not read the lake: each works only with its own.
+    deployment_chain(monkeypatch, s3_server, s3_server.admin)
+    result = rig.run(events_db=lake)  # type: ignore[arg-type]
+    assert result.success
+    key = f"acme/2026/11/25/{START:%Y-%m-%d %H:%M:%S}.csv.gz"
+    assert rig.objects() == [key]
+    header, rows = delivered_rows(fetch(s3_server, rig.bucket, key))
+    assert (header, rows) == source_rows(rig.events_db, "clicks", START, START + timedelta(hours=1))
+    assert rows
+
+    # The other direction: the deployment's chain holding the customer's keys (which cannot
+    # read the lake) fails the window with the store's reason, and delivers nothing.
+    deployment_chain(monkeypatch, s3_server, s3_server.customer)
+    rig.instance.wipe()
+    s3_server.client().delete_object(Bucket=rig.bucket, Key=key)
+    failed = rig.run(events_db=lake)  # type: ignore[arg-type]
+    assert not failed.success
+    assert rig.objects() == []
+    assert rig.status("acme", [WINDOW]) == ["FAILED"]
