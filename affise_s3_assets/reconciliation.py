@@ -37,9 +37,10 @@ from affise_s3_assets.sensors import (
     REASON_TAG,
     expand_windows,
     paused_schedules,
-    ranged_request,
+    ranged_requests,
     run_window_span,
 )
+from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run
 from affise_s3_assets.source import WINDOW_COLUMN, EventsDatabase, FilterKey, Fingerprint
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
@@ -127,6 +128,7 @@ def redelivery_requests(
     changed: Sequence[Changed],
     busy: set[tuple[dg.AssetKey, str]],
     now: datetime,
+    exports_per_run: int = DEFAULT_EXPORTS_PER_RUN,
 ) -> list[dg.RunRequest]:
     """Runs delivering the changed windows again: consecutive windows changed for the same
     integrations, for the same reason, share a run (one read); windows with a re-delivery
@@ -152,7 +154,9 @@ def redelivery_requests(
                 continue
         runs.append((start, start, reason, members))
     return [
-        ranged_request(
+        request
+        for first, last, reason, members in runs
+        for request in ranged_requests(
             group,
             members,
             first,
@@ -161,8 +165,8 @@ def redelivery_requests(
             RECONCILIATION_RUN_PRIORITY,
             extra_key=f"{reason}|{now.isoformat()}",
             extra_tags={REASON_TAG: reason},
+            size=exports_per_run,
         )
-        for first, last, reason, members in runs
     ]
 
 
@@ -383,7 +387,7 @@ def reconcile_group(
                 mine[key] = digest
         if mine:
             now_settled[name] = mine
-    requests = redelivery_requests(group, changed, in_flight.delivering, now)
+    requests = redelivery_requests(group, changed, in_flight.delivering, now, exports_per_run())
     return changed, requests, now_settled, read >= set(candidates)
 
 

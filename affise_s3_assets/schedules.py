@@ -2,8 +2,9 @@
 
 The scheduler's work grows with the number of distinct frequencies, not with integrations: at
 each boundary one schedule per group requests the window that just closed, for every enabled
-integration due in it, as one run. Windows whose tick never came (the daemon was down or behind;
-Dagster 1.13's scheduler catches up no schedule) are the catch-up sensor's (sensors.py).
+integration due in it: one run, or one per shard of at most `exports_per_run()` (shards.py).
+Windows whose tick never came (the daemon was down or behind; Dagster 1.13's scheduler catches
+up no schedule) are the catch-up sensor's (sensors.py).
 """
 
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
+from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
 from affise_s3_assets.targets import WindowGroup
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
@@ -35,18 +37,22 @@ def latest_scheduled_run(
     return records[0] if records else None
 
 
-def scheduled_run_request(
-    group: WindowGroup, window_start: datetime, missed: bool = False
-) -> dg.RunRequest | None:
-    """The run delivering the window at `window_start` to every live integration due in it."""
+def scheduled_run_requests(
+    group: WindowGroup,
+    window_start: datetime,
+    missed: bool = False,
+    size: int = DEFAULT_EXPORTS_PER_RUN,
+) -> list[dg.RunRequest]:
+    """The runs delivering the window at `window_start` to every live integration due in it:
+    one, or one per shard of at most `size` exports."""
     due = group.due(window_start.replace(tzinfo=None))
     if not due:
-        return None
+        return []
     partition_key = window_start.strftime(PARTITION_KEY_FORMAT)
     tags = {"dagster/priority": SCHEDULED_RUN_PRIORITY, SCHEDULED_TAG: "1"}
     if missed:
         tags[MISSED_TAG] = "1"
-    return dg.RunRequest(
+    request = dg.RunRequest(
         run_key=f"{'missed' if missed else 'scheduled'}|{group.job_name}|{partition_key}",
         job_name=group.job_name,
         partition_key=partition_key,
@@ -55,6 +61,7 @@ def scheduled_run_request(
         asset_selection=None if len(due) == len(group.live) else [t.asset_key for t in due],
         tags=tags,
     )
+    return sharded(request, [target.asset_key for target in due], size)
 
 
 def build_window_schedule(
@@ -72,15 +79,17 @@ def build_window_schedule(
         f"closed {group.lateness // timedelta(minutes=1)} minutes ago (the lateness), for every "
         f"enabled integration at that frequency ({len(group.live)} now).",
     )
-    def window_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    def window_schedule(
+        context: dg.ScheduleEvaluationContext,
+    ) -> list[dg.RunRequest] | dg.SkipReason:
         # The window whose end, plus the lateness, is the tick (or the last before it, for a
         # tick evaluated off the cron, as the UI's "Test schedule" may).
         window_start = group.newest_ticked_window(context.scheduled_execution_time)
-        request = scheduled_run_request(group, window_start)
-        if request is None:
+        requests = scheduled_run_requests(group, window_start, size=exports_per_run())
+        if not requests:
             return dg.SkipReason(
                 f"no enabled integration is due in window {window_start:%Y-%m-%d %H:%M}"
             )
-        return request
+        return requests
 
     return window_schedule

@@ -38,7 +38,8 @@ from dagster._core.storage.tags import (
 )
 
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT
-from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_request
+from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_requests
+from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
 from affise_s3_assets.source import EventsDatabase, SourceIncomplete
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
@@ -294,7 +295,7 @@ def _covered_at_old_frequency(previous: ExportProgress, delivered: set[str]) -> 
     return spans
 
 
-def ranged_request(
+def ranged_requests(
     group: WindowGroup,
     keys: Sequence[dg.AssetKey],
     first: datetime,
@@ -303,8 +304,10 @@ def ranged_request(
     priority: str,
     extra_key: str = "",
     extra_tags: Mapping[str, str] | None = None,
-) -> dg.RunRequest:
-    """One run delivering windows `first`..`last` (inclusive) to the assets `keys`."""
+    size: int = DEFAULT_EXPORTS_PER_RUN,
+) -> list[dg.RunRequest]:
+    """The runs delivering windows `first`..`last` (inclusive) to the assets `keys`: one, or
+    one per shard of at most `size` of them."""
     names = ",".join(sorted(key.to_user_string() for key in keys))
     digest = hashlib.sha256(f"{names}|{extra_key}".encode()).hexdigest()[:16]
     tags = {"dagster/priority": priority, CATCH_UP_TAG: "1", **(extra_tags or {})}
@@ -316,13 +319,14 @@ def ranged_request(
     else:
         tags[ASSET_PARTITION_RANGE_START_TAG] = _key(first)
         tags[ASSET_PARTITION_RANGE_END_TAG] = _key(last)
-    return dg.RunRequest(
+    request = dg.RunRequest(
         run_key=f"{kind}|{group.job_name}|{_key(first)}|{_key(last)}|{digest}",
         job_name=group.job_name,
         partition_key=partition_key,
         asset_selection=list(keys),
         tags=tags,
     )
+    return sharded(request, keys, size)
 
 
 @dataclass
@@ -357,6 +361,7 @@ def plan_catch_up(
     budget: int = CATCH_UP_IN_FLIGHT,
     materialized: Callable[[dg.AssetKey], set[str]] | None = None,
     after_loss: bool = False,
+    exports_per_run: int = DEFAULT_EXPORTS_PER_RUN,
 ) -> tuple[list[dg.RunRequest], dict[str, ExportProgress]]:
     """This tick's backlog runs and the next progress of every export.
 
@@ -457,14 +462,15 @@ def plan_catch_up(
                 break
             last = following
         first_range = not all(m.progress.started for m in group_members)
-        requests.append(
-            ranged_request(
+        requests.extend(
+            ranged_requests(
                 group,
                 [m.target.asset_key for m in group_members],
                 first,
                 last,
                 "catch-up",
                 FIRST_RANGE_PRIORITY if first_range else CATCH_UP_RUN_PRIORITY,
+                size=exports_per_run,
             )
         )
         for member in group_members:
@@ -480,6 +486,7 @@ def plan_missed_windows(
     now: datetime,
     has_scheduled_run: Callable[[str, str], bool],
     newest_scheduled: Callable[[str], str | None] | None = None,
+    exports_per_run: int = DEFAULT_EXPORTS_PER_RUN,
 ) -> tuple[list[dg.RunRequest], dict[str, str]]:
     """Runs for windows closed more than SCHEDULE_GRACE ago that no schedule requested, and
     the next `checked` (per window job, the last window looked at).
@@ -512,9 +519,9 @@ def plan_missed_windows(
             if window > last:
                 break
             if group.due(window) and not has_scheduled_run(name, _key(window)):
-                request = scheduled_run_request(group, window, missed=True)
-                if request is not None:
-                    requests.append(request)
+                requests.extend(
+                    scheduled_run_requests(group, window, missed=True, size=exports_per_run)
+                )
             state[name] = _key(window)
             window += step
     return requests, state
@@ -585,6 +592,7 @@ def plan_redelivery(
     busy: frozenset[str] | set[str] = frozenset(),
     budget: int = CATCH_UP_IN_FLIGHT,
     complete_until: Callable[[str], datetime | None] | None = None,
+    exports_per_run: int = DEFAULT_EXPORTS_PER_RUN,
 ) -> tuple[list[dg.RunRequest], dict[str, Redelivery]]:
     """Runs for failed windows whose next attempt is due, and the next redelivery state.
 
@@ -685,8 +693,8 @@ def plan_redelivery(
             window = _moment(first_key)
             while window <= _moment(last_key) and len(requests) < budget:
                 last = min(window + group.step * (group.windows_per_run - 1), _moment(last_key))
-                requests.append(
-                    ranged_request(
+                requests.extend(
+                    ranged_requests(
                         group,
                         [names[name] for name in members],
                         window,
@@ -694,6 +702,7 @@ def plan_redelivery(
                         "redeliver",
                         CATCH_UP_RUN_PRIORITY,
                         extra_key=f"{attempt}|{now.isoformat()}",
+                        size=exports_per_run,
                     )
                 )
                 window = last + group.step
@@ -814,6 +823,7 @@ def build_catch_up_sensor(
         # A group whose schedule an operator stopped is paused: nothing of it is requested.
         paused = paused_schedules(instance)
         live = [group for group in all_live if group.schedule_name not in paused]
+        size = exports_per_run()
 
         def newest_scheduled(job_name: str) -> str | None:
             record = latest_scheduled_run(instance, job_name)
@@ -825,6 +835,7 @@ def build_catch_up_sensor(
             now,
             lambda job_name, key: latest_scheduled_run(instance, job_name, key) is not None,
             newest_scheduled,
+            exports_per_run=size,
         )
         # Reconciliation's runs share the catch-up tag's queue limit (the window that just
         # closed keeps its slot) but not this sensor's budget.
@@ -842,6 +853,7 @@ def build_catch_up_sensor(
             budget=max(0, CATCH_UP_IN_FLIGHT - in_flight),
             materialized=materialized,
             after_loss=state.after_loss,
+            exports_per_run=size,
         )
         failed, state.ended_runs_after = ended_runs_since(
             instance,
@@ -861,6 +873,7 @@ def build_catch_up_sensor(
             busy=redeliveries_in_flight(instance),
             budget=max(0, CATCH_UP_IN_FLIGHT - in_flight - len(backlog)),
             complete_until=progress,
+            exports_per_run=size,
         )
         return dg.SensorResult(
             run_requests=missed + backlog + redeliveries, cursor=store.save(instance, state, read)

@@ -2,7 +2,8 @@
 from, proven on the real `dagster dev` and the real S3 server: with the code location not
 reloaded (no AFFISE_WEBSERVER_URL, so the config sensor cannot reload it), an integration
 appended to the file and another's filter changed are not delivered by the next scheduled
-window; after a reload, they are."""
+window; after a reload, they are. With runs of one export each, the window's exports are
+delivered by runs of their own, side by side."""
 
 import os
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import dagster as dg
 import pytest
 
 from affise_s3_assets.demo import generate_demo_events
+from affise_s3_assets.shards import SHARD_TAG
 from affise_s3_assets.targets import window_job_name
 from tests.conftest import S3Server
 from tests.operations import LOCATION, DagsterDev, wait_for
@@ -70,6 +72,8 @@ def dev(s3_server: S3Server, tmp_path: Path) -> Iterator[tuple[DagsterDev, Path,
         "AFFISE_INTEGRATIONS": str(integrations),
         "AFFISE_EVENTS_DB": str(events),
         "AFFISE_STATE_DIR": str(tmp_path / "state"),
+        # Shards of one export: two integrations' window is two runs (shards.py).
+        "AFFISE_EXPORTS_PER_RUN": "1",
         **{
             f"{name}_AWS_{part}": value
             for name in ("ACME", "GLOBEX")
@@ -114,15 +118,8 @@ def test_runs_deliver_the_config_they_were_launched_with_until_the_location_relo
     )
     assert rows, "a minute of these clicks is never empty"
     # It was the schedule's run, launched after the save, that delivered it.
-    (record,) = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(["affise", "acme", "clicks"]),
-            asset_partitions=[window.strftime("%Y-%m-%d-%H:%M")],
-        ),
-        limit=1,
-    ).records
-    run = instance.get_run_by_id(record.run_id)
-    assert run is not None and run.job_name == window_job_name("clicks", 1)
+    run = delivering_run(instance, "acme", window)
+    assert run.job_name == window_job_name("clicks", 1) and SHARD_TAG not in run.tags
     assert "globex" not in running.last_tick_message("integrations_config_sensor")
     assert keys_in(s3_server, "pin-globex") == []
 
@@ -137,8 +134,10 @@ def test_runs_deliver_the_config_they_were_launched_with_until_the_location_relo
     later = next_window(now())
     wait_for(
         "acme's and globex's window closed after the reload",
-        lambda: key("acme", later) in keys_in(s3_server, "pin-acme")
-        and key("globex", later) in keys_in(s3_server, "pin-globex"),
+        lambda: (
+            key("acme", later) in keys_in(s3_server, "pin-acme")
+            and key("globex", later) in keys_in(s3_server, "pin-globex")
+        ),
         timeout=240,
     )
     assert delivered_rows(fetch(s3_server, "pin-acme", key("acme", later))) == source_rows(
@@ -147,3 +146,21 @@ def test_runs_deliver_the_config_they_were_launched_with_until_the_location_relo
     assert delivered_rows(fetch(s3_server, "pin-globex", key("globex", later))) == source_rows(
         events, "clicks", later, later + timedelta(minutes=1)
     )
+    # One run per export now: two runs of the same window, each delivering its own.
+    acme_run, globex_run = (delivering_run(instance, name, later) for name in ("acme", "globex"))
+    assert acme_run.run_id != globex_run.run_id
+    assert (acme_run.tags[SHARD_TAG], globex_run.tags[SHARD_TAG]) == ("1/2", "2/2")
+    assert acme_run.tags["dagster/partition"] == globex_run.tags["dagster/partition"]
+
+
+def delivering_run(instance: dg.DagsterInstance, name: str, window: datetime) -> dg.DagsterRun:
+    (record,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["affise", name, "clicks"]),
+            asset_partitions=[window.strftime("%Y-%m-%d-%H:%M")],
+        ),
+        limit=1,
+    ).records
+    run = instance.get_run_by_id(record.run_id)
+    assert run is not None
+    return run

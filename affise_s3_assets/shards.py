@@ -1,0 +1,50 @@
+"""How a window's exports are spread over runs: a run delivers at most `exports_per_run()`
+exports, so a group with more is delivered by several runs of one window, requested together
+(the run queue starts them side by side; on the cluster, one pod each). Each run reads the
+window once for its own exports and is planned, failed and re-delivered on its own: a run
+that fails names only its exports' windows, which alone are tried again.
+
+Shards are the request's exports in the order of their asset keys, cut into equal runs of at
+most the size: the same exports give the same runs. Knows Dagster's run requests; nothing of
+S3, DuckDB or the catch-up's state.
+"""
+
+import os
+from collections.abc import Sequence
+
+import dagster as dg
+
+SHARD_TAG = "affise/shard"  # "2/5": the second of five runs of one request
+# Per run at most: an export costs a window run a few ms of Dagster's bookkeeping, so a run of
+# this many finishes well within a 5-minute window, and a group of 10,000 is 20 runs.
+DEFAULT_EXPORTS_PER_RUN = 500
+
+
+def exports_per_run() -> int:
+    """DEFAULT_EXPORTS_PER_RUN, or $AFFISE_EXPORTS_PER_RUN (a positive integer), read at each
+    tick: the deployment sets it to what its run workers take."""
+    configured = os.environ.get("AFFISE_EXPORTS_PER_RUN", "")
+    return (
+        int(configured) if configured.isdigit() and int(configured) > 0 else DEFAULT_EXPORTS_PER_RUN
+    )
+
+
+def sharded(
+    request: dg.RunRequest, exports: Sequence[dg.AssetKey], size: int
+) -> list[dg.RunRequest]:
+    """`request`, which delivers `exports` (its selection, or its whole job's when it has
+    none), as runs of at most `size` exports each: itself when it fits in one."""
+    if len(exports) <= size:
+        return [request]
+    ordered = sorted(exports, key=lambda key: key.to_user_string())
+    runs = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    return [
+        dg.RunRequest(
+            run_key=f"{request.run_key}|shard {n}/{len(runs)}",
+            job_name=request.job_name,
+            partition_key=request.partition_key,
+            asset_selection=keys,
+            tags={**request.tags, SHARD_TAG: f"{n}/{len(runs)}"},
+        )
+        for n, keys in enumerate(runs, start=1)
+    ]
