@@ -2,13 +2,19 @@
 
 Each function names the internal it stands on; `tests/test_dagster_internal.py` fails loudly
 when an upgrade of the pinned Dagster moves or changes one of them. Knows nothing of this
-project's config, S3 or DuckDB: it takes and returns strings.
+project's config, S3 or DuckDB.
 """
 
+from typing import Any
+
+import sqlalchemy
+import sqlalchemy.exc
 from dagster._core.definitions.definitions_load_context import (
     DefinitionsLoadContext,
     DefinitionsLoadType,
 )
+from dagster._core.storage.runs.schema import KeyValueStoreTable
+from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
 
 def _context() -> DefinitionsLoadContext | None:
@@ -40,3 +46,34 @@ def loading_location_name() -> str | None:
     """The name the loading code server gives the code location, if it gives one."""
     context = _context()
     return context.code_location_name if context is not None else None
+
+
+def sql_run_storage(run_storage: Any) -> Any | None:
+    """The SQL run storage behind an instance's run storage (SQLite, Postgres, MySQL), or None
+    for a storage of another kind. Dagster 1.13 has no public compare-and-set on its key-value
+    store; its table is what one needs."""
+    inner = getattr(run_storage, "_storage", None)  # a LegacyRunStorage wraps the real one
+    if inner is not None and hasattr(inner, "run_storage"):
+        run_storage = inner.run_storage
+    return run_storage if isinstance(run_storage, SqlRunStorage) else None
+
+
+def compare_and_set_key_value(storage: Any, key: str, old: str | None, new: str) -> bool:
+    """Store `new` under `key` of the key-value store if it still holds `old` (None: no row
+    yet). One statement: the row's lock (Postgres, MySQL) or the database's (SQLite) makes it
+    atomic."""
+    if old is None:
+        try:
+            with storage.connect() as conn:
+                conn.execute(KeyValueStoreTable.insert().values(key=key, value=new))
+        except sqlalchemy.exc.IntegrityError:
+            return False  # another writer created it first
+        return True
+    table = KeyValueStoreTable
+    with storage.connect() as conn:
+        result = conn.execute(
+            table.update()
+            .where(sqlalchemy.and_(table.c.key == key, table.c.value == old))
+            .values(value=new)
+        )
+        return result.rowcount == 1

@@ -21,6 +21,7 @@ from affise_s3_assets.schedules import build_window_schedule
 from affise_s3_assets.sensors import build_catch_up_sensor
 from affise_s3_assets.source import SOURCE_TABLE_KEYS, EventsDatabase
 from affise_s3_assets.targets import build_export_targets, build_window_groups
+from affise_s3_assets.upload_sweep import build_upload_sweep_sensor
 
 # Raw event tables, owned upstream of this project; declared so the UI shows the lineage.
 event_sources = [
@@ -52,6 +53,7 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
     sensors = [build_config_sensor(applied, location_name())]
     if live:
         sensors.append(build_catch_up_sensor(live, list(jobs.values())))
+        sensors.append(build_upload_sweep_sensor(live))
         if applied.reconciliation.look_back_hours:
             sensors.append(
                 build_reconciliation_sensor(live, list(jobs.values()), applied.reconciliation)

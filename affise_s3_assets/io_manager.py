@@ -6,27 +6,39 @@ sensor, *Materialize* or a backfill in the UI): the export step (delivery.py) op
 per selected integration and window, streams the encoded bytes into it and finishes it, which
 completes the upload (S3 checks every request body against its MD5). One window, one object,
 one key derived only from the window, so a re-delivery overwrites and never duplicates.
+
+Each object's multipart upload is journaled in the run's Dagster instance (upload_journal.py)
+before its first part: the next delivery of the key aborts what a killed run left open, with
+s3:AbortMultipartUpload alone, and `sweep_abandoned_uploads` does so for every export.
 """
 
+import time
+from collections.abc import Iterable
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
+from affise_s3_assets.config import ConfigError
 from affise_s3_assets.s3 import (
     DEFAULT_PART_SIZE_MIB,
     MIB,
+    JournalCleanUp,
+    Journaling,
     S3Destination,
     S3ObjectWriter,
     Verification,
     VerificationFailed,
+    abort_journaled_uploads,
     abort_leftover_uploads,
     delivered_metadata,
     object_uri,
+    outage_seconds,
     s3_client,
 )
+from affise_s3_assets.upload_journal import InstanceUploadJournal, UploadJournal
 
 # Per file format: the key's extension and the object's Content-Type.
 EXTENSIONS = {"csv": "csv.gz", "parquet": "parquet"}
@@ -59,9 +71,11 @@ class WindowObject:
         part_size: int,
         memory: int,
         content_type: str = CONTENT_TYPES["csv"],
+        journal: UploadJournal | None = None,
     ) -> None:
         self.destination, self.key, self.content_type = destination, key, content_type
         self._part_size, self._memory = part_size, memory
+        self._journal = journal
         self.writer: S3ObjectWriter | None = None
         self.verification: Verification | None = None  # once finished
 
@@ -75,8 +89,17 @@ class WindowObject:
                 content_type=self.content_type,
                 memory_bytes=self._memory,
                 acl=self.destination.acl,
+                journaling=self._journaling(),
+                outage_seconds=outage_seconds(),
             )
         return self.writer
+
+    def _journaling(self) -> Journaling | None:
+        if self._journal is None:
+            return None
+        return Journaling(
+            self._journal, self.destination.journal_name, self.destination.endpoint_url or ""
+        )
 
     def write(self, chunk: bytes) -> None:
         self._open().write(chunk)
@@ -92,6 +115,13 @@ class WindowObject:
         metadata = delivered_metadata(writer, self.destination)
         self.verification = self._verified(writer)
         metadata["verified"] = self.verification.how
+        leftovers = writer.leftovers
+        if leftovers is not None and leftovers.found:
+            # Uploads of this key an earlier writer left (a killed run): aborted from the
+            # journal, with no listing.
+            metadata["journaled_uploads_aborted"] = leftovers.aborted + leftovers.gone
+            if leftovers.held or leftovers.failed:
+                metadata["journaled_uploads_left"] = _left_text(leftovers)
         if clean_up:
             aborted = abort_leftover_uploads(writer.client, self.destination.bucket, self.key)
             metadata["leftover_uploads_aborted"] = (
@@ -110,6 +140,7 @@ class WindowObject:
             key,
             content_type="application/json",
             acl=self.destination.acl,
+            outage_seconds=outage_seconds(),
         )
         writer.write(body)
         writer.close()
@@ -140,6 +171,13 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
         le=512,
         description="multipart part size; bounds memory per delivery",
     )
+    # The run's upload journal, in its instance; None outside a run (no journaling).
+    _journal: UploadJournal | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if context.instance is not None:
+            run = context.run
+            self._journal = InstanceUploadJournal(context.instance, run.run_id if run else "")
 
     def open_object(
         self,
@@ -157,6 +195,7 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
             self.part_size_mib * MIB,
             in_memory,
             CONTENT_TYPES[file_format],
+            self._journal,
         )
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -169,3 +208,68 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
         raise NotImplementedError(
             "exports are terminal: customers read them from S3, no asset loads them back"
         )
+
+
+def _left_text(outcome: JournalCleanUp) -> str:
+    parts = []
+    if outcome.held:
+        parts.append(f"{outcome.held} still held by a live writer")
+    if outcome.failed:
+        parts.append(
+            f"{len(outcome.failed)} not aborted ({', '.join(sorted(set(outcome.failed)))})"
+        )
+    return "; ".join(parts)
+
+
+# A sweep aborts an upload recorded at least this long ago whose writer is gone...
+SWEEP_OLDER_THAN = timedelta(minutes=15)
+# ...and one recorded this long ago whoever holds it: no object takes that long to deliver.
+SWEEP_STALE_AFTER = timedelta(days=2)
+
+
+def sweep_abandoned_uploads(
+    instance: dg.DagsterInstance,
+    destinations: Iterable[S3Destination],
+    older_than: timedelta = SWEEP_OLDER_THAN,
+    stale_after: timedelta = SWEEP_STALE_AFTER,
+    time_budget: float = 30.0,
+) -> dict[str, JournalCleanUp | str]:
+    """Abort the multipart uploads `instance`'s journal holds for `destinations` (the live
+    exports' own, whose credentials abort them) that were recorded over `older_than` ago by
+    a writer that is gone (its run finished or unknown, its process gone), or over
+    `stale_after` ago whoever holds it; each with s3:AbortMultipartUpload alone. Spends at
+    most about `time_budget` seconds on requests: what it did not reach waits for the next
+    sweep. Never raises; returns, per destination that had any, what became of them (or why
+    its uploads could not be tried: its credentials unset). Nothing returned is a secret.
+    For a sensor's tick: see README, "Leftover uploads"."""
+    journal = InstanceUploadJournal(instance)
+    started = time.monotonic()
+    now = time.time()
+    outcomes: dict[str, JournalCleanUp | str] = {}
+    by_name = {destination.journal_name: destination for destination in destinations}
+    try:
+        # One read for every destination: most hold nothing.
+        holding = journal.holding(by_name)
+    except Exception as exc:
+        return {"*": f"journal unreadable: {type(exc).__name__}"}
+    for name in sorted(holding):
+        destination = by_name[name]
+        left = time_budget - (time.monotonic() - started)
+        if left <= 0:
+            outcomes[name] = "not reached: the sweep's time ran out"
+            continue
+        try:
+            client = s3_client(destination)
+        except (ConfigError, ValueError) as exc:
+            outcomes[name] = f"no client: {exc if isinstance(exc, ConfigError) else 'ValueError'}"
+            continue
+        outcomes[name] = abort_journaled_uploads(
+            client,
+            journal,
+            name,
+            endpoint=destination.endpoint_url or "",
+            recorded_before=now - older_than.total_seconds(),
+            stale_after=stale_after.total_seconds(),
+            time_budget=left,
+        )
+    return outcomes

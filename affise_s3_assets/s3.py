@@ -1,5 +1,8 @@
 """The S3 library: clients for a destination's own account, streaming uploads of objects of
-unknown length, and what an S3 failure means. Knows S3, nothing of keys, windows or CSV.
+unknown length, riding out short outages of the store, journaling each multipart upload
+(upload_journal.py) so that a killed process's is aborted by whoever comes next, and what an
+S3 failure means. Knows S3 and the journal's protocol; nothing of Dagster, keys, windows or
+CSV.
 """
 
 import base64
@@ -11,7 +14,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from botocore.configprovider import (
 )
 
 from affise_s3_assets.config import ConfigError, resolve_reference
+from affise_s3_assets.upload_journal import OpenUpload, UploadJournal
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE_MIB = 8
@@ -57,6 +61,22 @@ SECONDS_PER_MIB = 1.0
 OBJECT_SECONDS_PER_MIB = 8.0
 # S3's largest part; a part grows past its planned size only while the previous is in flight.
 MAX_PART_BYTES = 5 * 1024 * MIB
+# A connection that cannot be made or is cut (refused, reset, unreachable: a store restarting,
+# a load balancer failing over) is tried again past botocore's own attempts, after 1 s, 2 s,
+# 4 s, ... at most OUTAGE_MAX_WAIT_SECONDS apart, until the next wait would end past
+# OUTAGE_SECONDS from the request's start (AFFISE_OUTAGE_SECONDS), and never past the
+# request's own deadline: an outage of up to ~45 s costs a delivery some time, not its object.
+# Only deliveries ride out outages (WindowObject asks for it); a writer's default is none, so
+# a connection check answers at once. Read timeouts are no outage (an endpoint that accepts
+# and stays silent is bounded by the deadlines above), nor is any HTTP error.
+OUTAGE_SECONDS = 60.0
+OUTAGE_FIRST_WAIT_SECONDS = 1.0
+OUTAGE_MAX_WAIT_SECONDS = 15.0
+OUTAGE_ERRORS = (
+    botocore.exceptions.EndpointConnectionError,  # refused, unreachable, no such host
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ConnectionClosedError,  # reset, or closed before an answer
+)
 
 # Errors a retry cannot fix: the destination's owner has to act. A delivery that fails with one
 # stops trying that destination for the rest of its run; the catch-up sensor tries it again at
@@ -96,6 +116,11 @@ class S3Destination:
     @property
     def label(self) -> str:
         return f"integration {self.integration!r} ({self.event_type})"
+
+    @property
+    def journal_name(self) -> str:
+        """The name its open uploads are journaled under (upload_journal.py): no secret."""
+        return f"{self.integration}/{self.event_type}"
 
 
 def s3_client(destination: S3Destination) -> Any:
@@ -214,6 +239,128 @@ class DeliveryTimeout(Exception):
     """A request the endpoint did not answer within REQUEST_DEADLINE (retries included)."""
 
 
+class EndpointOutage(botocore.exceptions.EndpointConnectionError):
+    """No connection to the endpoint held for as long as a request may ride out an outage
+    (OUTAGE_SECONDS, or what was left of its deadline). An EndpointConnectionError: callers
+    that tell an unreachable endpoint apart see one."""
+
+    fmt = 'Could not connect to the endpoint URL: "{endpoint_url}" for {seconds:.0f} s'
+
+
+def outage_seconds() -> float:
+    """How long a delivery's request rides out an outage (AFFISE_OUTAGE_SECONDS, default
+    OUTAGE_SECONDS); 0 turns it off."""
+    return float(os.environ.get("AFFISE_OUTAGE_SECONDS") or OUTAGE_SECONDS)
+
+
+@dataclass(frozen=True)
+class Journaling:
+    """Where a writer journals its multipart upload, and under which destination's name."""
+
+    journal: UploadJournal
+    destination: str  # S3Destination.journal_name
+    endpoint: str = ""  # the destination's endpoint_url; "" for AWS
+
+
+@dataclass
+class JournalCleanUp:
+    """What aborting a destination's journaled uploads did. Nothing here fails a delivery."""
+
+    aborted: int = 0  # aborted now, and forgotten
+    gone: int = 0  # already completed or aborted (NoSuchUpload): forgotten
+    held: int = 0  # still sent by a live writer, or too recent: left alone
+    failed: list[str] = field(default_factory=list)  # error codes; those entries stay
+
+    @property
+    def found(self) -> int:
+        return self.aborted + self.gone + self.held + len(self.failed)
+
+    def __add__(self, other: "JournalCleanUp") -> "JournalCleanUp":
+        return JournalCleanUp(
+            self.aborted + other.aborted,
+            self.gone + other.gone,
+            self.held + other.held,
+            self.failed + other.failed,
+        )
+
+
+def abort_journaled_uploads(
+    client: Any,
+    journal: UploadJournal,
+    destination: str,
+    endpoint: str = "",
+    bucket: str | None = None,
+    key: str | None = None,
+    recorded_before: float | None = None,
+    stale_after: float | None = None,
+    time_budget: float | None = None,
+) -> JournalCleanUp:
+    """Abort the uploads `destination` has journaled on `endpoint` (only in `bucket`, and of
+    `key`, when given) that nothing sends any more, with s3:AbortMultipartUpload alone, and
+    forget them; NoSuchUpload (completed, or aborted already) forgets them too.
+
+    An upload is aborted once the journal says it is abandoned, or once it was recorded more
+    than `stale_after` seconds ago whoever holds it; never one recorded after
+    `recorded_before` (epoch seconds). With `time_budget`, each abort is given up at what is
+    left of it and those not reached are left for next time. Never raises: a journal that
+    cannot be read, or an abort refused, leaves the entries for the next delivery or sweep."""
+    outcome = JournalCleanUp()
+    started = time.monotonic()
+    try:
+        uploads = journal.pending(destination)
+    except Exception as exc:
+        outcome.failed.append(f"journal: {type(exc).__name__}")
+        return outcome
+    for upload in uploads:
+        if upload.endpoint != endpoint or bucket not in (None, upload.bucket):
+            continue
+        if key is not None and upload.key != key:
+            continue
+        try:
+            if recorded_before is not None and upload.recorded_at > recorded_before:
+                outcome.held += 1
+                continue
+            stale = stale_after is not None and time.time() - upload.recorded_at > stale_after
+            if not stale and not journal.abandoned(upload):
+                outcome.held += 1
+                continue
+        except Exception as exc:  # the journal could not tell: leave it
+            outcome.failed.append(f"journal: {type(exc).__name__}")
+            continue
+        left = None if time_budget is None else time_budget - (time.monotonic() - started)
+        if left is not None and left <= 0:
+            outcome.held += 1
+            continue
+        try:
+            call = functools.partial(
+                client.abort_multipart_upload,
+                Bucket=upload.bucket,
+                Key=upload.key,
+                UploadId=upload.upload_id,
+            )
+            if left is None:
+                call()
+            else:
+                within_deadline(min(left, request_deadline()), call)
+            outcome.aborted += 1
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "NoSuchUpload":
+                outcome.failed.append(error_code(exc))
+                continue
+            outcome.gone += 1
+        except (botocore.exceptions.BotoCoreError, DeliveryTimeout) as exc:
+            outcome.failed.append(type(exc).__name__)
+            continue
+        _forget(journal, upload)
+    return outcome
+
+
+def _forget(journal: UploadJournal, upload: OpenUpload) -> None:
+    """Best effort: an entry left behind is aborted again later, and answers NoSuchUpload."""
+    with contextlib.suppress(Exception):
+        journal.forget(upload)
+
+
 def request_deadline() -> float:
     """Seconds a request may take, botocore's retries included, before SECONDS_PER_MIB per
     MiB of its body is added (AFFISE_REQUEST_DEADLINE_SECONDS, default
@@ -272,6 +419,13 @@ class S3ObjectWriter:
     With `memory_bytes`, a part being filled keeps at most that much in memory and the rest in
     a temporary file: a window job fills one object per integration at once, and S3's 5 MiB
     minimum part size would otherwise cost each large integration a part of RAM.
+
+    With `journaling`, the multipart upload is journaled once it exists and before its first
+    part, and forgotten once completed or aborted: a process killed in between leaves an
+    entry from which the next writer of the key (or a sweep) aborts it. That next writer does
+    so before its own first request, for every entry of its key whose holder is gone
+    (`leftovers` says what it found). With `outage_seconds`, each request rides out that long
+    a connection outage (OUTAGE_SECONDS), within its own deadline.
     """
 
     def __init__(
@@ -284,8 +438,15 @@ class S3ObjectWriter:
         memory_bytes: int | None = None,
         acl: str | None = None,
         deadline: float | None = None,
+        journaling: Journaling | None = None,
+        outage_seconds: float = 0.0,
     ) -> None:
         self.client, self.bucket, self.key = client, bucket, key
+        self._journaling = journaling
+        self._journaled: OpenUpload | None = None  # this upload's entry, while it is open
+        self.leftovers: JournalCleanUp | None = None  # the key's earlier uploads, once looked at
+        self._outage_seconds = outage_seconds
+        self._stopping = threading.Event()  # set by abort(): no request waits out an outage
         self._part_size = part_size
         self._memory_bytes = memory_bytes
         self._deadline = deadline if deadline is not None else request_deadline()
@@ -443,19 +604,38 @@ class S3ObjectWriter:
         size = _body_size(body)
         self.sent += size
         self._in_flight_started, self._in_flight_bytes = time.monotonic(), size
-        self._in_flight = self._started(_in_thread(self._upload_part, part, body, md5))
+        give_up_at = self._give_up_at(size, self._in_flight_started)
+        self._in_flight = self._started(_in_thread(self._upload_part, part, body, md5, give_up_at))
 
     def _upload_part(
-        self, part: dict[str, Any], body: bytes | IO[bytes], md5: str
+        self, part: dict[str, Any], body: bytes | IO[bytes], md5: str, give_up_at: float
     ) -> dict[str, Any]:
         try:
             if self._upload_id is None:
-                created = self.client.create_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, **self._create_args
+                self._abort_leftovers()
+                created = self._call(
+                    give_up_at,
+                    self.client.create_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    **self._create_args,
                 )
                 self._note_encryption(created)
                 self._upload_id = created["UploadId"]
-            response = self.client.upload_part(
+                if self._journaling is not None:
+                    # Before the first part: an upload with no part costs nothing, so a
+                    # process killed before this line leaves nothing billed. JournalUnavailable
+                    # fails the object, whose abort() then aborts this upload.
+                    self._journaled = self._journaling.journal.record(
+                        self._journaling.destination,
+                        self._journaling.endpoint,
+                        self.bucket,
+                        self.key,
+                        self._upload_id,
+                    )
+            response = self._call(
+                give_up_at,
+                self.client.upload_part,
                 Bucket=self.bucket,
                 Key=self.key,
                 UploadId=self._upload_id,
@@ -469,15 +649,74 @@ class S3ObjectWriter:
         part["ETag"] = response["ETag"]
         return part
 
+    def _give_up_at(self, size: int, started: float) -> float:
+        """When a request of `size` bytes begun at `started` (monotonic) is given up: the
+        moment `_wait` would raise DeliveryTimeout for it."""
+        return started + self._left(size, started)
+
+    def _call(
+        self, give_up_at: float, request: Callable[..., Any], stoppable: bool = True, **args: Any
+    ) -> Any:
+        """`request(**args)`, tried again while the connection fails (OUTAGE_ERRORS), waiting
+        1 s, 2 s, 4 s, ... (at most OUTAGE_MAX_WAIT_SECONDS), as long as the next wait ends
+        within `outage_seconds` of the first try and before `give_up_at` (monotonic); then
+        EndpointOutage. A `stoppable` request stops waiting once the writer is aborted and
+        raises its last error. A file body is rewound for each try."""
+        began = time.monotonic()
+        wait = OUTAGE_FIRST_WAIT_SECONDS
+        while True:
+            body = args.get("Body")
+            if body is not None and not isinstance(body, bytes):
+                body.seek(0)
+            try:
+                return request(**args)
+            except OUTAGE_ERRORS as exc:
+                if not self._outage_seconds or (stoppable and self._stopping.is_set()):
+                    raise
+                if time.monotonic() + wait > min(began + self._outage_seconds, give_up_at):
+                    raise EndpointOutage(
+                        endpoint_url=exc.kwargs.get("endpoint_url", ""),
+                        error=exc,
+                        seconds=time.monotonic() - began,
+                    ) from exc
+                if stoppable:
+                    if self._stopping.wait(wait):
+                        raise
+                else:
+                    time.sleep(wait)  # an abort's own retries: only time ends them
+                wait = min(2 * wait, OUTAGE_MAX_WAIT_SECONDS)
+
+    def _abort_leftovers(self) -> None:
+        """Before the first request for the key: abort the uploads of it the journal holds
+        from writers that are gone (a killed run's). Never fails the object."""
+        if self._journaling is None or self.leftovers is not None:
+            return
+        self.leftovers = abort_journaled_uploads(
+            self.client,
+            self._journaling.journal,
+            self._journaling.destination,
+            endpoint=self._journaling.endpoint,
+            bucket=self.bucket,
+            key=self.key,
+        )
+
+    def _forget_upload(self) -> None:
+        if self._journaling is not None and self._journaled is not None:
+            _forget(self._journaling.journal, self._journaled)
+            self._journaled = None
+
     def close(self) -> tuple[int, int]:
         """Complete the object; returns (bytes sent, parts), parts 0 for a single PUT."""
         if not self._parts:
             body, md5 = self._take_pending()
             self.sent = _body_size(body)
 
-            def put() -> dict[str, Any]:
+            def put(give_up_at: float) -> dict[str, Any]:
                 try:
-                    return self.client.put_object(
+                    self._abort_leftovers()
+                    return self._call(
+                        give_up_at,
+                        self.client.put_object,
                         Bucket=self.bucket,
                         Key=self.key,
                         Body=body,
@@ -490,7 +729,9 @@ class S3ObjectWriter:
 
             # A PUT given up at the deadline may still land later: the same bytes under the
             # same key, so a re-delivery overwrites it with what it would have held.
-            response = self._wait(self._started(_in_thread(put)), time.monotonic(), self.sent)
+            started = time.monotonic()
+            give_up_at = self._give_up_at(self.sent, started)
+            response = self._wait(self._started(_in_thread(put, give_up_at)), started, self.sent)
             self.etag = response.get("ETag", "").strip('"').lower()
             self._note_encryption(response)
             return self.sent, 0
@@ -500,8 +741,11 @@ class S3ObjectWriter:
             self._send_part(self._take_pending())
             self._wait(self._in_flight, self._in_flight_started, self._in_flight_bytes)
         self._check_budget(0)
+        started = time.monotonic()
         complete = self._started(
             _in_thread(
+                self._call,
+                self._give_up_at(0, started),
                 self.client.complete_multipart_upload,
                 Bucket=self.bucket,
                 Key=self.key,
@@ -510,8 +754,9 @@ class S3ObjectWriter:
             )
         )
         self._in_flight = complete  # an abort after a deadline waits for it
-        self._in_flight_started, self._in_flight_bytes = time.monotonic(), 0
+        self._in_flight_started, self._in_flight_bytes = started, 0
         response = self._wait(complete, self._in_flight_started, 0)
+        self._forget_upload()
         self.etag = response.get("ETag", "").strip('"').lower()
         self._close_spool()
         return self.sent, len(self._parts)
@@ -577,6 +822,7 @@ class S3ObjectWriter:
         ended: the caller never waits on an endpoint that just failed. `aborted` (returned
         too) tells when that is done."""
         self._close_spool()
+        self._stopping.set()
         in_flight = self._in_flight
 
         def abort_upload() -> None:
@@ -586,12 +832,21 @@ class S3ObjectWriter:
                 with contextlib.suppress(FutureTimeout):
                     in_flight.exception(timeout=self._allowed(self._in_flight_bytes))
             if self._upload_id is not None:
-                with contextlib.suppress(
-                    botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
-                ):
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=self.key, UploadId=self._upload_id
+                try:
+                    self._call(
+                        time.monotonic() + self._allowed(0),
+                        self.client.abort_multipart_upload,
+                        stoppable=False,
+                        Bucket=self.bucket,
+                        Key=self.key,
+                        UploadId=self._upload_id,
                     )
+                except botocore.exceptions.ClientError as exc:
+                    if error_code(exc) != "NoSuchUpload":
+                        return  # journaled still: the next writer of the key or a sweep
+                except botocore.exceptions.BotoCoreError:
+                    return
+                self._forget_upload()
 
         self.aborted = _in_thread(abort_upload)
         return self.aborted
@@ -646,6 +901,11 @@ def describe_s3_error(exc: BaseException) -> str:
         code = error.get("Code") or "error"
         message = error.get("Message") or ""
         return f"{code} (HTTP {status}){': ' + message if message else ''}"
+    if isinstance(exc, EndpointOutage):
+        return (
+            f"cannot connect to endpoint {exc.kwargs.get('endpoint_url')} "
+            f"(tried for {exc.kwargs.get('seconds', 0):.0f} s)"
+        )
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"cannot connect to endpoint {exc.kwargs.get('endpoint_url')}"
     text = _REQUEST_SECRETS.sub("[request headers withheld]", str(exc))
@@ -723,10 +983,11 @@ def abort_leftover_uploads(client: Any, bucket: str, key: str) -> int | str | No
         return f"failed: {type(exc).__name__}"
 
 
-# Failures that took a request's whole time: our deadline, or botocore's read timeouts after
-# every attempt (a silent endpoint ends so, ~5 x 20 s, before the deadline). Connect timeouts
-# (5 s an attempt) are cheaper: such a destination is stopped after two windows in a row.
-TIMEOUT_CODES = ("DeliveryTimeout", "ReadTimeoutError")
+# Failures that took a request's whole time: our deadline, botocore's read timeouts after
+# every attempt (a silent endpoint ends so, ~5 x 20 s, before the deadline), or an outage
+# ridden out for OUTAGE_SECONDS. A connection error without that ride (a caller that asked
+# for none) is cheaper: such a destination is stopped after two windows in a row.
+TIMEOUT_CODES = ("DeliveryTimeout", "ReadTimeoutError", "EndpointOutage")
 CLEAN_UP_TIMED_OUT = tuple(f"failed: {code}" for code in TIMEOUT_CODES)
 
 

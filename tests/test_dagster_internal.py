@@ -92,3 +92,14 @@ def test_a_run_rebuilds_the_config_its_code_server_loaded_not_the_file_as_it_is_
     reloaded = initialize_repository_def_from_pointer(pointer)
     assert integrations_of(reloaded) == {"acme", "globex"}
     assert affiliates_of(reloaded, "acme") == "103"
+
+
+def test_the_key_value_compare_and_set_stands_on_the_run_storages_table(tmp_path: Path) -> None:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        storage = dagster_internal.sql_run_storage(instance.run_storage)
+        assert storage is not None
+        assert dagster_internal.compare_and_set_key_value(storage, "k", None, "1")
+        assert not dagster_internal.compare_and_set_key_value(storage, "k", None, "2")
+        assert not dagster_internal.compare_and_set_key_value(storage, "k", "0", "2")
+        assert dagster_internal.compare_and_set_key_value(storage, "k", "1", "2")
+        assert instance.run_storage.get_cursor_values({"k"}) == {"k": "2"}

@@ -176,6 +176,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "RUNNING",
             ),
             "integrations_config_sensor": ([], "RUNNING"),
+            "upload_sweep_sensor": ([], "RUNNING"),
             "reconciliation_sensor": (
                 [
                     "clicks_every_15min_job",
