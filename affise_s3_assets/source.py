@@ -434,10 +434,15 @@ class EventsDatabase(dg.ConfigurableResource):
         # The newest day holds the latest creation (updates go by the conversions': above).
         column = WINDOW_COLUMN[event_type]
         for files in reversed(days):
-            with self._connect(dataset) as con:
-                relation = _relation(con, dataset, files)
+            # Every row group that may hold an event at or before the horizon.
+            through = horizon + timedelta.resolution
+            with (
+                self._connect(dataset) as con,
+                _local(dataset, files, column, datetime.min, through) as local,
+            ):
                 ((latest,),) = con.execute(
-                    f"SELECT max({column}) FROM {relation} WHERE {column} <= $1", [horizon]
+                    f"SELECT max({column}) FROM {_read_parquet(local)} WHERE {column} <= $1",
+                    [horizon],
                 ).fetchall()
             if latest is not None:
                 return SourceProgress(event_type, naive_utc(latest), "latest event")
@@ -468,8 +473,9 @@ class EventsDatabase(dg.ConfigurableResource):
         if not files:
             yield SourceRead(self, None, event_type, start, end, None, self._scheme())
             return
-        with self._connect(dataset) as con:
-            relation = _relation(con, dataset, files)
+        column = WINDOW_COLUMN[event_type]
+        with self._connect(dataset) as con, _local(dataset, files, column, start, end) as local:
+            relation = _read_parquet(local)
             yield SourceRead(self, con, event_type, start, end, relation, self._scheme())
 
     @staticmethod
@@ -479,12 +485,20 @@ class EventsDatabase(dg.ConfigurableResource):
         return f"duckdb-{duckdb.__version__}-canonical-hash"
 
 
-def _relation(con: duckdb.DuckDBPyConnection, dataset: ParquetDataset, files: list[str]) -> str:
-    """The SQL relation of a dataset's files: DuckDB's own Parquet reader on local files, an
-    Arrow dataset on S3 (DuckDB pushes the window's filter into its scan; no extension)."""
-    if dataset.remote:
-        con.register("affise_events", dataset.arrow_dataset(files))
-        return "affise_events"
+@contextmanager
+def _local(
+    dataset: ParquetDataset, files: list[str], column: str, start: datetime, end: datetime
+) -> Iterator[list[str]]:
+    """The files as DuckDB reads them for `column` in [start, end): a local dataset's own; an
+    `s3://` dataset's staged, for as long as the read lasts (ParquetDataset.stage)."""
+    if not dataset.remote:
+        yield files
+        return
+    with tempfile.TemporaryDirectory(prefix="affise-events-") as scratch:
+        yield dataset.stage(files, column, start, end, Path(scratch))
+
+
+def _read_parquet(files: list[str]) -> str:
     quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
     return f"read_parquet([{quoted}])"
 
