@@ -10,7 +10,9 @@
 2. Profile: the one-day window cut after each stage of the asset path (read and sort, CSV,
    gzip, upload), wall and CPU seconds of each, the S3 server's own CPU, and the alternative to
    sorted sub-windows: DuckDB sorting the whole window under a memory limit.
-3. Source: the same 15-minute window read from a Hive-partitioned Parquet dataset.
+3. Source: the same 15-minute window read from a Hive-partitioned Parquet dataset, and the
+   one-day and the 15-minute window through the asset path from that dataset on local disk
+   and on the S3 server (`s3://`, read in place), with the S3 server's requests counted.
 4. Scale: --integrations integrations x 2 event types: definitions import, `dagster
    definitions validate`, a sensor tick and a schedule tick; then window jobs delivering every
    integration's clicks for several consecutive 15-minute windows at 20M clicks/day in total.
@@ -20,6 +22,8 @@
    one window job: when the other objects land, against the same run with none dead.
 7. File format (`--only format`): the one-day window as gzipped CSV and as Parquet through
    the asset path: wall, peak RSS, object size.
+9. Shards (`--only shards`): a 15-minute window of 1,000 and 10,000 integrations delivered by
+   1, 2 and 4 runs at once on Postgres: first start to last end, and per integration.
 8. Reconciliation (`--only reconcile`): the fingerprints of every 15-minute window of the
    one-day table (reconciliation's one query over a look-back of that many rows) for 1, 10,
    100 and 1,000 distinct filters.
@@ -303,10 +307,18 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
             if last
             else None
         )
+        selection = [t.asset_key for t in group.due(start)]
+        shard = os.environ.get("BENCH_SHARD")  # "i/n": the i-th of the schedule's n runs
+        if shard:
+            from affise_s3_assets.schedules import scheduled_run_requests
+
+            index, runs = map(int, shard.split("/"))
+            requests = scheduled_run_requests(group, start, size=-(-len(selection) // runs))
+            selection = list(requests[index - 1].asset_selection or selection)
         result = job.execute_in_process(
             partition_key=None if last else partition,
             tags=tags,
-            asset_selection=[t.asset_key for t in group.due(start)],
+            asset_selection=selection,
             instance=instance,
             raise_on_error=not os.environ.get("BENCH_MAY_FAIL"),
         )
@@ -631,7 +643,8 @@ def parquet_case(rows: int) -> None:
     db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
     # A week of days, each the benchmark day's rows moved back by whole days, so a window's
     # own day is one file among PARQUET_DAYS.
-    dataset = OUT / f"parquet-{rows}-{PARQUET_DAYS}days"
+    # In time order, as a loader appends: a window's rows are in few row groups.
+    dataset = OUT / f"parquet-{rows}-{PARQUET_DAYS}days-sorted"
     if not dataset.exists():
         scratch = dataset.with_suffix(".tmp")
         shutil.rmtree(scratch, ignore_errors=True)
@@ -641,9 +654,13 @@ def parquet_case(rows: int) -> None:
                 con.execute(
                     f"COPY (SELECT * REPLACE (created_at - INTERVAL {back} DAY AS created_at), "
                     f"strftime(created_at - INTERVAL {back} DAY, '%Y-%m-%d') AS date "
-                    f"FROM clicks) TO '{scratch / 'clicks'}' "
+                    f"FROM clicks ORDER BY created_at) TO '{scratch / 'clicks'}' "
                     "(FORMAT parquet, PARTITION_BY (date), APPEND)"
                 )
+        from affise_s3_assets.source import write_dataset_watermark
+
+        write_dataset_watermark(scratch, "clicks", DAY + timedelta(days=1))
+        (scratch / "_watermarks.json.lock").unlink()
         scratch.rename(dataset)
     quarter = DAY + timedelta(hours=10, minutes=15)
     partition = quarter.strftime("%Y-%m-%d-%H:%M")
@@ -657,12 +674,88 @@ def parquet_case(rows: int) -> None:
             {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
         )
         print(f"- {label}: {result['rows']:,} rows, {result['wall']:.2f} s, peak RSS {rss:.0f} MB")
+    s3_dataset_case(dataset, quarter)
     for files, label in (("pruned", "the window's day only (the loader)"), ("all", "every file")):
         result, rss = run_child(["--child", "parquet-read", str(dataset), files, partition])
         print(
             f"- reading the window from {label}: {result['files']} file(s), "
             f"{result['rows']:,} rows, {result['wall']:.2f} s, peak RSS {rss:.0f} MB"
         )
+
+
+LAKE = "affise-bench-lake"
+
+
+def s3_dataset_case(dataset: Path, quarter: datetime) -> None:
+    """The dataset on local disk and uploaded to the S3 server, read in place: the one-day
+    and the 15-minute window through the asset path, alternately, and what the server
+    answered for each (its ops log: requests, bytes sent)."""
+    client = s3_client()
+    if LAKE not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=LAKE)
+        for file in [*sorted(dataset.rglob("*.parquet")), dataset / "_watermarks.json"]:
+            client.upload_file(str(file), LAKE, f"lake/{file.relative_to(dataset)}")
+    objects = sum(1 for _ in dataset.rglob("*.parquet"))
+    deployment = {
+        "BENCH_AWS_ACCESS_KEY_ID": KEY,
+        "BENCH_AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AFFISE_EVENTS_S3_ENDPOINT": ENDPOINT,
+        "AFFISE_EVENTS_S3_REGION": "us-east-1",
+    }
+    print(
+        f"\n## Source: the dataset ({objects} day objects) on local disk and on the S3 server, "
+        "read in place through the asset path (alternating; median of 3)"
+    )
+    day = DAY.replace(hour=0, minute=0)
+    for frequency, window in ((1440, day), (15, quarter)):
+        partition = window.strftime("%Y-%m-%d-%H:%M")
+        figures: dict[str, list[tuple[float, float]]] = {"local": [], "s3": []}
+        requests = ""
+        for _ in range(3):
+            for label, source in (("local", str(dataset)), ("s3", f"s3://{LAKE}/lake")):
+                before = rgw_requests()
+                result, rss = run_child(
+                    ["--child", "export", source, str(frequency), partition], deployment
+                )
+                figures[label].append((result["wall"], rss))
+                if label == "s3":
+                    after = rgw_requests()
+                    requests = rgw_delta(before, after)
+        local, remote = (sorted(figures[k])[1] for k in ("local", "s3"))
+        print(
+            f"- {'one-day' if frequency == 1440 else '15-minute'} window: local dataset "
+            f"{local[0]:.2f} s ({local[1]:.0f} MB), s3:// {remote[0]:.2f} s ({remote[1]:.0f} MB), "
+            f"{remote[0] / local[0]:.2f}x; the S3 server answered {requests}"
+        )
+
+
+def rgw_requests() -> dict[str, int]:
+    """The S3 server's counters per operation (requests, bytes sent), from its admin socket."""
+    out = subprocess.run(
+        ["bash", "scripts/s3-server.sh", "perf"],
+        env={**os.environ, **S3_ENV},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    try:
+        counters = json.loads(out).get("rgw", {})
+    except ValueError:
+        return {}
+    return {k: int(v) for k, v in counters.items() if isinstance(v, int | float)}
+
+
+def rgw_delta(before: dict[str, int], after: dict[str, int]) -> str:
+    if not after:
+        return "(no counters)"
+    changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    wanted = ("get", "get_b", "list_buckets", "put")
+    shown = [f"{k} {changed[k]:,}" for k in wanted if k in changed]
+    return ", ".join(shown) or "nothing"
 
 
 def write_integrations(count: int) -> Path:
@@ -830,6 +923,61 @@ def window_storage_case(count: int, windows: int) -> None:
                     f"| {storage} | {partition} | {result['objects']:,} | "
                     f"{result['wall']:.1f} | {rss:.0f} |"
                 )
+    finally:
+        stop_postgres()
+
+
+def shard_case(count: int) -> None:
+    """A 15-minute window of `count` integrations' clicks delivered by 1, 2 and 4 runs at once
+    (the schedule's shards, shards.py), each its own process on one Postgres event log, as the
+    run launcher starts them: from the first run's start to the last run's end (the window's
+    close to its last object, less the queue's latency), and what an integration costs."""
+    many = write_integrations(count)
+    fifteen = OUT / f"integrations-{count}-15min.yaml"
+    fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
+    db = fanout_db(count)
+    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
+    }
+    print(
+        f"\n## A window's runs side by side: {count:,} integrations' clicks, 15 minutes, Postgres"
+    )
+    print(
+        "| runs at once | objects | first start → last end s | ms per integration | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|")
+    url = start_postgres()
+    try:
+        for n, runs in enumerate((1, 2, 4)):
+            start = DAY + timedelta(hours=10, minutes=15 * n)
+            partition = start.strftime("%Y-%m-%d-%H:%M")
+            began = time.perf_counter()
+            children = [
+                subprocess.Popen(
+                    [PYTHON, __file__, "--child", "window", str(fifteen), str(db), partition],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={
+                        **os.environ,
+                        **env,
+                        "BENCH_POSTGRES_URL": url,
+                        "BENCH_SHARD": f"{index}/{runs}",
+                    },
+                    cwd=ROOT,
+                    text=True,
+                )
+                for index in range(1, runs + 1)
+            ]
+            results = []
+            for child in children:
+                out, err = child.communicate()
+                if child.returncode != 0:
+                    raise SystemExit(f"shard run failed:\n{err[-4000:]}")
+                results.append(json.loads(out.strip().splitlines()[-1]))
+            wall = time.perf_counter() - began
+            objects = sum(r["objects"] for r in results)
+            rss = max(r["peak_rss_mb"] for r in results)
+            print(f"| {runs} | {objects:,} | {wall:.1f} | {1000 * wall / count:.1f} | {rss:.0f} |")
     finally:
         stop_postgres()
 
@@ -1131,10 +1279,14 @@ def main() -> None:
             "backlog",
             "lag",
             "reconcile",
+            "shards",
         ],
         action="append",
     )
     parser.add_argument("--lag-minutes", type=int, default=6)
+    parser.add_argument(
+        "--shard-integrations", type=int, nargs="+", default=[1000, 10_000], metavar="N"
+    )
     options = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     parts = options.only or ["export", "profile", "parquet", "scale", "backlog", "lag"]
@@ -1160,6 +1312,9 @@ def main() -> None:
             lag_case(options.lag_minutes)
         if "reconcile" in parts:
             reconcile_case(options.rows)
+        if "shards" in parts:
+            for count in options.shard_integrations:
+                shard_case(count)
     finally:
         stop_s3()
 

@@ -127,5 +127,7 @@ case "${1:-}" in
   start) do_start ;;
   stop) do_stop ;;
   adduser) retry radosgw-admin $C user create --uid="$2" --display-name="$2" --access-key="$3" --secret-key="$4" >/dev/null ;;
-  *) echo "usage: $0 install|start|stop|adduser UID ACCESS SECRET" >&2; exit 2 ;;
+  # The server's own counters (JSON; "rgw": requests, GETs, bytes sent...), for benchmarks.
+  perf) ceph --admin-daemon "$S3_DIR/run/client.rgw.asok" perf dump ;;
+  *) echo "usage: $0 install|start|stop|adduser UID ACCESS SECRET|perf" >&2; exit 2 ;;
 esac
