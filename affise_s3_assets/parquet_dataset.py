@@ -17,13 +17,16 @@ one-day window); benchmarks/run_benchmarks.py prints both datasets side by side.
 Knows files and object keys; nothing of windows, DuckDB queries or delivery.
 """
 
+import json
 import os
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -159,6 +162,15 @@ class ParquetDataset:
         key = "/".join(part for part in (prefix, name) if part)
         client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
 
+    def _footer(self, source: pa.NativeFile) -> tuple[bytes, pq.FileMetaData]:
+        """An object's tail holding its footer (one read, two for a large footer), parsed."""
+        size = source.size()
+        tail = source.read_at(min(size, FOOTER_GUESS), size - min(size, FOOTER_GUESS))
+        footer = int.from_bytes(tail[-8:-4], "little") + 8
+        if footer > len(tail):
+            tail = source.read_at(footer, size - footer)
+        return tail, pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-footer:]))
+
     def stage(
         self, files: list[str], column: str, start: datetime, end: datetime, into: Path
     ) -> list[str]:
@@ -169,34 +181,99 @@ class ParquetDataset:
         loudly, never as rows."""
         assert self.fs is not None
         staged = []
+        low, high = _micros(start), _micros(end)
+
+        def wanted(first: int | None, last: int | None) -> bool:
+            return _overlaps(first, last, low, high)
+
         try:
             for number, path in enumerate(files):
                 local = into / f"{number:05d}.parquet"
                 with self.fs.open_input_file(path) as source, open(local, "wb") as copy:
                     size = source.size()
-                    tail = source.read_at(min(size, FOOTER_GUESS), size - min(size, FOOTER_GUESS))
-                    footer = int.from_bytes(tail[-8:-4], "little") + 8
-                    if footer > len(tail):
-                        tail = source.read_at(footer, size - footer)
-                    meta = pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-footer:]))
+                    tail, meta = self._footer(source)
                     copy.truncate(size)
                     os.pwrite(copy.fileno(), tail, size - len(tail))
-                    for first, last in _ranges(meta, column, start, end):
-                        os.pwrite(copy.fileno(), source.read_at(last - first, first), first)
+                    for first, last in _ranges(meta, column, wanted):
+                        # A bounded piece at a time: a day's row groups are one range.
+                        for at in range(first, last, COPY_BYTES):
+                            piece = source.read_at(min(COPY_BYTES, last - at), at)
+                            os.pwrite(copy.fileno(), piece, at)
                 staged.append(str(local))
         except OSError as exc:
             raise DatasetUnreadable(f"events dataset {self.uri}: {exc}") from exc
         return staged
 
+    def latest(self, files: list[str], column: str, horizon: datetime) -> datetime | None:
+        """The latest `column` value at or before `horizon` in `files`: from the footers'
+        statistics where a row group is wholly at or before it, from the column's own values
+        (that column only) where one straddles it or has no statistics."""
+        assert self.fs is not None
+        limit = _micros(horizon)
+        best: int | None = None
+        try:
+            for path in files:
+                with self.fs.open_input_file(path) as source:
+                    _, meta = self._footer(source)
+                    index = meta.schema.names.index(column)
+                    unsure = []
+                    for number in range(meta.num_row_groups):
+                        low, high = _bounds(meta, number, index)
+                        if low is not None and high is not None and high <= limit:
+                            best = high if best is None else max(best, high)
+                        elif low is None or high is None or low <= limit:
+                            unsure.append(number)
+                    if unsure:
+                        values = pq.ParquetFile(source).read_row_groups(unsure, columns=[column])
+                        found = _latest_value(values.column(column), limit)
+                        if found is not None:
+                            best = found if best is None else max(best, found)
+        except OSError as exc:
+            raise DatasetUnreadable(f"events dataset {self.uri}: {exc}") from exc
+        return None if best is None else EPOCH + timedelta(microseconds=best)
+
 
 # The footer's usual size at most: one read of an object's end holds it (else a second read).
 FOOTER_GUESS = 64 * 1024
+# Staged a piece at a time: memory stays this, whatever the window's row groups.
+COPY_BYTES = 8 * 1024 * 1024
+EPOCH = datetime(1970, 1, 1)
+# Microseconds per unit of a Parquet timestamp: values are compared as whole microseconds.
+_UNITS = {"milliseconds": (1000, 1), "microseconds": (1, 1), "nanoseconds": (1, 1000)}
 
 
-def _naive(value: object) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+def _micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def _bounds(meta: pq.FileMetaData, number: int, index: int) -> tuple[int | None, int | None]:
+    """A row group's min and max of a timestamp column in microseconds since the epoch (UTC
+    or naive alike), floored; None where its statistics do not say."""
+    statistics = meta.row_group(number).column(index).statistics
+    if statistics is None or not statistics.has_min_max or statistics.physical_type != "INT64":
+        return None, None
+    kind = json.loads(meta.schema.column(index).logical_type.to_json())
+    times, per = _UNITS.get(kind.get("timeUnit", ""), (0, 0))
+    if kind.get("Type") != "Timestamp" or not times:
+        return None, None
+    low, high = statistics.min_raw, statistics.max_raw
+    return low * times // per, high * times // per
+
+
+def _overlaps(low: int | None, high: int | None, start: int, end: int) -> bool:
+    """Whether a row group whose floored bounds are these may hold a value in [start, end):
+    a floored max below start means every value is; a floored min at or past end too."""
+    if low is None or high is None:
+        return True
+    return not (high < start or low >= end)
+
+
+def _latest_value(values: pa.ChunkedArray, limit: int) -> int | None:
+    """The greatest value at or before `limit` (microseconds), floored to microseconds."""
+    micros = pc.cast(pc.cast(values, pa.timestamp("us", tz=values.type.tz)), pa.int64())
+    kept = pc.filter(micros, pc.less_equal(micros, limit))
+    found = pc.max(kept).as_py() if len(kept) else None
+    return found
 
 
 def _chunk_start(chunk: pq.ColumnChunkMetaData) -> int:
@@ -207,21 +284,15 @@ def _chunk_start(chunk: pq.ColumnChunkMetaData) -> int:
 
 
 def _ranges(
-    meta: pq.FileMetaData, column: str, start: datetime, end: datetime
+    meta: pq.FileMetaData, column: str, keep: Callable[[int | None, int | None], bool]
 ) -> list[tuple[int, int]]:
-    """Byte ranges of the row groups that may hold `column` values in [start, end), merged.
-    A row group is left out only when its statistics say for sure it holds none (Python's
-    microseconds cut a nanosecond bound towards the past, which never wrongly leaves one out:
-    window bounds are whole microseconds)."""
+    """Byte ranges of the row groups whose `column` bounds (`_bounds`) `keep` takes, merged."""
     index = meta.schema.names.index(column)
     ranges: list[tuple[int, int]] = []
     for number in range(meta.num_row_groups):
+        if not keep(*_bounds(meta, number, index)):
+            continue
         group = meta.row_group(number)
-        statistics = group.column(index).statistics
-        if statistics is not None and statistics.has_min_max:
-            low, high = _naive(statistics.min), _naive(statistics.max)
-            if low is not None and high is not None and (high < start or low >= end):
-                continue
         chunks = [group.column(i) for i in range(group.num_columns)]
         first = min(_chunk_start(chunk) for chunk in chunks)
         last = max(_chunk_start(chunk) + chunk.total_compressed_size for chunk in chunks)

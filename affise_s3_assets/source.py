@@ -416,34 +416,36 @@ class EventsDatabase(dg.ConfigurableResource):
         horizon = _horizon()
         # A day folder missing between others has not arrived: complete up to it, at most.
         # Folders of days after the clock's are not taken for progress (FUTURE_EVENT_SKEW).
+        table = EVENT_TABLE[event_type]
         days, dates = [], []
-        for day, _ in dataset.day_folders(EVENT_TABLE[event_type]):
+        for day, _ in dataset.day_folders(table):
             try:
                 date = datetime.strptime(day, "%Y-%m-%d")
             except ValueError:
                 continue
-            if date <= horizon:
-                files = dataset.files(EVENT_TABLE[event_type], day)
-                if files:
-                    days.append(files)
-                    dates.append(date)
+            # On S3 a folder is there only while objects are: no listing of each one.
+            if date <= horizon and (dataset.remote or dataset.files(table, day)):
+                days.append(day)
+                dates.append(date)
         for earlier, later in itertools.pairwise(dates):
             if later - earlier > timedelta(days=1):
                 gap = earlier + timedelta(days=1)
                 return SourceProgress(event_type, gap, f"day folder date={gap:%Y-%m-%d} missing")
         # The newest day holds the latest creation (updates go by the conversions': above).
         column = WINDOW_COLUMN[event_type]
-        for files in reversed(days):
-            # Every row group that may hold an event at or before the horizon.
-            through = horizon + timedelta.resolution
-            with (
-                self._connect(dataset) as con,
-                _local(dataset, files, column, datetime.min, through) as local,
-            ):
-                ((latest,),) = con.execute(
-                    f"SELECT max({column}) FROM {_read_parquet(local)} WHERE {column} <= $1",
-                    [horizon],
-                ).fetchall()
+        for day in reversed(days):
+            files = dataset.files(table, day)
+            if not files:
+                continue
+            if dataset.remote:
+                # From the footers' statistics: no day's rows are fetched for it.
+                latest = dataset.latest(files, column, horizon)
+            else:
+                with self._connect(dataset) as con:
+                    ((latest,),) = con.execute(
+                        f"SELECT max({column}) FROM {_read_parquet(files)} WHERE {column} <= $1",
+                        [horizon],
+                    ).fetchall()
             if latest is not None:
                 return SourceProgress(event_type, naive_utc(latest), "latest event")
         return SourceProgress(event_type, None, f"no {event_type} in dataset {dataset.uri}")

@@ -135,8 +135,55 @@ def test_a_window_fetches_only_the_row_groups_that_can_hold_it_and_nothing_else_
             con.execute(f"SELECT sum(hash(ua)) FROM read_parquet('{local}')").fetchall()
 
 
+@pytest.mark.parametrize(
+    ("unit", "zone"), [("ns", None), ("ns", "UTC"), ("ms", "UTC")], ids=["ns", "ns-utc", "ms-utc"]
+)
+def test_row_groups_are_chosen_by_statistics_of_any_timestamp_unit_and_zone(
+    events_db: Path, s3_server: S3Server, deployment: None, tmp_path: Path, unit: str, zone: str
+) -> None:
+    """A dataset written by another tool (nanoseconds, instants): the same bytes from S3 as
+    from the same files on disk, row groups still skipped, and the same latest event."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "dataset"
+    folder = root / "clicks" / "date=2026-11-25"
+    folder.mkdir(parents=True)
+    with duckdb.connect(str(events_db), read_only=True) as con:
+        table = con.sql("SELECT * FROM clicks ORDER BY created_at").arrow()
+    if hasattr(table, "read_all"):
+        table = table.read_all()
+    kind = pa.timestamp(unit, tz=zone)
+    at = table.schema.get_field_index("created_at")
+    # A sub-microsecond part where the unit has one: statistics a microsecond cannot hold.
+    moments = table.column(at).cast(pa.timestamp("us")).cast(pa.int64())
+    shifted = pa.compute.add(pa.compute.multiply(moments, 1000), 999 if unit == "ns" else 0)
+    values = shifted.cast(pa.timestamp("ns")).cast(kind, safe=False)
+    pq.write_table(
+        table.set_column(at, "created_at", values), folder / "part.parquet", row_group_size=1000
+    )
+    prefix = f"{unit}-{zone}"
+    client = s3_server.client(s3_server.admin)
+    client.put_object(
+        Bucket=LAKE,
+        Key=f"{prefix}/clicks/date=2026-11-25/part.parquet",
+        Body=(folder / "part.parquet").read_bytes(),
+    )
+    remote = f"s3://{LAKE}/{prefix}"
+    quarter = (datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 10, 15))
+    for start, end in (quarter, (datetime(2026, 11, 25), datetime(2026, 11, 26))):
+        assert csv_export(remote, "clicks", start, end) == csv_export(root, "clicks", start, end)
+    (staged,) = ParquetDataset.open(remote).stage(
+        [f"{LAKE}/{prefix}/clicks/date=2026-11-25/part.parquet"], "created_at", *quarter, tmp_path
+    )
+    assert Path(staged).stat().st_blocks * 512 < Path(staged).stat().st_size / 4
+    local, s3 = EventsDatabase(path=str(root)), EventsDatabase(path=remote)
+    assert s3.progress("clicks") == local.progress("clicks")
+    assert s3.progress("clicks").how == "latest event"
+
+
 def test_watermarks_and_completeness_work_the_same_on_s3(
-    lake: str, s3_server: S3Server, deployment: None
+    lake: str, local_dataset: Path, s3_server: S3Server, deployment: None
 ) -> None:
     database = EventsDatabase(path=lake)
     progress = database.progress("clicks")
@@ -144,8 +191,9 @@ def test_watermarks_and_completeness_work_the_same_on_s3(
     write_dataset_watermark(lake, "clicks", datetime(2026, 11, 25, 13))
     write_dataset_watermark(lake, "clicks", datetime(2026, 11, 25, 11))  # never backwards
     assert database.progress("clicks").complete_until == datetime(2026, 11, 25, 13)
-    # Without a watermark: the latest event of the newest day folder.
+    # Without a watermark: the latest event of the newest day folder, as the local dataset's.
     latest = database.progress("conversions")
+    assert latest == EventsDatabase(path=str(local_dataset)).progress("conversions")
     assert latest.how == "latest event"
     assert latest.complete_until is not None and latest.complete_until < datetime(2026, 11, 26)
     # The written file is the local writer's format, read back by a customer-side client.
