@@ -37,15 +37,29 @@ def latest_scheduled_run(
     return records[0] if records else None
 
 
+def scheduled_exports(
+    instance: dg.DagsterInstance, job_name: str, partition_key: str
+) -> bool | frozenset[dg.AssetKey]:
+    """What the scheduled runs of one window (the schedule's, or the sensor's for a missed
+    tick) deliver: True for a run of the whole job, else the exports their shards select
+    (none: no run)."""
+    tags = {SCHEDULED_TAG: "1", "dagster/partition": partition_key}
+    runs = instance.get_runs(dg.RunsFilter(job_name=job_name, tags=tags))
+    if any(run.asset_selection is None for run in runs):
+        return True
+    return frozenset(key for run in runs for key in run.asset_selection or ())
+
+
 def scheduled_run_requests(
     group: WindowGroup,
     window_start: datetime,
     missed: bool = False,
     size: int = DEFAULT_EXPORTS_PER_RUN,
+    without: frozenset[dg.AssetKey] = frozenset(),
 ) -> list[dg.RunRequest]:
-    """The runs delivering the window at `window_start` to every live integration due in it:
-    one, or one per shard of at most `size` exports."""
-    due = group.due(window_start.replace(tzinfo=None))
+    """The runs delivering the window at `window_start` to every live integration due in it
+    (but those `without`): one, or one per shard of at most `size` exports."""
+    due = [t for t in group.due(window_start.replace(tzinfo=None)) if t.asset_key not in without]
     if not due:
         return []
     partition_key = window_start.strftime(PARTITION_KEY_FORMAT)
@@ -53,7 +67,8 @@ def scheduled_run_requests(
     if missed:
         tags[MISSED_TAG] = "1"
     request = dg.RunRequest(
-        run_key=f"{'missed' if missed else 'scheduled'}|{group.job_name}|{partition_key}",
+        run_key=f"{'missed' if missed else 'scheduled'}|{group.job_name}|{partition_key}"
+        + (f"|{len(without)} done" if without else ""),
         job_name=group.job_name,
         partition_key=partition_key,
         # Every live integration due (the usual case once all have started) is the job

@@ -38,7 +38,11 @@ from dagster._core.storage.tags import (
 )
 
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT
-from affise_s3_assets.schedules import latest_scheduled_run, scheduled_run_requests
+from affise_s3_assets.schedules import (
+    latest_scheduled_run,
+    scheduled_exports,
+    scheduled_run_requests,
+)
 from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
 from affise_s3_assets.source import EventsDatabase, SourceIncomplete
 from affise_s3_assets.targets import ExportTarget, WindowGroup
@@ -484,7 +488,7 @@ def plan_missed_windows(
     groups: Sequence[WindowGroup],
     checked: dict[str, str] | None,
     now: datetime,
-    has_scheduled_run: Callable[[str, str], bool],
+    has_scheduled_run: Callable[[str, str], bool | frozenset[dg.AssetKey]],
     newest_scheduled: Callable[[str], str | None] | None = None,
     exports_per_run: int = DEFAULT_EXPORTS_PER_RUN,
 ) -> tuple[list[dg.RunRequest], dict[str, str]]:
@@ -497,6 +501,10 @@ def plan_missed_windows(
     newest scheduled run (`newest_scheduled`), so windows missed meanwhile are found too.
     The newest closed window is never requested here: the scheduler, back from being down,
     evaluates that tick itself, and two runs for one window would race.
+
+    `has_scheduled_run(job, window)` says what the window's scheduled runs deliver: True for
+    all of the job, False for nothing, or the exports its shards selected; exports due and in
+    none of them (a tick that failed after its first shards) are requested here.
     """
     now = _naive(now)
     live = {group.job_name: group for group in groups if group.live}
@@ -518,9 +526,16 @@ def plan_missed_windows(
         for _ in range(GAP_WINDOWS_PER_TICK):
             if window > last:
                 break
-            if group.due(window) and not has_scheduled_run(name, _key(window)):
+            covered = has_scheduled_run(name, _key(window)) if group.due(window) else True
+            if covered is not True:
                 requests.extend(
-                    scheduled_run_requests(group, window, missed=True, size=exports_per_run)
+                    scheduled_run_requests(
+                        group,
+                        window,
+                        missed=True,
+                        size=exports_per_run,
+                        without=covered or frozenset(),
+                    )
                 )
             state[name] = _key(window)
             window += step
@@ -833,7 +848,7 @@ def build_catch_up_sensor(
             live,
             state.window_jobs,
             now,
-            lambda job_name, key: latest_scheduled_run(instance, job_name, key) is not None,
+            lambda job_name, key: scheduled_exports(instance, job_name, key),
             newest_scheduled,
             exports_per_run=size,
         )

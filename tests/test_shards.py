@@ -116,8 +116,8 @@ def test_the_deployment_sets_the_shard_size(
 
 def test_shards_run_side_by_side_and_a_broken_one_harms_no_other(rig: WindowRig, s3_server) -> None:
     """Both shards of one window, run as the schedule requests them, on the real S3 server:
-    the healthy shard's exports are delivered, the broken shard's healthy export too, only the
-    broken export's window is Failed, and re-delivering that shard touches nobody else."""
+    the healthy shard's exports are delivered and materialized by their run alone, and only
+    the broken shard's export is Failed."""
     rig.configure(
         [
             ("s1", "2026-11-24 00:00:00", rig.clicks("s1")),
@@ -142,3 +142,25 @@ def test_shards_run_side_by_side_and_a_broken_one_harms_no_other(rig: WindowRig,
         assert {e.asset_key.path[1] for e in result.all_events if e.is_step_materialization} == (
             names
         )
+
+
+def test_a_tick_that_created_only_some_shards_gets_the_rest_as_a_missed_window() -> None:
+    """The scheduler creates a tick's runs one by one: one that fails after its first shard
+    leaves the others' exports without the window, which the catch-up sensor then requests,
+    and only those."""
+    group = five()
+    now = datetime(2026, 11, 26, 11, 7, tzinfo=UTC)
+    created = scheduled_run_requests(group, datetime(2026, 11, 26, 10, 15), size=2)[0]
+    done = frozenset(created.asset_selection or [])
+
+    def scheduled(job: str, key: str) -> bool | frozenset[dg.AssetKey]:
+        return done if key == "2026-11-26-10:15" else True
+
+    missed, _ = plan_missed_windows(
+        [group], {group.job_name: "2026-11-26-10:00"}, now, scheduled, exports_per_run=2
+    )
+    assert [(r.partition_key, selected(r)) for r in missed] == [
+        ("2026-11-26-10:15", ["a3", "a4"]),
+        ("2026-11-26-10:15", ["a5"]),
+    ]
+    assert all(r.tags["affise/missed_tick"] == "1" for r in missed)
