@@ -15,12 +15,15 @@ Knows files, the webserver's address and Dagster's loading; nothing of S3 or Duc
 """
 
 import hashlib
+import json
 import logging
 import os
 import threading
+import time
 import urllib.parse
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -165,11 +168,11 @@ _last_reload: ReloadOutcome | None = None
 def request_reload(webserver_url: str, location: str) -> tuple[bool, str]:
     """Ask the webserver to reload `location`: (reloaded and loaded, what it answered). A
     reload whose location then fails to load is a failure. Never raises."""
-    # Imported here: only a config sensor's reload needs the GraphQL client, not every run.
-    from dagster_graphql import DagsterGraphQLClient, ReloadRepositoryLocationStatus
-
     url = urllib.parse.urlsplit(webserver_url)
     try:
+        # Imported here: only a config sensor's reload needs the GraphQL client, not a run.
+        from dagster_graphql import DagsterGraphQLClient, ReloadRepositoryLocationStatus
+
         client = DagsterGraphQLClient(
             url.hostname or "127.0.0.1",
             port_number=url.port,
@@ -201,6 +204,24 @@ def _reload_in_background(webserver_url: str, location: str, file_sha256: str) -
         _last_reload = ReloadOutcome(file_sha256, ok, message)
 
     threading.Thread(target=work, name="affise-reload", daemon=True).start()
+
+
+# Where the last reload asked for is kept (per location): [file sha256, when, epoch seconds].
+RELOAD_ASKED_KEY = "affise/config-reload-asked"
+# A reload not taken effect after this long has failed (its own request may take 120 s).
+RELOAD_GRACE_SECONDS = RELOAD_TIMEOUT_SECONDS + 60
+
+
+def _asked(text: str | None) -> tuple[str, float] | None:
+    try:
+        sha, when = json.loads(text or "")
+        return str(sha), float(when)
+    except (ValueError, TypeError):
+        return None
+
+
+def _when(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class ReloadFailed(Exception):
@@ -240,13 +261,36 @@ def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefin
                 "reload the code location: reload it from Deployment → Code locations.\n"
                 + status_line(applied)
             )
-        failed = _last_reload
+        # This process may not live to hear the answer (`dagster code-server start` replaces
+        # it at once): what was asked is kept in the instance, and a location still running
+        # the old file once a reload's time is up is a failed reload, whoever asked.
+        key = f"{RELOAD_ASKED_KEY}/{location}"
+        asked = _asked(context.instance.run_storage.get_cursor_values({key}).get(key))
+        now = time.time()
+        answer = _last_reload  # heard by this process, when it lived to hear it
+        said = None
+        if answer is not None and not answer.ok and answer.file_sha256 == current.file_sha256:
+            said = answer.message
+        elif asked is not None and asked[0] == current.file_sha256:
+            if now - asked[1] < RELOAD_GRACE_SECONDS:
+                return dg.SkipReason(
+                    f"{path} changed: reloading code location {location!r} (asked at "
+                    f"{_when(asked[1])}) with:\n" + status_line(current)
+                )
+            said = (
+                f"the reload of code location {location!r} asked at {_when(asked[1])} has not "
+                "taken effect: it still runs the file as it was (its load may have failed: "
+                "Deployment > Code locations in the UI)"
+            )
+        context.instance.run_storage.set_cursor_values(
+            {key: json.dumps([current.file_sha256, now])}
+        )
         _reload_in_background(webserver, location, current.file_sha256)
         context.log.info(f"{path} changed: reloading code location {location!r}")
-        if failed is not None and not failed.ok and failed.file_sha256 == current.file_sha256:
+        if said is not None:
             # The location still runs the old config: the tick is a failure, and says why.
-            context.log.error(failed.message)
-            raise ReloadFailed(f"{failed.message}; asked again.\n" + status_line(applied))
+            context.log.error(said)
+            raise ReloadFailed(f"{said}; asked again.\n" + status_line(applied))
         return dg.SkipReason(
             f"{path} changed: reloading code location {location!r} with:\n" + status_line(current)
         )

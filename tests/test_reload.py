@@ -4,10 +4,12 @@ the sensor's next tick (which asks again), never "reloaded".
 
 The location that cannot load raises at import, as a broken deployment's code would."""
 
+import json
 import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,17 +94,49 @@ def test_the_config_sensor_fails_its_tick_while_the_reload_fails(
     # The file changes: a filter is edited.
     integrations.write_text(SHIPPED.read_text().replace("[101, 102]", "[103]", 1))
 
-    def tick() -> dg.SkipReason:
-        return sensor.evaluate_tick(dg.build_sensor_context()).skip_message
+    with dg.instance_for_test() as instance:
 
-    with caplog.at_level(logging.INFO, logger="affise_s3_assets"):
-        assert "reloading code location 'broken'" in tick()
-        outcome = wait_for("the reload's answer", lambda: live_config._last_reload, timeout=60)
-    assert not outcome.ok
-    assert any(
-        r.levelno == logging.ERROR and "'broken' failed (PythonError)" in r.getMessage()
-        for r in caplog.records
-    )
-    assert not any("reloaded" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ReloadFailed, match=r"'broken' failed .*asked again"):
-        tick()
+        def tick() -> dg.SkipReason:
+            context = dg.build_sensor_context(instance=instance)
+            return sensor.evaluate_tick(context).skip_message
+
+        with caplog.at_level(logging.INFO, logger="affise_s3_assets"):
+            assert "reloading code location 'broken'" in tick()
+            outcome = wait_for("the reload's answer", lambda: live_config._last_reload, timeout=60)
+        assert not outcome.ok
+        assert any(
+            r.levelno == logging.ERROR and "'broken' failed (PythonError)" in r.getMessage()
+            for r in caplog.records
+        )
+        assert not any("reloaded" in r.getMessage() for r in caplog.records)
+        with pytest.raises(ReloadFailed, match=r"'broken' failed .*asked again"):
+            tick()
+
+
+def test_a_reload_nobody_heard_fail_is_a_failure_once_its_time_is_up(
+    webserver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process that asked may not live to hear the answer (`dagster code-server start`
+    replaces it): a location still running the old file once a reload's time is up failed
+    its reload, whichever process looks next; within that time, nobody asks again."""
+    integrations = tmp_path / "integrations.yaml"
+    integrations.write_text(SHIPPED.read_text())
+    monkeypatch.setenv("AFFISE_INTEGRATIONS", str(integrations))
+    monkeypatch.setenv("AFFISE_WEBSERVER_URL", webserver)
+    monkeypatch.setattr(live_config, "_last_reload", None)
+    sensor = build_config_sensor(live_config.apply_file(integrations), "good")
+    integrations.write_text(SHIPPED.read_text().replace("[101, 102]", "[103]", 1))
+    changed = live_config.apply_file(integrations)
+    key = f"{live_config.RELOAD_ASKED_KEY}/good"
+    with dg.instance_for_test() as instance:
+        asked = time.time() - 30
+        instance.run_storage.set_cursor_values({key: json.dumps([changed.file_sha256, asked])})
+        waiting = sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).skip_message
+        assert "reloading code location 'good' (asked at" in waiting
+        # Asked by a process long gone, and the location still runs the old file.
+        late = time.time() - live_config.RELOAD_GRACE_SECONDS - 1
+        instance.run_storage.set_cursor_values({key: json.dumps([changed.file_sha256, late])})
+        with pytest.raises(ReloadFailed, match=r"has not taken effect.*asked again"):
+            sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        sha, when = json.loads(instance.run_storage.get_cursor_values({key})[key])
+        assert sha == changed.file_sha256 and when > late
