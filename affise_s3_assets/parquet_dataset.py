@@ -17,6 +17,8 @@ one-day window); benchmarks/run_benchmarks.py prints both datasets side by side.
 Knows files and object keys; nothing of windows, DuckDB queries or delivery.
 """
 
+import functools
+import hashlib
 import json
 import os
 import urllib.parse
@@ -41,15 +43,31 @@ def is_remote(location: str | Path) -> bool:
 
 
 def events_s3_filesystem() -> pafs.S3FileSystem:
-    """The deployment's S3 filesystem for the events (read at run time, never at import)."""
-    endpoint = os.environ.get("AFFISE_EVENTS_S3_ENDPOINT")
+    """The deployment's S3 filesystem for the events (read at run time, never at import):
+    one per process and setting, so credentials are resolved once, not at every poll."""
+    # Environment credentials changed (rotated) give a new one: the chain reads them once.
+    chain = hashlib.sha256(
+        "|".join(os.environ.get(name, "") for name in CHAIN_VARIABLES).encode()
+    ).hexdigest()
+    return _filesystem(
+        os.environ.get("AFFISE_EVENTS_S3_ENDPOINT"),
+        os.environ.get("AFFISE_EVENTS_S3_REGION"),
+        chain,
+    )
+
+
+# The standard chain's environment variables, whose values a filesystem is built with.
+CHAIN_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@functools.lru_cache(maxsize=4)
+def _filesystem(endpoint: str | None, region: str | None, chain: str) -> pafs.S3FileSystem:
     options: dict[str, object] = {
         # Connect fails fast and is retried by the caller's next poll; a read may be slow.
         "connect_timeout": 5,
         "request_timeout": 60,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5),
     }
-    region = os.environ.get("AFFISE_EVENTS_S3_REGION")
     if region:
         options["region"] = region
     if endpoint:

@@ -32,6 +32,7 @@ from affise_s3_assets.dagster_internal import compare_and_set_key_value, sql_run
 KEY_PREFIX = "affise/upload-journal/"
 # How often a compare-and-swap is tried against writers of the same key before giving up.
 CAS_ATTEMPTS = 50
+KEYS_PER_READ = 1000
 
 
 class JournalUnavailable(Exception):
@@ -43,13 +44,13 @@ class JournalUnavailable(Exception):
 class Holder:
     """Who began an upload: the process that may still be sending its parts."""
 
-    host: str
+    host: str  # where its pid means it: `process_space()`
     pid: int
     run_id: str = ""  # the Dagster run, when the upload is a run's
 
     @classmethod
     def this_process(cls, run_id: str = "") -> "Holder":
-        return cls(socket.gethostname(), os.getpid(), run_id)
+        return cls(process_space(), os.getpid(), run_id)
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,24 @@ class UploadJournal(Protocol):
         ...
 
 
+def process_space() -> str:
+    """Where a process id names one process: the host's name, its boot and the process-id
+    namespace. Containers sharing a host name (host networking) have their own process ids:
+    a pid seen from another namespace proves nothing."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            booted = boot.read().strip()
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{booted}/{namespace}"
+
+
 def process_gone(holder: Holder) -> bool | None:
-    """Whether the holder's process is gone: True or False on the holder's own host, None
-    (cannot tell) elsewhere. A process id reused since reads as alive: the upload is then
-    left to a later sweep, never aborted under a live writer."""
-    if holder.host != socket.gethostname():
+    """Whether the holder's process is gone: True or False in the holder's own process
+    space (`process_space`), None (cannot tell) elsewhere. A process id reused since reads as
+    alive: the upload is then left to a later sweep, never aborted under a live writer."""
+    if holder.host != process_space():
         return None
     if holder.pid == os.getpid():
         return False
@@ -241,8 +255,14 @@ class InstanceUploadJournal:
     def holding(self, destinations: Iterable[str]) -> set[str]:
         """Which of `destinations` have journaled uploads: one read for all of them."""
         keys = {self.storage_key(name): name for name in destinations}
-        with self._lock:
-            found = self.instance.run_storage.get_cursor_values(set(keys))
+        names = sorted(keys)
+        found: dict[str, str] = {}
+        # In reads of a bounded number of keys: SQLite takes at most 32,766 parameters.
+        for first in range(0, len(names), KEYS_PER_READ):
+            with self._lock:
+                found |= self.instance.run_storage.get_cursor_values(
+                    set(names[first : first + KEYS_PER_READ])
+                )
         return {keys[key] for key, text in found.items() if key in keys and _decode(text)}
 
     def abandoned(self, upload: OpenUpload) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -133,6 +134,11 @@ def test_an_upload_is_abandoned_once_its_run_is_finished_or_its_process_gone(
     assert not journal.abandoned(entry(Holder(elsewhere, 7, run(DagsterRunStatus.STARTED))))
     assert not journal.abandoned(entry(Holder(here, os.getpid(), run(DagsterRunStatus.STARTED))))
     assert not journal.abandoned(entry(Holder(elsewhere, 7)))  # cannot tell: left to age
+    # Same host name, another process-id namespace (containers on the host's network): its
+    # pid says nothing here, even one no process of ours has.
+    container = f"{socket.gethostname()}/{here.split('/', 1)[-1]}-other"
+    assert not journal.abandoned(entry(Holder(container, dead.pid)))
+    assert not journal.abandoned(entry(Holder(socket.gethostname(), dead.pid)))
 
 
 def test_an_upload_the_journal_cannot_record_is_not_sent_and_is_aborted() -> None:
