@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs everything this project needs on a fresh machine: uv, the locked Python environment
-# (.venv, from uv.lock), the Ceph RGW packages behind the local S3 server and, for the browser
-# tests, Debian's Chromium and playwright-core. Idempotent.
+# (.venv, from uv.lock, with the `deploy` extra through the dev group), the Ceph RGW packages
+# behind the local S3 server, Debian's Postgres server (scripts/prod-local.sh) and, for the
+# browser tests, Debian's Chromium and playwright-core. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v uv >/dev/null 2>&1; then
@@ -12,6 +13,13 @@ fi
 # would otherwise recompile Dagster's sources on import: 3.1 s instead of 1.2 s per import.
 UV_PYTHON_DOWNLOADS=never uv sync --frozen --quiet --compile-bytecode
 bash scripts/s3-server.sh install
+# Postgres for scripts/prod-local.sh (the cluster's engine on this machine) and its test:
+# Debian's server packages; the script runs its own cluster on a port of its own.
+if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
 # The browser tests: Debian's Chromium, driven by playwright-core from the npm lock file (no
 # browser download). Only the tests need them; the demo does not.
 if [ "${AFFISE_SETUP_BROWSER:-1}" = 1 ]; then

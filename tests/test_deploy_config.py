@@ -18,7 +18,9 @@ from typing import Any
 import dagster as dg
 import dagster_k8s
 import dagster_postgres
+import psycopg2
 import pytest
+import sqlalchemy
 import yaml
 from dagster._config import process_config
 from dagster._core.errors import DagsterInvalidConfigError
@@ -26,6 +28,7 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
+from dagster_postgres.utils import get_conn_string
 
 from affise_s3_assets.config import EVENT_TYPES, load_integrations
 from affise_s3_assets.definitions import build_definitions
@@ -52,6 +55,7 @@ PG_ENV = {
     "DAGSTER_PG_PASSWORD": "not-a-real-password",
     "DAGSTER_PG_HOST": "postgres.test.invalid",
     "DAGSTER_PG_DB": "dagster_test",
+    "DAGSTER_PG_PORT": "5433",
 }
 
 POSTGRES_STORAGES = {
@@ -150,6 +154,7 @@ def test_storage_is_postgres_with_every_field_from_the_environment(
         assert db["password"] == {"env": "DAGSTER_PG_PASSWORD"}
         assert db["hostname"] == {"env": "DAGSTER_PG_HOST"}
         assert db["db_name"] == {"env": "DAGSTER_PG_DB"}
+        assert db["port"] == {"env": "DAGSTER_PG_PORT"}
 
 
 def test_queued_coordinator_limits_per_frequency_and_catch_up(
@@ -220,6 +225,19 @@ def test_postgres_fields_resolve_from_the_environment(pg_env: None) -> None:
         db = result.value["postgres_db"]
         assert db["hostname"] == PG_ENV["DAGSTER_PG_HOST"]
         assert db["password"] == PG_ENV["DAGSTER_PG_PASSWORD"]
+        assert db["port"] == int(PG_ENV["DAGSTER_PG_PORT"])
+
+
+def test_postgres_url_names_a_driver_the_environment_installs(pg_env: None) -> None:
+    # With SQLAlchemy 2 a bare postgresql:// means psycopg 3; dagster-postgres installs
+    # psycopg2-binary only. The URL each storage would connect with must load its driver.
+    for section in POSTGRES_STORAGES:
+        db = _process(_configured_classes()[section]).value["postgres_db"]
+        url = sqlalchemy.engine.make_url(get_conn_string(**db))
+        assert url.drivername == "postgresql+psycopg2"
+        assert url.get_dialect().import_dbapi() is psycopg2
+        # The password reaches the driver, never the URL's printed form.
+        assert PG_ENV["DAGSTER_PG_PASSWORD"] not in repr(url)
 
 
 def test_storage_config_fails_without_its_env_var(
@@ -372,7 +390,14 @@ def test_run_launcher_postgres_retries_and_home_match(
 
 def test_scaling_doc_names_the_files_and_the_tags(instance_config: Mapping[str, Any]) -> None:
     doc = SCALING_DOC.read_text()
-    for name in ("deploy/dagster.yaml", "deploy/helm-values.yaml", "tests/test_deploy_config.py"):
+    for name in (
+        "deploy/dagster.yaml",
+        "deploy/helm-values.yaml",
+        "deploy/Dockerfile",
+        "tests/test_deploy_config.py",
+        "scripts/prod-local.sh",
+        "tests/test_production.py",
+    ):
         assert name in doc
     for limit in instance_config["run_coordinator"]["config"]["tag_concurrency_limits"]:
         assert f"`{limit['key']}`" in doc, f"docs/scaling.md does not explain {limit['key']}"
@@ -457,3 +482,28 @@ def test_the_last_applied_config_outlives_the_code_server_pod(
     assert claim["kind"] == "PersistentVolumeClaim"
     assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert "readOnly" not in mount
+
+
+def test_the_image_installs_what_the_instance_imports(helm_values: Mapping[str, Any]) -> None:
+    """Every pod of the chart runs the user-code image and loads deploy/dagster.yaml: the image
+    installs the package's `deploy` extra, which holds each distribution the instance imports,
+    pinned to the Dagster release of the rest."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"]["deploy"]
+    pins = dict(requirement.split("==") for requirement in extra)
+    config = yaml.safe_load(INSTANCE_YAML.read_text())
+    imported = {
+        section["module"].split(".")[0].replace("_", "-")
+        for section in config.values()
+        if isinstance(section, dict) and "module" in section
+    }
+    assert imported - {"dagster"} == pins.keys()
+    (aws,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("dagster-aws==")]
+    assert set(pins.values()) == {aws.split("==")[1]}
+    dockerfile = (DEPLOY_DIR / "Dockerfile").read_text()
+    assert '"affise-s3-assets[deploy] @ file://' in dockerfile
+    assert "--extra deploy" in dockerfile and "uv.lock" in dockerfile
+    assert "deploy/Dockerfile" in HELM_VALUES.read_text()
+    python = re.search(r"^FROM python:(\d+\.\d+)", dockerfile, re.MULTILINE)
+    assert python is not None
+    assert pyproject["project"]["requires-python"].startswith(f">={python.group(1)}")
