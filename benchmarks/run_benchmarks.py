@@ -834,12 +834,7 @@ def scale_cases(count: int, windows: int) -> None:
         tick_case(n)
 
     # Delivery: every integration's clicks at 15 minutes, 20M clicks/day in total.
-    fifteen = OUT / f"integrations-{count}-15min.yaml"
-    fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
-    db = fanout_db(count)
-    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
-        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
-    }
+    fifteen, db, env = fifteen_minute_fanout(count)
     print(
         f"\n## Window jobs: {count:,} integrations' clicks every 15 minutes, "
         "20M clicks/day in total"
@@ -902,13 +897,7 @@ def stop_postgres() -> None:
 def window_storage_case(count: int, windows: int) -> None:
     """The same window runs as `scale`, with the event log on Postgres (the cluster's) and on
     SQLite (`dagster dev`'s): what Dagster's two events per integration and window cost."""
-    many = write_integrations(count)
-    fifteen = OUT / f"integrations-{count}-15min.yaml"
-    fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
-    db = fanout_db(count)
-    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
-        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
-    }
+    fifteen, db, env = fifteen_minute_fanout(count)
     print(f"\n## Window runs by event log storage: {count:,} integrations' clicks, 15 minutes")
     print("| storage | window | objects | run wall s | peak RSS MB |\n|---|---|---|---|---|")
     url = start_postgres()
@@ -927,18 +916,24 @@ def window_storage_case(count: int, windows: int) -> None:
         stop_postgres()
 
 
+def fifteen_minute_fanout(count: int) -> tuple[Path, Path, dict[str, str]]:
+    """`count` integrations' clicks every 15 minutes (one affiliate each), their events (20M
+    clicks/day in total) and their credentials' variables."""
+    many = write_integrations(count)
+    fifteen = OUT / f"integrations-{count}-15min.yaml"
+    fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
+    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
+        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
+    }
+    return fifteen, fanout_db(count), env
+
+
 def shard_case(count: int) -> None:
     """A 15-minute window of `count` integrations' clicks delivered by 1, 2 and 4 runs at once
     (the schedule's shards, shards.py), each its own process on one Postgres event log, as the
     run launcher starts them: from the first run's start to the last run's end (the window's
     close to its last object, less the queue's latency), and what an integration costs."""
-    many = write_integrations(count)
-    fifteen = OUT / f"integrations-{count}-15min.yaml"
-    fifteen.write_text(re.sub(r"frequency: (5|30)\n", "frequency: 15\n", many.read_text()))
-    db = fanout_db(count)
-    env = {f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)} | {
-        f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)
-    }
+    fifteen, db, env = fifteen_minute_fanout(count)
     print(
         f"\n## A window's runs side by side: {count:,} integrations' clicks, 15 minutes, Postgres"
     )

@@ -58,6 +58,7 @@ class DagsterDev:
         self.home, self.env, self.port = home, env, port
         self.settings = settings or {}
         self.url = f"http://127.0.0.1:{port}"
+        self.location = LOCATION
         self.log = home / "dagster-dev.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -129,7 +130,7 @@ class DagsterDev:
             return False
         entries = data["workspaceOrError"]["locationEntries"]
         return any(
-            e["name"] == LOCATION
+            e["name"] == self.location
             and e["loadStatus"] == "LOADED"
             and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
             for e in entries
@@ -141,7 +142,7 @@ class DagsterDev:
                  ... on Sensor { sensorState { ticks(limit: 1) { status skipReason } } } } }""",
             {
                 "selector": {
-                    "repositoryLocationName": LOCATION,
+                    "repositoryLocationName": self.location,
                     "repositoryName": "__repository__",
                     "sensorName": sensor,
                 }

@@ -46,6 +46,7 @@ class ProdLocal(DagsterDev):
         super().__init__(home / "dagster_home", env, port)
         self.prod_home = home
         self.env = {**env, "AFFISE_PROD_HOME": str(home)}
+        self.location = LOCATION  # the chart's name for it, not dagster dev's
 
     def script(self, *args: str) -> str:
         return run_script(self.env, *args)
@@ -78,21 +79,6 @@ class ProdLocal(DagsterDev):
 
     def instance_config(self) -> dict[str, Any]:
         return yaml.safe_load((self.home / "dagster.yaml").read_text())
-
-    def loaded(self) -> bool:
-        try:
-            data = self.graphql(
-                "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-                "locationOrLoadError { __typename } } } } }"
-            )
-        except OSError:
-            return False
-        return any(
-            entry["name"] == LOCATION
-            and entry["loadStatus"] == "LOADED"
-            and entry["locationOrLoadError"]["__typename"] == "RepositoryLocation"
-            for entry in data["workspaceOrError"]["locationEntries"]
-        )
 
     def logs(self) -> dict[str, str]:
         """Every log the engine wrote: each component's, the schema migration's, Postgres's."""

@@ -22,17 +22,13 @@ from affise_s3_assets.source import (
     parquet_files,
     write_dataset_watermark,
 )
+from tests.datasets import write_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(events_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("parquet")
-    with duckdb.connect(str(events_db), read_only=True) as con:
-        for table in ("clicks", "conversions"):
-            con.execute(
-                f"COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM {table}) "
-                f"TO '{root / table}' (FORMAT parquet, PARTITION_BY (date))"
-            )
+    write_dataset(events_db, root)
     return root
 
 

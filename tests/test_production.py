@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 import yaml
 
@@ -28,6 +27,7 @@ from affise_s3_assets.demo import generate_demo_events
 from affise_s3_assets.source import WATERMARK_FILE
 from affise_s3_assets.targets import window_job_name
 from tests.conftest import ROOT, S3Server
+from tests.datasets import write_dataset
 from tests.operations import wait_for
 from tests.production import COMPONENTS, ProdLocal, run_script, without_run_launcher
 from tests.test_delivery import keys_in
@@ -80,16 +80,7 @@ class Lake:
         return f"s3://{self.bucket}/{self.prefix}"
 
     def load(self, events: Path, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect(str(events), read_only=True) as con:
-            for table in ("clicks", "conversions"):
-                con.execute(
-                    f"COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM {table} "
-                    f"ORDER BY created_at) TO '{root / table}' "
-                    "(FORMAT parquet, PARTITION_BY (date), ROW_GROUP_SIZE 5000)"
-                )
-            marks = con.execute("SELECT event_type, complete_until FROM affise_watermarks")
-            watermarks = {kind: until for kind, until in marks.fetchall()}
+        watermarks = write_dataset(events, root, ordered=True, row_group_size=5000)
         client = self.s3.client(self.s3.admin)
         client.create_bucket(Bucket=self.bucket)
         for file in sorted(root.rglob("*.parquet")):

@@ -21,6 +21,7 @@ from affise_s3_assets.source import (
     write_dataset_watermark,
 )
 from tests.conftest import Account, S3Server
+from tests.datasets import write_dataset
 from tests.test_delivery import delivered_rows, fetch, source_rows
 from tests.window_rig import START, WINDOW, WindowRig
 
@@ -34,13 +35,7 @@ def local_dataset(events_db: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     15-minute window's rows are in one or two of a day's twenty, which is what lets a read
     skip the others."""
     root = tmp_path_factory.mktemp("parquet")
-    with duckdb.connect(str(events_db), read_only=True) as con:
-        for table in ("clicks", "conversions"):
-            con.execute(
-                f"COPY (SELECT *, strftime(created_at, '%Y-%m-%d') AS date FROM {table} "
-                f"ORDER BY created_at) TO '{root / table}' "
-                "(FORMAT parquet, PARTITION_BY (date), ROW_GROUP_SIZE 1000)"
-            )
+    write_dataset(events_db, root, ordered=True, row_group_size=1000)
     write_dataset_watermark(root, "clicks", datetime(2026, 11, 25, 12))
     return root
 

@@ -228,6 +228,21 @@ def _kill_mid_upload(
     return str(upload_id), child.pid
 
 
+def delivery_only(
+    s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """acme's keys: an account granted Put and Abort on `bucket` and no listing (the
+    published least-privilege policy)."""
+    grant_only_delivery(s3_server, bucket)
+    limited = {
+        "ACME_AWS_ACCESS_KEY_ID": s3_server.intruder.access_key,
+        "ACME_AWS_SECRET_ACCESS_KEY": s3_server.intruder.secret_key,
+    }
+    for name, value in limited.items():
+        monkeypatch.setenv(name, value)
+    return limited
+
+
 def test_a_writer_killed_mid_upload_leaves_a_journaled_upload_the_next_delivery_aborts(
     s3_server: S3Server,
     bucket: str,
@@ -241,13 +256,7 @@ def test_a_writer_killed_mid_upload_leaves_a_journaled_upload_the_next_delivery_
     lists it) and the journal in the instance names it. The next delivery of the key, under
     the same policy, cannot list (and says so) yet aborts it from the journal: afterwards
     the owner lists no upload, the journal holds none, and the object is the one delivered."""
-    grant_only_delivery(s3_server, bucket)
-    limited = {
-        "ACME_AWS_ACCESS_KEY_ID": s3_server.intruder.access_key,
-        "ACME_AWS_SECRET_ACCESS_KEY": s3_server.intruder.secret_key,
-    }
-    for name, value in limited.items():
-        monkeypatch.setenv(name, value)
+    limited = delivery_only(s3_server, bucket, monkeypatch)
     acme = integration(
         s3_server, bucket, frequency=60, extra="      acl: bucket-owner-full-control\n"
     )
@@ -292,13 +301,7 @@ def test_a_sweep_aborts_what_a_killed_writer_left_and_leaves_what_is_recent_or_l
     """No delivery of the key may ever come (a window never retried): the sweep aborts a
     killed writer's upload from the journal, under the policy without List, once it is
     older than its threshold; an upload a live run holds is left alone."""
-    grant_only_delivery(s3_server, bucket)
-    limited = {
-        "ACME_AWS_ACCESS_KEY_ID": s3_server.intruder.access_key,
-        "ACME_AWS_SECRET_ACCESS_KEY": s3_server.intruder.secret_key,
-    }
-    for name, value in limited.items():
-        monkeypatch.setenv(name, value)
+    limited = delivery_only(s3_server, bucket, monkeypatch)
     (target,) = build_export_targets([integration(s3_server, bucket, frequency=60)])
     destination = target.destination
     upload_id, _ = _kill_mid_upload(s3_server, bucket, instance, tmp_path, limited)
