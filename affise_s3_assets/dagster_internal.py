@@ -7,14 +7,10 @@ project's config, S3 or DuckDB.
 
 from typing import Any
 
-import sqlalchemy
-import sqlalchemy.exc
 from dagster._core.definitions.definitions_load_context import (
     DefinitionsLoadContext,
     DefinitionsLoadType,
 )
-from dagster._core.storage.runs.schema import KeyValueStoreTable
-from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
 
 def _context() -> DefinitionsLoadContext | None:
@@ -52,6 +48,9 @@ def sql_run_storage(run_storage: Any) -> Any | None:
     """The SQL run storage behind an instance's run storage (SQLite, Postgres, MySQL), or None
     for a storage of another kind. Dagster 1.13 has no public compare-and-set on its key-value
     store; its table is what one needs."""
+    # Imported here: a process that never journals an upload loads no SQL storage for it.
+    from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+
     inner = getattr(run_storage, "_storage", None)  # a LegacyRunStorage wraps the real one
     if inner is not None and hasattr(inner, "run_storage"):
         run_storage = inner.run_storage
@@ -62,6 +61,10 @@ def compare_and_set_key_value(storage: Any, key: str, old: str | None, new: str)
     """Store `new` under `key` of the key-value store if it still holds `old` (None: no row
     yet). One statement: the row's lock (Postgres, MySQL) or the database's (SQLite) makes it
     atomic."""
+    import sqlalchemy
+    import sqlalchemy.exc
+    from dagster._core.storage.runs.schema import KeyValueStoreTable
+
     if old is None:
         try:
             with storage.connect() as conn:

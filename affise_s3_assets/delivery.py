@@ -482,6 +482,8 @@ def _deliver_selected(
     due = [t for t in selected if t.integration not in early]
     if not due:
         return
+    # One read of the upload journal for all of them, not one per object.
+    io.prepare([target.destination for target in due])
     failures: list[Outcome] = []
     delivered = 0
     checks = IntactChecks(context)

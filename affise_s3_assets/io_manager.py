@@ -12,6 +12,7 @@ before its first part: the next delivery of the key aborts what a killed run lef
 s3:AbortMultipartUpload alone, and `sweep_abandoned_uploads` does so for every export.
 """
 
+import contextlib
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -197,6 +198,14 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
             CONTENT_TYPES[file_format],
             self._journal,
         )
+
+    def prepare(self, destinations: Iterable[S3Destination]) -> None:
+        """Before a run's objects: one read of which destinations' journals hold uploads, so
+        an object of one that holds none asks the instance nothing. Best effort."""
+        if isinstance(self._journal, InstanceUploadJournal):
+            # On failure each object reads its own, as without it.
+            with contextlib.suppress(Exception):
+                self._journal.prefetch(d.journal_name for d in destinations)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         raise TypeError(

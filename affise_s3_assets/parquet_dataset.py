@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -288,6 +287,8 @@ def _overlaps(low: int | None, high: int | None, start: int, end: int) -> bool:
 
 def _latest_value(values: pa.ChunkedArray, limit: int) -> int | None:
     """The greatest value at or before `limit` (microseconds), floored to microseconds."""
+    import pyarrow.compute as pc  # only a dataset without a watermark needs it
+
     micros = pc.cast(pc.cast(values, pa.timestamp("us", tz=values.type.tz)), pa.int64())
     kept = pc.filter(micros, pc.less_equal(micros, limit))
     found = pc.max(kept).as_py() if len(kept) else None

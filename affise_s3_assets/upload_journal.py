@@ -220,6 +220,7 @@ class InstanceUploadJournal:
         self._clock = clock
         # This process's own writers queue here rather than race each other's swaps.
         self._lock = threading.Lock()
+        self._idle: set[str] = set()  # held nothing at `prefetch`, not recorded to since
 
     @staticmethod
     def storage_key(destination: str) -> str:
@@ -231,6 +232,7 @@ class InstanceUploadJournal:
         upload = OpenUpload(
             destination, endpoint, bucket, key, upload_id, self._clock(), self.holder
         )
+        self._idle.discard(destination)
         try:
             self._update(destination, lambda uploads: uploads | {upload_id: upload})
         except Exception as exc:
@@ -247,10 +249,22 @@ class InstanceUploadJournal:
         )
 
     def pending(self, destination: str) -> list[OpenUpload]:
+        if destination in self._idle:
+            return []
         key = self.storage_key(destination)
         with self._lock:
             text = self.instance.run_storage.get_cursor_values({key}).get(key)
         return sorted(_decode(text).values(), key=lambda upload: upload.recorded_at)
+
+    def prefetch(self, destinations: Iterable[str]) -> None:
+        """Read at once which of `destinations` hold nothing: their `pending` then asks the
+        storage nothing (a run's objects would otherwise cost a query, and on Postgres a
+        connection, each). What another process records later is a live writer's, which
+        nobody may abort anyway; what this one records is read again."""
+        names = set(destinations)
+        idle = names - self.holding(names)
+        with self._lock:
+            self._idle = idle
 
     def holding(self, destinations: Iterable[str]) -> set[str]:
         """Which of `destinations` have journaled uploads: one read for all of them."""

@@ -351,3 +351,28 @@ def test_a_sweep_aborts_what_a_killed_writer_left_and_leaves_what_is_recent_or_l
     assert outcome.failed == []
     assert open_uploads() == {live}
     assert [u.upload_id for u in journal.pending(destination.journal_name)] == [live]
+
+
+def test_a_run_reads_the_journal_once_for_all_its_destinations(
+    instance: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prefetch` asks the storage once which destinations hold uploads: an object of one that
+    holds none asks nothing more, one that holds some reads them, and this process's own
+    records are read again."""
+    journal = InstanceUploadJournal(instance)
+    InstanceUploadJournal(instance).record("a/clicks", "", "b", "k", "left-by-a-killed-run")
+    reads: list[set[str]] = []
+    real = instance.run_storage.get_cursor_values
+
+    def counted(keys: set[str]) -> dict[str, str]:
+        reads.append(set(keys))
+        return real(keys)
+
+    monkeypatch.setattr(instance.run_storage, "get_cursor_values", counted)
+    journal.prefetch(["a/clicks", "b/clicks", "c/clicks"])
+    assert len(reads) == 1
+    assert journal.pending("b/clicks") == [] and journal.pending("c/clicks") == []
+    assert len(reads) == 1
+    assert [u.upload_id for u in journal.pending("a/clicks")] == ["left-by-a-killed-run"]
+    journal.record("b/clicks", "", "b", "k2", "mine")
+    assert [u.upload_id for u in journal.pending("b/clicks")] == ["mine"]
