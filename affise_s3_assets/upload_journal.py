@@ -33,6 +33,8 @@ KEY_PREFIX = "affise/upload-journal/"
 # How often a compare-and-swap is tried against writers of the same key before giving up.
 CAS_ATTEMPTS = 50
 KEYS_PER_READ = 1000
+# How long a run trusts its one read of which destinations hold uploads.
+PREFETCH_SECONDS = 30.0
 
 
 class JournalUnavailable(Exception):
@@ -221,6 +223,8 @@ class InstanceUploadJournal:
         # This process's own writers queue here rather than race each other's swaps.
         self._lock = threading.Lock()
         self._idle: set[str] = set()  # held nothing at `prefetch`, not recorded to since
+        self._prefetched: set[str] = set()
+        self._read_at = 0.0
 
     @staticmethod
     def storage_key(destination: str) -> str:
@@ -249,6 +253,9 @@ class InstanceUploadJournal:
         )
 
     def pending(self, destination: str) -> list[OpenUpload]:
+        if destination in self._prefetched and self._clock() - self._read_at > PREFETCH_SECONDS:
+            # A long run's snapshot is read again: a writer killed since may have left one.
+            self.prefetch(self._prefetched)
         if destination in self._idle:
             return []
         key = self.storage_key(destination)
@@ -259,12 +266,13 @@ class InstanceUploadJournal:
     def prefetch(self, destinations: Iterable[str]) -> None:
         """Read at once which of `destinations` hold nothing: their `pending` then asks the
         storage nothing (a run's objects would otherwise cost a query, and on Postgres a
-        connection, each). What another process records later is a live writer's, which
-        nobody may abort anyway; what this one records is read again."""
+        connection, each). The snapshot is read again once it is PREFETCH_SECONDS old (a
+        writer killed meanwhile may have left an upload); what this process records is read
+        at once."""
         names = set(destinations)
         idle = names - self.holding(names)
         with self._lock:
-            self._idle = idle
+            self._idle, self._prefetched, self._read_at = idle, names, self._clock()
 
     def holding(self, destinations: Iterable[str]) -> set[str]:
         """Which of `destinations` have journaled uploads: one read for all of them."""

@@ -23,7 +23,8 @@
 # Settings (environment):
 #   AFFISE_PROD_HOME              all state: dagster_home/, logs/, pids (default
 #                                 .dagster_home/prod-local)
-#   AFFISE_PROD_PG_DIR            Postgres cluster directory (default $AFFISE_PROD_HOME/postgres);
+#   AFFISE_PROD_PG_DIR            Postgres cluster directory (default $AFFISE_PROD_HOME/postgres; as root,
+#                                 /var/lib/postgresql/affise-prod-local-$DAGSTER_PG_PORT);
 #                                 run as root, the `postgres` user must be able to reach it
 #   DAGSTER_PG_PORT               Postgres port (default 55432), on 127.0.0.1
 #   DAGSTER_PG_USERNAME, DAGSTER_PG_DB  default dagster, dagster
@@ -51,7 +52,13 @@ BIN=$ROOT/.venv/bin
 PROD_HOME=${AFFISE_PROD_HOME:-$ROOT/.dagster_home/prod-local}
 mkdir -p "$PROD_HOME"
 PROD_HOME=$(cd "$PROD_HOME" && pwd)
-PG_DIR=${AFFISE_PROD_PG_DIR:-$PROD_HOME/postgres}
+# As root, Postgres runs as the `postgres` user, which must reach its directory: a checkout
+# under a private home (/root is 700) cannot hold it, so it goes where Debian keeps clusters.
+if [ "$(id -u)" = 0 ] && [ -z "${AFFISE_PROD_PG_DIR:-}" ]; then
+  PG_DIR=/var/lib/postgresql/affise-prod-local-${DAGSTER_PG_PORT:-55432}
+else
+  PG_DIR=${AFFISE_PROD_PG_DIR:-$PROD_HOME/postgres}
+fi
 LOGS=$PROD_HOME/logs
 PIDS=$PROD_HOME/run
 mkdir -p "$LOGS" "$PIDS"
@@ -120,9 +127,10 @@ start_postgres() {
     fi
     rm -f "$pwfile"
     as_pg tee -a "$PG_DIR/data/postgresql.conf" >/dev/null <<CONF
-# scripts/prod-local.sh: loopback only, the socket in this cluster's own directory.
+# scripts/prod-local.sh: loopback TCP only; no Unix socket (its path would be limited to
+# 107 bytes, which a deep checkout exceeds): every client connects to 127.0.0.1.
 listen_addresses = '127.0.0.1'
-unix_socket_directories = '$PG_DIR'
+unix_socket_directories = ''
 CONF
   fi
   if ! pg_running; then

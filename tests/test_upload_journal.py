@@ -27,6 +27,7 @@ from affise_s3_assets.io_manager import sweep_abandoned_uploads
 from affise_s3_assets.s3 import MIB, Journaling, S3ObjectWriter
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from affise_s3_assets.upload_journal import (
+    PREFETCH_SECONDS,
     Holder,
     InstanceUploadJournal,
     JournalUnavailable,
@@ -376,3 +377,8 @@ def test_a_run_reads_the_journal_once_for_all_its_destinations(
     assert [u.upload_id for u in journal.pending("a/clicks")] == ["left-by-a-killed-run"]
     journal.record("b/clicks", "", "b", "k2", "mine")
     assert [u.upload_id for u in journal.pending("b/clicks")] == ["mine"]
+    # A writer killed after the read leaves an upload: once the read is old, it is read again.
+    InstanceUploadJournal(instance).record("c/clicks", "", "b", "k3", "killed-since")
+    assert journal.pending("c/clicks") == []
+    monkeypatch.setattr(journal, "_read_at", journal._read_at - PREFETCH_SECONDS - 1)
+    assert [u.upload_id for u in journal.pending("c/clicks")] == ["killed-since"]
