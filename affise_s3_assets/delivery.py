@@ -16,7 +16,6 @@ Knows the flow of a window; the format is csv_export.py's, keys and uploads io_m
 import contextlib
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -25,9 +24,6 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
-)
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
@@ -53,7 +49,6 @@ from affise_s3_assets.reconciliation import latest_materializations
 from affise_s3_assets.s3 import (
     CLEAN_UP_TIMED_OUT,
     TIMEOUT_CODES,
-    Verification,
     VerificationFailed,
     delivery_failure,
     error_code,
@@ -84,8 +79,6 @@ IO_MANAGER_KEY = "date_folder_s3_io_manager"
 # A window is delivered a little after it closes: the source may be waited for (60 s), the
 # run may queue behind others and takes its time. Beyond this, an export is late.
 FRESHNESS_GRACE = timedelta(minutes=10)
-# Each export's check, per window: the object the store completed is the one sent.
-INTACT_CHECK = "delivered_intact"
 # Finishing objects is network-bound: the last parts and small PUTs go out in parallel.
 CLOSE_THREADS = 16
 # A destination that fails this many windows in a row (after botocore's own retries of each
@@ -129,8 +122,6 @@ class Outcome:
     permanent: bool = False
     stops_destination: bool = False  # no later window of this run is tried for it
     metadata: dict[str, Any] = field(default_factory=dict)
-    # What the store's answers say of the object it completed (None: it completed none).
-    verification: Verification | None = None
 
 
 @dataclass
@@ -219,7 +210,6 @@ class ObjectDelivery:
             self.permanent,
             self.stops_destination,
             self.metadata,
-            self.object.verification,
         )
 
 
@@ -309,7 +299,6 @@ def deliver_windows(
     io: DateFolderS3IOManager,
     on_window: Callable[[Window, list[Outcome]], None],
     clean_up: bool = False,
-    on_closed: Callable[[], None] | None = None,
     redelivery_reason: str | None = None,
 ) -> None:
     """Deliver every window of `windows` (consecutive) to each target due in it, from one pass
@@ -378,8 +367,6 @@ def deliver_windows(
                     no_clean_up.add(key)
                 on_window(windows[index], [delivery.outcome()])
         open_objects.clear()
-        if on_closed is not None:
-            on_closed()
 
     def move_to(index: int) -> None:
         nonlocal current
@@ -427,27 +414,10 @@ def build_window_asset(group: WindowGroup) -> dg.AssetsDefinition:
     partitions_def = group.partitions_def()
     by_key = {target.asset_key: target for target in group.targets}
     specs = [_spec(target, partitions_def, group.lateness) for target in group.targets]
-    with warnings.catch_warnings():
-        # A check per partition is a preview API in Dagster 1.13; it is what puts each
-        # window's verification next to that window.
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        checks = [
-            dg.AssetCheckSpec(
-                INTACT_CHECK,
-                asset=target.asset_key,
-                partitions_def=partitions_def,
-                description="The store's answers about each window's object (its ETag, each "
-                "part's) match the bytes sent; Content-MD5 alone where they cannot tell "
-                "(SSE-KMS, SSE-C, verify_etag: false). A mismatch fails the window, which is "
-                "delivered again; a window not delivered is a warning saying why.",
-            )
-            for target in group.targets
-        ]
 
     @dg.multi_asset(
         name=group.step_name,
         specs=specs,
-        check_specs=checks,
         can_subset=True,
         required_resource_keys={"events", IO_MANAGER_KEY},
         # A backfill of many windows runs as a few ranged runs, each window its own object.
@@ -486,7 +456,10 @@ def _deliver_selected(
     io.prepare([target.destination for target in due])
     failures: list[Outcome] = []
     delivered = 0
-    checks = IntactChecks(context)
+    # The windows each target was tried for, and the failure that stopped a destination:
+    # the windows it was not tried for say why on its page.
+    tried: set[tuple[dg.AssetKey, str]] = set()
+    stopped_by: dict[dg.AssetKey, tuple[Window, Outcome]] = {}
     # What the source held for each (filter, window) delivered: recorded with the window, so
     # reconciliation can tell later whether the source's rows for it have changed since.
     fingerprints: dict[tuple[FilterKey, datetime], Fingerprint] = {}
@@ -501,7 +474,9 @@ def _deliver_selected(
         lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
         for item in objects:
             target = item.target
-            checks.add(window, item)
+            tried.add((target.asset_key, window.key))
+            if item.stops_destination:
+                stopped_by.setdefault(target.asset_key, (window, item))
             if item.failure is None:
                 delivered += 1
                 source = fingerprints.get((target.filter_key, window.start), empty)
@@ -529,21 +504,7 @@ def _deliver_selected(
                 continue
             failures.append(item)
             context.log.error(item.failure)
-            # The partition shows as Failed once the step fails; this puts the reason on
-            # the asset's own page, next to the window.
-            context.log_event(
-                dg.AssetObservation(
-                    asset_key=target.asset_key,
-                    partition=window.key,
-                    metadata={
-                        **shown,
-                        "delivery_failed": item.failure,
-                        "error_code": item.code,
-                        "permanent": item.permanent,
-                        "run_id": context.run.run_id,
-                    },
-                )
-            )
+            context.log_event(_failure_observation(context, window, item))
 
     # Only windows the source is complete for: an empty file must mean "no events", never
     # "the events have not arrived".
@@ -572,14 +533,22 @@ def _deliver_selected(
                         io,
                         report,
                         clean_up=_is_redelivery(context.run.tags),
-                        on_closed=checks.flush,
                         redelivery_reason=reason,
                     )
             finally:
-                checks.flush()
                 # Windows a stopped destination was not tried for, or that a failed read
-                # never reached: their checks say so rather than Dagster's bare "failed".
-                checks.not_attempted(ready, due)
+                # never reached: their pages say so rather than Dagster's bare "failed".
+                for window in due_in:
+                    for target in due:
+                        if (
+                            target.first_window <= window.start
+                            and (target.asset_key, window.key) not in tried
+                        ):
+                            context.log_event(
+                                _failure_observation(
+                                    context, window, _not_attempted(target, stopped_by)
+                                )
+                            )
     for window in windows[len(ready) :]:
         incomplete = SourceIncomplete(
             f"{progress.describe()}; this window ends at {window.end:%Y-%m-%d %H:%M:%S}, and is "
@@ -682,136 +651,36 @@ def _failure_summary(
     return "\n".join(lines)
 
 
-class IntactChecks:
-    """Each window's `delivered_intact` result, for every target the run planned it for.
-
-    A delivered object's result names the materialization it verified (Dagster counts a
-    window's result as current only then): they are logged once the window has closed, its
-    materializations looked up in one read. Bookkeeping never fails a delivery: a lookup that
-    fails logs the results without the pointer."""
-
-    def __init__(self, context: dg.AssetExecutionContext) -> None:
-        self.context = context
-        self.selected = context.selected_asset_check_keys
-        self.awaiting: list[tuple[dg.AssetCheckKey, Window, Outcome]] = []
-        self.done: set[tuple[dg.AssetKey, str]] = set()
-        # The window whose failure stopped a destination: its later windows' results cite it.
-        self.stopped_by: dict[dg.AssetKey, tuple[Window, Outcome]] = {}
-
-    def add(self, window: Window, item: Outcome) -> None:
-        check = dg.AssetCheckKey(item.target.asset_key, INTACT_CHECK)
-        if check not in self.selected:
-            return
-        self.done.add((check.asset_key, window.key))
-        if item.stops_destination:
-            self.stopped_by.setdefault(check.asset_key, (window, item))
-        if item.failure is None:
-            self.awaiting.append((check, window, item))
-        else:
-            self.context.log_event(_intact_evaluation(check, window, item))
-
-    def flush(self) -> None:
-        awaiting, self.awaiting = self.awaiting, []
-        if not awaiting:
-            return
-        try:
-            found = self._materializations(awaiting)
-        except Exception as exc:  # the results still count, without their pointer
-            self.context.log.warning(f"could not look up the materializations checked: {exc}")
-            found = {}
-        for check, window, item in awaiting:
-            pointer = found.get((check.asset_key, window.key))
-            self.context.log_event(_intact_evaluation(check, window, item, pointer))
-
-    def _materializations(
-        self, awaiting: list[tuple[dg.AssetCheckKey, Window, Outcome]]
-    ) -> dict[tuple[dg.AssetKey, str], AssetCheckEvaluationTargetMaterializationData]:
-        run_id = self.context.run.run_id
-        instance = self.context.instance
-        keys = list({check.asset_key for check, _, _ in awaiting})
-        latest = {
-            record.asset_entry.asset_key: record.asset_entry.last_materialization_record
-            for record in instance.get_asset_records(keys)
-        }
-        found = {}
-        for check, window, _ in awaiting:
-            record = latest.get(check.asset_key)
-            if record is None or record.run_id != run_id or record.partition_key != window.key:
-                # Another run materialized another window of it meanwhile: this one's own.
-                records = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=check.asset_key, asset_partitions=[window.key]),
-                    limit=1,
-                ).records
-                record = records[0] if records and records[0].run_id == run_id else None
-            if record is not None:
-                found[(check.asset_key, window.key)] = (
-                    AssetCheckEvaluationTargetMaterializationData(
-                        storage_id=record.storage_id,
-                        run_id=record.run_id,
-                        timestamp=record.timestamp,
-                    )
-                )
-        return found
-
-    def not_attempted(self, windows: Sequence[Window], targets: Sequence[ExportTarget]) -> None:
-        for window in windows:
-            for target in targets:
-                check = dg.AssetCheckKey(target.asset_key, INTACT_CHECK)
-                if (
-                    check in self.selected
-                    and target.first_window <= window.start
-                    and (target.asset_key, window.key) not in self.done
-                ):
-                    self.add(window, self._skipped(target))
-
-    def _skipped(self, target: ExportTarget) -> Outcome:
-        """A window this run did not try: why, in the words of the failure that stopped it."""
-        stopper = self.stopped_by.get(target.asset_key)
-        if stopper is None:
-            return Outcome(
-                target, "not attempted in this run (see the run's failure)", "NotAttempted"
-            )
-        window, item = stopper
-        return Outcome(
-            target,
-            f"not attempted in this run, stopped by window {window.key}'s failure: {item.failure}",
-            item.code or "NotAttempted",
-        )
-
-
-def _intact_evaluation(
-    check: dg.AssetCheckKey,
-    window: Window,
-    item: Outcome,
-    materialization: AssetCheckEvaluationTargetMaterializationData | None = None,
-) -> dg.AssetCheckEvaluation:
-    """The window's verification, as its check's result. A window whose object the store
-    never completed is not intact: a warning naming why (the partition is Failed for it),
-    rather than a check Dagster would show as failed with no reason."""
-    verification = item.verification or Verification(None, "the store answered nothing to check")
-    if item.failure is not None and verification.intact is not False:
-        # Never completed, or complete but not delivered (its manifest failed): not intact.
-        return dg.AssetCheckEvaluation(
-            asset_key=check.asset_key,
-            check_name=check.name,
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            partition=window.key,
-            description=f"not delivered: {item.failure}",
-            metadata={"verified_by": "not delivered", "error_code": item.code},
-        )
-    intact = verification.intact
-    return dg.AssetCheckEvaluation(
-        asset_key=check.asset_key,
-        check_name=check.name,
-        passed=intact is not False,
+def _failure_observation(
+    context: dg.AssetExecutionContext, window: Window, item: Outcome
+) -> dg.AssetObservation:
+    """A window not delivered, on its asset's page next to the window: the partition shows
+    as Failed once the step fails, and this says why."""
+    return dg.AssetObservation(
+        asset_key=item.target.asset_key,
         partition=window.key,
-        target_materialization_data=materialization,
-        description=verification.how,
         metadata={
-            "verified_by": {True: "etag", None: "content-md5 only", False: "mismatch"}[intact],
-            **{k: v for k, v in item.metadata.items() if k in ("etag", "sha256", "object_bytes")},
+            **window_metadata(window.start, window.end),
+            "delivery_failed": item.failure or "",
+            "error_code": item.code,
+            "permanent": item.permanent,
+            "run_id": context.run.run_id,
         },
+    )
+
+
+def _not_attempted(
+    target: ExportTarget, stopped_by: Mapping[dg.AssetKey, tuple[Window, Outcome]]
+) -> Outcome:
+    """A window this run did not try: why, in the words of the failure that stopped it."""
+    stopper = stopped_by.get(target.asset_key)
+    if stopper is None:
+        return Outcome(target, "not attempted in this run (see the run's failure)", "NotAttempted")
+    window, item = stopper
+    return Outcome(
+        target,
+        f"not attempted in this run, stopped by window {window.key}'s failure: {item.failure}",
+        item.code or "NotAttempted",
     )
 
 

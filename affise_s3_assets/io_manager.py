@@ -116,6 +116,7 @@ class WindowObject:
         metadata = delivered_metadata(writer, self.destination)
         self.verification = self._verified(writer)
         metadata["verified"] = self.verification.how
+        metadata["verified_by"] = {True: "etag", None: "content-md5 only"}[self.verification.intact]
         leftovers = writer.leftovers
         if leftovers is not None and leftovers.found:
             # Uploads of this key an earlier writer left (a killed run): aborted from the

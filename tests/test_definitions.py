@@ -72,7 +72,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/clicks"],
                 "partitions": ("*/15 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
-                "checks": ["delivered_intact"],
+                "checks": [],
                 "freshness": (27, 42),
             },
             "affise/acme/conversions": {
@@ -80,7 +80,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/conversions"],
                 "partitions": ("0 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
-                "checks": ["delivered_intact"],
+                "checks": [],
                 "freshness": (80, 140),
             },
             # The same table, windowed by each conversion's latest change.
@@ -89,7 +89,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/conversions"],
                 "partitions": ("0 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
-                "checks": ["delivered_intact"],
+                "checks": [],
                 "freshness": (80, 140),
             },
             "affise/globex/clicks": {
@@ -97,7 +97,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/clicks"],
                 "partitions": ("*/5 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
-                "checks": ["delivered_intact"],
+                "checks": [],
                 "freshness": (17, 22),
             },
             "affise/globex/conversions": {
@@ -105,7 +105,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/conversions"],
                 "partitions": ("*/30 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
-                "checks": ["delivered_intact"],
+                "checks": [],
                 "freshness": (50, 80),
             },
             "affise/initech/clicks": {
@@ -113,7 +113,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/clicks"],
                 "partitions": ("0 * * * *", "2026-11-20 00:00", fmt, "UTC"),
                 "first_window": "2026-11-20 00:00",
-                "checks": ["delivered_intact"],
+                "checks": [],
                 "freshness": None,  # disabled: never late
             },
             "events/clicks": {

@@ -49,14 +49,9 @@ def observations(rig: WindowRig, name: str) -> list[dg.AssetObservation]:
     return [record.asset_observation for record in records.records]
 
 
-def check_evaluations(
-    rig: WindowRig, result: dg.ExecuteInProcessResult
-) -> list[dg.AssetCheckEvaluation]:
-    """The run's check results, as the instance stored them (what the UI shows)."""
-    entries = rig.instance.all_logs(
-        result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
-    )
-    return [entry.dagster_event.event_specific_data for entry in entries]
+def materializations(rig: WindowRig, name: str) -> list[dg.AssetMaterialization]:
+    records = rig.instance.fetch_materializations(dg.AssetKey(["affise", name, "clicks"]), limit=10)
+    return [record.asset_materialization for record in records.records]
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -200,23 +195,23 @@ def test_a_permanent_error_stops_that_destination_for_the_rest_of_its_run(
     assert "its later windows in this run were not attempted" in message
     assert rig.status("broken", windows) == ["FAILED"] * 3
     assert rig.status("good", windows) == ["MATERIALIZED"] * 3
-    assert len(observations(rig, "broken")) == 1
-    # Every window the run planned has its check: the failed one and the two never tried
-    # say why, the good ones passed and name the materialization they verified.
-    checks = {(e.asset_key.path[1], e.partition): e for e in check_evaluations(rig, result)}
-    assert sorted(checks) == sorted((n, w) for n in ("broken", "good") for w in windows)
-    assert checks[("broken", windows[0])].description.startswith("not delivered: Delivery failed")
-    # ... in the words of the failure that stopped the destination, its S3 code included.
+    # Every window the run planned and did not deliver says why on the asset's page: the
+    # failed one, and the two never tried in the words of the failure that stopped the
+    # destination, its S3 code included.
+    seen = {o.partition: o.metadata for o in observations(rig, "broken")}
+    assert sorted(seen) == windows
+    assert seen[windows[0]]["delivery_failed"].value.startswith("Delivery failed")
     assert all(
-        checks[("broken", w)].description.startswith(
-            f"not delivered: not attempted in this run, stopped by window {windows[0]}'s failure"
+        seen[w]["delivery_failed"].value.startswith(
+            f"not attempted in this run, stopped by window {windows[0]}'s failure"
         )
-        and "NoSuchBucket" in checks[("broken", w)].description
-        and checks[("broken", w)].metadata["error_code"].value == "NoSuchBucket"
+        and "NoSuchBucket" in seen[w]["delivery_failed"].value
+        and seen[w]["error_code"].value == "NoSuchBucket"
         for w in windows[1:]
     )
-    assert all(checks[("good", w)].passed for w in windows)
-    assert all(checks[("good", w)].target_materialization_data for w in windows)
+    # The delivered ones say how they were verified.
+    assert sorted(m.partition for m in materializations(rig, "good")) == windows
+    assert all(m.metadata["verified_by"].value == "etag" for m in materializations(rig, "good"))
 
 
 def test_unreadable_source_fails_the_window_and_delivers_nothing(rig: WindowRig) -> None:
@@ -607,10 +602,7 @@ def test_a_manifest_that_cannot_be_written_fails_its_window_and_the_next_run_com
     (seen,) = observations(rig, "acme")
     assert f"key '{data_key}.manifest.json'" in seen.metadata["delivery_failed"].value
     assert seen.metadata["error_code"].value == "AccessDenied"
-    # The object itself is intact, but the window is not delivered: its check says so.
-    (check,) = check_evaluations(rig, result)
-    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert check.description.startswith("not delivered: ") and check.partition == WINDOW
+    assert seen.partition == WINDOW and not materializations(rig, "acme")
 
     rig.s3.client().delete_bucket_policy(Bucket=rig.bucket)
     rig.monkeypatch.setenv("TEST_ACCESS_KEY_ID", rig.s3.customer.access_key)
@@ -642,24 +634,17 @@ def test_a_store_whose_answers_say_it_holds_other_bytes_fails_the_window_until_t
         (seen,) = observations(rig, "acme")
         assert seen.metadata["error_code"].value == "VerificationFailed"
         assert "is not the MD5 sent" in seen.metadata["delivery_failed"].value
-        checks = {e.asset_key.path[1]: e for e in check_evaluations(rig, result)}
-        assert not checks["acme"].passed and checks["good"].passed
-        assert checks["acme"].partition == checks["good"].partition == WINDOW
+        assert seen.partition == WINDOW and not materializations(rig, "acme")
+        (good,) = materializations(rig, "good")
+        assert good.metadata["verified_by"].value == "etag"
 
         switch.lying = False
         again = rig.run(only=["acme"])
     assert again.success
     assert rig.status("acme", [WINDOW]) == ["MATERIALIZED"]
-    (check,) = check_evaluations(rig, again)
-    assert check.passed and check.metadata["verified_by"].value == "etag"
-    # It names the materialization it verified: Dagster counts it as the window's current
-    # result only then.
-    (record,) = rig.instance.fetch_materializations(
-        dg.AssetKey(["affise", "acme", "clicks"]), limit=1
-    ).records
-    assert check.target_materialization_data.storage_id == record.storage_id
-    assert check.target_materialization_data.run_id == again.run_id
-    assert check.description == "the store's ETag is the MD5 of the bytes sent"
+    (delivered,) = materializations(rig, "acme")
+    assert delivered.partition == WINDOW and delivered.metadata["verified_by"].value == "etag"
+    assert delivered.metadata["verified"].value == "the store's ETag is the MD5 of the bytes sent"
 
 
 @pytest.mark.parametrize(
