@@ -32,6 +32,10 @@ from dagster_postgres.utils import get_conn_string
 
 from affise_s3_assets.config import EVENT_TYPES, load_integrations
 from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.instance_storage import (
+    KeptConnectionsEventLogStorage,
+    KeptConnectionsRunStorage,
+)
 from affise_s3_assets.sensors import plan_catch_up
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 
@@ -58,9 +62,10 @@ PG_ENV = {
     "DAGSTER_PG_PORT": "5433",
 }
 
+# Runs and event logs through dagster-postgres's classes keeping their connections.
 POSTGRES_STORAGES = {
-    "run_storage": dagster_postgres.PostgresRunStorage,
-    "event_log_storage": dagster_postgres.PostgresEventLogStorage,
+    "run_storage": KeptConnectionsRunStorage,
+    "event_log_storage": KeptConnectionsEventLogStorage,
     "schedule_storage": dagster_postgres.PostgresScheduleStorage,
 }
 
@@ -497,7 +502,7 @@ def test_the_image_installs_what_the_instance_imports(helm_values: Mapping[str, 
         for section in config.values()
         if isinstance(section, dict) and "module" in section
     }
-    assert imported - {"dagster"} == pins.keys()
+    assert imported - {"dagster", "affise-s3-assets"} == pins.keys()
     (aws,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("dagster-aws==")]
     assert set(pins.values()) == {aws.split("==")[1]}
     dockerfile = (DEPLOY_DIR / "Dockerfile").read_text()

@@ -230,7 +230,7 @@ def test_the_production_engine_delivers_heals_and_survives_restarts(
     deployed = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     assert without_run_launcher(prod.instance_config()) == without_run_launcher(deployed)
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    assert type(instance.run_storage).__name__ == "KeptConnectionsRunStorage"
     assert instance.run_monitoring_enabled and instance.run_retries_enabled
     # The code server is started as the chart starts it; only it holds customer credentials.
     helm = yaml.safe_load((ROOT / "deploy" / "helm-values.yaml").read_text())

@@ -1,0 +1,157 @@
+"""The instance storages of affise_s3_assets/instance_storage.py: the deployment's Postgres
+storages keep their connections between events and ride out a Postgres restart; `dagster
+dev`'s event log keeps its index database's connection and loses nothing.
+
+A real Postgres from Debian's packages, started by scripts/prod-local.sh; the instance is the
+one that script writes from deploy/dagster.yaml, so the shipped classes are the ones proven."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg2
+import pytest
+from dagster_postgres import PostgresEventLogStorage
+
+from affise_s3_assets.instance_storage import (
+    KeptConnectionsEventLogStorage,
+    KeptConnectionsRunStorage,
+    KeptIndexSqliteEventLogStorage,
+)
+from tests.conftest import ROOT
+
+EVENTS = 40
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    port = str(free_port())
+    env = {
+        "AFFISE_PROD_HOME": str(tmp_path / "prod"),
+        "DAGSTER_PG_PORT": port,
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_USERNAME": "dagster",
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_PASSWORD": "storage-test-password",
+    }
+    if os.geteuid() == 0:  # the postgres user must reach the cluster's directory
+        env["AFFISE_PROD_PG_DIR"] = f"/var/lib/postgresql/affise-storage-test-{port}"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    script = ["bash", str(ROOT / "scripts" / "prod-local.sh")]
+    subprocess.run([*script, "start", "postgres"], check=True, capture_output=True)
+    try:
+        home = subprocess.run(
+            [*script, "config"], check=True, capture_output=True, text=True
+        ).stdout.split()[-1]
+        env["DAGSTER_HOME"] = str(Path(home).parent)
+        yield env
+    finally:
+        subprocess.run([*script, "stop", "postgres"], check=False, capture_output=True)
+        if "AFFISE_PROD_PG_DIR" in env:
+            subprocess.run(["rm", "-rf", env["AFFISE_PROD_PG_DIR"]], check=False)
+
+
+def sessions(env: dict[str, str]) -> int:
+    """Connections the server has accepted into the database so far."""
+    with (
+        psycopg2.connect(
+            host="127.0.0.1",
+            port=env["DAGSTER_PG_PORT"],
+            user=env["DAGSTER_PG_USERNAME"],
+            password=env["DAGSTER_PG_PASSWORD"],
+            dbname=env["DAGSTER_PG_DB"],
+        ) as con,
+        con.cursor() as cursor,
+    ):
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        (count,) = cursor.fetchone()
+    con.close()
+    return count
+
+
+def materialize(instance: dg.DagsterInstance, key: str, count: int) -> None:
+    for i in range(count):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=key, partition=f"window-{i:03d}")
+        )
+
+
+def test_the_deployments_storages_keep_their_connections_and_ride_out_a_restart(
+    postgres: dict[str, str],
+) -> None:
+    with dg.DagsterInstance.from_config(postgres["DAGSTER_HOME"]) as instance:
+        assert isinstance(instance.event_log_storage, KeptConnectionsEventLogStorage)
+        assert isinstance(instance.run_storage, KeptConnectionsRunStorage)
+        before = sessions(postgres)
+        materialize(instance, "kept", EVENTS)
+        opened = sessions(postgres) - before - 1  # less our own count's session
+        records = instance.fetch_materializations(dg.AssetKey("kept"), limit=100).records
+        assert sorted(r.partition_key for r in records) == [
+            f"window-{i:03d}" for i in range(EVENTS)
+        ]
+        assert opened <= 2, f"{opened} connections for {EVENTS} events"
+
+        # Postgres restarted under a live process: its kept connection is found dead before
+        # use and replaced, and no event is lost.
+        script = ["bash", str(ROOT / "scripts" / "prod-local.sh")]
+        subprocess.run([*script, "stop", "postgres"], check=True, capture_output=True)
+        subprocess.run([*script, "start", "postgres"], check=True, capture_output=True)
+        materialize(instance, "after_restart", 1)
+        (record,) = instance.fetch_materializations(dg.AssetKey("after_restart"), limit=5).records
+        assert record.partition_key == "window-000"
+
+    # Dagster's own classes, on the same server: a connection per statement.
+    url = (
+        f"postgresql+psycopg2://{postgres['DAGSTER_PG_USERNAME']}:"
+        f"{postgres['DAGSTER_PG_PASSWORD']}@127.0.0.1:{postgres['DAGSTER_PG_PORT']}/"
+        f"{postgres['DAGSTER_PG_DB']}"
+    )
+    overrides = {"storage": {"postgres": {"postgres_url": url}}}
+    with dg.instance_for_test(overrides=overrides) as stock:
+        assert type(stock.event_log_storage) is PostgresEventLogStorage
+        before = sessions(postgres)
+        materialize(stock, "stock", 10)
+        assert sessions(postgres) - before - 1 >= 20
+
+
+def test_dagster_devs_event_log_keeps_one_index_connection_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scripts/dagster.dev.yaml's event log: the cross-run index database is written through
+    one kept connection, and what it holds is what another process reads."""
+    shutil.copy(ROOT / "scripts" / "dagster.dev.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, KeptIndexSqliteEventLogStorage)
+        materialize(instance, "dev", EVENTS)
+        pool = storage._index_engine.pool
+        assert (pool.size(), pool.checkedin(), pool.overflow()) == (1, 1, 0)
+    # Another process (the webserver, a run worker) reads every event from the files.
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import dagster as dg, sys; i = dg.DagsterInstance.from_config(sys.argv[1]); "
+            "print(len(i.fetch_materializations(dg.AssetKey('dev'), limit=1000).records))",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+    )
+    assert read.stdout.split()[-1] == str(EVENTS)
