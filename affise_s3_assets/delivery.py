@@ -681,6 +681,7 @@ def _not_attempted(
         target,
         f"not attempted in this run, stopped by window {window.key}'s failure: {item.failure}",
         item.code or "NotAttempted",
+        item.permanent,
     )
 
 

@@ -1,4 +1,4 @@
-"""Dagster's event-log and run storages, keeping their connections between statements.
+"""Dagster's Postgres event-log and run storages, keeping their connections between statements.
 
 dagster-postgres opens a new connection for every statement batch it runs (SQLAlchemy's
 NullPool): each event a run logs costs two or three Postgres connects (a backend process each),
@@ -8,32 +8,19 @@ instead: one connection kept open, a few more while threads need them, each chec
 (a restarted Postgres costs a reconnect, never an error) and recycled hourly. Statements,
 transactions and tables are Dagster's own, unchanged.
 
-On SQLite (`dagster dev`), each event of an asset is also mirrored into the cross-run index
-database, through a connection opened, committed and closed for it (the close checkpoints the
-write-ahead log into the file). `KeptIndexSqliteEventLogStorage` keeps the index database's
-connection open instead; each run's own database is still opened per event, so the webserver,
-which watches that file, shows a run's events as they come.
-
-The instance names them in its dagster.yaml (`deploy/dagster.yaml`, so every process of the
-deployment: daemon, webserver, code server, run workers; `scripts/dagster.dev.yaml` for
-`dagster dev`); the definitions never import this module. Like `dagster_internal.py` it
+The instance names them in its dagster.yaml (`deploy/dagster.yaml`: the daemon, the code
+server and every run worker; the webserver swaps in a pool of its own, as Dagster does for
+every storage it serves); the definitions never import this module. Like `dagster_internal.py` it
 stands on Dagster's private storage modules, and `tests/test_instance_storage.py` fails when an
 upgrade moves them. Knows nothing of deliveries.
 """
 
 import os
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as db
 from dagster._core.storage.config import PostgresStorageConfig
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    INDEX_SHARD_NAME,
-    SQLITE_BUSY_TIMEOUT_SECONDS,
-    SqliteEventLogStorage,
-)
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
@@ -46,7 +33,7 @@ from dagster_postgres.utils import (
 # Kept open per process and storage; more are opened (and closed again) while threads need
 # them at once. A deployment's connections: about two per process (runs, events).
 KEPT_CONNECTIONS = 1
-EXTRA_CONNECTIONS = 8
+EXTRA_CONNECTIONS = 20  # as many as Dagster's webserver allows itself
 RECYCLE_SECONDS = 3600
 
 _engines: "weakref.WeakSet[db.engine.Engine]" = weakref.WeakSet()
@@ -94,86 +81,29 @@ def _arguments(inst_data: ConfigurableClassData | None, config: PostgresStorageC
     }
 
 
-class KeptConnectionsEventLogStorage(PostgresEventLogStorage):
-    """`PostgresEventLogStorage`, its connections kept between events."""
+class _KeptConnections:
+    """Keeps the storage's connections: a pooled engine from its creation on, closed with it."""
+
+    _engine: db.engine.Engine
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _keep_connections(self)
 
     @classmethod
-    def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: PostgresStorageConfig
-    ) -> "KeptConnectionsEventLogStorage":
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Any) -> Any:
         return cls(**_arguments(inst_data, config_value))
-
-
-class KeptConnectionsRunStorage(PostgresRunStorage):
-    """`PostgresRunStorage`, its connections kept between statements."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _keep_connections(self)
-
-    @classmethod
-    def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: PostgresStorageConfig
-    ) -> "KeptConnectionsRunStorage":
-        return cls(**_arguments(inst_data, config_value))
-
-
-class KeptIndexSqliteEventLogStorage(SqliteEventLogStorage):
-    """`SqliteEventLogStorage`, its cross-run index database's connection kept open.
-
-    `base_dir` defaults to where Dagster's own SQLite storage keeps event logs
-    ($DAGSTER_HOME/history/runs), so the instance's other storages stay Dagster's defaults."""
-
-    def __init__(self, base_dir: str | None = None, inst_data: Any = None) -> None:
-        if base_dir is None:
-            base_dir = os.path.join(os.environ["DAGSTER_HOME"], "history", "runs")
-        self._index_engine: db.engine.Engine | None = None
-        super().__init__(base_dir, inst_data)
-
-    @classmethod
-    def config_type(cls) -> dict:
-        return {"base_dir": db_config_field()}
-
-    @classmethod
-    def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: dict
-    ) -> "KeptIndexSqliteEventLogStorage":
-        return cls(inst_data=inst_data, **config_value)
-
-    @contextmanager
-    def _connect(self, shard: str) -> Iterator[db.engine.Connection]:
-        if shard != INDEX_SHARD_NAME:
-            with super()._connect(shard) as conn:
-                yield conn
-            return
-        with self._db_lock:  # one connection in use at a time, as in Dagster's class
-            if self._index_engine is None:
-                self._index_engine = db.create_engine(
-                    self.conn_string_for_shard(shard),
-                    poolclass=db.pool.QueuePool,
-                    pool_size=1,
-                    max_overflow=0,
-                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
-                )
-                _engines.add(self._index_engine)
-            if shard not in self._initialized_dbs:
-                self._initdb(self._index_engine)
-                self._initialized_dbs.add(shard)
-            with self._index_engine.connect() as conn, conn.begin():
-                yield conn
 
     def dispose(self) -> None:
-        if self._index_engine is not None:
-            self._index_engine.dispose()
-        super().dispose()
+        # The code server builds an instance per sensor and schedule evaluation: its kept
+        # connection closes with it, not whenever the garbage collector finds the pool.
+        super().dispose()  # type: ignore[misc]
+        self._engine.dispose()
 
 
-def db_config_field() -> Any:
-    """An optional string (a path, or `env: NAME`)."""
-    from dagster import Field, StringSource
+class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
+    """`PostgresEventLogStorage`, its connections kept between events."""
 
-    return Field(StringSource, is_required=False)
+
+class KeptConnectionsRunStorage(_KeptConnections, PostgresRunStorage):
+    """`PostgresRunStorage`, its connections kept between statements."""

@@ -1,15 +1,12 @@
-"""The instance storages of affise_s3_assets/instance_storage.py: the deployment's Postgres
-storages keep their connections between events and ride out a Postgres restart; `dagster
-dev`'s event log keeps its index database's connection and loses nothing.
+"""The deployment's Postgres storages (affise_s3_assets/instance_storage.py) keep their
+connections between events, and ride out a Postgres restart.
 
 A real Postgres from Debian's packages, started by scripts/prod-local.sh; the instance is the
 one that script writes from deploy/dagster.yaml, so the shipped classes are the ones proven."""
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +18,6 @@ from dagster_postgres import PostgresEventLogStorage
 from affise_s3_assets.instance_storage import (
     KeptConnectionsEventLogStorage,
     KeptConnectionsRunStorage,
-    KeptIndexSqliteEventLogStorage,
 )
 from tests.conftest import ROOT
 
@@ -125,33 +121,3 @@ def test_the_deployments_storages_keep_their_connections_and_ride_out_a_restart(
         before = sessions(postgres)
         materialize(stock, "stock", 10)
         assert sessions(postgres) - before - 1 >= 20
-
-
-def test_dagster_devs_event_log_keeps_one_index_connection_and_loses_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """scripts/dagster.dev.yaml's event log: the cross-run index database is written through
-    one kept connection, and what it holds is what another process reads."""
-    shutil.copy(ROOT / "scripts" / "dagster.dev.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-        storage = instance.event_log_storage
-        assert isinstance(storage, KeptIndexSqliteEventLogStorage)
-        materialize(instance, "dev", EVENTS)
-        pool = storage._index_engine.pool
-        assert (pool.size(), pool.checkedin(), pool.overflow()) == (1, 1, 0)
-    # Another process (the webserver, a run worker) reads every event from the files.
-    read = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import dagster as dg, sys; i = dg.DagsterInstance.from_config(sys.argv[1]); "
-            "print(len(i.fetch_materializations(dg.AssetKey('dev'), limit=1000).records))",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
-    )
-    assert read.stdout.split()[-1] == str(EVENTS)
