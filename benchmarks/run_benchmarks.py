@@ -1,7 +1,15 @@
 """Benchmarks: prints numbers, asserts nothing about speed.
 
-    .venv/bin/python benchmarks/run_benchmarks.py [--rows 10000000] [--integrations 1000]
+    .venv/bin/python benchmarks/run_benchmarks.py [--record]   # the headline figures
+    .venv/bin/python benchmarks/run_benchmarks.py --only export --only scale ...
 
+0. Headline (the default, `--only headline`): the one-day window (--rows rows) and a 15-minute
+   window through the export step, each beside DuckDB's COPY of it in the same run (ratio,
+   peak RSS, object size), and what an integration costs a 15-minute window run at 100 and
+   1,000 integrations on SQLite and on Postgres (deploy/dagster.yaml's storages). Each figure
+   is compared with the last recorded in benchmarks/figures.json, and a line starting with
+   REGRESSION is printed for one more than 10% worse; `--record` writes the new figures there,
+   and `--table` prints the README's table from that file.
 1. Export: a one-day clicks table of --rows rows (demo generator); the one-day window and a
    15-minute window go through the real asset code path (dg.materialize, the IO manager, a
    real S3 server from scripts/s3-server.sh) and, as the reference, through DuckDB's
@@ -31,6 +39,7 @@ Everything it writes is under benchmarks/out/ (git-ignored).
 """
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -41,6 +50,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -281,7 +291,6 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
     import warnings
 
     warnings.filterwarnings("ignore")
-    import dagster as dg
 
     os.environ["AFFISE_EVENTS_DB"] = db
     from affise_s3_assets.definitions import build_definitions
@@ -296,9 +305,8 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
     job = build_definitions(applied).resolve_job_def(job_name)
     # The cluster's event log (docs/scaling.md) is Postgres; SQLite is `dagster dev`'s.
     url = os.environ.get("BENCH_POSTGRES_URL")
-    overrides = {"storage": {"postgres": {"postgres_url": url}}} if url else None
-    started = time.perf_counter()
-    with dg.instance_for_test(overrides=overrides) as instance:
+    with bench_instance(url) as instance:
+        started = time.perf_counter()  # the run's creation (its planned events) on
         tags = (
             {
                 "dagster/asset_partition_range_start": partition,
@@ -333,6 +341,45 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
         first_event = min(e.timestamp for e in instance.all_logs(result.run_id))
         last = max((e.timestamp for e in events), default=first_event) - first_event
     emit({"wall": wall, "objects": len(events), "last_object_s": last})
+
+
+@contextlib.contextmanager
+def bench_instance(postgres_url: str | None) -> Iterator[Any]:
+    """A throwaway instance with the storage of the deployment (deploy/dagster.yaml's, on
+    `postgres_url`) or of `dagster dev` (scripts/dagster.dev.yaml, SQLite)."""
+    import tempfile
+
+    import dagster as dg
+
+    if postgres_url:
+        with dg.instance_for_test(overrides=deployment_storage(postgres_url)) as instance:
+            yield instance
+        return
+    # A home kept across runs (BENCH_SQLITE_HOME) is warm, as `dagster dev`'s is: its
+    # databases exist; a new one pays for creating them.
+    kept = os.environ.get("BENCH_SQLITE_HOME")
+    with contextlib.ExitStack() as stack:
+        home = kept or stack.enter_context(tempfile.TemporaryDirectory(dir=OUT))
+        Path(home).mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "scripts" / "dagster.dev.yaml", Path(home) / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = home
+        with dg.DagsterInstance.from_config(home) as instance:
+            yield instance
+
+
+def deployment_storage(url: str) -> dict[str, Any]:
+    """The storage sections of deploy/dagster.yaml (the deployment's own classes), at `url`."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    return {
+        section: {
+            "module": config[section]["module"],
+            "class": config[section]["class"],
+            "config": {"postgres_url": url},
+        }
+        for section in ("run_storage", "event_log_storage", "schedule_storage")
+    }
 
 
 # ---------------------------------------------------------------- parent
@@ -977,6 +1024,131 @@ def shard_case(count: int) -> None:
         stop_postgres()
 
 
+# The headline figures, and the last recorded ones they are compared with (--record writes
+# them). All are "lower is better"; one more than REGRESSION_MARGIN worse prints REGRESSION.
+FIGURES = ROOT / "benchmarks" / "figures.json"
+REGRESSION_MARGIN = 0.10
+PER_INTEGRATION_COUNTS = (100, 1000)
+
+
+def export_figures(rows: int) -> dict[str, dict[str, Any]]:
+    """The one-day and a 15-minute window through the export step, each beside DuckDB's COPY
+    of the same window in the same run."""
+    db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
+    quarter = DAY + timedelta(hours=10, minutes=15)
+    figures: dict[str, dict[str, Any]] = {}
+    for name, label, frequency, start, end in (
+        ("day", f"one-day window, {rows / 1e6:g}M rows", 1440, DAY, DAY + timedelta(days=1)),
+        ("quarter", "15-minute window", 15, quarter, quarter + timedelta(minutes=15)),
+    ):
+        partition = start.strftime("%Y-%m-%d-%H:%M")
+        ours, rss = run_child(
+            ["--child", "export", str(db), str(frequency), partition],
+            {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
+        )
+        target = OUT / f"duckdb-copy-{frequency}.csv.gz"
+        bounds = [f"{start:%Y-%m-%d %H:%M:%S}", f"{end:%Y-%m-%d %H:%M:%S}"]
+        copy, _ = run_child(["--child", "copy", str(db), *bounds, str(target)])
+        target.unlink()
+        key = str(ours["s3_uri"]).removeprefix(f"s3://{BUCKET}/")
+        print(f"verify {label}: {verify(db, key, start, end, ours['rows'])}")
+        s3_client().delete_object(Bucket=BUCKET, Key=key)
+        figures[f"{name}_window_s"] = {"what": f"{label}: wall s", "value": ours["wall"]}
+        figures[f"{name}_window_vs_copy"] = {
+            "what": f"{label}: ÷ DuckDB COPY gzip in the same run ({copy['wall']:.1f} s)",
+            "value": ours["wall"] / copy["wall"],
+        }
+        figures[f"{name}_window_rss_mb"] = {"what": f"{label}: peak RSS MB", "value": rss}
+        figures[f"{name}_window_object_mb"] = {
+            "what": f"{label}: object MB ({ours['rows']:,} rows)",
+            "value": ours["object_bytes"] / 1e6,
+        }
+    return figures
+
+
+def per_integration_figures() -> dict[str, dict[str, Any]]:
+    """What an integration costs a 15-minute window run (the whole run, from its creation with
+    its planned events to its last materialization, over the objects delivered), at 100 and
+    1,000 integrations, with the event log on SQLite (`dagster dev`'s) and on Postgres through
+    deploy/dagster.yaml's storages. The better of two consecutive windows on one instance."""
+    figures: dict[str, dict[str, Any]] = {}
+    url = start_postgres()
+    try:
+        for count in PER_INTEGRATION_COUNTS:
+            fifteen, db, env = fifteen_minute_fanout(count)
+            home = OUT / f"dev-home-{count}"
+            shutil.rmtree(home, ignore_errors=True)
+            for storage, extra in (
+                ("sqlite", {"BENCH_SQLITE_HOME": str(home)}),
+                ("postgres", {"BENCH_POSTGRES_URL": url}),
+            ):
+                # The first window warms the instance (its databases, its tables' first
+                # rows), as a deployment's instance is: the better of the two counts.
+                best, objects = float("inf"), 0
+                for n in range(2):
+                    start = DAY + timedelta(hours=10, minutes=15 * n)
+                    args = ["--child", "window", str(fifteen), str(db), f"{start:%Y-%m-%d-%H:%M}"]
+                    result, _ = run_child(args, env | extra)
+                    if result["objects"] and result["wall"] < best:
+                        best, objects = result["wall"], result["objects"]
+                figures[f"per_integration_ms_{count}_{storage}"] = {
+                    "what": f"15-minute window run, {objects:,} integrations' objects, "
+                    f"{storage}: ms per integration ({best:.1f} s the run)",
+                    "value": 1000 * best / objects,
+                }
+    finally:
+        stop_postgres()
+    return figures
+
+
+def compare_figures(figures: dict[str, dict[str, Any]], last: dict[str, Any]) -> list[str]:
+    """A line per figure against the last recorded one; REGRESSION when more than
+    REGRESSION_MARGIN worse."""
+    lines = []
+    recorded = last.get("figures", {})
+    for name, figure in figures.items():
+        value = figure["value"]
+        before = recorded.get(name, {}).get("value")
+        if before is None:
+            lines.append(f"new        {name}: {value:.2f} (no recorded figure)")
+            continue
+        change = value / before - 1 if before else 0.0
+        verdict = "REGRESSION" if change > REGRESSION_MARGIN else "ok        "
+        lines.append(
+            f"{verdict} {name}: {value:.2f} against {before:.2f} recorded at "
+            f"{last.get('code', '?')} ({change:+.0%})"
+        )
+    return lines
+
+
+def render_table(recorded: dict[str, Any]) -> str:
+    """The README's table of the recorded figures."""
+    rows = ["| figure | value |", "| --- | --- |"]
+    for figure in recorded["figures"].values():
+        rows.append(f"| {figure['what']} | {figure['value']:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
+def headline_case(rows: int, record: bool) -> None:
+    figures = export_figures(rows) | per_integration_figures()
+    last = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    print("\n## Headline figures against the last recorded (benchmarks/figures.json)")
+    for line in compare_figures(figures, last):
+        print(line)
+    if record:
+        code = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        recorded = {
+            "code": code,
+            "command": "benchmarks/run_benchmarks.py --only headline --record",
+            "figures": {k: {**v, "value": round(v["value"], 2)} for k, v in figures.items()},
+        }
+        FIGURES.write_text(json.dumps(recorded, indent=2, ensure_ascii=False) + "\n")
+        print(f"recorded in {FIGURES.relative_to(ROOT)}; the README's table:\n")
+        print(render_table(recorded))
+
+
 def slow_destination_case(count: int = 50) -> None:
     """One integration's endpoint accepts and never answers, among `count` in one window job:
     when the others' objects land, against the same run with no dead endpoint."""
@@ -1275,18 +1447,30 @@ def main() -> None:
             "lag",
             "reconcile",
             "shards",
+            "headline",
         ],
         action="append",
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="write the headline figures to figures.json"
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="print the README's table of figures.json and stop"
     )
     parser.add_argument("--lag-minutes", type=int, default=6)
     parser.add_argument(
         "--shard-integrations", type=int, nargs="+", default=[1000, 10_000], metavar="N"
     )
     options = parser.parse_args()
+    if options.table:
+        print(render_table(json.loads(FIGURES.read_text())), end="")
+        return
     OUT.mkdir(parents=True, exist_ok=True)
-    parts = options.only or ["export", "profile", "parquet", "scale", "backlog", "lag"]
+    parts = options.only or ["headline"]
     start_s3()
     try:
+        if "headline" in parts:
+            headline_case(options.rows, options.record)
         if "export" in parts:
             export_cases(options.rows)
         if "profile" in parts:

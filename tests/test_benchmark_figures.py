@@ -1,0 +1,40 @@
+"""The benchmark's recorded figures: the README's table is rendered from them, and a figure
+more than 10% worse than the recorded one is printed as a REGRESSION."""
+
+import importlib.util
+import json
+from types import ModuleType
+
+from tests.conftest import ROOT
+
+START, END = "<!-- figures.json: start -->", "<!-- figures.json: end -->"
+
+
+def benchmarks() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "run_benchmarks", ROOT / "benchmarks" / "run_benchmarks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readmes_benchmark_table_is_the_recorded_figures() -> None:
+    module = benchmarks()
+    recorded = json.loads(module.FIGURES.read_text())
+    readme = (ROOT / "README.md").read_text()
+    shown = readme[readme.index(START) + len(START) : readme.index(END)].strip("\n") + "\n"
+    assert shown == module.render_table(recorded)
+    assert recorded["code"] and recorded["command"]
+
+
+def test_a_figure_more_than_ten_percent_worse_is_a_regression() -> None:
+    module = benchmarks()
+    last = {"code": "abc1234", "figures": {"a": {"value": 10.0}, "b": {"value": 10.0}}}
+    lines = module.compare_figures(
+        {"a": {"value": 11.5}, "b": {"value": 10.9}, "c": {"value": 1.0}}, last
+    )
+    assert lines[0].startswith("REGRESSION a: 11.50 against 10.00 recorded at abc1234 (+15%)")
+    assert lines[1].startswith("ok") and "b: 10.90" in lines[1]
+    assert lines[2].startswith("new") and "c: 1.00" in lines[2]
