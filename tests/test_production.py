@@ -145,8 +145,9 @@ def engine(
     lake.load(events, tmp_path / "dataset")
     start = now - timedelta(minutes=4)
     buckets = {name: f"prod-{name}-{SUFFIX}" for name in ("alpha", "kappa", "gamma")}
-    for bucket in buckets.values():
-        s3_server.client().create_bucket(Bucket=bucket)
+    # Gamma's customer creates its bucket only once its windows have failed (step 5).
+    for name in ("alpha", "kappa"):
+        s3_server.client().create_bucket(Bucket=buckets[name])
     integrations = tmp_path / "integrations.yaml"
     endpoint = s3_server.endpoint_url
     integrations.write_text(
@@ -300,6 +301,18 @@ def test_the_production_engine_delivers_heals_and_survives_restarts(
 
     # 4. The daemon restarted while the retry and the next windows' runs are in flight.
     prod.restart("daemon")
+
+    # 5. Gamma's bucket does not exist yet: its windows turn Failed (NoSuchBucket, a
+    # permanent error), and heal by themselves once the customer creates it.
+    def gamma_statuses() -> list[str]:
+        keys = [w.strftime("%Y-%m-%d-%H:%M") for w in closed(gamma_start, utcnow())]
+        return statuses(instance, "gamma", gamma_start, keys)
+
+    wait_for("gamma's windows to turn Failed", lambda: "FAILED" in gamma_statuses(), 180)
+    assert "MATERIALIZED" not in gamma_statuses()
+    (failure,) = instance.fetch_observations(dg.AssetKey(["affise", "gamma", "clicks"]), 1).records
+    assert failure.asset_observation.metadata["error_code"].value == "NoSuchBucket"
+    s3_server.client().create_bucket(Bucket=buckets["gamma"])
     wait_for("gamma's first object", lambda: keys_in(s3_server, buckets["gamma"]), timeout=180)
 
     # Every window closed by now arrives, once, with the source's rows, restarts or not.
@@ -328,7 +341,8 @@ def test_the_production_engine_delivers_heals_and_survives_restarts(
                 assert_rows(
                     s3_server, buckets[name], engine.events, name, window, 1, None, event_type
                 )
-        # Dagster agrees: every window closed by `until` is materialized, none failed.
+        # Dagster agrees: every window closed by `until` is materialized, none failed (gamma's
+        # failed ones healed).
         keys = [w.strftime("%Y-%m-%d-%H:%M") for w in closed(firsts[name], until)]
         assert set(statuses(instance, name, firsts[name], keys, event_type)) == {"MATERIALIZED"}
 
