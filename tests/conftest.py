@@ -40,6 +40,7 @@ class S3Server:
     admin: Account
     customer: Account  # owns the test buckets
     intruder: Account  # a valid account with no rights on them
+    directory: Path = Path("/nonexistent")  # its state (ceph.conf), for radosgw-admin
 
     def client(self, account: Account | None = None) -> Any:
         account = account or self.customer
@@ -63,11 +64,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
     Set AFFISE_TEST_S3_REUSE=1 to reuse a server already started with the same S3_DIR/ports.
     """
+    # Each pytest-xdist worker (scripts/test.sh runs two) has a server of its own: gw0 on the
+    # ports below, gw1 on the next ones up.
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     env = {
         **os.environ,
-        "S3_DIR": os.environ.get("AFFISE_TEST_S3_DIR", "/tmp/affise-test-s3"),
-        "RGW_PORT": os.environ.get("AFFISE_TEST_RGW_PORT", "7481"),
-        "MON_PORT": os.environ.get("AFFISE_TEST_MON_PORT", "6790"),
+        "S3_DIR": os.environ.get("AFFISE_TEST_S3_DIR", "/tmp/affise-test-s3") + f"-{worker}"
+        if worker
+        else os.environ.get("AFFISE_TEST_S3_DIR", "/tmp/affise-test-s3"),
+        "RGW_PORT": str(int(os.environ.get("AFFISE_TEST_RGW_PORT", "7481")) + 10 * worker),
+        # Down, not up: the OSDs bind from 6800.
+        "MON_PORT": str(int(os.environ.get("AFFISE_TEST_MON_PORT", "6790")) - 10 * worker),
         "S3_ACCESS_KEY": "TESTADMINACCESSKEY",
         "S3_SECRET_KEY": "testadminsecretkey123",
     }
@@ -95,7 +102,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             capture_output=True,
         )
     server = S3Server(
-        endpoint, Account(env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"]), customer, intruder
+        endpoint,
+        Account(env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"]),
+        customer,
+        intruder,
+        Path(env["S3_DIR"]),
     )
     try:
         yield server

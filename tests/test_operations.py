@@ -25,9 +25,10 @@ from tests.conftest import ROOT, S3_SCRIPT, S3Server
 from tests.operations import DagsterDev, wait_for
 from tests.test_delivery import delivered_rows, keys_in, source_rows
 
+# A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), run beside the rest.
+pytestmark = pytest.mark.xdist_group("test_operations")
 PORT = 3197
 BETA = ("BETAOPSACCESSKEY0001", "beta-ops-secret-0001")
-S3_DIR = Path(os.environ.get("AFFISE_TEST_S3_DIR", "/tmp/affise-test-s3"))
 FMT = "%Y-%m-%d-%H:%M"
 # Short enough for a run the power cut left STARTED to be failed within the test, long enough
 # for any real run of it on a loaded 2-core machine. The demo's own value is 30 minutes.
@@ -59,9 +60,11 @@ def object_key(name: str, window: datetime, event_type: str = "clicks") -> str:
     return f"{name}/{event_type}/{window:%Y/%m/%d}/{window:%Y-%m-%d %H:%M:%S}.csv.gz"
 
 
-def rgw_admin(*args: str) -> None:
+def rgw_admin(s3: S3Server, *args: str) -> None:
     subprocess.run(
-        ["radosgw-admin", "-c", str(S3_DIR / "ceph.conf"), *args], check=True, capture_output=True
+        ["radosgw-admin", "-c", str(s3.directory / "ceph.conf"), *args],
+        check=True,
+        capture_output=True,
     )
 
 
@@ -82,7 +85,7 @@ def running(
         )
     subprocess.run(
         ["bash", str(S3_SCRIPT), "adduser", "beta-ops", *BETA],
-        env={**os.environ, "S3_DIR": str(S3_DIR)},
+        env={**os.environ, "S3_DIR": str(s3_server.directory)},
         check=True,
         capture_output=True,
     )
@@ -146,7 +149,7 @@ def running(
         raise
     finally:
         dev.stop()
-        rgw_admin("user", "enable", "--uid=beta-ops")
+        rgw_admin(s3_server, "user", "enable", "--uid=beta-ops")
 
 
 def closed_windows(start: datetime, frequency: int) -> list[datetime]:
@@ -325,7 +328,7 @@ def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
     assert dev.loaded()
 
     # 3. Beta's destination breaks: its windows turn Failed, alpha's keep arriving.
-    rgw_admin("user", "suspend", "--uid=beta-ops")
+    rgw_admin(s3_server, "user", "suspend", "--uid=beta-ops")
     broken_at = datetime.now(UTC).replace(tzinfo=None)
 
     def failed_windows() -> list[str] | None:
@@ -355,7 +358,7 @@ def test_config_changes_go_live_and_failed_windows_heal_without_anyone(
     )
 
     # 4. Fixed: every window it missed arrives by itself, exactly once, rows equal to the source.
-    rgw_admin("user", "enable", "--uid=beta-ops")
+    rgw_admin(s3_server, "user", "enable", "--uid=beta-ops")
     fixed_at = datetime.now(UTC).replace(tzinfo=None)
     due = [w for w in closed_windows(start, 1) if w + timedelta(minutes=1) <= fixed_at]
 

@@ -41,6 +41,8 @@ from tests.test_operations import (
     waiting_for_the_source,
 )
 
+# A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), run beside the rest.
+pytestmark = pytest.mark.xdist_group("test_production")
 PG_PORT = int(os.environ.get("AFFISE_TEST_PG_PORT", "55433"))
 # The webserver's port; the code server's is the next one.
 PORT = int(os.environ.get("AFFISE_TEST_PROD_PORT", "3310"))
