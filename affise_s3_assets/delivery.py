@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
@@ -43,7 +43,6 @@ from affise_s3_assets.io_manager import (
     build_object_key,
 )
 from affise_s3_assets.manifest import DeliveredObject, manifest_bytes
-from affise_s3_assets.parquet_export import COMPRESSION, COMPRESSION_LEVEL, ParquetEncoder
 from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.reconciliation import latest_materializations
 from affise_s3_assets.s3 import (
@@ -74,6 +73,9 @@ from affise_s3_assets.source import (
     naive_utc,
 )
 from affise_s3_assets.targets import ExportTarget, WindowGroup
+
+if TYPE_CHECKING:  # imported where used: a CSV export never loads pyarrow (~26 MB RSS)
+    from affise_s3_assets.parquet_export import ParquetEncoder
 
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
 # A window is delivered a little after it closes: the source may be waited for (60 s), the
@@ -131,7 +133,7 @@ class ObjectDelivery:
     target: ExportTarget
     window: Window
     object: WindowObject
-    encoder: GzipCsvEncoder | ParquetEncoder
+    encoder: "GzipCsvEncoder | ParquetEncoder"
     failure: str | None = None
     permanent: bool = False
     code: str = ""
@@ -213,9 +215,11 @@ class ObjectDelivery:
         )
 
 
-def _encoder(target: ExportTarget) -> GzipCsvEncoder | ParquetEncoder:
+def _encoder(target: ExportTarget) -> "GzipCsvEncoder | ParquetEncoder":
     columns = EVENT_COLUMNS[target.event_type]
     if target.file_format == "parquet":
+        from affise_s3_assets.parquet_export import ParquetEncoder
+
         return ParquetEncoder(target.event_type, columns)
     return GzipCsvEncoder(columns, target.compression_level)
 
@@ -721,9 +725,7 @@ def _spec(
             "lateness_minutes": lateness // timedelta(minutes=1),
             "first_window": start,
             "file_format": target.file_format,
-            "compression": f"gzip level {target.compression_level}"
-            if target.file_format == "csv"
-            else f"{COMPRESSION} level {COMPRESSION_LEVEL}",
+            "compression": _compression(target),
             "object_acl": target.destination.acl or "none",
             "enabled": target.enabled,
             **{f"filter_{name}": value for name, value in filters.items()},
@@ -733,6 +735,14 @@ def _spec(
         kinds={"s3", target.file_format},
         tags={"integration": target.integration, "event_type": target.event_type},
     ).with_io_manager_key(IO_MANAGER_KEY)
+
+
+def _compression(target: ExportTarget) -> str:
+    if target.file_format == "csv":
+        return f"gzip level {target.compression_level}"
+    from affise_s3_assets.parquet_export import COMPRESSION, COMPRESSION_LEVEL
+
+    return f"{COMPRESSION} level {COMPRESSION_LEVEL}"
 
 
 def build_window_job(group: WindowGroup) -> UnresolvedAssetJobDefinition:

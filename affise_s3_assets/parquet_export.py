@@ -8,44 +8,57 @@ hold exactly ROW_GROUP_ROWS rows (the last one fewer), whatever the batches they
 the same rows give the same bytes on any path; one row group is held in memory per object.
 """
 
+import functools
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from affise_s3_assets.config import EventType
 from affise_s3_assets.source import TYPED_COLUMNS
+
+# pyarrow (~26 MB of a process's RSS) is imported once an encoder is made: the definitions
+# and a CSV export never load it (tests/test_definitions.py).
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 ROW_GROUP_ROWS = 65_536
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
 
-_DECIMAL = pa.decimal128(18, 4)
-_INSTANT = pa.timestamp("us", tz="UTC")
-# The source DDL's typed columns (source.TYPED_COLUMNS) as Arrow types; the rest is text.
-_ARROW: dict[str, pa.DataType] = {
-    "instant": _INSTANT,
-    "integer": pa.int32(),
-    "boolean": pa.bool_(),
-    "decimal": _DECIMAL,
-}
+
+@functools.cache
+def _arrow_types() -> "dict[str, pa.DataType]":
+    """The source DDL's typed columns (source.TYPED_COLUMNS) as Arrow types; the rest is text."""
+    import pyarrow as pa
+
+    return {
+        "instant": pa.timestamp("us", tz="UTC"),
+        "integer": pa.int32(),
+        "boolean": pa.bool_(),
+        "decimal": pa.decimal128(18, 4),
+    }
 
 
-def parquet_schema(columns: Sequence[str]) -> pa.Schema:
+def parquet_schema(columns: Sequence[str]) -> "pa.Schema":
     """The file's schema: every column nullable, typed as in the source, text otherwise."""
+    import pyarrow as pa
+
+    types = _arrow_types()
     return pa.schema(
-        [pa.field(name, _ARROW.get(TYPED_COLUMNS.get(name, ""), pa.string())) for name in columns]
+        [pa.field(name, types.get(TYPED_COLUMNS.get(name, ""), pa.string())) for name in columns]
     )
 
 
-def _typed(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+def _typed(frame: pl.DataFrame, schema: "pa.Schema") -> "pa.Table":
     """The frame as the file's types: naive timestamps are UTC (the source's convention)."""
+    import pyarrow as pa
+
+    instant = _arrow_types()["instant"]
     columns = []
     for field in schema:
         series = frame[field.name]
-        if field.type == _INSTANT:
+        if field.type == instant:
             dtype = series.dtype
             zoned = isinstance(dtype, pl.Datetime) and dtype.time_zone is not None
             series = (
@@ -93,6 +106,8 @@ class ParquetEncoder:
     compression = COMPRESSION
 
     def __init__(self, event_type: EventType, columns: Sequence[str]) -> None:
+        import pyarrow.parquet as pq
+
         self.event_type = event_type
         self.schema = parquet_schema(columns)
         self._drain = _Drain()
@@ -116,23 +131,29 @@ class ParquetEncoder:
         self._pending.append(_typed(frame, self.schema))
         self._pending_rows += rows
         while self._pending_rows >= ROW_GROUP_ROWS:
-            pending = pa.concat_tables(self._pending)
+            pending = _concat(self._pending)
             self._write_group(pending.slice(0, ROW_GROUP_ROWS))
             rest = pending.slice(ROW_GROUP_ROWS)
             self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
             yield self._drain.take()
 
-    def _write_group(self, table: pa.Table) -> None:
+    def _write_group(self, table: "pa.Table") -> None:
         # One chunk per column: pyarrow cuts pages at chunk boundaries, which follow the
         # batches the rows came in; combined, the bytes follow the rows alone.
         self._writer.write_table(table.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
 
     def finish(self) -> bytes:
         if self._pending_rows:
-            self._write_group(pa.concat_tables(self._pending))
+            self._write_group(_concat(self._pending))
             self._pending, self._pending_rows = [], 0
         self._writer.close()
         return self._drain.take()
 
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows}
+
+
+def _concat(tables: "list[pa.Table]") -> "pa.Table":
+    import pyarrow as pa
+
+    return pa.concat_tables(tables)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import dagster as dg
 import duckdb
@@ -20,9 +20,18 @@ import polars as pl
 from pydantic import Field
 
 from affise_s3_assets.config import EventType
-from affise_s3_assets.parquet_dataset import DatasetUnreadable, ParquetDataset, is_remote
+
+if TYPE_CHECKING:  # imported where used: a DuckDB file's runs never load pyarrow (~26 MB RSS)
+    from affise_s3_assets.parquet_dataset import ParquetDataset
 
 DEFAULT_EVENTS_DB = Path(__file__).resolve().parent.parent / "data" / "events.duckdb"
+
+
+def is_remote(location: "str | Path") -> bool:
+    """Whether the events are an `s3://` dataset (parquet_dataset.is_remote, asked without
+    loading pyarrow)."""
+    return str(location).startswith("s3://")
+
 
 # Column order of the source DDL (schema.sql), which is also the CSV header order.
 EVENT_COLUMNS: dict[EventType, tuple[str, ...]] = {
@@ -145,6 +154,8 @@ def parquet_files(
     listing of each day's folder). A conversion changed in the window may have been created
     any day before: every day up to the window's last (DuckDB skips row groups by their
     updated_at statistics)."""
+    from affise_s3_assets.parquet_dataset import ParquetDataset
+
     store = dataset if isinstance(dataset, ParquetDataset) else ParquetDataset.local(dataset)
     last = end - timedelta(microseconds=1)
     table = EVENT_TABLE[event_type]
@@ -245,6 +256,8 @@ def write_dataset_watermark(dataset: str | Path, event_type: EventType, until: d
         return json.dumps(current, sort_keys=True, indent=2) + "\n"
 
     if is_remote(dataset):
+        from affise_s3_assets.parquet_dataset import ParquetDataset
+
         # S3 has no lock: the loaders of one s3:// dataset write its watermarks one at a time.
         store = ParquetDataset.open(dataset)
         store.write_text(WATERMARK_FILE, advanced(store.read_text(WATERMARK_FILE)))
@@ -302,14 +315,16 @@ class EventsDatabase(dg.ConfigurableResource):
         # Read at run time, not at import, so definitions load the same everywhere.
         return str(self.path or os.environ.get("AFFISE_EVENTS_DB") or DEFAULT_EVENTS_DB)
 
-    def dataset(self) -> ParquetDataset | None:
+    def dataset(self) -> "ParquetDataset | None":
         """The Parquet dataset the events are, None for a DuckDB file."""
         location = self.location()
         if is_remote(location) or Path(location).is_dir():
+            from affise_s3_assets.parquet_dataset import ParquetDataset
+
             return ParquetDataset.open(location)
         return None
 
-    def _connect(self, dataset: ParquetDataset | None) -> duckdb.DuckDBPyConnection:
+    def _connect(self, dataset: "ParquetDataset | None") -> duckdb.DuckDBPyConnection:
         # A Parquet dataset needs no database: an in-memory connection reads the files.
         if dataset is None:
             path = Path(self.location())
@@ -367,6 +382,8 @@ class EventsDatabase(dg.ConfigurableResource):
         `latest`, None when there is no watermark."""
         dataset = self.dataset()
         if dataset is not None:
+            from affise_s3_assets.parquet_dataset import DatasetUnreadable
+
             try:
                 if not dataset.exists():
                     return SourceProgress(event_type, None, f"{dataset.uri} does not exist")
@@ -400,7 +417,7 @@ class EventsDatabase(dg.ConfigurableResource):
         return SourceProgress(event_type, naive_utc(latest), "latest event")
 
     def _dataset_progress(
-        self, dataset: ParquetDataset, event_type: EventType, latest: bool = True
+        self, dataset: "ParquetDataset", event_type: EventType, latest: bool = True
     ) -> SourceProgress | None:
         try:
             text = dataset.read_text(WATERMARK_FILE)
@@ -489,7 +506,7 @@ class EventsDatabase(dg.ConfigurableResource):
 
 @contextmanager
 def _local(
-    dataset: ParquetDataset, files: list[str], column: str, start: datetime, end: datetime
+    dataset: "ParquetDataset", files: list[str], column: str, start: datetime, end: datetime
 ) -> Iterator[list[str]]:
     """The files as DuckDB reads them for `column` in [start, end): a local dataset's own; an
     `s3://` dataset's staged, for as long as the read lasts (ParquetDataset.stage)."""

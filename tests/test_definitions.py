@@ -380,3 +380,31 @@ def test_window_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
     tags = defs.resolve_job_def("clicks_every_5min_job").tags
     assert tags["affise/event_type"] == "clicks"
     assert tags["affise/frequency"] == "5"
+
+
+def test_csv_exports_from_a_duckdb_file_load_no_pyarrow() -> None:
+    """pyarrow (~26 MB of every run worker's RSS) is loaded only by Parquet output or a
+    Parquet source: loading the shipped definitions and building a CSV window's encoder and
+    source read does not."""
+    code = (
+        "import sys\n"
+        "from affise_s3_assets.definitions import defs\n"
+        "from affise_s3_assets.delivery import _encoder\n"
+        "from affise_s3_assets.source import EventsDatabase\n"
+        "from affise_s3_assets.targets import build_export_targets\n"
+        "from affise_s3_assets.config import load_integrations\n"
+        "defs()\n"
+        "(target, *_) = build_export_targets(load_integrations(sys.argv[1]).integrations)\n"
+        "assert target.file_format == 'csv'\n"
+        "_encoder(target)\n"
+        "assert EventsDatabase(path=sys.argv[2]).dataset() is None\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(SHIPPED), str(ROOT / "data" / "absent.duckdb")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
