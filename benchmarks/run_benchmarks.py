@@ -35,7 +35,8 @@
 8. Reconciliation (`--only reconcile`): the fingerprints of every 15-minute window of the
    one-day table (reconciliation's one query over a look-back of that many rows) for 1, 10,
    100 and 1,000 distinct filters.
-Everything it writes is under benchmarks/out/ (git-ignored).
+Everything it writes is under benchmarks/out/ (git-ignored), but --record's
+benchmarks/figures.json.
 """
 
 import argparse

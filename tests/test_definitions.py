@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from affise_s3_assets.config import apply_integrations
 from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.demo import generate_demo_events
 from affise_s3_assets.sensors import (
     CATCH_UP_IN_FLIGHT,
     FIRST_RANGE_PRIORITY,
@@ -382,12 +384,15 @@ def test_window_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
     assert tags["affise/frequency"] == "5"
 
 
-def test_csv_exports_from_a_duckdb_file_load_no_pyarrow() -> None:
+def test_csv_exports_from_a_duckdb_file_load_no_pyarrow(tmp_path: Path) -> None:
     """pyarrow (~26 MB of every run worker's RSS) is loaded only by Parquet output or a
-    Parquet source: loading the shipped definitions and building a CSV window's encoder and
-    source read does not."""
+    Parquet source: loading the shipped definitions, building a CSV encoder and reading a
+    window's fingerprints and rows from a DuckDB file, in a fresh process, do not."""
+    events = tmp_path / "events.duckdb"
+    generate_demo_events(events, datetime(2026, 11, 25), datetime(2026, 11, 25, 2), 20_000, 3)
     code = (
         "import sys\n"
+        "from datetime import datetime\n"
         "from affise_s3_assets.definitions import defs\n"
         "from affise_s3_assets.delivery import _encoder\n"
         "from affise_s3_assets.source import EventsDatabase\n"
@@ -396,12 +401,16 @@ def test_csv_exports_from_a_duckdb_file_load_no_pyarrow() -> None:
         "defs()\n"
         "(target, *_) = build_export_targets(load_integrations(sys.argv[1]).integrations)\n"
         "assert target.file_format == 'csv'\n"
-        "_encoder(target)\n"
-        "assert EventsDatabase(path=sys.argv[2]).dataset() is None\n"
+        "encoder = _encoder(target)\n"
+        "start, end = datetime(2026, 11, 25), datetime(2026, 11, 25, 1)\n"
+        "with EventsDatabase(path=sys.argv[2]).read('clicks', start, end) as source:\n"
+        "    assert source.fingerprints(60, [((), ())])\n"
+        "    rows = sum(frame.height for frame in source.frames())\n"
+        "assert rows > 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(SHIPPED), str(ROOT / "data" / "absent.duckdb")],
+        [sys.executable, "-c", code, str(SHIPPED), str(events)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -25,8 +25,8 @@ from tests.conftest import ROOT, S3_SCRIPT, S3Server
 from tests.operations import DagsterDev, wait_for
 from tests.test_delivery import delivered_rows, keys_in, source_rows
 
-# A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), run beside the rest.
-pytestmark = pytest.mark.xdist_group("test_operations")
+# A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), beside the engine tests.
+pytestmark = pytest.mark.xdist_group("dagster_dev")
 PORT = 3197
 BETA = ("BETAOPSACCESSKEY0001", "beta-ops-secret-0001")
 FMT = "%Y-%m-%d-%H:%M"

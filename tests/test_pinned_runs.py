@@ -20,8 +20,9 @@ from tests.conftest import S3Server
 from tests.operations import LOCATION, DagsterDev, wait_for
 from tests.test_delivery import delivered_rows, fetch, keys_in, source_rows
 
-# A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), run beside the rest.
-pytestmark = pytest.mark.xdist_group("test_pinned_runs")
+# A long end-to-end test: with the other engine test on one pytest-xdist worker
+# (scripts/test.sh), so at most two engines share the machine.
+pytestmark = pytest.mark.xdist_group("engines")
 PORT = 3198
 
 

@@ -41,8 +41,9 @@ from tests.test_operations import (
     waiting_for_the_source,
 )
 
-# A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), run beside the rest.
-pytestmark = pytest.mark.xdist_group("test_production")
+# A long end-to-end test: with the other engine test on one pytest-xdist worker
+# (scripts/test.sh), so at most two engines share the machine.
+pytestmark = pytest.mark.xdist_group("engines")
 PG_PORT = int(os.environ.get("AFFISE_TEST_PG_PORT", "55433"))
 # The webserver's port; the code server's is the next one.
 PORT = int(os.environ.get("AFFISE_TEST_PROD_PORT", "3310"))

@@ -21,6 +21,8 @@ from affise_s3_assets.live_config import ReloadFailed, build_config_sensor, requ
 from tests.conftest import ROOT
 from tests.operations import wait_for
 
+# Its tests share one webserver on a fixed port: one unit for pytest-xdist (scripts/test.sh).
+pytestmark = pytest.mark.xdist_group("test_reload")
 PORT = 3187
 SHIPPED = ROOT / "integrations.yaml"
 
