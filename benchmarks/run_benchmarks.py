@@ -24,17 +24,15 @@
 4. Scale: --integrations integrations x 2 event types: definitions import, `dagster
    definitions validate`, a sensor tick and a schedule tick; then window jobs delivering every
    integration's clicks for several consecutive 15-minute windows at 20M clicks/day in total.
-5. Storage (`--only storage`): the window runs of 4. with the event log on a throwaway
-   Postgres cluster (the cluster's storage) and on SQLite (`dagster dev`'s).
-6. Slow destination (`--only slow`): one integration's endpoint never answers, among 50 in
+5. Slow destination (`--only slow`): one integration's endpoint never answers, among 50 in
    one window job: when the other objects land, against the same run with none dead.
-7. File format (`--only format`): the one-day window as gzipped CSV and as Parquet through
+6. File format (`--only format`): the one-day window as gzipped CSV and as Parquet through
    the asset path: wall, peak RSS, object size.
-9. Shards (`--only shards`): a 15-minute window of 1,000 and 10,000 integrations delivered by
-   1, 2 and 4 runs at once on Postgres: first start to last end, and per integration.
-8. Reconciliation (`--only reconcile`): the fingerprints of every 15-minute window of the
+7. Reconciliation (`--only reconcile`): the fingerprints of every 15-minute window of the
    one-day table (reconciliation's one query over a look-back of that many rows) for 1, 10,
    100 and 1,000 distinct filters.
+8. Shards (`--only shards`): a 15-minute window of 1,000 and 10,000 integrations delivered by
+   1, 2 and 4 runs at once on Postgres: first start to last end, and per integration.
 Everything it writes is under benchmarks/out/ (git-ignored), but --record's
 benchmarks/figures.json.
 """
@@ -942,28 +940,6 @@ def stop_postgres() -> None:
     )
 
 
-def window_storage_case(count: int, windows: int) -> None:
-    """The same window runs as `scale`, with the event log on Postgres (the cluster's) and on
-    SQLite (`dagster dev`'s): what Dagster's two events per integration and window cost."""
-    fifteen, db, env = fifteen_minute_fanout(count)
-    print(f"\n## Window runs by event log storage: {count:,} integrations' clicks, 15 minutes")
-    print("| storage | window | objects | run wall s | peak RSS MB |\n|---|---|---|---|---|")
-    url = start_postgres()
-    try:
-        for storage, extra in (("postgres", {"BENCH_POSTGRES_URL": url}), ("sqlite", {})):
-            for n in range(windows):
-                start = DAY + timedelta(hours=10, minutes=15 * n)
-                partition = start.strftime("%Y-%m-%d-%H:%M")
-                args = ["--child", "window", str(fifteen), str(db), partition]
-                result, rss = run_child(args, env | extra)
-                print(
-                    f"| {storage} | {partition} | {result['objects']:,} | "
-                    f"{result['wall']:.1f} | {rss:.0f} |"
-                )
-    finally:
-        stop_postgres()
-
-
 def fifteen_minute_fanout(count: int) -> tuple[Path, Path, dict[str, str]]:
     """`count` integrations' clicks every 15 minutes (one affiliate each), their events (20M
     clicks/day in total) and their credentials' variables."""
@@ -1442,7 +1418,6 @@ def main() -> None:
             "parquet",
             "format",
             "scale",
-            "storage",
             "slow",
             "backlog",
             "lag",
@@ -1482,8 +1457,6 @@ def main() -> None:
             format_cases(options.rows)
         if "scale" in parts:
             scale_cases(options.integrations, options.windows)
-        if "storage" in parts:
-            window_storage_case(options.integrations, 2)
         if "slow" in parts:
             slow_destination_case()
         if "backlog" in parts:
