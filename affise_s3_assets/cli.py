@@ -1,20 +1,26 @@
-"""`affise-s3`: the tools of the people who set integrations up. Knows the config's rules
-(config.py), not the definitions; never prints a secret value.
+"""`affise-s3`: the tools of the people who set integrations up and operate them. Knows the
+config's rules (config.py); only `deliver` loads the definitions (manual_delivery.py). Never
+prints a secret value.
 
     affise-s3 validate [FILE]     every problem of the file at once; exit 1 if any
     affise-s3 check-connection NAME [--event-type TYPE] [--file FILE] [--state-dir DIR]
                                   write a probe object with that integration's own
                                   credentials; say what fails in words to act on (TYPE:
                                   clicks, conversions or conversion_updates)
+    affise-s3 deliver ASSET... --from WINDOW [--to WINDOW] [--file FILE] [--state-dir DIR]
+                                  deliver those windows of those exports now, by hand (e.g.
+                                  affise/acme/clicks --from 2026-11-26-10:00 --to
+                                  2026-11-26-11:45), on the instance of $DAGSTER_HOME
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from affise_s3_assets.config import EVENT_TYPES, apply_integrations, integrations_path
-from affise_s3_assets.live_config import read_last_good, state_dir
+from affise_s3_assets.live_config import apply_file, read_last_good, state_dir
 
 
 def validate(path: Path, state: Path | None = None) -> int:
@@ -87,6 +93,60 @@ def check_connections(
     return 1 if failed or mine else 0
 
 
+def deliver(
+    path: Path, asset_keys: Sequence[str], first: str, last: str | None, state: Path | None
+) -> int:
+    """Deliver windows `first` through `last` of the export assets named, as ranged runs of
+    their window jobs executed here; 0 when every run succeeded. Nothing runs when any window
+    asked for cannot be delivered (the reason is printed)."""
+    import dagster as dg
+
+    from affise_s3_assets.definitions import build_definitions
+    from affise_s3_assets.manual_delivery import (
+        RefusedDelivery,
+        execute_manual_run,
+        plan_manual_runs,
+    )
+    from affise_s3_assets.targets import build_export_targets, build_window_groups
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print(
+            "DAGSTER_HOME is not set: a delivery by hand is recorded on the deployment's "
+            "instance, where its sensors and the UI see it",
+            file=sys.stderr,
+        )
+        return 1
+    # As the code server applies it: the deployment's last applied config itself while the
+    # file is as it was then, else the file applied over it.
+    applied = apply_file(path, read_last_good(state) if state is not None else None)
+    if applied.file_error:
+        print(applied.file_error.split("; nothing in it was applied")[0])
+        return 1
+    names = {key.split("/")[1] for key in asset_keys if key.count("/") == 2}
+    for problem in applied.problems:
+        if any(problem.startswith(f"integration {name!r}:") for name in names):
+            print(problem)
+    groups = build_window_groups(build_export_targets(applied.integrations), applied.lateness)
+    try:
+        runs = plan_manual_runs(groups, asset_keys, first, last)
+    except RefusedDelivery as exc:
+        print(f"nothing delivered: {exc}", file=sys.stderr)
+        return 1
+    defs = build_definitions(applied)
+    instance = dg.DagsterInstance.get()
+    failed = 0
+    for run in runs:
+        result = execute_manual_run(run, defs, instance)
+        print(f"{run}: run {result.run_id} {'delivered' if result.success else 'FAILED'}")
+        if not result.success:
+            failed += 1
+            for event in result.get_step_failure_events():
+                print(f"  {event.step_failure_data.error.message.strip()}")
+    if failed:
+        print(f"{failed} of {len(runs)} runs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
@@ -114,7 +174,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe.add_argument(
         "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
     )
+    by_hand = commands.add_parser(
+        "deliver",
+        help="deliver windows of exports now, by hand, on the instance of $DAGSTER_HOME",
+        description="Deliver windows of the exports named now, as ranged runs of their "
+        "window group's job (a day of windows each at most) executed in this process and "
+        "recorded on the instance of $DAGSTER_HOME. Each window is its own object, at its "
+        "own key: a window delivered before is overwritten with what the source holds now.",
+    )
+    by_hand.add_argument(
+        "assets", nargs="+", metavar="ASSET", help="an export asset, e.g. affise/acme/clicks"
+    )
+    by_hand.add_argument(
+        "--from",
+        dest="first",
+        required=True,
+        metavar="WINDOW",
+        help="the first window, by its start in UTC as its partition key: YYYY-MM-DD-hh:mm",
+    )
+    by_hand.add_argument(
+        "--to", dest="last", metavar="WINDOW", help="the last window, included (default: --from)"
+    )
+    by_hand.add_argument(
+        "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
+    )
+    _add_state_dir(by_hand)
     options = parser.parse_args(argv)
+    if options.command == "deliver":
+        return deliver(
+            options.file or integrations_path(),
+            options.assets,
+            options.first,
+            options.last,
+            options.state_dir,
+        )
     if options.command == "validate":
         return validate(options.file or integrations_path(), options.state_dir)
     if options.command == "check-connection":

@@ -11,7 +11,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -520,6 +520,69 @@ class Reconciliation(BaseModel):
         return timedelta(hours=self.look_back_hours)
 
 
+# The day a demo instance first ran (scripts/dev.sh keeps it in $DAGSTER_HOME/demo-day).
+DEMO_DAY_VARIABLE = "AFFISE_DEMO_DAY"
+_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day(value: Any) -> date:
+    """A day written "YYYY-MM-DD" (a YAML date too, never a datetime); ValueError otherwise."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _DAY_RE.fullmatch(value):
+        return date.fromisoformat(value)
+    raise ValueError(f'must be a day, "YYYY-MM-DD", got {value!r}')
+
+
+class DemoDates(BaseModel):
+    """The demo file's top-level `demo:` block: the day its dates are written for. With
+    $AFFISE_DEMO_DAY set, every `start` of the file moves by the whole days from this day to
+    that one (`demo_shift`). A deployment's file has no such block: its starts never move."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    day: date
+
+    @field_validator("day", mode="before")
+    @classmethod
+    def _written_for(cls, value: Any) -> Any:
+        return _day(value)
+
+
+def demo_shift(raw: Any, problems: list[str]) -> timedelta:
+    """How far the starts of a file with this `demo:` block move: from its day to
+    $AFFISE_DEMO_DAY, in whole days, so every window keeps its boundaries. Nothing moves
+    without the block or the variable; a broken one moves nothing and adds a problem."""
+    if raw is None:
+        return timedelta(0)
+    try:
+        written = DemoDates.model_validate(raw).day
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False):
+            field = "".join(f"{part}: " for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "model_type":
+                message = 'must be a mapping, e.g. {day: "2026-11-27"}'
+            elif error["type"] == "extra_forbidden":
+                message = "is not a field (day)"
+            elif error["type"] == "missing":
+                message = "is required"
+            problems.append(f"demo: {field}{message}; the starts are used as written")
+        return timedelta(0)
+    configured = os.environ.get(DEMO_DAY_VARIABLE)
+    if not configured:
+        return timedelta(0)
+    try:
+        pinned = _day(configured)
+    except ValueError:
+        problems.append(
+            f"{DEMO_DAY_VARIABLE}: {configured!r} is not a day (YYYY-MM-DD); the starts are "
+            "used as written"
+        )
+        return timedelta(0)
+    return pinned - written
+
+
 class IntegrationsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -757,8 +820,9 @@ def _clashes(exports: list[_Export]) -> list[tuple[_Export, _Export]]:
     return pairs
 
 
-# The file's top-level blocks besides `integrations`: settings of the whole deployment.
-SETTINGS_BLOCKS = ("lateness", "reconciliation")
+# The file's top-level blocks besides `integrations`: settings of the whole deployment, and
+# the demo file's `demo:` (DemoDates).
+SETTINGS_BLOCKS = ("lateness", "reconciliation", "demo")
 
 
 def _parse_file(text: str, source: str) -> tuple[list[Any], dict[str, Any]]:
@@ -804,6 +868,8 @@ def apply_integrations(
     - A `start` more than MAX_START_AHEAD after `now` (default: the clock), or more than
       MAX_WINDOWS_BEFORE_NOW windows before it, is refused; an export that `last_good`
       already delivers with that start and frequency is not (time passing never breaks it).
+    - A file with a `demo:` block, read with $AFFISE_DEMO_DAY set, has every start moved by
+      the whole days between them (`demo_shift`) before these rules.
     """
     try:
         entries, settings = _parse_file(text, source)
@@ -878,6 +944,7 @@ def _apply_entries(
             "every_minutes": "must be whole minutes from 5 to 1440",
         },
     )
+    moved = demo_shift(settings.get("demo"), problems)
     raw = {"integrations": entries}
     chosen: dict[str, IntegrationConfig] = {}
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]
@@ -904,6 +971,8 @@ def _apply_entries(
             if isinstance(name, str) and name not in order:
                 order.append(name)
             continue
+        if moved:
+            integration = integration.model_copy(update={"start": integration.start + moved})
         before = previous.get(integration.name)
         delivering = (
             {(before.name, event_type, e.frequency) for event_type, e in before.exports()}

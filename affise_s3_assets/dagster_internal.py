@@ -44,6 +44,20 @@ def loading_location_name() -> str | None:
     return context.code_location_name if context is not None else None
 
 
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """The tags that make a run of a partitioned asset job deliver partitions `first` through
+    `last` (keys, inclusive): what Dagster's backfills and `RunRequest`s of a range set. Dagster
+    1.13 reads them from the run and has no public way to ask for a range when executing a
+    job (`execute_job` takes tags; `dagster asset materialize --partition-range` refuses a
+    multi-run backfill policy)."""
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+
+
 def sql_run_storage(run_storage: Any) -> Any | None:
     """The SQL run storage behind an instance's run storage (SQLite, Postgres, MySQL), or None
     for a storage of another kind. Dagster 1.13 has no public compare-and-set on its key-value

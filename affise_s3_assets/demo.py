@@ -605,7 +605,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=datetime.fromisoformat,
         default=None,
         metavar="'YYYY-MM-DD HH:MM:SS'",
-        help="use this UTC time as 'now' instead of the clock",
+        help="use this UTC time as 'now' instead of the clock (for the integrations too)",
     )
     return parser.parse_args(argv)
 
@@ -620,11 +620,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     start, end = hour - timedelta(days=args.days), hour + timedelta(days=7)
     if args.from_integrations:
         # Every window from each integration's start holds demo events, not empty files.
-        # Applied as the code location applies it: one broken block must not stop the demo.
-        from affise_s3_assets.live_config import apply_file
+        # Applied as the code location applies it (its `demo:` dates moved to $AFFISE_DEMO_DAY
+        # too), judged at `now`: one broken block must not stop the demo.
+        from affise_s3_assets.config import apply_integrations
 
-        starts = [i.start for i in apply_file(args.from_integrations).integrations]
-        start = min([start, *starts])
+        text = args.from_integrations.read_text(encoding="utf-8")
+        applied = apply_integrations(text, str(args.from_integrations), now=now)
+        start = min([start, *(i.start for i in applied.integrations)])
     began = time.perf_counter()
     counts = generate_demo_events(args.db, start, end, args.clicks_per_day, args.seed)
     print(

@@ -7,6 +7,14 @@ AFFISE_SETUP_BROWSER=0 bash scripts/setup.sh
 
 export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$PWD/data/events.duckdb}
 export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$PWD/integrations.yaml}
+# A persistent instance, so run history and sensor cursors survive a restart of this script.
+export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
+mkdir -p "$DAGSTER_HOME"
+# The demo's dates move to the day this instance first ran (integrations.yaml, `demo:`), so a
+# fresh demo has the same backlog on any date. Kept with the instance: its partitions never
+# move while its history lasts; a new DAGSTER_HOME starts from its own first day.
+[ -s "$DAGSTER_HOME/demo-day" ] || date -u +%F >"$DAGSTER_HOME/demo-day"
+export AFFISE_DEMO_DAY=${AFFISE_DEMO_DAY:-$(cat "$DAGSTER_HOME/demo-day")}
 .venv/bin/python -m affise_s3_assets.demo --db "$AFFISE_EVENTS_DB" --days 3 \
   --from-integrations "$AFFISE_INTEGRATIONS"
 
@@ -33,9 +41,6 @@ for who, bucket in (("ACME", "acme-affise-raw"), ("GLOBEX", "globex-events")):
     print(f"bucket {bucket} ready on http://127.0.0.1:7480")
 PY
 
-# A persistent instance, so run history and sensor cursors survive a restart of this script.
-export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
-mkdir -p "$DAGSTER_HOME"
 # The demo instance's settings are the project's: copied each time, so an instance made by an
 # older checkout gets today's (run monitoring, retention, run limits). A DAGSTER_HOME of your
 # own keeps its dagster.yaml once it has one.
