@@ -1,5 +1,5 @@
-"""The benchmark's recorded figures: the README's table is rendered from them, and a figure
-more than 10% worse than the recorded one is printed as a REGRESSION."""
+"""The benchmark's recorded figures: benchmarks/README.md's table is rendered from them, and a
+figure more than 10% worse than the recorded one is printed as a REGRESSION."""
 
 import importlib.util
 import json
@@ -23,7 +23,7 @@ def benchmarks() -> ModuleType:
 def test_the_readmes_benchmark_table_is_the_recorded_figures() -> None:
     module = benchmarks()
     recorded = json.loads(module.FIGURES.read_text())
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
     shown = readme[readme.index(START) + len(START) : readme.index(END)].strip("\n") + "\n"
     assert shown == module.render_table(recorded)
     assert recorded["code"] and recorded["command"]

@@ -151,7 +151,7 @@ def test_applying_the_files_in_order_gives_every_conversions_current_state(
     late = datetime(2026, 11, 26, 1, tzinfo=UTC)
     source = EventsDatabase(path=str(db))
     # The updates windows the three left hold fewer rows now: delivered again without them
-    # (harmless to a customer who upserts; README).
+    # (harmless to a customer who upserts; docs/customer-contract.md).
     moved, _, _, _ = reconcile_group(
         instance, source, groups["conversion_updates"], Reconciliation(), late
     )

@@ -1,6 +1,7 @@
-"""`affise-s3 deliver`, the runbook's command for windows by hand: run as the README writes it,
-the installed console script against the real S3 server, every window of the range is its own
-object holding the source's rows, in runs of a day at most, for the exports named only."""
+"""`affise-s3 deliver`, the runbook's command for windows by hand: run as docs/operations.md
+writes it, the installed console script against the real S3 server, every window of the range
+is its own object holding the source's rows, in runs of a day at most, for the exports named
+only."""
 
 import os
 import re
@@ -31,8 +32,9 @@ HOURS = [FIRST + timedelta(hours=h) for h in range(26)]
 
 
 def readme_command(home: Path, asset: str, first: str, last: str) -> str:
-    """The runbook's command as the README writes it, for this instance, asset and windows."""
-    text = (ROOT / "README.md").read_text()
+    """The runbook's command as docs/operations.md writes it, for this instance, asset and
+    windows."""
+    text = (ROOT / "docs" / "operations.md").read_text()
     block = text.split("CLI, one window or a range")[1].split("```bash")[1].split("```")[0]
     command = textwrap.dedent(block).strip()
     assert command == (

@@ -98,7 +98,7 @@ def test_a_parquet_window_holds_the_sources_rows_typed(
     assert manifest["object"]["compression"] == "zstd"
     assert manifest["object"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["rows"] == expected.num_rows == materialization.metadata["rows"].value
-    # The README's customer-side check reads Parquet days too.
+    # The customer contract's check (docs/customer-contract.md) reads Parquet days too.
     check = readme_manifest_check(bucket, "affise/raw/2026/11/25/")
     exec(check, {"CLIENT": s3_server.client()})
 

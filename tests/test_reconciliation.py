@@ -224,8 +224,9 @@ def test_a_delivery_of_another_frequency_or_filter_is_not_taken_for_late_rows(
     rig: WindowRig, events_db: Path, tmp_path: Path
 ) -> None:
     """After a frequency or filter change, the windows delivered before it hold other rows
-    than a re-delivery would: not a late row, and not re-delivered (the README's rule for a
-    frequency change: nothing overlapping what the old one delivered is delivered again)."""
+    than a re-delivery would: not a late row, and not re-delivered (docs/configuration.md's
+    rule for a frequency change: nothing overlapping what the old one delivered is delivered
+    again)."""
     db = delivered(rig, events_db, tmp_path)
     insert_late_rows(db, LATE_AT, affiliate=101)
     source = EventsDatabase(path=str(db))

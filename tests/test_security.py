@@ -143,7 +143,7 @@ def test_an_unexpected_errors_text_never_carries_request_headers() -> None:
     assert "AKIDEXAMPLE" not in text
 
 
-# The least privilege a customer grants us, as published in the README.
+# The least privilege a customer grants us, as published in docs/customer-contract.md.
 DELIVERY_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
 
 

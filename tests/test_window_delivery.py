@@ -543,7 +543,8 @@ def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_r
     metadata = record.asset_materialization.metadata
     assert metadata["manifest_uri"].value == f"s3://{rig.bucket}/{manifest_key}"
 
-    # The README's customer-side check passes on the day, and catches a file changed since.
+    # The customer contract's check (docs/customer-contract.md) passes on the day, and catches
+    # a file changed since.
     check = readme_manifest_check(rig.bucket, data_key.rsplit("/", 1)[0] + "/")
     exec(check, {"CLIENT": rig.s3.client()})
     rig.s3.client().put_object(
@@ -558,8 +559,9 @@ def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_r
 
 
 def readme_manifest_check(bucket: str, day: str) -> str:
-    """The README's check of a day against its manifests, on this bucket and day."""
-    text = (ROOT / "README.md").read_text()
+    """The customer contract's check of a day against its manifests (docs/customer-contract.md),
+    on this bucket and day."""
+    text = (ROOT / "docs" / "customer-contract.md").read_text()
     block = text.split("Check a day against its")[1].split("```python")[1].split("```")[0]
     code = textwrap.dedent(block)
     line = 's3, bucket, day = boto3.client("s3"), "acme-affise-raw", "affise/clicks/2026/11/25/"'
