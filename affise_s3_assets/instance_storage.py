@@ -1,4 +1,4 @@
-"""Dagster's Postgres event-log and run storages, keeping their connections between statements.
+"""Dagster's event-log and run storages, keeping their connections between statements.
 
 dagster-postgres opens a new connection for every statement batch it runs (SQLAlchemy's
 NullPool): each event a run logs costs two or three Postgres connects (a backend process each),
@@ -13,14 +13,26 @@ server and every run worker; the webserver swaps in a pool of its own, as Dagste
 every storage it serves); the definitions never import this module. Like `dagster_internal.py` it
 stands on Dagster's private storage modules, and `tests/test_instance_storage.py` fails when an
 upgrade moves them. Knows nothing of deliveries.
+
+`dagster dev`'s SQLite event log (`scripts/dagster.dev.yaml`) does the same per database file:
+Dagster's opens and closes a connection, and builds a new engine (so compiles every statement
+again), for each of the two or three statements an event costs.
 """
 
 import os
 import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as db
+from dagster import StringSource
 from dagster._core.storage.config import PostgresStorageConfig
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
@@ -101,9 +113,114 @@ class _KeptConnections:
         self._engine.dispose()
 
 
+class _KnownColumns:
+    """Dagster's SQLite event log asks the database for the asset table's columns (a PRAGMA
+    and its parsing, a tenth of the time an event took) for every asset event it stores, to
+    know whether the index columns exist. They come with `dagster instance migrate`, after
+    which every process restarts: once found, they are taken as there."""
+
+    _asset_key_index_cols = False
+
+    def _has_asset_key_index_cols_on_connection(self, conn: db.engine.Connection) -> bool:
+        if not self._asset_key_index_cols:
+            self._asset_key_index_cols = super()._has_asset_key_index_cols_on_connection(conn)  # type: ignore[misc]
+        return self._asset_key_index_cols
+
+
 class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
     """`PostgresEventLogStorage`, its connections kept between events."""
 
 
 class KeptConnectionsRunStorage(_KeptConnections, PostgresRunStorage):
     """`PostgresRunStorage`, its connections kept between statements."""
+
+
+# Database files of the SQLite event log kept open per process: the index (every asset event
+# is mirrored there) and the latest runs' (a run worker writes one; the webserver reads many).
+KEPT_SQLITE_FILES = 8
+
+
+def _synchronous_normal(dbapi_connection: Any, _: Any) -> None:
+    # Dagster's files are in WAL mode, where SQLite's default (FULL) syncs the log at every
+    # commit, two per event. NORMAL syncs it at checkpoints: a crash of the process loses
+    # nothing, a power loss may lose the last events (never the file): their windows are
+    # then undelivered in the instance's eyes, and delivered again under the same keys.
+    dbapi_connection.execute("PRAGMA synchronous = NORMAL")
+
+
+class KeptConnectionsSqliteEventLogStorage(_KnownColumns, SqliteEventLogStorage):
+    """`SqliteEventLogStorage` (one database per run beside an index database), a connection
+    kept open per database between events instead of an engine and a connection per statement
+    batch. Statements, transactions, locking (one at a time per process, SQLite's busy timeout
+    between processes) and files are Dagster's own.
+
+    Configured with the instance's home (`dagster_home: {env: DAGSTER_HOME}`); the databases
+    are where Dagster's default storage keeps them, `<home>/history/runs/`, so an instance
+    switched to this class keeps its history.
+    """
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._kept: OrderedDict[str, db.engine.Engine] = OrderedDict()
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {"dagster_home": StringSource}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Any
+    ) -> "KeptConnectionsSqliteEventLogStorage":
+        base_dir = os.path.join(config_value["dagster_home"], "history", "runs")
+        return cls(base_dir, inst_data)
+
+    def _engine(self, shard: str, **pool: Any) -> db.engine.Engine:
+        return db.create_engine(
+            self.conn_string_for_shard(shard),
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+            **pool,
+        )
+
+    def _kept_engine(self, shard: str) -> db.engine.Engine:
+        engine = self._kept.pop(shard, None)
+        if engine is None:
+            # One connection: this storage runs one statement batch at a time (_db_lock).
+            engine = self._engine(shard, poolclass=db.pool.QueuePool, pool_size=1, max_overflow=0)
+            db.event.listen(engine, "connect", _synchronous_normal)
+            _engines.add(engine)
+        self._kept[shard] = engine
+        while len(self._kept) > KEPT_SQLITE_FILES:
+            _, oldest = self._kept.popitem(last=False)
+            oldest.dispose()
+        return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[db.engine.Connection]:
+        with self._db_lock:
+            if shard not in self._initialized_dbs:
+                # Created as Dagster creates it, on an engine of its own: its table creation
+                # inspects the file through a second connection, which a pool of one would
+                # wait for without end.
+                first = self._engine(shard, poolclass=db.pool.NullPool)
+                try:
+                    self._initdb(first)
+                finally:
+                    first.dispose()
+                self._initialized_dbs.add(shard)
+            with self._kept_engine(shard).connect() as conn, conn.begin():
+                yield conn
+
+    def _close_kept(self) -> None:
+        with self._db_lock:
+            for engine in self._kept.values():
+                engine.dispose()
+            self._kept.clear()
+
+    def wipe(self) -> None:
+        # Dagster deletes the runs' files: none may stay open here.
+        self._close_kept()
+        super().wipe()
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._close_kept()

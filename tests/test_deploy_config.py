@@ -448,10 +448,14 @@ def test_every_limited_tag_is_set_on_some_run(instance_config: Mapping[str, Any]
     assert not keys & {"affise/integration", "affise/bucket"}
 
 
-def test_the_demo_instance_fails_runs_whose_worker_died(tmp_path: Path) -> None:
+def test_the_demo_instance_fails_runs_whose_worker_died(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`dagster dev`'s launcher cannot check a run worker's health: without a maximum runtime
     a run killed with -9 stays STARTED for ever and its windows are never re-delivered."""
     shutil.copy(ROOT / "scripts" / "dagster.dev.yaml", tmp_path / "dagster.yaml")
+    # As `dagster dev` runs it: the instance's settings name its home (the event log's files).
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.run_monitoring_enabled
         assert 0 < instance.run_monitoring_max_runtime_seconds <= 3600

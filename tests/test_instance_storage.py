@@ -1,11 +1,15 @@
 """The deployment's Postgres storages (affise_s3_assets/instance_storage.py) keep their
-connections between events, and ride out a Postgres restart.
+connections between events, and ride out a Postgres restart; `dagster dev`'s SQLite event log
+keeps one per database file.
 
 A real Postgres from Debian's packages, started by scripts/prod-local.sh; the instance is the
-one that script writes from deploy/dagster.yaml, so the shipped classes are the ones proven."""
+one that script writes from deploy/dagster.yaml, so the shipped classes are the ones proven.
+The SQLite instance is scripts/dagster.dev.yaml's."""
 
 import os
+import shutil
 import socket
+import sqlite3.dbapi2
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +17,13 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
+from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster_postgres import PostgresEventLogStorage
 
 from affise_s3_assets.instance_storage import (
     KeptConnectionsEventLogStorage,
     KeptConnectionsRunStorage,
+    KeptConnectionsSqliteEventLogStorage,
 )
 from tests.conftest import ROOT
 
@@ -121,3 +127,75 @@ def test_the_deployments_storages_keep_their_connections_and_ride_out_a_restart(
         before = sessions(postgres)
         materialize(stock, "stock", 10)
         assert sessions(postgres) - before - 1 >= 20
+
+
+@dg.asset
+def delivered() -> None:
+    """A run's own events: its database is created on first use, then kept open."""
+
+
+def counted_connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQLite connection opened from now on (the database file it opens)."""
+    opened: list[str] = []
+    connect = sqlite3.dbapi2.connect  # what SQLAlchemy's pysqlite dialect calls
+
+    def counting(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        opened.append(str(database))
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", counting)
+    return opened
+
+
+def test_dagster_devs_sqlite_event_log_keeps_a_connection_per_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "scripts" / "dagster.dev.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, KeptConnectionsSqliteEventLogStorage)
+        # Where Dagster's default storage keeps them: an instance switched keeps its history.
+        assert Path(storage._base_dir) == home / "history" / "runs"
+        opened = counted_connects(monkeypatch)
+        # The first event opens its databases (Dagster's check of their tables, on
+        # connections of its own, then the kept one); the next ones open none.
+        materialize(instance, "first", 1)
+        assert opened
+        del opened[:]
+        materialize(instance, "kept", EVENTS)
+        assert opened == [], f"{len(opened)} connections for {EVENTS} events"
+        # A run creates its own database on first use (Dagster's table creation, on a
+        # connection of its own), then keeps it too.
+        result = dg.materialize([delivered], instance=instance)
+        assert result.success
+        run_file = str(home / "history" / "runs" / f"{result.run_id}.db")
+        logged = [e for e in instance.all_logs(result.run_id) if e.dagster_event is not None]
+        assert any(e.dagster_event.is_step_materialization for e in logged)
+        # Its creation's few, then one kept: Dagster's own opens one per event at least.
+        assert opened.count(run_file) <= 5 < len(logged)
+
+    # Committed for every other process: another instance on the same home reads all of it.
+    with dg.DagsterInstance.from_config(str(home)) as other:
+        records = other.fetch_materializations(dg.AssetKey("kept"), limit=100).records
+        assert sorted(r.partition_key for r in records) == [
+            f"window-{i:03d}" for i in range(EVENTS)
+        ]
+        (record,) = other.fetch_materializations(dg.AssetKey("delivered"), limit=5).records
+        assert record.run_id == result.run_id
+        # Wiping deletes the runs' files: the kept ones are closed first, and events after
+        # it land in new files.
+        other.wipe()
+        assert not Path(run_file).exists()
+        materialize(other, "after_wipe", 2)
+        assert len(other.fetch_materializations(dg.AssetKey("after_wipe"), limit=5).records) == 2
+
+    # Dagster's own class, on the same files: a connection per statement batch.
+    (tmp_path / "stock").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "stock")) as stock:
+        assert type(stock.event_log_storage) is SqliteEventLogStorage
+        opened = counted_connects(monkeypatch)
+        materialize(stock, "stock", 10)
+        assert len(opened) >= 20
