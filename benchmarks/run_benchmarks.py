@@ -17,7 +17,8 @@
    The delivered object is verified: row count and a sample of rows against the source.
 2. Profile: the one-day window cut after each stage of the asset path (read and sort, CSV,
    gzip, upload), wall and CPU seconds of each, the S3 server's own CPU, and the alternative to
-   sorted sub-windows: DuckDB sorting the whole window under a memory limit.
+   sorted sub-windows: DuckDB sorting the whole window under a memory limit; then the whole
+   asset path's CPU by thread and its RSS over time.
 3. Source: the same 15-minute window read from a Hive-partitioned Parquet dataset, and the
    one-day and the 15-minute window through the asset path from that dataset on local disk
    and on the S3 server (`s3://`, read in place), with the S3 server's requests counted.
@@ -79,6 +80,55 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class ThreadSampler:
+    """CPU seconds by thread and RSS over time of this process, sampled from /proc every
+    `interval` s while the measured work runs (`BENCH_THREADS=1`). A thread is named by its
+    Python name (`csv-producer`, `s3-close_3`...) when it has one, else by the kernel's
+    (`polars-0`, `async-executor-`, DuckDB's unnamed ones show as `python`); its CPU is its
+    last sample, so a thread that ended between two samples loses at most `interval`."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import threading
+
+        self.interval, self.stop = interval, threading.Event()
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self.rss: list[tuple[float, float]] = []
+        self.started = time.perf_counter()
+        self.thread = threading.Thread(target=self.run, name="bench-sampler", daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        import threading
+
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        ticks = os.sysconf("SC_CLK_TCK")
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                stat = (task / "stat").read_text()
+                comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+                fields = stat.rsplit(")", 1)[1].split()
+                tid = int(task.name)
+                name = re.sub(r"_\d+$", "", names.get(tid, comm))  # s3-close_3: s3-close
+                self.cpu[tid] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+        status = Path("/proc/self/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+        self.rss.append((time.perf_counter() - self.started, rss))
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.sample()
+
+    def result(self) -> dict[str, Any]:
+        self.stop.set()
+        self.thread.join()
+        self.sample()
+        by_name: dict[str, float] = {}
+        for name, seconds in self.cpu.values():
+            if name != "bench-sampler":
+                by_name[name] = by_name.get(name, 0.0) + seconds
+        return {"threads": by_name, "rss_over_time": self.rss}
+
+
 def emit(result: dict[str, Any]) -> None:
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb(), "cpu": cpu_seconds()}))
 
@@ -137,6 +187,7 @@ integrations:
     ).integrations
     (group,) = build_window_groups(build_export_targets(config))
     asset = build_window_asset(group)
+    sampler = ThreadSampler() if os.environ.get("BENCH_THREADS") else None
     with dg.instance_for_test() as instance:
         started = time.perf_counter()
         dg.materialize(
@@ -155,7 +206,7 @@ integrations:
         (key,) = asset.keys
         materialization = instance.get_latest_materialization_event(key).asset_materialization
     metadata = {k: v.value for k, v in materialization.metadata.items()}
-    emit({"wall": wall, **metadata})
+    emit({"wall": wall, **metadata, **(sampler.result() if sampler else {})})
 
 
 def child_stage(db: str, stage: str) -> None:
@@ -631,7 +682,11 @@ def profile_cases(rows: int) -> None:
     server_before = server_cpu_seconds()
     ours, rss = run_child(
         ["--child", "export", str(db), "1440", DAY.strftime("%Y-%m-%d-%H:%M")],
-        {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
+        {
+            "BENCH_AWS_ACCESS_KEY_ID": KEY,
+            "BENCH_AWS_SECRET_ACCESS_KEY": SECRET,
+            "BENCH_THREADS": "1",
+        },
     )
     server = server_cpu_seconds() - server_before
     s3_client().delete_object(
@@ -653,6 +708,24 @@ def profile_cases(rows: int) -> None:
     print(
         f"CPU of the whole delivery, server included: {cpu + server:.1f} s; on "
         f"{os.cpu_count()} cores no schedule can finish it in less than {floor:.1f} s."
+    )
+    print_threads(ours)
+
+
+def print_threads(result: dict[str, Any]) -> None:
+    """The asset path's process, whole (Dagster's run included): CPU by thread, RSS over time."""
+    threads = sorted(result["threads"].items(), key=lambda item: -item[1])
+    total = sum(seconds for _, seconds in threads)
+    print("\n| thread (the asset path's process) | CPU s | share |\n|---|---|---|")
+    for name, seconds in threads:
+        if seconds >= 0.05:
+            print(f"| {name} | {seconds:.1f} | {seconds / total:.0%} |")
+    samples = result["rss_over_time"]
+    step = max(1, len(samples) // 12)
+    print(
+        "RSS over time (s: MB): "
+        + ", ".join(f"{at:.0f}: {mb:.0f}" for at, mb in samples[::step])
+        + f"; peak {max(mb for _, mb in samples):.0f}"
     )
 
 
