@@ -140,7 +140,8 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[
         [PYTHON, __file__, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        # As the deployment starts its processes (deploy/Dockerfile, scripts/dev.sh).
+        env={"_RJEM_MALLOC_CONF": "narenas:1,tcache:false", **os.environ, **(env or {})},
         cwd=ROOT,
         text=True,
     )

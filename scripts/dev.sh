@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 AFFISE_SETUP_BROWSER=0 bash scripts/setup.sh
 
+# polars' allocator: one arena, no thread caches (docs/design.md, "Tuning choices"); every
+# process started from here (code server, daemon, run workers) inherits it.
+export _RJEM_MALLOC_CONF=${_RJEM_MALLOC_CONF:-narenas:1,tcache:false}
 export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$PWD/data/events.duckdb}
 export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$PWD/integrations.yaml}
 # A persistent instance, so run history and sensor cursors survive a restart of this script.

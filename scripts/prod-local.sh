@@ -85,6 +85,9 @@ if [ -z "${DAGSTER_PG_PASSWORD:-}" ]; then
   DAGSTER_PG_PASSWORD=$(cat "$PROD_HOME/pg-password")
 fi
 export DAGSTER_PG_PASSWORD
+# polars' allocator: one arena, no thread caches (docs/design.md, "Tuning choices"); every
+# process started from here (code server, daemon, run workers) inherits it.
+export _RJEM_MALLOC_CONF=${_RJEM_MALLOC_CONF:-narenas:1,tcache:false}
 export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$ROOT/data/events.duckdb}
 export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$ROOT/integrations.yaml}
 export AFFISE_STATE_DIR=${AFFISE_STATE_DIR:-$PROD_HOME/affise-state}
