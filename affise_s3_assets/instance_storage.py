@@ -19,6 +19,7 @@ Dagster's opens and closes a connection, and builds a new engine (so compiles ev
 again), for each of the two or three statements an event costs.
 """
 
+import contextlib
 import os
 import weakref
 from collections import OrderedDict
@@ -30,6 +31,7 @@ import sqlalchemy as db
 from dagster import StringSource
 from dagster._core.storage.config import PostgresStorageConfig
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
@@ -137,7 +139,7 @@ class KeptConnectionsRunStorage(_KeptConnections, PostgresRunStorage):
 
 # Database files of the SQLite event log kept open per process: the index (every asset event
 # is mirrored there) and the latest runs' (a run worker writes one; the webserver reads many).
-KEPT_SQLITE_FILES = 8
+KEPT_RUN_FILES = 8
 
 
 def _synchronous_normal(dbapi_connection: Any, _: Any) -> None:
@@ -150,9 +152,10 @@ def _synchronous_normal(dbapi_connection: Any, _: Any) -> None:
 
 class KeptConnectionsSqliteEventLogStorage(_KnownColumns, SqliteEventLogStorage):
     """`SqliteEventLogStorage` (one database per run beside an index database), a connection
-    kept open per database between events instead of an engine and a connection per statement
-    batch. Statements, transactions, locking (one at a time per process, SQLite's busy timeout
-    between processes) and files are Dagster's own.
+    kept open per database (the index, and the latest KEPT_RUN_FILES runs') between events
+    instead of an engine and a connection per statement batch. Statements, transactions,
+    locking (one at a time per process, SQLite's busy timeout between processes) and files are
+    Dagster's own.
 
     Configured with the instance's home (`dagster_home: {env: DAGSTER_HOME}`); the databases
     are where Dagster's default storage keeps them, `<home>/history/runs/`, so an instance
@@ -189,15 +192,20 @@ class KeptConnectionsSqliteEventLogStorage(_KnownColumns, SqliteEventLogStorage)
             db.event.listen(engine, "connect", _synchronous_normal)
             _engines.add(engine)
         self._kept[shard] = engine
-        while len(self._kept) > KEPT_SQLITE_FILES:
-            _, oldest = self._kept.popitem(last=False)
-            oldest.dispose()
+        runs = [name for name in self._kept if name != INDEX_SHARD_NAME]
+        for oldest in runs[: max(0, len(runs) - KEPT_RUN_FILES)]:
+            self._kept.pop(oldest).dispose()
         return engine
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[db.engine.Connection]:
         with self._db_lock:
             if shard not in self._initialized_dbs:
+                # A file not seen yet, or seen before a wipe or an upgrade: whatever was kept
+                # open on it may be a deleted file's.
+                stale = self._kept.pop(shard, None)
+                if stale is not None:
+                    stale.dispose()
                 # Created as Dagster creates it, on an engine of its own: its table creation
                 # inspects the file through a second connection, which a pool of one would
                 # wait for without end.
@@ -207,8 +215,18 @@ class KeptConnectionsSqliteEventLogStorage(_KnownColumns, SqliteEventLogStorage)
                 finally:
                     first.dispose()
                 self._initialized_dbs.add(shard)
-            with self._kept_engine(shard).connect() as conn, conn.begin():
-                yield conn
+            with self._kept_engine(shard).connect() as conn:
+                changes = conn.connection.dbapi_connection.total_changes  # type: ignore[union-attr]
+                with conn.begin():
+                    yield conn
+                wrote = conn.connection.dbapi_connection.total_changes != changes  # type: ignore[union-attr]
+            if wrote and shard != INDEX_SHARD_NAME:
+                # Dagster's watch of a run (the UI's live run logs) waits for the run's file to
+                # change, which a commit on a kept connection does not do (it goes to the
+                # write-ahead log; Dagster's own connection, closed after each batch, copied it
+                # into the file): its time is touched instead, after each batch that wrote.
+                with contextlib.suppress(OSError):
+                    os.utime(self.path_for_shard(shard))
 
     def _close_kept(self) -> None:
         with self._db_lock:

@@ -178,7 +178,20 @@ class DagsterDev:
         return data["partitionBackfillOrError"]["status"]
 
     def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
+        """The instance `dagster dev` runs on, opened here. Its settings find the event log's
+        files through $DAGSTER_HOME, as `dagster dev`'s processes have it: set while the
+        storages are built (they read it once), then as it was."""
+        previous = os.environ.get("DAGSTER_HOME")
+        os.environ["DAGSTER_HOME"] = str(self.home)
+        try:
+            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
+            instance.event_log_storage  # noqa: B018 (built now, while the variable is set)
+            return instance
+        finally:
+            if previous is None:
+                del os.environ["DAGSTER_HOME"]
+            else:
+                os.environ["DAGSTER_HOME"] = previous
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -11,12 +11,14 @@ import shutil
 import socket
 import sqlite3.dbapi2
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import psycopg2
 import pytest
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster_postgres import PostgresEventLogStorage
 
@@ -167,30 +169,39 @@ def test_dagster_devs_sqlite_event_log_keeps_a_connection_per_database(
         del opened[:]
         materialize(instance, "kept", EVENTS)
         assert opened == [], f"{len(opened)} connections for {EVENTS} events"
+        with storage.index_connection() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         # A run creates its own database on first use (Dagster's table creation, on a
         # connection of its own), then keeps it too.
         result = dg.materialize([delivered], instance=instance)
         assert result.success
-        run_file = str(home / "history" / "runs" / f"{result.run_id}.db")
+        run_file = home / "history" / "runs" / f"{result.run_id}.db"
         logged = [e for e in instance.all_logs(result.run_id) if e.dagster_event is not None]
         assert any(e.dagster_event.is_step_materialization for e in logged)
         # Its creation's few, then one kept: Dagster's own opens one per event at least.
-        assert opened.count(run_file) <= 5 < len(logged)
+        assert 1 <= opened.count(str(run_file)) <= 5 < len(logged)
 
-    # Committed for every other process: another instance on the same home reads all of it.
-    with dg.DagsterInstance.from_config(str(home)) as other:
-        records = other.fetch_materializations(dg.AssetKey("kept"), limit=100).records
-        assert sorted(r.partition_key for r in records) == [
-            f"window-{i:03d}" for i in range(EVENTS)
-        ]
-        (record,) = other.fetch_materializations(dg.AssetKey("delivered"), limit=5).records
-        assert record.run_id == result.run_id
-        # Wiping deletes the runs' files: the kept ones are closed first, and events after
-        # it land in new files.
-        other.wipe()
-        assert not Path(run_file).exists()
-        materialize(other, "after_wipe", 2)
-        assert len(other.fetch_materializations(dg.AssetKey("after_wipe"), limit=5).records) == 2
+        # Committed for every other process: another instance on the same home reads all of it.
+        with dg.DagsterInstance.from_config(str(home)) as other:
+            records = other.fetch_materializations(dg.AssetKey("kept"), limit=100).records
+            assert sorted(r.partition_key for r in records) == [
+                f"window-{i:03d}" for i in range(EVENTS)
+            ]
+            (record,) = other.fetch_materializations(dg.AssetKey("delivered"), limit=5).records
+            assert record.run_id == result.run_id
+
+        # Wiping deletes the runs' files, the one kept open here too: the next run's events
+        # land in a file of their own, and are all read back.
+        instance.wipe()
+        assert not run_file.exists()
+        again = dg.materialize([delivered], instance=instance)
+        assert again.success
+        (record,) = instance.fetch_materializations(dg.AssetKey("delivered"), limit=5).records
+        assert record.run_id == again.run_id
+        assert any(
+            e.dagster_event is not None and e.dagster_event.is_step_materialization
+            for e in instance.all_logs(again.run_id)
+        )
 
     # Dagster's own class, on the same files: a connection per statement batch.
     (tmp_path / "stock").mkdir()
@@ -199,3 +210,32 @@ def test_dagster_devs_sqlite_event_log_keeps_a_connection_per_database(
         opened = counted_connects(monkeypatch)
         materialize(stock, "stock", 10)
         assert len(opened) >= 20
+
+
+def test_a_run_written_through_kept_connections_is_watched_live(tmp_path: Path) -> None:
+    """The UI's live run log is Dagster's watch of the run's file: a commit on a kept
+    connection (into the write-ahead log) must still wake it, in another process's storage."""
+    writer = KeptConnectionsSqliteEventLogStorage(str(tmp_path))
+    reader = KeptConnectionsSqliteEventLogStorage(str(tmp_path))  # the webserver's
+    seen: list[str] = []
+    try:
+        reader.watch("run-1", None, lambda event, _cursor: seen.append(event.user_message))
+        # One event at a time, each waited for: every commit must wake the watch, not only
+        # the file's creation.
+        for i in range(5):
+            writer.store_event(
+                EventLogEntry(
+                    error_info=None,
+                    level="INFO",
+                    user_message=f"event {i}",
+                    run_id="run-1",
+                    timestamp=time.time(),
+                )
+            )
+            deadline = time.monotonic() + 15
+            while len(seen) <= i and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert seen == [f"event {n}" for n in range(i + 1)]
+    finally:
+        reader.dispose()
+        writer.dispose()
