@@ -19,7 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from affise_s3_assets.config import EVENT_TYPES, apply_integrations, integrations_path
+from affise_s3_assets.config import (
+    DEMO_DAY_VARIABLE,
+    EVENT_TYPES,
+    apply_integrations,
+    integrations_path,
+)
 from affise_s3_assets.live_config import apply_file, read_last_good, state_dir
 
 
@@ -147,6 +152,18 @@ def deliver(
     return 1 if failed else 0
 
 
+def _pinned_demo_day() -> None:
+    """The demo day the instance of $DAGSTER_HOME keeps (`scripts/dev.sh` writes it there and
+    gives it to its own processes), for a command run from another shell: the demo file's
+    starts then move as the code server's do. An explicit AFFISE_DEMO_DAY wins."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home or os.environ.get(DEMO_DAY_VARIABLE):
+        return
+    pinned = Path(home) / "demo-day"
+    if pinned.is_file():
+        os.environ[DEMO_DAY_VARIABLE] = pinned.read_text(encoding="utf-8").strip()
+
+
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
@@ -200,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _add_state_dir(by_hand)
     options = parser.parse_args(argv)
+    _pinned_demo_day()
     if options.command == "deliver":
         return deliver(
             options.file or integrations_path(),

@@ -160,3 +160,33 @@ def test_the_demo_data_covers_every_moved_start(monkeypatch: pytest.MonkeyPatch,
     # initech's start, a week back, is the earliest: disabled, it keeps its assets.
     assert datetime(2031, 3, 7) <= first < datetime(2031, 3, 7, 1)
     assert last > datetime(2031, 3, 14, 13, 20)
+
+
+def test_a_command_from_another_shell_moves_the_starts_as_the_instance_pinned_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`affise-s3` run beside `scripts/dev.sh` has no AFFISE_DEMO_DAY of its own: it reads the
+    day the instance of DAGSTER_HOME keeps, so a window before the code server's start is
+    refused as the code server would, not delivered by the dates as written."""
+    from affise_s3_assets.cli import main
+
+    monkeypatch.delenv(DEMO_DAY_VARIABLE, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    today = datetime.now(UTC).date()
+    (tmp_path / "demo-day").write_text(f"{today:%Y-%m-%d}\n")
+    written = apply_integrations((ROOT / "integrations.yaml").read_text(), "integrations.yaml")
+    (acme,) = [i for i in written.integrations if i.name == "acme"]
+    # A window the dates as written cover, days before the start the instance moved them to.
+    window = f"{acme.start:%Y-%m-%d}-10:00"
+    code = main(
+        [
+            "deliver",
+            "affise/acme/clicks",
+            "--from",
+            window,
+            "--file",
+            str(ROOT / "integrations.yaml"),
+        ]
+    )
+    assert code == 1
+    assert "before affise/acme/clicks's first window" in capsys.readouterr().err
