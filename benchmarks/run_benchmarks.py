@@ -9,7 +9,7 @@
    1,000 integrations on SQLite and on Postgres (deploy/dagster.yaml's storages). Each figure
    is compared with the last recorded in benchmarks/figures.json, and a line starting with
    REGRESSION is printed for one more than 10% worse; `--record` writes the new figures there,
-   and `--table` prints the README's table from that file.
+   and `--table` prints benchmarks/README.md's table from that file.
 1. Export: a one-day clicks table of --rows rows (demo generator); the one-day window and a
    15-minute window go through the real asset code path (dg.materialize, the IO manager, a
    real S3 server from scripts/s3-server.sh) and, as the reference, through DuckDB's
@@ -140,8 +140,7 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[
         [PYTHON, __file__, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        # As the deployment starts its processes (deploy/Dockerfile, scripts/dev.sh).
-        env={"_RJEM_MALLOC_CONF": "narenas:1,tcache:false", **os.environ, **(env or {})},
+        env={**os.environ, **(env or {})},
         cwd=ROOT,
         text=True,
     )
@@ -1174,7 +1173,7 @@ def compare_figures(figures: dict[str, dict[str, Any]], last: dict[str, Any]) ->
 
 
 def render_table(recorded: dict[str, Any]) -> str:
-    """The README's table of the recorded figures."""
+    """benchmarks/README.md's table of the recorded figures."""
     rows = ["| figure | value |", "| --- | --- |"]
     for figure in recorded["figures"].values():
         rows.append(f"| {figure['what']} | {figure['value']:.2f} |")
@@ -1197,7 +1196,7 @@ def headline_case(rows: int, record: bool) -> None:
             "figures": {k: {**v, "value": round(v["value"], 2)} for k, v in figures.items()},
         }
         FIGURES.write_text(json.dumps(recorded, indent=2, ensure_ascii=False) + "\n")
-        print(f"recorded in {FIGURES.relative_to(ROOT)}; the README's table:\n")
+        print(f"recorded in {FIGURES.relative_to(ROOT)}; benchmarks/README.md's table:\n")
         print(render_table(recorded))
 
 
@@ -1466,6 +1465,9 @@ def reconcile_records_case(db: Path, count: int) -> None:
 
 
 def main() -> None:
+    # Every process measured gets polars' allocator setting as the deployment starts its own
+    # (deploy/Dockerfile, scripts/dev.sh): the children, `dagster dev` and the shard runs.
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:1,tcache:false")
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, *args = sys.argv[2:]
         handlers = {
@@ -1506,7 +1508,9 @@ def main() -> None:
         "--record", action="store_true", help="write the headline figures to figures.json"
     )
     parser.add_argument(
-        "--table", action="store_true", help="print the README's table of figures.json and stop"
+        "--table",
+        action="store_true",
+        help="print benchmarks/README.md's table of figures.json and stop",
     )
     parser.add_argument("--lag-minutes", type=int, default=6)
     parser.add_argument(
