@@ -13,6 +13,9 @@ from typing import Any, Protocol, TypeVar
 import polars as pl
 from isal import isal_zlib
 
+# How filters are shown on a materialization: delivery_record.py's (kept here for scripts).
+from affise_s3_assets.delivery_record import filters_metadata as filters_metadata
+
 # gzip wrapper (wbits 16+15): mtime 0 and no file name, so the same rows give the same bytes
 # whenever and wherever they are compressed.
 _GZIP_WBITS = 31
@@ -51,14 +54,6 @@ def event_filter(affiliates: Sequence[int] = (), advertisers: Sequence[str] = ()
     if not conditions:
         return None
     return conditions[0] if len(conditions) == 1 else conditions[0] & conditions[1]
-
-
-def filters_metadata(affiliates: Sequence[int], advertisers: Sequence[str]) -> dict[str, str]:
-    """How an integration's filters are shown on its materializations: ids, or `all`."""
-    return {
-        "affiliates": ", ".join(map(str, affiliates)) or "all",
-        "advertisers": ", ".join(advertisers) or "all",
-    }
 
 
 def csv_header(columns: Sequence[str]) -> bytes:

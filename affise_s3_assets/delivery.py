@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +33,10 @@ from affise_s3_assets.csv_export import (
     GzipCsvEncoder,
     csv_bytes,
     event_filter,
-    filters_metadata,
     in_background,
     whole_second_text,
 )
+from affise_s3_assets.delivery_record import DeliveryRecord, filters_metadata, window_metadata
 from affise_s3_assets.io_manager import (
     DateFolderS3IOManager,
     WindowObject,
@@ -44,8 +44,15 @@ from affise_s3_assets.io_manager import (
     build_object_key,
 )
 from affise_s3_assets.manifest import DeliveredObject, manifest_bytes
-from affise_s3_assets.partitions import window_metadata
 from affise_s3_assets.reconciliation import latest_materializations
+from affise_s3_assets.runs import (
+    CATCH_UP_TAG,
+    REASON_TAG,
+    REDELIVERY_TAG,
+    SCHEDULED_TAG,
+    SOURCE_INCOMPLETE_CODE,
+    SOURCE_ONLY_TAG,
+)
 from affise_s3_assets.s3 import (
     CLEAN_UP_TIMED_OUT,
     TIMEOUT_CODES,
@@ -53,14 +60,6 @@ from affise_s3_assets.s3 import (
     delivery_failure,
     error_code,
     is_permanent,
-)
-from affise_s3_assets.schedules import SCHEDULED_TAG
-from affise_s3_assets.sensors import (
-    CATCH_UP_TAG,
-    REASON_TAG,
-    REDELIVERY_TAG,
-    SOURCE_INCOMPLETE_CODE,
-    SOURCE_ONLY_TAG,
 )
 from affise_s3_assets.source import (
     EVENT_COLUMNS,
@@ -124,7 +123,7 @@ class Outcome:
     code: str = ""
     permanent: bool = False
     stops_destination: bool = False  # no later window of this run is tried for it
-    metadata: dict[str, Any] = field(default_factory=dict)
+    record: DeliveryRecord | None = None  # what its materialization records, when delivered
 
 
 @dataclass
@@ -139,7 +138,7 @@ class ObjectDelivery:
     permanent: bool = False
     code: str = ""
     stops_destination: bool = False  # no later window of this run is tried for it
-    metadata: dict[str, Any] = field(default_factory=dict)
+    record: DeliveryRecord | None = None  # once complete
     clean_up: bool = False  # a re-delivery: abort the uploads an earlier attempt left open
     redelivery_reason: str | None = None  # for the manifest: why its rows changed
 
@@ -166,7 +165,14 @@ class ObjectDelivery:
             return
         try:
             finished = self.object.finish(self.encoder.finish(), clean_up=self.clean_up)
-            self.metadata = {**self.encoder.summary(), **finished}
+            record = DeliveryRecord.of_object(
+                self.window.start,
+                self.window.end,
+                self.target.affiliates,
+                self.target.advertisers,
+                {**self.encoder.summary(), **finished},
+            )
+            self.record = record
         except VerificationFailed as exc:
             self.fail(exc, abort=False)  # complete, but not as sent: delivered again
             return
@@ -179,24 +185,23 @@ class ObjectDelivery:
                 window_start=self.window.start,
                 window_end=self.window.end,
                 key=self.object.key,
-                rows=self.metadata["rows"],
-                bytes=self.metadata["object_bytes"],
-                sha256=self.metadata["sha256"],
+                rows=record.rows,
+                bytes=record.object_bytes or 0,
+                sha256=record.sha256 or "",
                 columns=EVENT_COLUMNS[self.target.event_type],
                 format=self.encoder.file_format,
                 compression=self.encoder.compression,
                 redelivery_reason=self.redelivery_reason,
             )
             try:
-                self.metadata["manifest_uri"] = self.object.write_manifest(
-                    manifest_bytes(delivered)
-                )
+                uri = self.object.write_manifest(manifest_bytes(delivered))
+                self.record = replace(record, manifest_uri=uri)
             # The data object is complete but unannounced: the window is Failed and delivered
             # again (the same bytes, then its manifest). Nothing is deleted: that would need
             # s3:DeleteObject, and a customer goes by the manifest.
             except Exception as exc:
                 self.fail(exc, build_manifest_key(self.object.key), abort=False)
-                self.metadata = {}
+                self.record = None
 
     def fail(self, exc: BaseException, key: str | None = None, abort: bool = True) -> None:
         self.failure = delivery_failure(self.target.destination, key or self.object.key, exc)
@@ -212,7 +217,7 @@ class ObjectDelivery:
             self.code,
             self.permanent,
             self.stops_destination,
-            self.metadata,
+            self.record,
         )
 
 
@@ -284,7 +289,7 @@ def _encoded(
         wanted = {
             target.encoding_key
             for target in targets
-            if target.first_window <= start and target.asset_key not in stopped
+            if target.covers(start) and target.asset_key not in stopped
         }
         # Once per batch rather than once per integration: the timestamp text.
         text = whole_second_text(frame) if any(k[2] == "csv" for k in wanted) else frame
@@ -332,7 +337,7 @@ def deliver_windows(
         due = [
             target
             for target in targets
-            if target.first_window <= window.start and target.asset_key not in stopped
+            if target.covers(window.start) and target.asset_key not in stopped
         ]
         # Each open object fills one part while another may be in flight: a few objects keep
         # theirs in memory, many share PART_MEMORY_BUDGET and spill the rest to a file.
@@ -368,7 +373,8 @@ def deliver_windows(
                 ):
                     delivery.stops_destination = True
                     stopped.add(key)
-                if delivery.metadata.get("leftover_uploads_aborted") in CLEAN_UP_TIMED_OUT:
+                record = delivery.record
+                if record is not None and record.leftover_uploads_aborted in CLEAN_UP_TIMED_OUT:
                     no_clean_up.add(key)
                 on_window(windows[index], [delivery.outcome()])
         open_objects.clear()
@@ -477,7 +483,7 @@ def _deliver_selected(
         key=lambda target: target.integration,
     )
     windows = _windows(context, group)
-    early = [t.integration for t in selected if t.first_window > windows[-1].start]
+    early = [t.integration for t in selected if not t.covers(windows[-1].start)]
     if early:
         context.log.warning(f"before their start, nothing to deliver for: {early}")
     due = [t for t in selected if t.integration not in early]
@@ -501,7 +507,6 @@ def _deliver_selected(
 
     def report(window: Window, objects: list[Outcome]) -> None:
         nonlocal delivered
-        shown = window_metadata(window.start, window.end)
         lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
         for item in objects:
             target = item.target
@@ -509,27 +514,21 @@ def _deliver_selected(
             if item.stops_destination:
                 stopped_by.setdefault(target.asset_key, (window, item))
             if item.failure is None:
+                assert item.record is not None, "a delivered object has its record"
                 delivered += 1
                 source = fingerprints.get((target.filter_key, window.start), empty)
-                recorded = {"source_fingerprint": source.text()} if source else {}
-                redelivery = {}
-                if reason:
-                    redelivery = {"reason": reason}
-                    rows_before = before.get((target.asset_key, window.key))
-                    if rows_before is not None:
-                        redelivery["rows_before"] = rows_before
+                record = replace(
+                    item.record,
+                    reason=reason or None,
+                    rows_before=before.get((target.asset_key, window.key)) if reason else None,
+                    source_fingerprint=source.text() if source else None,
+                    delivered_after_close_s=round(lag, 1),
+                )
                 context.log_event(
                     dg.AssetMaterialization(
                         asset_key=target.asset_key,
                         partition=window.key,
-                        metadata={
-                            **shown,
-                            **filters_metadata(target.affiliates, target.advertisers),
-                            **item.metadata,
-                            **redelivery,
-                            **recorded,
-                            "delivered_after_close_s": round(lag, 1),
-                        },
+                        metadata=record.to_metadata(),
                     )
                 )
                 continue
@@ -542,7 +541,7 @@ def _deliver_selected(
     progress = _source_progress(context, events, group, windows[-1].end)
     ready = [window for window in windows if progress.covers(window.end)]
     if ready:
-        due_in = [w for w in ready if any(t.first_window <= w.start for t in due)]
+        due_in = [w for w in ready if any(t.covers(w.start) for t in due)]
         if due_in:
             try:
                 with events.read(group.event_type, due_in[0].start, ready[-1].end) as source:
@@ -572,7 +571,7 @@ def _deliver_selected(
                 for window in due_in:
                     for target in due:
                         if (
-                            target.first_window <= window.start
+                            target.covers(window.start)
                             and (target.asset_key, window.key) not in tried
                         ):
                             context.log_event(
@@ -600,7 +599,7 @@ def _deliver_selected(
                     error_code(incomplete),
                 )
                 for target in due
-                if target.first_window <= window.start
+                if target.covers(window.start)
             ],
         )
     if failures:
@@ -622,9 +621,9 @@ def _delivered_rows(
     found: dict[tuple[dg.AssetKey, str], int] = {}
     for target in targets:
         for key, materialization in latest_materializations(instance, target.asset_key, keys):
-            rows = getattr(materialization.metadata.get("rows"), "value", None)
-            if isinstance(rows, int):
-                found[(target.asset_key, key)] = rows
+            record = DeliveryRecord.from_metadata(materialization.metadata)
+            if record is not None:
+                found[(target.asset_key, key)] = record.rows
     return found
 
 

@@ -77,7 +77,7 @@ def _check(
                 f"{group.frequency}-minute windows (the one containing it starts at "
                 f"{_key(first_window_start(moment, group.frequency))})"
             )
-    if first < target.first_window:
+    if not target.covers(first):
         raise RefusedDelivery(
             f"--from {_key(first)}: before {name}'s first window, {_key(target.first_window)} "
             "(its start in the integrations file)"

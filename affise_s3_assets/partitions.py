@@ -6,6 +6,9 @@ import dagster as dg
 
 from affise_s3_assets.config import ALLOWED_FREQUENCIES
 
+# How a window is shown on a materialization: delivery_record.py's (kept here for scripts).
+from affise_s3_assets.delivery_record import window_metadata as window_metadata
+
 # Dagster's own sub-daily key format, e.g. 2026-11-25-10:15.
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 
@@ -41,14 +44,6 @@ def first_window_start(start: datetime, frequency: int) -> datetime:
     midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
     whole_windows = (start - midnight) // timedelta(minutes=frequency)
     return midnight + whole_windows * timedelta(minutes=frequency)
-
-
-def window_metadata(start: datetime, end: datetime) -> dict[str, str]:
-    """How a window is shown on a materialization, in UTC."""
-    return {
-        "window_start": start.strftime("%Y-%m-%d %H:%M:%S"),
-        "window_end": end.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def window_partitions(start: datetime, frequency: int) -> dg.TimeWindowPartitionsDefinition:

@@ -28,18 +28,10 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from affise_s3_assets.config import Reconciliation
-from affise_s3_assets.csv_export import filters_metadata
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start, window_metadata
-from affise_s3_assets.sensors import (
-    _IN_FLIGHT,
-    CHANGED_ROWS,
-    LATE_ROWS,
-    REASON_TAG,
-    expand_windows,
-    paused_schedules,
-    ranged_requests,
-    run_window_span,
-)
+from affise_s3_assets.delivery_record import DeliveryRecord
+from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
+from affise_s3_assets.runs import CHANGED_ROWS, IN_FLIGHT, LATE_ROWS, REASON_TAG, run_window_span
+from affise_s3_assets.sensors import expand_windows, paused_schedules, ranged_requests
 from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run
 from affise_s3_assets.source import WINDOW_COLUMN, EventsDatabase, FilterKey, Fingerprint
 from affise_s3_assets.targets import ExportTarget, WindowGroup
@@ -114,7 +106,7 @@ def find_changed(
         if target is None:
             continue
         start = datetime.strptime(window, PARTITION_KEY_FORMAT)
-        if start < target.first_window:
+        if not target.covers(start):
             continue
         after = current.get((target.filter_key, start), empty)
         if after.differs_from(before):
@@ -223,9 +215,8 @@ def delivered_fingerprints(
         # still moves on at each tick.
         if wanted and read and deadline is not None and time.monotonic() > deadline:
             break
-        expected_filters = filters_metadata(target.affiliates, target.advertisers)
         for key, materialization in latest_materializations(instance, target.asset_key, wanted):
-            fingerprint = _comparable(materialization.metadata, key, group, expected_filters)
+            fingerprint = _comparable(materialization.metadata, key, group, target)
             if fingerprint is None:
                 other.add((target.asset_key, key))
             else:
@@ -234,34 +225,21 @@ def delivered_fingerprints(
     return found, other, read
 
 
-def _ids(shown: str) -> frozenset[str]:
-    """A filter as materializations show it ("101, 102", or "all"), order and repeats aside."""
-    return frozenset(part.strip() for part in shown.split(","))
-
-
 def _comparable(
-    metadata: Mapping[str, dg.MetadataValue],
-    key: str,
-    group: WindowGroup,
-    expected_filters: Mapping[str, str],
+    metadata: Mapping[str, dg.MetadataValue], key: str, group: WindowGroup, target: ExportTarget
 ) -> Fingerprint | None:
-    start = datetime.strptime(key, PARTITION_KEY_FORMAT)
-    shown = {
-        name: getattr(metadata.get(name), "value", None) for name in ("window_start", "window_end")
-    }
-    if shown != window_metadata(start, start + group.step):
-        return None  # a window of another frequency, under a key this one also has
-    for name, expected in expected_filters.items():
-        shown_ids = getattr(metadata.get(name), "value", None)
-        if not isinstance(shown_ids, str) or _ids(shown_ids) != _ids(expected):
-            return None
-    rows = getattr(metadata.get("rows"), "value", None)
-    if not isinstance(rows, int):
+    """The fingerprint a materialization of window `key` recorded; None when what it
+    delivered is not what the export as configured now would (another frequency's window under
+    a key this one also has, other filters), or it records no rows."""
+    record = DeliveryRecord.from_metadata(metadata)
+    if record is None:
         return None
-    text = getattr(metadata.get("source_fingerprint"), "value", None)
-    if isinstance(text, str) and ":" in text:
-        return Fingerprint.parse(rows, text)
-    return Fingerprint(rows, 0, "rows only")
+    start = datetime.strptime(key, PARTITION_KEY_FORMAT)
+    if (record.window_start, record.window_end) != (start, start + group.step):
+        return None
+    if not record.has_filters(target.affiliates, target.advertisers):
+        return None
+    return record.fingerprint()
 
 
 @dataclass
@@ -276,7 +254,7 @@ class InFlight:
 def runs_in_flight(instance: dg.DagsterInstance, groups: Sequence[WindowGroup]) -> InFlight:
     by_job = {group.job_name: group for group in groups}
     found = InFlight()
-    for run in instance.get_runs(dg.RunsFilter(statuses=_IN_FLIGHT)):
+    for run in instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT)):
         group = by_job.get(run.job_name)
         if group is None:
             continue
@@ -359,7 +337,7 @@ def reconcile_group(
         before = settled.get(target.asset_key.to_user_string(), {})
         mine = held[target.asset_key] = {}
         for start in starts:
-            if start < target.first_window:
+            if not target.covers(start):
                 continue
             key = start.strftime(PARTITION_KEY_FORMAT)
             mine[key] = _held(current.get((target.filter_key, start), empty))

@@ -15,12 +15,12 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
+from affise_s3_assets.runs import SCHEDULED_TAG
 from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
 from affise_s3_assets.targets import WindowGroup
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"
-SCHEDULED_TAG = "affise/scheduled"
 # On a run the sensor requested for a window whose schedule tick never came.
 MISSED_TAG = "affise/missed_tick"
 

@@ -32,32 +32,30 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
+from affise_s3_assets.dagster_internal import partition_range_tags
 from affise_s3_assets.partitions import PARTITION_KEY_FORMAT
+from affise_s3_assets.runs import (
+    CATCH_UP_TAG,
+    IN_FLIGHT,
+    REASON_TAG,
+    REDELIVERY_TAG,
+    SOURCE_ONLY_TAG,
+    run_window_span,
+)
 from affise_s3_assets.schedules import (
     latest_scheduled_run,
     scheduled_exports,
     scheduled_run_requests,
 )
 from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
-from affise_s3_assets.source import EventsDatabase, SourceIncomplete
+from affise_s3_assets.source import EventsDatabase
 from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 SENSOR_NAME = "catch_up_sensor"
 STATE_VERSION = 2  # of the stored state (the cursor held it before version 3)
 POINTER_VERSION = 3  # of the cursor naming the stored copy
 TICK_SECONDS = 30
-CATCH_UP_TAG = "affise/catch_up"
-REDELIVERY_TAG = "affise/redelivery"
-# Why a window is delivered again with other rows than before (reconciliation.py): its
-# materializations and manifests say so.
-REASON_TAG = "affise/redelivery_reason"
-LATE_ROWS = "late_rows"  # the source holds more rows for the window than were delivered
-CHANGED_ROWS = "changed_rows"  # as many or fewer rows, but not the same
 # Catch-up runs queued or running at once, at most: backlog never fills the queue, so a window
 # that just closed, or a new integration's first range, waits behind a few runs at most.
 CATCH_UP_IN_FLIGHT = 6
@@ -75,15 +73,6 @@ REDELIVERY_FIRST_WAIT = timedelta(minutes=2)
 REDELIVERY_MAX_WAIT = timedelta(hours=1)
 # Failed runs read per tick at most (oldest first; the rest next tick).
 FAILED_RUNS_PER_TICK = 100
-SOURCE_INCOMPLETE_CODE = SourceIncomplete.__name__
-# Set by a window run whose every failure was the source not being complete.
-SOURCE_ONLY_TAG = "affise/source_incomplete_only"
-_IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 # A tick turns the same few thousand window keys into datetimes and back many times over:
@@ -102,22 +91,81 @@ def _naive(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
 
 
+@dataclass(frozen=True)
+class ExportWindows:
+    """The windows an export's progress was planned for: its first window and frequency. A
+    change of either replans it. Stored as "first window key/frequency"."""
+
+    first: datetime  # naive UTC
+    frequency: int
+
+    @classmethod
+    def of(cls, target: ExportTarget) -> "ExportWindows":
+        return cls(target.first_window, target.frequency)
+
+    @classmethod
+    def parse(cls, stored: str) -> "ExportWindows":
+        first, frequency = stored.split("/")
+        return cls(_moment(first), int(frequency))
+
+    def stored(self) -> str:
+        return f"{_key(self.first)}/{self.frequency}"
+
+    @property
+    def step(self) -> timedelta:
+        return timedelta(minutes=self.frequency)
+
+
+@dataclass(frozen=True)
+class Covered:
+    """Time an export delivered at an earlier frequency, [start, end): no window of the new
+    frequency that overlaps it is delivered again. Stored as [start key, end key]."""
+
+    start: datetime  # naive UTC
+    end: datetime
+
+    @classmethod
+    def parse(cls, stored: Sequence[str]) -> "Covered":
+        start, end = stored
+        return cls(_moment(start), _moment(end))
+
+    def stored(self) -> list[str]:
+        return [_key(self.start), _key(self.end)]
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        return start < self.end and self.start < end
+
+
 @dataclass
 class ExportProgress:
     """One export's catch-up: the windows from its start up to the moment it appeared."""
 
-    windows: str  # "first window/frequency" it was planned for: a change replans it
+    windows: ExportWindows  # what it was planned for (built from its stored text too)
     next: str | None = None  # next window to request; None when caught up
     until: str | None = None  # last window of the backlog; later ones are the schedule's
-    covered: list[list[str]] = field(default_factory=list)  # delivered at an old frequency
+    covered: list[Covered] = field(default_factory=list)  # delivered at an old frequency
     skip_materialized: bool = False  # replanned: windows delivered before are skipped
     started: bool = False  # a first range was requested
 
+    def __post_init__(self) -> None:
+        # Built from the stored form too (the text and [start, end] keys): read as typed.
+        if isinstance(self.windows, str):
+            self.windows = ExportWindows.parse(self.windows)
+        self.covered = [c if isinstance(c, Covered) else Covered.parse(c) for c in self.covered]
+
     def compact(self) -> dict[str, object]:
         """The state holds every export: a caught-up one keeps only what a replan needs."""
-        data = asdict(self)
-        if self.next is None:
-            data = {"windows": self.windows, "covered": self.covered}
+        windows, covered = self.windows.stored(), [span.stored() for span in self.covered]
+        data: dict[str, object] = {"windows": windows, "covered": covered}
+        if self.next is not None:
+            data = {
+                "windows": windows,
+                "next": self.next,
+                "until": self.until,
+                "covered": covered,
+                "skip_materialized": self.skip_materialized,
+                "started": self.started,
+            }
         return {k: v for k, v in data.items() if v or k == "windows"}
 
 
@@ -128,9 +176,9 @@ class Redelivery:
     spans: list[list[str]]  # consecutive failed windows, [first, last] inclusive
     attempts: int = 0
     next_attempt: str = ""  # ISO time, UTC
-    # "first window/frequency" the windows were recorded for: after a change of start or
+    # The windows they were recorded for (None: not recorded): after a change of start or
     # frequency they are no longer partitions of the export, and the catch-up replans it.
-    windows: str = ""
+    windows: ExportWindows | None = None
     # Only the source held it back: tried once the source is complete past a window's end,
     # every tick, with no back-off; any other failure among them brings the back-off back.
     waits_for_source: bool = False
@@ -142,6 +190,7 @@ class Redelivery:
         """As kept in the state: fields at their default left out, so a release that does not
         know a newer field still reads the entry."""
         data = asdict(self)
+        data["windows"] = self.windows.stored() if self.windows is not None else ""
         return {
             k: v
             for k, v in data.items()
@@ -183,17 +232,7 @@ class CatchUpState:
         if data.get("version") != STATE_VERSION:
             # Version 1 was a map of asset keys to untyped entries, plus "__window_jobs__".
             jobs = data.pop("__window_jobs__", None)
-            exports = {
-                name: ExportProgress(
-                    windows=entry["windows"],
-                    next=entry.get("next"),
-                    until=entry.get("until"),
-                    covered=entry.get("covered", []),
-                    skip_materialized=bool(entry.get("skip_materialized")),
-                    started=True,
-                )
-                for name, entry in data.items()
-            }
+            exports = {name: _progress({**entry, "started": True}) for name, entry in data.items()}
             return cls(exports=exports, window_jobs=jobs)
         return cls(
             exports={n: ExportProgress(**p) for n, p in data["exports"].items()},
@@ -275,27 +314,37 @@ class LoadedState:
     lost: bool  # the cursor named a slot that is gone
 
 
+def _progress(data: dict[str, Any]) -> ExportProgress:
+    """A version 1 entry: untyped, with no `started`."""
+    return ExportProgress(
+        windows=ExportWindows.parse(data["windows"]),
+        next=data.get("next"),
+        until=data.get("until"),
+        covered=[Covered.parse(span) for span in data.get("covered", [])],
+        skip_materialized=bool(data.get("skip_materialized")),
+        started=bool(data.get("started")),
+    )
+
+
 def _redelivery(data: dict[str, Any]) -> Redelivery:
     """An entry as stored; fields a later release added are ignored (rolling back works)."""
     known = {f.name for f in fields(Redelivery)}
-    return Redelivery(**{k: v for k, v in data.items() if k in known})
+    entry = {k: v for k, v in data.items() if k in known}
+    windows = entry.pop("windows", "")
+    return Redelivery(**entry, windows=ExportWindows.parse(windows) if windows else None)
 
 
-def _windows_id(target: ExportTarget) -> str:
-    return f"{_key(target.first_window)}/{target.frequency}"
-
-
-def _covered_at_old_frequency(previous: ExportProgress, delivered: set[str]) -> list[list[str]]:
+def _covered_at_old_frequency(previous: ExportProgress, delivered: set[str]) -> list[Covered]:
     """The spans a changed frequency must not deliver again: the windows delivered at the old
     one (`delivered`: the asset's materialized partitions), merged into spans."""
-    step = timedelta(minutes=int(previous.windows.split("/")[1]))
-    spans = [list(span) for span in previous.covered]
+    step = previous.windows.step
+    spans = list(previous.covered)
     for key in sorted(delivered):
-        end = _key(_moment(key) + step)
-        if spans and spans[-1][1] == key:
-            spans[-1][1] = end
+        start = _moment(key)
+        if spans and spans[-1].end == start:
+            spans[-1] = Covered(spans[-1].start, start + step)
         else:
-            spans.append([key, end])
+            spans.append(Covered(start, start + step))
     return spans
 
 
@@ -321,8 +370,7 @@ def ranged_requests(
     if first == last:
         partition_key = _key(first)
     else:
-        tags[ASSET_PARTITION_RANGE_START_TAG] = _key(first)
-        tags[ASSET_PARTITION_RANGE_END_TAG] = _key(last)
+        tags.update(partition_range_tags(_key(first), _key(last)))
     request = dg.RunRequest(
         run_key=f"{kind}|{group.job_name}|{_key(first)}|{_key(last)}|{digest}",
         job_name=group.job_name,
@@ -339,7 +387,7 @@ class _Member:
     target: ExportTarget
     progress: ExportProgress
     done: set[str]
-    covered: list[tuple[datetime, datetime]]
+    covered: list[Covered]
     until: datetime = field(init=False)
 
     def __post_init__(self) -> None:
@@ -355,7 +403,7 @@ class _Member:
         if _key(window) in self.done:
             return True
         end = window + self.group.step
-        return any(window < b and a < end for a, b in self.covered)
+        return any(span.overlaps(window, end) for span in self.covered)
 
 
 def plan_catch_up(
@@ -386,11 +434,11 @@ def plan_catch_up(
         for target in group.live:
             name = target.asset_key.to_user_string()
             previous = exports.get(name)
-            if previous is None or previous.windows != _windows_id(target):
+            if previous is None or previous.windows != ExportWindows.of(target):
                 # Windows still within their lateness are the schedule's.
                 last_closed = group.newest_ticked_window(now)
                 progress = ExportProgress(
-                    windows=_windows_id(target),
+                    windows=ExportWindows.of(target),
                     next=_key(target.first_window),
                     until=_key(last_closed),
                 )
@@ -400,7 +448,7 @@ def plan_catch_up(
                 if previous is not None:
                     progress.skip_materialized = True
                     progress.started = True
-                    if previous.windows.split("/")[1] != str(target.frequency):
+                    if previous.windows.frequency != target.frequency:
                         delivered = materialized(target.asset_key) if materialized else set()
                         progress.covered = _covered_at_old_frequency(previous, delivered)
                     else:
@@ -416,8 +464,7 @@ def plan_catch_up(
                 if progress.skip_materialized and materialized is not None
                 else set()
             )
-            covered = [(_moment(a), _moment(b)) for a, b in progress.covered]
-            members.append(_Member(group, target, progress, done, covered))
+            members.append(_Member(group, target, progress, done, progress.covered))
 
     # Skip what needs nothing, then group exports by (job, next window): one run serves them.
     examined = 0
@@ -552,14 +599,6 @@ def _merge(keys: Iterable[str], step: timedelta) -> list[list[str]]:
     return spans
 
 
-def run_window_span(tags: Mapping[str, str]) -> tuple[str, str] | None:
-    """The first and last window (partition keys) a window run delivers, from its tags: one
-    partition, or a range; None for a run of no window."""
-    first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get("dagster/partition")
-    last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or first
-    return (first, last) if first and last else None
-
-
 def expand_windows(spans: Iterable[Sequence[str]], step: timedelta) -> list[str]:
     """Every window key of the inclusive spans (first, last), `step` apart."""
     keys = []
@@ -630,11 +669,11 @@ def plan_redelivery(
         if name not in names:
             continue
         group, target = targets[names[name]]
-        if entry.windows and entry.windows != _windows_id(target):
+        if entry.windows is not None and entry.windows != ExportWindows.of(target):
             del state[name]
             continue
         waiting[name] = {
-            k for k in expand_windows(entry.spans, group.step) if _moment(k) >= target.first_window
+            k for k in expand_windows(entry.spans, group.step) if target.covers(_moment(k))
         }
     for run in failed_runs:
         for key in run.asset_keys:
@@ -647,7 +686,7 @@ def plan_redelivery(
             planned = [
                 k
                 for k in expand_windows([[run.first, run.last]], group.step)
-                if _moment(k) >= target.first_window
+                if target.covers(_moment(k))
             ]
             waiting.setdefault(name, set()).update(planned)
             entry = state.get(name)
@@ -655,7 +694,7 @@ def plan_redelivery(
                 state[name] = Redelivery(
                     spans=[],
                     next_attempt=(now + first_wait).isoformat(),
-                    windows=_windows_id(target),
+                    windows=ExportWindows.of(target),
                     waits_for_source=run.waits_for_source,
                 )
             else:
@@ -786,7 +825,7 @@ def _complete_until(event_type: str) -> datetime | None:
 
 def redeliveries_in_flight(instance: dg.DagsterInstance) -> set[str]:
     """Exports with a re-delivery run queued or running: not requested again meanwhile."""
-    runs = instance.get_runs(dg.RunsFilter(statuses=_IN_FLIGHT, tags={REDELIVERY_TAG: "1"}))
+    runs = instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT, tags={REDELIVERY_TAG: "1"}))
     return {key.to_user_string() for run in runs for key in run.asset_selection or ()}
 
 
@@ -857,7 +896,7 @@ def build_catch_up_sensor(
         in_flight = sum(
             REASON_TAG not in run.tags
             for run in instance.get_runs(
-                dg.RunsFilter(statuses=_IN_FLIGHT, tags={CATCH_UP_TAG: "1"})
+                dg.RunsFilter(statuses=IN_FLIGHT, tags={CATCH_UP_TAG: "1"})
             )
         )
         materialized = functools.cache(lambda key: set(instance.get_materialized_partitions(key)))

@@ -53,6 +53,11 @@ class ExportTarget:
         """Targets alike in this encode each batch once, for all of them."""
         return self.affiliates, self.advertisers, self.file_format
 
+    def covers(self, window: datetime) -> bool:
+        """Whether the window starting at `window` (naive UTC) is one of this export's: its
+        first window or a later one."""
+        return self.first_window <= window
+
     @property
     def folder(self) -> str:
         directory = self.destination.directory
@@ -121,7 +126,7 @@ class WindowGroup:
 
     def due(self, window_start: datetime) -> list[ExportTarget]:
         """The live targets that deliver the window starting at `window_start` (naive UTC)."""
-        return [target for target in self.live if target.first_window <= window_start]
+        return [target for target in self.live if target.covers(window_start)]
 
 
 def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[ExportTarget]:

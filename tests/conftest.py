@@ -142,7 +142,7 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 KEY_VARIABLES = ("TEST_ACCESS_KEY_ID", "TEST_SECRET_ACCESS_KEY")
 
 
-# The integrations tests/test_delivery.integration() builds (the rig names its own).
+# The integrations tests/delivered.integration() builds (the rig names its own).
 TEST_INTEGRATIONS = ("acme", "good", "bad")
 
 

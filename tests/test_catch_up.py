@@ -15,7 +15,9 @@ from affise_s3_assets.sensors import (
     REDELIVERY_FIRST_WAIT,
     REDELIVERY_TAG,
     CatchUpState,
+    Covered,
     ExportProgress,
+    ExportWindows,
     FailedRun,
     plan_catch_up,
     plan_missed_windows,
@@ -493,3 +495,43 @@ def test_windows_within_their_lateness_are_the_schedules_not_the_catch_ups() -> 
     back = datetime(2026, 11, 26, 14, 20, tzinfo=UTC)
     requests, _ = plan_missed_windows([late], checked, back, never)
     assert requested(requests) == ["2026-11-26-11:00", "2026-11-26-12:00"]
+
+
+# A state as the release before typed windows and spans wrote it (version 2).
+STATE_BEFORE_TYPED_WINDOWS = (
+    '{"version":2,"after_loss":true,"exports":{"affise/acme/clicks":{"windows":'
+    '"2026-11-26-00:00/15","next":"2026-11-26-00:15","until":"2026-11-26-09:45","covered":'
+    '[["2026-11-26-00:00","2026-11-26-02:00"]],"skip_materialized":true,"started":true},'
+    '"affise/globex/clicks":{"windows":"2026-11-25-00:00/60","covered":[["2026-11-25-00:00",'
+    '"2026-11-25-01:00"]]}},"window_jobs":{"clicks_every_15min_job":"2026-11-26-09:45"},'
+    '"ended_runs_after":{"RUN_FAILURE":12,"RUN_CANCELED":0},"redelivery":{"affise/acme/clicks":'
+    '{"spans":[["2026-11-26-10:00","2026-11-26-10:00"],["2026-11-26-10:30","2026-11-26-10:45"]],'
+    '"attempts":2,"next_attempt":"2026-11-26T11:08:00","windows":"2026-11-26-00:00/15",'
+    '"waits_for_source":true,"asked_until":"2026-11-26-10:30"},"affise/initech/clicks":{"spans":'
+    '[["2026-11-26-10:00","2026-11-26-10:00"]],"attempts":0,"next_attempt":"2026-11-26T11:02:00",'
+    '"windows":""}}}'
+)
+
+
+def test_a_state_written_before_typed_windows_reads_typed_and_writes_back_the_same() -> None:
+    state = CatchUpState.from_json(STATE_BEFORE_TYPED_WINDOWS)
+    acme = state.exports["affise/acme/clicks"]
+    assert acme.windows == ExportWindows(datetime(2026, 11, 26), 15)
+    assert acme.covered == [Covered(datetime(2026, 11, 26), datetime(2026, 11, 26, 2))]
+    assert (acme.next, acme.until, acme.skip_materialized, acme.started) == (
+        "2026-11-26-00:15",
+        "2026-11-26-09:45",
+        True,
+        True,
+    )
+    globex = state.exports["affise/globex/clicks"]
+    assert globex.windows == ExportWindows(datetime(2026, 11, 25), 60) and globex.next is None
+    assert state.redelivery["affise/acme/clicks"].windows == acme.windows
+    assert state.redelivery["affise/initech/clicks"].windows is None
+    assert state.after_loss and state.ended_runs_after == {"RUN_FAILURE": 12, "RUN_CANCELED": 0}
+    assert state.to_json() == STATE_BEFORE_TYPED_WINDOWS
+    # Planned against the export it was written for, it is that export's progress still.
+    _, progress = plan_catch_up(
+        one_clicks_export(15), state.exports, datetime(2026, 11, 26, 10, 1, tzinfo=UTC)
+    )
+    assert progress["affise/acme/clicks"].windows == acme.windows

@@ -16,8 +16,8 @@ from affise_s3_assets.connection_check import explain
 from affise_s3_assets.live_config import write_last_good
 from affise_s3_assets.targets import build_export_targets
 from tests.conftest import ROOT, Account, S3Server
+from tests.delivered import keys_in
 from tests.stalling_endpoint import stalling_endpoint
-from tests.test_delivery import keys_in
 from tests.test_security import grant_only_delivery
 
 CLI = ROOT / ".venv" / "bin" / "affise-s3"

@@ -15,7 +15,7 @@ from affise_s3_assets.reconciliation import CHANGED_ROWS, reconcile_group
 from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import S3Server
-from tests.test_delivery import delivered_rows, fetch, keys_in, range_tags, source_rows
+from tests.delivered import delivered_rows, fetch, keys_in, range_tags, source_rows
 from tests.window_rig import WindowRig
 
 DAY = datetime(2026, 11, 25)

@@ -8,7 +8,7 @@ import pytest
 
 from affise_s3_assets.s3 import upload_stream
 from tests.conftest import S3Server
-from tests.test_delivery import (
+from tests.delivered import (
     Delivered,
     deliver,
     export_asset,

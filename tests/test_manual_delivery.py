@@ -22,7 +22,7 @@ from affise_s3_assets.manual_delivery import (
 )
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import ROOT
-from tests.test_delivery import delivered_rows, fetch, range_tags, source_rows
+from tests.delivered import delivered_rows, fetch, range_tags, source_rows
 from tests.window_rig import WindowRig
 
 FMT = "%Y-%m-%d-%H:%M"

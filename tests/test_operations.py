@@ -22,8 +22,8 @@ from affise_s3_assets.source import connect_events_file, write_watermark
 from affise_s3_assets.targets import window_job_name
 from tests.browser import run_browser_checks
 from tests.conftest import ROOT, S3_SCRIPT, S3Server
+from tests.delivered import delivered_rows, keys_in, source_rows
 from tests.operations import DagsterDev, wait_for
-from tests.test_delivery import delivered_rows, keys_in, source_rows
 
 # A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), beside the engine tests.
 pytestmark = pytest.mark.xdist_group("dagster_dev")

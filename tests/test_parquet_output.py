@@ -18,8 +18,8 @@ from affise_s3_assets.config import ConfigError, parse_integrations
 from affise_s3_assets.parquet_export import ROW_GROUP_ROWS, ParquetEncoder
 from affise_s3_assets.source import EVENT_COLUMNS
 from tests.conftest import ROOT, S3Server
+from tests.delivered import deliver, export_asset, fetch, integration, keys_in, range_tags
 from tests.json_schema import problems
-from tests.test_delivery import deliver, export_asset, fetch, integration, keys_in, range_tags
 from tests.test_window_delivery import readme_manifest_check
 
 PARQUET = "      format: parquet\n      manifest: true\n"

@@ -17,8 +17,8 @@ from affise_s3_assets.demo import generate_demo_events
 from affise_s3_assets.shards import SHARD_TAG
 from affise_s3_assets.targets import window_job_name
 from tests.conftest import S3Server
+from tests.delivered import delivered_rows, fetch, keys_in, source_rows
 from tests.operations import LOCATION, DagsterDev, wait_for
-from tests.test_delivery import delivered_rows, fetch, keys_in, source_rows
 
 # A long end-to-end test: with the other engine test on one pytest-xdist worker
 # (scripts/test.sh), so at most two engines share the machine.

@@ -28,9 +28,9 @@ from affise_s3_assets.source import WATERMARK_FILE
 from affise_s3_assets.targets import window_job_name
 from tests.conftest import ROOT, S3Server
 from tests.datasets import write_dataset
+from tests.delivered import keys_in
 from tests.operations import wait_for
 from tests.production import COMPONENTS, ProdLocal, run_script, without_run_launcher
-from tests.test_delivery import keys_in
 from tests.test_operations import (
     assert_rows,
     block,

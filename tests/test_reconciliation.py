@@ -21,7 +21,7 @@ from affise_s3_assets.reconciliation import (
     build_reconciliation_sensor,
     reconcile_group,
 )
-from affise_s3_assets.sensors import REASON_TAG, REDELIVERY_TAG
+from affise_s3_assets.runs import REASON_TAG, REDELIVERY_TAG
 from affise_s3_assets.source import (
     EventsDatabase,
     Fingerprint,
@@ -30,8 +30,8 @@ from affise_s3_assets.source import (
 )
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import ROOT
+from tests.delivered import ADVERTISER, delivered_rows, fetch, source_rows
 from tests.json_schema import problems
-from tests.test_delivery import ADVERTISER, delivered_rows, fetch, source_rows
 from tests.window_rig import WindowRig
 
 HOURS = ["2026-11-25-10:00", "2026-11-25-11:00", "2026-11-25-12:00"]
@@ -196,6 +196,9 @@ def test_a_window_whose_rows_all_vanished_is_not_replaced_by_an_empty_file(
     rows while the watermark still says complete: an empty file over the delivered one would
     tell the customer there were no events. It is left alone, and the next pass looks again;
     a window that only lost some rows is delivered again as before."""
+    rig.s3.client().put_bucket_versioning(
+        Bucket=rig.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
     db = delivered(rig, events_db, tmp_path)
     rig.monkeypatch.setenv("AFFISE_EVENTS_DB", str(db))
     emptied, thinned = HOURS[1], HOURS[2]

@@ -22,7 +22,7 @@ from affise_s3_assets.source import (
 )
 from tests.conftest import Account, S3Server
 from tests.datasets import write_dataset
-from tests.test_delivery import delivered_rows, fetch, source_rows
+from tests.delivered import delivered_rows, fetch, source_rows
 from tests.window_rig import START, WINDOW, WindowRig
 
 LAKE = "affise-events-lake"

@@ -18,8 +18,7 @@ from affise_s3_assets import s3
 from affise_s3_assets.s3 import describe_s3_error
 from affise_s3_assets.targets import build_export_targets
 from tests.conftest import S3Server
-from tests.stalling_endpoint import stalling_endpoint
-from tests.test_delivery import (
+from tests.delivered import (
     deliver,
     delivered_rows,
     export_asset,
@@ -30,6 +29,7 @@ from tests.test_delivery import (
     keys_in,
     source_rows,
 )
+from tests.stalling_endpoint import stalling_endpoint
 from tests.test_failures import KEY, failure_message
 
 

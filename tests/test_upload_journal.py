@@ -36,7 +36,7 @@ from affise_s3_assets.upload_journal import (
 )
 from affise_s3_assets.upload_sweep import build_upload_sweep_sensor
 from tests.conftest import ROOT, S3Server
-from tests.test_delivery import deliver, export_asset, fetch, integration, keys_in
+from tests.delivered import deliver, export_asset, fetch, integration, keys_in
 from tests.test_failures import KEY
 from tests.test_s3_writer import AnsweringStore, feed
 from tests.test_security import grant_only_delivery

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, S3Server
-from tests.test_delivery import delivered_rows, fetch, keys_in, source_rows
+from tests.delivered import delivered_rows, fetch, keys_in, source_rows
 from tests.window_rig import START, WINDOW
 
 UV = shutil.which("uv")

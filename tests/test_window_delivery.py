@@ -24,11 +24,7 @@ from affise_s3_assets.sensors import ended_runs_since
 from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
 from affise_s3_assets.targets import build_export_targets
 from tests.conftest import ROOT, S3Server
-from tests.etag_rewriting_proxy import etag_rewriting_proxy
-from tests.json_schema import problems
-from tests.operations import wait_for
-from tests.stalling_endpoint import stalling_endpoint
-from tests.test_delivery import (
+from tests.delivered import (
     ADVERTISER,
     deliver,
     delivered_rows,
@@ -37,6 +33,10 @@ from tests.test_delivery import (
     integration,
     source_rows,
 )
+from tests.etag_rewriting_proxy import etag_rewriting_proxy
+from tests.json_schema import problems
+from tests.operations import wait_for
+from tests.stalling_endpoint import stalling_endpoint
 from tests.window_rig import WindowRig
 
 WINDOW = "2026-11-25-10:00"

@@ -12,7 +12,7 @@ from affise_s3_assets.config import apply_integrations, credential_variables
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import KEY_VARIABLES, S3Server
-from tests.test_delivery import keys_in, range_tags
+from tests.delivered import keys_in, range_tags
 
 WINDOW = "2026-11-25-10:00"
 START = datetime(2026, 11, 25, 10)
