@@ -240,7 +240,8 @@ class EventExportConfig(BaseModel):
     # they grant its owner full control. (A bucket with ACLs disabled, AWS's default since
     # 2023, owns every object already; the grant is then accepted and ignored.)
     acl: Literal["bucket-owner-full-control"] | None = None
-    # A JSON manifest beside each data object, written once it is complete (README).
+    # A JSON manifest beside each data object, written once it is complete
+    # (docs/customer-contract.md).
     manifest: bool = Field(default=False, strict=True)
     # csv: gzipped CSV (the contract); parquet: typed columns, zstd (parquet_export.py).
     format: Literal["csv", "parquet"] = "csv"

@@ -115,7 +115,7 @@ def explain(exc: BaseException, destination: S3Destination) -> str:
         return (
             f"access denied: these credentials may not s3:PutObject on "
             f"arn:aws:s3:::{bucket}/{folder} (grant s3:PutObject and s3:AbortMultipartUpload; "
-            "see README, The policy a customer grants)"
+            "see docs/customer-contract.md, 'The policy a customer grants')"
         )
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return f"the store refused the probe: {code} (HTTP {status})"

@@ -20,12 +20,12 @@ from affise_s3_assets.delivery_record import filters_metadata as filters_metadat
 # whenever and wherever they are compressed.
 _GZIP_WBITS = 31
 # Levels up to this one use ISA-L (several times zlib's speed, at a ratio close to zlib's 6);
-# higher levels use zlib for the last few percent of size (README, "Tuning choices").
+# higher levels use zlib for the last few percent of size (docs/design.md, "Tuning choices").
 ISAL_MAX_LEVEL = 3
 # ISA-L's output depends on how its input is cut into calls; feeding it fixed-size blocks
 # makes the bytes depend on the rows only, not on batch sizes or on which path exported them.
 # A window job holds up to one block of CSV per integration, so the block is small, and
-# still about as fast as a large one (README, "Tuning choices").
+# still about as fast as a large one (docs/design.md, "Tuning choices").
 COMPRESS_BLOCK = 256 * 1024
 _T = TypeVar("_T")
 

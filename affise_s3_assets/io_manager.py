@@ -251,7 +251,7 @@ def sweep_abandoned_uploads(
     most about `time_budget` seconds on requests: what it did not reach waits for the next
     sweep. Never raises; returns, per destination that had any, what became of them (or why
     its uploads could not be tried: its credentials unset). Nothing returned is a secret.
-    For a sensor's tick: see README, "Leftover uploads"."""
+    For a sensor's tick: see docs/customer-contract.md, "Leftover uploads need no listing"."""
     journal = InstanceUploadJournal(instance)
     started = time.monotonic()
     now = time.time()

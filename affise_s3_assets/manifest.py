@@ -17,8 +17,8 @@ from typing import Any
 # The manifest's own format. A new field that readers may ignore keeps it; removing or
 # changing the meaning of one makes it 2.
 MANIFEST_VERSION = 1
-# The data file's layout (the columns and how values are written: README, "What a customer
-# receives"). A column added or a value written differently makes it 2.
+# The data file's layout (the columns and how values are written: docs/customer-contract.md,
+# "What a customer receives"). A column added or a value written differently makes it 2.
 DATA_SCHEMA_VERSION = 1
 
 

@@ -184,7 +184,7 @@ def isolated_botocore_session() -> botocore.session.Session:
 @functools.lru_cache(maxsize=4096)
 def _cached_client(region: str, endpoint_url: str | None, access_key: str, secret_key: str) -> Any:
     # One session for the process: a new session per client reloads the service model, a
-    # client from a shared one does not (README, "Tuning choices"). Sessions are not
+    # client from a shared one does not (docs/design.md, "Tuning choices"). Sessions are not
     # thread-safe, hence the lock; the clients themselves are.
     global _session
     with _session_lock:

@@ -17,6 +17,6 @@ CREATE TABLE IF NOT EXISTS conversions (
 -- Maintained by whatever loads the events: per event type, every event with created_at before
 -- complete_until is in the tables (for conversion_updates: every change with updated_at before
 -- it). A window is delivered only once its end is at or before it
--- (without a row, the latest created_at present stands in). See README, "Source completeness".
+-- (without a row, the latest created_at present stands in). See docs/design.md, "Source completeness".
 CREATE TABLE IF NOT EXISTS affise_watermarks (
   event_type VARCHAR PRIMARY KEY, complete_until TIMESTAMP NOT NULL);

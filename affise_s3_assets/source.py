@@ -292,7 +292,7 @@ class EventsDatabase(dg.ConfigurableResource):
     batch_rows: int = Field(default=25_000, description="rows per batch handed to the writer")
     # A slice is fetched, converted and sorted (about three copies in flight): each halving
     # saves peak RSS at about the same speed down to 25k rows; below that, per-query cost
-    # shows (README, "Tuning choices").
+    # shows (docs/design.md, "Tuning choices").
     slice_rows: int = Field(
         default=25_000,
         description="rows DuckDB sorts at a time: a window is read as consecutive sub-windows "
@@ -524,7 +524,7 @@ def _read_parquet(files: list[str]) -> str:
 
 FilterKey = tuple[tuple[int, ...], tuple[str, ...]]  # (affiliates, advertisers); () takes all
 # (window, affiliate, advertiser) groups one fingerprint query aggregates at most: well within
-# a 16 MB memory_limit (README, "Tuning choices").
+# a 16 MB memory_limit (docs/design.md, "Tuning choices").
 FINGERPRINT_GROUPS = 40_000
 # Values hashed as the schema types them, whatever a source declares: a Parquet file's
 # TIMESTAMP_NS or BIGINT would hash otherwise than the DuckDB file's types.
