@@ -170,7 +170,8 @@ def test_a_command_from_another_shell_moves_the_starts_as_the_instance_pinned_th
     refused as the code server would, not delivered by the dates as written."""
     from affise_s3_assets.cli import main
 
-    monkeypatch.delenv(DEMO_DAY_VARIABLE, raising=False)
+    # Empty is unset to the command; and what the command sets is undone with it.
+    monkeypatch.setenv(DEMO_DAY_VARIABLE, "")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     today = datetime.now(UTC).date()
     (tmp_path / "demo-day").write_text(f"{today:%Y-%m-%d}\n")
