@@ -1,5 +1,5 @@
 """`affise-s3`: the tools of the people who set integrations up and operate them. Knows the
-config's rules (config.py); only `deliver` loads the definitions (manual_delivery.py). Never
+config's rules (config/schema.py); only `deliver` loads the definitions (delivery/by_hand.py). Never
 prints a secret value.
 
     affise-s3 validate [FILE]     every problem of the file at once; exit 1 if any
@@ -19,13 +19,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from affise_s3_assets.config import (
+from affise_s3_assets.automation.live_config import apply_file, read_last_good, state_dir
+from affise_s3_assets.config.schema import (
     DEMO_DAY_VARIABLE,
     EVENT_TYPES,
     apply_integrations,
     integrations_path,
 )
-from affise_s3_assets.live_config import apply_file, read_last_good, state_dir
 
 
 def validate(path: Path, state: Path | None = None) -> int:
@@ -61,9 +61,9 @@ def check_connections(
     """Check each export of integration `name` (or only `event_type`); 0 when all work. With
     the deployment's `state` directory, an export it keeps delivering under its last applied
     config is checked as it delivers, as `validate` judges it."""
-    from affise_s3_assets.connection_check import check_connection
+    from affise_s3_assets.config.targets import build_export_targets
+    from affise_s3_assets.delivery.connection_check import check_connection
     from affise_s3_assets.s3 import request_deadline
-    from affise_s3_assets.targets import build_export_targets
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,13 +106,13 @@ def deliver(
     asked for cannot be delivered (the reason is printed)."""
     import dagster as dg
 
+    from affise_s3_assets.config.targets import build_export_targets, build_window_groups
     from affise_s3_assets.definitions import build_definitions
-    from affise_s3_assets.manual_delivery import (
+    from affise_s3_assets.delivery.by_hand import (
         RefusedDelivery,
         execute_manual_run,
         plan_manual_runs,
     )
-    from affise_s3_assets.targets import build_export_targets, build_window_groups
 
     if not os.environ.get("DAGSTER_HOME"):
         print(

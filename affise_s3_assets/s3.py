@@ -1,8 +1,7 @@
 """The S3 library: clients for a destination's own account, streaming uploads of objects of
 unknown length, riding out short outages of the store, journaling each multipart upload
-(upload_journal.py) so that a killed process's is aborted by whoever comes next, and what an
-S3 failure means. Knows S3 and the journal's protocol; nothing of Dagster, keys, windows or
-CSV.
+(delivery/upload_journal.py) so that a killed process's is aborted by whoever comes next, and what
+an S3 failure means. Knows S3 and the journal's protocol; nothing of Dagster, keys, windows or CSV.
 """
 
 import base64
@@ -32,8 +31,8 @@ from botocore.configprovider import (
     ConstantProvider,
 )
 
-from affise_s3_assets.config import ConfigError, resolve_reference
-from affise_s3_assets.upload_journal import OpenUpload, UploadJournal
+from affise_s3_assets.config.schema import ConfigError, resolve_reference
+from affise_s3_assets.delivery.upload_journal import OpenUpload, UploadJournal
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE_MIB = 8
@@ -80,7 +79,7 @@ OUTAGE_ERRORS = (
 
 # Errors a retry cannot fix: the destination's owner has to act. A delivery that fails with one
 # stops trying that destination for the rest of its run; the catch-up sensor tries it again at
-# its slow cadence (sensors.py), and once it works delivers every window it missed.
+# its slow cadence (automation/catch_up.py), and once it works delivers every window it missed.
 PERMANENT_ERROR_CODES = frozenset(
     {
         "AccessDenied",
@@ -119,7 +118,7 @@ class S3Destination:
 
     @property
     def journal_name(self) -> str:
-        """The name its open uploads are journaled under (upload_journal.py): no secret."""
+        """The name its open uploads are journaled under (delivery/upload_journal.py): no secret."""
         return f"{self.integration}/{self.event_type}"
 
 

@@ -162,12 +162,12 @@ def child_export(db: str, frequency: int, partition: str) -> None:
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    from affise_s3_assets.config import parse_integrations
+    from affise_s3_assets.config.schema import parse_integrations
+    from affise_s3_assets.config.targets import build_export_targets, build_window_groups
     from affise_s3_assets.definitions import event_sources
-    from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset
-    from affise_s3_assets.io_manager import DateFolderS3IOManager
-    from affise_s3_assets.source import EventsDatabase
-    from affise_s3_assets.targets import build_export_targets, build_window_groups
+    from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset
+    from affise_s3_assets.delivery.writer import DateFolderS3IOManager
+    from affise_s3_assets.source.events import EventsDatabase
 
     config = parse_integrations(
         f"""
@@ -214,8 +214,8 @@ def child_stage(db: str, stage: str) -> None:
     the issue asks to compare: one DuckDB `ORDER BY` under a memory limit, spilling to disk."""
     import polars as pl
 
-    from affise_s3_assets.csv_export import csv_bytes, gzip_csv
-    from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase, window_query
+    from affise_s3_assets.encoding.csv_gzip import csv_bytes, gzip_csv
+    from affise_s3_assets.source.events import EVENT_COLUMNS, EventsDatabase, window_query
 
     start, end = DAY, DAY + timedelta(days=1)
     events = EventsDatabase(path=db)
@@ -254,7 +254,7 @@ def child_stage(db: str, stage: str) -> None:
 def child_duckdb_copy(db: str, start: str, end: str, target: str) -> None:
     import duckdb
 
-    from affise_s3_assets.source import window_query
+    from affise_s3_assets.source.events import window_query
 
     query = window_query("clicks").replace("$1", f"TIMESTAMP '{start}'")
     query = query.replace("$2", f"TIMESTAMP '{end}'") + " ORDER BY created_at, id"
@@ -294,8 +294,8 @@ def child_ticks(integrations: str) -> None:
     warnings.filterwarnings("ignore")
     import dagster as dg
 
+    from affise_s3_assets.automation.catch_up import StoredState
     from affise_s3_assets.definitions import build_definitions
-    from affise_s3_assets.sensors import StoredState
 
     defs = build_definitions(integrations)
     repository = defs.get_repository_def()
@@ -343,9 +343,9 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
     warnings.filterwarnings("ignore")
 
     os.environ["AFFISE_EVENTS_DB"] = db
+    from affise_s3_assets.automation.live_config import apply_file
+    from affise_s3_assets.config.targets import build_export_targets, build_window_groups
     from affise_s3_assets.definitions import build_definitions
-    from affise_s3_assets.live_config import apply_file
-    from affise_s3_assets.targets import build_export_targets, build_window_groups
 
     applied = apply_file(Path(integrations))
     groups = build_window_groups(build_export_targets(applied.integrations))
@@ -368,7 +368,7 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
         selection = [t.asset_key for t in group.due(start)]
         shard = os.environ.get("BENCH_SHARD")  # "i/n": the i-th of the schedule's n runs
         if shard:
-            from affise_s3_assets.schedules import scheduled_run_requests
+            from affise_s3_assets.automation.schedules import scheduled_run_requests
 
             index, runs = map(int, shard.split("/"))
             requests = scheduled_run_requests(group, start, size=-(-len(selection) // runs))
@@ -469,7 +469,7 @@ def stop_s3() -> None:
 
 def events_db(per_day: int, start: datetime, end: datetime, name: str) -> Path:
     """A demo events file, generated once and kept under benchmarks/out/."""
-    from affise_s3_assets.demo import generate_demo_events
+    from affise_s3_assets.demo.events import generate_demo_events
 
     path = OUT / f"{name}-{per_day}-{start:%Y%m%d%H}-{end:%Y%m%d%H}.duckdb"
     if not path.exists():
@@ -484,8 +484,8 @@ def events_db(per_day: int, start: datetime, end: datetime, name: str) -> Path:
         )
     # Complete up to its end (files generated before watermarks existed have none): the
     # windows it holds are then deliverable, not SourceIncomplete.
-    from affise_s3_assets.demo import load_schema
-    from affise_s3_assets.source import connect_events_file, write_watermark
+    from affise_s3_assets.demo.events import load_schema
+    from affise_s3_assets.source.events import connect_events_file, write_watermark
 
     with connect_events_file(path, read_only=False) as con:
         load_schema(con)
@@ -738,7 +738,7 @@ def child_parquet_read(dataset: str, files: str, partition: str) -> None:
     import duckdb
     import polars as pl
 
-    from affise_s3_assets.source import parquet_files, row_order, window_query
+    from affise_s3_assets.source.events import parquet_files, row_order, window_query
 
     start = datetime.strptime(partition, "%Y-%m-%d-%H:%M")
     end = start + timedelta(minutes=15)
@@ -776,7 +776,7 @@ def parquet_case(rows: int) -> None:
                     f"FROM clicks ORDER BY created_at) TO '{scratch / 'clicks'}' "
                     "(FORMAT parquet, PARTITION_BY (date), APPEND)"
                 )
-        from affise_s3_assets.source import write_dataset_watermark
+        from affise_s3_assets.source.events import write_dataset_watermark
 
         write_dataset_watermark(scratch, "clicks", DAY + timedelta(days=1))
         (scratch / "_watermarks.json.lock").unlink()
@@ -1027,8 +1027,8 @@ def fifteen_minute_fanout(count: int) -> tuple[Path, Path, dict[str, str]]:
 
 def shard_case(count: int) -> None:
     """A 15-minute window of `count` integrations' clicks delivered by 1, 2 and 4 runs at once
-    (the schedule's shards, shards.py), each its own process on one Postgres event log, as the
-    run launcher starts them: from the first run's start to the last run's end (the window's
+    (the schedule's shards, automation/shards.py), each its own process on one Postgres event log,
+    as the run launcher starts them: from the first run's start to the last run's end (the window's
     close to its last object, less the queue's latency), and what an integration costs."""
     fifteen, db, env = fifteen_minute_fanout(count)
     print(
@@ -1247,9 +1247,9 @@ def backlog_case() -> None:
     catch-up sensor plans, each run as its own process (as a run worker), two at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from affise_s3_assets.config import parse_integrations
-    from affise_s3_assets.sensors import plan_catch_up
-    from affise_s3_assets.targets import build_export_targets, build_window_groups
+    from affise_s3_assets.automation.catch_up import plan_catch_up
+    from affise_s3_assets.config.schema import parse_integrations
+    from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 
     end = DAY + timedelta(days=1)
     start = end - timedelta(days=30)
@@ -1308,7 +1308,7 @@ def lag_case(minutes: int) -> None:
     import statistics
 
     sys.path.insert(0, str(ROOT))
-    from affise_s3_assets.demo import generate_demo_events
+    from affise_s3_assets.demo.events import generate_demo_events
     from tests.operations import DagsterDev
 
     now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
@@ -1383,7 +1383,7 @@ def lag_case(minutes: int) -> None:
 
 def reconcile_case(rows: int) -> None:
     """Fingerprints of the one-day table's 15-minute windows, as reconciliation reads them."""
-    from affise_s3_assets.source import EventsDatabase
+    from affise_s3_assets.source.events import EventsDatabase
 
     day = datetime(2026, 11, 25)
     db = events_db(rows, day, day + timedelta(days=1), "export")
@@ -1408,12 +1408,12 @@ def reconcile_records_case(db: Path, count: int) -> None:
     window's records, and the next, which reads only what is not settled."""
     import dagster as dg
 
-    from affise_s3_assets.config import Reconciliation, parse_integrations
-    from affise_s3_assets.csv_export import filters_metadata
-    from affise_s3_assets.partitions import window_metadata
-    from affise_s3_assets.reconciliation import reconcile_group
-    from affise_s3_assets.source import EventsDatabase
-    from affise_s3_assets.targets import build_export_targets, build_window_groups
+    from affise_s3_assets.automation.reconciliation import reconcile_group
+    from affise_s3_assets.config.schema import Reconciliation, parse_integrations
+    from affise_s3_assets.config.targets import build_export_targets, build_window_groups
+    from affise_s3_assets.config.windows import window_metadata
+    from affise_s3_assets.encoding.csv_gzip import filters_metadata
+    from affise_s3_assets.source.events import EventsDatabase
 
     text = "integrations:\n" + "".join(
         f"""  - name: customer_{i:05d}

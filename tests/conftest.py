@@ -15,8 +15,8 @@ import botocore.config
 import dagster as dg
 import pytest
 
-from affise_s3_assets.config import credential_variables
-from affise_s3_assets.demo import generate_demo_events
+from affise_s3_assets.config.schema import credential_variables
+from affise_s3_assets.demo.events import generate_demo_events
 
 ROOT = Path(__file__).resolve().parent.parent
 S3_SCRIPT = ROOT / "scripts" / "s3-server.sh"

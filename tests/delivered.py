@@ -12,13 +12,21 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from affise_s3_assets.config import IntegrationConfig, credential_variables, parse_integrations
+from affise_s3_assets.config.schema import (
+    IntegrationConfig,
+    credential_variables,
+    parse_integrations,
+)
+from affise_s3_assets.config.targets import (
+    build_export_targets,
+    build_window_groups,
+    export_asset_key,
+)
 from affise_s3_assets.definitions import event_sources
-from affise_s3_assets.delivery import IO_MANAGER_KEY, build_window_asset
-from affise_s3_assets.demo import load_schema
-from affise_s3_assets.io_manager import DateFolderS3IOManager
-from affise_s3_assets.source import EventsDatabase, connect_events_file, write_watermark
-from affise_s3_assets.targets import build_export_targets, build_window_groups, export_asset_key
+from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset
+from affise_s3_assets.delivery.writer import DateFolderS3IOManager
+from affise_s3_assets.demo.events import load_schema
+from affise_s3_assets.source.events import EventsDatabase, connect_events_file, write_watermark
 from tests.conftest import S3Server
 from tests.csv_reader import read_rfc4180
 

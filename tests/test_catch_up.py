@@ -10,8 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from affise_s3_assets.config import parse_integrations
-from affise_s3_assets.sensors import (
+from affise_s3_assets.automation.catch_up import (
     REDELIVERY_FIRST_WAIT,
     REDELIVERY_TAG,
     CatchUpState,
@@ -23,7 +22,8 @@ from affise_s3_assets.sensors import (
     plan_missed_windows,
     plan_redelivery,
 )
-from affise_s3_assets.targets import WindowGroup, build_export_targets, build_window_groups
+from affise_s3_assets.config.schema import parse_integrations
+from affise_s3_assets.config.targets import WindowGroup, build_export_targets, build_window_groups
 from tests.conftest import ROOT
 
 SHIPPED = (ROOT / "integrations.yaml").read_text()
@@ -469,7 +469,7 @@ def test_redelivery_keeps_to_its_budget_longest_waiting_first(monkeypatch) -> No
     )
     assert none == []
     # A bad setting never fails a tick: the default wait.
-    from affise_s3_assets.sensors import redelivery_first_wait
+    from affise_s3_assets.automation.catch_up import redelivery_first_wait
 
     for value in ("2m", "0", "-5"):
         monkeypatch.setenv("AFFISE_REDELIVERY_FIRST_WAIT_SECONDS", value)

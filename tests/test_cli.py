@@ -11,10 +11,10 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
-from affise_s3_assets.config import apply_integrations, parse_integrations
-from affise_s3_assets.connection_check import explain
-from affise_s3_assets.live_config import write_last_good
-from affise_s3_assets.targets import build_export_targets
+from affise_s3_assets.automation.live_config import write_last_good
+from affise_s3_assets.config.schema import apply_integrations, parse_integrations
+from affise_s3_assets.config.targets import build_export_targets
+from affise_s3_assets.delivery.connection_check import explain
 from tests.conftest import ROOT, Account, S3Server
 from tests.delivered import keys_in
 from tests.stalling_endpoint import stalling_endpoint

@@ -4,7 +4,7 @@ from datetime import datetime
 
 import pytest
 
-from affise_s3_assets.config import (
+from affise_s3_assets.config.schema import (
     ALLOWED_FREQUENCIES,
     ConfigError,
     load_integrations,

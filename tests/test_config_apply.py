@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from affise_s3_assets.config import (
+from affise_s3_assets.automation.live_config import apply_file, read_last_good, write_last_good
+from affise_s3_assets.config.schema import (
     AppliedConfig,
     ConfigError,
     apply_integrations,
     parse_integrations,
 )
-from affise_s3_assets.live_config import apply_file, read_last_good, write_last_good
 from tests.conftest import ROOT
 
 SHIPPED = (ROOT / "integrations.yaml").read_text()
@@ -239,7 +239,7 @@ def test_one_store_spelled_two_ways_is_one_store() -> None:
         "http://127.0.0.1:7480", "https://s3.us-west-2.amazonaws.com"
     )
     assert names(apply_integrations("integrations:\n" + aws)) == []
-    from affise_s3_assets.config import store_of
+    from affise_s3_assets.config.schema import store_of
 
     for spelling in (
         "https://s3.us-west-2.amazonaws.com:443",

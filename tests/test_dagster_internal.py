@@ -19,7 +19,7 @@ from dagster._core.definitions.reconstruct import (
 )
 
 from affise_s3_assets import dagster_internal
-from affise_s3_assets.live_config import APPLIED_CONFIG_KEY
+from affise_s3_assets.automation.live_config import APPLIED_CONFIG_KEY
 from tests.conftest import ROOT
 
 BLOCK = """  - name: {name}

@@ -10,15 +10,15 @@ from typing import Any
 
 import dagster as dg
 
-from affise_s3_assets.config import apply_integrations
-from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.demo import generate_demo_events
-from affise_s3_assets.sensors import (
+from affise_s3_assets.automation.catch_up import (
     CATCH_UP_IN_FLIGHT,
     FIRST_RANGE_PRIORITY,
     CatchUpState,
     StoredState,
 )
+from affise_s3_assets.config.schema import apply_integrations
+from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.demo.events import generate_demo_events
 from tests.conftest import ROOT
 
 SHIPPED = ROOT / "integrations.yaml"
@@ -394,10 +394,10 @@ def test_csv_exports_from_a_duckdb_file_load_no_pyarrow(tmp_path: Path) -> None:
         "import sys\n"
         "from datetime import datetime\n"
         "from affise_s3_assets.definitions import defs\n"
-        "from affise_s3_assets.delivery import _encoder\n"
-        "from affise_s3_assets.source import EventsDatabase\n"
-        "from affise_s3_assets.targets import build_export_targets\n"
-        "from affise_s3_assets.config import load_integrations\n"
+        "from affise_s3_assets.delivery.step import _encoder\n"
+        "from affise_s3_assets.source.events import EventsDatabase\n"
+        "from affise_s3_assets.config.targets import build_export_targets\n"
+        "from affise_s3_assets.config.schema import load_integrations\n"
         "defs()\n"
         "(target, *_) = build_export_targets(load_integrations(sys.argv[1]).integrations)\n"
         "assert target.file_format == 'csv'\n"

@@ -10,9 +10,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from affise_s3_assets.demo import load_schema
+from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.s3 import MIB, S3ObjectWriter
-from affise_s3_assets.source import (
+from affise_s3_assets.source.events import (
     write_dataset_watermark,
     write_watermark,
 )

@@ -5,8 +5,8 @@ from datetime import datetime
 
 import dagster as dg
 
-from affise_s3_assets.delivery_record import DeliveryRecord
-from affise_s3_assets.source import Fingerprint
+from affise_s3_assets.delivery.record import DeliveryRecord
+from affise_s3_assets.source.events import Fingerprint
 
 START, END = datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 10, 15)
 # What the encoder's summary and the object's finish report for a CSV object.
@@ -44,7 +44,7 @@ def test_a_redelivery_writes_the_labels_and_values_shown_before() -> None:
             "delivered_after_close_s": 61.3,
         }
     )
-    # As delivery.py wrote them before DeliveryRecord: in this order.
+    # As delivery/step.py wrote them before DeliveryRecord: in this order.
     assert list(record.to_metadata().items()) == [
         ("window_start", "2026-11-25 10:00:00"),
         ("window_end", "2026-11-25 10:15:00"),

@@ -7,12 +7,12 @@ from datetime import UTC, date, datetime, timedelta
 import duckdb
 import pytest
 
-from affise_s3_assets import demo
-from affise_s3_assets.config import DEMO_DAY_VARIABLE, AppliedConfig, apply_integrations
+from affise_s3_assets.automation.catch_up import plan_catch_up
+from affise_s3_assets.config.schema import DEMO_DAY_VARIABLE, AppliedConfig, apply_integrations
+from affise_s3_assets.config.targets import build_export_targets, build_window_groups
+from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
 from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT
-from affise_s3_assets.sensors import plan_catch_up
-from affise_s3_assets.targets import build_export_targets, build_window_groups
+from affise_s3_assets.demo import events as demo
 from tests.conftest import ROOT
 
 SHIPPED = ROOT / "integrations.yaml"

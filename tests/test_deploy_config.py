@@ -30,14 +30,14 @@ from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
 from dagster_postgres.utils import get_conn_string
 
-from affise_s3_assets.config import EVENT_TYPES, load_integrations
+from affise_s3_assets.automation.catch_up import plan_catch_up
+from affise_s3_assets.config.schema import EVENT_TYPES, load_integrations
+from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.instance_storage import (
     KeptConnectionsEventLogStorage,
     KeptConnectionsRunStorage,
 )
-from affise_s3_assets.sensors import plan_catch_up
-from affise_s3_assets.targets import build_export_targets, build_window_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = ROOT / "deploy"

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from affise_s3_assets.config import ConfigError, parse_integrations
-from affise_s3_assets.parquet_export import ROW_GROUP_ROWS, ParquetEncoder
-from affise_s3_assets.source import EVENT_COLUMNS
+from affise_s3_assets.config.schema import ConfigError, parse_integrations
+from affise_s3_assets.encoding.parquet import ROW_GROUP_ROWS, ParquetEncoder
+from affise_s3_assets.source.events import EVENT_COLUMNS
 from tests.conftest import ROOT, S3Server
 from tests.delivered import deliver, export_asset, fetch, integration, keys_in, range_tags
 from tests.json_schema import problems
@@ -108,7 +108,7 @@ def test_parquet_bytes_depend_on_the_rows_alone_not_on_the_run(
 ) -> None:
     """A window delivered on its own and inside a day's range gives the same bytes, with row
     groups of exactly ROW_GROUP_ROWS rows whatever the batches (shrunk here to see several)."""
-    monkeypatch.setattr("affise_s3_assets.parquet_export.ROW_GROUP_ROWS", 97)
+    monkeypatch.setattr("affise_s3_assets.encoding.parquet.ROW_GROUP_ROWS", 97)
     acme = integration(s3_server, bucket, "clicks", extra="      format: parquet\n")
     asset = export_asset(acme)
     key = "affise/raw/2026/11/25/2026-11-25 10:00:00.parquet"

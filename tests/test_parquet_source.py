@@ -12,10 +12,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from affise_s3_assets.csv_export import gzip_csv
-from affise_s3_assets.delivery import Window, cut_at_windows
-from affise_s3_assets.demo import load_schema
-from affise_s3_assets.source import (
+from affise_s3_assets.delivery.step import Window, cut_at_windows
+from affise_s3_assets.demo.events import load_schema
+from affise_s3_assets.encoding.csv_gzip import gzip_csv
+from affise_s3_assets.source.events import (
     EVENT_COLUMNS,
     WATERMARK_FILE,
     EventsDatabase,
@@ -96,8 +96,8 @@ def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
     zoned_dataset(tmp_path, {"in": "2026-11-25 10:05:00", "out": "2026-11-25 15:05:00"})
     script = (
         "import gzip, sys; from datetime import datetime\n"
-        "from affise_s3_assets.csv_export import gzip_csv\n"
-        "from affise_s3_assets.source import EVENT_COLUMNS, EventsDatabase\n"
+        "from affise_s3_assets.encoding.csv_gzip import gzip_csv\n"
+        "from affise_s3_assets.source.events import EVENT_COLUMNS, EventsDatabase\n"
         "frames = EventsDatabase(path=sys.argv[1]).window_frames("
         "'clicks', datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))\n"
         "print(gzip.decompress(b''.join(gzip_csv(frames, EVENT_COLUMNS['clicks']))).decode())\n"

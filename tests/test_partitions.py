@@ -7,8 +7,12 @@ import dagster as dg
 import pytest
 from dagster._utils.schedules import cron_string_iterator
 
-from affise_s3_assets.config import ALLOWED_FREQUENCIES
-from affise_s3_assets.partitions import cron_for_frequency, first_window_start, window_partitions
+from affise_s3_assets.config.schema import ALLOWED_FREQUENCIES
+from affise_s3_assets.config.windows import (
+    cron_for_frequency,
+    first_window_start,
+    window_partitions,
+)
 
 
 @pytest.mark.parametrize("frequency", ALLOWED_FREQUENCIES)

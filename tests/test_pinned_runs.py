@@ -13,9 +13,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets.demo import generate_demo_events
-from affise_s3_assets.shards import SHARD_TAG
-from affise_s3_assets.targets import window_job_name
+from affise_s3_assets.automation.shards import SHARD_TAG
+from affise_s3_assets.config.targets import window_job_name
+from affise_s3_assets.demo.events import generate_demo_events
 from tests.conftest import S3Server
 from tests.delivered import delivered_rows, fetch, keys_in, source_rows
 from tests.operations import LOCATION, DagsterDev, wait_for
@@ -75,7 +75,7 @@ def dev(s3_server: S3Server, tmp_path: Path) -> Iterator[tuple[DagsterDev, Path,
         "AFFISE_INTEGRATIONS": str(integrations),
         "AFFISE_EVENTS_DB": str(events),
         "AFFISE_STATE_DIR": str(tmp_path / "state"),
-        # Shards of one export: two integrations' window is two runs (shards.py).
+        # Shards of one export: two integrations' window is two runs (automation/shards.py).
         "AFFISE_EXPORTS_PER_RUN": "1",
         **{
             f"{name}_AWS_{part}": value

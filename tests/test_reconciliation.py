@@ -10,10 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets import reconciliation
-from affise_s3_assets.config import Reconciliation, apply_integrations
-from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.reconciliation import (
+from affise_s3_assets.automation import reconciliation
+from affise_s3_assets.automation.reconciliation import (
     CHANGED_ROWS,
     LATE_ROWS,
     RECONCILIATION_SENSOR,
@@ -21,14 +19,16 @@ from affise_s3_assets.reconciliation import (
     build_reconciliation_sensor,
     reconcile_group,
 )
-from affise_s3_assets.runs import REASON_TAG, REDELIVERY_TAG
-from affise_s3_assets.source import (
+from affise_s3_assets.automation.runs import REASON_TAG, REDELIVERY_TAG
+from affise_s3_assets.config.schema import Reconciliation, apply_integrations
+from affise_s3_assets.config.targets import build_export_targets, build_window_groups
+from affise_s3_assets.definitions import build_definitions
+from affise_s3_assets.source.events import (
     EventsDatabase,
     Fingerprint,
     SourceRead,
     connect_events_file,
 )
-from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import ROOT
 from tests.delivered import ADVERTISER, delivered_rows, fetch, source_rows
 from tests.json_schema import problems
@@ -410,7 +410,7 @@ def test_what_changed_is_found_and_named_without_a_source() -> None:
         (target.filter_key, at + timedelta(minutes=30)): Fingerprint(5, 9, scheme),
         (target.filter_key, at + timedelta(minutes=45)): Fingerprint(4, 7, scheme),
     }
-    from affise_s3_assets.reconciliation import find_changed, redelivery_requests
+    from affise_s3_assets.automation.reconciliation import find_changed, redelivery_requests
 
     changed = find_changed(group, current, delivered, Fingerprint(0, 0, scheme))
     assert [(c.window, c.reason) for c in changed] == [

@@ -16,8 +16,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets import live_config
-from affise_s3_assets.live_config import ReloadFailed, build_config_sensor, request_reload
+from affise_s3_assets.automation import live_config
+from affise_s3_assets.automation.live_config import (
+    ReloadFailed,
+    build_config_sensor,
+    request_reload,
+)
 from tests.conftest import ROOT
 from tests.operations import wait_for
 

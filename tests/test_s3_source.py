@@ -10,16 +10,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from affise_s3_assets.csv_export import gzip_csv
-from affise_s3_assets.parquet_dataset import DatasetUnreadable, ParquetDataset
-from affise_s3_assets.parquet_export import ParquetEncoder
-from affise_s3_assets.source import (
+from affise_s3_assets.encoding.csv_gzip import gzip_csv
+from affise_s3_assets.encoding.parquet import ParquetEncoder
+from affise_s3_assets.source.events import (
     EVENT_COLUMNS,
     WATERMARK_FILE,
     EventsDatabase,
     parquet_files,
     write_dataset_watermark,
 )
+from affise_s3_assets.source.parquet_dataset import DatasetUnreadable, ParquetDataset
 from tests.conftest import Account, S3Server
 from tests.datasets import write_dataset
 from tests.delivered import delivered_rows, fetch, source_rows

@@ -16,6 +16,7 @@ import botocore.exceptions
 import pytest
 
 from affise_s3_assets import s3
+from affise_s3_assets.delivery.upload_journal import Holder, MemoryUploadJournal, OpenUpload
 from affise_s3_assets.s3 import (
     MIB,
     TIMEOUT_CODES,
@@ -28,7 +29,6 @@ from affise_s3_assets.s3 import (
     error_code,
     is_permanent,
 )
-from affise_s3_assets.upload_journal import Holder, MemoryUploadJournal, OpenUpload
 from tests.conftest import S3Server
 
 

@@ -15,8 +15,8 @@ import botocore.exceptions
 import pytest
 
 from affise_s3_assets import s3
+from affise_s3_assets.config.targets import build_export_targets
 from affise_s3_assets.s3 import describe_s3_error
-from affise_s3_assets.targets import build_export_targets
 from tests.conftest import S3Server
 from tests.delivered import (
     deliver,

@@ -7,18 +7,18 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from affise_s3_assets.reconciliation import Changed, redelivery_requests
-from affise_s3_assets.schedules import scheduled_run_requests
-from affise_s3_assets.sensors import (
+from affise_s3_assets.automation.catch_up import (
     REDELIVERY_FIRST_WAIT,
     FailedRun,
     plan_catch_up,
     plan_missed_windows,
     plan_redelivery,
 )
-from affise_s3_assets.shards import SHARD_TAG, exports_per_run
-from affise_s3_assets.source import Fingerprint
-from affise_s3_assets.targets import WindowGroup
+from affise_s3_assets.automation.reconciliation import Changed, redelivery_requests
+from affise_s3_assets.automation.schedules import scheduled_run_requests
+from affise_s3_assets.automation.shards import SHARD_TAG, exports_per_run
+from affise_s3_assets.config.targets import WindowGroup
+from affise_s3_assets.source.events import Fingerprint
 from tests.test_catch_up import groups_of, windows_of
 from tests.window_rig import START, WINDOW, WindowRig
 

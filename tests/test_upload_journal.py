@@ -23,10 +23,9 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
-from affise_s3_assets.io_manager import sweep_abandoned_uploads
-from affise_s3_assets.s3 import MIB, Journaling, S3ObjectWriter
-from affise_s3_assets.targets import build_export_targets, build_window_groups
-from affise_s3_assets.upload_journal import (
+from affise_s3_assets.automation.upload_sweep import build_upload_sweep_sensor
+from affise_s3_assets.config.targets import build_export_targets, build_window_groups
+from affise_s3_assets.delivery.upload_journal import (
     PREFETCH_SECONDS,
     Holder,
     InstanceUploadJournal,
@@ -34,7 +33,8 @@ from affise_s3_assets.upload_journal import (
     MemoryUploadJournal,
     OpenUpload,
 )
-from affise_s3_assets.upload_sweep import build_upload_sweep_sensor
+from affise_s3_assets.delivery.writer import sweep_abandoned_uploads
+from affise_s3_assets.s3 import MIB, Journaling, S3ObjectWriter
 from tests.conftest import ROOT, S3Server
 from tests.delivered import deliver, export_asset, fetch, integration, keys_in
 from tests.test_failures import KEY
@@ -172,7 +172,7 @@ CHILD = textwrap.dedent(
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
     from affise_s3_assets.s3 import MIB, Journaling, S3Destination, S3ObjectWriter, s3_client
-    from affise_s3_assets.upload_journal import InstanceUploadJournal
+    from affise_s3_assets.delivery.upload_journal import InstanceUploadJournal
 
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(os.environ["JOURNAL_HOME"]))
     env = os.environ

@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets.config import apply_integrations, credential_variables
+from affise_s3_assets.config.schema import apply_integrations, credential_variables
+from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.targets import build_export_targets, build_window_groups
 from tests.conftest import KEY_VARIABLES, S3Server
 from tests.delivered import keys_in, range_tags
 

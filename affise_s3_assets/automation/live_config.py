@@ -1,8 +1,8 @@
 """How a change to integrations.yaml goes live by itself, and what keeps running when it cannot.
 
-- The code location is built from an `AppliedConfig` (config.py): the file's valid blocks, the
-  last good state of broken ones, never a half-read file. The last applied config is kept in
-  the state directory, so a code server that restarts on an unreadable file still serves the
+- The code location is built from an `AppliedConfig` (config/schema.py): the file's valid
+  blocks, the last good state of broken ones, never a half-read file. The last applied config is
+  kept in the state directory, so a code server that restarts on an unreadable file still serves the
   last good integrations.
 - A run rebuilds the definitions from the applied config its run was launched with (Dagster's
   reconstruction metadata), never from the file as it is when the run starts.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from affise_s3_assets.config import (
+from affise_s3_assets.config.schema import (
     AppliedConfig,
     apply_integrations,
     integrations_path,

@@ -5,14 +5,15 @@ Each delivery records, with the window's materialization, the fingerprint of the
 (`source_fingerprint`: rows and a digest, computed by DuckDB through the same connection as the
 rows). Every `every_minutes`, `reconciliation_sensor` asks the source for the fingerprints of
 every window in the look-back, in one scan per window group whatever its number of
-integrations (source.py, `SourceRead.fingerprints`), compares them with the latest
+integrations (source/events.py, `SourceRead.fingerprints`), compares them with the latest
 materialization of each window not already settled (`reconcile_group`), and requests a run for
 the windows that differ, tagged with the reason (`late_rows` when the source holds more rows,
 `changed_rows` otherwise). Only delivered windows are compared: the others are the catch-up's.
 A re-delivery that fails leaves the difference in place, so the next pass asks again.
 
-Knows Dagster's records and the window groups; what the source holds comes from source.py, how
-a window is delivered from delivery.py (through the run it requests).
+Knows Dagster's records and the window groups; what the source holds comes from
+source/events.py, how a window is delivered from delivery/step.py (through the run it
+requests).
 """
 
 import hashlib
@@ -27,14 +28,20 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from affise_s3_assets.config import Reconciliation
-from affise_s3_assets.delivery_record import DeliveryRecord
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, first_window_start
-from affise_s3_assets.runs import CHANGED_ROWS, IN_FLIGHT, LATE_ROWS, REASON_TAG, run_window_span
-from affise_s3_assets.sensors import expand_windows, paused_schedules, ranged_requests
-from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run
-from affise_s3_assets.source import WINDOW_COLUMN, EventsDatabase, FilterKey, Fingerprint
-from affise_s3_assets.targets import ExportTarget, WindowGroup
+from affise_s3_assets.automation.catch_up import expand_windows, paused_schedules, ranged_requests
+from affise_s3_assets.automation.runs import (
+    CHANGED_ROWS,
+    IN_FLIGHT,
+    LATE_ROWS,
+    REASON_TAG,
+    run_window_span,
+)
+from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run
+from affise_s3_assets.config.schema import Reconciliation
+from affise_s3_assets.config.targets import ExportTarget, WindowGroup
+from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, first_window_start
+from affise_s3_assets.delivery.record import DeliveryRecord
+from affise_s3_assets.source.events import WINDOW_COLUMN, EventsDatabase, FilterKey, Fingerprint
 
 RECONCILIATION_SENSOR = "reconciliation_sensor"
 # Every row of a window, no filter: tells a window the source lost from one that lost a

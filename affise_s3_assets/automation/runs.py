@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from affise_s3_assets.dagster_internal import partition_range_tags
-from affise_s3_assets.source import SourceIncomplete
+from affise_s3_assets.source.events import SourceIncomplete
 
 # On a run a schedule (or the catch-up sensor, for a missed tick) created.
 SCHEDULED_TAG = "affise/scheduled"
@@ -19,7 +19,7 @@ SCHEDULED_TAG = "affise/scheduled"
 CATCH_UP_TAG = "affise/catch_up"
 # On a run delivering windows again: failed ones, or ones whose rows changed.
 REDELIVERY_TAG = "affise/redelivery"
-# Why a window is delivered again with other rows than before (reconciliation.py): its
+# Why a window is delivered again with other rows than before (automation/reconciliation.py): its
 # materializations and manifests say so.
 REASON_TAG = "affise/redelivery_reason"
 LATE_ROWS = "late_rows"  # the source holds more rows for the window than were delivered

@@ -19,12 +19,12 @@ import duckdb
 import polars as pl
 from pydantic import Field
 
-from affise_s3_assets.config import EventType
+from affise_s3_assets.config.schema import EventType
 
 if TYPE_CHECKING:  # imported where used: a DuckDB file's runs never load pyarrow (~26 MB RSS)
-    from affise_s3_assets.parquet_dataset import ParquetDataset
+    from affise_s3_assets.source.parquet_dataset import ParquetDataset
 
-DEFAULT_EVENTS_DB = Path(__file__).resolve().parent.parent / "data" / "events.duckdb"
+DEFAULT_EVENTS_DB = Path(__file__).resolve().parents[2] / "data" / "events.duckdb"
 
 
 def is_remote(location: "str | Path") -> bool:
@@ -154,7 +154,7 @@ def parquet_files(
     listing of each day's folder). A conversion changed in the window may have been created
     any day before: every day up to the window's last (DuckDB skips row groups by their
     updated_at statistics)."""
-    from affise_s3_assets.parquet_dataset import ParquetDataset
+    from affise_s3_assets.source.parquet_dataset import ParquetDataset
 
     store = dataset if isinstance(dataset, ParquetDataset) else ParquetDataset.local(dataset)
     last = end - timedelta(microseconds=1)
@@ -256,7 +256,7 @@ def write_dataset_watermark(dataset: str | Path, event_type: EventType, until: d
         return json.dumps(current, sort_keys=True, indent=2) + "\n"
 
     if is_remote(dataset):
-        from affise_s3_assets.parquet_dataset import ParquetDataset
+        from affise_s3_assets.source.parquet_dataset import ParquetDataset
 
         # S3 has no lock: the loaders of one s3:// dataset write its watermarks one at a time.
         store = ParquetDataset.open(dataset)
@@ -319,7 +319,7 @@ class EventsDatabase(dg.ConfigurableResource):
         """The Parquet dataset the events are, None for a DuckDB file."""
         location = self.location()
         if is_remote(location) or Path(location).is_dir():
-            from affise_s3_assets.parquet_dataset import ParquetDataset
+            from affise_s3_assets.source.parquet_dataset import ParquetDataset
 
             return ParquetDataset.open(location)
         return None
@@ -382,7 +382,7 @@ class EventsDatabase(dg.ConfigurableResource):
         `latest`, None when there is no watermark."""
         dataset = self.dataset()
         if dataset is not None:
-            from affise_s3_assets.parquet_dataset import DatasetUnreadable
+            from affise_s3_assets.source.parquet_dataset import DatasetUnreadable
 
             try:
                 if not dataset.exists():

@@ -33,9 +33,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from affise_s3_assets.dagster_internal import partition_range_tags
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT
-from affise_s3_assets.runs import (
+from affise_s3_assets.automation.runs import (
     CATCH_UP_TAG,
     IN_FLIGHT,
     REASON_TAG,
@@ -43,14 +41,16 @@ from affise_s3_assets.runs import (
     SOURCE_ONLY_TAG,
     run_window_span,
 )
-from affise_s3_assets.schedules import (
+from affise_s3_assets.automation.schedules import (
     latest_scheduled_run,
     scheduled_exports,
     scheduled_run_requests,
 )
-from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
-from affise_s3_assets.source import EventsDatabase
-from affise_s3_assets.targets import ExportTarget, WindowGroup
+from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
+from affise_s3_assets.config.targets import ExportTarget, WindowGroup
+from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
+from affise_s3_assets.dagster_internal import partition_range_tags
+from affise_s3_assets.source.events import EventsDatabase
 
 SENSOR_NAME = "catch_up_sensor"
 STATE_VERSION = 2  # of the stored state (the cursor held it before version 3)

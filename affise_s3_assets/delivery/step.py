@@ -1,16 +1,17 @@
 """The export step: one engine for every delivery, whoever started it.
 
-Each window group (targets.py) is one multi-asset: an asset `affise/<integration>/<event_type>`
-per integration, all delivered by one step. A run selects some of those assets (the schedule:
-every integration due; the catch-up: the new ones; the UI: the one an operator picked) and one
-window or a consecutive range of windows (catch-up, backfills: up to a day). The step reads the
-range from the source once, cuts it at window boundaries, and for every window and selected
-integration filters, encodes and writes one object through the IO manager, then logs that
-partition's materialization. A delivery that fails is reported on its own partition and the
-step fails at the end, after every other object is delivered: Dagster then shows exactly the
+Each window group (config/targets.py) is one multi-asset: an asset
+`affise/<integration>/<event_type>` per integration, all delivered by one step. A run selects some
+of those assets (the schedule: every integration due; the catch-up: the new ones; the UI: the one an
+operator picked) and one window or a consecutive range of windows (catch-up, backfills: up to a
+day). The step reads the range from the source once, cuts it at window boundaries, and for every
+window and selected integration filters, encodes and writes one object through the IO manager, then
+logs that partition's materialization. A delivery that fails is reported on its own partition and
+the step fails at the end, after every other object is delivered: Dagster then shows exactly the
 partitions that were planned and not delivered as Failed.
 
-Knows the flow of a window; the format is csv_export.py's, keys and uploads io_manager.py's.
+Knows the flow of a window; the format is encoding/csv_gzip.py's, keys and uploads
+delivery/writer.py's.
 """
 
 import contextlib
@@ -29,23 +30,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from affise_s3_assets.csv_export import (
-    GzipCsvEncoder,
-    csv_bytes,
-    event_filter,
-    in_background,
-    whole_second_text,
-)
-from affise_s3_assets.delivery_record import DeliveryRecord, filters_metadata, window_metadata
-from affise_s3_assets.io_manager import (
-    DateFolderS3IOManager,
-    WindowObject,
-    build_manifest_key,
-    build_object_key,
-)
-from affise_s3_assets.manifest import DeliveredObject, manifest_bytes
-from affise_s3_assets.reconciliation import latest_materializations
-from affise_s3_assets.runs import (
+from affise_s3_assets.automation.reconciliation import latest_materializations
+from affise_s3_assets.automation.runs import (
     CATCH_UP_TAG,
     REASON_TAG,
     REDELIVERY_TAG,
@@ -53,6 +39,22 @@ from affise_s3_assets.runs import (
     SOURCE_INCOMPLETE_CODE,
     SOURCE_ONLY_TAG,
 )
+from affise_s3_assets.config.targets import ExportTarget, WindowGroup
+from affise_s3_assets.delivery.record import DeliveryRecord, filters_metadata, window_metadata
+from affise_s3_assets.delivery.writer import (
+    DateFolderS3IOManager,
+    WindowObject,
+    build_manifest_key,
+    build_object_key,
+)
+from affise_s3_assets.encoding.csv_gzip import (
+    GzipCsvEncoder,
+    csv_bytes,
+    event_filter,
+    in_background,
+    whole_second_text,
+)
+from affise_s3_assets.manifest import DeliveredObject, manifest_bytes
 from affise_s3_assets.s3 import (
     CLEAN_UP_TIMED_OUT,
     TIMEOUT_CODES,
@@ -61,7 +63,7 @@ from affise_s3_assets.s3 import (
     error_code,
     is_permanent,
 )
-from affise_s3_assets.source import (
+from affise_s3_assets.source.events import (
     EVENT_COLUMNS,
     EVENT_SOURCE_KEYS,
     WINDOW_COLUMN,
@@ -72,10 +74,9 @@ from affise_s3_assets.source import (
     SourceProgress,
     naive_utc,
 )
-from affise_s3_assets.targets import ExportTarget, WindowGroup
 
 if TYPE_CHECKING:  # imported where used: a CSV export never loads pyarrow (~26 MB RSS)
-    from affise_s3_assets.parquet_export import ParquetEncoder
+    from affise_s3_assets.encoding.parquet import ParquetEncoder
 
 IO_MANAGER_KEY = "date_folder_s3_io_manager"
 # A window is delivered a little after it closes: the source may be waited for (60 s), the
@@ -224,7 +225,7 @@ class ObjectDelivery:
 def _encoder(target: ExportTarget) -> "GzipCsvEncoder | ParquetEncoder":
     columns = EVENT_COLUMNS[target.event_type]
     if target.file_format == "parquet":
-        from affise_s3_assets.parquet_export import ParquetEncoder
+        from affise_s3_assets.encoding.parquet import ParquetEncoder
 
         return ParquetEncoder(target.event_type, columns)
     return GzipCsvEncoder(columns, target.compression_level)
@@ -766,7 +767,7 @@ def _spec(
 def _compression(target: ExportTarget) -> str:
     if target.file_format == "csv":
         return f"gzip level {target.compression_level}"
-    from affise_s3_assets.parquet_export import COMPRESSION, COMPRESSION_LEVEL
+    from affise_s3_assets.encoding.parquet import COMPRESSION, COMPRESSION_LEVEL
 
     return f"{COMPRESSION} level {COMPRESSION_LEVEL}"
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from affise_s3_assets.io_manager import sweep_abandoned_uploads
+from affise_s3_assets.config.targets import WindowGroup
+from affise_s3_assets.delivery.writer import sweep_abandoned_uploads
 from affise_s3_assets.s3 import JournalCleanUp
-from affise_s3_assets.targets import WindowGroup
 
 SWEEP_SENSOR_NAME = "upload_sweep_sensor"
 SWEEP_EVERY_SECONDS = 600

@@ -2,14 +2,15 @@
 window's object there. Knows keys and the S3 library, nothing of DuckDB or CSV.
 
 Every export partition goes through it, whichever way it was started (a schedule, the catch-up
-sensor, *Materialize* or a backfill in the UI): the export step (delivery.py) opens one object
+sensor, *Materialize* or a backfill in the UI): the export step (delivery/step.py) opens one object
 per selected integration and window, streams the encoded bytes into it and finishes it, which
 completes the upload (S3 checks every request body against its MD5). One window, one object,
 one key derived only from the window, so a re-delivery overwrites and never duplicates.
 
-Each object's multipart upload is journaled in the run's Dagster instance (upload_journal.py)
-before its first part: the next delivery of the key aborts what a killed run left open, with
-s3:AbortMultipartUpload alone, and `sweep_abandoned_uploads` does so for every export.
+Each object's multipart upload is journaled in the run's Dagster instance
+(delivery/upload_journal.py) before its first part: the next delivery of the key aborts what a
+killed run left open, with s3:AbortMultipartUpload alone, and `sweep_abandoned_uploads` does so for
+every export.
 """
 
 import contextlib
@@ -22,7 +23,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from affise_s3_assets.config import ConfigError
+from affise_s3_assets.config.schema import ConfigError
+from affise_s3_assets.delivery.upload_journal import InstanceUploadJournal, UploadJournal
 from affise_s3_assets.s3 import (
     DEFAULT_PART_SIZE_MIB,
     MIB,
@@ -39,7 +41,6 @@ from affise_s3_assets.s3 import (
     outage_seconds,
     s3_client,
 )
-from affise_s3_assets.upload_journal import InstanceUploadJournal, UploadJournal
 
 # Per file format: the key's extension and the object's Content-Type.
 EXTENSIONS = {"csv": "csv.gz", "parquet": "parquet"}

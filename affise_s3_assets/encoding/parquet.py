@@ -1,6 +1,6 @@
 """The Parquet format: polars frames in, deterministic Parquet chunks out, a row group at a
-time. Knows neither DuckDB nor S3 (which columns are typed, and how, is source.py's
-TYPED_COLUMNS); the CSV format is csv_export.py's.
+time. Knows neither DuckDB nor S3 (which columns are typed, and how, is source/events.py's
+TYPED_COLUMNS); the CSV format is encoding/csv_gzip.py's.
 
 Columns are typed as the source declares them (schema.sql): timestamps as UTC instants with
 microseconds, decimals as DECIMAL(18,4), integers, booleans and text as themselves. Row groups
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from affise_s3_assets.config import EventType
-from affise_s3_assets.source import TYPED_COLUMNS
+from affise_s3_assets.config.schema import EventType
+from affise_s3_assets.source.events import TYPED_COLUMNS
 
 # pyarrow (~26 MB of a process's RSS) is imported once an encoder is made: the definitions
 # and a CSV export never load it (tests/test_definitions.py).

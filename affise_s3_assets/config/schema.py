@@ -28,14 +28,14 @@ from pydantic import (
 )
 
 EventType = Literal["clicks", "conversions", "conversion_updates"]
-# conversion_updates: the conversions table again, windowed by updated_at (source.py).
+# conversion_updates: the conversions table again, windowed by updated_at (source/events.py).
 EVENT_TYPES: tuple[EventType, ...] = ("clicks", "conversions", "conversion_updates")
 
 # A day: a window's delivery may wait for a day's late events at most (reconciliation, not
 # a longer wait, is for what comes later).
 MAX_LATENESS_MINUTES = 1440
 MAX_LOOK_BACK_HOURS = 720  # 30 days of windows compared with the source at most
-DEFAULT_INTEGRATIONS_PATH = Path(__file__).resolve().parent.parent / "integrations.yaml"
+DEFAULT_INTEGRATIONS_PATH = Path(__file__).resolve().parents[2] / "integrations.yaml"
 
 # Frequencies (minutes) that cut every UTC day into equal windows expressible by one cron:
 # divisors of an hour, and whole hours dividing a day.
@@ -243,7 +243,7 @@ class EventExportConfig(BaseModel):
     # A JSON manifest beside each data object, written once it is complete
     # (docs/customer-contract.md).
     manifest: bool = Field(default=False, strict=True)
-    # csv: gzipped CSV (the contract); parquet: typed columns, zstd (parquet_export.py).
+    # csv: gzipped CSV (the contract); parquet: typed columns, zstd (encoding/parquet.py).
     format: Literal["csv", "parquet"] = "csv"
     # Each object is verified from the store's ETags; a store whose ETags are not MD5s (MinIO
     # without S3 compatibility) would fail every window: false keeps Content-MD5 alone.

@@ -2,9 +2,10 @@
 
 The scheduler's work grows with the number of distinct frequencies, not with integrations: at
 each boundary one schedule per group requests the window that just closed, for every enabled
-integration due in it: one run, or one per shard of at most `exports_per_run()` (shards.py).
+integration due in it: one run, or one per shard of at most `exports_per_run()`
+(automation/shards.py).
 Windows whose tick never came (the daemon was down or behind; Dagster 1.13's scheduler catches
-up no schedule) are the catch-up sensor's (sensors.py).
+up no schedule) are the catch-up sensor's (automation/catch_up.py).
 """
 
 from datetime import datetime, timedelta
@@ -14,10 +15,10 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from affise_s3_assets.partitions import PARTITION_KEY_FORMAT, cron_for_frequency
-from affise_s3_assets.runs import SCHEDULED_TAG
-from affise_s3_assets.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
-from affise_s3_assets.targets import WindowGroup
+from affise_s3_assets.automation.runs import SCHEDULED_TAG
+from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
+from affise_s3_assets.config.targets import WindowGroup
+from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, cron_for_frequency
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from affise_s3_assets.config import EventType, IntegrationConfig, Lateness
-from affise_s3_assets.partitions import first_window_start, window_partitions
+from affise_s3_assets.config.schema import EventType, IntegrationConfig, Lateness
+from affise_s3_assets.config.windows import first_window_start, window_partitions
 from affise_s3_assets.s3 import S3Destination
 
 # A catch-up or backfill run delivers at most a day of windows: one read of the range, one

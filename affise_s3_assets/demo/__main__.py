@@ -1,0 +1,3 @@
+from affise_s3_assets.demo.events import main
+
+main()
