@@ -20,12 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from affise_s3_assets.automation.live_config import apply_file, read_last_good, state_dir
-from affise_s3_assets.config.schema import (
-    DEMO_DAY_VARIABLE,
-    EVENT_TYPES,
-    apply_integrations,
-    integrations_path,
-)
+from affise_s3_assets.config.apply import apply_integrations
+from affise_s3_assets.config.reading import integrations_path
+from affise_s3_assets.config.schema import DEMO_DAY_VARIABLE, EVENT_TYPES
 
 
 def validate(path: Path, state: Path | None = None) -> int:

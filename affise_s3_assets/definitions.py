@@ -16,12 +16,13 @@ from affise_s3_assets.automation.live_config import (
 from affise_s3_assets.automation.reconciliation import build_reconciliation_sensor
 from affise_s3_assets.automation.schedules import build_window_schedule
 from affise_s3_assets.automation.upload_sweep import build_upload_sweep_sensor
-from affise_s3_assets.config.schema import AppliedConfig
+from affise_s3_assets.config.apply import AppliedConfig
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.dagster_internal import pin_for_runs, reconstruction_value
 from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset, build_window_job
 from affise_s3_assets.delivery.writer import DateFolderS3IOManager
-from affise_s3_assets.source.events import SOURCE_TABLE_KEYS, EventsDatabase
+from affise_s3_assets.source.event_types import SOURCE_TABLE_KEYS
+from affise_s3_assets.source.events import EventsDatabase
 
 # Raw event tables, owned upstream of this project; declared so the UI shows the lineage.
 event_sources = [

@@ -31,7 +31,8 @@ from botocore.configprovider import (
     ConstantProvider,
 )
 
-from affise_s3_assets.config.schema import ConfigError, resolve_reference
+from affise_s3_assets.config import ConfigError
+from affise_s3_assets.config.secrets import resolve_reference
 from affise_s3_assets.delivery.upload_journal import OpenUpload, UploadJournal
 
 MIB = 1024 * 1024

@@ -162,7 +162,7 @@ def child_export(db: str, frequency: int, partition: str) -> None:
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    from affise_s3_assets.config.schema import parse_integrations
+    from affise_s3_assets.config.apply import parse_integrations
     from affise_s3_assets.config.targets import build_export_targets, build_window_groups
     from affise_s3_assets.definitions import event_sources
     from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset
@@ -215,7 +215,8 @@ def child_stage(db: str, stage: str) -> None:
     import polars as pl
 
     from affise_s3_assets.encoding.csv_gzip import csv_bytes, gzip_csv
-    from affise_s3_assets.source.events import EVENT_COLUMNS, EventsDatabase, window_query
+    from affise_s3_assets.source.event_types import EVENT_COLUMNS, window_query
+    from affise_s3_assets.source.events import EventsDatabase
 
     start, end = DAY, DAY + timedelta(days=1)
     events = EventsDatabase(path=db)
@@ -254,7 +255,7 @@ def child_stage(db: str, stage: str) -> None:
 def child_duckdb_copy(db: str, start: str, end: str, target: str) -> None:
     import duckdb
 
-    from affise_s3_assets.source.events import window_query
+    from affise_s3_assets.source.event_types import window_query
 
     query = window_query("clicks").replace("$1", f"TIMESTAMP '{start}'")
     query = query.replace("$2", f"TIMESTAMP '{end}'") + " ORDER BY created_at, id"
@@ -485,7 +486,8 @@ def events_db(per_day: int, start: datetime, end: datetime, name: str) -> Path:
     # Complete up to its end (files generated before watermarks existed have none): the
     # windows it holds are then deliverable, not SourceIncomplete.
     from affise_s3_assets.demo.events import load_schema
-    from affise_s3_assets.source.events import connect_events_file, write_watermark
+    from affise_s3_assets.source.completeness import write_watermark
+    from affise_s3_assets.source.events import connect_events_file
 
     with connect_events_file(path, read_only=False) as con:
         load_schema(con)
@@ -738,7 +740,8 @@ def child_parquet_read(dataset: str, files: str, partition: str) -> None:
     import duckdb
     import polars as pl
 
-    from affise_s3_assets.source.events import parquet_files, row_order, window_query
+    from affise_s3_assets.source.event_types import row_order, window_query
+    from affise_s3_assets.source.events import parquet_files
 
     start = datetime.strptime(partition, "%Y-%m-%d-%H:%M")
     end = start + timedelta(minutes=15)
@@ -776,7 +779,7 @@ def parquet_case(rows: int) -> None:
                     f"FROM clicks ORDER BY created_at) TO '{scratch / 'clicks'}' "
                     "(FORMAT parquet, PARTITION_BY (date), APPEND)"
                 )
-        from affise_s3_assets.source.events import write_dataset_watermark
+        from affise_s3_assets.source.completeness import write_dataset_watermark
 
         write_dataset_watermark(scratch, "clicks", DAY + timedelta(days=1))
         (scratch / "_watermarks.json.lock").unlink()
@@ -1248,7 +1251,7 @@ def backlog_case() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from affise_s3_assets.automation.catch_up import plan_catch_up
-    from affise_s3_assets.config.schema import parse_integrations
+    from affise_s3_assets.config.apply import parse_integrations
     from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 
     end = DAY + timedelta(days=1)
@@ -1409,7 +1412,8 @@ def reconcile_records_case(db: Path, count: int) -> None:
     import dagster as dg
 
     from affise_s3_assets.automation.reconciliation import reconcile_group
-    from affise_s3_assets.config.schema import Reconciliation, parse_integrations
+    from affise_s3_assets.config.apply import parse_integrations
+    from affise_s3_assets.config.schema import Reconciliation
     from affise_s3_assets.config.targets import build_export_targets, build_window_groups
     from affise_s3_assets.config.windows import window_metadata
     from affise_s3_assets.encoding.csv_gzip import filters_metadata

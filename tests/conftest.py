@@ -15,7 +15,7 @@ import botocore.config
 import dagster as dg
 import pytest
 
-from affise_s3_assets.config.schema import credential_variables
+from affise_s3_assets.config.secrets import credential_variables
 from affise_s3_assets.demo.events import generate_demo_events
 
 ROOT = Path(__file__).resolve().parent.parent

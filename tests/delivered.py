@@ -12,11 +12,9 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from affise_s3_assets.config.schema import (
-    IntegrationConfig,
-    credential_variables,
-    parse_integrations,
-)
+from affise_s3_assets.config.apply import parse_integrations
+from affise_s3_assets.config.schema import IntegrationConfig
+from affise_s3_assets.config.secrets import credential_variables
 from affise_s3_assets.config.targets import (
     build_export_targets,
     build_window_groups,
@@ -26,7 +24,8 @@ from affise_s3_assets.definitions import event_sources
 from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset
 from affise_s3_assets.delivery.writer import DateFolderS3IOManager
 from affise_s3_assets.demo.events import load_schema
-from affise_s3_assets.source.events import EventsDatabase, connect_events_file, write_watermark
+from affise_s3_assets.source.completeness import write_watermark
+from affise_s3_assets.source.events import EventsDatabase, connect_events_file
 from tests.conftest import S3Server
 from tests.csv_reader import read_rfc4180
 

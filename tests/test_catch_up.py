@@ -22,7 +22,7 @@ from affise_s3_assets.automation.catch_up import (
     plan_missed_windows,
     plan_redelivery,
 )
-from affise_s3_assets.config.schema import parse_integrations
+from affise_s3_assets.config.apply import parse_integrations
 from affise_s3_assets.config.targets import WindowGroup, build_export_targets, build_window_groups
 from tests.conftest import ROOT
 

@@ -12,7 +12,7 @@ import botocore.exceptions
 import pytest
 
 from affise_s3_assets.automation.live_config import write_last_good
-from affise_s3_assets.config.schema import apply_integrations, parse_integrations
+from affise_s3_assets.config.apply import apply_integrations, parse_integrations
 from affise_s3_assets.config.targets import build_export_targets
 from affise_s3_assets.delivery.connection_check import explain
 from tests.conftest import ROOT, Account, S3Server

@@ -4,13 +4,10 @@ from datetime import datetime
 
 import pytest
 
-from affise_s3_assets.config.schema import (
-    ALLOWED_FREQUENCIES,
-    ConfigError,
-    load_integrations,
-    parse_integrations,
-    resolve_reference,
-)
+from affise_s3_assets.config import ConfigError
+from affise_s3_assets.config.apply import load_integrations, parse_integrations
+from affise_s3_assets.config.schema import ALLOWED_FREQUENCIES
+from affise_s3_assets.config.secrets import resolve_reference
 
 VALID_EXPORT = """
       bucket: acme-affise-raw

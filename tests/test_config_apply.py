@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 
 from affise_s3_assets.automation.live_config import apply_file, read_last_good, write_last_good
-from affise_s3_assets.config.schema import (
-    AppliedConfig,
-    ConfigError,
-    apply_integrations,
-    parse_integrations,
-)
+from affise_s3_assets.config import ConfigError
+from affise_s3_assets.config.apply import AppliedConfig, apply_integrations, parse_integrations
 from tests.conftest import ROOT
 
 SHIPPED = (ROOT / "integrations.yaml").read_text()

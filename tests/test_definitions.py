@@ -16,7 +16,7 @@ from affise_s3_assets.automation.catch_up import (
     CatchUpState,
     StoredState,
 )
-from affise_s3_assets.config.schema import apply_integrations
+from affise_s3_assets.config.apply import apply_integrations
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.demo.events import generate_demo_events
 from tests.conftest import ROOT
@@ -394,14 +394,14 @@ def test_csv_exports_from_a_duckdb_file_load_no_pyarrow(tmp_path: Path) -> None:
         "import sys\n"
         "from datetime import datetime\n"
         "from affise_s3_assets.definitions import defs\n"
-        "from affise_s3_assets.delivery.step import _encoder\n"
+        "from affise_s3_assets.delivery.engine import encoder_of\n"
         "from affise_s3_assets.source.events import EventsDatabase\n"
         "from affise_s3_assets.config.targets import build_export_targets\n"
-        "from affise_s3_assets.config.schema import load_integrations\n"
+        "from affise_s3_assets.config.apply import load_integrations\n"
         "defs()\n"
         "(target, *_) = build_export_targets(load_integrations(sys.argv[1]).integrations)\n"
         "assert target.file_format == 'csv'\n"
-        "encoder = _encoder(target)\n"
+        "encoder = encoder_of(target)\n"
         "start, end = datetime(2026, 11, 25), datetime(2026, 11, 25, 1)\n"
         "with EventsDatabase(path=sys.argv[2]).read('clicks', start, end) as source:\n"
         "    assert source.fingerprints(60, [((), ())])\n"

@@ -12,10 +12,7 @@ import pytest
 
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.s3 import MIB, S3ObjectWriter
-from affise_s3_assets.source.events import (
-    write_dataset_watermark,
-    write_watermark,
-)
+from affise_s3_assets.source.completeness import write_dataset_watermark, write_watermark
 from tests.conftest import S3Server
 from tests.delivered import (
     ADVERTISER,

@@ -6,7 +6,7 @@ from datetime import datetime
 import dagster as dg
 
 from affise_s3_assets.delivery.record import DeliveryRecord
-from affise_s3_assets.source.events import Fingerprint
+from affise_s3_assets.source.fingerprint import Fingerprint
 
 START, END = datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 10, 15)
 # What the encoder's summary and the object's finish report for a CSV object.

@@ -8,7 +8,8 @@ import duckdb
 import pytest
 
 from affise_s3_assets.automation.catch_up import plan_catch_up
-from affise_s3_assets.config.schema import DEMO_DAY_VARIABLE, AppliedConfig, apply_integrations
+from affise_s3_assets.config.apply import AppliedConfig, apply_integrations
+from affise_s3_assets.config.schema import DEMO_DAY_VARIABLE
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
 from affise_s3_assets.definitions import build_definitions

@@ -31,7 +31,8 @@ from dagster._serdes.config_class import ConfigurableClassData, class_from_code_
 from dagster_postgres.utils import get_conn_string
 
 from affise_s3_assets.automation.catch_up import plan_catch_up
-from affise_s3_assets.config.schema import EVENT_TYPES, load_integrations
+from affise_s3_assets.config.apply import load_integrations
+from affise_s3_assets.config.schema import EVENT_TYPES
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.instance_storage import (

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets.config.schema import apply_integrations
+from affise_s3_assets.config.apply import apply_integrations
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.delivery.by_hand import (
     ASSET_JOB,

@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from affise_s3_assets.config.schema import ConfigError, parse_integrations
+from affise_s3_assets.config import ConfigError
+from affise_s3_assets.config.apply import parse_integrations
 from affise_s3_assets.encoding.parquet import ROW_GROUP_ROWS, ParquetEncoder
-from affise_s3_assets.source.events import EVENT_COLUMNS
+from affise_s3_assets.source.event_types import EVENT_COLUMNS
 from tests.conftest import ROOT, S3Server
 from tests.delivered import deliver, export_asset, fetch, integration, keys_in, range_tags
 from tests.json_schema import problems

@@ -12,16 +12,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from affise_s3_assets.delivery.step import Window, cut_at_windows
+from affise_s3_assets.delivery.engine import Window, cut_at_windows
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.encoding.csv_gzip import gzip_csv
-from affise_s3_assets.source.events import (
-    EVENT_COLUMNS,
-    WATERMARK_FILE,
-    EventsDatabase,
-    parquet_files,
-    write_dataset_watermark,
-)
+from affise_s3_assets.source.completeness import WATERMARK_FILE, write_dataset_watermark
+from affise_s3_assets.source.event_types import EVENT_COLUMNS
+from affise_s3_assets.source.events import EventsDatabase, parquet_files
 from tests.datasets import write_dataset
 
 
@@ -97,7 +93,8 @@ def test_instants_in_a_parquet_dataset_are_read_in_utc_whatever_the_host_zone(
     script = (
         "import gzip, sys; from datetime import datetime\n"
         "from affise_s3_assets.encoding.csv_gzip import gzip_csv\n"
-        "from affise_s3_assets.source.events import EVENT_COLUMNS, EventsDatabase\n"
+        "from affise_s3_assets.source.event_types import EVENT_COLUMNS\n"
+        "from affise_s3_assets.source.events import EventsDatabase\n"
         "frames = EventsDatabase(path=sys.argv[1]).window_frames("
         "'clicks', datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 11))\n"
         "print(gzip.decompress(b''.join(gzip_csv(frames, EVENT_COLUMNS['clicks']))).decode())\n"

@@ -25,7 +25,7 @@ import yaml
 
 from affise_s3_assets.config.targets import window_job_name
 from affise_s3_assets.demo.events import generate_demo_events
-from affise_s3_assets.source.events import WATERMARK_FILE
+from affise_s3_assets.source.completeness import WATERMARK_FILE
 from tests.conftest import ROOT, S3Server
 from tests.datasets import write_dataset
 from tests.delivered import keys_in

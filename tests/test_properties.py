@@ -14,12 +14,14 @@ import polars as pl
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from affise_s3_assets.config.schema import ALLOWED_FREQUENCIES, parse_integrations
+from affise_s3_assets.config.apply import parse_integrations
+from affise_s3_assets.config.schema import ALLOWED_FREQUENCIES
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
-from affise_s3_assets.delivery.step import Window, cut_at_windows, deliver_windows
+from affise_s3_assets.delivery.engine import Window, cut_at_windows, deliver_windows
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.encoding.csv_gzip import gzip_csv
-from affise_s3_assets.source.events import EVENT_COLUMNS, EventsDatabase
+from affise_s3_assets.source.event_types import EVENT_COLUMNS
+from affise_s3_assets.source.events import EventsDatabase
 from tests.csv_reader import read_rfc4180
 
 DAY = datetime(2026, 11, 25)

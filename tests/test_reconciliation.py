@@ -20,15 +20,12 @@ from affise_s3_assets.automation.reconciliation import (
     reconcile_group,
 )
 from affise_s3_assets.automation.runs import REASON_TAG, REDELIVERY_TAG
-from affise_s3_assets.config.schema import Reconciliation, apply_integrations
+from affise_s3_assets.config.apply import apply_integrations
+from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.source.events import (
-    EventsDatabase,
-    Fingerprint,
-    SourceRead,
-    connect_events_file,
-)
+from affise_s3_assets.source.events import EventsDatabase, SourceRead, connect_events_file
+from affise_s3_assets.source.fingerprint import Fingerprint
 from tests.conftest import ROOT
 from tests.delivered import ADVERTISER, delivered_rows, fetch, source_rows
 from tests.json_schema import problems

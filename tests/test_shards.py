@@ -18,7 +18,7 @@ from affise_s3_assets.automation.reconciliation import Changed, redelivery_reque
 from affise_s3_assets.automation.schedules import scheduled_run_requests
 from affise_s3_assets.automation.shards import SHARD_TAG, exports_per_run
 from affise_s3_assets.config.targets import WindowGroup
-from affise_s3_assets.source.events import Fingerprint
+from affise_s3_assets.source.fingerprint import Fingerprint
 from tests.test_catch_up import groups_of, windows_of
 from tests.window_rig import START, WINDOW, WindowRig
 

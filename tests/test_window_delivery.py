@@ -19,10 +19,11 @@ import pytest
 
 from affise_s3_assets.automation.catch_up import ended_runs_since
 from affise_s3_assets.config.targets import build_export_targets
-from affise_s3_assets.delivery.step import Window, deliver_windows
+from affise_s3_assets.delivery.engine import Window, deliver_windows
 from affise_s3_assets.s3 import CLEAN_UP_TIMED_OUT, DeliveryTimeout
 from affise_s3_assets.source import events as source
-from affise_s3_assets.source.events import EventsDatabase, connect_events_file, write_watermark
+from affise_s3_assets.source.completeness import write_watermark
+from affise_s3_assets.source.events import EventsDatabase, connect_events_file
 from tests.conftest import ROOT, S3Server
 from tests.delivered import (
     ADVERTISER,

@@ -8,7 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets.config.schema import apply_integrations, credential_variables
+from affise_s3_assets.config.apply import apply_integrations
+from affise_s3_assets.config.secrets import credential_variables
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.definitions import build_definitions
 from tests.conftest import KEY_VARIABLES, S3Server

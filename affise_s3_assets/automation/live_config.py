@@ -28,12 +28,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from affise_s3_assets.config.schema import (
-    AppliedConfig,
-    apply_integrations,
-    integrations_path,
-    kept_last_good,
-)
+from affise_s3_assets.config.apply import AppliedConfig, apply_integrations, kept_last_good
+from affise_s3_assets.config.reading import integrations_path
 from affise_s3_assets.dagster_internal import loading_location_name
 
 # The key of the applied config in the definitions' reconstruction metadata.

@@ -41,7 +41,9 @@ from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, first_window_start
 from affise_s3_assets.delivery.record import DeliveryRecord
-from affise_s3_assets.source.events import WINDOW_COLUMN, EventsDatabase, FilterKey, Fingerprint
+from affise_s3_assets.source.event_types import WINDOW_COLUMN
+from affise_s3_assets.source.events import EventsDatabase
+from affise_s3_assets.source.fingerprint import FilterKey, Fingerprint
 
 RECONCILIATION_SENSOR = "reconciliation_sensor"
 # Every row of a window, no filter: tells a window the source lost from one that lost a

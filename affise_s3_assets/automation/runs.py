@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from affise_s3_assets.dagster_internal import partition_range_tags
-from affise_s3_assets.source.events import SourceIncomplete
+from affise_s3_assets.source.completeness import SourceIncomplete
 
 # On a run a schedule (or the catch-up sensor, for a missed tick) created.
 SCHEDULED_TAG = "affise/scheduled"

@@ -1,5 +1,11 @@
-"""The integrations file: its rules (schema.py), reading it (schema.py's `load_integrations`),
-applying it with broken blocks left out (schema.py's `apply_integrations`), and what it turns
-into: the exports and window groups (targets.py) and each frequency's windows (windows.py).
+"""The integrations file: its rules (schema.py), reading its YAML (reading.py), applying it with
+broken blocks left out and collisions refused (apply.py), `${VAR}` references resolved only at
+delivery (secrets.py), and what it turns into: the exports and window groups (targets.py) and
+each frequency's windows (windows.py).
 
-Knows nothing of DuckDB, S3 requests or Dagster's runs."""
+Knows nothing of DuckDB, S3 requests or Dagster's runs.
+"""
+
+
+class ConfigError(ValueError):
+    """integrations.yaml is unreadable or breaks a rule; the message says where and which."""

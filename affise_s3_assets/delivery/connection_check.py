@@ -11,7 +11,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from affise_s3_assets.config.schema import ConfigError
+from affise_s3_assets.config import ConfigError
 from affise_s3_assets.s3 import (
     CONNECT_TIMEOUT_SECONDS,
     DeliveryTimeout,

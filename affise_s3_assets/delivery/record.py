@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: encoding/csv_gzip.py re-exports from here, without DuckDB
-    from affise_s3_assets.source.events import Fingerprint
+    from affise_s3_assets.source.fingerprint import Fingerprint
 
 # How a window's bounds are shown, in UTC.
 _SHOWN_TIME = "%Y-%m-%d %H:%M:%S"
@@ -146,7 +146,7 @@ class DeliveryRecord:
     def fingerprint(self) -> "Fingerprint":
         """What the source held for the window when delivered, or its rows alone for a
         window delivered before fingerprints were recorded."""
-        from affise_s3_assets.source.events import Fingerprint
+        from affise_s3_assets.source.fingerprint import Fingerprint
 
         text = self.source_fingerprint
         if isinstance(text, str) and ":" in text:

@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from affise_s3_assets.config.schema import ConfigError
+from affise_s3_assets.config import ConfigError
 from affise_s3_assets.delivery.upload_journal import InstanceUploadJournal, UploadJournal
 from affise_s3_assets.s3 import (
     DEFAULT_PART_SIZE_MIB,

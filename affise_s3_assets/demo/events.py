@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from affise_s3_assets.config.schema import EVENT_TYPES
-from affise_s3_assets.source.events import connect_events_file, write_watermark
+from affise_s3_assets.source.completeness import write_watermark
+from affise_s3_assets.source.events import connect_events_file
 
 # Bounds the Arrow working set: a 10M-click day is generated and inserted at most 500k rows at a
 # time.
@@ -626,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Every window from each integration's start holds demo events, not empty files.
         # Applied as the code location applies it (its `demo:` dates moved to $AFFISE_DEMO_DAY
         # too), judged at `now`: one broken block must not stop the demo.
-        from affise_s3_assets.config.schema import apply_integrations
+        from affise_s3_assets.config.apply import apply_integrations
 
         text = args.from_integrations.read_text(encoding="utf-8")
         applied = apply_integrations(text, str(args.from_integrations), now=now)

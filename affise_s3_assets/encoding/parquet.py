@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from affise_s3_assets.config.schema import EventType
-from affise_s3_assets.source.events import TYPED_COLUMNS
+from affise_s3_assets.source.event_types import TYPED_COLUMNS
 
 # pyarrow (~26 MB of a process's RSS) is imported once an encoder is made: the definitions
 # and a CSV export never load it (tests/test_definitions.py).

@@ -1,7 +1,5 @@
 """The loader: reads one window of raw events out of DuckDB. Knows DuckDB, nothing of S3."""
 
-import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -10,7 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
@@ -20,130 +18,33 @@ import polars as pl
 from pydantic import Field
 
 from affise_s3_assets.config.schema import EventType
+from affise_s3_assets.source import is_remote
 
 if TYPE_CHECKING:  # imported where used: a DuckDB file's runs never load pyarrow (~26 MB RSS)
     from affise_s3_assets.source.parquet_dataset import ParquetDataset
+from affise_s3_assets.source.completeness import (
+    WATERMARK_FILE,
+    WATERMARK_TABLE,
+    SourceProgress,
+    _horizon,
+    naive_utc,
+)
+from affise_s3_assets.source.event_types import (
+    CREATED_WITH,
+    EVENT_TABLE,
+    WINDOW_COLUMN,
+    row_order,
+    window_query,
+)
+from affise_s3_assets.source.fingerprint import (
+    DIGEST_MODULUS,
+    FINGERPRINT_GROUPS,
+    FilterKey,
+    Fingerprint,
+    canonical_hash,
+)
 
 DEFAULT_EVENTS_DB = Path(__file__).resolve().parents[2] / "data" / "events.duckdb"
-
-
-def is_remote(location: "str | Path") -> bool:
-    """Whether the events are an `s3://` dataset (parquet_dataset.is_remote, asked without
-    loading pyarrow)."""
-    return str(location).startswith("s3://")
-
-
-# Column order of the source DDL (schema.sql), which is also the CSV header order.
-EVENT_COLUMNS: dict[EventType, tuple[str, ...]] = {
-    "clicks": (
-        "id",
-        "created_at",
-        "affiliate_id",
-        "advertiser_id",
-        "offer_id",
-        "landing_id",
-        "ip",
-        "country",
-        "city",
-        "device_type",
-        "device",
-        "os",
-        "os_version",
-        "browser",
-        "ua",
-        "referrer",
-        "connection_type",
-        "isp",
-        "uniq",
-        *(f"sub{i}" for i in range(1, 9)),
-    ),
-    "conversions": (
-        "id",
-        "created_at",
-        "updated_at",
-        "click_id",
-        "action_id",
-        "click_time",
-        "affiliate_id",
-        "advertiser_id",
-        "offer_id",
-        "goal",
-        "status",
-        "payouts",
-        "revenue",
-        "currency",
-        "country",
-        "city",
-        "ip",
-        "os",
-        "device",
-        "browser",
-        "ua",
-        "referrer",
-        *(f"sub{i}" for i in range(1, 9)),
-    ),
-}
-
-# The columns schema.sql types other than as text: what every reader of typed values (the
-# fingerprint's canonical hash, the Parquet schema) goes by. Every other column is text.
-TYPED_COLUMNS: dict[str, str] = {
-    "created_at": "instant",
-    "updated_at": "instant",
-    "click_time": "instant",
-    "affiliate_id": "integer",
-    "offer_id": "integer",
-    "landing_id": "integer",
-    "uniq": "boolean",
-    "payouts": "decimal",
-    "revenue": "decimal",
-}
-
-# Conversion status changes are the conversions table again, windowed by its latest change:
-# each window holds the conversions whose `updated_at` falls in it, as they are now.
-EVENT_COLUMNS["conversion_updates"] = EVENT_COLUMNS["conversions"]
-# The table (a Parquet dataset's folder) each event type is read from.
-EVENT_TABLE: dict[EventType, str] = {
-    "clicks": "clicks",
-    "conversions": "conversions",
-    "conversion_updates": "conversions",
-}
-# The column a window selects its rows by, and orders them by (`id` breaking ties, so the
-# same rows always serialize to the same bytes).
-WINDOW_COLUMN: dict[EventType, str] = {
-    "clicks": "created_at",
-    "conversions": "created_at",
-    "conversion_updates": "updated_at",
-}
-# An event type windowed by a later change, and the one of its rows' creation: every row is a
-# change at its creation too, so it is complete no further than that one.
-CREATED_WITH: dict[EventType, EventType] = {"conversion_updates": "conversions"}
-
-
-def row_order(event_type: EventType) -> tuple[str, str]:
-    return WINDOW_COLUMN[event_type], "id"
-
-
-# The raw tables, upstream of every export read from them (the UI's lineage).
-SOURCE_TABLE_KEYS: dict[str, dg.AssetKey] = {
-    table: dg.AssetKey(["events", table]) for table in dict.fromkeys(EVENT_TABLE.values())
-}
-EVENT_SOURCE_KEYS: dict[EventType, dg.AssetKey] = {
-    event_type: SOURCE_TABLE_KEYS[table] for event_type, table in EVENT_TABLE.items()
-}
-
-
-def window_query(event_type: EventType, relation: str | None = None) -> str:
-    """SQL selecting one `[start, end)` window by its window column (created_at; updated_at
-    for conversion_updates), in the file's column order.
-
-    Unordered on purpose: DuckDB scans in parallel without keeping insertion order, and the
-    caller sorts each bounded slice (see `SourceRead.frames`). `relation` is the table
-    (default: the event type's table) or a `read_parquet(...)` call.
-    """
-    columns = ", ".join(f'"{column}"' for column in EVENT_COLUMNS[event_type])
-    at = WINDOW_COLUMN[event_type]
-    table = relation or EVENT_TABLE[event_type]
-    return f"SELECT {columns} FROM {table} WHERE {at} >= $1 AND {at} < $2"
 
 
 def parquet_files(
@@ -167,48 +68,6 @@ def parquet_files(
     return [file for day in days for file in store.files(table, day)]
 
 
-# The completeness contract with the loader of the events (schema.sql): a DuckDB file holds
-# this table, a Parquet dataset this file at its root ({"clicks": "2026-11-25 10:15:00", ...}).
-WATERMARK_TABLE = "affise_watermarks"
-WATERMARK_FILE = "_watermarks.json"
-
-
-@dataclass(frozen=True)
-class SourceProgress:
-    """How far the source is complete for one event type: every event with its window column
-    (created_at; updated_at for conversion_updates) before `complete_until` (naive UTC) is in
-    it. None: nothing can be known complete."""
-
-    event_type: EventType
-    complete_until: datetime | None
-    how: str  # "watermark", "latest event", or why there is nothing
-
-    def covers(self, window_end: datetime) -> bool:
-        return self.complete_until is not None and naive_utc(window_end) <= self.complete_until
-
-    def describe(self) -> str:
-        if self.complete_until is None:
-            return f"the source has no {self.event_type} to go by ({self.how})"
-        return (
-            f"the source is complete for {self.event_type} up to "
-            f"{self.complete_until:%Y-%m-%d %H:%M:%S} ({self.how})"
-        )
-
-
-# Without a watermark, events stamped later than this past the clock are not taken for
-# progress: one row from a client with a wrong clock (2099) would otherwise mark every window
-# complete, and a stalled ingestion would ship empty files.
-FUTURE_EVENT_SKEW = timedelta(minutes=5)
-
-
-def _horizon() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None) + FUTURE_EVENT_SKEW
-
-
-class SourceIncomplete(Exception):
-    """A window the source is not complete for: not delivered, tried again later."""
-
-
 # DuckDB lets one process write a file and no other open it meanwhile: a reader that meets
 # the loader's write lock (or the loader meeting a reader's) waits for it, up to this long.
 # Loaders should hold their write connection only while writing.
@@ -228,56 +87,6 @@ def connect_events_file(
             if "could not set lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
         time.sleep(0.1)
-
-
-def write_watermark(con: duckdb.DuckDBPyConnection, event_type: EventType, until: datetime) -> None:
-    """For the loader of a DuckDB events file: every `event_type` event before `until` is in.
-    A watermark only moves forward."""
-    con.execute(
-        f"INSERT INTO {WATERMARK_TABLE} VALUES ($1, $2) ON CONFLICT (event_type) DO UPDATE SET "
-        "complete_until = greatest(complete_until, excluded.complete_until)",
-        [event_type, naive_utc(until)],
-    )
-
-
-def write_dataset_watermark(dataset: str | Path, event_type: EventType, until: datetime) -> None:
-    """For the loader of a Parquet dataset (a folder, or s3://bucket/prefix): every
-    `event_type` event before `until` is in. Replaced whole (a temporary file renamed; one PUT
-    on S3); a watermark only moves forward."""
-    moment = naive_utc(until)
-
-    def advanced(text: str | None) -> str:
-        current = json.loads(text) if text else {}
-        # None yet, or one the exporter cannot read (so it counts for nothing): replaced.
-        mark = moment
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            mark = max(mark, datetime.strptime(current[event_type], "%Y-%m-%d %H:%M:%S"))
-        current[event_type] = f"{mark:%Y-%m-%d %H:%M:%S}"
-        return json.dumps(current, sort_keys=True, indent=2) + "\n"
-
-    if is_remote(dataset):
-        from affise_s3_assets.source.parquet_dataset import ParquetDataset
-
-        # S3 has no lock: the loaders of one s3:// dataset write its watermarks one at a time.
-        store = ParquetDataset.open(dataset)
-        store.write_text(WATERMARK_FILE, advanced(store.read_text(WATERMARK_FILE)))
-        return
-    root = Path(dataset)
-    marks = root / WATERMARK_FILE
-    # Loaders of clicks and conversions may write at once: one at a time, or one could roll
-    # the other's watermark back.
-    with open(root / f"{WATERMARK_FILE}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        text = marks.read_text(encoding="utf-8") if marks.exists() else None
-        scratch = marks.with_name(f"{WATERMARK_FILE}.{os.getpid()}.tmp")
-        scratch.write_text(advanced(text), encoding="utf-8")
-        scratch.replace(marks)
-
-
-def naive_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 class EventsDatabase(dg.ConfigurableResource):
@@ -520,58 +329,6 @@ def _local(
 def _read_parquet(files: list[str]) -> str:
     quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
     return f"read_parquet([{quoted}])"
-
-
-FilterKey = tuple[tuple[int, ...], tuple[str, ...]]  # (affiliates, advertisers); () takes all
-# (window, affiliate, advertiser) groups one fingerprint query aggregates at most: well within
-# a 16 MB memory_limit (docs/design.md, "Tuning choices").
-FINGERPRINT_GROUPS = 40_000
-# Values hashed as the schema types them, whatever a source declares: a Parquet file's
-# TIMESTAMP_NS or BIGINT would hash otherwise than the DuckDB file's types.
-_CANONICAL: dict[str, str] = {
-    "instant": "epoch_us({})",
-    "integer": "{}::BIGINT",
-    "boolean": "{}::BOOLEAN",
-    "decimal": "{}::DECIMAL(18,4)",
-}
-
-
-def canonical_hash(event_type: EventType, alias: str = "") -> str:
-    """The SQL hashing one row of `event_type`: every column, as the schema types it."""
-    prefix = f"{alias}." if alias else ""
-    values = [
-        _CANONICAL.get(TYPED_COLUMNS.get(column, ""), "{}::VARCHAR").format(f'{prefix}"{column}"')
-        for column in EVENT_COLUMNS[event_type]
-    ]
-    return f"hash({', '.join(values)})"
-
-
-# DuckDB's hash() is 64 bits: a window's digest is the sum of its rows' hashes modulo this.
-DIGEST_MODULUS = 2**64
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What the source holds for one target's window: its rows, and a digest of their content
-    (the sum of each row's hash, so a row added, removed or changed changes it)."""
-
-    rows: int
-    digest: int
-    scheme: str  # how the digest was computed: digests of different schemes do not compare
-
-    def text(self) -> str:
-        return f"{self.scheme}:{self.digest:016x}"
-
-    @classmethod
-    def parse(cls, rows: int, text: str) -> "Fingerprint":
-        scheme, _, digest = text.rpartition(":")
-        return cls(rows, int(digest, 16), scheme)
-
-    def differs_from(self, other: "Fingerprint") -> bool:
-        """Whether the window's content differs; by row count alone across schemes."""
-        if self.scheme != other.scheme:
-            return self.rows != other.rows
-        return (self.rows, self.digest) != (other.rows, other.digest)
 
 
 @dataclass

@@ -31,14 +31,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from affise_s3_assets.source import is_remote
+
 
 class DatasetUnreadable(OSError):
     """The dataset's store cannot be read (bucket gone, access denied, endpoint down): its
     windows fail with this reason and are tried again; never taken for "no events"."""
-
-
-def is_remote(location: str | Path) -> bool:
-    return str(location).startswith("s3://")
 
 
 def events_s3_filesystem() -> pafs.S3FileSystem:
