@@ -1,16 +1,61 @@
 """The one place that reaches into Dagster's private modules, for what 1.13 has no public API.
 
-Each function names the internal it stands on; `tests/test_dagster_internal.py` fails loudly
-when an upgrade of the pinned Dagster moves or changes one of them. Knows nothing of this
-project's config, S3 or DuckDB.
+Every `dagster._...` import of the package is here (a test refuses one anywhere else), and so
+is every instance method outside Dagster's documented API. Each function names the internal it
+stands on; `tests/test_dagster_internal.py` fails loudly when an upgrade of the pinned Dagster
+moves or changes one of them. Knows nothing of this project's config, S3 or DuckDB.
+
+The storage classes instance_storage.py extends are named here too and imported on first use
+(`__getattr__`), so a process that never builds such a storage never loads them.
 """
 
-from typing import Any
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
+import dagster as dg
 from dagster._core.definitions.definitions_load_context import (
     DefinitionsLoadContext,
     DefinitionsLoadType,
 )
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
+from dagster._core.scheduler.instigation import InstigatorStatus
+
+# What `dg.define_asset_job` returns: Dagster 1.13 exports no name for the type.
+AssetJob = UnresolvedAssetJobDefinition
+
+# instance_storage.py's bases and what they are configured with: name -> (module, attribute).
+_SQLITE_EVENT_LOG = "dagster._core.storage.event_log.sqlite.sqlite_event_log"
+_ON_FIRST_USE = {
+    "SqliteEventLogStorage": (_SQLITE_EVENT_LOG, "SqliteEventLogStorage"),
+    "INDEX_SHARD_NAME": (_SQLITE_EVENT_LOG, "INDEX_SHARD_NAME"),
+    "SQLITE_BUSY_TIMEOUT_SECONDS": (_SQLITE_EVENT_LOG, "SQLITE_BUSY_TIMEOUT_SECONDS"),
+    "PostgresStorageConfig": ("dagster._core.storage.config", "PostgresStorageConfig"),
+    "ConfigurableClassData": ("dagster._serdes", "ConfigurableClassData"),
+}
+
+if TYPE_CHECKING:
+    from dagster._core.storage.config import PostgresStorageConfig as PostgresStorageConfig
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+        INDEX_SHARD_NAME as INDEX_SHARD_NAME,
+    )
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+        SQLITE_BUSY_TIMEOUT_SECONDS as SQLITE_BUSY_TIMEOUT_SECONDS,
+    )
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+        SqliteEventLogStorage as SqliteEventLogStorage,
+    )
+    from dagster._serdes import ConfigurableClassData as ConfigurableClassData
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ON_FIRST_USE:
+        module, attribute = _ON_FIRST_USE[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _context() -> DefinitionsLoadContext | None:
@@ -58,10 +103,11 @@ def partition_range_tags(first: str, last: str) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
 
 
-def sql_run_storage(run_storage: Any) -> Any | None:
+def sql_run_storage(instance: dg.DagsterInstance) -> Any | None:
     """The SQL run storage behind an instance's run storage (SQLite, Postgres, MySQL), or None
     for a storage of another kind. Dagster 1.13 has no public compare-and-set on its key-value
     store; its table is what one needs."""
+    run_storage = instance.run_storage
     # Imported here: a process that never journals an upload loads no SQL storage for it.
     from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
@@ -94,3 +140,25 @@ def compare_and_set_key_value(storage: Any, key: str, old: str | None, new: str)
             .values(value=new)
         )
         return result.rowcount == 1
+
+
+def stored_values(instance: dg.DagsterInstance, keys: Iterable[str]) -> dict[str, str]:
+    """The values the instance's key-value store holds under `keys` (absent keys left out).
+    Dagster 1.13 keeps it in the run storage and gives it no public API; sensors' cursors are
+    per sensor, and the state kept here is shared (the catch-up state, upload journal, reload
+    asks, reconciliation's settled windows)."""
+    return instance.run_storage.get_cursor_values(set(keys))
+
+
+def store_values(instance: dg.DagsterInstance, values: Mapping[str, str]) -> None:
+    """Write `values` to the instance's key-value store (see `stored_values`)."""
+    instance.run_storage.set_cursor_values(dict(values))
+
+
+def stopped_schedules(instance: dg.DagsterInstance) -> set[str]:
+    """Names of the schedules an operator stopped (a stored STOPPED state). Dagster 1.13's
+    public API reads a schedule's state by its origin only, one at a time."""
+    states = instance.all_instigator_state(
+        instigator_type=InstigatorType.SCHEDULE, instigator_statuses={InstigatorStatus.STOPPED}
+    )
+    return {state.instigator_name for state in states}

@@ -19,8 +19,8 @@ from affise_s3_assets.automation.upload_sweep import build_upload_sweep_sensor
 from affise_s3_assets.config.apply import AppliedConfig
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.dagster_internal import pin_for_runs, reconstruction_value
-from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset, build_window_job
-from affise_s3_assets.delivery.writer import DateFolderS3IOManager
+from affise_s3_assets.delivery.step import S3_WRITER_KEY, build_window_asset, build_window_job
+from affise_s3_assets.delivery.writer import DateFolderS3Writer
 from affise_s3_assets.source.event_types import SOURCE_TABLE_KEYS
 from affise_s3_assets.source.events import EventsDatabase
 
@@ -70,7 +70,7 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
         sensors=sensors,
         resources={
             "events": EventsDatabase(),
-            IO_MANAGER_KEY: DateFolderS3IOManager(),
+            S3_WRITER_KEY: DateFolderS3Writer(),
         },
     )
 

@@ -29,19 +29,20 @@ from typing import Any
 
 import sqlalchemy as db
 from dagster import StringSource
-from dagster._core.storage.config import PostgresStorageConfig
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    INDEX_SHARD_NAME,
-    SQLITE_BUSY_TIMEOUT_SECONDS,
-    SqliteEventLogStorage,
-)
-from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.utils import (
     create_pg_engine,
     get_token_provider_from_config,
     pg_url_from_config,
+)
+
+from affise_s3_assets.dagster_internal import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    ConfigurableClassData,
+    PostgresStorageConfig,
+    SqliteEventLogStorage,
 )
 
 # Kept open per process and storage; more are opened (and closed again) while threads need

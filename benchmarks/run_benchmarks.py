@@ -165,8 +165,8 @@ def child_export(db: str, frequency: int, partition: str) -> None:
     from affise_s3_assets.config.apply import parse_integrations
     from affise_s3_assets.config.targets import build_export_targets, build_window_groups
     from affise_s3_assets.definitions import event_sources
-    from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset
-    from affise_s3_assets.delivery.writer import DateFolderS3IOManager
+    from affise_s3_assets.delivery.step import S3_WRITER_KEY, build_window_asset
+    from affise_s3_assets.delivery.writer import DateFolderS3Writer
     from affise_s3_assets.source.events import EventsDatabase
 
     config = parse_integrations(
@@ -199,7 +199,7 @@ integrations:
                 "events": EventsDatabase(
                     path=db, **json.loads(os.environ.get("BENCH_SOURCE", "{}"))
                 ),
-                IO_MANAGER_KEY: DateFolderS3IOManager(),
+                S3_WRITER_KEY: DateFolderS3Writer(),
             },
         )
         wall = time.perf_counter() - started

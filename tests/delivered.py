@@ -21,8 +21,8 @@ from affise_s3_assets.config.targets import (
     export_asset_key,
 )
 from affise_s3_assets.definitions import event_sources
-from affise_s3_assets.delivery.step import IO_MANAGER_KEY, build_window_asset
-from affise_s3_assets.delivery.writer import DateFolderS3IOManager
+from affise_s3_assets.delivery.step import S3_WRITER_KEY, build_window_asset
+from affise_s3_assets.delivery.writer import DateFolderS3Writer
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.source.completeness import write_watermark
 from affise_s3_assets.source.events import EventsDatabase, connect_events_file
@@ -113,7 +113,7 @@ def deliver(
         partition_key=partition_key,
         resources={
             "events": EventsDatabase(path=str(events_db)),
-            IO_MANAGER_KEY: DateFolderS3IOManager(part_size_mib=part_size_mib),
+            S3_WRITER_KEY: DateFolderS3Writer(part_size_mib=part_size_mib),
         },
         raise_on_error=raise_on_error,
         tags=tags,

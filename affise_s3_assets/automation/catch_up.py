@@ -29,9 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
 
 from affise_s3_assets.automation.runs import (
     CATCH_UP_TAG,
@@ -49,7 +46,13 @@ from affise_s3_assets.automation.schedules import (
 from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
-from affise_s3_assets.dagster_internal import partition_range_tags
+from affise_s3_assets.dagster_internal import (
+    AssetJob,
+    partition_range_tags,
+    stopped_schedules,
+    store_values,
+    stored_values,
+)
 from affise_s3_assets.source.events import EventsDatabase
 
 SENSOR_NAME = "catch_up_sensor"
@@ -268,7 +271,7 @@ class StoredState:
     def stored_text(self, instance: dg.DagsterInstance, cursor: str) -> str | None:
         """The stored state a cursor names, as stored (None: not there)."""
         slot = self._slot(json.loads(cursor)["generation"])
-        return instance.run_storage.get_cursor_values({slot}).get(slot)
+        return stored_values(instance, {slot}).get(slot)
 
     def _slot(self, generation: int) -> str:
         return f"affise/{self.scope}/{SENSOR_NAME}/state/{generation % 2}"
@@ -299,7 +302,7 @@ class StoredState:
         generation = read.generation or 0
         if read.generation is None or digest != read.sha256:
             generation += 1
-            instance.run_storage.set_cursor_values({self._slot(generation): text})
+            store_values(instance, {self._slot(generation): text})
         return json.dumps(
             {"version": POINTER_VERSION, "generation": generation, "sha256": digest},
             separators=(",", ":"),
@@ -780,8 +783,6 @@ def ended_runs_since(
     assets: a run without a selection (a schedule's, every integration due) planned them all.
     Followed for the first time, it starts from now: older failures are not this sensor's."""
     job_names = set(jobs)
-    from dagster._core.event_api import RunStatusChangeRecordsFilter
-
     state = dict(after or {})
     ended: list[FailedRun] = []
     for event_type in _ENDED:
@@ -793,7 +794,7 @@ def ended_runs_since(
         # No job-name filter: open-source storages other than SQLite refuse one (Postgres
         # raises), and the runs are filtered by job below.
         records = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(event_type, after_storage_id=state[name]),
+            dg.RunStatusChangeRecordsFilter(event_type, after_storage_id=state[name]),
             limit=FAILED_RUNS_PER_TICK,
             ascending=True,
         ).records
@@ -831,17 +832,11 @@ def redeliveries_in_flight(instance: dg.DagsterInstance) -> set[str]:
 
 def paused_schedules(instance: dg.DagsterInstance) -> set[str]:
     """Names of the schedules an operator stopped (a stored STOPPED state)."""
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.scheduler.instigation import InstigatorStatus
-
-    states = instance.all_instigator_state(
-        instigator_type=InstigatorType.SCHEDULE, instigator_statuses={InstigatorStatus.STOPPED}
-    )
-    return {state.instigator_name for state in states}
+    return stopped_schedules(instance)
 
 
 def build_catch_up_sensor(
-    groups: Sequence[WindowGroup], jobs: Sequence[UnresolvedAssetJobDefinition]
+    groups: Sequence[WindowGroup], jobs: Sequence[AssetJob]
 ) -> dg.SensorDefinition:
     """Delivers the backlog, the missed ticks and the failed windows of every window group;
     `jobs` are the groups' window jobs."""

@@ -30,7 +30,7 @@ import dagster as dg
 
 from affise_s3_assets.config.apply import AppliedConfig, apply_integrations, kept_last_good
 from affise_s3_assets.config.reading import integrations_path
-from affise_s3_assets.dagster_internal import loading_location_name
+from affise_s3_assets.dagster_internal import loading_location_name, store_values, stored_values
 
 # The key of the applied config in the definitions' reconstruction metadata.
 APPLIED_CONFIG_KEY = "affise/applied_config"
@@ -261,7 +261,7 @@ def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefin
         # it at once): what was asked is kept in the instance, and a location still running
         # the old file once a reload's time is up is a failed reload, whoever asked.
         key = f"{RELOAD_ASKED_KEY}/{location}"
-        asked = _asked(context.instance.run_storage.get_cursor_values({key}).get(key))
+        asked = _asked(stored_values(context.instance, {key}).get(key))
         now = time.time()
         answer = _last_reload  # heard by this process, when it lived to hear it
         said = None
@@ -278,9 +278,7 @@ def build_config_sensor(applied: AppliedConfig, location: str) -> dg.SensorDefin
                 "taken effect: it still runs the file as it was (its load may have failed: "
                 "Deployment > Code locations in the UI)"
             )
-        context.instance.run_storage.set_cursor_values(
-            {key: json.dumps([current.file_sha256, now])}
-        )
+        store_values(context.instance, {key: json.dumps([current.file_sha256, now])})
         _reload_in_background(webserver, location, current.file_sha256)
         context.log.info(f"{path} changed: reloading code location {location!r}")
         if said is not None:

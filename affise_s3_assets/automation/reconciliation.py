@@ -24,9 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
 
 from affise_s3_assets.automation.catch_up import expand_windows, paused_schedules, ranged_requests
 from affise_s3_assets.automation.runs import (
@@ -40,6 +37,7 @@ from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_
 from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, first_window_start
+from affise_s3_assets.dagster_internal import AssetJob, store_values, stored_values
 from affise_s3_assets.delivery.record import DeliveryRecord
 from affise_s3_assets.source.event_types import WINDOW_COLUMN
 from affise_s3_assets.source.events import EventsDatabase
@@ -401,7 +399,7 @@ class PassCursor:
 
 def build_reconciliation_sensor(
     groups: Sequence[WindowGroup],
-    jobs: Sequence[UnresolvedAssetJobDefinition],
+    jobs: Sequence[AssetJob],
     settings: Reconciliation,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dg.SensorDefinition:
@@ -448,7 +446,7 @@ def build_reconciliation_sensor(
         index = cursor.next_group or 0
         index = index if index < len(live) else 0
         # Every group's settled windows in one read, not one per group.
-        stored = instance.run_storage.get_cursor_values({settled_key(scope, g) for g in live})
+        stored = stored_values(instance, {settled_key(scope, g) for g in live})
         while index < len(live) and time.monotonic() < deadline:
             group = live[index]
             if group.schedule_name in paused:
@@ -461,7 +459,7 @@ def build_reconciliation_sensor(
                     instance, EventsDatabase(), group, settings, now, in_flight, settled, deadline
                 )
                 if now_settled != settled:
-                    instance.run_storage.set_cursor_values({key: json.dumps(now_settled)})
+                    store_values(instance, {key: json.dumps(now_settled)})
             except Exception as exc:  # the source away: this group waits for the next pass
                 failed.append(group.job_name)
                 context.log.warning(f"{group.job_name}: not compared with the source: {exc}")

@@ -11,14 +11,12 @@ up no schedule) are the catch-up sensor's (automation/catch_up.py).
 from datetime import datetime, timedelta
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
 
 from affise_s3_assets.automation.runs import SCHEDULED_TAG
 from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
 from affise_s3_assets.config.targets import WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, cron_for_frequency
+from affise_s3_assets.dagster_internal import AssetJob
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"
@@ -80,9 +78,7 @@ def scheduled_run_requests(
     return sharded(request, [target.asset_key for target in due], size)
 
 
-def build_window_schedule(
-    group: WindowGroup, job: UnresolvedAssetJobDefinition
-) -> dg.ScheduleDefinition:
+def build_window_schedule(group: WindowGroup, job: AssetJob) -> dg.ScheduleDefinition:
     """Requests, at each boundary, the window that just closed for the whole group."""
 
     @dg.schedule(

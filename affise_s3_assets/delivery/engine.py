@@ -20,7 +20,7 @@ import polars as pl
 from affise_s3_assets.config.targets import ExportTarget
 from affise_s3_assets.delivery.record import DeliveryRecord
 from affise_s3_assets.delivery.writer import (
-    DateFolderS3IOManager,
+    DateFolderS3Writer,
     WindowObject,
     build_manifest_key,
 )
@@ -276,7 +276,7 @@ def deliver_windows(
     targets: Sequence[ExportTarget],
     windows: Sequence[Window],
     frames: Iterable[pl.DataFrame],
-    io: DateFolderS3IOManager,
+    io: DateFolderS3Writer,
     on_window: Callable[[Window, list[Outcome]], None],
     clean_up: bool = False,
     redelivery_reason: str | None = None,

@@ -21,9 +21,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
 
 from affise_s3_assets.automation.reconciliation import latest_materializations
 from affise_s3_assets.automation.runs import (
@@ -35,11 +32,12 @@ from affise_s3_assets.automation.runs import (
     SOURCE_ONLY_TAG,
 )
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
+from affise_s3_assets.dagster_internal import AssetJob
 from affise_s3_assets.delivery.engine import Outcome, Window, deliver_windows
 from affise_s3_assets.delivery.record import DeliveryRecord, filters_metadata
 from affise_s3_assets.delivery.report import failure_observation, failure_summary, not_attempted
 from affise_s3_assets.delivery.writer import (
-    DateFolderS3IOManager,
+    DateFolderS3Writer,
     build_object_key,
 )
 from affise_s3_assets.s3 import (
@@ -51,7 +49,8 @@ from affise_s3_assets.source.event_types import EVENT_SOURCE_KEYS
 from affise_s3_assets.source.events import EventsDatabase
 from affise_s3_assets.source.fingerprint import FilterKey, Fingerprint
 
-IO_MANAGER_KEY = "date_folder_s3_io_manager"
+# The resource every export step writes its objects with (DateFolderS3Writer).
+S3_WRITER_KEY = "s3_writer"
 # A window is delivered a little after it closes: the source may be waited for (60 s), the
 # run may queue behind others and takes its time. Beyond this, an export is late.
 FRESHNESS_GRACE = timedelta(minutes=10)
@@ -81,16 +80,18 @@ def build_window_asset(group: WindowGroup) -> dg.AssetsDefinition:
         name=group.step_name,
         specs=specs,
         can_subset=True,
-        required_resource_keys={"events", IO_MANAGER_KEY},
         # A backfill of many windows runs as a few ranged runs, each window its own object.
         backfill_policy=dg.BackfillPolicy.multi_run(group.windows_per_run),
         description=f"Reads each {group.frequency}-minute window of {group.event_type} once and "
         "delivers it to every selected integration's bucket, one object per window.",
     )
-    def deliver(context: dg.AssetExecutionContext) -> Iterator[dg.Output]:
+    def deliver(
+        context: dg.AssetExecutionContext, events: EventsDatabase, s3_writer: DateFolderS3Writer
+    ) -> Iterator[dg.Output]:
         # A generator that yields no output: each partition's materialization is logged by
-        # the step as its object lands (a returned None would be handed to the IO manager).
-        _deliver_selected(context, group, by_key)
+        # the step as its object lands (a returned None would make Dagster emit one more for
+        # every selected asset). The outputs carry nothing: no IO manager is ever called.
+        _deliver_selected(context, group, by_key, events, s3_writer)
         yield from ()
 
     return deliver
@@ -100,9 +101,9 @@ def _deliver_selected(
     context: dg.AssetExecutionContext,
     group: WindowGroup,
     by_key: dict[dg.AssetKey, ExportTarget],
+    events: EventsDatabase,
+    io: DateFolderS3Writer,
 ) -> None:
-    events: EventsDatabase = context.resources.events
-    io: DateFolderS3IOManager = getattr(context.resources, IO_MANAGER_KEY)
     selected = sorted(
         (by_key[key] for key in context.selected_asset_keys),
         key=lambda target: target.integration,
@@ -328,7 +329,7 @@ def _spec(
         freshness_policy=freshness_policy(target.frequency, lateness) if target.enabled else None,
         kinds={"s3", target.file_format},
         tags={"integration": target.integration, "event_type": target.event_type},
-    ).with_io_manager_key(IO_MANAGER_KEY)
+    )
 
 
 def _compression(target: ExportTarget) -> str:
@@ -339,7 +340,7 @@ def _compression(target: ExportTarget) -> str:
     return f"{COMPRESSION} level {COMPRESSION_LEVEL}"
 
 
-def build_window_job(group: WindowGroup) -> UnresolvedAssetJobDefinition:
+def build_window_job(group: WindowGroup) -> AssetJob:
     """The job of `group`: runs select the integrations and the window (or range) to deliver."""
     # The live integrations: a run of the whole job delivers each of them. A disabled one is
     # re-delivered by hand from its asset's page (Dagster's own asset job).

@@ -26,7 +26,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from affise_s3_assets.dagster_internal import compare_and_set_key_value, sql_run_storage
+from affise_s3_assets.dagster_internal import (
+    compare_and_set_key_value,
+    sql_run_storage,
+    store_values,
+    stored_values,
+)
 
 # One key of the instance's key-value store per destination: its open uploads, as JSON.
 KEY_PREFIX = "affise/upload-journal/"
@@ -260,7 +265,7 @@ class InstanceUploadJournal:
             return []
         key = self.storage_key(destination)
         with self._lock:
-            text = self.instance.run_storage.get_cursor_values({key}).get(key)
+            text = stored_values(self.instance, {key}).get(key)
         return sorted(_decode(text).values(), key=lambda upload: upload.recorded_at)
 
     def prefetch(self, destinations: Iterable[str]) -> None:
@@ -282,9 +287,7 @@ class InstanceUploadJournal:
         # In reads of a bounded number of keys: SQLite takes at most 32,766 parameters.
         for first in range(0, len(names), KEYS_PER_READ):
             with self._lock:
-                found |= self.instance.run_storage.get_cursor_values(
-                    set(names[first : first + KEYS_PER_READ])
-                )
+                found |= stored_values(self.instance, set(names[first : first + KEYS_PER_READ]))
         return {keys[key] for key, text in found.items() if key in keys and _decode(text)}
 
     def abandoned(self, upload: OpenUpload) -> bool:
@@ -302,17 +305,17 @@ class InstanceUploadJournal:
         change: Callable[[dict[str, OpenUpload]], dict[str, OpenUpload]],
     ) -> None:
         key = self.storage_key(destination)
-        storage = sql_run_storage(self.instance.run_storage)
+        storage = sql_run_storage(self.instance)
         with self._lock:
             for _ in range(CAS_ATTEMPTS):
-                text = self.instance.run_storage.get_cursor_values({key}).get(key)
+                text = stored_values(self.instance, {key}).get(key)
                 before = _decode(text)
                 after = change(before)
                 if after == before:
                     return
                 new = _encode(after)
                 if storage is None:
-                    self.instance.run_storage.set_cursor_values({key: new})
+                    store_values(self.instance, {key: new})
                     return
                 if compare_and_set_key_value(storage, key, text, new):
                     return

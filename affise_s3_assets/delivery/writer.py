@@ -1,10 +1,11 @@
-"""The IO manager: turns a partition's time window into a date-folder S3 key and writes the
-window's object there. Knows keys and the S3 library, nothing of DuckDB or CSV.
+"""The S3 window writer: turns a partition's time window into a date-folder S3 key
+(`build_object_key`) and writes the window's object there. Knows keys and the S3 library,
+nothing of DuckDB or CSV.
 
 Every export partition goes through it, whichever way it was started (a schedule, the catch-up
-sensor, *Materialize* or a backfill in the UI): the export step (delivery/step.py) opens one object
-per selected integration and window, streams the encoded bytes into it and finishes it, which
-completes the upload (S3 checks every request body against its MD5). One window, one object,
+sensor, *Materialize* or a backfill in the UI): the export step (delivery/step.py) opens one
+object per selected integration and window, streams the encoded bytes into it and finishes it,
+which completes the upload (S3 checks every request body against its MD5). One window, one object,
 one key derived only from the window, so a re-delivery overwrites and never duplicates.
 
 Each object's multipart upload is journaled in the run's Dagster instance
@@ -164,9 +165,13 @@ class WindowObject:
         return self.writer.abort() if self.writer is not None else None
 
 
-class DateFolderS3IOManager(dg.ConfigurableIOManager):
+class DateFolderS3Writer(dg.ConfigurableResource):
     """Writes each export partition to `directory/YYYY/MM/DD/<window start>.csv.gz` (or
-    `.parquet`)."""
+    `.parquet`): the export step's resource (`S3_WRITER_KEY`).
+
+    A resource, not an IO manager: an IO manager is handed a step's output whole, and a day's
+    window is gigabytes; the step streams each window's object through `open_object` instead,
+    and its assets' outputs carry nothing (no IO manager is ever called for them)."""
 
     part_size_mib: int = Field(
         default=DEFAULT_PART_SIZE_MIB,
@@ -208,17 +213,6 @@ class DateFolderS3IOManager(dg.ConfigurableIOManager):
             # On failure each object reads its own, as without it.
             with contextlib.suppress(Exception):
                 self._journal.prefetch(d.journal_name for d in destinations)
-
-    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        raise TypeError(
-            "export partitions are written window by window by their export step "
-            "(open_object); no output is handed to this IO manager"
-        )
-
-    def load_input(self, context: dg.InputContext) -> Any:
-        raise NotImplementedError(
-            "exports are terminal: customers read them from S3, no asset loads them back"
-        )
 
 
 def _left_text(outcome: JournalCleanUp) -> str:
