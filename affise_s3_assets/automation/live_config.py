@@ -1,6 +1,6 @@
 """How a change to integrations.yaml goes live by itself, and what keeps running when it cannot.
 
-- The code location is built from an `AppliedConfig` (config/schema.py): the file's valid
+- The code location is built from an `AppliedConfig` (config/apply.py): the file's valid
   blocks, the last good state of broken ones, never a half-read file. The last applied config is
   kept in the state directory, so a code server that restarts on an unreadable file still serves the
   last good integrations.

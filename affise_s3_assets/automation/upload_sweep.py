@@ -3,7 +3,7 @@ open in the live exports' buckets (journaled in the instance before their first 
 s3:AbortMultipartUpload alone. The next delivery of a key aborts its own leftovers anyway;
 the sweep is for keys nobody writes again soon (an export whose windows all landed otherwise).
 
-Knows the journal and Dagster's sensors; the aborting itself is io_manager's.
+Knows the journal and Dagster's sensors; the aborting itself is delivery/writer.py's.
 """
 
 from collections.abc import Sequence

@@ -29,7 +29,8 @@ from affise_s3_assets.config.secrets import (
 )
 
 EventType = Literal["clicks", "conversions", "conversion_updates"]
-# conversion_updates: the conversions table again, windowed by updated_at (source/events.py).
+# conversion_updates: the conversions table again, windowed by updated_at
+# (source/event_types.py).
 EVENT_TYPES: tuple[EventType, ...] = ("clicks", "conversions", "conversion_updates")
 
 # A day: a window's delivery may wait for a day's late events at most (reconciliation, not

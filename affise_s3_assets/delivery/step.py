@@ -1,17 +1,18 @@
-"""The export step: one engine for every delivery, whoever started it.
+"""The export step: the Dagster side of every delivery, whoever started it.
 
 Each window group (config/targets.py) is one multi-asset: an asset
-`affise/<integration>/<event_type>` per integration, all delivered by one step. A run selects some
-of those assets (the schedule: every integration due; the catch-up: the new ones; the UI: the one an
-operator picked) and one window or a consecutive range of windows (catch-up, backfills: up to a
-day). The step reads the range from the source once, cuts it at window boundaries, and for every
-window and selected integration filters, encodes and writes one object through the IO manager, then
-logs that partition's materialization. A delivery that fails is reported on its own partition and
-the step fails at the end, after every other object is delivered: Dagster then shows exactly the
-partitions that were planned and not delivered as Failed.
+`affise/<integration>/<event_type>` per integration, all delivered by one step. A run selects
+some of those assets (the schedule: every integration due; the catch-up: the new ones; the UI:
+the one an operator picked) and one window or a consecutive range of windows (catch-up,
+backfills: up to a day). The step waits for the source to be complete, hands the range to the
+engine (engine.py: one read, one object per window and integration through the S3 writer
+resource, writer.py), logs each partition's materialization as its object lands, and reports
+what failed on its own partition (report.py); it fails at the end, after every other object is
+delivered: Dagster then shows exactly the partitions that were planned and not delivered as
+Failed.
 
-Knows the flow of a window; the format is encoding/csv_gzip.py's, keys and uploads
-delivery/writer.py's.
+Knows Dagster's run context and the flow of a run; the format is encoding's, keys and uploads
+writer.py's.
 """
 
 import os

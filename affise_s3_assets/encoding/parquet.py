@@ -1,6 +1,6 @@
 """The Parquet format: polars frames in, deterministic Parquet chunks out, a row group at a
-time. Knows neither DuckDB nor S3 (which columns are typed, and how, is source/events.py's
-TYPED_COLUMNS); the CSV format is encoding/csv_gzip.py's.
+time. Knows neither DuckDB nor S3 (which columns are typed, and how, is
+source/event_types.py's TYPED_COLUMNS); the CSV format is encoding/csv_gzip.py's.
 
 Columns are typed as the source declares them (schema.sql): timestamps as UTC instants with
 microseconds, decimals as DECIMAL(18,4), integers, booleans and text as themselves. Row groups
