@@ -1,7 +1,10 @@
 """The one place that reaches into Dagster's private modules, for what 1.13 has no public API.
 
 Every `dagster._...` import of the package is here (a test refuses one anywhere else), and so
-is every instance method outside Dagster's documented API. Each function names the internal it
+is every call of a `DagsterInstance` method that Dagster does not mark public: the key-value
+store, the instigator states, a run's tags added, an asset's materialized partitions. The
+other instance calls are public ones (`get_run_records`, `fetch_materializations`,
+`fetch_run_status_changes`, `get_run_by_id`). Each function names the internal it
 stands on; `tests/test_dagster_internal.py` fails loudly when an upgrade of the pinned Dagster
 moves or changes one of them. Knows nothing of this project's config, S3 or DuckDB.
 
@@ -162,3 +165,15 @@ def stopped_schedules(instance: dg.DagsterInstance) -> set[str]:
         instigator_type=InstigatorType.SCHEDULE, instigator_statuses={InstigatorStatus.STOPPED}
     )
     return {state.instigator_name for state in states}
+
+
+def add_run_tags(instance: dg.DagsterInstance, run_id: str, tags: Mapping[str, str]) -> None:
+    """Add `tags` to a run while it runs (what the UI's tag editor does)."""
+    instance.add_run_tags(run_id, dict(tags))
+
+
+def materialized_partitions(instance: dg.DagsterInstance, key: dg.AssetKey) -> set[str]:
+    """The partitions of `key` materialized at least once (the UI's green and the catch-up's
+    "delivered"). The public `get_status_by_partition` needs the partitions definition and
+    reads more."""
+    return set(instance.get_materialized_partitions(key))

@@ -11,8 +11,8 @@
    REGRESSION is printed for one more than 10% worse; `--record` writes the new figures there,
    and `--table` prints benchmarks/README.md's table from that file.
 1. Export: a one-day clicks table of --rows rows (demo generator); the one-day window and a
-   15-minute window go through the real asset code path (dg.materialize, the IO manager, a
-   real S3 server from scripts/s3-server.sh) and, as the reference, through DuckDB's
+   15-minute window go through the real asset code path (dg.materialize, the S3 writer resource,
+   a real S3 server from scripts/s3-server.sh) and, as the reference, through DuckDB's
    `COPY ... (COMPRESSION gzip)`. Each case runs in its own process, so its peak RSS is its own.
    The delivered object is verified: row count and a sample of rows against the source.
 2. Profile: the one-day window cut after each stage of the asset path (read and sort, CSV,
@@ -1415,8 +1415,7 @@ def reconcile_records_case(db: Path, count: int) -> None:
     from affise_s3_assets.config.apply import parse_integrations
     from affise_s3_assets.config.schema import Reconciliation
     from affise_s3_assets.config.targets import build_export_targets, build_window_groups
-    from affise_s3_assets.config.windows import window_metadata
-    from affise_s3_assets.encoding.csv_gzip import filters_metadata
+    from affise_s3_assets.delivery.record import filters_metadata, window_metadata
     from affise_s3_assets.source.events import EventsDatabase
 
     text = "integrations:\n" + "".join(

@@ -271,7 +271,7 @@ class _SilentObject(_FailingObject):
 
 
 class _Unreachable:
-    """An IO manager whose every object fails as an unreachable endpoint would (or, with
+    """An S3 writer whose every object fails as an unreachable endpoint would (or, with
     `failure`, as another failing object does)."""
 
     def __init__(self, failure: type[_FailingObject] = _FailingObject) -> None:
@@ -342,7 +342,7 @@ def test_a_failing_destination_is_not_tried_for_the_rest_of_the_run(
 
 
 class _SlowListing:
-    """An IO manager whose objects land, but whose clean-up of leftover uploads runs out its
+    """An S3 writer whose objects land, but whose clean-up of leftover uploads runs out its
     deadline (a store that lists slowly); it records which objects were asked to clean up."""
 
     def __init__(self) -> None:

@@ -48,6 +48,7 @@ from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
 from affise_s3_assets.dagster_internal import (
     AssetJob,
+    materialized_partitions,
     partition_range_tags,
     stopped_schedules,
     store_values,
@@ -801,7 +802,12 @@ def ended_runs_since(
         if not records:
             continue
         state[name] = records[-1].storage_id
-        runs = instance.get_runs(dg.RunsFilter(run_ids=[r.run_id for r in records]))
+        runs = [
+            record.dagster_run
+            for record in instance.get_run_records(
+                dg.RunsFilter(run_ids=[r.run_id for r in records])
+            )
+        ]
         for run in runs:
             if run.job_name not in job_names:
                 continue
@@ -826,7 +832,10 @@ def _complete_until(event_type: str) -> datetime | None:
 
 def redeliveries_in_flight(instance: dg.DagsterInstance) -> set[str]:
     """Exports with a re-delivery run queued or running: not requested again meanwhile."""
-    runs = instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT, tags={REDELIVERY_TAG: "1"}))
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=IN_FLIGHT, tags={REDELIVERY_TAG: "1"})
+    )
+    runs = [record.dagster_run for record in records]
     return {key.to_user_string() for run in runs for key in run.asset_selection or ()}
 
 
@@ -889,12 +898,12 @@ def build_catch_up_sensor(
         # Reconciliation's runs share the catch-up tag's queue limit (the window that just
         # closed keeps its slot) but not this sensor's budget.
         in_flight = sum(
-            REASON_TAG not in run.tags
-            for run in instance.get_runs(
+            REASON_TAG not in record.dagster_run.tags
+            for record in instance.get_run_records(
                 dg.RunsFilter(statuses=IN_FLIGHT, tags={CATCH_UP_TAG: "1"})
             )
         )
-        materialized = functools.cache(lambda key: set(instance.get_materialized_partitions(key)))
+        materialized = functools.cache(lambda key: materialized_partitions(instance, key))
         backlog, state.exports = plan_catch_up(
             live,
             state.exports,

@@ -19,7 +19,7 @@ requests).
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -38,7 +38,7 @@ from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, first_window_start
 from affise_s3_assets.dagster_internal import AssetJob, store_values, stored_values
-from affise_s3_assets.delivery.record import DeliveryRecord
+from affise_s3_assets.delivery.record import DeliveryRecord, latest_materializations
 from affise_s3_assets.source.event_types import WINDOW_COLUMN
 from affise_s3_assets.source.events import EventsDatabase
 from affise_s3_assets.source.fingerprint import FilterKey, Fingerprint
@@ -47,8 +47,6 @@ RECONCILIATION_SENSOR = "reconciliation_sensor"
 # Every row of a window, no filter: tells a window the source lost from one that lost a
 # filtered export's rows only (`Changed.vanished`).
 WHOLE_WINDOW: FilterKey = ((), ())
-# Materialization records read per request while collecting what was delivered.
-RECORDS_PAGE = 1000
 # The sensor looks this often whether a pass is due or under way; a tick compares groups for
 # this long at most (well under the sensor's 60 s timeout) and requests this many runs.
 TICK_SECONDS = 60
@@ -169,35 +167,6 @@ def redelivery_requests(
     ]
 
 
-# Partition keys asked for in one read of materializations.
-PARTITIONS_PER_READ = 500
-
-
-def latest_materializations(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: Sequence[str]
-) -> Iterator[tuple[str, dg.AssetMaterialization]]:
-    """Each of `partitions` (keys) with its latest materialization of `asset_key`, where it
-    has one: paged reads of PARTITIONS_PER_READ keys at a time."""
-    for offset in range(0, len(partitions), PARTITIONS_PER_READ):
-        keys = list(partitions[offset : offset + PARTITIONS_PER_READ])
-        seen: set[str] = set()
-        cursor = None
-        while len(seen) < len(keys):
-            result = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys),
-                limit=RECORDS_PAGE,
-                cursor=cursor,
-            )
-            for record in result.records:  # newest first: the first of a partition counts
-                key = record.partition_key
-                if key is not None and key not in seen:
-                    seen.add(key)
-                    yield key, record.asset_materialization
-            if not result.has_more:
-                break
-            cursor = result.cursor
-
-
 def delivered_fingerprints(
     instance: dg.DagsterInstance,
     group: WindowGroup,
@@ -261,7 +230,8 @@ class InFlight:
 def runs_in_flight(instance: dg.DagsterInstance, groups: Sequence[WindowGroup]) -> InFlight:
     by_job = {group.job_name: group for group in groups}
     found = InFlight()
-    for run in instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT)):
+    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
+        run = record.dagster_run
         group = by_job.get(run.job_name)
         if group is None:
             continue

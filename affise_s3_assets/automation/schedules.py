@@ -43,7 +43,8 @@ def scheduled_exports(
     tick) deliver: True for a run of the whole job, else the exports their shards select
     (none: no run)."""
     tags = {SCHEDULED_TAG: "1", "dagster/partition": partition_key}
-    runs = instance.get_runs(dg.RunsFilter(job_name=job_name, tags=tags))
+    records = instance.get_run_records(dg.RunsFilter(job_name=job_name, tags=tags))
+    runs = [record.dagster_run for record in records]
     if any(run.asset_selection is None for run in runs):
         return True
     return frozenset(key for run in runs for key in run.asset_selection or ())

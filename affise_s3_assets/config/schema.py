@@ -1,8 +1,9 @@
-"""The one place that knows `integrations.yaml`: its schema, its rules and its error messages.
+"""The rules of `integrations.yaml`: every field of a block, what it may hold and the message
+that says which rule it breaks, in the file's own terms (`describe_error`).
 
-Everything downstream receives validated, frozen models. Secrets stay as `${VAR}` references
-until the moment a delivery needs them (`resolve_reference`), so definitions load with every
-secret unset and no secret value ever lives in a Dagster object.
+Everything downstream receives validated, frozen models (through apply.py). Secrets stay as
+`${VAR}` references until the moment a delivery needs them (secrets.py, `resolve_reference`),
+so definitions load with every secret unset and no secret value ever lives in a Dagster object.
 """
 
 import os

@@ -6,9 +6,6 @@ import dagster as dg
 
 from affise_s3_assets.config.schema import ALLOWED_FREQUENCIES
 
-# How a window is shown on a materialization: delivery/record.py's (kept here for scripts).
-from affise_s3_assets.delivery.record import window_metadata as window_metadata
-
 # Dagster's own sub-daily key format, e.g. 2026-11-25-10:15.
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 

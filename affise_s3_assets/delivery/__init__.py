@@ -3,4 +3,5 @@ integration (step.py), the S3 window writer and its keys (writer.py), the record
 window leaves (record.py), the journal of open uploads (upload_journal.py), and the tools that
 deliver or check by hand (by_hand.py, connection_check.py).
 
-Knows nothing of how runs are planned: that is automation's."""
+Knows of runs only the tags they carry (automation/runs.py): how runs are planned is
+automation's."""

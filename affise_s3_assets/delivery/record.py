@@ -2,14 +2,17 @@
 
 The one place that knows the metadata labels a delivery shows in the UI and that reconciliation
 and re-delivery read back: `to_metadata()` writes them, `from_metadata()` reads them (values as
-Dagster stores them, or as written), including records written before a field existed. Knows
-neither how a window is read, encoded or uploaded, nor Dagster's execution, S3 or the config.
+Dagster stores them, or as written), including records written before a field existed;
+`latest_materializations` reads them back from the instance. Knows neither how a window is
+read, encoded or uploaded, nor Dagster's execution, S3 or the config.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+import dagster as dg
 
 if TYPE_CHECKING:  # imported where used: encoding/csv_gzip.py re-exports from here, without DuckDB
     from affise_s3_assets.source.fingerprint import Fingerprint
@@ -188,3 +191,33 @@ def _shown_affiliates(shown: object) -> tuple[int, ...] | None:
         return None if ids is None else tuple(int(part) for part in ids)
     except ValueError:
         return None
+
+
+# Partition keys asked for in one read of materializations, and records read per request.
+PARTITIONS_PER_READ = 500
+RECORDS_PAGE = 1000
+
+
+def latest_materializations(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: Sequence[str]
+) -> Iterator[tuple[str, dg.AssetMaterialization]]:
+    """Each of `partitions` (keys) with its latest materialization of `asset_key`, where it
+    has one: paged reads of PARTITIONS_PER_READ keys at a time."""
+    for offset in range(0, len(partitions), PARTITIONS_PER_READ):
+        keys = list(partitions[offset : offset + PARTITIONS_PER_READ])
+        seen: set[str] = set()
+        cursor = None
+        while len(seen) < len(keys):
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys),
+                limit=RECORDS_PAGE,
+                cursor=cursor,
+            )
+            for record in result.records:  # newest first: the first of a partition counts
+                key = record.partition_key
+                if key is not None and key not in seen:
+                    seen.add(key)
+                    yield key, record.asset_materialization
+            if not result.has_more:
+                break
+            cursor = result.cursor

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from affise_s3_assets.automation.reconciliation import latest_materializations
 from affise_s3_assets.automation.runs import (
     CATCH_UP_TAG,
     REASON_TAG,
@@ -33,9 +32,13 @@ from affise_s3_assets.automation.runs import (
     SOURCE_ONLY_TAG,
 )
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
-from affise_s3_assets.dagster_internal import AssetJob
+from affise_s3_assets.dagster_internal import AssetJob, add_run_tags
 from affise_s3_assets.delivery.engine import Outcome, Window, deliver_windows
-from affise_s3_assets.delivery.record import DeliveryRecord, filters_metadata
+from affise_s3_assets.delivery.record import (
+    DeliveryRecord,
+    filters_metadata,
+    latest_materializations,
+)
 from affise_s3_assets.delivery.report import failure_observation, failure_summary, not_attempted
 from affise_s3_assets.delivery.writer import (
     DateFolderS3Writer,
@@ -50,7 +53,8 @@ from affise_s3_assets.source.event_types import EVENT_SOURCE_KEYS
 from affise_s3_assets.source.events import EventsDatabase
 from affise_s3_assets.source.fingerprint import FilterKey, Fingerprint
 
-# The resource every export step writes its objects with (DateFolderS3Writer).
+# The resource every export step writes its objects with (DateFolderS3Writer): Dagster hands
+# it to the step's parameter of the same name, `s3_writer`.
 S3_WRITER_KEY = "s3_writer"
 # A window is delivered a little after it closes: the source may be waited for (60 s), the
 # run may queue behind others and takes its time. Beyond this, an export is late.
@@ -232,7 +236,7 @@ def _deliver_selected(
     if failures:
         if all(item.code == SOURCE_INCOMPLETE_CODE for item in failures):
             # The catch-up sensor then tries these as soon as the source passes them.
-            context.instance.add_run_tags(context.run.run_id, {SOURCE_ONLY_TAG: "1"})
+            add_run_tags(context.instance, context.run.run_id, {SOURCE_ONLY_TAG: "1"})
         raise dg.Failure(
             description=failure_summary(failures, delivered, windows),
             metadata={"failed": len(failures), "delivered": delivered},

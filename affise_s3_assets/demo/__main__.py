@@ -1,3 +1,4 @@
 from affise_s3_assets.demo.events import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -13,9 +13,6 @@ from typing import Any, Protocol, TypeVar
 import polars as pl
 from isal import isal_zlib
 
-# How filters are shown on a materialization: delivery/record.py's (kept here for scripts).
-from affise_s3_assets.delivery.record import filters_metadata as filters_metadata
-
 # gzip wrapper (wbits 16+15): mtime 0 and no file name, so the same rows give the same bytes
 # whenever and wherever they are compressed.
 _GZIP_WBITS = 31
