@@ -18,9 +18,16 @@
 # is a local process started by the code server (DefaultRunLauncher) instead of a Kubernetes
 # Job (tests/test_production.py fails on any other difference). Its Postgres fields come from
 # the same variables as in the cluster: DAGSTER_PG_USERNAME, DAGSTER_PG_PASSWORD,
-# DAGSTER_PG_HOST, DAGSTER_PG_PORT, DAGSTER_PG_DB.
+# DAGSTER_PG_HOST, DAGSTER_PG_PORT, DAGSTER_PG_DB. Its compute logs (each run's stdout/stderr)
+# go to S3 as in the cluster: the bucket AFFISE_COMPUTE_LOGS_BUCKET, with the standard AWS
+# chain of this shell (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, AWS_REGION;
+# for an S3-compatible store AWS_ENDPOINT_URL_S3, or the AWS_ENDPOINT_URL that
+# `eval "$(bash scripts/s3-server.sh start)"` exports). Customers' deliveries read no AWS_*
+# variable (isolated_botocore_session in affise_s3_assets/s3.py).
 #
 # Settings (environment):
+#   AFFISE_COMPUTE_LOGS_BUCKET    required to start: an existing bucket those credentials can
+#                                 write, read and list (run logs under dagster/compute-logs/)
 #   AFFISE_PROD_HOME              all state: dagster_home/, logs/, pids (default
 #                                 .dagster_home/prod-local)
 #   AFFISE_PROD_PG_DIR            Postgres cluster directory (default $AFFISE_PROD_HOME/postgres; as root,
@@ -99,6 +106,19 @@ PG_BIN=${PG_BIN%/pg_ctl}
 COMPONENTS=(postgres code-server daemon webserver)
 
 die() { echo "prod-local: $*" >&2; exit 1; }
+
+# Every process but Postgres loads the instance, and so resolves compute_logs' bucket from
+# this variable: checked before any of them (all by default) is started or stopped.
+need_compute_logs_bucket() {
+  [ $# -gt 0 ] || set -- "${COMPONENTS[@]}"
+  local name
+  for name in "$@"; do
+    if [ "$name" != postgres ] && [ -z "${AFFISE_COMPUTE_LOGS_BUCKET:-}" ]; then
+      die "AFFISE_COMPUTE_LOGS_BUCKET is not set: the S3 bucket for run logs (compute_logs in deploy/dagster.yaml), reached with the standard AWS chain (AWS_ENDPOINT_URL_S3 for an S3-compatible store)"
+    fi
+  done
+}
+
 log_tail() { [ -f "$1" ] && tail -n 30 "$1" >&2 || true; }
 
 # Postgres refuses to run as root: as root, its commands run as the `postgres` user.
@@ -221,6 +241,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 webserver_answers() { curl -sf -o /dev/null "http://127.0.0.1:$WEBSERVER_PORT/server_info"; }
 
 start_one() {
+  need_compute_logs_bucket "$1"
   case $1 in
     postgres) start_postgres ;;
     code-server)
@@ -265,6 +286,7 @@ stop_one() {
 }
 
 start_all() {
+  need_compute_logs_bucket
   start_postgres
   write_instance
   # The schema before any process opens the storage: concurrent creation would race.
@@ -305,6 +327,7 @@ case $command in
     ;;
   restart)
     [ $# -gt 0 ] || die "restart which component? (${COMPONENTS[*]})"
+    need_compute_logs_bucket "$@"
     write_instance
     for name in "$@"; do
       stop_one "$name"

@@ -28,6 +28,7 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._serdes.config_class import ConfigurableClassData, class_from_code_pointer
+from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_postgres.utils import get_conn_string
 
 from affise_s3_assets.automation.catch_up import plan_catch_up
@@ -62,6 +63,9 @@ PG_ENV = {
     "DAGSTER_PG_DB": "dagster_test",
     "DAGSTER_PG_PORT": "5433",
 }
+# The deployment's bucket for run logs (compute_logs), also from the environment.
+COMPUTE_LOGS_ENV = {"AFFISE_COMPUTE_LOGS_BUCKET": "dagster-compute-logs-test"}
+COMPUTE_LOGS_PREFIX = "dagster/compute-logs"
 
 # Runs and event logs through dagster-postgres's classes keeping their connections.
 POSTGRES_STORAGES = {
@@ -73,7 +77,8 @@ POSTGRES_STORAGES = {
 
 @pytest.fixture
 def pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in PG_ENV.items():
+    """Every variable deploy/dagster.yaml reads: Postgres's and the compute-log bucket."""
+    for name, value in {**PG_ENV, **COMPUTE_LOGS_ENV}.items():
         monkeypatch.setenv(name, value)
 
 
@@ -125,6 +130,7 @@ def test_instance_yaml_passes_dagsters_instance_validation(
         "run_coordinator",
         "run_monitoring",
         "run_retries",
+        "compute_logs",
     ):
         assert section in instance_config, f"deploy/dagster.yaml has no {section}"
     assert instance_config["telemetry"] == {"enabled": False}
@@ -203,6 +209,7 @@ def _configured_classes() -> dict[str, ConfigurableClassData]:
         "schedule_storage": ref.schedule_storage_data,
         "run_launcher": ref.run_launcher_data,
         "run_coordinator": ref.run_coordinator_data,
+        "compute_logs": ref.compute_logs_data,
     }
     resolved = {name: value for name, value in data.items() if value is not None}
     assert resolved.keys() == data.keys()
@@ -217,7 +224,14 @@ def _process(data: ConfigurableClassData, config: Mapping[str, Any] | None = Non
 
 @pytest.mark.parametrize(
     "section",
-    ["run_storage", "event_log_storage", "schedule_storage", "run_launcher", "run_coordinator"],
+    [
+        "run_storage",
+        "event_log_storage",
+        "schedule_storage",
+        "run_launcher",
+        "run_coordinator",
+        "compute_logs",
+    ],
 )
 def test_each_class_accepts_its_config(pg_env: None, section: str) -> None:
     result = _process(_configured_classes()[section])
@@ -394,6 +408,65 @@ def test_run_launcher_postgres_retries_and_home_match(
     assert helm_values["telemetry"] == {"enabled": False}
 
 
+def test_compute_logs_go_to_the_deployments_bucket_in_both_files(
+    helm_values: Mapping[str, Any], instance_config: Mapping[str, Any]
+) -> None:
+    """Run pods are gone after their run: each run's stdout/stderr goes to one S3 bucket,
+    named by the same variable and under the same prefix whether the chart renders the
+    instance or deploy/dagster.yaml is mounted; no endpoint, no credentials in either file."""
+    section = instance_config["compute_logs"]
+    klass = class_from_code_pointer(section["module"], section["class"])
+    assert klass is S3ComputeLogManager
+    config = section["config"]
+    assert config == {
+        "bucket": {"env": "AFFISE_COMPUTE_LOGS_BUCKET"},
+        "prefix": COMPUTE_LOGS_PREFIX,
+        "upload_interval": config["upload_interval"],
+    }
+    assert 0 < config["upload_interval"] <= 60  # a running run's logs show while it runs
+    chart = helm_values["computeLogManager"]
+    assert chart["type"] == "S3ComputeLogManager"
+    assert chart["config"] == {
+        "s3ComputeLogManager": {
+            "bucket": config["bucket"],
+            "prefix": config["prefix"],
+            "uploadInterval": config["upload_interval"],
+        }
+    }
+    # What the chart's template writes (camelCase to the class's keys) passes the class check.
+    s3 = chart["config"]["s3ComputeLogManager"]
+    rendered = {
+        "bucket": s3["bucket"],
+        "prefix": s3["prefix"],
+        "upload_interval": s3["uploadInterval"],
+    }
+    result = process_config(S3ComputeLogManager.config_type(), rendered)
+    assert result.success, [error.message for error in result.errors or []]
+    assert result.value["bucket"] == COMPUTE_LOGS_ENV["AFFISE_COMPUTE_LOGS_BUCKET"]
+    # Every pod that loads the instance gets the variable, from the ConfigMap that holds it.
+    env_map = "affise-s3-assets-env"
+    for pods in (
+        helm_values["dagsterWebserver"],
+        helm_values["dagsterDaemon"],
+        _user_deployment(helm_values),
+        _k8s_launcher_values(helm_values),
+    ):
+        assert env_map in _names(pods["envConfigMaps"])
+    assert env_map in instance_config["run_launcher"]["config"]["env_config_maps"]
+    assert "AFFISE_COMPUTE_LOGS_BUCKET" in INSTANCE_YAML.read_text().split("\n\n")[0]
+    assert "AFFISE_COMPUTE_LOGS_BUCKET" in HELM_VALUES.read_text().split("\n\n")[0]
+    # The doc names the bucket and what the deployment's role may do in it.
+    doc = SCALING_DOC.read_text()
+    for word in (
+        "AFFISE_COMPUTE_LOGS_BUCKET",
+        COMPUTE_LOGS_PREFIX,
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:ListBucket",
+    ):
+        assert word in doc
+
+
 def test_scaling_doc_names_the_files_and_the_tags(instance_config: Mapping[str, Any]) -> None:
     doc = SCALING_DOC.read_text()
     for name in (
@@ -496,8 +569,9 @@ def test_the_last_applied_config_outlives_the_code_server_pod(
 
 def test_the_image_installs_what_the_instance_imports(helm_values: Mapping[str, Any]) -> None:
     """Every pod of the chart runs the user-code image and loads deploy/dagster.yaml: the image
-    installs the package's `deploy` extra, which holds each distribution the instance imports,
-    pinned to the Dagster release of the rest."""
+    installs the package's `deploy` extra, which holds each distribution the instance imports
+    beyond the package's own dependencies (dagster-aws), pinned to the Dagster release of the
+    rest."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extra = pyproject["project"]["optional-dependencies"]["deploy"]
     pins = dict(requirement.split("==") for requirement in extra)
@@ -507,8 +581,10 @@ def test_the_image_installs_what_the_instance_imports(helm_values: Mapping[str, 
         for section in config.values()
         if isinstance(section, dict) and "module" in section
     }
-    assert imported - {"dagster", "affise-s3-assets"} == pins.keys()
+    # dagster-aws (the compute log manager) is a dependency of the package itself.
     (aws,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("dagster-aws==")]
+    assert "dagster-aws" in imported
+    assert imported - {"dagster", "affise-s3-assets", "dagster-aws"} == pins.keys()
     assert set(pins.values()) == {aws.split("==")[1]}
     dockerfile = (DEPLOY_DIR / "Dockerfile").read_text()
     assert '"affise-s3-assets[deploy] @ file://' in dockerfile

@@ -6,13 +6,15 @@ processes. The events are a Parquet dataset on the S3 server (`s3://`, read with
 deployment's own credentials). Against a real S3 server, with no UI action: every window
 arrives once with the source's rows, an integration appended to the file goes live by
 itself, a run worker killed with -9 has its windows delivered again, and restarting the
-daemon, the code server and the webserver mid-way loses and duplicates nothing."""
+daemon, the code server and the webserver mid-way loses and duplicates nothing. Each run's
+stdout/stderr (compute logs) lands in the deployment's own bucket on that server."""
 
 import json
 import os
 import secrets
 import shutil
 import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from tests.conftest import ROOT, S3Server
 from tests.datasets import write_dataset
 from tests.delivered import keys_in
 from tests.operations import wait_for
-from tests.production import COMPONENTS, ProdLocal, run_script, without_run_launcher
+from tests.production import COMPONENTS, SCRIPT, ProdLocal, run_script, without_run_launcher
 from tests.test_operations import (
     assert_rows,
     block,
@@ -50,6 +52,8 @@ PORT = int(os.environ.get("AFFISE_TEST_PROD_PORT", "3310"))
 SUFFIX = f"{os.getpid()}"
 # What the daemon logs when integrations_config_sensor asks the webserver for a reload.
 RELOADING = "integrations_config_sensor skipped: {path} changed: reloading code location"
+# compute_logs' prefix in deploy/dagster.yaml.
+COMPUTE_LOGS_PREFIX = "dagster/compute-logs"
 
 
 def utcnow() -> datetime:
@@ -67,6 +71,8 @@ class Engine:
     start: datetime
     buckets: dict[str, str]
     password: str
+    # The deployment's bucket for run logs (compute_logs), on the same server.
+    compute_logs: str
 
 
 @dataclass
@@ -134,6 +140,14 @@ def test_the_local_instance_is_the_deployment_file_but_its_run_launcher(tmp_path
     password = tmp_path / "prod" / "pg-password"
     assert password.stat().st_mode & 0o077 == 0
     assert password.read_text().strip() not in written.read_text()
+    # Every process but Postgres loads the instance, whose compute_logs bucket comes from
+    # AFFISE_COMPUTE_LOGS_BUCKET: without it, `start` says so and starts nothing.
+    refused = subprocess.run(
+        ["bash", str(SCRIPT), "start"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert "AFFISE_COMPUTE_LOGS_BUCKET is not set" in refused.stderr
+    assert not list((tmp_path / "prod" / "run").glob("*.pid"))
 
 
 @pytest.fixture
@@ -151,6 +165,9 @@ def engine(
     # Gamma's customer creates its bucket only once its windows have failed (step 5).
     for name in ("alpha", "kappa"):
         s3_server.client().create_bucket(Bucket=buckets[name])
+    # Run logs go to the deployment's own account, as the events are read with it.
+    compute_logs = f"prod-compute-logs-{SUFFIX}"
+    s3_server.client(s3_server.admin).create_bucket(Bucket=compute_logs)
     integrations = tmp_path / "integrations.yaml"
     endpoint = s3_server.endpoint_url
     integrations.write_text(
@@ -173,7 +190,7 @@ def engine(
         "DAGSTER_PG_DB": "dagster",
     }
     # This process reads the same instance (deploy/dagster.yaml's env references).
-    for name, value in pg.items():
+    for name, value in {**pg, "AFFISE_COMPUTE_LOGS_BUCKET": compute_logs}.items():
         monkeypatch.setenv(name, value)
     env = {
         **settings(tmp_path),
@@ -189,6 +206,11 @@ def engine(
         "AWS_EC2_METADATA_DISABLED": "true",
         "AFFISE_EVENTS_S3_ENDPOINT": s3_server.endpoint_url,
         "AFFISE_EVENTS_S3_REGION": "us-east-1",
+        # Compute logs through the same chain: boto3 takes the endpoint of an S3-compatible
+        # store from AWS_ENDPOINT_URL_S3 (deliveries ignore it: affise_s3_assets/s3.py).
+        "AFFISE_COMPUTE_LOGS_BUCKET": compute_logs,
+        "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url,
+        "AWS_DEFAULT_REGION": "us-east-1",
         "AFFISE_REDELIVERY_FIRST_WAIT_SECONDS": "15",
         # Kappa's runs wait for their source until the loader catches up, however slow.
         "AFFISE_SOURCE_WAIT_SECONDS": "300",
@@ -204,7 +226,7 @@ def engine(
     prod = ProdLocal(tmp_path / "prod", env, PORT)
     try:
         prod.start()
-        yield Engine(prod, integrations, events, lake, start, buckets, password)
+        yield Engine(prod, integrations, events, lake, start, buckets, password, compute_logs)
     except BaseException:
         print(prod.tail())
         raise
@@ -359,6 +381,40 @@ def test_the_production_engine_delivers_heals_and_survives_restarts(
             limit=1,
         ).records
         assert record.run_id != killed
+
+    # Each run's stdout/stderr is in the deployment's bucket (compute_logs): a succeeded run's
+    # stderr holds its step's own log lines, Dagster's console logger's (it writes to stderr).
+    admin = s3_server.client(s3_server.admin)
+    (run,) = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1)
+
+    def stderr_keys() -> list[str]:
+        prefix = f"{COMPUTE_LOGS_PREFIX}/storage/{run.run_id}/compute_logs/"
+        listed = admin.list_objects_v2(Bucket=engine.compute_logs, Prefix=prefix)
+        return [item["Key"] for item in listed.get("Contents", []) if item["Key"].endswith(".err")]
+
+    (key,) = wait_for("the run's stderr in the compute-log bucket", stderr_keys, 60, every=1)
+    stderr = admin.get_object(Bucket=engine.compute_logs, Key=key)["Body"].read().decode()
+    steps = {entry.step_key for entry in instance.all_logs(run.run_id) if entry.step_key}
+    assert steps
+    assert f" - {run.run_id} - " in stderr, stderr[-2000:]
+    for step in steps:
+        assert f" - {step} - STEP_SUCCESS - " in stderr, stderr[-2000:]
+    # No secret in any run's log object: neither a customer's nor the deployment's own.
+    secret_values = [v for k, v in prod.env.items() if k.endswith("AWS_SECRET_ACCESS_KEY")]
+    assert s3_server.customer.secret_key in secret_values
+    objects = [
+        item["Key"]
+        for page in admin.get_paginator("list_objects_v2").paginate(
+            Bucket=engine.compute_logs, Prefix=f"{COMPUTE_LOGS_PREFIX}/"
+        )
+        for item in page.get("Contents", [])
+    ]
+    assert key in objects
+    for name in objects:
+        text = admin.get_object(Bucket=engine.compute_logs, Key=name)["Body"].read()
+        text = text.decode(errors="replace")
+        for secret in (*secret_values, engine.password):
+            assert secret not in text, name
 
     # Each process is still the one last started, and no secret reached a log.
     assert run_script(prod.env, "status").count(": running") == 1 + len(COMPONENTS)
