@@ -107,11 +107,16 @@ class S3Destination:
     bucket: str
     region: str
     directory: str
-    access_key: str = field(repr=False)
-    secret_key: str = field(repr=False)
+    # Keys (`${VAR}` references), or None with `role_arn`: the customer's role, assumed by
+    # the deployment's own principal.
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
     endpoint_url: str | None = None
     acl: str | None = None  # "bucket-owner-full-control" for another account's ACL bucket
     verify_etag: bool = True  # the store's ETags are MD5s (S3's own are, but for KMS and SSE-C)
+    role_arn: str | None = None
+    sse: str | None = None  # "AES256" or "aws:kms" (with kms_key_id); None: the bucket's default
+    kms_key_id: str | None = None
 
     @property
     def label(self) -> str:

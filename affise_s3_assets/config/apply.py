@@ -65,6 +65,10 @@ def _yaml_dict(integration: IntegrationConfig) -> dict[str, Any]:
             block = data[event_type]
             block["affiliates"] = list(block["affiliates"])
             block["advertisers"] = list(block["advertisers"])
+            if block["columns"]:
+                block["columns"] = list(block["columns"])
+            else:
+                del block["columns"]  # every column: the default, never written empty
             if block["format"] != "csv":
                 del block["compression_level"]  # CSV's alone: refused beside another format
     return data

@@ -87,6 +87,10 @@ _OTHER_REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,49}")
 # YAML 1.1 turns these bare words into booleans; a directory or bucket written that way
 # arrives as True/False and must not become a folder called "False".
 _YAML_BOOL_WORDS = "yes/no/on/off/true/false"
+# An IAM role's ARN; S3-compatible stores (Ceph RGW) may leave out the account id.
+_ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::(\d{12})?:role/[\w+=,.@/-]{1,512}")
+# A KMS key id (a UUID, or a multi-Region mrk-...), its ARN, or an alias (alias/NAME, or its ARN).
+_KMS_KEY_RE = re.compile(r"[A-Za-z0-9:/_+=,.@-]{1,2048}")
 
 
 def _other_store(info: ValidationInfo) -> bool:
@@ -118,8 +122,12 @@ class EventExportConfig(BaseModel):
     bucket: str
     region: str
     directory: str = ""
-    access_key: str
-    secret_key: str
+    # The customer's credentials: keys (`${VAR}` references), or instead an IAM role of theirs
+    # that the deployment's own principal assumes with the integration's ExternalId
+    # (`affise-s3 external-id NAME`; docs/customer-contract.md).
+    access_key: str | None = None
+    secret_key: str | None = None
+    role_arn: str | None = None
     affiliates: tuple[int, ...] = ()
     advertisers: tuple[str, ...] = ()
     # gzip level: 1-3 use ISA-L (fast), 4-9 zlib (slower, a few percent smaller).
@@ -136,6 +144,80 @@ class EventExportConfig(BaseModel):
     # Each object is verified from the store's ETags; a store whose ETags are not MD5s (MinIO
     # without S3 compatibility) would fail every window: false keeps Content-MD5 alone.
     verify_etag: bool = Field(default=True, strict=True)
+    # Server-side encryption of every object: S3-managed keys (AES256) or the customer's KMS
+    # key (aws:kms with kms_key_id). None: the bucket's default encryption applies.
+    sse: Literal["AES256", "aws:kms"] | None = None
+    kms_key_id: str | None = None
+    # A marker beside the windows of each day (or hour) once every one of them is delivered.
+    completion: Literal["day", "hour"] | None = None
+    # Folders: dated ({directory}/YYYY/MM/DD/) or hive ({directory}/dt=YYYY-MM-DD/hour=HH/).
+    layout: Literal["dated", "hive"] = "dated"
+    # File names: datetime ("2026-11-25 10:15:00.csv.gz") or compact ("20261125T101500Z.csv.gz",
+    # no space or colon, for Hadoop-based readers).
+    file_name: Literal["datetime", "compact"] = "datetime"
+    # The columns each file holds, in this order (default: every column of the event type, in
+    # the schema's order); checked against the event type in IntegrationConfig.
+    columns: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> "EventExportConfig":
+        keys = [name for name in ("access_key", "secret_key") if getattr(self, name) is not None]
+        if self.role_arn is not None and keys:
+            raise ValueError(
+                f"role_arn: is given with {' and '.join(keys)}: a destination is reached with "
+                "its keys or by assuming its role, not both; remove one"
+            )
+        if self.role_arn is None and len(keys) < 2:
+            missing = " and ".join(
+                name for name in ("access_key", "secret_key") if getattr(self, name) is None
+            )
+            raise ValueError(
+                f"{missing}: missing; give access_key and secret_key (${{VAR}} references), "
+                "or role_arn (an IAM role the customer lets the deployment assume)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kms_key_with_kms(self) -> "EventExportConfig":
+        if self.sse == "aws:kms" and not self.kms_key_id:
+            raise ValueError(
+                "kms_key_id: is required with sse: aws:kms (the customer's key: its id, ARN "
+                "or alias/NAME)"
+            )
+        if self.kms_key_id is not None and self.sse != "aws:kms":
+            raise ValueError("kms_key_id: is used with sse: aws:kms only; set sse or remove it")
+        return self
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role_arn(cls, value: str | None) -> str | None:
+        if value is not None and not _ROLE_ARN_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an IAM role ARN such as arn:aws:iam::123456789012:role/NAME"
+            )
+        return value
+
+    @field_validator("kms_key_id")
+    @classmethod
+    def _kms_key_id(cls, value: str | None) -> str | None:
+        if value is not None and not _KMS_KEY_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a KMS key id, key ARN or alias (alias/NAME): no spaces, at "
+                "most 2,048 characters"
+            )
+        return value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_listed(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("must be a non-empty list of column names")
+        if not all(isinstance(name, str) for name in value):
+            raise ValueError("must be a list of column names (strings)")
+        twice = sorted({name for name in value if list(value).count(name) > 1})
+        if twice:
+            raise ValueError(f"names {', '.join(twice)} more than once")
+        return value
 
     @model_validator(mode="after")
     def _compression_level_is_csvs(self) -> "EventExportConfig":
@@ -289,6 +371,8 @@ class IntegrationConfig(BaseModel):
     clicks: EventExportConfig | None = None
     conversions: EventExportConfig | None = None
     conversion_updates: EventExportConfig | None = None
+    # Where the customer hears that delivery broke and healed (a webhook; docs/operations.md).
+    notify: "NotifyConfig | None" = None
 
     @field_validator("name", mode="before")
     @classmethod
@@ -350,6 +434,8 @@ class IntegrationConfig(BaseModel):
         wanted = credential_variables(self.name)
         wrong = []
         for event_type, export in self.exports():
+            if export.role_arn is not None:
+                continue  # no keys: the deployment's own principal assumes the role
             for field_name, variable in zip(("access_key", "secret_key"), wanted, strict=True):
                 named = env_reference_name(getattr(export, field_name))
                 literal = named is None and field_name == "access_key"
@@ -366,10 +452,70 @@ class IntegrationConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _known_columns(self) -> "IntegrationConfig":
+        # The schema's columns per event type: the source's registry (no connection).
+        from affise_s3_assets.source.event_types import EVENT_COLUMNS
+
+        for event_type, export in self.exports():
+            unknown = [name for name in export.columns if name not in EVENT_COLUMNS[event_type]]
+            if unknown:
+                raise ValueError(
+                    f"{event_type}.columns: {', '.join(unknown)}: not a column of {event_type} "
+                    f"(its columns: {', '.join(EVENT_COLUMNS[event_type])})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _notify_is_its_own(self) -> "IntegrationConfig":
+        # A webhook is an outbound request: were any variable allowed, a block could send the
+        # deployment's secrets, or another customer's, to a URL of its choosing.
+        if self.notify is None:
+            return self
+        wanted = notify_variables(self.name)
+        for field_name, variable in zip(("url", "secret"), wanted, strict=True):
+            named = env_reference_name(getattr(self.notify, field_name))
+            if named != variable:
+                raise ValueError(
+                    f"notify.{field_name}: must be ${{{variable}}}, not "
+                    f"{'${' + named + '}' if named else 'a literal'}: a webhook's URL and "
+                    "signing secret are named for its integration"
+                )
+        return self
+
     def exports(self) -> list[tuple[EventType, EventExportConfig]]:
         """The configured (event type, export) pairs, clicks first."""
         pairs = [(event_type, getattr(self, event_type)) for event_type in EVENT_TYPES]
         return [(event_type, export) for event_type, export in pairs if export is not None]
+
+
+class NotifyConfig(BaseModel):
+    """An integration's webhook: a small signed JSON event when a destination starts failing
+    with a permanent error, a daily reminder while it stays broken, and when it heals."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # `${<NAME>_NOTIFY_URL}`: the URL may carry a token.
+    url: str
+    # `${<NAME>_NOTIFY_SECRET}`: the HMAC key the receiver checks each event's signature with.
+    secret: str
+
+    @field_validator("url", "secret", mode="before")
+    @classmethod
+    def _reference(cls, value: Any) -> Any:
+        if not isinstance(value, str) or ENV_REF_RE.fullmatch(value) is None:
+            # Never echo the value: it may be a secret.
+            raise ValueError("must be a ${ENV_VAR} reference")
+        return value
+
+
+def notify_variables(name: str) -> tuple[str, str]:
+    """The variables an integration's webhook URL and signing secret are read from:
+    acme -> ACME_NOTIFY_URL, ACME_NOTIFY_SECRET."""
+    return f"{name.upper()}_NOTIFY_URL", f"{name.upper()}_NOTIFY_SECRET"
+
+
+IntegrationConfig.model_rebuild()
 
 
 class Lateness(BaseModel):

@@ -39,6 +39,10 @@ class ExportTarget:
     compression_level: int
     manifest: bool = False  # a manifest beside each object
     file_format: str = "csv"  # csv (gzipped) or parquet
+    completion: str | None = None  # "day" or "hour": a marker once all its windows are in
+    layout: str = "dated"  # dated (YYYY/MM/DD/) or hive (dt=YYYY-MM-DD/hour=HH/)
+    file_name: str = "datetime"  # datetime ("2026-11-25 10:15:00") or compact (20261125T101500Z)
+    columns: tuple[str, ...] = ()  # the file's columns in order; () every column
 
     @property
     def integration(self) -> str:
@@ -146,6 +150,9 @@ def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[Expo
                 endpoint_url=export.endpoint_url,
                 acl=export.acl,
                 verify_etag=export.verify_etag,
+                role_arn=export.role_arn,
+                sse=export.sse,
+                kms_key_id=export.kms_key_id,
             ),
             frequency=export.frequency,
             first_window=first_window_start(integration.start, export.frequency),
@@ -155,6 +162,10 @@ def build_export_targets(integrations: Sequence[IntegrationConfig]) -> list[Expo
             compression_level=export.compression_level,
             manifest=export.manifest,
             file_format=export.format,
+            completion=export.completion,
+            layout=export.layout,
+            file_name=export.file_name,
+            columns=export.columns,
         )
         for integration in integrations
         for event_type, export in integration.exports()
