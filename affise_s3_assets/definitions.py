@@ -6,6 +6,10 @@ from pathlib import Path
 import dagster as dg
 
 from affise_s3_assets.automation.catch_up import build_catch_up_sensor
+from affise_s3_assets.automation.freshness import (
+    build_latest_window_checks,
+    build_latest_window_sensor,
+)
 from affise_s3_assets.automation.live_config import (
     APPLIED_CONFIG_KEY,
     apply_file,
@@ -55,6 +59,7 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
     if live:
         sensors.append(build_catch_up_sensor(live, list(jobs.values())))
         sensors.append(build_upload_sweep_sensor(live))
+        sensors.append(build_latest_window_sensor(live))
         if applied.reconciliation.look_back_hours:
             sensors.append(
                 build_reconciliation_sensor(live, list(jobs.values()), applied.reconciliation)
@@ -65,6 +70,7 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
         assets = [build_window_asset(group) for group in groups]
     return dg.Definitions(
         assets=[*event_sources, *assets],
+        asset_checks=build_latest_window_checks(live),
         jobs=list(jobs.values()),
         schedules=[build_window_schedule(group, jobs[group.job_name]) for group in live],
         sensors=sensors,

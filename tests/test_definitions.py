@@ -74,7 +74,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/clicks"],
                 "partitions": ("*/15 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
-                "checks": [],
+                "checks": ["latest_window_delivered"],
                 "freshness": (27, 42),
             },
             "affise/acme/conversions": {
@@ -82,7 +82,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/conversions"],
                 "partitions": ("0 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
-                "checks": [],
+                "checks": ["latest_window_delivered"],
                 "freshness": (80, 140),
             },
             # The same table, windowed by each conversion's latest change.
@@ -91,7 +91,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/conversions"],
                 "partitions": ("0 * * * *", "2026-11-26 00:00", fmt, "UTC"),
                 "first_window": "2026-11-26 00:00",
-                "checks": [],
+                "checks": ["latest_window_delivered"],
                 "freshness": (80, 140),
             },
             "affise/globex/clicks": {
@@ -99,7 +99,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/clicks"],
                 "partitions": ("*/5 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
-                "checks": [],
+                "checks": ["latest_window_delivered"],
                 "freshness": (17, 22),
             },
             "affise/globex/conversions": {
@@ -107,7 +107,7 @@ def test_shipped_integrations_snapshot() -> None:
                 "deps": ["events/conversions"],
                 "partitions": ("*/30 * * * *", "2026-11-26 12:00", fmt, "UTC"),
                 "first_window": "2026-11-26 12:00",
-                "checks": [],
+                "checks": ["latest_window_delivered"],
                 "freshness": (50, 80),
             },
             "affise/initech/clicks": {
@@ -178,6 +178,8 @@ def test_shipped_integrations_snapshot() -> None:
                 "RUNNING",
             ),
             "integrations_config_sensor": ([], "RUNNING"),
+            # Marks an export late when its latest due window is not delivered.
+            "latest_window_sensor": ([], "RUNNING"),
             "upload_sweep_sensor": ([], "RUNNING"),
             "reconciliation_sensor": (
                 [

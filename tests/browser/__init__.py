@@ -15,8 +15,9 @@ def run_browser_checks(
     dev: Any, out_dir: Path, failed_asset: str, healthy_asset: str
 ) -> dict[str, Any]:
     """Lineage, a partitions view with green and red windows, a failed window's reason, a
-    delivered window's verification and the asset's freshness, on screenshots in `out_dir`;
-    fails with what was missing."""
+    delivered window's verification and each asset's latest-window check (passed for the
+    healthy one, failed for the failed one), on screenshots in `out_dir`; fails with what was
+    missing."""
     # On a fresh instance a "Join the Dagster community" pop-up covers the page.
     dev.graphql("mutation { setNuxSeen }")
     done = subprocess.run(
@@ -29,5 +30,6 @@ def run_browser_checks(
     assert done.returncode == 0, f"browser check failed:\n{done.stderr}\n{done.stdout}"
     findings = json.loads(done.stdout.strip().splitlines()[-1])
     assert findings["lineage"] and findings["reason"] and findings["verified"], findings
-    assert findings["freshness"] in ("Passing", "Warning", "Failing"), findings
+    assert findings["freshness"] in ("Passed", "Succeeded"), findings
+    assert findings["late"] == "Failed", findings
     return findings

@@ -1,7 +1,7 @@
 // What the data team sees in the running Dagster UI, in Debian's Chromium (never a downloaded
 // browser): the lineage events/clicks -> affise/<name>/clicks, a partitions view with green and
-// red windows, a failed window's reason, each window's verification check and the asset's
-// freshness. Prints one JSON line of findings; exits non-zero
+// red windows, a failed window's reason, each window's verification check and each asset's
+// latest-window check. Prints one JSON line of findings; exits non-zero
 // with the reason when something is not on the page.
 //   node check_ui.mjs <ui url> <screenshot dir> <failed asset key, e.g. affise/beta/clicks>
 import { mkdirSync } from "node:fs";
@@ -80,19 +80,26 @@ try {
   findings.verified = /etag|content-md5 only/.test(verified);
   if (!findings.verified) fail("a delivered window does not say how it was verified");
 
-  // Freshness: the healthy asset's overview states its policy's verdict, once the daemon
-  // has evaluated it (every 30 s): the page is reloaded until it does, with a deadline.
-  const verdict = /Freshness policy\s+(Passing|Warning|Failing)/;
-  for (let attempt = 0; attempt < 12 && !findings.freshness; attempt++) {
-    await page.goto(`${url}/assets/${healthyAsset}?view=overview`);
-    await waitForText(page, "Freshness policy", "freshness");
-    await page.waitForTimeout(5000);
-    findings.freshness = (await page.locator("body").innerText()).match(verdict)?.[1] ?? null;
+  // Freshness that means the latest window: each asset's check `latest_window_delivered`,
+  // evaluated by latest_window_sensor (once a minute): the failed integration's latest window
+  // is not delivered, so its check has failed; the healthy one's has passed. Pages are
+  // reloaded until the verdict shows, with a deadline.
+  async function checkVerdict(asset, wanted, what) {
+    for (let attempt = 0; attempt < 36; attempt++) {
+      await page.goto(`${url}/assets/${asset}?view=checks`);
+      await waitForText(page, "latest_window_delivered", what);
+      await page.waitForTimeout(5000);
+      const text = await page.locator("body").innerText();
+      const found = text.match(wanted)?.[0];
+      if (found) return found;
+    }
+    await page.screenshot({ path: `${outDir}/failed-${what}.png` });
+    fail(`${what}: the check latest_window_delivered of ${asset} never showed ${wanted}`);
   }
-  if (!findings.freshness) {
-    await page.screenshot({ path: `${outDir}/failed-freshness.png` });
-    fail("the asset's freshness verdict is not shown");
-  }
+  findings.freshness = await checkVerdict(healthyAsset, /Passed|Succeeded/, "freshness");
+  await page.screenshot({ path: `${outDir}/freshness-passed.png` });
+  findings.late = await checkVerdict(failedAsset, /Failed/, "late");
+  await page.screenshot({ path: `${outDir}/freshness-late.png` });
   console.log(JSON.stringify(findings));
 } finally {
   await browser.close();

@@ -1,0 +1,215 @@
+"""Freshness that means the latest window: an export is late when its latest due window is not
+delivered, whatever older windows were delivered or re-delivered since.
+
+Dagster's time-window freshness goes by the newest materialization of any partition, so a
+re-delivered old window made an export that missed its latest windows look fresh. Each live
+export instead has an asset check, `latest_window_delivered`, and a sensor evaluates it every
+minute (as a runless check evaluation: no run, no step). It fails at once, with ERROR
+severity, when the export's newest failed window (a failure observation the export step
+recorded, not delivered since) is one of its latest windows; else it passes when the latest due
+window (its end plus the event type's lateness plus FRESHNESS_GRACE is past) has a
+materialization, and fails with WARN severity once that window is overdue, ERROR once the one
+before it is missing too (two windows behind). The check can be executed from the asset's page
+as well, with the same verdict.
+
+Knows the window groups and Dagster's records; nothing of how a window is delivered.
+"""
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from affise_s3_assets.config.targets import ExportTarget, WindowGroup
+from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, first_window_start
+
+CHECK_NAME = "latest_window_delivered"
+SENSOR_NAME = "latest_window_sensor"
+# A window is delivered a little after it closes (and its lateness): the source may be waited
+# for, the run may queue. Beyond this, the window is overdue.
+FRESHNESS_GRACE = timedelta(minutes=10)
+TICK_SECONDS = 60
+# Observations read per export to find its newest failure (other observations are rare).
+FAILURES_LOOKED_AT = 5
+
+
+@dataclass(frozen=True)
+class LatestWindow:
+    """The verdict on one export's latest due window."""
+
+    passed: bool
+    severity: dg.AssetCheckSeverity
+    window: str | None  # the partition key judged; None: no window due yet
+    description: str
+
+    def metadata(self) -> dict[str, str]:
+        return {"window": self.window or "none due yet"}
+
+
+def _key(moment: datetime) -> str:
+    return moment.strftime(PARTITION_KEY_FORMAT)
+
+
+def latest_window(
+    target: ExportTarget,
+    lateness: timedelta,
+    now: datetime,
+    delivered: Callable[[dg.AssetKey, str], bool],
+    newest_failure: Callable[[dg.AssetKey], tuple[str, str] | None] = lambda _: None,
+) -> LatestWindow:
+    """The verdict for `target` at `now` (naive UTC); `delivered(asset key, partition key)`
+    says whether a window has a materialization, `newest_failure(asset key)` the newest window
+    whose delivery failed and was not delivered since (partition key, why), if any."""
+    step = timedelta(minutes=target.frequency)
+    # The newest window whose end, lateness and grace are past: the latest due.
+    due = first_window_start(now - lateness - FRESHNESS_GRACE, target.frequency) - step
+    failure = newest_failure(target.asset_key)
+    if failure is not None and failure[0] >= _key(due - step):
+        key, why = failure
+        return LatestWindow(False, dg.AssetCheckSeverity.ERROR, key, f"window {key} failed: {why}")
+    if not target.covers(due):
+        return LatestWindow(
+            True, dg.AssetCheckSeverity.WARN, None, "no window of this export is due yet"
+        )
+    key = _key(due)
+    if delivered(target.asset_key, key):
+        return LatestWindow(True, dg.AssetCheckSeverity.WARN, key, f"window {key} is delivered")
+    # Two windows behind: the one before is due and missing too.
+    before = due - step
+    behind = target.covers(before) and not delivered(target.asset_key, _key(before))
+    return LatestWindow(
+        False,
+        dg.AssetCheckSeverity.ERROR if behind else dg.AssetCheckSeverity.WARN,
+        key,
+        f"window {key} is not delivered "
+        f"{'(nor the one before it) ' if behind else ''}"
+        f"{FRESHNESS_GRACE // timedelta(minutes=1)} minutes after it was due; its partition "
+        "says why (a failure observation), or it has not run",
+    )
+
+
+def _delivered_in(instance: dg.DagsterInstance) -> Callable[[dg.AssetKey, str], bool]:
+    def delivered(asset_key: dg.AssetKey, partition: str) -> bool:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+        ).records
+        return bool(records)
+
+    return delivered
+
+
+def _newest_failure_in(
+    instance: dg.DagsterInstance,
+) -> Callable[[dg.AssetKey], tuple[str, str] | None]:
+    def newest_failure(asset_key: dg.AssetKey) -> tuple[str, str] | None:
+        observations = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=asset_key), limit=FAILURES_LOOKED_AT
+        ).records
+        for record in observations:  # newest first
+            metadata = record.asset_observation.metadata if record.asset_observation else {}
+            if "delivery_failed" not in metadata or record.partition_key is None:
+                continue
+            since = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=asset_key,
+                    asset_partitions=[record.partition_key],
+                    after_storage_id=record.storage_id,
+                ),
+                limit=1,
+            ).records
+            if since:
+                return None  # delivered after it failed
+            return record.partition_key, str(metadata["delivery_failed"].value)
+        return None
+
+    return newest_failure
+
+
+def _evaluation(target: ExportTarget, verdict: LatestWindow) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=target.asset_key,
+        check_name=CHECK_NAME,
+        passed=verdict.passed,
+        severity=verdict.severity,
+        description=verdict.description,
+        metadata=verdict.metadata(),
+    )
+
+
+def build_latest_window_checks(groups: Sequence[WindowGroup]) -> list[dg.AssetChecksDefinition]:
+    """One multi-check per group, a `latest_window_delivered` check per live export."""
+    return [_group_checks(group) for group in groups if group.live]
+
+
+def _group_checks(group: WindowGroup) -> dg.AssetChecksDefinition:
+    live = {target.asset_key: target for target in group.live}
+
+    @dg.multi_asset_check(
+        name=f"{group.step_name}_latest_window",
+        specs=[
+            dg.AssetCheckSpec(
+                CHECK_NAME,
+                asset=key,
+                description="The latest due window of this export is delivered.",
+            )
+            for key in live
+        ],
+        can_subset=True,
+    )
+    def check(context: dg.AssetCheckExecutionContext) -> Iterable[dg.AssetCheckResult]:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        delivered = _delivered_in(context.instance)
+        newest_failure = _newest_failure_in(context.instance)
+        for check_key in context.selected_asset_check_keys:
+            target = live[check_key.asset_key]
+            verdict = latest_window(target, group.lateness, now, delivered, newest_failure)
+            yield dg.AssetCheckResult(
+                asset_key=target.asset_key,
+                check_name=CHECK_NAME,
+                passed=verdict.passed,
+                severity=verdict.severity,
+                description=verdict.description,
+                metadata=verdict.metadata(),
+            )
+
+    return check
+
+
+def build_latest_window_sensor(
+    groups: Sequence[WindowGroup], clock: Callable[[], datetime] | None = None
+) -> dg.SensorDefinition:
+    """Evaluates every live export's check each minute and records a verdict when it changed
+    (the cursor keeps each export's last one), so the UI's check status follows the latest
+    window without a run."""
+    targets = [(target, group.lateness) for group in groups for target in group.live]
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        minimum_interval_seconds=TICK_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks an export late when its latest due window is not delivered "
+        f"(asset check `{CHECK_NAME}`).",
+    )
+    def latest_window_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        now = clock() if clock is not None else datetime.now(UTC).replace(tzinfo=None)
+        known: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
+        delivered = _delivered_in(context.instance)
+        newest_failure = _newest_failure_in(context.instance)
+        changed = 0
+        for target, lateness in targets:
+            verdict = latest_window(target, lateness, now, delivered, newest_failure)
+            name = target.asset_key.to_user_string()
+            state = [verdict.window, verdict.passed, verdict.severity.value]
+            if known.get(name) == state:
+                continue
+            context.instance.report_runless_asset_event(_evaluation(target, verdict))
+            known[name] = state
+            changed += 1
+        live = {target.asset_key.to_user_string() for target, _ in targets}
+        context.update_cursor(json.dumps({k: v for k, v in known.items() if k in live}))
+        late = sum(1 for state in known.values() if not state[1])
+        return dg.SkipReason(f"{changed} verdicts recorded; {late} of {len(targets)} exports late")
+
+    return latest_window_sensor

@@ -1,0 +1,133 @@
+"""Freshness that means the latest window (issue 19, point 7): an export whose latest due
+window is missing or failed is late, whatever older windows were delivered since."""
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from affise_s3_assets.automation.freshness import (
+    CHECK_NAME,
+    FRESHNESS_GRACE,
+    build_latest_window_sensor,
+    latest_window,
+)
+from affise_s3_assets.config.apply import parse_integrations
+from affise_s3_assets.config.schema import Lateness
+from affise_s3_assets.config.targets import build_export_targets, build_window_groups
+from tests.test_config import one_integration
+
+LATENESS = timedelta(minutes=2)
+
+
+def groups() -> list:
+    parsed = parse_integrations(one_integration())  # acme clicks every 15 minutes
+    return build_window_groups(build_export_targets(parsed.integrations), Lateness())
+
+
+def test_the_latest_due_window_is_the_one_judged() -> None:
+    (group,) = groups()
+    (target,) = group.targets
+    delivered: set[str] = set()
+
+    def lookup(_: dg.AssetKey, key: str) -> bool:
+        return key in delivered
+
+    # 10:15 closes at 10:30; due at 10:30 + 2 + 10 minutes.
+    at = datetime(2026, 11, 25, 10, 30) + LATENESS + FRESHNESS_GRACE
+    verdict = latest_window(target, LATENESS, at, lookup)
+    assert (verdict.window, verdict.passed) == ("2026-11-25-10:15", False)
+    # Only that window missing: a warning; the one before missing too: an error.
+    delivered.add("2026-11-25-10:00")
+    assert latest_window(target, LATENESS, at, lookup).severity == dg.AssetCheckSeverity.WARN
+    delivered.clear()
+    assert latest_window(target, LATENESS, at, lookup).severity == dg.AssetCheckSeverity.ERROR
+    # A minute earlier the window judged is the one before.
+    earlier = latest_window(target, LATENESS, at - timedelta(minutes=1), lookup)
+    assert earlier.window == "2026-11-25-10:00"
+    delivered.add("2026-11-25-10:15")
+    assert latest_window(target, LATENESS, at, lookup).passed
+    # Before the export's first window closes nothing is due.
+    first = latest_window(target, LATENESS, datetime(2026, 11, 1, 0, 5), lookup)
+    assert first.passed and first.window is None
+
+
+def test_redelivering_an_old_window_does_not_make_a_late_export_fresh() -> None:
+    (group,) = groups()
+    (target,) = group.targets
+    now = datetime(2026, 11, 25, 12, 0)
+    sensor = build_latest_window_sensor([group], clock=lambda: now)
+    check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+    with dg.instance_for_test() as instance:
+
+        def deliver(partition: str) -> None:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(target.asset_key, partition=partition)
+            )
+
+        def status() -> dg.AssetCheckSeverity | None:
+            (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+            evaluation = record.event.dagster_event.event_specific_data
+            return None if evaluation.passed else evaluation.severity
+
+        cursor = None
+
+        def tick() -> str:
+            nonlocal cursor
+            result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+            cursor = result.cursor
+            return str(result.skip_message)
+
+        def recorded() -> int:
+            return len(instance.event_log_storage.get_asset_check_execution_history(check, 100))
+
+        # At 12:00 the latest due window is 11:30 (it closed at 11:45; + 2 + 10 minutes).
+        deliver("2026-11-25-11:30")
+        tick()
+        assert status() is None
+        now = datetime(2026, 11, 25, 12, 30)
+        # Then 11:45 and 12:00 fall due undelivered, while an old window is re-delivered.
+        deliver("2026-11-24-09:00")
+        assert "1 of 1 exports late" in tick()
+        assert status() == dg.AssetCheckSeverity.ERROR
+        # Nothing changed: no new evaluation is recorded.
+        before = recorded()
+        tick()
+        assert recorded() == before
+        deliver("2026-11-25-12:00")
+        tick()
+        assert status() is None
+
+
+def test_a_failed_latest_window_is_late_at_once_and_not_once_delivered() -> None:
+    (group,) = groups()
+    (target,) = group.targets
+    now = datetime(2026, 11, 25, 12, 0)
+    sensor = build_latest_window_sensor([group], clock=lambda: now)
+    check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+    with dg.instance_for_test() as instance:
+        for partition in ("2026-11-25-11:15", "2026-11-25-11:30"):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(target.asset_key, partition=partition)
+            )
+        # The window that just closed failed (as the export step records it): late now, not
+        # after the grace.
+        instance.report_runless_asset_event(
+            dg.AssetObservation(
+                target.asset_key,
+                partition="2026-11-25-11:45",
+                metadata={"delivery_failed": "AccessDenied: s3:PutObject", "permanent": True},
+            )
+        )
+        sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+        evaluation = record.event.dagster_event.event_specific_data
+        assert not evaluation.passed
+        assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+        assert "window 2026-11-25-11:45 failed: AccessDenied" in evaluation.description
+        # Delivered again: the failure no longer counts.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(target.asset_key, partition="2026-11-25-11:45")
+        )
+        sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+        assert record.event.dagster_event.event_specific_data.passed
