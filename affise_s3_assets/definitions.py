@@ -17,6 +17,7 @@ from affise_s3_assets.automation.live_config import (
     load_live_config,
     location_name,
 )
+from affise_s3_assets.automation.notify import build_notify_sensor
 from affise_s3_assets.automation.reconciliation import build_reconciliation_sensor
 from affise_s3_assets.automation.schedules import build_window_schedule
 from affise_s3_assets.automation.upload_sweep import build_upload_sweep_sensor
@@ -64,6 +65,9 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
             sensors.append(
                 build_reconciliation_sensor(live, list(jobs.values()), applied.reconciliation)
             )
+    # Only a file with a webhook has the sensor: nothing to evaluate otherwise.
+    if any(i.notify is not None and i.enabled for i in applied.integrations):
+        sensors.append(build_notify_sensor(applied.integrations))
     with warnings.catch_warnings():
         # BackfillPolicy is beta in Dagster 1.13: its warning would repeat at every load.
         warnings.simplefilter("ignore", dg.BetaWarning)
