@@ -1,5 +1,6 @@
-"""What a window's manifest says: the small JSON object written beside its data object, once
-that object is complete, so a customer can prove from the bucket alone that a file is whole.
+"""What a window's manifest says: the small JSON object written once its data object is
+complete, in the `_manifests/` sub-folder of the object's folder (delivery/writer.py,
+`build_manifest_key`), so a customer can prove from the bucket alone that a file is whole.
 Knows the manifest format (docs/manifest.schema.json), nothing of S3, DuckDB or Dagster.
 
 The same rows give the same bytes: no wall-clock time, keys sorted, one fixed layout. What
@@ -42,7 +43,7 @@ class DeliveredObject:
     rows: int
     bytes: int
     sha256: str
-    columns: tuple[str, ...]
+    columns: tuple[str, ...]  # the file's, in order: the export's `columns` or every column
     format: str = "csv"
     compression: str = "gzip"
     # Why this window was delivered again with other rows than before (e.g. "late_rows").
@@ -63,8 +64,8 @@ def manifest_document(delivered: DeliveredObject) -> dict[str, Any]:
             "end": _instant(delivered.window_end),
         },
         "object": {
-            # Relative to the manifest's own folder: it holds the same whichever bucket or
-            # prefix the files are copied to.
+            # The file's name in the folder holding the manifest's `_manifests/` folder: it
+            # holds the same whichever bucket or prefix the files are copied to.
             "name": delivered.key.rsplit("/", 1)[-1],
             "bytes": delivered.bytes,
             "sha256": delivered.sha256,

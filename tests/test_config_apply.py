@@ -93,7 +93,15 @@ def test_a_name_used_twice_refuses_every_block_of_it() -> None:
 
 @pytest.mark.parametrize(
     ("first", "second"),
-    [("raw", "raw"), ("", "2026"), ("raw", "raw/2026"), ("raw", "raw/2026/11")],
+    [
+        ("raw", "raw"),
+        ("", "2026"),
+        ("raw", "raw/2026"),
+        ("raw", "raw/2026/11"),
+        # A Hive day folder (layout: hive) is a date folder whatever either export's layout.
+        ("raw", "raw/dt=2026-11-25"),
+        ("", "dt=2026-11-25/hour=10"),
+    ],
 )
 def test_exports_that_could_share_keys_are_both_refused_when_both_are_new(
     first: str, second: str

@@ -89,6 +89,9 @@ def test_layout_file_name_and_completion_take_only_their_values() -> None:
     (acme,) = parse_integrations(one_integration(extra=extra)).integrations
     (target,) = build_export_targets([acme])
     assert (target.layout, target.file_name, target.completion) == ("hive", "compact", "hour")
+    assert "clicks: completion: hour needs windows of at most 60 minutes" in error_of(
+        one_integration(extra="      frequency: 120\n      completion: hour\n")
+    )
     for line, field in (
         ("layout: flat", "layout"),
         ("file_name: iso", "file_name"),

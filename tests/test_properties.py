@@ -126,9 +126,7 @@ class _CollectingIO:
     def __init__(self) -> None:
         self.objects: dict[str, _Collected] = {}
 
-    def open_object(
-        self, destination: Any, window_start: datetime, in_memory: int, file_format: str
-    ) -> _Collected:
+    def open_object(self, destination: Any, window_start: datetime, *_: Any) -> _Collected:
         self.objects[destination.integration] = _Collected(destination.integration)
         return self.objects[destination.integration]
 

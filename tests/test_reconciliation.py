@@ -174,7 +174,9 @@ def test_late_rows_are_delivered_again_under_the_same_key_and_nothing_else_is(
             assert etag != before[key][0] and version != before[key][1], key
     # The manifest says why, and still describes its object.
     manifest = json.loads(
-        fetch(rig.s3, rig.bucket, "all/2026/11/25/2026-11-25 11:00:00.csv.gz.manifest.json")
+        fetch(
+            rig.s3, rig.bucket, "all/2026/11/25/_manifests/2026-11-25 11:00:00.csv.gz.manifest.json"
+        )
     )
     assert manifest["redelivery_reason"] == LATE_ROWS
     assert manifest["rows"] == first_rows["everything"] + 3

@@ -502,9 +502,10 @@ def test_a_window_run_waits_for_the_loaders_write_lock_and_delivers(rig: WindowR
 def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_redelivery(
     rig: WindowRig,
 ) -> None:
-    """With `manifest: true`, each data object gets `<key>.manifest.json` once complete: the
-    documented format (docs/manifest.schema.json), the object's own size, SHA-256 and rows as
-    a customer reads them back; a re-delivery writes the same bytes for both."""
+    """With `manifest: true`, each data object gets `_manifests/<name>.manifest.json` in its
+    folder once complete: the documented format (docs/manifest.schema.json), the object's own
+    size, SHA-256 and rows as a customer reads them back; a re-delivery writes the same bytes
+    for both."""
     rig.configure(
         [
             ("acme", "2026-11-24 00:00:00", rig.clicks("x", "      manifest: true\n")),
@@ -513,7 +514,9 @@ def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_r
     )
     assert rig.run().success
     data_key, manifest_key, plain_key = rig.objects()
-    assert manifest_key == data_key + ".manifest.json" and plain_key.startswith("y/")
+    folder, name = data_key.rsplit("/", 1)
+    assert manifest_key == f"{folder}/_manifests/{name}.manifest.json"
+    assert plain_key.startswith("y/")
     data = fetch(rig.s3, rig.bucket, data_key)
     written = fetch(rig.s3, rig.bucket, manifest_key)
     manifest = json.loads(written)
@@ -603,7 +606,9 @@ def test_a_manifest_that_cannot_be_written_fails_its_window_and_the_next_run_com
     (data_key,) = rig.objects()
     assert rig.status("acme", [WINDOW]) == ["FAILED"]
     (seen,) = observations(rig, "acme")
-    assert f"key '{data_key}.manifest.json'" in seen.metadata["delivery_failed"].value
+    folder, name = data_key.rsplit("/", 1)
+    manifest_key = f"{folder}/_manifests/{name}.manifest.json"
+    assert f"key '{manifest_key}'" in seen.metadata["delivery_failed"].value
     assert seen.metadata["error_code"].value == "AccessDenied"
     assert seen.partition == WINDOW and not materializations(rig, "acme")
 
@@ -611,8 +616,8 @@ def test_a_manifest_that_cannot_be_written_fails_its_window_and_the_next_run_com
     rig.monkeypatch.setenv("TEST_ACCESS_KEY_ID", rig.s3.customer.access_key)
     rig.monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", rig.s3.customer.secret_key)
     assert rig.run().success
-    assert rig.objects() == [data_key, data_key + ".manifest.json"]
-    manifest = json.loads(fetch(rig.s3, rig.bucket, data_key + ".manifest.json"))
+    assert rig.objects() == [data_key, manifest_key]
+    manifest = json.loads(fetch(rig.s3, rig.bucket, manifest_key))
     data = fetch(rig.s3, rig.bucket, data_key)
     assert manifest["object"]["sha256"] == hashlib.sha256(data).hexdigest()
 

@@ -182,17 +182,21 @@ def _exports(integration: IntegrationConfig) -> list[_Export]:
     ]
 
 
-_YEAR_SEGMENT_RE = re.compile(r"\d{4}")
+# The first folder of a window's key below its export's directory: a year (YYYY/MM/DD/), or
+# a Hive day (dt=YYYY-MM-DD/). Any export's, whatever its own layout: switching an export's
+# layout never makes an accepted pair collide.
+_DATE_SEGMENT_RE = re.compile(r"\d{4}|dt=.*")
 
 
 def _lies_in_date_folders(directory: str, other: str) -> bool:
-    """Whether `other`'s objects fall inside `directory`'s YYYY/MM/DD/ folders."""
+    """Whether `other`'s objects fall inside `directory`'s date folders (YYYY/MM/DD/ or
+    dt=YYYY-MM-DD/)."""
     if directory == other:
         return True
     rest = other.removeprefix(directory + "/") if directory else other
     if rest == other and directory:
         return False
-    return _YEAR_SEGMENT_RE.fullmatch(rest.split("/", 1)[0]) is not None
+    return _DATE_SEGMENT_RE.fullmatch(rest.split("/", 1)[0]) is not None
 
 
 def exports_collide(a: _Export, b: _Export) -> bool:
@@ -219,7 +223,7 @@ def _clashes(exports: list[_Export]) -> list[tuple[_Export, _Export]]:
     for export in exports:
         segments = export.directory.split("/") if export.directory else []
         for depth, segment in enumerate(segments):
-            if _YEAR_SEGMENT_RE.fullmatch(segment):
+            if _DATE_SEGMENT_RE.fullmatch(segment):
                 parent = "/".join(segments[:depth])
                 folder = (export.store, export.bucket, parent)
                 pairs.extend((owner, export) for owner in by_folder.get(folder, ()))

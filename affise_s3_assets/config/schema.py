@@ -178,6 +178,15 @@ class EventExportConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _hour_markers_need_hourly_windows(self) -> "EventExportConfig":
+        if self.completion == "hour" and self.frequency > 60:
+            raise ValueError(
+                f"completion: hour needs windows of at most 60 minutes (frequency is "
+                f"{self.frequency}): use completion: day"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _kms_key_with_kms(self) -> "EventExportConfig":
         if self.sse == "aws:kms" and not self.kms_key_id:
             raise ValueError(

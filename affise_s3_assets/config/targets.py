@@ -53,9 +53,10 @@ class ExportTarget:
         return self.affiliates, self.advertisers
 
     @property
-    def encoding_key(self) -> tuple[tuple[int, ...], tuple[str, ...], str]:
-        """Targets alike in this encode each batch once, for all of them."""
-        return self.affiliates, self.advertisers, self.file_format
+    def encoding_key(self) -> tuple[tuple[int, ...], tuple[str, ...], str, tuple[str, ...]]:
+        """Targets alike in this (filters, format, columns) encode each batch once, for all
+        of them."""
+        return self.affiliates, self.advertisers, self.file_format, self.columns
 
     def covers(self, window: datetime) -> bool:
         """Whether the window starting at `window` (naive UTC) is one of this export's: its

@@ -158,7 +158,7 @@ class ObjectDelivery:
                 rows=record.rows,
                 bytes=record.object_bytes or 0,
                 sha256=record.sha256 or "",
-                columns=EVENT_COLUMNS[self.target.event_type],
+                columns=columns_of(self.target),
                 format=self.encoder.file_format,
                 compression=self.encoder.compression,
                 redelivery_reason=self.redelivery_reason,
@@ -191,8 +191,14 @@ class ObjectDelivery:
         )
 
 
+def columns_of(target: ExportTarget) -> tuple[str, ...]:
+    """The columns of the target's files, in order: its `columns`, or every column of its
+    event type."""
+    return target.columns or EVENT_COLUMNS[target.event_type]
+
+
 def encoder_of(target: ExportTarget) -> "GzipCsvEncoder | ParquetEncoder":
-    columns = EVENT_COLUMNS[target.event_type]
+    columns = columns_of(target)
     if target.file_format == "parquet":
         from affise_s3_assets.encoding.parquet import ParquetEncoder
 
@@ -241,7 +247,8 @@ def _batches(
         yield index, pl.concat(pending, rechunk=False)
 
 
-EncodingKey = tuple[tuple[int, ...], tuple[str, ...], str]
+# (affiliates, advertisers, file format, columns): ExportTarget.encoding_key.
+EncodingKey = tuple[tuple[int, ...], tuple[str, ...], str, tuple[str, ...]]
 
 
 def _encoded(
@@ -250,9 +257,11 @@ def _encoded(
     windows: Sequence[Window],
     stopped: set[dg.AssetKey],
 ) -> Iterator[tuple[int, EncodingKey, int, memoryview | pl.DataFrame]]:
-    """Each batch, once per distinct filter and format of the targets due in its window and
-    still tried, one at a time (the queue behind it bounds how much waits): CSV text for CSV
-    targets, the filtered typed rows for Parquet ones (their encoder makes the row groups)."""
+    """Each batch, once per distinct filter, format and columns of the targets due in its
+    window and still tried, one at a time (the queue behind it bounds how much waits): CSV
+    text for CSV targets, the filtered typed rows for Parquet ones (their encoder makes the row
+    groups, of its schema's columns). A target with `columns` gets those columns only, in its
+    order; one without, the batch as read (every column, in the schema's order)."""
     predicates = {target.filter_key: event_filter(*target.filter_key) for target in targets}
     for index, frame in batches:
         start = windows[index].start
@@ -264,11 +273,13 @@ def _encoded(
         # Once per batch rather than once per integration: the timestamp text.
         text = whole_second_text(frame) if any(k[2] == "csv" for k in wanted) else frame
         for key in sorted(wanted):
-            affiliates, advertisers, file_format = key
+            affiliates, advertisers, file_format, columns = key
             predicate = predicates[(affiliates, advertisers)]
             rows = text if file_format == "csv" else frame
             kept = rows.filter(predicate) if predicate is not None else rows
             if kept.height:
+                if columns:
+                    kept = kept.select(columns)
                 yield index, key, kept.height, csv_bytes(kept) if file_format == "csv" else kept
 
 
@@ -316,7 +327,14 @@ def deliver_windows(
             ObjectDelivery(
                 target,
                 window,
-                io.open_object(target.destination, window.start, in_memory, target.file_format),
+                io.open_object(
+                    target.destination,
+                    window.start,
+                    in_memory,
+                    target.file_format,
+                    target.layout,
+                    target.file_name,
+                ),
                 encoder_of(target),
                 clean_up=clean_up and target.asset_key not in no_clean_up,
                 redelivery_reason=redelivery_reason,

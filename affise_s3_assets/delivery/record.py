@@ -221,3 +221,16 @@ def latest_materializations(
             if not result.has_more:
                 break
             cursor = result.cursor
+
+
+def latest_records(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: Sequence[str]
+) -> dict[str, DeliveryRecord]:
+    """Each of `partitions` (keys) with the record of its latest materialization of
+    `asset_key`, where it has one recording delivered rows."""
+    found: dict[str, DeliveryRecord] = {}
+    for key, materialization in latest_materializations(instance, asset_key, partitions):
+        record = DeliveryRecord.from_metadata(materialization.metadata)
+        if record is not None:
+            found[key] = record
+    return found

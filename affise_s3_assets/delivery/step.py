@@ -33,12 +33,9 @@ from affise_s3_assets.automation.runs import (
 )
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.dagster_internal import AssetJob, add_run_tags
+from affise_s3_assets.delivery.completion import CompletionMarkers, marker_key, period_of
 from affise_s3_assets.delivery.engine import Outcome, Window, deliver_windows
-from affise_s3_assets.delivery.record import (
-    DeliveryRecord,
-    filters_metadata,
-    latest_materializations,
-)
+from affise_s3_assets.delivery.record import filters_metadata, latest_records
 from affise_s3_assets.delivery.report import failure_observation, failure_summary, not_attempted
 from affise_s3_assets.delivery.writer import (
     DateFolderS3Writer,
@@ -47,6 +44,7 @@ from affise_s3_assets.delivery.writer import (
 from affise_s3_assets.s3 import (
     delivery_failure,
     error_code,
+    is_permanent,
 )
 from affise_s3_assets.source.completeness import SourceIncomplete, SourceProgress, naive_utc
 from affise_s3_assets.source.event_types import EVENT_SOURCE_KEYS
@@ -56,9 +54,6 @@ from affise_s3_assets.source.fingerprint import FilterKey, Fingerprint
 # The resource every export step writes its objects with (DateFolderS3Writer): Dagster hands
 # it to the step's parameter of the same name, `s3_writer`.
 S3_WRITER_KEY = "s3_writer"
-# A window is delivered a little after it closes: the source may be waited for (60 s), the
-# run may queue behind others and takes its time. Beyond this, an export is late.
-FRESHNESS_GRACE = timedelta(minutes=10)
 # A run for a window that closed less than this ago waits for the source to be complete past
 # it (AFFISE_SOURCE_WAIT_SECONDS, default 60), checking every few seconds: events arrive a
 # little after their time. An older window is not waited for: it failed and is tried again.
@@ -135,6 +130,9 @@ def _deliver_selected(
     # A window delivered again because its rows changed says so, with the rows it had.
     reason = context.run.tags.get(REASON_TAG)
     before = _delivered_rows(context.instance, due, windows) if reason else {}
+    # Set once the windows the source is ready for are known: the completion markers they
+    # may complete (exports with `completion`).
+    markers: CompletionMarkers | None = None
 
     def report(window: Window, objects: list[Outcome]) -> None:
         nonlocal delivered
@@ -162,6 +160,12 @@ def _deliver_selected(
                         metadata=record.to_metadata(),
                     )
                 )
+                # After it is logged: the instance's records then hold this window.
+                failed = _completion_marker(context, markers, target, window) if markers else None
+                if failed is not None:
+                    failures.append(failed)
+                    context.log.error(failed.failure)
+                    context.log_event(failure_observation(context, window, failed))
                 continue
             failures.append(item)
             context.log.error(item.failure)
@@ -171,6 +175,11 @@ def _deliver_selected(
     # "the events have not arrived".
     progress = _source_progress(context, events, group, windows[-1].end)
     ready = [window for window in windows if progress.covers(window.end)]
+    markers = CompletionMarkers(
+        due,
+        [window.start for window in ready],
+        lambda asset_key, keys: latest_records(context.instance, asset_key, keys),
+    )
     if ready:
         due_in = [w for w in ready if any(t.covers(w.start) for t in due)]
         if due_in:
@@ -223,7 +232,11 @@ def _deliver_selected(
                     delivery_failure(
                         target.destination,
                         build_object_key(
-                            target.destination.directory, window.start, target.file_format
+                            target.destination.directory,
+                            window.start,
+                            target.file_format,
+                            target.layout,
+                            target.file_name,
                         ),
                         incomplete,
                     ),
@@ -249,13 +262,46 @@ def _delivered_rows(
 ) -> dict[tuple[dg.AssetKey, str], int]:
     """The rows each window's latest materialization delivered."""
     keys = [window.key for window in windows]
-    found: dict[tuple[dg.AssetKey, str], int] = {}
-    for target in targets:
-        for key, materialization in latest_materializations(instance, target.asset_key, keys):
-            record = DeliveryRecord.from_metadata(materialization.metadata)
-            if record is not None:
-                found[(target.asset_key, key)] = record.rows
-    return found
+    return {
+        (target.asset_key, key): record.rows
+        for target in targets
+        for key, record in latest_records(instance, target.asset_key, keys).items()
+    }
+
+
+def _completion_marker(
+    context: dg.AssetExecutionContext,
+    markers: CompletionMarkers,
+    target: ExportTarget,
+    window: Window,
+) -> Outcome | None:
+    """Write the marker of the period `window` completes, if it does; the failure, if writing
+    it failed. The window itself stays delivered; its period's marker is written by the next
+    delivery of any of its windows."""
+    try:
+        marker = markers.due(target, window.start)
+        if marker is None:
+            return None
+        uri = markers.write(target, marker)
+    except Exception as exc:
+        assert target.completion is not None, "only exports with completion have markers"
+        key = marker_key(
+            target.destination.directory,
+            period_of(window.start, target.completion),
+            target.layout,
+        )
+        return Outcome(
+            target,
+            delivery_failure(target.destination, key, exc),
+            error_code(exc),
+            is_permanent(exc),
+        )
+    context.log.info(
+        f"{target.integration} {target.event_type}: the {marker.period.unit} of "
+        f"{marker.period.start:%Y-%m-%d %H:%M} is complete ({marker.windows} windows, "
+        f"{marker.rows} rows): {uri}"
+    )
+    return None
 
 
 def _is_redelivery(tags: Mapping[str, str]) -> bool:
@@ -289,15 +335,6 @@ def source_wait() -> timedelta:
     return timedelta(seconds=float(os.environ.get("AFFISE_SOURCE_WAIT_SECONDS") or 60))
 
 
-def freshness_policy(frequency: int, lateness: timedelta = timedelta(0)) -> dg.FreshnessPolicy:
-    """Each export should have delivered a window within its frequency plus its lateness and
-    FRESHNESS_GRACE (warn), and within two frequencies (fail): the UI then marks an
-    integration fallen behind."""
-    step = timedelta(minutes=frequency)
-    grace = lateness + FRESHNESS_GRACE
-    return dg.FreshnessPolicy.time_window(warn_window=step + grace, fail_window=2 * step + grace)
-
-
 def _spec(
     target: ExportTarget, partitions_def: dg.PartitionsDefinition, lateness: timedelta
 ) -> dg.AssetSpec:
@@ -313,8 +350,8 @@ def _spec(
         description=(
             f"Raw {target.event_type} of integration `{target.integration}`, one "
             f"{'gzipped CSV' if target.file_format == 'csv' else 'Parquet file'} "
-            f"every {target.frequency} minutes under `{target.folder}YYYY/MM/DD/`, from the "
-            f"window of {start} UTC (windows before it are not this integration's)."
+            f"every {target.frequency} minutes under `{target.folder}{_FOLDERS[target.layout]}`, "
+            f"from the window of {start} UTC (windows before it are not this integration's)."
         ),
         # Shown in the UI for every operator: never the credentials or their references.
         metadata={
@@ -330,11 +367,16 @@ def _spec(
             "enabled": target.enabled,
             **{f"filter_{name}": value for name, value in filters.items()},
         },
-        # A paused integration is not late: no policy that would show it red for ever.
-        freshness_policy=freshness_policy(target.frequency, lateness) if target.enabled else None,
+        # No time-window freshness policy: Dagster's goes by the newest materialization of any
+        # partition, so a re-delivered old window would make a late export look fresh. The
+        # latest window's check says it instead (automation/freshness.py).
         kinds={"s3", target.file_format},
         tags={"integration": target.integration, "event_type": target.event_type},
     )
+
+
+# How each layout's folders are shown on an asset's page.
+_FOLDERS = {"dated": "YYYY/MM/DD/", "hive": "dt=YYYY-MM-DD/hour=HH/"}
 
 
 def _compression(target: ExportTarget) -> str:

@@ -1,5 +1,6 @@
-"""The S3 window writer: turns a partition's time window into a date-folder S3 key
-(`build_object_key`) and writes the window's object there. Knows keys and the S3 library,
+"""The S3 window writer: turns a partition's time window into an S3 key (`build_object_key`:
+date folders or Hive-style ones, as the export's layout says) and writes the window's object
+there. Knows keys and the S3 library,
 nothing of DuckDB or CSV.
 
 Every export partition goes through it, whichever way it was started (a schedule, the catch-up
@@ -48,20 +49,62 @@ EXTENSIONS = {"csv": "csv.gz", "parquet": "parquet"}
 CONTENT_TYPES = {"csv": "application/gzip", "parquet": "application/vnd.apache.parquet"}
 
 
-def build_object_key(directory: str, window_start: datetime, file_format: str = "csv") -> str:
-    """`{directory}/YYYY/MM/DD/YYYY-MM-DD hh:mm:ss.csv.gz` (`.parquet`) from the window start
-    in UTC."""
-    start = window_start.astimezone(UTC) if window_start.tzinfo else window_start
-    name = f"{start:%Y/%m/%d}/{start:%Y-%m-%d %H:%M:%S}.{EXTENSIONS[file_format]}"
-    return f"{directory}/{name}" if directory else name
+# Per export: how its folders are cut (`layout`) and how its files are named (`file_name`).
+LAYOUTS = ("dated", "hive")
+FILE_NAMES = ("datetime", "compact")
 
 
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def build_data_folder(directory: str, window_start: datetime, layout: str = "dated") -> str:
+    """The folder a window's object lies in, from its start in UTC: `{directory}/YYYY/MM/DD`
+    (dated) or `{directory}/dt=YYYY-MM-DD/hour=HH` (hive); no trailing slash."""
+    start = _utc(window_start)
+    if layout == "dated":
+        folder = f"{start:%Y/%m/%d}"
+    elif layout == "hive":
+        folder = f"dt={start:%Y-%m-%d}/hour={start:%H}"
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return f"{directory}/{folder}" if directory else folder
+
+
+def build_object_key(
+    directory: str,
+    window_start: datetime,
+    file_format: str = "csv",
+    layout: str = "dated",
+    file_name: str = "datetime",
+) -> str:
+    """The window's key, from its start in UTC alone: `{directory}/YYYY/MM/DD/YYYY-MM-DD
+    hh:mm:ss.csv.gz` (`.parquet`) by default; `layout: hive` puts it in
+    `{directory}/dt=YYYY-MM-DD/hour=HH/`, `file_name: compact` names it `YYYYMMDDThhmmssZ`
+    (no space or colon)."""
+    start = _utc(window_start)
+    if file_name == "datetime":
+        stem = f"{start:%Y-%m-%d %H:%M:%S}"
+    elif file_name == "compact":
+        stem = f"{start:%Y%m%dT%H%M%SZ}"
+    else:
+        raise ValueError(f"file_name must be one of {FILE_NAMES}, got {file_name!r}")
+    return f"{build_data_folder(directory, start, layout)}/{stem}.{EXTENSIONS[file_format]}"
+
+
+# Manifests and completion markers lie in this sub-folder of their data's folder: table
+# readers skip it (Hive-style readers skip names starting with `_` or `.`; a `*` glob, as
+# DuckDB's, does not descend into a sub-folder), so a folder read takes data files only.
+META_FOLDER = "_manifests"
 MANIFEST_SUFFIX = ".manifest.json"
 
 
 def build_manifest_key(object_key: str) -> str:
-    """Beside its data object: `…/2026-11-25 10:00:00.csv.gz.manifest.json`."""
-    return object_key + MANIFEST_SUFFIX
+    """In the `_manifests/` sub-folder of its data object's folder, named after the object:
+    `…/2026/11/25/_manifests/2026-11-25 10:00:00.csv.gz.manifest.json`."""
+    folder, _, name = object_key.rpartition("/")
+    meta = f"{folder}/{META_FOLDER}" if folder else META_FOLDER
+    return f"{meta}/{name}{MANIFEST_SUFFIX}"
 
 
 class WindowObject:
@@ -134,40 +177,52 @@ class WindowObject:
         return metadata
 
     def write_manifest(self, body: bytes) -> str:
-        """Write the object's manifest beside it (after the object is complete: its presence
-        says so); returns its URI."""
+        """Write the object's manifest (`build_manifest_key`), after the object is complete:
+        its presence says so; returns its URI."""
         assert self.writer is not None, "the manifest follows its complete object"
-        key = build_manifest_key(self.key)
-        writer = S3ObjectWriter(
-            self.writer.client,
-            self.destination.bucket,
-            key,
-            content_type="application/json",
-            acl=self.destination.acl,
-            outage_seconds=outage_seconds(),
+        return write_small_object(
+            self.writer.client, self.destination, build_manifest_key(self.key), body
         )
-        writer.write(body)
-        writer.close()
-        self._verified(writer)
-        return object_uri(self.destination, key)
 
     def _verified(self, writer: S3ObjectWriter) -> Verification:
-        """The closed object's verification; VerificationFailed if the store's answers say
-        it holds other bytes than were sent."""
-        verification = writer.verification(self.destination.verify_etag)
-        if verification.intact is False:
-            uri = object_uri(self.destination, writer.key)
-            raise VerificationFailed(f"{uri}: {verification.how}")
-        return verification
+        return verified(writer, self.destination)
 
     def abort(self) -> Future[None] | None:
         """Discard the object; the writer's abort, done on its own thread, is returned."""
         return self.writer.abort() if self.writer is not None else None
 
 
+def verified(writer: S3ObjectWriter, destination: S3Destination) -> Verification:
+    """The closed object's verification; VerificationFailed if the store's answers say it
+    holds other bytes than were sent."""
+    verification = writer.verification(destination.verify_etag)
+    if verification.intact is False:
+        uri = object_uri(destination, writer.key)
+        raise VerificationFailed(f"{uri}: {verification.how}")
+    return verification
+
+
+def write_small_object(client: Any, destination: S3Destination, key: str, body: bytes) -> str:
+    """One small JSON object (a manifest, a completion marker) in one verified PUT; returns
+    its URI."""
+    writer = S3ObjectWriter(
+        client,
+        destination.bucket,
+        key,
+        content_type="application/json",
+        acl=destination.acl,
+        outage_seconds=outage_seconds(),
+    )
+    writer.write(body)
+    writer.close()
+    verified(writer, destination)
+    return object_uri(destination, key)
+
+
 class DateFolderS3Writer(dg.ConfigurableResource):
-    """Writes each export partition to `directory/YYYY/MM/DD/<window start>.csv.gz` (or
-    `.parquet`): the export step's resource (`S3_WRITER_KEY`).
+    """Writes each export partition to its key (`build_object_key`: by default
+    `directory/YYYY/MM/DD/<window start>.csv.gz` or `.parquet`): the export step's resource
+    (`S3_WRITER_KEY`).
 
     A resource, not an IO manager: an IO manager is handed a step's output whole, and a day's
     window is gigabytes; the step streams each window's object through `open_object` instead,
@@ -193,13 +248,16 @@ class DateFolderS3Writer(dg.ConfigurableResource):
         window_start: datetime,
         in_memory: int = 256 * 1024,
         file_format: str = "csv",
+        layout: str = "dated",
+        file_name: str = "datetime",
     ) -> WindowObject:
-        """The window's object. Its filling part keeps `in_memory` bytes in memory and the rest
-        in a temporary file: the export step shares a budget among the objects it has open,
-        so a group of large integrations cannot cost a part (8 MiB; S3's minimum is 5) each."""
+        """The window's object, at its key (`build_object_key`). Its filling part keeps
+        `in_memory` bytes in memory and the rest in a temporary file: the export step shares a
+        budget among the objects it has open, so a group of large integrations cannot cost a
+        part (8 MiB; S3's minimum is 5) each."""
         return WindowObject(
             destination,
-            build_object_key(destination.directory, window_start, file_format),
+            build_object_key(destination.directory, window_start, file_format, layout, file_name),
             self.part_size_mib * MIB,
             in_memory,
             CONTENT_TYPES[file_format],
