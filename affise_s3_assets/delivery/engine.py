@@ -25,8 +25,9 @@ from affise_s3_assets.delivery.writer import (
     build_manifest_key,
 )
 from affise_s3_assets.encoding.csv_gzip import (
+    CsvText,
+    CsvTexts,
     GzipCsvEncoder,
-    csv_bytes,
     event_filter,
     in_background,
     whole_second_text,
@@ -233,11 +234,15 @@ def cut_at_windows(
 def _batches(
     pieces: Iterable[tuple[int, pl.DataFrame]], rows: int
 ) -> Iterator[tuple[int, pl.DataFrame]]:
-    """Pieces of one window joined into batches of about `rows` rows."""
+    """Pieces of one window joined into batches of about `rows` rows: a piece that would take
+    a batch past half as much again starts the next (two pieces of almost `rows` rows are
+    two batches, not one twice as large held by every stage)."""
     pending: list[pl.DataFrame] = []
     count, index = 0, -1
     for piece_index, piece in pieces:
-        if pending and (piece_index != index or count >= rows):
+        if pending and (
+            piece_index != index or count >= rows or count + piece.height > rows + rows // 2
+        ):
             yield index, pl.concat(pending, rechunk=False)
             pending, count = [], 0
         index = piece_index
@@ -256,12 +261,14 @@ def _encoded(
     targets: Sequence[ExportTarget],
     windows: Sequence[Window],
     stopped: set[dg.AssetKey],
-) -> Iterator[tuple[int, EncodingKey, int, memoryview | pl.DataFrame]]:
+    texts: CsvTexts,
+) -> Iterator[tuple[int, EncodingKey, int, CsvText | pl.DataFrame]]:
     """Each batch, once per distinct filter, format and columns of the targets due in its
     window and still tried, one at a time (the queue behind it bounds how much waits): CSV
-    text for CSV targets, the filtered typed rows for Parquet ones (their encoder makes the row
-    groups, of its schema's columns). A target with `columns` gets those columns only, in its
-    order; one without, the batch as read (every column, in the schema's order)."""
+    text for CSV targets (taken from `texts`, given back by the consumer), the filtered typed
+    rows for Parquet ones (their encoder makes the row groups, of its schema's columns). A target
+    with `columns` gets those columns only, in its order; one without, the batch as read (every
+    column, in the schema's order)."""
     predicates = {target.filter_key: event_filter(*target.filter_key) for target in targets}
     for index, frame in batches:
         start = windows[index].start
@@ -280,7 +287,7 @@ def _encoded(
             if kept.height:
                 if columns:
                     kept = kept.select(columns)
-                yield index, key, kept.height, csv_bytes(kept) if file_format == "csv" else kept
+                yield index, key, kept.height, texts.write(kept) if file_format == "csv" else kept
 
 
 def deliver_windows(
@@ -393,12 +400,18 @@ def _stream(
     column = WINDOW_COLUMN[targets[0].event_type] if targets else "created_at"
     pieces = cut_at_windows(frames, windows, column)
     batches = in_background(_batches(pieces, FANOUT_BATCH_ROWS), depth=1)
-    encoded = in_background(_encoded(batches, targets, windows, stopped), depth=1)
+    texts = CsvTexts()
+    encoded = in_background(_encoded(batches, targets, windows, stopped, texts), depth=1)
     try:
         for index, key, rows, data in encoded:
             move_to(index)
+            payload = data.view if isinstance(data, CsvText) else data
             for delivery in by_filter.get(key, ()):
-                delivery.add(rows, data)
+                delivery.add(rows, payload)
+            # Every object has taken the text in (an encoder copies what it keeps of it):
+            # its memory is written again by a later batch.
+            if isinstance(data, CsvText):
+                texts.release(data)
         move_to(len(windows) - 1)
     except BaseException:
         # The range could not be read: nothing more is delivered, no upload is left open.

@@ -4,7 +4,10 @@ Knows neither DuckDB nor S3, so the loader and the delivery can change independe
 """
 
 import io
+import mmap
+import os
 import queue
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -60,13 +63,13 @@ def csv_header(columns: Sequence[str]) -> bytes:
 def whole_second_text(frame: pl.DataFrame) -> pl.DataFrame:
     """Timestamps as `YYYY-MM-DD hh:mm:ss` text, sub-seconds cut.
 
-    Cutting the ISO text is a third cheaper than polars' strftime-style datetime_format, and
-    CSV writing is the most expensive stage of an export.
+    polars' strftime of the column is cheaper than its ISO text cut to length, and than the
+    CSV writer's datetime_format (docs/design.md, "Tuning choices"); the text is the same.
     """
     timestamps = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Datetime)]
     if not timestamps:
         return frame
-    return frame.with_columns(pl.col(timestamps).cast(pl.String).str.slice(0, 19))
+    return frame.with_columns(pl.col(timestamps).dt.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 def csv_bytes(frame: pl.DataFrame) -> memoryview:
@@ -78,6 +81,67 @@ def csv_bytes(frame: pl.DataFrame) -> memoryview:
     buffer = io.BytesIO()
     write_csv_rows(frame, buffer)
     return buffer.getbuffer()
+
+
+class CsvText:
+    """Memory that batch after batch of CSV is written to, and read from, in place.
+
+    polars writes to a file descriptor itself, off the GIL; to a Python file object (a
+    BytesIO) it hands each chunk as a new `bytes` that is copied again into the target,
+    whose memory is fresh each batch. Here it writes from the start of an anonymous in-memory
+    file, whose pages stay allocated from one batch to the next, and the text is read through
+    a mapping of that file kept as long as it is large enough: no copy and no page fault per
+    batch (docs/design.md, "Tuning choices").
+    """
+
+    def __init__(self) -> None:
+        self._file = _memory_file()
+        self._map: mmap.mmap | None = None
+        self.view = memoryview(b"")
+
+    def write(self, frame: pl.DataFrame) -> memoryview:
+        """`frame`'s rows as `write_csv_rows` writes them; valid until the next write."""
+        self.view.release()
+        fd = self._file.fileno()
+        os.lseek(fd, 0, os.SEEK_SET)
+        write_csv_rows(frame, self._file)
+        size = os.lseek(fd, 0, os.SEEK_CUR)
+        if self._map is None or len(self._map) < size:
+            # Views of the old mapping keep it alive until they are gone; a mapping is never
+            # empty.
+            length = max(size, 2 * len(self._map) if self._map is not None else 0, 1)
+            if os.fstat(fd).st_size < length:
+                os.ftruncate(fd, length)
+            self._map = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+        self.view = memoryview(self._map)[:size]
+        return self.view
+
+
+def _memory_file() -> io.FileIO:
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("affise-csv", os.MFD_CLOEXEC), "wb", buffering=0)
+    return tempfile.TemporaryFile(buffering=0, prefix="affise-csv-")  # type: ignore[return-value]
+
+
+class CsvTexts:
+    """`CsvText`s for a producer whose text a consumer reads on another thread: each write
+    takes one no batch still holds (or a new one), and `release` gives it back once the
+    consumer is done with it. As many exist as batches are in flight at once."""
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[CsvText] = queue.SimpleQueue()
+
+    def write(self, frame: pl.DataFrame) -> CsvText:
+        try:
+            text = self._free.get_nowait()
+        except queue.Empty:
+            text = CsvText()
+        text.write(frame)
+        return text
+
+    def release(self, text: CsvText) -> None:
+        text.view.release()
+        self._free.put(text)
 
 
 def in_background(items: Iterable[_T], depth: int = 3) -> Iterator[_T]:
@@ -189,8 +253,10 @@ def gzip_csv(
 ) -> Iterator[bytes]:
     """One object's gzip chunks for `frames`, header first: the encoding every delivery uses."""
     encoder = GzipCsvEncoder(columns, compression_level)
+    text = CsvText()
     for frame in frames:
-        yield from encoder.add_frame(frame)
+        if frame.height:
+            yield from encoder.add(frame.height, text.write(frame))
     yield encoder.finish()
 
 
