@@ -7,6 +7,9 @@ prints a secret value.
                                   write a probe object with that integration's own
                                   credentials; say what fails in words to act on (TYPE:
                                   clicks, conversions or conversion_updates)
+    affise-s3 external-id NAME [--principal ARN] [--file FILE] [--json]
+                                  the integration's ExternalId, and the trust and
+                                  permissions policies of the role its customer creates
     affise-s3 deliver ASSET... --from WINDOW [--to WINDOW] [--file FILE] [--state-dir DIR]
                                   deliver those windows of those exports now, by hand (e.g.
                                   affise/acme/clicks --from 2026-11-26-10:00 --to
@@ -14,10 +17,13 @@ prints a secret value.
 """
 
 import argparse
+import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from affise_s3_assets.automation.live_config import apply_file, read_last_good, state_dir
 from affise_s3_assets.config.apply import apply_integrations
@@ -49,7 +55,23 @@ def validate(path: Path, state: Path | None = None) -> int:
         return 1
     exports = sum(len(i.exports()) for i in applied.integrations)
     print(f"{path}: ok, {len(applied.integrations)} integrations, {exports} exports")
+    _note_roles(applied.integrations)
     return 0
+
+
+def _note_roles(integrations: Sequence[Any]) -> None:
+    """For exports through a role: the deployment's secret they need, when it is not set here
+    (on stderr: the file itself is fine)."""
+    from affise_s3_assets.assume_role import EXTERNAL_ID_KEY_VARIABLE
+
+    roles = sorted({i.name for i in integrations for _, export in i.exports() if export.role_arn})
+    if roles and not os.environ.get(EXTERNAL_ID_KEY_VARIABLE):
+        print(
+            f"note: {', '.join(roles)} deliver through a role (role_arn): the deployment "
+            f"needs {EXTERNAL_ID_KEY_VARIABLE}, not set here; `affise-s3 external-id NAME` "
+            "prints what each customer's role needs",
+            file=sys.stderr,
+        )
 
 
 def check_connections(
@@ -93,6 +115,100 @@ def check_connections(
         failed |= not result.ok
         print(f"integration {name!r} {target.event_type}: {result.message}")
     return 1 if failed or mine else 0
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def external_id(name: str, principal: str | None, path: Path | None, as_json: bool) -> int:
+    """Print integration `name`'s ExternalId, the trust policy its customer puts on their role
+    (the delivering principal: `principal`, else the deployment's own, by STS
+    GetCallerIdentity) and the role's permissions policy (each export's folder and KMS key
+    when the integrations file has it, else placeholders). 1 when it cannot be told."""
+    from affise_s3_assets.assume_role import (
+        PolicyTarget,
+        permissions_policy,
+        trust_policy,
+    )
+    from affise_s3_assets.assume_role import external_id as derive
+    from affise_s3_assets.config import ConfigError
+
+    if not _NAME.fullmatch(name):
+        print(f"{name!r} is not an integration name ([a-z][a-z0-9_]{{0,63}})", file=sys.stderr)
+        return 1
+    try:
+        derived = derive(name)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if principal is None:
+        principal = _deployment_principal()
+        if principal is None:
+            return 1
+    targets = _policy_targets(name, path, PolicyTarget)
+    trust = trust_policy(principal, derived)
+    permissions = permissions_policy(targets)
+    if as_json:
+        document = {
+            "integration": name,
+            "external_id": derived,
+            "trust_policy": trust,
+            "permissions_policy": permissions,
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    where = f"its exports in {path}" if targets else "placeholders: <bucket>, <directory>"
+    print(f"ExternalId of integration {name!r}: {derived}")
+    print()
+    print("Trust policy of the customer's role (Trust relationships):")
+    print(json.dumps(trust, indent=2))
+    print()
+    print(f"Permissions policy of the role ({where}):")
+    print(json.dumps(permissions, indent=2))
+    print()
+    print(
+        "The customer creates the role in their account with both policies and sends its "
+        "ARN (role_arn in integrations.yaml). A KMS key encrypting the objects (sse: aws:kms, "
+        "or the bucket's default) must also allow the role kms:GenerateDataKey and kms:Decrypt "
+        "in its key policy."
+    )
+    return 0
+
+
+def _deployment_principal() -> str | None:
+    import botocore.exceptions
+
+    from affise_s3_assets.assume_role import deployment_principal
+
+    try:
+        return deployment_principal()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        print(
+            "cannot tell the delivering principal from the deployment's AWS credentials "
+            f"({type(exc).__name__}): give it with --principal ARN",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _policy_targets(name: str, path: Path | None, target_type: Any) -> list[Any]:
+    """The integration's exports as written in the file, when it can be read and has them."""
+    from affise_s3_assets.config.targets import build_export_targets
+
+    if path is None or not path.is_file():
+        return []
+    applied = apply_integrations(path.read_text(encoding="utf-8"), source=str(path))
+    return [
+        target_type(
+            t.destination.bucket,
+            t.destination.directory,
+            t.destination.region,
+            t.destination.sse,
+            t.destination.kms_key_id,
+        )
+        for t in build_export_targets(applied.integrations)
+        if t.integration == name
+    ]
 
 
 def deliver(
@@ -188,6 +304,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe.add_argument(
         "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
     )
+    role = commands.add_parser(
+        "external-id",
+        help="an integration's ExternalId and the policies of the role its customer creates",
+    )
+    role.add_argument("name", help="the integration's name")
+    role.add_argument(
+        "--principal",
+        metavar="ARN",
+        help="the delivering principal (default: the deployment's own, by STS "
+        "GetCallerIdentity of its AWS credentials)",
+    )
+    role.add_argument(
+        "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"
+    )
+    role.add_argument("--json", action="store_true", help="one JSON document")
     by_hand = commands.add_parser(
         "deliver",
         help="deliver windows of exports now, by hand, on the instance of $DAGSTER_HOME",
@@ -222,6 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             options.first,
             options.last,
             options.state_dir,
+        )
+    if options.command == "external-id":
+        return external_id(
+            options.name, options.principal, options.file or integrations_path(), options.json
         )
     if options.command == "validate":
         return validate(options.file or integrations_path(), options.state_dir)

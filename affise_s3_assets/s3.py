@@ -13,6 +13,7 @@ import re
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -21,6 +22,7 @@ from typing import IO, Any
 
 import boto3
 import botocore.config
+import botocore.credentials
 import botocore.exceptions
 import botocore.handlers
 import botocore.loaders
@@ -89,6 +91,8 @@ PERMANENT_ERROR_CODES = frozenset(
         "InvalidAccessKeyId",
         "InvalidBucketName",
         "InvalidToken",
+        "ExpiredToken",  # a role's temporary credentials, or the deployment's, ran out
+        "InvalidClientTokenId",
         "NoSuchBucket",
         "PermanentRedirect",
         "SignatureDoesNotMatch",
@@ -128,15 +132,79 @@ class S3Destination:
         return f"{self.integration}/{self.event_type}"
 
 
+class RoleNotAssumed(botocore.exceptions.BotoCoreError):
+    """STS would not give the deployment the customer's role (missing, its trust policy
+    refusing us or this ExternalId, the deployment's own credentials missing or refused), in
+    words an account manager can act on; `permanent` unless STS throttled or failed itself.
+    A BotoCoreError: raised by the request it was to sign, it is handled where any botocore
+    failure is. Carries no credential and no ExternalId."""
+
+    fmt = "{reason}"
+
+
 def s3_client(destination: S3Destination) -> Any:
-    """A client for the destination's own account; secrets are resolved now, at delivery."""
+    """A client for the destination's own account; secrets are resolved now, at delivery.
+    With `role_arn`, one signing with the role's temporary credentials, assumed on its first
+    request and again before they expire (assume_role.py). Every PutObject and
+    CreateMultipartUpload it sends carries the destination's `sse` (and `kms_key_id`)."""
     label = destination.label
+    if destination.role_arn is not None:
+        from affise_s3_assets.assume_role import role_session
+
+        return _cached_role_client(
+            destination.region,
+            destination.endpoint_url,
+            role_session(
+                destination.integration,
+                destination.role_arn,
+                destination.region,
+                destination.endpoint_url,
+            ),
+            destination.sse,
+            destination.kms_key_id,
+        )
+    if destination.access_key is None or destination.secret_key is None:
+        raise ConfigError(f"{label}: neither keys nor role_arn")
     return _cached_client(
         destination.region,
         destination.endpoint_url,
         resolve_reference(destination.access_key, f"{label} access_key"),
         resolve_reference(destination.secret_key, f"{label} secret_key"),
+        destination.sse,
+        destination.kms_key_id,
     )
+
+
+# The encryption each client asks for, for S3ObjectWriter.verification: an SSE-KMS object's
+# ETag is no MD5, whether or not the store's answer says how it encrypted.
+_client_encryption: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def client_encryption(client: Any) -> str | None:
+    """The `ServerSideEncryption` every object `client` creates asks for (None: the bucket's
+    default)."""
+    try:
+        return _client_encryption.get(client)
+    except TypeError:  # not weak-referenceable (a test's stand-in client)
+        return None
+
+
+def _ask_for_encryption(client: Any, sse: str | None, kms_key_id: str | None) -> Any:
+    """`client`, its PutObject and CreateMultipartUpload carrying `sse` (and `kms_key_id`)."""
+    if sse is None:
+        return client
+    wanted = {"ServerSideEncryption": sse}
+    if kms_key_id is not None:
+        wanted["SSEKMSKeyId"] = kms_key_id
+
+    def add_encryption(params: dict[str, Any], **_: Any) -> None:
+        for name, value in wanted.items():
+            params.setdefault(name, value)
+
+    for operation in ("PutObject", "CreateMultipartUpload"):
+        client.meta.events.register(f"before-parameter-build.s3.{operation}", add_encryption)
+    _client_encryption[client] = sse
+    return client
 
 
 _session_lock = threading.Lock()
@@ -186,8 +254,30 @@ def isolated_botocore_session() -> botocore.session.Session:
     return session
 
 
+def _client_config(endpoint_url: str | None) -> botocore.config.Config:
+    return botocore.config.Config(
+        # S3-compatible stores (Ceph RGW, MinIO) want path-style URLs on an endpoint.
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        # RGW does not understand boto3's default trailing checksums.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        max_pool_connections=32,
+        ignore_configured_endpoint_urls=True,
+    )
+
+
 @functools.lru_cache(maxsize=4096)
-def _cached_client(region: str, endpoint_url: str | None, access_key: str, secret_key: str) -> Any:
+def _cached_client(
+    region: str,
+    endpoint_url: str | None,
+    access_key: str,
+    secret_key: str,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
+) -> Any:
     # One session for the process: a new session per client reloads the service model, a
     # client from a shared one does not (docs/design.md, "Tuning choices"). Sessions are not
     # thread-safe, hence the lock; the clients themselves are.
@@ -195,26 +285,77 @@ def _cached_client(region: str, endpoint_url: str | None, access_key: str, secre
     with _session_lock:
         if _session is None:
             _session = boto3.session.Session(botocore_session=isolated_botocore_session())
-        return _session.client(
+        client = _session.client(
             "s3",
             region_name=region,
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             verify=True,  # the bundled CA store, not an AWS_CA_BUNDLE or REQUESTS_CA_BUNDLE
-            config=botocore.config.Config(
-                # S3-compatible stores (Ceph RGW, MinIO) want path-style URLs on an endpoint.
-                s3={"addressing_style": "path" if endpoint_url else "auto"},
-                # RGW does not understand boto3's default trailing checksums.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                read_timeout=READ_TIMEOUT_SECONDS,
-                max_pool_connections=32,
-                ignore_configured_endpoint_urls=True,
-            ),
+            config=_client_config(endpoint_url),
         )
+    return _ask_for_encryption(client, sse, kms_key_id)
+
+
+# The service models every role client's session reads: loaded once for all of them.
+_role_loader: botocore.loaders.Loader | None = None
+
+
+class _RoleCredentialProvider(botocore.credentials.CredentialProvider):
+    METHOD = "assume-role"
+    CANONICAL_NAME = "custom-affise-assume-role"
+
+    def __init__(self, credentials: botocore.credentials.Credentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> botocore.credentials.Credentials:
+        return self._credentials
+
+
+class _RoleCredentials(botocore.credentials.DeferredRefreshableCredentials):
+    # Asked of the shared cache REFRESH_BEFORE_EXPIRY_SECONDS (5 min) before the end, when it
+    # assumes the role again; a failed refresh keeps the old ones until 2 min before the end.
+    _advisory_refresh_timeout = 5 * 60
+    _mandatory_refresh_timeout = 2 * 60
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_role_client(
+    region: str,
+    endpoint_url: str | None,
+    role: Any,  # assume_role.RoleSession
+    sse: str | None,
+    kms_key_id: str | None,
+) -> Any:
+    """A client whose credentials are the role's, from the process's cache of them
+    (assume_role.CREDENTIALS): its first request assumes the role if no export did yet, and
+    a request within minutes of their end gets fresh ones. Its session is isolated like the
+    keys' one (isolated_botocore_session): only the deployment's AssumeRole call reads the
+    standard AWS chain."""
+    from affise_s3_assets.assume_role import CREDENTIALS
+
+    global _role_loader
+    credentials = _RoleCredentials(
+        refresh_using=functools.partial(CREDENTIALS.metadata, role), method="assume-role"
+    )
+    with _session_lock:
+        session = isolated_botocore_session()
+        if _role_loader is None:
+            _role_loader = session.get_component("data_loader")
+        session.register_component("data_loader", _role_loader)
+        session.register_component(
+            "credential_provider",
+            botocore.credentials.CredentialResolver([_RoleCredentialProvider(credentials)]),
+        )
+        client = session.create_client(
+            "s3",
+            region_name=region,
+            endpoint_url=endpoint_url,
+            verify=True,
+            config=_client_config(endpoint_url),
+        )
+    return _ask_for_encryption(client, sse, kms_key_id)
 
 
 def part_size_for(part_number: int, base_part_size: int) -> int:
@@ -469,6 +610,8 @@ class S3ObjectWriter:
         self.etag = ""  # as the server answered (RGW's multipart answer has none)
         self._digests: list[bytes] = []  # the MD5 of each request body sent, in order
         self._encryption = ""  # how the store says it encrypted the object
+        # An SSE-KMS object's ETag is no MD5 even where the store's answer does not say so.
+        self._requested_encryption = client_encryption(client) or ""
         # Compressed chunks waiting for the next part: joined once, when the part is full,
         # or written to `_spool` once they pass `memory_bytes`.
         self._pending: list[bytes] = []
@@ -784,10 +927,15 @@ class S3ObjectWriter:
                 "this destination's ETags are not checked (verify_etag: false): "
                 "checked by S3 against each request's Content-MD5 only",
             )
-        if self._encryption:
+        encryption = self._encryption or (
+            self._requested_encryption
+            if self._requested_encryption in _OPAQUE_ETAG_ENCRYPTION
+            else ""
+        )
+        if encryption:
             return Verification(
                 None,
-                f"the store encrypted it with {self._encryption}, whose ETags are not MD5s: "
+                f"the store encrypted it with {encryption}, whose ETags are not MD5s: "
                 "checked by S3 against each request's Content-MD5 only",
             )
         if not self._parts:
@@ -898,7 +1046,7 @@ def upload_stream(
 
 def describe_s3_error(exc: BaseException) -> str:
     """A short, secret-free reason. RGW sends empty messages, so the error Code leads."""
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | RoleNotAssumed):
         return str(exc)
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -1000,6 +1148,8 @@ def is_permanent(exc: BaseException) -> bool:
     """Whether retrying `exc` is pointless until someone fixes the destination or its config."""
     if isinstance(exc, ConfigError):
         return True
+    if isinstance(exc, RoleNotAssumed):
+        return bool(exc.kwargs.get("permanent"))
     if isinstance(exc, botocore.exceptions.ClientError):
         return exc.response.get("Error", {}).get("Code") in PERMANENT_ERROR_CODES
     return False
@@ -1011,4 +1161,6 @@ def error_code(exc: BaseException) -> str:
         return str(exc.response.get("Error", {}).get("Code") or "error")
     if isinstance(exc, ConfigError):
         return "ConfigError"
+    if isinstance(exc, RoleNotAssumed):
+        return str(exc.kwargs.get("code") or "RoleNotAssumed")
     return type(exc).__name__

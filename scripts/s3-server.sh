@@ -5,12 +5,15 @@
 #   bash scripts/s3-server.sh install            # apt packages (root or sudo)
 #   eval "$(bash scripts/s3-server.sh start)"    # starts, prints export lines (endpoint, keys)
 #   bash scripts/s3-server.sh adduser UID ACCESS SECRET   # one more account (own buckets)
-#   bash scripts/s3-server.sh stop               # stops the 3 daemons by pid file
+#   bash scripts/s3-server.sh stop               # stops the 4 daemons by pid file
+# A second gateway on RGW_PORT+5 (RGW_STS_PORT) serves the same store with STS (AssumeRole)
+# and IAM roles, for deliveries through a customer's role; the first keeps STS off.
 # Two servers can run side by side with different S3_DIR, RGW_PORT and MON_PORT
 # (the demo uses the defaults; the tests use their own).
 set -euo pipefail
 S3_DIR=${S3_DIR:-/tmp/affise-s3}
 RGW_PORT=${RGW_PORT:-7480}
+RGW_STS_PORT=${RGW_STS_PORT:-$((RGW_PORT + 5))}   # the STS-serving gateway (see ceph.conf)
 MON_PORT=${MON_PORT:-6789}
 S3_ACCESS_KEY=${S3_ACCESS_KEY:-EXPORTERACCESSKEY}
 S3_SECRET_KEY=${S3_SECRET_KEY:-exportersecretkey123}
@@ -30,7 +33,7 @@ do_install() {
 
 do_stop() {
   local n f p i
-  for n in client.rgw osd.0 mon.a; do
+  for n in client.rgw.sts client.rgw osd.0 mon.a; do
     f=$S3_DIR/run/$n.pid; [ -f "$f" ] || continue; p=$(cat "$f")
     kill "$p" 2>/dev/null || continue
     for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -40,7 +43,7 @@ do_stop() {
 
 do_start() {
   do_stop 2>/dev/null || true
-  rm -rf "$S3_DIR"; mkdir -p "$S3_DIR"/{mon.a,osd.0,rgw,log,run}
+  rm -rf "$S3_DIR"; mkdir -p "$S3_DIR"/{mon.a,osd.0,rgw,rgw-sts,log,run}
   local FSID; FSID=$(cat /proc/sys/kernel/random/uuid)
   cat > "$S3_DIR/ceph.conf" <<CONF
 [global]
@@ -85,12 +88,26 @@ osd op num threads per shard = 1
 # we place the OSD in CRUSH ourselves (the OSD's own start-up mon commands raced: 'wrong fsid')
 osd crush update on start = false
 osd class update on start = false
-[client.rgw]
-rgw data = $S3_DIR/rgw
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+[client]
 rgw dns name = localhost
 rgw thread pool size = 32
 rgw rados pool pg num min = 1
+# SSE-KMS with static test keys (RGW's "testing" backend: never for production), over HTTP
+rgw crypt s3 kms backend = testing
+rgw crypt s3 kms encryption keys = ${RGW_KMS_KEYS:-affise-test-key=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= affise-other-key=ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=}
+rgw crypt require ssl = false
+[client.rgw]
+rgw data = $S3_DIR/rgw
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+# A second gateway on the same zone (same users, buckets and IAM roles) serving STS
+# (AssumeRole) as well: with STS on, RGW 16 answers a wrong secret or an unknown key id with
+# AccessDenied instead of SignatureDoesNotMatch / InvalidAccessKeyId, so the main one keeps
+# it off. Its session tokens are sealed with this 16-character key.
+[client.rgw.sts]
+rgw data = $S3_DIR/rgw-sts
+rgw frontends = beast endpoint=127.0.0.1:$RGW_STS_PORT
+rgw s3 auth use sts = true
+rgw sts key = ${RGW_STS_KEY:-affisetestststky}
 CONF
   ceph-authtool --create-keyring "$S3_DIR/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
   monmaptool --create --fsid "$FSID" --add a "v1:127.0.0.1:$MON_PORT" "$S3_DIR/monmap" >/dev/null
@@ -110,10 +127,16 @@ CONF
     retry radosgw-admin $C zonegroup modify --rgw-zonegroup=default --api-name="$S3_REGION" >/dev/null
   fi
   radosgw $C -n client.rgw
-  for i in $(seq 1 300); do curl -fs -o /dev/null "http://127.0.0.1:$RGW_PORT/" && break; sleep 0.2; done
-  curl -fs -o /dev/null "http://127.0.0.1:$RGW_PORT/" || { echo "radosgw did not come up; see $S3_DIR/log" >&2; exit 1; }
+  radosgw $C -n client.rgw.sts
+  local port; for port in "$RGW_PORT" "$RGW_STS_PORT"; do
+    for i in $(seq 1 300); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+    curl -fs -o /dev/null "http://127.0.0.1:$port/" || { echo "radosgw on $port did not come up; see $S3_DIR/log" >&2; exit 1; }
+  done
+  echo "http://127.0.0.1:$RGW_STS_PORT" > "$S3_DIR/sts-endpoint-url"   # for the tests
   retry radosgw-admin $C user create --uid=tester --display-name=tester \
       --access-key="$S3_ACCESS_KEY" --secret-key="$S3_SECRET_KEY" >/dev/null
+  # The admin account may create IAM roles (RGW's IAM API: CreateRole, PutRolePolicy).
+  retry radosgw-admin $C caps add --uid=tester --caps="roles=*" >/dev/null
   cat <<OUT
 export AWS_ENDPOINT_URL=http://127.0.0.1:$RGW_PORT
 export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY

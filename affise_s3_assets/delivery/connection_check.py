@@ -15,6 +15,7 @@ from affise_s3_assets.config import ConfigError
 from affise_s3_assets.s3 import (
     CONNECT_TIMEOUT_SECONDS,
     DeliveryTimeout,
+    RoleNotAssumed,
     S3Destination,
     S3ObjectWriter,
     error_code,
@@ -79,6 +80,8 @@ def explain(exc: BaseException, destination: S3Destination) -> str:
     """A failure in an account manager's words: what is wrong and who fixes it."""
     bucket, region = destination.bucket, destination.region
     endpoint = destination.endpoint_url or f"AWS S3 ({region})"
+    if isinstance(exc, RoleNotAssumed):
+        return f"cannot assume the customer's role: {exc}"
     if isinstance(exc, DeliveryTimeout):
         return f"endpoint {endpoint} accepts connections but does not answer ({exc})"
     if isinstance(
@@ -106,16 +109,34 @@ def explain(exc: BaseException, destination: S3Destination) -> str:
     ) or (actual_region and actual_region != region):
         real = f"the bucket is in {actual_region}" if actual_region else "the bucket is elsewhere"
         return f"wrong region: {real}, the integration says {region} ({code})"
+    role = destination.role_arn
+    if role and code in (
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+    ):
+        return (
+            f"the store refused the temporary credentials of role {role} ({code}): the "
+            "store does not accept the sessions its STS issued, or they ran out; check again"
+        )
     if code == "SignatureDoesNotMatch":
         return "the secret key does not match the access key id: check secret_key's variable"
     if code in ("InvalidAccessKeyId", "InvalidToken"):
         return "the access key id is unknown to the store: check access_key's variable"
     if code == "AccessDenied":
         folder = f"{destination.directory}/*" if destination.directory else "*"
+        who = f"role {role}" if role else "these credentials"
+        kms = (
+            f"; and kms:GenerateDataKey, kms:Decrypt on KMS key {destination.kms_key_id}"
+            if destination.sse == "aws:kms"
+            else ""
+        )
         return (
-            f"access denied: these credentials may not s3:PutObject on "
-            f"arn:aws:s3:::{bucket}/{folder} (grant s3:PutObject and s3:AbortMultipartUpload; "
-            "see docs/customer-contract.md, 'The policy a customer grants')"
+            f"access denied: {who} may not s3:PutObject on "
+            f"arn:aws:s3:::{bucket}/{folder} (grant s3:PutObject and s3:AbortMultipartUpload"
+            f"{kms}; see docs/customer-contract.md, 'The policy a customer grants')"
         )
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return f"the store refused the probe: {code} (HTTP {status})"

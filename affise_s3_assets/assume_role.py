@@ -1,0 +1,385 @@
+"""Delivering through the customer's IAM role: the deployment's own principal (the standard AWS
+chain: AWS_* variables, a profile, IRSA, an instance profile) calls STS AssumeRole on the role
+an export names, with the integration's ExternalId, and the export's S3 client signs with the
+temporary credentials, refreshed before they expire. Knows STS and the ExternalId's derivation;
+nothing of Dagster, windows or CSV.
+
+The ExternalId is never written in the integrations file: it is the HMAC-SHA256 of the
+integration's name under the deployment's secret AFFISE_EXTERNAL_ID_KEY, so no block can
+present another customer's, and `affise-s3 external-id NAME` prints it for the customer's
+trust policy. Neither the secret, nor a temporary credential, nor the deployment's own keys
+appear in an error, a log line or a repr here.
+"""
+
+import hashlib
+import hmac
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from affise_s3_assets.config import ConfigError
+from affise_s3_assets.s3 import (
+    CONNECT_TIMEOUT_SECONDS,
+    MAX_ATTEMPTS,
+    READ_TIMEOUT_SECONDS,
+    RoleNotAssumed,
+    isolated_botocore_session,
+)
+
+EXTERNAL_ID_KEY_VARIABLE = "AFFISE_EXTERNAL_ID_KEY"
+# The temporary credentials asked for, and how long before their end they are replaced: a
+# request signed with them always has minutes left to complete.
+SESSION_SECONDS = 3600
+REFRESH_BEFORE_EXPIRY_SECONDS = 5 * 60
+# STS's limit on RoleSessionName.
+_SESSION_NAME_MAX = 64
+
+
+def external_id(integration: str) -> str:
+    """The integration's ExternalId: hex HMAC-SHA256 of its name under AFFISE_EXTERNAL_ID_KEY
+    (64 characters of [0-9a-f]). ConfigError naming the variable when it is unset."""
+    key = os.environ.get(EXTERNAL_ID_KEY_VARIABLE)
+    if not key:
+        raise ConfigError(
+            f"{EXTERNAL_ID_KEY_VARIABLE} is not set: the deployment's secret from which each "
+            "integration's ExternalId is derived (set it once for the deployment; changing it "
+            "changes every ExternalId)"
+        )
+    return hmac.new(key.encode(), integration.encode(), hashlib.sha256).hexdigest()
+
+
+def session_name(integration: str) -> str:
+    """The RoleSessionName naming the integration in the customer's CloudTrail."""
+    return f"affise-{integration}"[:_SESSION_NAME_MAX]
+
+
+def sts_endpoint(region: str, endpoint_url: str | None) -> str:
+    """Where AssumeRole goes: the export's endpoint (S3-compatible stores serve STS there, as
+    Ceph RGW does), else AWS's regional STS endpoint for the export's region."""
+    if endpoint_url:
+        return endpoint_url
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://sts.{region}.{suffix}"
+
+
+@dataclass(frozen=True)
+class RoleSession:
+    """One role as one integration assumes it: the credentials' cache key (with the STS
+    endpoint), and what the STS request carries."""
+
+    integration: str
+    role_arn: str
+    region: str
+    sts_endpoint: str
+    external_id: str = field(repr=False)
+
+    @property
+    def cache_key(self) -> tuple[str, str, str]:
+        return (self.role_arn, self.external_id, self.sts_endpoint)
+
+
+def role_session(
+    integration: str, role_arn: str, region: str, endpoint_url: str | None
+) -> RoleSession:
+    """The session an export with `role_arn` delivers through (ConfigError without the
+    deployment's AFFISE_EXTERNAL_ID_KEY)."""
+    return RoleSession(
+        integration, role_arn, region, sts_endpoint(region, endpoint_url), external_id(integration)
+    )
+
+
+@dataclass(frozen=True)
+class _Temporary:
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    token: str = field(repr=False)
+    expires: datetime
+
+    def metadata(self) -> dict[str, str]:
+        """As botocore's RefreshableCredentials takes them."""
+        return {
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "token": self.token,
+            "expiry_time": self.expires.isoformat(),
+        }
+
+
+class RoleCredentialCache:
+    """Temporary credentials per (role, ExternalId, STS endpoint), for the whole process: every
+    export of one role shares them, and AssumeRole is called again only once they have less
+    than REFRESH_BEFORE_EXPIRY_SECONDS left. One AssumeRole at a time per role."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str, str], _Temporary] = {}
+        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self._deployment: boto3.session.Session | None = None
+
+    def clear(self) -> None:
+        """Forget every credential and the deployment's session (read afresh next time)."""
+        with self._lock:
+            self._held.clear()
+            self._deployment = None
+
+    def metadata(self, session: RoleSession) -> dict[str, str]:
+        """The role's credentials, assumed now if none are held with time left."""
+        key = session.cache_key
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            held = self._held.get(key)
+            if held is None or _seconds_left(held.expires) <= REFRESH_BEFORE_EXPIRY_SECONDS:
+                held = self._assume(session)
+                self._held[key] = held
+            return held.metadata()
+
+    def _deployment_credentials(self, session: RoleSession) -> Any:
+        """The deployment's own credentials, frozen, from the standard AWS chain."""
+        with self._lock:
+            if self._deployment is None:
+                try:
+                    self._deployment = boto3.session.Session()
+                except botocore.exceptions.ProfileNotFound as exc:
+                    raise _no_deployment_credentials(
+                        session, f"profile {exc.kwargs.get('profile')!r} not found"
+                    ) from None
+            deployment = self._deployment
+        try:
+            credentials = deployment.get_credentials()
+        except (
+            botocore.exceptions.ProfileNotFound,
+            botocore.exceptions.PartialCredentialsError,
+        ) as exc:
+            raise _no_deployment_credentials(session, type(exc).__name__) from None
+        if credentials is None:
+            raise _no_deployment_credentials(session, "none found")
+        return credentials.get_frozen_credentials()
+
+    def _assume(self, session: RoleSession) -> _Temporary:
+        own = self._deployment_credentials(session)
+        client = isolated_botocore_session().create_client(
+            "sts",
+            region_name=session.region,
+            endpoint_url=session.sts_endpoint,
+            aws_access_key_id=own.access_key,
+            aws_secret_access_key=own.secret_key,
+            aws_session_token=own.token,
+            verify=True,
+            config=botocore.config.Config(
+                retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                read_timeout=READ_TIMEOUT_SECONDS,
+                ignore_configured_endpoint_urls=True,
+            ),
+        )
+        try:
+            answer = client.assume_role(
+                RoleArn=session.role_arn,
+                RoleSessionName=session_name(session.integration),
+                ExternalId=session.external_id,
+                DurationSeconds=SESSION_SECONDS,
+            )
+        except botocore.exceptions.ClientError as exc:
+            raise refused(exc, session) from None
+        finally:
+            client.close()
+        credentials = answer["Credentials"]
+        expires = credentials["Expiration"]
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        return _Temporary(
+            credentials["AccessKeyId"],
+            credentials["SecretAccessKey"],
+            credentials["SessionToken"],
+            expires,
+        )
+
+
+def _seconds_left(expires: datetime) -> float:
+    return expires.timestamp() - time.time()
+
+
+# The process's one cache (tests clear it).
+CREDENTIALS = RoleCredentialCache()
+
+
+def _no_deployment_credentials(session: RoleSession, why: str) -> RoleNotAssumed:
+    return RoleNotAssumed(
+        reason=(
+            f"the deployment has no AWS credentials of its own ({why}) to assume role "
+            f"{session.role_arn} with: an operator gives the deployment its AWS identity "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, IRSA or an instance profile)"
+        ),
+        code="NoDeploymentCredentials",
+        status=None,
+        permanent=True,
+    )
+
+
+# STS error codes that no retry fixes, by what the account manager does about them.
+_DENIED = {"AccessDenied", "AccessDeniedException"}
+_MISSING = {"NoSuchEntity"}
+_DEPLOYMENT = {
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidToken",
+    "IncompleteSignature",
+}
+_INVALID = {"ValidationError", "InvalidParameterValue", "MalformedPolicyDocument"}
+_REGION = {"RegionDisabledException"}
+
+
+def refused(exc: botocore.exceptions.ClientError, session: RoleSession) -> RoleNotAssumed:
+    """AssumeRole's refusal in words an account manager can act on; permanent unless it is a
+    throttle or the endpoint's own fault (5xx). Ceph RGW's STS errors reach botocore as code
+    "Unknown" (its S3-style error body is not STS's), so the HTTP status decides as well."""
+    response = exc.response
+    error = response.get("Error") or {}
+    code = str(error.get("Code") or response.get("Code") or "Unknown")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    role = session.role_arn
+    fix = f"`affise-s3 external-id {session.integration}` prints what the role needs"
+    if code in _MISSING or (code == "Unknown" and status == 404):
+        reason = f"role {role} does not exist: the customer creates it ({fix})"
+        code = "RoleNotFound"
+    elif code in _DEPLOYMENT:
+        reason = (
+            f"the deployment's own AWS credentials were refused by STS ({code}) when assuming "
+            f"role {role}: an operator renews or fixes the deployment's credentials"
+        )
+    elif code in _DENIED or (code == "Unknown" and status == 403):
+        reason = (
+            f"role {role} may not be assumed by the deployment with integration "
+            f"{session.integration!r}'s ExternalId: the role is missing, or its trust policy "
+            "does not name the delivering principal with this ExternalId (it must be the "
+            f"one derived for {session.integration!r}); {fix}"
+        )
+        code = "RoleAccessDenied"
+    elif code in _REGION:
+        reason = (
+            f"STS is not enabled in region {session.region} of the deployment's account: an "
+            "operator activates it (IAM > Account settings)"
+        )
+    elif code in _INVALID or (code == "Unknown" and status == 400):
+        reason = f"STS refused to assume role {role} as asked ({code}): check role_arn"
+    else:
+        return RoleNotAssumed(
+            reason=f"STS did not answer AssumeRole on role {role}: {code} (HTTP {status})",
+            code=code,
+            status=status,
+            permanent=False,
+        )
+    return RoleNotAssumed(reason=reason, code=code, status=status, permanent=True)
+
+
+POLICY_VERSION = "2012-10-17"
+# What delivery needs on the customer's bucket (docs/customer-contract.md, "The policy a
+# customer grants"), and on their KMS key when objects are encrypted with it.
+S3_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload")
+KMS_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
+
+
+def trust_policy(principal: str, integration_external_id: str) -> dict[str, Any]:
+    """The trust policy the customer puts on their role: `principal` (the deployment's) may
+    assume it with this ExternalId only."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [
+            {
+                "Sid": "AffiseS3Delivery",
+                "Effect": "Allow",
+                "Principal": {"AWS": principal},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": integration_external_id}},
+            }
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class PolicyTarget:
+    """What one export writes to, for its role's permissions policy."""
+
+    bucket: str
+    directory: str
+    region: str
+    sse: str | None = None
+    kms_key_id: str | None = None
+
+
+def permissions_policy(targets: list[PolicyTarget]) -> dict[str, Any]:
+    """The role's permissions: S3_ACTIONS on each export's folder and, for an export encrypted
+    with the customer's KMS key, KMS_ACTIONS on that key. No target: placeholders."""
+    if not targets:
+        targets = [PolicyTarget("<bucket>", "<directory>", "<region>")]
+    folders = sorted(
+        {f"arn:aws:s3:::{t.bucket}/{t.directory + '/' if t.directory else ''}*" for t in targets}
+    )
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "AffiseS3Delivery",
+            "Effect": "Allow",
+            "Action": list(S3_ACTIONS),
+            "Resource": folders,
+        }
+    ]
+    keys: set[str] = set()
+    aliases: set[str] = set()
+    for target in targets:
+        if target.sse != "aws:kms" or not target.kms_key_id:
+            continue
+        key = target.kms_key_id
+        if key.startswith("arn:") and ":alias/" in key:
+            aliases.add(key.split(":", 5)[5])
+        elif key.startswith("alias/"):
+            aliases.add(key)
+        elif key.startswith("arn:"):
+            keys.add(key)
+        else:
+            keys.add(f"arn:aws:kms:{target.region}:<customer-account-id>:key/{key}")
+    if keys:
+        statements.append(
+            {
+                "Sid": "AffiseS3DeliveryKmsKey",
+                "Effect": "Allow",
+                "Action": list(KMS_ACTIONS),
+                "Resource": sorted(keys),
+            }
+        )
+    if aliases:
+        # A key named by its alias: IAM authorizes the key, so the alias is a condition.
+        statements.append(
+            {
+                "Sid": "AffiseS3DeliveryKmsAlias",
+                "Effect": "Allow",
+                "Action": list(KMS_ACTIONS),
+                "Resource": "*",
+                "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": sorted(aliases)}},
+            }
+        )
+    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def deployment_principal() -> str:
+    """The delivering principal, from STS GetCallerIdentity of the deployment's standard AWS
+    chain; an assumed role's session (IRSA, an instance profile) is given as its role's ARN
+    (without the role's path, which GetCallerIdentity does not say)."""
+    session = boto3.session.Session()
+    client = session.client("sts", region_name=session.region_name or "us-east-1")
+    arn = str(client.get_caller_identity()["Arn"])
+    match = re.fullmatch(r"arn:(aws[\w-]*):sts::(\d*):assumed-role/([^/]+)/.+", arn)
+    if match:
+        partition, account, role = match.groups()
+        return f"arn:{partition}:iam::{account}:role/{role}"
+    return arn
