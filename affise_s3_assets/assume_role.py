@@ -56,6 +56,10 @@ def external_id(integration: str) -> str:
     return hmac.new(key.encode(), integration.encode(), hashlib.sha256).hexdigest()
 
 
+# `1`: AssumeRole may go to a plain-http endpoint (a local S3-compatible store in tests).
+ALLOW_HTTP_VARIABLE = "AFFISE_STS_ALLOW_HTTP"
+
+
 def session_name(integration: str) -> str:
     """The RoleSessionName naming the integration in the customer's CloudTrail."""
     return f"affise-{integration}"[:_SESSION_NAME_MAX]
@@ -63,8 +67,11 @@ def session_name(integration: str) -> str:
 
 def sts_endpoint(region: str, endpoint_url: str | None) -> str:
     """Where AssumeRole goes: the export's endpoint (S3-compatible stores serve STS there, as
-    Ceph RGW does), else AWS's regional STS endpoint for the export's region."""
-    if endpoint_url:
+    Ceph RGW does), else, for AWS (no endpoint, or one of AWS's own S3 endpoints), AWS's
+    regional STS endpoint for the export's region."""
+    from affise_s3_assets.config.schema import store_of
+
+    if endpoint_url and store_of(endpoint_url) != "AWS":
         return endpoint_url
     suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
     return f"https://sts.{region}.{suffix}"
@@ -165,6 +172,21 @@ class RoleCredentialCache:
         return credentials.get_frozen_credentials()
 
     def _assume(self, session: RoleSession) -> _Temporary:
+        if (
+            session.sts_endpoint.startswith("http://")
+            and os.environ.get(ALLOW_HTTP_VARIABLE) != "1"
+        ):
+            # The answer carries the role's temporary secret and token, and the request the
+            # deployment's own session token: never in clear, but on a test bench.
+            raise RoleNotAssumed(
+                reason=f"will not assume role {session.role_arn} over plain http "
+                f"({session.sts_endpoint}): the role's temporary credentials would cross the "
+                f"network in clear; give the export an https endpoint_url "
+                f"({ALLOW_HTTP_VARIABLE}=1 allows http, for test benches only)",
+                code="InsecureStsEndpoint",
+                status=None,
+                permanent=True,
+            )
         own = self._deployment_credentials(session)
         client = isolated_botocore_session().create_client(
             "sts",

@@ -113,6 +113,8 @@ def deployment(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AFFISE_EXTERNAL_ID_KEY", KEY)
+    # The test S3 server speaks plain http: allowed here, refused unless said.
+    monkeypatch.setenv("AFFISE_STS_ALLOW_HTTP", "1")
     CREDENTIALS.clear()
     s3._cached_role_client.cache_clear()
     yield deployer
@@ -170,6 +172,11 @@ def test_the_external_id_is_an_hmac_of_the_name_under_the_deployments_secret(
     assert len(derived) == 64 and derived != external_id("globex")
     session = role_session("acme", "arn:aws:iam:::role/r", "us-west-2", None)
     assert session.sts_endpoint == "https://sts.us-west-2.amazonaws.com"
+    # An export written with AWS's own S3 endpoint assumes its role at AWS's STS, not S3.
+    aws = role_session(
+        "acme", "arn:aws:iam:::role/r", "us-west-2", "https://s3.us-west-2.amazonaws.com"
+    )
+    assert aws.sts_endpoint == "https://sts.us-west-2.amazonaws.com"
     assert derived not in repr(session)
     monkeypatch.delenv("AFFISE_EXTERNAL_ID_KEY")
     with pytest.raises(Exception, match="AFFISE_EXTERNAL_ID_KEY is not set") as raised:
@@ -281,6 +288,18 @@ def test_a_deployment_without_credentials_or_secret_says_so(
     monkeypatch.delenv("AFFISE_EXTERNAL_ID_KEY")
     result = rig.run()
     assert "AFFISE_EXTERNAL_ID_KEY is not set" in failure_text(result)
+    assert standin.assume_calls == [] and rig.objects() == []
+
+
+def test_a_role_is_never_assumed_over_plain_http_unless_allowed(
+    rig: Any, role: str, standin: StandIn, deployment: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AFFISE_STS_ALLOW_HTTP")
+    rig.configure([("acme", "2026-11-24 00:00:00", role_block(rig.bucket, role, standin.url))])
+    result = rig.run()
+    assert "will not assume role" in failure_text(result)
+    assert "over plain http" in failure_text(result)
+    assert observation(rig, "acme")["permanent"] is True
     assert standin.assume_calls == [] and rig.objects() == []
 
 

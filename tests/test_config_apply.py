@@ -98,9 +98,6 @@ def test_a_name_used_twice_refuses_every_block_of_it() -> None:
         ("", "2026"),
         ("raw", "raw/2026"),
         ("raw", "raw/2026/11"),
-        # A Hive day folder (layout: hive) is a date folder whatever either export's layout.
-        ("raw", "raw/dt=2026-11-25"),
-        ("", "dt=2026-11-25/hour=10"),
     ],
 )
 def test_exports_that_could_share_keys_are_both_refused_when_both_are_new(
@@ -111,6 +108,19 @@ def test_exports_that_could_share_keys_are_both_refused_when_both_are_new(
     assert names(applied) == ["other"]
     (problem,) = applied.problems
     assert "'one' clicks" in problem and "'two' clicks" in problem and "both are refused" in problem
+
+
+@pytest.mark.parametrize(("first", "second"), [("raw", "raw/dt=2026-11-25"), ("", "dt=x/hour=10")])
+def test_a_folder_inside_a_hive_exports_day_folders_collides_below_a_dated_one_not(
+    first: str, second: str
+) -> None:
+    hive = block("one", "shared", first, "      layout: hive\n") + block("two", "shared", second)
+    applied = apply_integrations("integrations:\n" + hive)
+    assert names(applied) == [] and "both are refused" in applied.problems[0]
+    # Below a dated export a dt= folder is no date folder of it (accepted before, still).
+    dated = block("one", "shared", first) + block("two", "shared", second)
+    applied = apply_integrations("integrations:\n" + dated)
+    assert names(applied) == ["one", "two"] and applied.problems == ()
 
 
 @pytest.mark.parametrize(("first", "second"), [("raw", "raw2"), ("", "clicks"), ("raw", "raw/sub")])

@@ -131,3 +131,40 @@ def test_a_failed_latest_window_is_late_at_once_and_not_once_delivered() -> None
         sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
         (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
         assert record.event.dagster_event.event_specific_data.passed
+
+
+def test_a_transient_failure_waits_for_the_grace() -> None:
+    (group,) = groups()
+    (target,) = group.targets
+    now = datetime(2026, 11, 25, 12, 0)
+    sensor = build_latest_window_sensor([group], clock=lambda: now)
+    check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(target.asset_key, partition="2026-11-25-11:30")
+        )
+        # The source was not complete yet for 11:45: tried again, not late.
+        instance.report_runless_asset_event(
+            dg.AssetObservation(
+                target.asset_key,
+                partition="2026-11-25-11:45",
+                metadata={"delivery_failed": "SourceIncomplete", "permanent": False},
+            )
+        )
+        sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+        (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+        assert record.event.dagster_event.event_specific_data.passed
+
+
+def test_a_delivery_run_holds_no_check_step() -> None:
+    """The checks are the sensor's: a window job's only step is the delivery's, so a run
+    costs what it did."""
+    from affise_s3_assets.definitions import build_definitions
+    from tests.conftest import ROOT
+
+    repository = build_definitions(ROOT / "integrations.yaml").get_repository_def()
+    jobs = [job for job in repository.get_all_jobs() if job.name.endswith("min_job")]
+    assert jobs
+    for job in jobs:
+        (step,) = job.graph.node_defs
+        assert step.name.startswith("deliver_") and not step.name.endswith("_latest_window")

@@ -5,8 +5,8 @@ Dagster's time-window freshness goes by the newest materialization of any partit
 re-delivered old window made an export that missed its latest windows look fresh. Each live
 export instead has an asset check, `latest_window_delivered`, and a sensor evaluates it every
 minute (as a runless check evaluation: no run, no step). It fails at once, with ERROR
-severity, when the export's newest failed window (a failure observation the export step
-recorded, not delivered since) is one of its latest windows; else it passes when the latest due
+severity, when one of the export's latest windows failed with a permanent error (a failure
+observation the export step recorded, not delivered since); else it passes when the latest due
 window (its end plus the event type's lateness plus FRESHNESS_GRACE is past) has a
 materialization, and fails with WARN severity once that window is overdue, ERROR once the one
 before it is missing too (two windows behind). The check can be executed from the asset's page
@@ -111,6 +111,11 @@ def _newest_failure_in(
             metadata = record.asset_observation.metadata if record.asset_observation else {}
             if "delivery_failed" not in metadata or record.partition_key is None:
                 continue
+            # Only what no retry fixes: a transient failure, or a source not yet complete,
+            # is the grace's to wait for (the window is judged when it falls due).
+            permanent = metadata.get("permanent")
+            if not (permanent is not None and permanent.value is True):
+                continue
             since = instance.fetch_materializations(
                 dg.AssetRecordsFilter(
                     asset_key=asset_key,
@@ -120,7 +125,7 @@ def _newest_failure_in(
                 limit=1,
             ).records
             if since:
-                return None  # delivered after it failed
+                continue  # delivered after it failed: an older failure may still stand
             return record.partition_key, str(metadata["delivery_failed"].value)
         return None
 

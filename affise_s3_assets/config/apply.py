@@ -163,6 +163,7 @@ class _Export:
     store: str  # the endpoint, or "AWS": the same bucket name on two stores is two buckets
     bucket: str
     directory: str
+    layout: str = "dated"  # where its date folders are: YYYY/ (dated) or dt=YYYY-MM-DD/ (hive)
 
     def __str__(self) -> str:
         folder = self.directory + "/" if self.directory else ""
@@ -177,26 +178,36 @@ def _exports(integration: IntegrationConfig) -> list[_Export]:
             store_of(export.endpoint_url),
             export.bucket,
             export.directory,
+            export.layout,
         )
         for event_type, export in integration.exports()
     ]
 
 
-# The first folder of a window's key below its export's directory: a year (YYYY/MM/DD/), or
-# a Hive day (dt=YYYY-MM-DD/). Any export's, whatever its own layout: switching an export's
-# layout never makes an accepted pair collide.
-_DATE_SEGMENT_RE = re.compile(r"\d{4}|dt=.*")
+# The first folder of a window's key below its export's directory: a year (YYYY/MM/DD/) for
+# every export, and a Hive day (dt=YYYY-MM-DD/) for an export with `layout: hive` (a `dt=`
+# folder below a dated export is no date folder of it: pairs accepted before hive layouts
+# existed stay accepted).
+_YEAR_SEGMENT_RE = re.compile(r"\d{4}")
+_HIVE_DAY_SEGMENT_RE = re.compile(r"dt=.*")
 
 
-def _lies_in_date_folders(directory: str, other: str) -> bool:
-    """Whether `other`'s objects fall inside `directory`'s date folders (YYYY/MM/DD/ or
-    dt=YYYY-MM-DD/)."""
+def _date_segment(segment: str, layout: str) -> bool:
+    """Whether `segment`, right below an export of `layout`, can be one of its date folders."""
+    if _YEAR_SEGMENT_RE.fullmatch(segment):
+        return True
+    return layout == "hive" and _HIVE_DAY_SEGMENT_RE.fullmatch(segment) is not None
+
+
+def _lies_in_date_folders(directory: str, other: str, layout: str = "dated") -> bool:
+    """Whether `other`'s objects fall inside the date folders (YYYY/MM/DD/, or dt=YYYY-MM-DD/
+    with `layout: hive`) of the export at `directory`."""
     if directory == other:
         return True
     rest = other.removeprefix(directory + "/") if directory else other
     if rest == other and directory:
         return False
-    return _DATE_SEGMENT_RE.fullmatch(rest.split("/", 1)[0]) is not None
+    return _date_segment(rest.split("/", 1)[0], layout)
 
 
 def exports_collide(a: _Export, b: _Export) -> bool:
@@ -204,8 +215,8 @@ def exports_collide(a: _Export, b: _Export) -> bool:
     folders: a customer listing one folder would get the other's files, or lose its own."""
     if (a.store, a.bucket) != (b.store, b.bucket):
         return False
-    return _lies_in_date_folders(a.directory, b.directory) or _lies_in_date_folders(
-        b.directory, a.directory
+    return _lies_in_date_folders(a.directory, b.directory, a.layout) or _lies_in_date_folders(
+        b.directory, a.directory, b.layout
     )
 
 
@@ -223,10 +234,10 @@ def _clashes(exports: list[_Export]) -> list[tuple[_Export, _Export]]:
     for export in exports:
         segments = export.directory.split("/") if export.directory else []
         for depth, segment in enumerate(segments):
-            if _DATE_SEGMENT_RE.fullmatch(segment):
-                parent = "/".join(segments[:depth])
-                folder = (export.store, export.bucket, parent)
-                pairs.extend((owner, export) for owner in by_folder.get(folder, ()))
+            parent = "/".join(segments[:depth])
+            for owner in by_folder.get((export.store, export.bucket, parent), ()):
+                if _date_segment(segment, owner.layout):
+                    pairs.append((owner, export))
     return pairs
 
 
@@ -399,7 +410,7 @@ def _apply_entries(
                 losers.update({a.integration, b.integration})
                 problems.append(
                     f"integration {a.integration!r}: {a.event_type}.directory: {a} and {b} "
-                    "could write the same keys (or one inside the other's YYYY/MM/DD/ folders); "
+                    "could write the same keys (or one inside the other's date folders); "
                     "both are refused until one moves"
                 )
         for name in losers:

@@ -394,7 +394,11 @@ def build_window_job(group: WindowGroup) -> AssetJob:
     members = group.live or group.targets
     return dg.define_asset_job(
         name=group.job_name,
-        selection=dg.AssetSelection.assets(*(target.asset_key for target in members)),
+        # The assets alone: their latest-window checks are the freshness sensor's, never a
+        # step of a delivery run (automation/freshness.py).
+        selection=dg.AssetSelection.assets(
+            *(target.asset_key for target in members)
+        ).without_checks(),
         executor_def=dg.in_process_executor,
         tags={"affise/event_type": group.event_type, "affise/frequency": str(group.frequency)},
         description=f"Delivers {group.frequency}-minute windows of {group.event_type} to the "
