@@ -17,6 +17,7 @@ from affise_s3_assets.automation.live_config import (
     load_live_config,
     location_name,
 )
+from affise_s3_assets.automation.markers import build_marker_sensor
 from affise_s3_assets.automation.notify import build_notify_sensor
 from affise_s3_assets.automation.reconciliation import build_reconciliation_sensor
 from affise_s3_assets.automation.schedules import build_window_schedule
@@ -61,6 +62,8 @@ def build_definitions(config: str | Path | AppliedConfig | None = None) -> dg.De
         sensors.append(build_catch_up_sensor(live, list(jobs.values())))
         sensors.append(build_upload_sweep_sensor(live))
         sensors.append(build_latest_window_sensor(live))
+        if any(t.completion is not None for group in live for t in group.live):
+            sensors.append(build_marker_sensor(live))
         if applied.reconciliation.look_back_hours:
             sensors.append(
                 build_reconciliation_sensor(live, list(jobs.values()), applied.reconciliation)

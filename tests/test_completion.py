@@ -5,6 +5,7 @@ tested directly with injected lookups; the rest on the real S3 server and DuckDB
 
 import hashlib
 import json
+import logging
 import shutil
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -14,8 +15,9 @@ from typing import Any
 
 import dagster as dg
 
+from affise_s3_assets.automation.markers import build_marker_sensor
 from affise_s3_assets.config.secrets import credential_variables
-from affise_s3_assets.config.targets import ExportTarget, build_export_targets
+from affise_s3_assets.config.targets import ExportTarget, build_export_targets, build_window_groups
 from affise_s3_assets.delivery.completion import (
     Period,
     marker_due,
@@ -263,11 +265,12 @@ def test_hour_markers_in_hive_folders_follow_each_hours_last_window(
     ]
 
 
-def test_a_marker_that_cannot_be_written_fails_the_run_and_the_next_delivery_writes_it(
+def test_a_marker_that_cannot_be_written_is_owed_and_the_sensor_writes_it(
     s3_server: S3Server, bucket: str, customer_env: dict, events_db: Path, monkeypatch: Any
 ) -> None:
-    """The window is delivered (materialized), but the run fails naming the marker's key; once
-    the marker can be written, the next delivery of a window of its period writes it."""
+    """The window is delivered and its run succeeds, the marker's refusal in its log; the
+    marker is owed, and the marker sensor writes it once it can (saying meanwhile why not),
+    with no delivery of the period again."""
     policy = {
         "Version": "2012-10-17",
         "Statement": [
@@ -297,13 +300,27 @@ def test_a_marker_that_cannot_be_written_fails_the_run_and_the_next_delivery_wri
         integration(s3_server, bucket, directory="d", extra="      completion: hour\n")
     )
     instance = dg.DagsterInstance.ephemeral()
-    result = deliver(asset, "2026-11-25-10:00", events_db, raise_on_error=False, instance=instance)
-    assert not result.success
-    message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "key 'd/2026/11/25/_manifests/_SUCCESS_10'" in message and "AccessDenied" in message
+    result = deliver(asset, "2026-11-25-10:00", events_db, instance=instance)
+    assert result.success
+    logged = [
+        event.message or ""
+        for event in instance.all_logs(result.run_id)
+        if event.level >= logging.WARNING
+    ]
+    assert any("_manifests/_SUCCESS_10" in line and "AccessDenied" in line for line in logged)
     assert keys_in(s3_server, bucket) == ["d/2026/11/25/2026-11-25 10:00:00.csv.gz"]
     (key,) = asset.keys
     assert set(instance.get_materialized_partitions(key)) == {"2026-11-25-10:00"}
+    # No failure recorded on the delivered window: it is not late, nobody is told it failed.
+    assert not instance.fetch_observations(dg.AssetRecordsFilter(asset_key=key), limit=1).records
+
+    config = integration(s3_server, bucket, directory="d", extra="      completion: hour\n")
+    (export,) = build_export_targets([config])
+    groups = build_window_groups([export])
+    sensor = build_marker_sensor(groups)
+    tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    assert "not yet written" in str(tick.skip_message) and "AccessDenied" in str(tick.skip_message)
+    assert markers_in(s3_server, bucket) == []
 
     s3_server.client().delete_bucket_policy(Bucket=bucket)
     for variable, value in zip(
@@ -312,5 +329,9 @@ def test_a_marker_that_cannot_be_written_fails_the_run_and_the_next_delivery_wri
         strict=True,
     ):
         monkeypatch.setenv(variable, value)
-    assert deliver(asset, "2026-11-25-10:00", events_db, instance=instance).success
+    tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+    assert "1 markers written" in str(tick.skip_message)
     assert markers_in(s3_server, bucket) == ["d/2026/11/25/_manifests/_SUCCESS_10"]
+    # Written: the next tick writes nothing again.
+    tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+    assert "0 markers written" in str(tick.skip_message)

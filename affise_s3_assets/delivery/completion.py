@@ -19,6 +19,7 @@ while one of its windows has no delivery recorded at its key. Windows before the
 window are not its own, so they are not waited for.
 """
 
+import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import dagster as dg
 
 from affise_s3_assets.config.targets import ExportTarget
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
+from affise_s3_assets.dagster_internal import store_values, stored_values
 from affise_s3_assets.delivery.record import DeliveryRecord
 from affise_s3_assets.delivery.writer import (
     META_FOLDER,
@@ -228,3 +230,38 @@ class CompletionMarkers:
     def write(self, target: ExportTarget, marker: Marker) -> str:
         """Write the marker at its key; returns its URI, raises what writing it raised."""
         return self._write(target.destination, marker)
+
+
+# Per export, the markers written (period start -> SHA-256 of the body) and owed (""), in the
+# instance's key-value store: the marker sensor (automation/markers.py) writes an owed one,
+# or one whose period's records changed since, until it is written.
+MARKERS_STATE_PREFIX = "affise/markers/"
+MARKERS_KEPT = 400  # periods remembered per export: over two weeks of hours
+
+
+def markers_state_key(asset_key: dg.AssetKey) -> str:
+    return MARKERS_STATE_PREFIX + asset_key.to_user_string()
+
+
+def marker_digest(marker: Marker) -> str:
+    return hashlib.sha256(marker.body).hexdigest()
+
+
+def read_markers_state(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dict[str, str]:
+    key = markers_state_key(asset_key)
+    text = stored_values(instance, [key]).get(key)
+    try:
+        state = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def note_marker(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, period: Period, digest: str
+) -> None:
+    """Remember the marker of `period` as written (its digest) or owed (""); best effort."""
+    state = read_markers_state(instance, asset_key)
+    state[_instant(period.start)] = digest
+    kept = dict(sorted(state.items())[-MARKERS_KEPT:])
+    store_values(instance, {markers_state_key(asset_key): json.dumps(kept, sort_keys=True)})

@@ -15,6 +15,7 @@ Knows Dagster's run context and the flow of a run; the format is encoding's, key
 writer.py's.
 """
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,7 +34,12 @@ from affise_s3_assets.automation.runs import (
 )
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.dagster_internal import AssetJob, add_run_tags
-from affise_s3_assets.delivery.completion import CompletionMarkers, marker_key, period_of
+from affise_s3_assets.delivery.completion import (
+    CompletionMarkers,
+    marker_digest,
+    marker_key,
+    note_marker,
+)
 from affise_s3_assets.delivery.engine import Outcome, Window, deliver_windows
 from affise_s3_assets.delivery.record import filters_metadata, latest_records
 from affise_s3_assets.delivery.report import failure_observation, failure_summary, not_attempted
@@ -44,7 +50,6 @@ from affise_s3_assets.delivery.writer import (
 from affise_s3_assets.s3 import (
     delivery_failure,
     error_code,
-    is_permanent,
 )
 from affise_s3_assets.source.completeness import SourceIncomplete, SourceProgress, naive_utc
 from affise_s3_assets.source.event_types import EVENT_SOURCE_KEYS
@@ -161,11 +166,8 @@ def _deliver_selected(
                     )
                 )
                 # After it is logged: the instance's records then hold this window.
-                failed = _completion_marker(context, markers, target, window) if markers else None
-                if failed is not None:
-                    failures.append(failed)
-                    context.log.error(failed.failure)
-                    context.log_event(failure_observation(context, window, failed))
+                if markers is not None:
+                    _completion_marker(context, markers, target, window)
                 continue
             failures.append(item)
             context.log.error(item.failure)
@@ -274,34 +276,35 @@ def _completion_marker(
     markers: CompletionMarkers,
     target: ExportTarget,
     window: Window,
-) -> Outcome | None:
-    """Write the marker of the period `window` completes, if it does; the failure, if writing
-    it failed. The window itself stays delivered; its period's marker is written by the next
-    delivery of any of its windows."""
+) -> None:
+    """Write the marker of the period `window` completes, if it does. A marker that cannot be
+    written fails nothing (the window is delivered): it is noted as owed, and the marker
+    sensor writes it (automation/markers.py), saying on its tick why it could not yet."""
     try:
         marker = markers.due(target, window.start)
-        if marker is None:
-            return None
+    except Exception as exc:  # the records could not be read: the sensor looks again
+        context.log.warning(f"{target.integration} {target.event_type}: no marker yet: {exc}")
+        return
+    if marker is None:
+        return
+    try:
         uri = markers.write(target, marker)
     except Exception as exc:
-        assert target.completion is not None, "only exports with completion have markers"
-        key = marker_key(
-            target.destination.directory,
-            period_of(window.start, target.completion),
-            target.layout,
+        key = marker_key(target.destination.directory, marker.period, target.layout)
+        context.log.warning(
+            f"{delivery_failure(target.destination, key, exc)}; the marker sensor writes it "
+            "once it can"
         )
-        return Outcome(
-            target,
-            delivery_failure(target.destination, key, exc),
-            error_code(exc),
-            is_permanent(exc),
-        )
+        with contextlib.suppress(Exception):
+            note_marker(context.instance, target.asset_key, marker.period, "")
+        return
+    with contextlib.suppress(Exception):  # the sensor then writes it once more, no harm
+        note_marker(context.instance, target.asset_key, marker.period, marker_digest(marker))
     context.log.info(
         f"{target.integration} {target.event_type}: the {marker.period.unit} of "
         f"{marker.period.start:%Y-%m-%d %H:%M} is complete ({marker.windows} windows, "
         f"{marker.rows} rows): {uri}"
     )
-    return None
 
 
 def _is_redelivery(tags: Mapping[str, str]) -> bool:
