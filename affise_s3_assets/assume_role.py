@@ -280,6 +280,7 @@ def refused(exc: botocore.exceptions.ClientError, session: RoleSession) -> RoleN
             f"the deployment's own AWS credentials were refused by STS ({code}) when assuming "
             f"role {role}: an operator renews or fixes the deployment's credentials"
         )
+        code = "DeploymentCredentialsRefused"
     elif code in _DENIED or (code == "Unknown" and status == 403):
         reason = (
             f"role {role} may not be assumed by the deployment with integration "
@@ -338,6 +339,7 @@ class PolicyTarget:
     region: str
     sse: str | None = None
     kms_key_id: str | None = None
+    acl: str | None = None  # with an ACL, s3:PutObjectAcl as well
 
 
 def permissions_policy(targets: list[PolicyTarget]) -> dict[str, Any]:
@@ -352,7 +354,8 @@ def permissions_policy(targets: list[PolicyTarget]) -> dict[str, Any]:
         {
             "Sid": "AffiseS3Delivery",
             "Effect": "Allow",
-            "Action": list(S3_ACTIONS),
+            "Action": list(S3_ACTIONS)
+            + (["s3:PutObjectAcl"] if any(t.acl for t in targets) else []),
             "Resource": folders,
         }
     ]

@@ -205,6 +205,7 @@ def _policy_targets(name: str, path: Path | None, target_type: Any) -> list[Any]
             t.destination.region,
             t.destination.sse,
             t.destination.kms_key_id,
+            t.destination.acl,
         )
         for t in build_export_targets(applied.integrations)
         if t.integration == name

@@ -91,7 +91,9 @@ PERMANENT_ERROR_CODES = frozenset(
         "InvalidAccessKeyId",
         "InvalidBucketName",
         "InvalidToken",
-        "ExpiredToken",  # a role's temporary credentials, or the deployment's, ran out
+        "KMS.DisabledException",  # the customer's key is disabled
+        "KMS.NotFoundException",  # or gone
+        "KMSAccessDeniedException",
         "InvalidClientTokenId",
         "NoSuchBucket",
         "PermanentRedirect",

@@ -593,3 +593,14 @@ def test_the_image_installs_what_the_instance_imports(helm_values: Mapping[str, 
     python = re.search(r"^FROM python:(\d+\.\d+)", dockerfile, re.MULTILINE)
     assert python is not None
     assert pyproject["project"]["requires-python"].startswith(f">={python.group(1)}")
+
+
+def test_sensors_run_side_by_side_in_both_files(
+    instance_config: Mapping[str, Any], helm_values: Mapping[str, Any]
+) -> None:
+    """A sensor whose tick waits on a customer's webhook never holds up catch_up_sensor."""
+    for section in ("sensors", "schedules"):
+        assert instance_config[section]["use_threads"] is True
+        daemon = helm_values["dagsterDaemon"][section]
+        assert daemon["useThreads"] is True
+        assert daemon["numWorkers"] == instance_config[section]["num_workers"] >= 2

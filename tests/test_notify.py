@@ -358,6 +358,13 @@ def test_a_webhook_against_the_rules_is_refused_by_name_and_tried_again_later(
         ("https://[::1]/x", "loopback"),
         ("https://[::ffff:127.0.0.1]/x", "loopback"),
         ("https://[fd00::1]/x", "private"),
+        # IPv6 forms carrying a private IPv4 address: NAT64, 6to4, compatible, translated.
+        ("https://[64:ff9b::a00:1]/x", "private|reserved"),
+        ("https://[64:ff9b:1::a00:1]/x", "private|reserved"),
+        ("https://[2002:7f00:1::1]/x", "private|reserved"),
+        ("https://[::127.0.0.1]/x", "loopback|private|reserved"),
+        ("https://[::ffff:0:a00:1]/x", "private|reserved"),
+        ("https://192.0.0.8/x", "private|reserved"),
         ("https://224.0.0.1/x", "reserved"),
     ],
 )
@@ -518,3 +525,31 @@ def test_the_code_location_has_the_sensor_only_when_a_webhook_is_configured(tmp_
     hook = "    notify:\n      url: ${ACME_NOTIFY_URL}\n      secret: ${ACME_NOTIFY_SECRET}\n"
     assert "notify_sensor" in sensors(one_integration(head=hook))
     assert "notify_sensor" not in sensors(one_integration())
+
+
+def test_a_failure_that_is_the_deployments_to_fix_is_not_told_to_the_customer(
+    receivers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = receivers()
+    point(monkeypatch, "acme", hook.url)
+    sensor = build_notify_sensor([integration("acme")], clock=Clock())
+    with dg.instance_for_test() as instance:
+        report_failure(
+            instance,
+            "acme",
+            code="NoDeploymentCredentials",
+            reason="the deployment has no AWS credentials of its own",
+        )
+        tick(sensor, instance)
+    assert hook.requests == []
+
+
+def test_the_roles_policy_grants_the_acl_action_to_an_export_with_an_acl() -> None:
+    from affise_s3_assets.assume_role import PolicyTarget, permissions_policy
+
+    plain = permissions_policy([PolicyTarget("b", "d", "us-east-1")])
+    granted = permissions_policy(
+        [PolicyTarget("b", "d", "us-east-1", acl="bucket-owner-full-control")]
+    )
+    assert "s3:PutObjectAcl" not in plain["Statement"][0]["Action"]
+    assert "s3:PutObjectAcl" in granted["Statement"][0]["Action"]

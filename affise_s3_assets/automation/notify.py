@@ -109,9 +109,25 @@ _WHAT_TO_DO = {
     "AuthorizationHeaderMalformed": "the bucket is in another region than configured: send "
     "its region",
     "UserSuspended": "the user whose keys deliver is suspended: re-enable it or send new keys",
-    "ConfigError": "the delivery's settings on our side are incomplete: your account manager "
-    "has been told",
+    "RoleAccessDenied": "the role refused the delivering principal or this ExternalId: check "
+    "the role's trust policy against the one `affise-s3 external-id` printed",
+    "RoleNotFound": "the role does not exist (or not under that ARN): create it, or send its ARN",
+    "KMS.DisabledException": "the KMS key the files are encrypted with is disabled: enable it",
+    "KMS.NotFoundException": "the KMS key the files are encrypted with does not exist: send the "
+    "right key id",
+    "KMSAccessDeniedException": "the KMS key refused the delivering principal: grant it "
+    "kms:GenerateDataKey and kms:Decrypt",
 }
+# Permanent failures that are the deployment's to fix, not the customer's: no event is sent
+# for them (the operator sees them on the asset's page and in the run).
+DEPLOYMENT_FAULTS = frozenset(
+    {
+        "ConfigError",
+        "NoDeploymentCredentials",
+        "DeploymentCredentialsRefused",
+        "InsecureStsEndpoint",
+    }
+)
 
 
 class WebhookRefused(Exception):
@@ -305,7 +321,8 @@ def _follow(health: ExportHealth, records: Sequence[Any]) -> bool:
         observation = record.asset_observation
         if observation is None or "delivery_failed" not in observation.metadata:
             continue
-        if _meta(observation.metadata, "permanent") is True:
+        ours = str(_meta(observation.metadata, "error_code") or "") in DEPLOYMENT_FAULTS
+        if _meta(observation.metadata, "permanent") is True and not ours:
             code = str(_meta(observation.metadata, "error_code") or "error")
             named = _NAMED_ACTION_RE.search(str(_meta(observation.metadata, "delivery_failed")))
             if health.since is None:
@@ -382,10 +399,30 @@ def observe(
     return changed
 
 
+# IPv6 prefixes that carry an IPv4 address in their low 32 bits (NAT64, its local-use form,
+# IPv4-compatible): such an address reaches that IPv4 one, so it is judged by it.
+_EMBEDDING_IPV4 = tuple(
+    ipaddress.ip_network(prefix)
+    for prefix in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96", "::ffff:0:0:0/96")
+)
+# Ranges `is_global` lets through on some Python versions (CVE-2024-4032's table).
+_NEVER_PUBLIC = tuple(
+    ipaddress.ip_network(net)
+    for net in ("192.0.0.0/24", "100.64.0.0/10", "198.18.0.0/15", "2001:db8::/32", "2002::/16")
+)
+
+
 def _public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:  # 2002::/16 carries an IPv4 address in bits 16-48
+            return False
+        elif any(ip in net for net in _EMBEDDING_IPV4):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip.version == net.version and ip in net for net in _NEVER_PUBLIC):
+        return False
     return ip.is_global and not ip.is_multicast
 
 
