@@ -2,6 +2,7 @@
 instance, and the objects and rows a bucket and the source hold, as the contract says."""
 
 import gzip
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -208,3 +209,27 @@ def hex_clicks_db(path: Path, rows: int) -> Path:
         )
         write_watermark(con, "clicks", datetime(2026, 11, 25, 11))
     return path
+
+
+def deny_intruders_puts(s3: S3Server, bucket: str, pattern: str) -> None:
+    """A bucket policy letting the `intruder` user write the bucket except keys matching
+    `pattern` (RGW's wildcards match `*word*` forms, not `*.suffix`)."""
+    intruder = {"AWS": ["arn:aws:iam:::user/intruder"]}
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": intruder,
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            },
+            {
+                "Effect": "Deny",
+                "Principal": intruder,
+                "Action": ["s3:PutObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/{pattern}"],
+            },
+        ],
+    }
+    s3.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))

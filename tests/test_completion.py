@@ -30,6 +30,7 @@ from affise_s3_assets.delivery.writer import build_object_key
 from tests.conftest import ROOT, Account, S3Server
 from tests.delivered import (
     deliver,
+    deny_intruders_puts,
     export_asset,
     fetch,
     integration,
@@ -271,25 +272,8 @@ def test_a_marker_that_cannot_be_written_is_owed_and_the_sensor_writes_it(
     """The window is delivered and its run succeeds, the marker's refusal in its log; the
     marker is owed, and the marker sensor writes it once it can (saying meanwhile why not),
     with no delivery of the period again."""
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": ["arn:aws:iam:::user/intruder"]},
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": [f"arn:aws:s3:::{bucket}/*"],
-            },
-            {
-                "Effect": "Deny",
-                "Principal": {"AWS": ["arn:aws:iam:::user/intruder"]},
-                "Action": ["s3:PutObject"],
-                # RGW's wildcard matching misses `*_SUCCESS*`; no data key says SUCCESS.
-                "Resource": [f"arn:aws:s3:::{bucket}/*SUCCESS*"],
-            },
-        ],
-    }
-    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    # No data key says SUCCESS.
+    deny_intruders_puts(s3_server, bucket, "*SUCCESS*")
     for variable, value in zip(
         credential_variables("acme"),
         (s3_server.intruder.access_key, s3_server.intruder.secret_key),

@@ -2,6 +2,7 @@
 window is missing or failed is late, whatever older windows were delivered since."""
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -98,62 +99,57 @@ def test_redelivering_an_old_window_does_not_make_a_late_export_fresh() -> None:
         assert status() is None
 
 
+def delivered(instance: dg.DagsterInstance, key: dg.AssetKey, *partitions: str) -> None:
+    for partition in partitions:
+        instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition))
+
+
+def failed(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, why: str, permanent: bool
+) -> None:
+    """A failure observation as the export step records it (delivery/report.py)."""
+    instance.report_runless_asset_event(
+        dg.AssetObservation(
+            key, partition=partition, metadata={"delivery_failed": why, "permanent": permanent}
+        )
+    )
+
+
+def verdict_after_a_tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance) -> Any:
+    """The evaluation the sensor's tick recorded last for the one export."""
+    sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    (target,) = groups()[0].targets
+    check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+    (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+    return record.event.dagster_event.event_specific_data
+
+
 def test_a_failed_latest_window_is_late_at_once_and_not_once_delivered() -> None:
     (group,) = groups()
     (target,) = group.targets
-    now = datetime(2026, 11, 25, 12, 0)
-    sensor = build_latest_window_sensor([group], clock=lambda: now)
-    check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+    sensor = build_latest_window_sensor([group], clock=lambda: datetime(2026, 11, 25, 12, 0))
     with dg.instance_for_test() as instance:
-        for partition in ("2026-11-25-11:15", "2026-11-25-11:30"):
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(target.asset_key, partition=partition)
-            )
-        # The window that just closed failed (as the export step records it): late now, not
-        # after the grace.
-        instance.report_runless_asset_event(
-            dg.AssetObservation(
-                target.asset_key,
-                partition="2026-11-25-11:45",
-                metadata={"delivery_failed": "AccessDenied: s3:PutObject", "permanent": True},
-            )
-        )
-        sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-        (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
-        evaluation = record.event.dagster_event.event_specific_data
+        delivered(instance, target.asset_key, "2026-11-25-11:15", "2026-11-25-11:30")
+        # The window that just closed failed for good: late now, not after the grace.
+        failed(instance, target.asset_key, "2026-11-25-11:45", "AccessDenied: s3:PutObject", True)
+        evaluation = verdict_after_a_tick(sensor, instance)
         assert not evaluation.passed
         assert evaluation.severity == dg.AssetCheckSeverity.ERROR
         assert "window 2026-11-25-11:45 failed: AccessDenied" in evaluation.description
         # Delivered again: the failure no longer counts.
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(target.asset_key, partition="2026-11-25-11:45")
-        )
-        sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-        (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
-        assert record.event.dagster_event.event_specific_data.passed
+        delivered(instance, target.asset_key, "2026-11-25-11:45")
+        assert verdict_after_a_tick(sensor, instance).passed
 
 
 def test_a_transient_failure_waits_for_the_grace() -> None:
     (group,) = groups()
     (target,) = group.targets
-    now = datetime(2026, 11, 25, 12, 0)
-    sensor = build_latest_window_sensor([group], clock=lambda: now)
-    check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+    sensor = build_latest_window_sensor([group], clock=lambda: datetime(2026, 11, 25, 12, 0))
     with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(target.asset_key, partition="2026-11-25-11:30")
-        )
+        delivered(instance, target.asset_key, "2026-11-25-11:30")
         # The source was not complete yet for 11:45: tried again, not late.
-        instance.report_runless_asset_event(
-            dg.AssetObservation(
-                target.asset_key,
-                partition="2026-11-25-11:45",
-                metadata={"delivery_failed": "SourceIncomplete", "permanent": False},
-            )
-        )
-        sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-        (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
-        assert record.event.dagster_event.event_specific_data.passed
+        failed(instance, target.asset_key, "2026-11-25-11:45", "SourceIncomplete", False)
+        assert verdict_after_a_tick(sensor, instance).passed
 
 
 def test_a_delivery_run_holds_no_check_step() -> None:

@@ -29,6 +29,7 @@ from tests.delivered import (
     ADVERTISER,
     deliver,
     delivered_rows,
+    deny_intruders_puts,
     export_asset,
     fetch,
     integration,
@@ -579,25 +580,8 @@ def test_a_manifest_that_cannot_be_written_fails_its_window_and_the_next_run_com
     """The data object without its manifest is not announced as complete: its window is
     Failed, naming the manifest's key, and once the manifest can be written a re-delivery
     writes both."""
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": ["arn:aws:iam:::user/intruder"]},
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": [f"arn:aws:s3:::{rig.bucket}/*"],
-            },
-            {
-                "Effect": "Deny",
-                "Principal": {"AWS": ["arn:aws:iam:::user/intruder"]},
-                "Action": ["s3:PutObject"],
-                # RGW's wildcards do not match `*.manifest.json`; no data key says manifest.
-                "Resource": [f"arn:aws:s3:::{rig.bucket}/*manifest*"],
-            },
-        ],
-    }
-    rig.s3.client().put_bucket_policy(Bucket=rig.bucket, Policy=json.dumps(policy))
+    # No data key says manifest.
+    deny_intruders_puts(rig.s3, rig.bucket, "*manifest*")
     rig.monkeypatch.setenv("TEST_ACCESS_KEY_ID", rig.s3.intruder.access_key)
     rig.monkeypatch.setenv("TEST_SECRET_ACCESS_KEY", rig.s3.intruder.secret_key)
     rig.configure([("acme", "2026-11-24 00:00:00", rig.clicks("x", "      manifest: true\n"))])

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -132,15 +133,16 @@ def _newest_failure_in(
     return newest_failure
 
 
-def _evaluation(target: ExportTarget, verdict: LatestWindow) -> dg.AssetCheckEvaluation:
-    return dg.AssetCheckEvaluation(
-        asset_key=target.asset_key,
-        check_name=CHECK_NAME,
-        passed=verdict.passed,
-        severity=verdict.severity,
-        description=verdict.description,
-        metadata=verdict.metadata(),
-    )
+def _verdict_fields(target: ExportTarget, verdict: LatestWindow) -> dict[str, Any]:
+    """What a check result and a runless evaluation of the verdict both say."""
+    return {
+        "asset_key": target.asset_key,
+        "check_name": CHECK_NAME,
+        "passed": verdict.passed,
+        "severity": verdict.severity,
+        "description": verdict.description,
+        "metadata": verdict.metadata(),
+    }
 
 
 def build_latest_window_checks(groups: Sequence[WindowGroup]) -> list[dg.AssetChecksDefinition]:
@@ -170,14 +172,7 @@ def _group_checks(group: WindowGroup) -> dg.AssetChecksDefinition:
         for check_key in context.selected_asset_check_keys:
             target = live[check_key.asset_key]
             verdict = latest_window(target, group.lateness, now, delivered, newest_failure)
-            yield dg.AssetCheckResult(
-                asset_key=target.asset_key,
-                check_name=CHECK_NAME,
-                passed=verdict.passed,
-                severity=verdict.severity,
-                description=verdict.description,
-                metadata=verdict.metadata(),
-            )
+            yield dg.AssetCheckResult(**_verdict_fields(target, verdict))
 
     return check
 
@@ -209,7 +204,9 @@ def build_latest_window_sensor(
             state = [verdict.window, verdict.passed, verdict.severity.value]
             if known.get(name) == state:
                 continue
-            context.instance.report_runless_asset_event(_evaluation(target, verdict))
+            context.instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(**_verdict_fields(target, verdict))
+            )
             known[name] = state
             changed += 1
         live = {target.asset_key.to_user_string() for target, _ in targets}
