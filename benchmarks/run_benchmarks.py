@@ -375,10 +375,12 @@ def child_window(integrations: str, db: str, partition: str, last: str = "") -> 
             index, runs = map(int, shard.split("/"))
             requests = scheduled_run_requests(group, start, size=-(-len(selection) // runs))
             selection = list(requests[index - 1].asset_selection or selection)
-        result = job.execute_in_process(
+        # As the schedule's and the catch-up's run requests select them (`asset_check_keys=[]`):
+        # the exports without their checks (execute_in_process's selection takes them along).
+        subset = job.get_subset(asset_selection=set(selection), asset_check_selection=set())
+        result = subset.execute_in_process(
             partition_key=None if last else partition,
             tags=tags,
-            asset_selection=selection,
             instance=instance,
             raise_on_error=not os.environ.get("BENCH_MAY_FAIL"),
         )

@@ -164,3 +164,21 @@ def test_a_delivery_run_holds_no_check_step() -> None:
     for job in jobs:
         (step,) = job.graph.node_defs
         assert step.name.startswith("deliver_") and not step.name.endswith("_latest_window")
+
+
+def test_every_run_request_selects_the_exports_without_their_checks() -> None:
+    """A selection of assets takes their checks with it unless told not to: the schedule's,
+    the catch-up's and the shards' requests all say no checks."""
+    from affise_s3_assets.automation.catch_up import ranged_requests
+    from affise_s3_assets.automation.schedules import scheduled_run_requests
+
+    (group,) = groups()
+    (target,) = group.targets
+    window = datetime(2026, 11, 25, 10, 0)
+    requests = [
+        *scheduled_run_requests(group, window),
+        *scheduled_run_requests(group, window, size=1),
+        *ranged_requests(group, [target.asset_key], window, window, "catch_up", "0"),
+    ]
+    assert requests
+    assert all(request.asset_check_keys == [] for request in requests)

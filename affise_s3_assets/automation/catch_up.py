@@ -380,6 +380,9 @@ def ranged_requests(
         job_name=group.job_name,
         partition_key=partition_key,
         asset_selection=list(keys),
+        # The exports alone: their latest-window checks are the freshness sensor's, and a
+        # selection of assets would bring them in as a step of every run.
+        asset_check_keys=[],
         tags=tags,
     )
     return sharded(request, keys, size)

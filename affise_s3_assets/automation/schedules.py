@@ -74,6 +74,7 @@ def scheduled_run_requests(
         # Every live integration due (the usual case once all have started) is the job
         # itself: no selection to resolve, whatever the number of integrations.
         asset_selection=None if len(due) == len(group.live) else [t.asset_key for t in due],
+        asset_check_keys=[],  # the exports alone (automation/freshness.py)
         tags=tags,
     )
     return sharded(request, [target.asset_key for target in due], size)
