@@ -71,6 +71,9 @@ MIN_PART_MEMORY = 256 * 1024
 # Rows per batch fanned out to every integration's filter and CSV: with many integrations,
 # fewer, larger batches cost far less; the loader's slices are of the same size.
 FANOUT_BATCH_ROWS = 25_000
+# Up to this many distinct encodings (filters, formats, columns) in a run, batches are capped
+# at 1.5 x FANOUT_BATCH_ROWS (`_batches`).
+CAPPED_ENCODINGS = 8
 
 
 # How long closing a window waits for a failed object's abort (an endpoint that just failed
@@ -232,17 +235,16 @@ def cut_at_windows(
 
 
 def _batches(
-    pieces: Iterable[tuple[int, pl.DataFrame]], rows: int
+    pieces: Iterable[tuple[int, pl.DataFrame]], rows: int, capped: bool = True
 ) -> Iterator[tuple[int, pl.DataFrame]]:
-    """Pieces of one window joined into batches of about `rows` rows: a piece that would take
-    a batch past half as much again starts the next (two pieces of almost `rows` rows are
-    two batches, not one twice as large held by every stage)."""
+    """Pieces of one window joined into batches of about `rows` rows. `capped`: a piece that
+    would take a batch past half as much again starts the next (two pieces of almost `rows`
+    rows are two batches, not one twice as large held by every stage)."""
     pending: list[pl.DataFrame] = []
     count, index = 0, -1
     for piece_index, piece in pieces:
-        if pending and (
-            piece_index != index or count >= rows or count + piece.height > rows + rows // 2
-        ):
+        over = capped and count + piece.height > rows + rows // 2
+        if pending and (piece_index != index or count >= rows or over):
             yield index, pl.concat(pending, rechunk=False)
             pending, count = [], 0
         index = piece_index
@@ -399,7 +401,10 @@ def _stream(
     """The range's rows, through the filters and encoders, into the windows' open objects."""
     column = WINDOW_COLUMN[targets[0].event_type] if targets else "created_at"
     pieces = cut_at_windows(frames, windows, column)
-    batches = in_background(_batches(pieces, FANOUT_BATCH_ROWS), depth=1)
+    # The cap bounds what each stage holds, for a few encodings; with many, every batch costs
+    # each of them its fixed share (a filter, a CSV write), and fewer batches cost less.
+    capped = len({target.encoding_key for target in targets}) <= CAPPED_ENCODINGS
+    batches = in_background(_batches(pieces, FANOUT_BATCH_ROWS, capped), depth=1)
     texts = CsvTexts()
     encoded = in_background(_encoded(batches, targets, windows, stopped, texts), depth=1)
     try:
