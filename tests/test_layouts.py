@@ -21,6 +21,7 @@ from affise_s3_assets.source.event_types import EVENT_COLUMNS
 from tests.conftest import S3Server
 from tests.delivered import (
     ADVERTISER,
+    as_csv_text,
     deliver,
     delivered_rows,
     export_asset,
@@ -127,19 +128,8 @@ def duckdb_csv(glob: str, header: list[str], hive: bool = False) -> str:
     )
 
 
-def as_text(value: object) -> str | None:
-    """A Parquet value as the CSV contract writes it (to compare with `source_rows`)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return format(value, "f") if hasattr(value, "as_tuple") else str(value)
-
-
 def typed_rows(table: pa.Table, header: list[str]) -> list[Row]:
-    return [tuple(as_text(row[name]) for name in header) for row in table.to_pylist()]
+    return [tuple(as_csv_text(row[name]) for name in header) for row in table.to_pylist()]
 
 
 @pytest.mark.parametrize(
@@ -203,7 +193,7 @@ def test_a_hive_day_reads_as_a_partitioned_table_with_duckdb_and_pyarrow(
         if file_format == "csv":
             assert ordered([tuple(row[:-2]) for row in got]) == ordered(expected)
         else:
-            assert ordered([tuple(as_text(v) for v in row[:-2]) for row in got]) == ordered(
+            assert ordered([tuple(as_csv_text(v) for v in row[:-2]) for row in got]) == ordered(
                 expected
             )
 
@@ -266,7 +256,7 @@ def test_a_day_folder_reads_whole_with_its_manifests_and_markers(
         found = con.execute(f"SELECT * FROM read_parquet('{day}/*')")
         assert [column[0] for column in found.description] == header
         got = found.fetchall()
-        assert ordered([tuple(as_text(v) for v in row) for row in got]) == ordered(expected)
+        assert ordered([tuple(as_csv_text(v) for v in row) for row in got]) == ordered(expected)
         table = ds.dataset(day, format="parquet").to_table()
         rows = typed_rows(table, header)
         assert pq.read_table(day).num_rows == len(expected)  # the issue's failing read
