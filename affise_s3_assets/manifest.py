@@ -50,8 +50,12 @@ class DeliveredObject:
     redelivery_reason: str | None = None
 
 
-def _instant(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
+# A naive-UTC moment as manifests and markers write it: 2026-11-25T10:15:00Z.
+INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def instant(moment: datetime) -> str:
+    return moment.strftime(INSTANT_FORMAT)
 
 
 def manifest_document(delivered: DeliveredObject) -> dict[str, Any]:
@@ -60,8 +64,8 @@ def manifest_document(delivered: DeliveredObject) -> dict[str, Any]:
         "producer": producer(),
         "event_type": delivered.event_type,
         "window": {
-            "start": _instant(delivered.window_start),
-            "end": _instant(delivered.window_end),
+            "start": instant(delivered.window_start),
+            "end": instant(delivered.window_end),
         },
         "object": {
             # The file's name in the folder holding the manifest's `_manifests/` folder: it

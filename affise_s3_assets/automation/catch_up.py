@@ -842,11 +842,6 @@ def redeliveries_in_flight(instance: dg.DagsterInstance) -> set[str]:
     return {key.to_user_string() for run in runs for key in run.asset_selection or ()}
 
 
-def paused_schedules(instance: dg.DagsterInstance) -> set[str]:
-    """Names of the schedules an operator stopped (a stored STOPPED state)."""
-    return stopped_schedules(instance)
-
-
 def build_catch_up_sensor(
     groups: Sequence[WindowGroup], jobs: Sequence[AssetJob]
 ) -> dg.SensorDefinition:
@@ -882,7 +877,7 @@ def build_catch_up_sensor(
             state.ended_runs_after = {status.name: 0 for status in _ENDED}
         now = datetime.now(UTC)
         # A group whose schedule an operator stopped is paused: nothing of it is requested.
-        paused = paused_schedules(instance)
+        paused = stopped_schedules(instance)
         live = [group for group in all_live if group.schedule_name not in paused]
         size = exports_per_run()
 

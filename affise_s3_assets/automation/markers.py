@@ -13,7 +13,7 @@ export step's.
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -22,7 +22,9 @@ from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
 from affise_s3_assets.delivery.completion import (
     Period,
     marker_digest,
+    marker_written,
     note_marker,
+    owed_periods,
     period_of,
     period_window_starts,
     plan_marker,
@@ -57,13 +59,15 @@ def _since(
     return keys, records[-1].storage_id if records else after
 
 
-def _periods(target: ExportTarget, keys: Sequence[str], owed: Sequence[str]) -> list[Period]:
+def _periods(
+    target: ExportTarget, keys: Sequence[str], owed: Sequence[Period], now: datetime
+) -> list[Period]:
+    """The periods to plan: those of the windows materialized since, and the owed ones; none
+    that is not over yet (its last window cannot have closed: the step writes its marker)."""
     assert target.completion is not None
     starts = {datetime.strptime(key, PARTITION_KEY_FORMAT) for key in keys}
-    periods = {period_of(start, target.completion) for start in starts}
-    for start in owed:
-        periods.add(period_of(datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ"), target.completion))
-    return sorted(periods, key=lambda period: period.start)
+    periods = {period_of(start, target.completion) for start in starts} | set(owed)
+    return sorted((p for p in periods if p.end <= now), key=lambda period: period.start)
 
 
 def build_marker_sensor(groups: Sequence[WindowGroup]) -> dg.SensorDefinition:
@@ -79,14 +83,15 @@ def build_marker_sensor(groups: Sequence[WindowGroup]) -> dg.SensorDefinition:
     )
     def completion_marker_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         instance = context.instance
+        now = datetime.now(UTC).replace(tzinfo=None)
         cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
         written, problems = 0, []
         for target in targets:
             name = target.asset_key.to_user_string()
             keys, cursor[name] = _since(instance, target.asset_key, cursor.get(name))
             state = read_markers_state(instance, target.asset_key)
-            owed = [start for start, digest in state.items() if not digest]
-            for period in _periods(target, keys, owed):
+            owed = owed_periods(state, target.completion)
+            for period in _periods(target, keys, owed, now):
                 starts = period_window_starts(period, target.first_window, target.frequency)
                 records = latest_records(
                     instance,
@@ -96,8 +101,7 @@ def build_marker_sensor(groups: Sequence[WindowGroup]) -> dg.SensorDefinition:
                 marker = plan_marker(target, period, records)
                 if marker is None:
                     continue  # not complete: the step writes it with its last window
-                digest = marker_digest(marker)
-                if state.get(f"{period.start:%Y-%m-%dT%H:%M:%S}Z") == digest:
+                if marker_written(state, marker):
                     continue
                 try:
                     write_marker(target.destination, marker)
@@ -107,7 +111,7 @@ def build_marker_sensor(groups: Sequence[WindowGroup]) -> dg.SensorDefinition:
                         f"{target.integration} {target.event_type}: {marker.key}: {error_code(exc)}"
                     )
                     continue
-                note_marker(instance, target.asset_key, period, digest)
+                note_marker(instance, target.asset_key, period, marker_digest(marker))
                 written += 1
         context.update_cursor(json.dumps(cursor, sort_keys=True))
         said = f"{written} markers written"

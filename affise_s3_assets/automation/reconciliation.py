@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from affise_s3_assets.automation.catch_up import expand_windows, paused_schedules, ranged_requests
+from affise_s3_assets.automation.catch_up import expand_windows, ranged_requests
 from affise_s3_assets.automation.runs import (
     CHANGED_ROWS,
     IN_FLIGHT,
@@ -37,7 +37,12 @@ from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_
 from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, first_window_start
-from affise_s3_assets.dagster_internal import AssetJob, store_values, stored_values
+from affise_s3_assets.dagster_internal import (
+    AssetJob,
+    stopped_schedules,
+    store_values,
+    stored_values,
+)
 from affise_s3_assets.delivery.record import DeliveryRecord, latest_materializations
 from affise_s3_assets.source.event_types import WINDOW_COLUMN
 from affise_s3_assets.source.events import EventsDatabase
@@ -406,7 +411,7 @@ def build_reconciliation_sensor(
             )
         due = (now + every).isoformat() if waiting else cursor.due
         instance = context.instance
-        paused = paused_schedules(instance)
+        paused = stopped_schedules(instance)
         in_flight = runs_in_flight(instance, live)
         # Requests this tick may add: within its own cap, and within what is still in flight.
         room = max(0, REDELIVERIES_IN_FLIGHT - in_flight.redeliveries)

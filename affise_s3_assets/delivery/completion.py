@@ -38,7 +38,7 @@ from affise_s3_assets.delivery.writer import (
     build_object_key,
     write_small_object,
 )
-from affise_s3_assets.manifest import producer
+from affise_s3_assets.manifest import INSTANT_FORMAT, instant, producer
 from affise_s3_assets.s3 import S3Destination, object_uri, s3_client
 
 # The marker's own format: a field readers may ignore can be added within a version.
@@ -111,10 +111,6 @@ class Marker:
     rows: int
 
 
-def _instant(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
-
-
 def plan_marker(
     target: ExportTarget, period: Period, records: Mapping[str, DeliveryRecord]
 ) -> Marker | None:
@@ -143,8 +139,8 @@ def plan_marker(
             return None
         windows.append(
             {
-                "start": _instant(start),
-                "end": _instant(start + step),
+                "start": instant(start),
+                "end": instant(start + step),
                 "key": key,
                 "rows": record.rows,
                 "bytes": record.object_bytes,
@@ -161,8 +157,8 @@ def plan_marker(
         "format": target.file_format,
         "period": {
             "unit": period.unit,
-            "start": _instant(period.start),
-            "end": _instant(period.end),
+            "start": instant(period.start),
+            "end": instant(period.end),
         },
         "windows": windows,
         "rows": rows,
@@ -257,11 +253,25 @@ def read_markers_state(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> 
     return state if isinstance(state, dict) else {}
 
 
+def owed_periods(state: Mapping[str, str], unit: str) -> list[Period]:
+    """The periods whose marker `state` (read_markers_state) holds as owed."""
+    return [
+        period_of(datetime.strptime(start, INSTANT_FORMAT), unit)
+        for start, digest in state.items()
+        if not digest
+    ]
+
+
+def marker_written(state: Mapping[str, str], marker: Marker) -> bool:
+    """Whether `state` says this very marker (its period and bytes) was written."""
+    return state.get(instant(marker.period.start)) == marker_digest(marker)
+
+
 def note_marker(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, period: Period, digest: str
 ) -> None:
     """Remember the marker of `period` as written (its digest) or owed (""); best effort."""
     state = read_markers_state(instance, asset_key)
-    state[_instant(period.start)] = digest
+    state[instant(period.start)] = digest
     kept = dict(sorted(state.items())[-MARKERS_KEPT:])
     store_values(instance, {markers_state_key(asset_key): json.dumps(kept, sort_keys=True)})
