@@ -204,7 +204,11 @@ load_from:
 YAML
 }
 
-running() { local f=$PIDS/$1.pid; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# A pid file can outlive its process (a reboot, a kill -9), and its number may since belong to
+# any process: a component counts as running, and is signalled, only while that pid is a
+# process of this checkout's .venv.
+ours() { [[ $1 =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$BIN/"; }
+running() { local f=$PIDS/$1.pid; [ -f "$f" ] && ours "$(cat "$f")"; }
 
 # Starts a component in a session (and process group) of its own, its output appended to its
 # log. SIGINT is reset to its default first: a background command inherits it ignored (so does
@@ -275,13 +279,15 @@ stop_one() {
   [ -f "$f" ] || return 0
   local pid deadline
   pid=$(cat "$f")
+  rm -f "$f"
+  if ! ours "$pid"; then echo "$name: not running (stale pid file removed)"; return 0; fi
   if kill -TERM "$pid" 2>/dev/null; then
     deadline=$((SECONDS + STOP_TIMEOUT))
     while kill -0 "$pid" 2>/dev/null && ((SECONDS <= deadline)); do sleep 0.2; done
     if kill -0 "$pid" 2>/dev/null; then echo "$name: still running after ${STOP_TIMEOUT}s, killed" >&2; fi
   fi
+  # The rest of the component's session (spawn started it as a session leader: group = pid).
   kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$f"
   echo "$name: stopped"
 }
 
