@@ -1479,9 +1479,10 @@ def reconcile_records_case(db: Path, count: int) -> None:
 
 
 def main() -> None:
-    # Every process measured gets polars' allocator setting as the deployment starts its own
+    # Every process measured gets the allocator settings the deployment starts its own with
     # (deploy/Dockerfile, scripts/dev.sh): the children, `dagster dev` and the shard runs.
     os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:1,tcache:false")
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, *args = sys.argv[2:]
         handlers = {

@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 AFFISE_SETUP_BROWSER=0 bash scripts/setup.sh
 
-# polars' allocator: one arena, no thread caches (docs/design.md, "Tuning choices"); every
-# process started from here (code server, daemon, run workers) inherits it.
+# The allocators: polars' with one arena and no thread caches, glibc's with at most two arenas
+# (docs/design.md, "Tuning choices"); every process started from here (code server, daemon,
+# run workers) inherits them.
 export _RJEM_MALLOC_CONF=${_RJEM_MALLOC_CONF:-narenas:1,tcache:false}
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$PWD/data/events.duckdb}
 export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$PWD/integrations.yaml}
 # A persistent instance, so run history and sensor cursors survive a restart of this script.

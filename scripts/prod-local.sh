@@ -92,9 +92,11 @@ if [ -z "${DAGSTER_PG_PASSWORD:-}" ]; then
   DAGSTER_PG_PASSWORD=$(cat "$PROD_HOME/pg-password")
 fi
 export DAGSTER_PG_PASSWORD
-# polars' allocator: one arena, no thread caches (docs/design.md, "Tuning choices"); every
-# process started from here (code server, daemon, run workers) inherits it.
+# The allocators: polars' with one arena and no thread caches, glibc's with at most two arenas
+# (docs/design.md, "Tuning choices"); every process started from here (code server, daemon,
+# run workers) inherits them.
 export _RJEM_MALLOC_CONF=${_RJEM_MALLOC_CONF:-narenas:1,tcache:false}
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 export AFFISE_EVENTS_DB=${AFFISE_EVENTS_DB:-$ROOT/data/events.duckdb}
 export AFFISE_INTEGRATIONS=${AFFISE_INTEGRATIONS:-$ROOT/integrations.yaml}
 export AFFISE_STATE_DIR=${AFFISE_STATE_DIR:-$PROD_HOME/affise-state}

@@ -69,10 +69,13 @@ MIN_PART_MEMORY = 256 * 1024
 
 
 # Rows per batch fanned out to every integration's filter and CSV: with many integrations,
-# fewer, larger batches cost far less; the loader's slices are of the same size.
+# fewer, larger batches cost far less (each batch costs every filter its fixed share).
 FANOUT_BATCH_ROWS = 25_000
-# Up to this many distinct encodings (filters, formats, columns) in a run, batches are capped
-# at 1.5 x FANOUT_BATCH_ROWS (`_batches`).
+# Up to CAPPED_ENCODINGS distinct encodings (filters, formats, columns) in a run, batches are
+# of FEW_ENCODINGS_BATCH_ROWS, capped at half as much again (`_batches`): every stage holds a
+# batch or two, and at these sizes a smaller batch costs no CPU (docs/design.md, "Tuning
+# choices"). The loader hands over pieces of that size (EventsDatabase.batch_rows).
+FEW_ENCODINGS_BATCH_ROWS = 12_500
 CAPPED_ENCODINGS = 8
 
 
@@ -401,10 +404,11 @@ def _stream(
     """The range's rows, through the filters and encoders, into the windows' open objects."""
     column = WINDOW_COLUMN[targets[0].event_type] if targets else "created_at"
     pieces = cut_at_windows(frames, windows, column)
-    # The cap bounds what each stage holds, for a few encodings; with many, every batch costs
-    # each of them its fixed share (a filter, a CSV write), and fewer batches cost less.
-    capped = len({target.encoding_key for target in targets}) <= CAPPED_ENCODINGS
-    batches = in_background(_batches(pieces, FANOUT_BATCH_ROWS, capped), depth=1)
+    # Small, capped batches bound what each stage holds, for a few encodings; with many, every
+    # batch costs each of them its fixed share (a filter, a CSV write), and fewer cost less.
+    few = len({target.encoding_key for target in targets}) <= CAPPED_ENCODINGS
+    rows = FEW_ENCODINGS_BATCH_ROWS if few else FANOUT_BATCH_ROWS
+    batches = in_background(_batches(pieces, rows, capped=few), depth=1)
     texts = CsvTexts()
     encoded = in_background(_encoded(batches, targets, windows, stopped, texts), depth=1)
     try:
