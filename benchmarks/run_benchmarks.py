@@ -5,8 +5,9 @@
 
 0. Headline (the default, `--only headline`): the one-day window (--rows rows) and a 15-minute
    window through the export step, each beside DuckDB's COPY of it in the same run (ratio,
-   peak RSS, object size), and what an integration costs a 15-minute window run at 100 and
-   1,000 integrations on SQLite and on Postgres (deploy/dagster.yaml's storages). Each figure
+   peak RSS, object size), the one-day window as Parquet (wall, peak RSS, object size), and
+   what an integration costs a 15-minute window run at 100 and 1,000 integrations on SQLite
+   and on Postgres (deploy/dagster.yaml's storages). Each figure
    is compared with the last recorded in benchmarks/figures.json, and a line starting with
    REGRESSION is printed for one more than 10% worse; `--record` writes the new figures there,
    and `--table` prints benchmarks/README.md's table from that file.
@@ -519,6 +520,17 @@ def fanout_db(count: int) -> Path:
     return path
 
 
+def verify_parquet(key: str, rows: int) -> str:
+    """Download the Parquet object and read its row count back from its footer."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = s3_client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    read = pq.read_metadata(io.BytesIO(data)).num_rows
+    return f"ok ({read:,} rows)" if read == rows else f"FAILED: {read} rows read back, {rows} sent"
+
+
 def verify(db: Path, key: str, start: datetime, end: datetime, rows: int) -> str:
     """Download, gunzip, parse; compare the row count and 1,000 sampled rows with DuckDB."""
     import duckdb
@@ -612,13 +624,9 @@ def export_cases(rows: int) -> None:
 
 
 def format_cases(rows: int) -> None:
-    """The one-day window through the asset path as gzipped CSV and as Parquet; the Parquet
-    object is read back with pyarrow and its row count and a sample compared with the CSV's
-    source rows."""
-    import io
-
-    import pyarrow.parquet as pq
-
+    """The one-day window through the asset path as gzipped CSV and as Parquet; the CSV object
+    is read back and sampled against the source (`verify`), the Parquet one's row count read
+    from its footer (`verify_parquet`)."""
     db = events_db(rows, DAY, DAY + timedelta(days=1), "export")
     print(f"\n## File format, {rows:,}-row one-day clicks window through the asset path")
     header = ("format", "rows", "wall s", "rows/s", "peak RSS MB", "object MB", "check")
@@ -637,9 +645,7 @@ def format_cases(rows: int) -> None:
         if file_format == "csv":
             check = verify(db, key, DAY, DAY + timedelta(days=1), result["rows"])
         else:
-            data = s3_client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
-            read = pq.read_metadata(io.BytesIO(data)).num_rows
-            check = "ok" if read == result["rows"] else f"FAILED: {read} rows read back"
+            check = verify_parquet(key, result["rows"])
         print(
             f"| {file_format} | {result['rows']:,} | {result['wall']:.1f} | "
             f"{result['rows'] / result['wall']:,.0f} | {rss:.0f} | "
@@ -1127,6 +1133,25 @@ def export_figures(rows: int) -> dict[str, dict[str, Any]]:
             "what": f"{label}: object MB ({ours['rows']:,} rows)",
             "value": ours["object_bytes"] / 1e6,
         }
+    # The day window again as Parquet: its own RSS (pyarrow's writer and its row groups).
+    label = f"one-day window, {rows / 1e6:g}M rows, as Parquet"
+    parquet, rss = run_child(
+        ["--child", "export", str(db), "1440", DAY.strftime("%Y-%m-%d-%H:%M")],
+        {
+            "BENCH_AWS_ACCESS_KEY_ID": KEY,
+            "BENCH_AWS_SECRET_ACCESS_KEY": SECRET,
+            "BENCH_FORMAT": "parquet",
+        },
+    )
+    key = str(parquet["s3_uri"]).removeprefix(f"s3://{BUCKET}/")
+    print(f"verify {label}: {verify_parquet(key, parquet['rows'])}")
+    s3_client().delete_object(Bucket=BUCKET, Key=key)
+    figures["day_parquet_s"] = {"what": f"{label}: wall s", "value": parquet["wall"]}
+    figures["day_parquet_rss_mb"] = {"what": f"{label}: peak RSS MB", "value": rss}
+    figures["day_parquet_object_mb"] = {
+        "what": f"{label}: object MB ({parquet['rows']:,} rows)",
+        "value": parquet["object_bytes"] / 1e6,
+    }
     return figures
 
 
