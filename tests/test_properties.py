@@ -1,5 +1,6 @@
 """Properties, over generated inputs: the CSV round-trips whatever the text, a row lands in
-exactly one window, and one integration's filter never lets another's rows through. A failing
+exactly one window, batching keeps every row in order and in its window, and one
+integration's filter never lets another's rows through. A failing
 example hypothesis finds is kept below as an `@example`, so it stays a regression case."""
 
 import gzip
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from affise_s3_assets.config.apply import parse_integrations
 from affise_s3_assets.config.schema import ALLOWED_FREQUENCIES
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
-from affise_s3_assets.delivery.engine import Window, cut_at_windows, deliver_windows
+from affise_s3_assets.delivery.engine import Window, _batches, cut_at_windows, deliver_windows
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.encoding.csv_gzip import gzip_csv
 from affise_s3_assets.source.event_types import EVENT_COLUMNS
@@ -54,6 +55,37 @@ MOMENTS = st.one_of(
         st.sampled_from([DAY + timedelta(minutes=m) for m in (0, 1, 30, 60, 61)]), max_size=300
     ),
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(1, 80)), max_size=30),
+    st.integers(1, 30),
+    st.booleans(),
+)
+def test_batches_keep_every_row_in_order_and_in_its_window(
+    pieces: list[tuple[int, int]], rows: int, capped: bool
+) -> None:
+    # Pieces as the window cut yields them: window indexes never go back.
+    pieces = sorted(pieces, key=lambda piece: piece[0])
+    frames, first = [], 0
+    for index, height in pieces:
+        frame = pl.DataFrame({"n": range(first, first + height), "window": [index] * height})
+        frames.append((index, frame))
+        first += height
+
+    batches = list(_batches(iter(frames), rows, capped))
+
+    joined = [n for _, batch in batches for n in batch["n"]]
+    assert joined == list(range(first))
+    for index, batch in batches:
+        assert batch.height and set(batch["window"]) == {index}
+        if capped:
+            assert batch.height <= rows + rows // 2
+    if not capped:  # pieces are joined, never cut
+        cuts = {n for _, batch in batches for n in (batch["n"][0],)}
+        starts = {frame["n"][0] for _, frame in frames}
+        assert cuts <= starts
 
 
 @settings(

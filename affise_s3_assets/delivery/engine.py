@@ -74,7 +74,7 @@ FANOUT_BATCH_ROWS = 25_000
 # Up to CAPPED_ENCODINGS distinct encodings (filters, formats, columns) in a run, batches are
 # of FEW_ENCODINGS_BATCH_ROWS, capped at half as much again (`_batches`): every stage holds a
 # batch or two, and at these sizes a smaller batch costs no CPU (docs/design.md, "Tuning
-# choices"). The loader hands over pieces of that size (EventsDatabase.batch_rows).
+# choices"). The loader's pieces (EventsDatabase.batch_rows) are larger: they are cut.
 FEW_ENCODINGS_BATCH_ROWS = 12_500
 CAPPED_ENCODINGS = 8
 
@@ -240,21 +240,29 @@ def cut_at_windows(
 def _batches(
     pieces: Iterable[tuple[int, pl.DataFrame]], rows: int, capped: bool = True
 ) -> Iterator[tuple[int, pl.DataFrame]]:
-    """Pieces of one window joined into batches of about `rows` rows. `capped`: a piece that
-    would take a batch past half as much again starts the next (two pieces of almost `rows`
-    rows are two batches, not one twice as large held by every stage)."""
+    """Pieces of one window joined into batches of about `rows` rows. `capped`: no batch grows
+    past half as much again: a piece that would take one there starts the next (two pieces of
+    almost `rows` rows are two batches, not one twice as large held by every stage), and a
+    piece larger than that is cut into `rows`-row slices first."""
     pending: list[pl.DataFrame] = []
     count, index = 0, -1
-    for piece_index, piece in pieces:
-        over = capped and count + piece.height > rows + rows // 2
-        if pending and (piece_index != index or count >= rows or over):
-            yield index, pl.concat(pending, rechunk=False)
-            pending, count = [], 0
-        index = piece_index
-        pending.append(piece)
-        count += piece.height
+    cap = rows + rows // 2
+    for piece_index, whole in pieces:
+        cut = capped and whole.height > cap
+        for piece in _slices(whole, rows) if cut else (whole,):
+            over = capped and count + piece.height > cap
+            if pending and (piece_index != index or count >= rows or over):
+                yield index, pl.concat(pending, rechunk=False)
+                pending, count = [], 0
+            index = piece_index
+            pending.append(piece)
+            count += piece.height
     if pending:
         yield index, pl.concat(pending, rechunk=False)
+
+
+def _slices(frame: pl.DataFrame, rows: int) -> Iterator[pl.DataFrame]:
+    return (frame.slice(offset, rows) for offset in range(0, frame.height, rows))
 
 
 # (affiliates, advertisers, file format, columns): ExportTarget.encoding_key.

@@ -98,9 +98,7 @@ class EventsDatabase(dg.ConfigurableResource):
         "YYYY-MM-DD/*.parquet, conversions/...) in a directory or at s3://bucket/prefix; "
         "unset means $AFFISE_EVENTS_DB, then data/events.duckdb",
     )
-    # The size of the export's batches when few integrations share a run (engine.py's
-    # FEW_ENCODINGS_BATCH_ROWS); with many, it joins them two by two.
-    batch_rows: int = Field(default=12_500, description="rows per batch handed to the writer")
+    batch_rows: int = Field(default=25_000, description="rows per batch handed to the writer")
     # A slice is fetched, converted and sorted (about three copies in flight): each halving
     # saves peak RSS at about the same speed down to 25k rows; below that, per-query cost
     # shows (docs/design.md, "Tuning choices").
