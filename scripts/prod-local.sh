@@ -207,10 +207,35 @@ YAML
 }
 
 # A pid file can outlive its process (a reboot, a kill -9), and its number may since belong to
-# any process: a component counts as running, and is signalled, only while that pid is a
-# process of this checkout's .venv.
-ours() { [[ $1 =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$BIN/"; }
-running() { local f=$PIDS/$1.pid; [ -f "$f" ] && ours "$(cat "$f")"; }
+# any process, another instance's or a test runner of this checkout included: a component
+# counts as running, and is signalled, only while that pid leads a session (spawn starts each
+# in one) whose command line names this instance (its workspace file, or its code server's
+# port).
+component_mark() {
+  case $1 in
+    code-server) echo " -p $CODE_SERVER_PORT " ;;
+    *) echo " $WORKSPACE " ;;
+  esac
+}
+cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true; }
+ours() {
+  local name=$1 pid=$2 stat
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  stat=$(cat 2>/dev/null "/proc/$pid/stat") || return 1
+  read -r -a fields <<<"${stat##*)}"   # state ppid pgrp session ...
+  [ "${fields[3]:-}" = "$pid" ] || return 1
+  [[ " $(cmdline "$pid")" == *"$BIN/"*"$(component_mark "$name")"* ]]
+}
+running() { local f=$PIDS/$1.pid; [ -f "$f" ] && ours "$1" "$(cat "$f")"; }
+# The pids of process group $1's members (from /proc: procps may not be installed).
+group_members() {
+  local stat fields
+  for stat in /proc/[0-9]*/stat; do
+    stat=$(cat 2>/dev/null "$stat") || continue
+    read -r -a fields <<<"${stat##*)}"
+    if [ "${fields[2]:-}" = "$1" ]; then echo "${stat%% *}"; fi
+  done
+}
 
 # Starts a component in a session (and process group) of its own, its output appended to its
 # log. SIGINT is reset to its default first: a background command inherits it ignored (so does
@@ -237,7 +262,8 @@ wait_up() {
   shift 2
   local deadline=$((SECONDS + START_TIMEOUT))
   until "$@"; do
-    if ! running "$name"; then log_tail "$LOGS/$name.log"; die "$name exited while starting"; fi
+    # Just started, it may not have reached its own command line yet: alive is enough here.
+    if ! kill -0 "$(cat "$PIDS/$name.pid")" 2>/dev/null; then log_tail "$LOGS/$name.log"; die "$name exited while starting"; fi
     if ((SECONDS > deadline)); then log_tail "$LOGS/$name.log"; die "$name: no $what after ${START_TIMEOUT}s"; fi
     sleep 0.5
   done
@@ -279,18 +305,32 @@ stop_one() {
   case $name in code-server | daemon | webserver) ;; *) die "unknown component '$name' (${COMPONENTS[*]})" ;; esac
   local f=$PIDS/$name.pid
   [ -f "$f" ] || return 0
-  local pid deadline
+  local pid deadline left outcome="stopped" sweep=1
   pid=$(cat "$f")
-  rm -f "$f"
-  if ! ours "$pid"; then echo "$name: not running (stale pid file removed)"; return 0; fi
-  if kill -TERM "$pid" 2>/dev/null; then
+  # A live pid that is not the component's was reused, which the kernel does only once the
+  # component's group is empty: nothing of it is left to stop.
+  if ! ours "$name" "$pid" && kill -0 "$pid" 2>/dev/null; then sweep=0; fi
+  if ours "$name" "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS <= deadline)); do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then echo "$name: still running after ${STOP_TIMEOUT}s, killed" >&2; fi
+    while ours "$name" "$pid" && ((SECONDS <= deadline)); do sleep 0.2; done
+    if ours "$name" "$pid"; then
+      echo "$name: still running after ${STOP_TIMEOUT}s, killed" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  else
+    outcome="not running (stale pid file removed)"
   fi
-  # The rest of the component's session (spawn started it as a session leader: group = pid).
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  echo "$name: stopped"
+  # What is left of the component's session (spawn made it a session leader: group = pid),
+  # run workers and gRPC children included, also when the leader itself died earlier: each
+  # member of that group that is a process of this checkout's .venv.
+  if ((sweep)); then
+    for left in $(group_members "$pid"); do
+      if [[ " $(cmdline "$left")" == *"$BIN/"* ]]; then kill -KILL "$left" 2>/dev/null || true; fi
+    done
+  fi
+  rm -f "$f"
+  echo "$name: $outcome"
 }
 
 start_all() {

@@ -34,16 +34,21 @@ do_install() {
 # A pid file can outlive its daemon (a killed OSD leaves its own; a reboot or a crashed run
 # leaves them all), and its number may since belong to any process, the caller's own test
 # runner included: only a process started with this server's ceph.conf is ever signalled.
-ours() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- " $S3_DIR/ceph.conf "; }
+ours() {
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  [[ " $(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true)" == *" $S3_DIR/ceph.conf "* ]]
+}
 
 do_stop() {
   local n f p i
   for n in client.rgw.sts client.rgw osd.0 mon.a; do
-    f=$S3_DIR/run/$n.pid; [ -f "$f" ] || continue; p=$(cat "$f"); rm -f "$f"
-    [[ $p =~ ^[0-9]+$ ]] && ours "$p" || continue
-    kill "$p" 2>/dev/null || continue
-    for i in $(seq 1 50); do ours "$p" || break; sleep 0.1; done
-    ours "$p" && kill -9 "$p" 2>/dev/null || true
+    f=$S3_DIR/run/$n.pid; [ -f "$f" ] || continue; p=$(cat "$f")
+    if ours "$p"; then
+      kill "$p" 2>/dev/null || true
+      for i in $(seq 1 50); do ours "$p" || break; sleep 0.1; done
+      if ours "$p"; then kill -9 "$p" 2>/dev/null || true; fi
+    fi
+    ours "$p" || rm -f "$f"   # gone (or never ours): its pid file goes too
   done
 }
 

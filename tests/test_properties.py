@@ -63,6 +63,7 @@ MOMENTS = st.one_of(
     st.integers(1, 30),
     st.booleans(),
 )
+@example([(0, 40)], 10, True)  # a piece past the cap is cut (the uncut one was 40 rows)
 def test_batches_keep_every_row_in_order_and_in_its_window(
     pieces: list[tuple[int, int]], rows: int, capped: bool
 ) -> None:

@@ -73,7 +73,7 @@ MIN_PART_MEMORY = 256 * 1024
 FANOUT_BATCH_ROWS = 25_000
 # Up to CAPPED_ENCODINGS distinct encodings (filters, formats, columns) in a run, batches are
 # of FEW_ENCODINGS_BATCH_ROWS, capped at half as much again (`_batches`): every stage holds a
-# batch or two, and at these sizes a smaller batch costs no CPU (docs/design.md, "Tuning
+# batch or two, so smaller ones hold less, at about the same CPU (docs/design.md, "Tuning
 # choices"). The loader's pieces (EventsDatabase.batch_rows) are larger: they are cut.
 FEW_ENCODINGS_BATCH_ROWS = 12_500
 CAPPED_ENCODINGS = 8
@@ -415,8 +415,8 @@ def _stream(
     # Small, capped batches bound what each stage holds, for a few encodings; with many, every
     # batch costs each of them its fixed share (a filter, a CSV write), and fewer cost less.
     few = len({target.encoding_key for target in targets}) <= CAPPED_ENCODINGS
-    rows = FEW_ENCODINGS_BATCH_ROWS if few else FANOUT_BATCH_ROWS
-    batches = in_background(_batches(pieces, rows, capped=few), depth=1)
+    batch_rows = FEW_ENCODINGS_BATCH_ROWS if few else FANOUT_BATCH_ROWS
+    batches = in_background(_batches(pieces, batch_rows, capped=few), depth=1)
     texts = CsvTexts()
     encoded = in_background(_encoded(batches, targets, windows, stopped, texts), depth=1)
     try:

@@ -98,7 +98,11 @@ class EventsDatabase(dg.ConfigurableResource):
         "YYYY-MM-DD/*.parquet, conversions/...) in a directory or at s3://bucket/prefix; "
         "unset means $AFFISE_EVENTS_DB, then data/events.duckdb",
     )
-    batch_rows: int = Field(default=25_000, description="rows per batch handed to the writer")
+    batch_rows: int = Field(
+        default=25_000,
+        description="rows per piece handed to the export (which cuts them smaller when few "
+        "integrations share a run)",
+    )
     # A slice is fetched, converted and sorted (about three copies in flight): each halving
     # saves peak RSS at about the same speed down to 25k rows; below that, per-query cost
     # shows (docs/design.md, "Tuning choices").
