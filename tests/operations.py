@@ -37,6 +37,16 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: fl
         time.sleep(every)
 
 
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie (its parent has not collected it yet). A process
+    that vanishes while its stat is being read (ESRCH) is gone too."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
 def _reset_signals() -> None:
     # Started from a non-interactive shell, SIGINT may be ignored, and `dagster dev` would
     # then never stop on it.

@@ -24,7 +24,7 @@ from affise_s3_assets.source.events import connect_events_file
 from tests.browser import run_browser_checks
 from tests.conftest import ROOT, S3_SCRIPT, S3Server
 from tests.delivered import delivered_rows, keys_in, source_rows
-from tests.operations import DagsterDev, wait_for
+from tests.operations import DagsterDev, gone, wait_for
 
 # A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), beside the engine tests.
 pytestmark = pytest.mark.xdist_group("dagster_dev")
@@ -213,14 +213,6 @@ def waiting_for_the_source(instance: dg.DagsterInstance, job_name: str) -> tuple
         if pids and any("waiting for the source" in message for message in messages):
             return run.run_id, int(pids[0].group(1))
     return None
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def run_windows(run: dg.DagsterRun, minutes: int) -> list[datetime]:

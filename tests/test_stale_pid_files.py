@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.operations import gone, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -29,23 +30,6 @@ def bystander() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         process.kill()
         process.wait(timeout=30)
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie (its parent has not collected it yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def wait_until(condition: object, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_the_s3_server_stop_stops_its_daemons_and_leaves_a_stale_pid_files_process_alone(
@@ -150,7 +134,7 @@ def test_the_deployment_stops_its_component_and_what_is_left_of_its_session(
         assert stopped.returncode == 0, stopped.stderr
         assert "daemon: stopped" in stopped.stdout
         assert leader.wait(timeout=30) != 0
-        wait_until(lambda: gone(child), "the leader's child to be killed")
+        wait_for("the leader's child to be killed", lambda: gone(child), timeout=30, every=0.1)
         assert not (home / "run" / "daemon.pid").exists()
     finally:
         leader.kill()
