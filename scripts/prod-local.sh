@@ -219,7 +219,7 @@ component_mark() {
 }
 cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true; }
 ours() {
-  local name=$1 pid=$2 stat
+  local name=$1 pid=$2 stat fields
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   stat=$(cat 2>/dev/null "/proc/$pid/stat") || return 1
   read -r -a fields <<<"${stat##*)}"   # state ppid pgrp session ...
