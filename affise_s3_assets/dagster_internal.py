@@ -177,3 +177,43 @@ def materialized_partitions(instance: dg.DagsterInstance, key: dg.AssetKey) -> s
     "delivered"). The public `get_status_by_partition` needs the partitions definition and
     reads more."""
     return set(instance.get_materialized_partitions(key))
+
+
+def newest_event_id(instance: dg.DagsterInstance) -> int:
+    """The event log's newest storage id, 0 when it is empty
+    (`EventLogStorage.get_maximum_record_id`)."""
+    return instance.event_log_storage.get_maximum_record_id() or 0
+
+
+def observed_between(
+    instance: dg.DagsterInstance, after: int, until: int, limit: int
+) -> set[dg.AssetKey] | None:
+    """The assets with an observation stored after `after` and up to `until` (storage ids), in
+    one query over every asset; None when there are more than `limit` such observations.
+    `EventLogStorage.get_event_records`: the instance's own is deprecated, and its public
+    `fetch_observations` reads one asset at a time."""
+    records = instance.event_log_storage.get_event_records(
+        dg.EventRecordsFilter(
+            event_type=dg.DagsterEventType.ASSET_OBSERVATION,
+            after_cursor=after,
+            before_cursor=until + 1,
+        ),
+        limit=limit + 1,
+        ascending=True,
+    )
+    if len(records) > limit:
+        return None
+    return {record.asset_key for record in records if record.asset_key is not None}
+
+
+def newest_materialized_partitions(
+    instance: dg.DagsterInstance, keys: list[dg.AssetKey], chunk: int = 1000
+) -> dict[dg.AssetKey, str | None]:
+    """Each asset's newest materialization's partition (None: none, or unpartitioned), a query
+    per `chunk` assets (`get_asset_records`, not public) instead of one per asset."""
+    newest: dict[dg.AssetKey, str | None] = {}
+    for first in range(0, len(keys), chunk):
+        for record in instance.get_asset_records(keys[first : first + chunk]):
+            last = record.asset_entry.last_materialization_record
+            newest[record.asset_entry.asset_key] = last.partition_key if last else None
+    return newest

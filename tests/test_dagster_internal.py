@@ -239,3 +239,24 @@ def test_the_key_value_store_reads_back_and_the_stopped_schedules_are_asked_as_e
         assert dagster_internal.stopped_schedules(instance) == set()
         parameters = inspect.signature(instance.all_instigator_state).parameters
         assert {"instigator_type", "instigator_statuses"} <= set(parameters)
+
+
+def test_the_event_log_reads_the_latest_window_sensor_stands_on(tmp_path: Path) -> None:
+    """Each asset's newest materialized partition in bulk, and the assets observed between two
+    storage ids, as the event log holds them."""
+    a, b, c = (dg.AssetKey(["affise", name, "clicks"]) for name in "abc")
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        assert dagster_internal.newest_event_id(instance) == 0
+        for key, partition in ((a, "2026-11-25-10:00"), (a, "2026-11-25-10:15"), (b, "x")):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition))
+        newest = dagster_internal.newest_materialized_partitions(instance, [a, b, c], chunk=2)
+        assert newest == {a: "2026-11-25-10:15", b: "x"}
+        before = dagster_internal.newest_event_id(instance)
+        instance.report_runless_asset_event(dg.AssetObservation(b, partition="x"))
+        instance.report_runless_asset_event(dg.AssetObservation(c))
+        after = dagster_internal.newest_event_id(instance)
+        assert after > before
+        assert dagster_internal.observed_between(instance, before, after, 10) == {b, c}
+        assert dagster_internal.observed_between(instance, after, after, 10) == set()
+        assert dagster_internal.observed_between(instance, 0, before, 10) == set()
+        assert dagster_internal.observed_between(instance, before, after, 1) is None

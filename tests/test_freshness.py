@@ -1,6 +1,7 @@
 """Freshness that means the latest window (issue 19, point 7): an export whose latest due
 window is missing or failed is late, whatever older windows were delivered since."""
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -182,3 +183,54 @@ def test_every_run_request_selects_the_exports_without_their_checks() -> None:
     ]
     assert requests
     assert all(request.asset_check_keys == [] for request in requests)
+
+
+def test_a_passing_export_is_judged_again_only_when_its_window_moves_or_it_is_observed() -> None:
+    """At 10,000 exports two queries per export every minute were the deployment's largest
+    steady load: an export still passing on the same window, with no new observation, keeps
+    its verdict without being read; a failure (an observation) is still seen on the next tick,
+    and a new window due is judged."""
+    (group,) = groups()
+    (target,) = group.targets
+    check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+    now = datetime(2026, 11, 25, 12, 0)
+    sensor = build_latest_window_sensor([group], clock=lambda: now)
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def tick() -> str:
+            nonlocal cursor
+            result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+            cursor = result.cursor
+            return str(result.skip_message)
+
+        def latest() -> Any:
+            (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+            return record.event.dagster_event.event_specific_data
+
+        delivered(instance, target.asset_key, "2026-11-25-11:15", "2026-11-25-11:30")
+        assert tick().endswith("1 judged")
+        assert latest().passed
+        # Nothing new: not judged. A materialization of another window changes nothing either.
+        delivered(instance, target.asset_key, "2026-11-24-09:00")
+        assert tick().endswith("0 judged")
+        # The window that just closed failed for good: an observation, judged at once.
+        failed(instance, target.asset_key, "2026-11-25-11:45", "AccessDenied: s3:PutObject", True)
+        assert "1 of 1 exports late; 1 judged" in tick()
+        assert not latest().passed and "11:45 failed" in latest().description
+        # Still failing: judged every tick until delivered.
+        assert tick().endswith("1 judged")
+        delivered(instance, target.asset_key, "2026-11-25-11:45")
+        assert "0 of 1 exports late" in tick() and latest().passed
+        assert tick().endswith("0 judged")
+        # The next window falls due undelivered: judged, and late.
+        now = datetime(2026, 11, 25, 12, 15)
+        assert "0 of 1 exports late; 1 judged" in tick()  # 11:45, delivered
+        assert latest().metadata["window"].value == "2026-11-25-11:45"
+        now = datetime(2026, 11, 25, 12, 30)
+        assert "1 of 1 exports late; 1 judged" in tick()  # 12:00, not delivered
+        assert latest().metadata["window"].value == "2026-11-25-12:00"
+        assert tick().endswith("1 judged")  # late: judged every tick
+        # A cursor as the sensor kept it before (the verdicts alone) judges every export once.
+        cursor = json.dumps({target.asset_key.to_user_string(): ["2026-11-25-11:45", True, "WARN"]})
+        assert tick().endswith("1 judged")
