@@ -35,6 +35,9 @@
    100 and 1,000 distinct filters.
 8. Shards (`--only shards`): a 15-minute window of 1,000 and 10,000 integrations delivered by
    1, 2 and 4 runs at once on Postgres: first start to last end, and per integration.
+9. Deployment (`--only deployment`): the production deployment of scripts/prod-local.sh with
+   1,000 and 10,000 integrations' 15-minute clicks, a window's close on the clock to its first
+   run's start and its last object (schedule tick, queue, run workers, deliveries).
 Everything it writes is under benchmarks/out/ (git-ignored), but --record's
 benchmarks/figures.json.
 """
@@ -1086,6 +1089,202 @@ def shard_case(count: int) -> None:
         stop_postgres()
 
 
+# The production deployment of scripts/prod-local.sh, on ports and a Postgres of its own.
+DEPLOY_PG_PORT = 5441
+DEPLOY_WEB_PORT = 3420
+COMPUTE_LOGS_BUCKET = "affise-bench-compute-logs"
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def live_events(count: int, now: datetime) -> Path:
+    """20M clicks/day around `now` (an hour before to three after, complete to the end), spread
+    over `count` affiliates as fanout_db does: what a running deployment's windows read."""
+    import duckdb
+
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    source = events_db(20_000_000, hour - timedelta(hours=1), hour + timedelta(hours=3), "live")
+    path = source.with_name(f"{source.stem}-{count}-affiliates.duckdb")
+    if not path.exists():
+        scratch = path.with_suffix(".tmp")
+        scratch.write_bytes(source.read_bytes())
+        with duckdb.connect(str(scratch)) as con:
+            con.execute(f"UPDATE clicks SET affiliate_id = {FIRST_AFFILIATE} + hash(id) % {count}")
+        scratch.rename(path)
+    return path
+
+
+def run_worker_rss_mb() -> tuple[float, float]:
+    """The largest run worker's RSS and all run workers' together, MB, from /proc: the code
+    server starts each run as a multiprocessing child (DefaultRunLauncher)."""
+    sizes = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            cmdline = (status.parent / "cmdline").read_bytes()
+            if b"spawn_main" not in cmdline and b"execute_run" not in cmdline:
+                continue
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return max(sizes, default=0.0), sum(sizes)
+
+
+def deployment_case(count: int, settings: list[str], minutes: int = 15) -> None:
+    """A 15-minute window (`minutes`) of `count` integrations' clicks delivered by the production
+    deployment (scripts/prod-local.sh: Postgres, `dagster code-server start`, `dagster-daemon
+    run`, `dagster-webserver`, deploy/dagster.yaml's queue and tag limits), from its close to
+    its last object: the schedule's tick, the queue, each run worker's start and definitions,
+    and the deliveries. One window per setting of AFFISE_EXPORTS_PER_RUN (`default` is the
+    shipped one), each the next the clock closes; the code server is restarted between them."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    events = live_events(count, now)
+    # The first window measured closes no sooner than the code location can have loaded.
+    first = now.replace(minute=now.minute - now.minute % minutes, second=0, microsecond=0)
+    if first + timedelta(minutes=minutes) - now < timedelta(seconds=60 + count * 0.03):
+        first += timedelta(minutes=minutes)
+    lines = ["lateness:\n  clicks: 0", "integrations:"]
+    for i in range(count):
+        lines.append(
+            f"""  - name: customer_{i:05d}
+    start: "{first:%Y-%m-%d %H:%M:%S}"
+    clicks:
+      frequency: {minutes}
+      bucket: {BUCKET}
+      region: us-east-1
+      directory: live/c{i:05d}/clicks
+      access_key: ${{CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY}}
+      endpoint_url: {ENDPOINT}
+      affiliates: [{FIRST_AFFILIATE + i}]"""
+        )
+    integrations = OUT / f"integrations-{count}-live.yaml"
+    integrations.write_text("\n".join(lines) + "\n")
+    home = OUT / f"prod-{count}"
+    shutil.rmtree(home, ignore_errors=True)
+    pg_dir = Path(f"/tmp/affise-bench-prod-pg-{DEPLOY_PG_PORT}")
+    shutil.rmtree(pg_dir, ignore_errors=True)
+    pg_dir.mkdir(mode=0o755)
+    s3_client().create_bucket(Bucket=COMPUTE_LOGS_BUCKET)
+    pg = {
+        "DAGSTER_PG_USERNAME": "dagster",
+        "DAGSTER_PG_PASSWORD": "bench-deployment",
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(DEPLOY_PG_PORT),
+        "DAGSTER_PG_DB": "dagster",
+    }
+    base = {
+        **{
+            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DAGSTER_", "AFFISE_"))
+        },
+        **pg,
+        "AFFISE_PROD_HOME": str(home),
+        "AFFISE_PROD_PG_DIR": str(pg_dir / "pg"),
+        "AFFISE_PROD_WEBSERVER_PORT": str(DEPLOY_WEB_PORT),
+        "AFFISE_PROD_CODE_SERVER_PORT": str(DEPLOY_WEB_PORT + 1),
+        "AFFISE_PROD_START_TIMEOUT": "900",
+        "AFFISE_PROD_STOP_TIMEOUT": "600",
+        "AFFISE_INTEGRATIONS": str(integrations),
+        "AFFISE_EVENTS_DB": str(events),
+        "AFFISE_STATE_DIR": str(home / "state"),
+        "AFFISE_COMPUTE_LOGS_BUCKET": COMPUTE_LOGS_BUCKET,
+        # The deployment's own chain: its run logs go to the same server.
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_ENDPOINT_URL_S3": ENDPOINT,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **{f"CUSTOMER_{i:05d}_AWS_ACCESS_KEY_ID": KEY for i in range(count)},
+        **{f"CUSTOMER_{i:05d}_AWS_SECRET_ACCESS_KEY": SECRET for i in range(count)},
+    }
+
+    def script(*args: str, exports_per_run: str = "default") -> None:
+        env = dict(base)
+        if exports_per_run != "default":
+            env["AFFISE_EXPORTS_PER_RUN"] = exports_per_run
+        done = subprocess.run(
+            ["bash", "scripts/prod-local.sh", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"prod-local.sh {' '.join(args)}:\n{done.stdout}{done.stderr}")
+
+    print(
+        f"\n## The production deployment (scripts/prod-local.sh, Postgres): {count:,} "
+        f"integrations' {minutes}-minute clicks window, from its close"
+    )
+    print(
+        "| exports per run | runs | close → first run started s | close → last object s | "
+        "objects | largest run worker MB | run workers together MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    # This process reads the deployment's instance (its dagster.yaml's env references).
+    os.environ.update({k: v for k, v in base.items() if k in pg or not k.startswith("CUSTOMER_")})
+    loaded = time.perf_counter()
+    try:
+        script("start", exports_per_run=settings[0])
+        print(f"(deployment started, code location loaded: {time.perf_counter() - loaded:.0f} s)")
+        window = first
+        for n, setting in enumerate(settings):
+            if n:
+                script("restart", "code-server", exports_per_run=setting)
+            close = window + timedelta(minutes=minutes)
+            if datetime.now(UTC).replace(tzinfo=None) > close - timedelta(seconds=20):
+                raise SystemExit(f"the code location loaded after {close}: no clean window")
+            figures = deployment_window(home, window, close, count)
+            print(f"| {setting} | " + " | ".join(figures) + " |")
+            window = close
+            while datetime.now(UTC).replace(tzinfo=None) > window + timedelta(minutes=minutes) - (
+                timedelta(seconds=60 + count * 0.03)
+            ):
+                window += timedelta(minutes=minutes)
+    finally:
+        script("stop")
+
+
+def deployment_window(home: Path, window: datetime, close: datetime, count: int) -> list[str]:
+    """Waits for `window` to close and its runs to finish; its figures."""
+    import dagster as dg
+
+    partition = window.strftime("%Y-%m-%d-%H:%M")
+    largest = together = 0.0
+    deadline = close + timedelta(minutes=30)
+    os.environ["DAGSTER_HOME"] = str(home / "dagster_home")
+    with dg.DagsterInstance.get() as instance:
+        while True:
+            utcnow = datetime.now(UTC).replace(tzinfo=None)
+            if utcnow > deadline:
+                raise SystemExit(f"window {partition}: not delivered by {deadline}")
+            biggest, total = run_worker_rss_mb()
+            largest, together = max(largest, biggest), max(together, total)
+            records = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": partition}))
+            if records and all(r.dagster_run.status.value in FINISHED for r in records):
+                break
+            time.sleep(1)
+        stamps = [
+            entry.timestamp
+            for record in records
+            for entry in instance.all_logs(
+                record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+            )
+        ]
+        started = min(r.start_time for r in records if r.start_time)
+    closed = close.replace(tzinfo=UTC).timestamp()
+    failed = [r for r in records if r.dagster_run.status.value != "SUCCESS"]
+    note = f" ({len(failed)} runs failed)" if failed else ""
+    return [
+        f"{len(records)}{note}",
+        f"{started - closed:.1f}",
+        f"{max(stamps) - closed:.1f}" if stamps else "n/a",
+        f"{len(stamps):,} of {count:,}",
+        f"{largest:.0f}",
+        f"{together:.0f}",
+    ]
+
+
 # The headline figures, and the last recorded ones they are compared with (--record writes
 # them). All are "lower is better"; one more than REGRESSION_MARGIN worse prints REGRESSION.
 FIGURES = ROOT / "benchmarks" / "figures.json"
@@ -1541,6 +1740,7 @@ def main() -> None:
             "lag",
             "reconcile",
             "shards",
+            "deployment",
             "headline",
         ],
         action="append",
@@ -1557,6 +1757,17 @@ def main() -> None:
     parser.add_argument(
         "--shard-integrations", type=int, nargs="+", default=[1000, 10_000], metavar="N"
     )
+    parser.add_argument(
+        "--deployment-integrations", type=int, nargs="+", default=[1000, 10_000], metavar="N"
+    )
+    parser.add_argument(
+        "--deployment-exports-per-run",
+        nargs="+",
+        default=["default"],
+        metavar="N",
+        help="AFFISE_EXPORTS_PER_RUN for each window measured ('default': the shipped one)",
+    )
+    parser.add_argument("--deployment-minutes", type=int, default=15, choices=[1, 5, 15])
     options = parser.parse_args()
     if options.table:
         print(render_table(json.loads(FIGURES.read_text())), end="")
@@ -1588,6 +1799,11 @@ def main() -> None:
         if "shards" in parts:
             for count in options.shard_integrations:
                 shard_case(count)
+        if "deployment" in parts:
+            for count in options.deployment_integrations:
+                deployment_case(
+                    count, options.deployment_exports_per_run, options.deployment_minutes
+                )
     finally:
         stop_s3()
 
