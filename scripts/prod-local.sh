@@ -253,9 +253,16 @@ spawn() {
 }
 
 # The daemon and the webserver get no customer credentials: only runs (the code server's
-# children) deliver.
-NO_CREDENTIALS=(env)
-while read -r name; do NO_CREDENTIALS+=(-u "$name"); done < <(compgen -e | grep -E '_AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY)$' || true)
+# children) deliver. The variables are unset in the subshell that starts them: as `env -u NAME`
+# arguments they outgrew the kernel's limit on a command line (E2BIG) at 10,000 integrations.
+CREDENTIALS=()
+while read -r name; do CREDENTIALS+=("$name"); done < <(compgen -e | grep -E '_AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY)$' || true)
+spawn_without_credentials() {
+  (
+    if ((${#CREDENTIALS[@]})); then unset "${CREDENTIALS[@]}"; fi
+    spawn "$@"
+  )
+}
 
 wait_up() {
   local name=$1 what=$2
@@ -284,11 +291,11 @@ start_one() {
       echo "code-server: 127.0.0.1:$CODE_SERVER_PORT (location $LOCATION)"
       ;;
     daemon)
-      spawn daemon "${NO_CREDENTIALS[@]}" "$BIN/dagster-daemon" run -w "$WORKSPACE"
+      spawn_without_credentials daemon "$BIN/dagster-daemon" run -w "$WORKSPACE"
       echo "daemon: pid $(cat "$PIDS/daemon.pid")"
       ;;
     webserver)
-      spawn webserver "${NO_CREDENTIALS[@]}" "$BIN/dagster-webserver" -w "$WORKSPACE" \
+      spawn_without_credentials webserver "$BIN/dagster-webserver" -w "$WORKSPACE" \
         -h 127.0.0.1 -p "$WEBSERVER_PORT"
       wait_up webserver "answer on port $WEBSERVER_PORT" webserver_answers
       echo "webserver: http://127.0.0.1:$WEBSERVER_PORT"

@@ -221,6 +221,14 @@ def engine(
                 ("SECRET_ACCESS_KEY", s3_server.customer.secret_key),
             )
         },
+        # And 10,000 more integrations' credentials, as a large deployment's environment holds
+        # them: the script keeps them all from the daemon and the webserver (as `env -u NAME`
+        # arguments they outgrew the kernel's limit on a command line, E2BIG).
+        **{
+            f"SPARE_{i:05d}_AWS_{part}": f"spare-{part.lower().replace('_', '-')}-{i:05d}"
+            for i in range(10_000)
+            for part in ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+        },
     }
     prod = ProdLocal(tmp_path / "prod", env, PORT)
     try:
