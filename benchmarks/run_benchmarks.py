@@ -337,8 +337,47 @@ def child_ticks(integrations: str) -> None:
             created += len(each.evaluate_tick(context).run_requests or [])
         timings["all_schedules_tick"] = time.perf_counter() - started
         timings["all_schedules_runs"] = created
+        timings.update(latest_window_ticks(instance, integrations))
     timings["first_tick_runs"] = len(first.run_requests)
     emit(timings)
+
+
+def latest_window_ticks(instance: Any, integrations: str) -> dict[str, float]:
+    """latest_window_sensor's ticks with every live export's judged window delivered: the
+    first (every export judged, every verdict recorded), the next (nothing changed), and one
+    that judges every export again (a cursor without the event log's position)."""
+    import dagster as dg
+
+    from affise_s3_assets.automation.freshness import (
+        LatestWindowCursor,
+        build_latest_window_sensor,
+        judged_window,
+    )
+    from affise_s3_assets.automation.live_config import apply_file
+    from affise_s3_assets.config.targets import build_export_targets, build_window_groups
+
+    applied = apply_file(Path(integrations))
+    groups = build_window_groups(build_export_targets(applied.integrations), applied.lateness)
+    live = [group for group in groups if group.live]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    sensor = build_latest_window_sensor(live, clock=lambda: now)
+    for group in live:
+        for target in group.live:
+            window = judged_window(target, group.lateness, now)
+            if window is not None:
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(target.asset_key, partition=window)
+                )
+    timings = {}
+    cursor = None
+    for name in ("latest_first_tick", "latest_next_tick", "latest_every_export_tick"):
+        if name == "latest_every_export_tick":
+            cursor = LatestWindowCursor(None, LatestWindowCursor.parse(cursor).verdicts).text()
+        started = time.perf_counter()
+        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+        timings[name] = time.perf_counter() - started
+        cursor = result.cursor
+    return timings
 
 
 def child_window(integrations: str, db: str, partition: str, last: str = "") -> None:
@@ -935,7 +974,10 @@ def tick_case(count: int) -> None:
         f"{ticks['cursor_kb']:.1f} KB (state stored apart: {ticks['state_kb']:.0f} KB); "
         f"config sensor tick {ticks['config_sensor_tick']:.2f} s; "
         f"every schedule on the hour {ticks['all_schedules_tick']:.2f} s in all "
-        f"({ticks['all_schedules_runs']} runs)"
+        f"({ticks['all_schedules_runs']} runs); latest-window sensor, every export's judged "
+        f"window delivered: first tick {ticks['latest_first_tick']:.2f} s, next "
+        f"{ticks['latest_next_tick']:.2f} s, one judging every export "
+        f"{ticks['latest_every_export_tick']:.2f} s"
     )
 
 

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
+import pytest
 
 from affise_s3_assets.automation.freshness import (
     CHECK_NAME,
@@ -234,3 +235,43 @@ def test_a_passing_export_is_judged_again_only_when_its_window_moves_or_it_is_ob
         # A cursor as the sensor kept it before (the verdicts alone) judges every export once.
         cursor = json.dumps({target.asset_key.to_user_string(): ["2026-11-25-11:45", True, "WARN"]})
         assert tick().endswith("1 judged")
+
+
+def test_a_tick_out_of_time_leaves_the_rest_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a window moves for many exports at once, their verdicts (an event each) are
+    recorded over several ticks, each within the sensor's budget, and none is lost."""
+    from affise_s3_assets.automation import freshness
+
+    text = one_integration()
+    for name in ("beta", "gamma"):
+        block = one_integration().split("integrations:\n", 1)[1]
+        text += block.replace("acme", name).replace("ACME", name.upper())
+    parsed = parse_integrations(text)
+    (group,) = build_window_groups(build_export_targets(parsed.integrations), Lateness())
+    assert len(group.live) == 3
+    # Out of time after each export: a tick judges one.
+    monkeypatch.setattr(freshness, "TICK_BUDGET_SECONDS", 0.0)
+    now = datetime(2026, 11, 25, 12, 0)
+    sensor = build_latest_window_sensor([group], clock=lambda: now)
+    with dg.instance_for_test() as instance:
+        for target in group.live:
+            delivered(instance, target.asset_key, "2026-11-25-11:30")
+        cursor = None
+
+        def tick() -> str:
+            nonlocal cursor
+            result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+            cursor = result.cursor
+            return str(result.skip_message)
+
+        assert tick().endswith("1 judged, 2 left for the next tick")
+        # A failure of one left for later is not lost while it waits its turn.
+        failed(instance, group.live[2].asset_key, "2026-11-25-11:45", "NoSuchBucket", True)
+        assert tick().endswith("1 judged, 1 left for the next tick")
+        assert tick().endswith("1 of 3 exports late; 1 judged")
+        # Then only the late one is judged (every tick, until delivered); nothing new recorded.
+        assert tick() == "0 verdicts recorded; 1 of 3 exports late; 1 judged"
+        for target, passed in zip(group.live, (True, True, False), strict=True):
+            check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
+            (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+            assert record.event.dagster_event.event_specific_data.passed is passed
