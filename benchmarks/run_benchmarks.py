@@ -343,9 +343,10 @@ def child_ticks(integrations: str) -> None:
 
 
 def latest_window_ticks(instance: Any, integrations: str) -> dict[str, float]:
-    """latest_window_sensor's ticks with every live export's judged window delivered: the
-    first (every export judged, every verdict recorded), the next (nothing changed), and one
-    that judges every export again (a cursor without the event log's position)."""
+    """latest_window_sensor's ticks with every live export's judged window delivered: the first
+    verdicts (every export judged and recorded, over the ticks the sensor's budget takes), the
+    next tick (nothing changed), and one that judges every export again (a cursor without the
+    event log's position; that tick too stops at the budget)."""
     import dagster as dg
 
     from affise_s3_assets.automation.freshness import (
@@ -368,15 +369,22 @@ def latest_window_ticks(instance: Any, integrations: str) -> dict[str, float]:
                 instance.report_runless_asset_event(
                     dg.AssetMaterialization(target.asset_key, partition=window)
                 )
-    timings = {}
-    cursor = None
-    for name in ("latest_first_tick", "latest_next_tick", "latest_every_export_tick"):
-        if name == "latest_every_export_tick":
-            cursor = LatestWindowCursor(None, LatestWindowCursor.parse(cursor).verdicts).text()
+
+    def tick(cursor: str | None) -> tuple[float, str | None]:
         started = time.perf_counter()
         result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
-        timings[name] = time.perf_counter() - started
-        cursor = result.cursor
+        return time.perf_counter() - started, result.cursor
+
+    # The first verdicts, over as many ticks as the sensor's budget takes.
+    timings = {"latest_first_tick": 0.0, "latest_first_ticks": 0}
+    cursor = None
+    while timings["latest_first_ticks"] == 0 or LatestWindowCursor.parse(cursor).pending:
+        spent, cursor = tick(cursor)
+        timings["latest_first_tick"] += spent
+        timings["latest_first_ticks"] += 1
+    timings["latest_next_tick"], cursor = tick(cursor)
+    cursor = LatestWindowCursor(None, LatestWindowCursor.parse(cursor).verdicts).text()
+    timings["latest_every_export_tick"], _ = tick(cursor)
     return timings
 
 
@@ -975,7 +983,8 @@ def tick_case(count: int) -> None:
         f"config sensor tick {ticks['config_sensor_tick']:.2f} s; "
         f"every schedule on the hour {ticks['all_schedules_tick']:.2f} s in all "
         f"({ticks['all_schedules_runs']} runs); latest-window sensor, every export's judged "
-        f"window delivered: first tick {ticks['latest_first_tick']:.2f} s, next "
+        f"window delivered: first verdicts {ticks['latest_first_tick']:.2f} s in "
+        f"{ticks['latest_first_ticks']} ticks, next "
         f"{ticks['latest_next_tick']:.2f} s, one judging every export "
         f"{ticks['latest_every_export_tick']:.2f} s"
     )
@@ -1155,14 +1164,17 @@ def live_events(count: int, now: datetime) -> Path:
     return path
 
 
-def run_worker_rss_mb() -> tuple[float, float]:
+def run_worker_rss_mb(home: Path) -> tuple[float, float]:
     """The largest run worker's RSS and all run workers' together, MB, from /proc: the code
-    server starts each run as a multiprocessing child (DefaultRunLauncher)."""
+    server of the deployment at `home` starts each run as a multiprocessing child."""
     sizes = []
+    mark = f"AFFISE_PROD_HOME={home}\0".encode()
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             cmdline = (status.parent / "cmdline").read_bytes()
             if b"spawn_main" not in cmdline and b"execute_run" not in cmdline:
+                continue
+            if mark not in (status.parent / "environ").read_bytes():
                 continue
             for line in status.read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -1179,8 +1191,8 @@ def deployment_case(count: int, settings: list[str], minutes: int = 15) -> None:
     its last object: the schedule's tick, the queue, each run worker's start and definitions,
     and the deliveries. One window per setting of AFFISE_EXPORTS_PER_RUN (`default` is the
     shipped one), each the next the clock closes; the code server is restarted between them."""
+    events = live_events(count, datetime.now(UTC).replace(tzinfo=None))
     now = datetime.now(UTC).replace(tzinfo=None)
-    events = live_events(count, now)
     # The first window measured closes no sooner than the code location can have loaded.
     first = now.replace(minute=now.minute - now.minute % minutes, second=0, microsecond=0)
     if first + timedelta(minutes=minutes) - now < timedelta(seconds=60 + count * 0.03):
@@ -1270,19 +1282,21 @@ def deployment_case(count: int, settings: list[str], minutes: int = 15) -> None:
         script("start", exports_per_run=settings[0])
         print(f"(deployment started, code location loaded: {time.perf_counter() - loaded:.0f} s)")
         window = first
+        close = first + timedelta(minutes=minutes)
         for n, setting in enumerate(settings):
             if n:
                 script("restart", "code-server", exports_per_run=setting)
+                # The next window that closes once the code is loaded again.
+                window = close
+                while datetime.now(UTC).replace(tzinfo=None) > window + timedelta(
+                    minutes=minutes, seconds=-20
+                ):
+                    window += timedelta(minutes=minutes)
             close = window + timedelta(minutes=minutes)
             if datetime.now(UTC).replace(tzinfo=None) > close - timedelta(seconds=20):
                 raise SystemExit(f"the code location loaded after {close}: no clean window")
             figures = deployment_window(home, window, close, count)
             print(f"| {setting} | " + " | ".join(figures) + " |")
-            window = close
-            while datetime.now(UTC).replace(tzinfo=None) > window + timedelta(minutes=minutes) - (
-                timedelta(seconds=60 + count * 0.03)
-            ):
-                window += timedelta(minutes=minutes)
     finally:
         script("stop")
 
@@ -1300,10 +1314,14 @@ def deployment_window(home: Path, window: datetime, close: datetime, count: int)
             utcnow = datetime.now(UTC).replace(tzinfo=None)
             if utcnow > deadline:
                 raise SystemExit(f"window {partition}: not delivered by {deadline}")
-            biggest, total = run_worker_rss_mb()
+            biggest, total = run_worker_rss_mb(home)
             largest, together = max(largest, biggest), max(together, total)
             records = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": partition}))
-            if records and all(r.dagster_run.status.value in FINISHED for r in records):
+            # A window's runs are created one after another: all n of "i/n" must exist.
+            shards = {r.dagster_run.tags.get("affise/shard", "1/1") for r in records}
+            expected = max((int(shard.split("/")[1]) for shard in shards), default=0)
+            done = all(r.dagster_run.status.value in FINISHED for r in records)
+            if records and len(records) >= expected and done:
                 break
             time.sleep(1)
         stamps = [
@@ -1313,13 +1331,13 @@ def deployment_window(home: Path, window: datetime, close: datetime, count: int)
                 record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
             )
         ]
-        started = min(r.start_time for r in records if r.start_time)
+        starts = [r.start_time for r in records if r.start_time]
     closed = close.replace(tzinfo=UTC).timestamp()
     failed = [r for r in records if r.dagster_run.status.value != "SUCCESS"]
     note = f" ({len(failed)} runs failed)" if failed else ""
     return [
         f"{len(records)}{note}",
-        f"{started - closed:.1f}",
+        f"{min(starts) - closed:.1f}" if starts else "n/a",
         f"{max(stamps) - closed:.1f}" if stamps else "n/a",
         f"{len(stamps):,} of {count:,}",
         f"{largest:.0f}",

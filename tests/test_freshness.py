@@ -186,11 +186,18 @@ def test_every_run_request_selects_the_exports_without_their_checks() -> None:
     assert all(request.asset_check_keys == [] for request in requests)
 
 
-def test_a_passing_export_is_judged_again_only_when_its_window_moves_or_it_is_observed() -> None:
+def test_a_passing_export_is_judged_again_only_when_its_window_moves_or_it_is_observed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """At 10,000 exports two queries per export every minute were the deployment's largest
     steady load: an export still passing on the same window, with no new observation, keeps
     its verdict without being read; a failure (an observation) is still seen on the next tick,
     and a new window due is judged."""
+    from affise_s3_assets.automation import freshness
+
+    # Exactly the observations since the last tick (the ids just behind it, read again on
+    # Postgres for late commits, would judge an observed export a few ticks more).
+    monkeypatch.setattr(freshness, "OBSERVATION_IDS_REREAD", 0)
     (group,) = groups()
     (target,) = group.targets
     check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
@@ -232,16 +239,16 @@ def test_a_passing_export_is_judged_again_only_when_its_window_moves_or_it_is_ob
         assert "1 of 1 exports late; 1 judged" in tick()  # 12:00, not delivered
         assert latest().metadata["window"].value == "2026-11-25-12:00"
         assert tick().endswith("1 judged")  # late: judged every tick
-        # A cursor as the sensor kept it before (the verdicts alone) judges every export once.
-        cursor = json.dumps({target.asset_key.to_user_string(): ["2026-11-25-11:45", True, "WARN"]})
+        # A cursor as the sensor kept it before (the verdicts alone) judges every export once,
+        # even one it says passes on the window judged now.
+        delivered(instance, target.asset_key, "2026-11-25-12:00")
+        assert tick().endswith("0 of 1 exports late; 1 judged")
+        assert tick().endswith("0 judged")
+        cursor = json.dumps({target.asset_key.to_user_string(): ["2026-11-25-12:00", True, "WARN"]})
         assert tick().endswith("1 judged")
 
 
-def test_a_tick_out_of_time_leaves_the_rest_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When a window moves for many exports at once, their verdicts (an event each) are
-    recorded over several ticks, each within the sensor's budget, and none is lost."""
-    from affise_s3_assets.automation import freshness
-
+def three_exports() -> Any:
     text = one_integration()
     for name in ("beta", "gamma"):
         block = one_integration().split("integrations:\n", 1)[1]
@@ -249,29 +256,64 @@ def test_a_tick_out_of_time_leaves_the_rest_to_the_next(monkeypatch: pytest.Monk
     parsed = parse_integrations(text)
     (group,) = build_window_groups(build_export_targets(parsed.integrations), Lateness())
     assert len(group.live) == 3
-    # Out of time after each export: a tick judges one.
-    monkeypatch.setattr(freshness, "TICK_BUDGET_SECONDS", 0.0)
+    return group
+
+
+def ticker(sensor: dg.SensorDefinition, instance: dg.DagsterInstance) -> Any:
+    cursor = None
+
+    def tick() -> str:
+        nonlocal cursor
+        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+        cursor = result.cursor
+        return str(result.skip_message)
+
+    return tick
+
+
+def last_passed(instance: dg.DagsterInstance, key: dg.AssetKey) -> bool | None:
+    check = dg.AssetCheckKey(key, CHECK_NAME)
+    history = instance.event_log_storage.get_asset_check_execution_history(check, 1)
+    return history[0].event.dagster_event.event_specific_data.passed if history else None
+
+
+def test_a_tick_out_of_time_leaves_the_rest_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a window moves for many exports at once, their verdicts (an event each) are
+    recorded over several ticks, each within the sensor's budget: those left over go first
+    next tick, so an export late forever never crowds out the others, and a failure seen by
+    a tick that ran out of time is judged by the next."""
+    from affise_s3_assets.automation import freshness
+
+    monkeypatch.setattr(freshness, "OBSERVATION_IDS_REREAD", 0)
+    group = three_exports()
+    first, second, third = (target.asset_key for target in group.live)
     now = datetime(2026, 11, 25, 12, 0)
     sensor = build_latest_window_sensor([group], clock=lambda: now)
     with dg.instance_for_test() as instance:
-        for target in group.live:
-            delivered(instance, target.asset_key, "2026-11-25-11:30")
-        cursor = None
-
-        def tick() -> str:
-            nonlocal cursor
-            result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
-            cursor = result.cursor
-            return str(result.skip_message)
-
+        tick = ticker(sensor, instance)
+        # The first export is never delivered (late every tick, judged every tick).
+        delivered(instance, second, "2026-11-25-11:30")
+        delivered(instance, third, "2026-11-25-11:30")
+        # Out of time after each export: a tick judges one.
+        monkeypatch.setattr(freshness, "TICK_BUDGET_SECONDS", 0.0)
         assert tick().endswith("1 judged, 2 left for the next tick")
-        # A failure of one left for later is not lost while it waits its turn.
-        failed(instance, group.live[2].asset_key, "2026-11-25-11:45", "NoSuchBucket", True)
+        assert tick().endswith("1 judged, 2 left for the next tick")
         assert tick().endswith("1 judged, 1 left for the next tick")
-        assert tick().endswith("1 of 3 exports late; 1 judged")
-        # Then only the late one is judged (every tick, until delivered); nothing new recorded.
+        assert [last_passed(instance, key) for key in (first, second, third)] == [
+            False,
+            True,
+            True,
+        ]
+        monkeypatch.setattr(freshness, "TICK_BUDGET_SECONDS", 40.0)
         assert tick() == "0 verdicts recorded; 1 of 3 exports late; 1 judged"
-        for target, passed in zip(group.live, (True, True, False), strict=True):
-            check = dg.AssetCheckKey(target.asset_key, CHECK_NAME)
-            (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
-            assert record.event.dagster_event.event_specific_data.passed is passed
+        # Both passing exports are observed: the second's failure is transient, the third's
+        # permanent. Each tick runs out of time after one: the late one, then the second.
+        failed(instance, second, "2026-11-25-11:45", "SlowDown", False)
+        failed(instance, third, "2026-11-25-11:45", "NoSuchBucket", True)
+        monkeypatch.setattr(freshness, "TICK_BUDGET_SECONDS", 0.0)
+        assert tick().endswith("1 judged, 2 left for the next tick")
+        assert tick().endswith("1 judged, 2 left for the next tick")
+        # No observation is new now, but the third was left: judged, and late at once.
+        assert last_passed(instance, third) is True
+        assert tick().endswith("2 of 3 exports late; 1 judged, 1 left for the next tick")
+        assert last_passed(instance, third) is False

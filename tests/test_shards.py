@@ -106,7 +106,7 @@ def test_a_failed_shard_redelivers_its_own_exports_only() -> None:
     assert [selected(r) for r in requests] == [["a3", "a4"]]
 
 
-@pytest.mark.parametrize(("value", "expected"), [("3", 3), ("0", 500), ("x", 500), ("", 500)])
+@pytest.mark.parametrize(("value", "expected"), [("3", 3), ("0", 5000), ("x", 5000), ("", 5000)])
 def test_the_deployment_sets_the_shard_size(
     monkeypatch: pytest.MonkeyPatch, value: str, expected: int
 ) -> None:

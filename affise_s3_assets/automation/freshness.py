@@ -224,14 +224,23 @@ def build_latest_window_sensor(
         f"(asset check `{CHECK_NAME}`).",
     )
     def latest_window_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        began = time.monotonic()
         now = clock() if clock is not None else datetime.now(UTC).replace(tzinfo=None)
         instance = context.instance
         cursor = LatestWindowCursor.parse(context.cursor)
         known = cursor.verdicts
         newest_event = newest_event_id(instance)
+        # Storage ids are handed out before their events commit (a Postgres sequence): an
+        # observation committed late may hold an id below the last tick's newest, so the ids
+        # just behind it are read again. An event log newer than the cursor (reset) is read whole.
         observed = (
-            observed_between(instance, cursor.events, newest_event, OBSERVATIONS_READ)
-            if cursor.events is not None
+            observed_between(
+                instance,
+                max(0, cursor.events - OBSERVATION_IDS_REREAD),
+                newest_event,
+                OBSERVATIONS_READ,
+            )
+            if cursor.events is not None and cursor.events <= newest_event
             else None
         )
         pending = set(cursor.pending)
@@ -246,11 +255,14 @@ def build_latest_window_sensor(
                 continue  # still passing on the same window
             # A passing export with no new observation has no new failure to look for.
             judged.append((target, lateness, quiet and passed))
+        # Those the last tick had no time for first, in its order: late exports, judged every
+        # tick, never crowd them out.
+        order = {name: n for n, name in enumerate(cursor.pending)}
+        judged.sort(key=lambda item: order.get(item[0].asset_key.to_user_string(), len(order)))
         newest = newest_materialized_partitions(instance, [t.asset_key for t, _, _ in judged])
         delivered = _delivered_in(instance, newest)
         newest_failure = _newest_failure_in(instance)
         changed = 0
-        began = time.monotonic()
         left = 0
         for n, (target, lateness, no_new_failure) in enumerate(judged):
             if n and time.monotonic() - began > TICK_BUDGET_SECONDS:
@@ -289,6 +301,8 @@ def build_latest_window_sensor(
 # Observations read per tick to find the exports observed since the last; more than this and
 # every export is judged.
 OBSERVATIONS_READ = 10_000
+# Storage ids behind the last tick's newest read again (see the sensor).
+OBSERVATION_IDS_REREAD = 1_000
 # A tick stops judging after this long (Dagster's deadline for a sensor tick is 60 s): each
 # verdict recorded costs an event (about 15 ms on SQLite), and when a window moves for 10,000
 # exports at once their verdicts are recorded over several ticks.

@@ -15,9 +15,14 @@ from collections.abc import Sequence
 import dagster as dg
 
 SHARD_TAG = "affise/shard"  # "2/5": the second of five runs of one request
-# Per run at most: an export costs a window run a few ms of Dagster's bookkeeping, so a run of
-# this many finishes well within a 5-minute window, and a group of 10,000 is 20 runs.
-DEFAULT_EXPORTS_PER_RUN = 500
+# Per run at most. What a run costs before its first export grows with the whole group, not
+# with its shard: the daemon creates a window's runs one after another, each by subsetting the
+# group's job (2-5 s of the code server's CPU at 10,000 integrations, 25-30 s a run on a busy
+# deployment), and each run worker loads every integration's definitions. On the production
+# deployment (benchmarks/run_benchmarks.py --only deployment, 2 cores), 10,000 integrations'
+# 15-minute window took 190 s from its close to its last object as 2 runs of 5,000 and 238 s
+# as 4 runs of 2,500; as 20 runs of 500, their creation alone took 9 minutes.
+DEFAULT_EXPORTS_PER_RUN = 5000
 
 
 def exports_per_run() -> int:
