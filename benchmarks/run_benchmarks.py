@@ -555,19 +555,25 @@ FIRST_AFFILIATE = 100_000
 
 def fanout_db(count: int) -> Path:
     """20M clicks/day spread over `count` affiliates, one per simulated integration."""
-    import duckdb
-
     path = OUT / f"fanout-{count}-affiliates.duckdb"
     if not path.exists():
         source = events_db(
             20_000_000, DAY + timedelta(hours=10), DAY + timedelta(hours=12), "fanout"
         )
-        scratch = path.with_suffix(".tmp")
-        scratch.write_bytes(source.read_bytes())
-        with duckdb.connect(str(scratch)) as con:
-            con.execute(f"UPDATE clicks SET affiliate_id = {FIRST_AFFILIATE} + hash(id) % {count}")
-        scratch.rename(path)
+        spread_over_affiliates(source, path, count)
     return path
+
+
+def spread_over_affiliates(source: Path, path: Path, count: int) -> None:
+    """`source`'s events written to `path` with their clicks spread over `count` affiliates,
+    one per simulated integration."""
+    import duckdb
+
+    scratch = path.with_suffix(".tmp")
+    scratch.write_bytes(source.read_bytes())
+    with duckdb.connect(str(scratch)) as con:
+        con.execute(f"UPDATE clicks SET affiliate_id = {FIRST_AFFILIATE} + hash(id) % {count}")
+    scratch.rename(path)
 
 
 def verify_parquet(key: str, rows: int) -> str:
@@ -1150,17 +1156,12 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 def live_events(count: int, now: datetime) -> Path:
     """20M clicks/day around `now` (an hour before to three after, complete to the end), spread
     over `count` affiliates as fanout_db does: what a running deployment's windows read."""
-    import duckdb
 
     hour = now.replace(minute=0, second=0, microsecond=0)
     source = events_db(20_000_000, hour - timedelta(hours=1), hour + timedelta(hours=3), "live")
     path = source.with_name(f"{source.stem}-{count}-affiliates.duckdb")
     if not path.exists():
-        scratch = path.with_suffix(".tmp")
-        scratch.write_bytes(source.read_bytes())
-        with duckdb.connect(str(scratch)) as con:
-            con.execute(f"UPDATE clicks SET affiliate_id = {FIRST_AFFILIATE} + hash(id) % {count}")
-        scratch.rename(path)
+        spread_over_affiliates(source, path, count)
     return path
 
 

@@ -27,6 +27,20 @@ def groups() -> list:
     return build_window_groups(build_export_targets(parsed.integrations), Lateness())
 
 
+class Ticker:
+    """A sensor's ticks one after another, each with the cursor the last one left."""
+
+    def __init__(self, sensor: dg.SensorDefinition, instance: dg.DagsterInstance) -> None:
+        self.sensor, self.instance = sensor, instance
+        self.cursor: str | None = None
+
+    def __call__(self) -> str:
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor)
+        result = self.sensor.evaluate_tick(context)
+        self.cursor = result.cursor
+        return str(result.skip_message)
+
+
 def test_the_latest_due_window_is_the_one_judged() -> None:
     (group,) = groups()
     (target,) = group.targets
@@ -72,13 +86,7 @@ def test_redelivering_an_old_window_does_not_make_a_late_export_fresh() -> None:
             evaluation = record.event.dagster_event.event_specific_data
             return None if evaluation.passed else evaluation.severity
 
-        cursor = None
-
-        def tick() -> str:
-            nonlocal cursor
-            result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
-            cursor = result.cursor
-            return str(result.skip_message)
+        tick = Ticker(sensor, instance)
 
         def recorded() -> int:
             return len(instance.event_log_storage.get_asset_check_execution_history(check, 100))
@@ -204,13 +212,7 @@ def test_a_passing_export_is_judged_again_only_when_its_window_moves_or_it_is_ob
     now = datetime(2026, 11, 25, 12, 0)
     sensor = build_latest_window_sensor([group], clock=lambda: now)
     with dg.instance_for_test() as instance:
-        cursor = None
-
-        def tick() -> str:
-            nonlocal cursor
-            result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
-            cursor = result.cursor
-            return str(result.skip_message)
+        tick = Ticker(sensor, instance)
 
         def latest() -> Any:
             (record,) = instance.event_log_storage.get_asset_check_execution_history(check, 1)
@@ -244,7 +246,9 @@ def test_a_passing_export_is_judged_again_only_when_its_window_moves_or_it_is_ob
         delivered(instance, target.asset_key, "2026-11-25-12:00")
         assert tick().endswith("0 of 1 exports late; 1 judged")
         assert tick().endswith("0 judged")
-        cursor = json.dumps({target.asset_key.to_user_string(): ["2026-11-25-12:00", True, "WARN"]})
+        tick.cursor = json.dumps(
+            {target.asset_key.to_user_string(): ["2026-11-25-12:00", True, "WARN"]}
+        )
         assert tick().endswith("1 judged")
 
 
@@ -257,18 +261,6 @@ def three_exports() -> Any:
     (group,) = build_window_groups(build_export_targets(parsed.integrations), Lateness())
     assert len(group.live) == 3
     return group
-
-
-def ticker(sensor: dg.SensorDefinition, instance: dg.DagsterInstance) -> Any:
-    cursor = None
-
-    def tick() -> str:
-        nonlocal cursor
-        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
-        cursor = result.cursor
-        return str(result.skip_message)
-
-    return tick
 
 
 def last_passed(instance: dg.DagsterInstance, key: dg.AssetKey) -> bool | None:
@@ -290,7 +282,7 @@ def test_a_tick_out_of_time_leaves_the_rest_to_the_next(monkeypatch: pytest.Monk
     now = datetime(2026, 11, 25, 12, 0)
     sensor = build_latest_window_sensor([group], clock=lambda: now)
     with dg.instance_for_test() as instance:
-        tick = ticker(sensor, instance)
+        tick = Ticker(sensor, instance)
         # The first export is never delivered (late every tick, judged every tick).
         delivered(instance, second, "2026-11-25-11:30")
         delivered(instance, third, "2026-11-25-11:30")
