@@ -1156,7 +1156,6 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 def live_events(count: int, now: datetime) -> Path:
     """20M clicks/day around `now` (an hour before to three after, complete to the end), spread
     over `count` affiliates as fanout_db does: what a running deployment's windows read."""
-
     hour = now.replace(minute=0, second=0, microsecond=0)
     source = events_db(20_000_000, hour - timedelta(hours=1), hour + timedelta(hours=3), "live")
     path = source.with_name(f"{source.stem}-{count}-affiliates.duckdb")
