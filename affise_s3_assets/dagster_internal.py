@@ -30,18 +30,28 @@ from dagster._core.scheduler.instigation import InstigatorStatus
 # What `dg.define_asset_job` returns: Dagster 1.13 exports no name for the type.
 AssetJob = UnresolvedAssetJobDefinition
 
-# instance_storage.py's bases and what they are configured with: name -> (module, attribute).
+# instance_storage.py's bases, what they are configured with and what they write: name ->
+# (module, attribute).
 _SQLITE_EVENT_LOG = "dagster._core.storage.event_log.sqlite.sqlite_event_log"
+_EVENT_LOG_SCHEMA = "dagster._core.storage.event_log.schema"
 _ON_FIRST_USE = {
     "SqliteEventLogStorage": (_SQLITE_EVENT_LOG, "SqliteEventLogStorage"),
     "INDEX_SHARD_NAME": (_SQLITE_EVENT_LOG, "INDEX_SHARD_NAME"),
     "SQLITE_BUSY_TIMEOUT_SECONDS": (_SQLITE_EVENT_LOG, "SQLITE_BUSY_TIMEOUT_SECONDS"),
     "PostgresStorageConfig": ("dagster._core.storage.config", "PostgresStorageConfig"),
     "ConfigurableClassData": ("dagster._serdes", "ConfigurableClassData"),
+    "ASSET_EVENTS": ("dagster._core.events", "ASSET_EVENTS"),
+    "ASSET_CHECK_EVENTS": ("dagster._core.events", "ASSET_CHECK_EVENTS"),
+    "SqlEventLogStorageTable": (_EVENT_LOG_SCHEMA, "SqlEventLogStorageTable"),
 }
 
 if TYPE_CHECKING:
+    from dagster._core.events import ASSET_CHECK_EVENTS as ASSET_CHECK_EVENTS
+    from dagster._core.events import ASSET_EVENTS as ASSET_EVENTS
     from dagster._core.storage.config import PostgresStorageConfig as PostgresStorageConfig
+    from dagster._core.storage.event_log.schema import (
+        SqlEventLogStorageTable as SqlEventLogStorageTable,
+    )
     from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
         INDEX_SHARD_NAME as INDEX_SHARD_NAME,
     )

@@ -38,10 +38,13 @@ from dagster_postgres.utils import (
 )
 
 from affise_s3_assets.dagster_internal import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     ConfigurableClassData,
     PostgresStorageConfig,
+    SqlEventLogStorageTable,
     SqliteEventLogStorage,
 )
 
@@ -64,12 +67,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
-def pooled_engine(postgres_url: str, token_provider: Any = None) -> db.engine.Engine:
-    """An engine keeping KEPT_CONNECTIONS open, in Dagster's autocommit mode."""
+def pooled_engine(
+    postgres_url: str, token_provider: Any = None, isolation_level: str = "AUTOCOMMIT"
+) -> db.engine.Engine:
+    """An engine keeping KEPT_CONNECTIONS open, in Dagster's autocommit mode unless told."""
     engine = create_pg_engine(
         postgres_url,
         token_provider,
-        isolation_level="AUTOCOMMIT",
+        isolation_level=isolation_level,
         poolclass=db.pool.QueuePool,
         pool_size=KEPT_CONNECTIONS,
         max_overflow=EXTRA_CONNECTIONS,
@@ -131,7 +136,48 @@ class _KnownColumns:
 
 
 class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
-    """`PostgresEventLogStorage`, its connections kept between events."""
+    """`PostgresEventLogStorage`, its connections kept between events, and each event stored
+    in one transaction on one connection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Asset events are stored through connections of their own, in transactions from the
+        # start: switching a kept autocommit connection into a transaction and back costs
+        # each event two more calls into SQLAlchemy and the driver.
+        self._events_engine = pooled_engine(
+            self.postgres_url, self._token_provider, isolation_level="READ COMMITTED"
+        )
+
+    def store_event(self, event: Any) -> None:
+        """Dagster's `PostgresEventLogStorage.store_event` (dagster-postgres 0.29.27), the same
+        rows written: the event's, then for an asset event its tags and its asset's row.
+        Dagster commits the event's row on its own, sends a `NOTIFY` that no process of this
+        Dagster version listens to (dagster-postgres keeps it for older webservers), then takes
+        a second connection for the index rows' transaction: four round trips and two commits
+        (two syncs of Postgres' log) besides the rows. Here the rows are one transaction on one
+        connection: an event and its index rows are seen together or not at all.
+        `tests/test_instance_storage.py` fails when an upgrade changes Dagster's method, so
+        that this copy is looked at again."""
+        insert = self.prepare_insert_event(event).returning(SqlEventLogStorageTable.c.id)
+        dagster_event = event.dagster_event
+        if (
+            dagster_event is not None
+            and dagster_event.event_type in ASSET_EVENTS
+            and dagster_event.asset_key is not None
+        ):
+            with self._events_engine.connect() as conn, conn.begin():
+                event_id = int(conn.execute(insert).scalar_one())
+                self._store_asset_event_tags(conn, [event], [event_id])
+                self._store_asset_event(conn, event, event_id)
+        else:
+            with self._connect() as conn:
+                event_id = int(conn.execute(insert).scalar_one())
+        if dagster_event is not None and dagster_event.event_type in ASSET_CHECK_EVENTS:
+            self.store_asset_check_event(event, event_id)
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._events_engine.dispose()
 
 
 class KeptConnectionsRunStorage(_KeptConnections, PostgresRunStorage):
