@@ -6,6 +6,7 @@ A real Postgres from Debian's packages, started by scripts/prod-local.sh; the in
 one that script writes from deploy/dagster.yaml, so the shipped classes are the ones proven.
 The SQLite instance is scripts/dagster.dev.yaml's."""
 
+import ast
 import hashlib
 import inspect
 import os
@@ -22,7 +23,7 @@ import psycopg2
 import pytest
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
-from dagster_postgres import PostgresEventLogStorage
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from sqlalchemy import event as sqlalchemy_event
 
 from affise_s3_assets.instance_storage import (
@@ -337,3 +338,61 @@ def test_a_run_written_through_kept_connections_is_watched_live(tmp_path: Path) 
     finally:
         reader.dispose()
         writer.dispose()
+
+
+def test_the_private_parts_of_dagsters_storages_used_here_still_exist() -> None:
+    """Every private method or attribute instance_storage.py reaches on Dagster's storage
+    classes (`self._x`, `storage._x`, `super()._x`) is still defined by Dagster: a method on the
+    class, or an attribute its `__init__` sets. An upgrade that renames one fails here rather
+    than in a deployment's run worker."""
+    import affise_s3_assets.instance_storage as module
+
+    tree = ast.parse(inspect.getsource(module))
+    ours = {
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for item in node.body
+        for name in (
+            [item.name]
+            if isinstance(item, ast.FunctionDef)
+            else [
+                t.id
+                for t in getattr(item, "targets", [getattr(item, "target", None)])
+                if isinstance(t, ast.Name)
+            ]
+        )
+    }
+    ours |= {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+    reached = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and (
+            (isinstance(node.value, ast.Name) and node.value.id in ("self", "storage"))
+            or (isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "super")
+        )
+    } - ours
+    assert {"_store_asset_event", "_store_asset_event_tags", "_initdb"} <= reached
+    dagsters = (PostgresEventLogStorage, PostgresRunStorage, SqliteEventLogStorage)
+    inits = "".join(
+        inspect.getsource(klass.__init__)
+        for cls in dagsters
+        for klass in cls.__mro__
+        if "__init__" in vars(klass) and klass.__module__.startswith("dagster")
+    )
+    missing = {
+        name
+        for name in reached
+        if not any(hasattr(cls, name) for cls in dagsters) and f"self.{name} =" not in inits
+    }
+    assert not missing, f"Dagster's storages no longer define: {sorted(missing)}"
