@@ -31,6 +31,7 @@ from affise_s3_assets.dagster_internal import (
     newest_materialized_partitions,
     observed_between,
 )
+from affise_s3_assets.delivery.report import FailureRecord
 
 CHECK_NAME = "latest_window_delivered"
 SENSOR_NAME = "latest_window_sensor"
@@ -134,12 +135,12 @@ def _newest_failure_in(
         ).records
         for record in observations:  # newest first
             metadata = record.asset_observation.metadata if record.asset_observation else {}
-            if "delivery_failed" not in metadata or record.partition_key is None:
+            failure = FailureRecord.from_metadata(metadata)
+            if failure is None or record.partition_key is None:
                 continue
             # Only what no retry fixes: a transient failure, or a source not yet complete,
             # is the grace's to wait for (the window is judged when it falls due).
-            permanent = metadata.get("permanent")
-            if not (permanent is not None and permanent.value is True):
+            if not failure.permanent:
                 continue
             since = instance.fetch_materializations(
                 dg.AssetRecordsFilter(
@@ -151,7 +152,7 @@ def _newest_failure_in(
             ).records
             if since:
                 continue  # delivered after it failed: an older failure may still stand
-            return record.partition_key, str(metadata["delivery_failed"].value)
+            return record.partition_key, failure.failure
         return None
 
     return newest_failure

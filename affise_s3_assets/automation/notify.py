@@ -3,12 +3,13 @@ exports starts failing with a permanent error, reminds it at most once a day whi
 stays broken, and tells it when the export delivers again.
 
 Health is read from what the export step already records on the instance: its failure
-observations (`delivery_failed`, `error_code`, `permanent`; delivery/report.py) and its
-materializations (a window delivered), each export read from the storage id where the last
-tick stopped. Each integration's notification state (every export's health, the events still
-to send, the webhook's backoff) is one JSON value in the instance's key-value store, written
-before an event is sent and again once it is: a restart neither loses an event nor forgets
-one was sent (an event whose answer was lost with the process is sent again, same `id`).
+observations (delivery/report.py's `FailureRecord`: the words, the error code, whether a retry
+can fix it, the action a refusal named) and its materializations (a window delivered), each
+export read from the storage id where the last tick stopped. Each integration's notification
+state (every export's health, the events still to send, the webhook's backoff) is one JSON
+value in the instance's key-value store, written before an event is sent and again once it
+is: a restart neither loses an event nor forgets one was sent (an event whose answer was lost
+with the process is sent again, same `id`).
 
 Events are sent from the sensor only, never from a run: each integration's webhook gets its
 own thread and a short timeout per request, so a slow or dead receiver costs its own
@@ -32,7 +33,6 @@ import http.client
 import ipaddress
 import json
 import os
-import re
 import socket
 import ssl
 import threading
@@ -52,6 +52,7 @@ from affise_s3_assets.config.secrets import env_reference_name, resolve_referenc
 from affise_s3_assets.config.targets import export_asset_key
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT
 from affise_s3_assets.dagster_internal import store_values, stored_values
+from affise_s3_assets.delivery.report import FailureRecord
 
 NOTIFY_SENSOR_NAME = "notify_sensor"
 TICK_SECONDS = 60
@@ -87,9 +88,6 @@ WINDOWS_LISTED = 100
 # Of an answer, this much is read at most.
 ANSWER_BYTES = 4096
 
-# An authorization failure's message names the action refused ("... is not authorized to
-# perform: kms:GenerateDataKey on resource ...", AWS's IAM, STS and KMS wording).
-_NAMED_ACTION_RE = re.compile(r"not authorized to perform:?\s*([a-z0-9-]+:[A-Za-z0-9*]+)")
 # What the customer can do about each permanent error the step reports (s3.py's
 # PERMANENT_ERROR_CODES, and the config's).
 _WHAT_TO_DO = {
@@ -212,11 +210,6 @@ class Notices:
         )
 
 
-def _meta(metadata: Any, label: str) -> Any:
-    value = metadata.get(label)
-    return getattr(value, "value", value)
-
-
 def _latest_storage_id(result: Any) -> int:
     return result.records[0].storage_id if result.records else 0
 
@@ -319,17 +312,16 @@ def _follow(health: ExportHealth, records: Sequence[Any]) -> bool:
             health.delivering_since = health.delivering_since or moment
             continue
         observation = record.asset_observation
-        if observation is None or "delivery_failed" not in observation.metadata:
+        failure = FailureRecord.from_metadata(observation.metadata) if observation else None
+        if failure is None:
             continue
-        ours = str(_meta(observation.metadata, "error_code") or "") in DEPLOYMENT_FAULTS
-        if _meta(observation.metadata, "permanent") is True and not ours:
-            code = str(_meta(observation.metadata, "error_code") or "error")
-            named = _NAMED_ACTION_RE.search(str(_meta(observation.metadata, "delivery_failed")))
+        ours = (failure.error_code or "") in DEPLOYMENT_FAULTS
+        if failure.permanent and not ours:
             if health.since is None:
                 health.since, started = moment, True
                 missing, redelivered = set(), set()
-            health.error_code = code
-            health.missing_permission = named.group(1) if named else None
+            health.error_code = failure.error_code or "error"
+            health.missing_permission = failure.missing_permission
             health.delivering_since = None  # broken again
         elif health.since is None:
             continue  # a transient failure: the catch-up heals it, nobody is told

@@ -1,10 +1,14 @@
 """How a run's failures are reported: one summary per failed window for the step's Failure, an
-observation on each failed export's page (what failed and what to do), and the windows a
+observation on each failed export's page (what failed and what to do; `FailureRecord` alone
+knows its labels, and the sensors that read it back go through it), and the windows a
 stopped destination was not tried for. What an S3 failure means is s3.py's
 (`delivery_failure`); nothing here is a secret.
 """
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -36,21 +40,74 @@ def failure_summary(
     return "\n".join(lines)
 
 
+# An authorization failure's message names the action refused ("... is not authorized to
+# perform: kms:GenerateDataKey on resource ...", AWS's IAM, STS and KMS wording).
+_NAMED_ACTION_RE = re.compile(r"not authorized to perform:?\s*([a-z0-9-]+:[A-Za-z0-9*]+)")
+
+
+def named_action(failure: str) -> str | None:
+    """The action a refusal's message names (`s3:PutObject`, `kms:GenerateDataKey`), if any."""
+    found = _NAMED_ACTION_RE.search(failure)
+    return found.group(1) if found else None
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """A window not delivered, as its observation records it: what failed (the words shown),
+    the store's error code, whether a retry can fix it, the action a refusal named, the run."""
+
+    failure: str
+    error_code: str | None
+    permanent: bool
+    missing_permission: str | None = None
+    run_id: str | None = None
+
+    @classmethod
+    def of(cls, item: Outcome, run_id: str) -> "FailureRecord":
+        failure = item.failure or ""
+        return cls(failure, item.code, item.permanent, named_action(failure), run_id)
+
+    def to_metadata(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "delivery_failed": self.failure,
+            "error_code": self.error_code,
+            "permanent": self.permanent,
+        }
+        if self.missing_permission is not None:
+            metadata["missing_permission"] = self.missing_permission
+        metadata["run_id"] = self.run_id
+        return metadata
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "FailureRecord | None":
+        """An observation's failure (metadata values as Dagster returns them, or plain); None
+        for an observation that records none. Observations recorded without the refused
+        action have it read from their words."""
+        values = {name: getattr(value, "value", value) for name, value in metadata.items()}
+        if "delivery_failed" not in values:
+            return None
+        failure = str(values["delivery_failed"] or "")
+        code = values.get("error_code")
+        run_id = values.get("run_id")
+        return cls(
+            failure=failure,
+            error_code=str(code) if code is not None else None,
+            permanent=values.get("permanent") is True,
+            missing_permission=values.get("missing_permission") or named_action(failure),
+            run_id=str(run_id) if run_id is not None else None,
+        )
+
+
 def failure_observation(
     context: dg.AssetExecutionContext, window: Window, item: Outcome
 ) -> dg.AssetObservation:
     """A window not delivered, on its asset's page next to the window: the partition shows
     as Failed once the step fails, and this says why."""
+    record = FailureRecord.of(item, context.run.run_id)
     return dg.AssetObservation(
         asset_key=item.target.asset_key,
         partition=window.key,
-        metadata={
-            **window_metadata(window.start, window.end),
-            "delivery_failed": item.failure or "",
-            "error_code": item.code,
-            "permanent": item.permanent,
-            "run_id": context.run.run_id,
-        },
+        metadata={**window_metadata(window.start, window.end), **record.to_metadata()},
     )
 
 
