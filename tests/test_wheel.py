@@ -5,6 +5,7 @@ window to the real S3 server, reading nothing of the repository checkout."""
 import shutil
 import subprocess
 import sys
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def test_the_wheel_installed_outside_the_checkout_loads_and_delivers(
     place.mkdir()
     run(UV, "build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(ROOT), cwd=place)
     (wheel,) = (tmp_path / "dist").glob("affise_s3_assets-*.whl")
+    # The runtime only: the demo's generator and its data stay in the checkout.
+    packed = zipfile.ZipFile(wheel).namelist()
+    assert "affise_s3_assets/definitions.py" in packed
+    assert not [name for name in packed if name.startswith("affise_s3_assets/demo/")]
     locked = tmp_path / "locked.txt"
     run(
         UV, "export", "--frozen", "--no-dev", "--extra", "deploy", "--no-emit-project",
