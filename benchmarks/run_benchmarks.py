@@ -1305,6 +1305,8 @@ def deployment_window(home: Path, window: datetime, close: datetime, count: int)
     """Waits for `window` to close and its runs to finish; its figures."""
     import dagster as dg
 
+    from affise_s3_assets.automation.runs import PARTITION_TAG, SHARD_TAG
+
     partition = window.strftime("%Y-%m-%d-%H:%M")
     largest = together = 0.0
     deadline = close + timedelta(minutes=30)
@@ -1316,9 +1318,9 @@ def deployment_window(home: Path, window: datetime, close: datetime, count: int)
                 raise SystemExit(f"window {partition}: not delivered by {deadline}")
             biggest, total = run_worker_rss_mb(home)
             largest, together = max(largest, biggest), max(together, total)
-            records = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": partition}))
+            records = instance.get_run_records(dg.RunsFilter(tags={PARTITION_TAG: partition}))
             # A window's runs are created one after another: all n of "i/n" must exist.
-            shards = {r.dagster_run.tags.get("affise/shard", "1/1") for r in records}
+            shards = {r.dagster_run.tags.get(SHARD_TAG, "1/1") for r in records}
             expected = max((int(shard.split("/")[1]) for shard in shards), default=0)
             done = all(r.dagster_run.status.value in FINISHED for r in records)
             if records and len(records) >= expected and done:

@@ -13,14 +13,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from affise_s3_assets.automation.runs import BY_HAND_TAG
 from affise_s3_assets.config.apply import apply_integrations
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
-from affise_s3_assets.delivery.by_hand import (
-    ASSET_JOB,
-    BY_HAND_TAG,
-    RefusedDelivery,
-    plan_manual_runs,
-)
+from affise_s3_assets.delivery.by_hand import ASSET_JOB, RefusedDelivery, plan_manual_runs
 from tests.conftest import ROOT
 from tests.delivered import delivered_rows, fetch, range_tags, source_rows
 from tests.window_rig import WindowRig

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from affise_s3_assets.automation.runs import PARTITION_TAG
 from affise_s3_assets.config.targets import window_job_name
 from affise_s3_assets.config.windows import window_partitions
 from affise_s3_assets.demo.events import generate_demo_events
@@ -217,8 +218,8 @@ def waiting_for_the_source(instance: dg.DagsterInstance, job_name: str) -> tuple
 
 def run_windows(run: dg.DagsterRun, minutes: int) -> list[datetime]:
     """The windows a run of a window job planned: its partition, or its range."""
-    if "dagster/partition" in run.tags:
-        return [datetime.strptime(run.tags["dagster/partition"], FMT)]
+    if PARTITION_TAG in run.tags:
+        return [datetime.strptime(run.tags[PARTITION_TAG], FMT)]
     first = datetime.strptime(run.tags["dagster/asset_partition_range_start"], FMT)
     last = datetime.strptime(run.tags["dagster/asset_partition_range_end"], FMT)
     count = (last - first) // timedelta(minutes=minutes) + 1

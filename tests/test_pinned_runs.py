@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets.automation.shards import SHARD_TAG
+from affise_s3_assets.automation.runs import PARTITION_TAG, SHARD_TAG
 from affise_s3_assets.config.targets import window_job_name
 from affise_s3_assets.demo.events import generate_demo_events
 from tests.conftest import S3Server
@@ -153,7 +153,7 @@ def test_runs_deliver_the_config_they_were_launched_with_until_the_location_relo
     acme_run, globex_run = (delivering_run(instance, name, later) for name in ("acme", "globex"))
     assert acme_run.run_id != globex_run.run_id
     assert (acme_run.tags[SHARD_TAG], globex_run.tags[SHARD_TAG]) == ("1/2", "2/2")
-    assert acme_run.tags["dagster/partition"] == globex_run.tags["dagster/partition"]
+    assert acme_run.tags[PARTITION_TAG] == globex_run.tags[PARTITION_TAG]
 
 
 def delivering_run(instance: dg.DagsterInstance, name: str, window: datetime) -> dg.DagsterRun:

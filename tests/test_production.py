@@ -25,6 +25,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from affise_s3_assets.automation.runs import PARENT_RUN_ID_TAG
 from affise_s3_assets.config.targets import window_job_name
 from affise_s3_assets.demo.events import generate_demo_events
 from affise_s3_assets.source.completeness import WATERMARK_FILE
@@ -325,7 +326,7 @@ def test_the_production_engine_delivers_heals_and_survives_restarts(
     assert any("signal 9" in entry.message for entry in instance.all_logs(killed))
     wait_for(
         "run retries to launch the killed run again",
-        lambda: instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": killed})),
+        lambda: instance.get_runs(dg.RunsFilter(tags={PARENT_RUN_ID_TAG: killed})),
         timeout=60,
         every=1,
     )

@@ -19,7 +19,7 @@ from affise_s3_assets.automation.reconciliation import (
     build_reconciliation_sensor,
     reconcile_group,
 )
-from affise_s3_assets.automation.runs import REASON_TAG, REDELIVERY_TAG
+from affise_s3_assets.automation.runs import PARTITION_TAG, REASON_TAG, REDELIVERY_TAG
 from affise_s3_assets.config.apply import apply_integrations
 from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
@@ -302,7 +302,7 @@ def test_no_more_redeliveries_are_requested_than_may_be_in_flight(
     rig.instance.create_run_for_job(
         job,
         run_config={},
-        tags={**request.tags, "dagster/partition": request.partition_key},
+        tags={**request.tags, PARTITION_TAG: request.partition_key},
         asset_selection=frozenset(request.asset_selection),
     )
     insert_late_rows(db, datetime(2026, 11, 25, 12, 30), affiliate=101)

@@ -15,8 +15,9 @@ from affise_s3_assets.automation.catch_up import (
     plan_redelivery,
 )
 from affise_s3_assets.automation.reconciliation import Changed, redelivery_requests
+from affise_s3_assets.automation.runs import MISSED_TAG, SHARD_TAG
 from affise_s3_assets.automation.schedules import scheduled_run_requests
-from affise_s3_assets.automation.shards import SHARD_TAG, exports_per_run
+from affise_s3_assets.automation.shards import exports_per_run
 from affise_s3_assets.config.targets import WindowGroup
 from affise_s3_assets.source.fingerprint import Fingerprint
 from tests.test_catch_up import groups_of, windows_of
@@ -163,4 +164,4 @@ def test_a_tick_that_created_only_some_shards_gets_the_rest_as_a_missed_window()
         ("2026-11-26-10:15", ["a3", "a4"]),
         ("2026-11-26-10:15", ["a5"]),
     ]
-    assert all(r.tags["affise/missed_tick"] == "1" for r in missed)
+    assert all(r.tags[MISSED_TAG] == "1" for r in missed)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from affise_s3_assets.automation.runs import SCHEDULED_TAG
+from affise_s3_assets.automation.runs import MISSED_TAG, PARTITION_TAG, SCHEDULED_TAG
 from affise_s3_assets.automation.shards import DEFAULT_EXPORTS_PER_RUN, exports_per_run, sharded
 from affise_s3_assets.config.targets import WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, cron_for_frequency
@@ -20,8 +20,6 @@ from affise_s3_assets.dagster_internal import AssetJob
 
 # Queued runs start highest priority first: the window that just closed goes ahead of backlog.
 SCHEDULED_RUN_PRIORITY = "10"
-# On a run the sensor requested for a window whose schedule tick never came.
-MISSED_TAG = "affise/missed_tick"
 
 
 def latest_scheduled_run(
@@ -31,7 +29,7 @@ def latest_scheduled_run(
     for one window when `partition_key` is given."""
     tags = {SCHEDULED_TAG: "1"}
     if partition_key is not None:
-        tags["dagster/partition"] = partition_key
+        tags[PARTITION_TAG] = partition_key
     records = instance.get_run_records(dg.RunsFilter(job_name=job_name, tags=tags), limit=1)
     return records[0] if records else None
 
@@ -42,7 +40,7 @@ def scheduled_exports(
     """What the scheduled runs of one window (the schedule's, or the sensor's for a missed
     tick) deliver: True for a run of the whole job, else the exports their shards select
     (none: no run)."""
-    tags = {SCHEDULED_TAG: "1", "dagster/partition": partition_key}
+    tags = {SCHEDULED_TAG: "1", PARTITION_TAG: partition_key}
     records = instance.get_run_records(dg.RunsFilter(job_name=job_name, tags=tags))
     runs = [record.dagster_run for record in records]
     if any(run.asset_selection is None for run in runs):

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-SHARD_TAG = "affise/shard"  # "2/5": the second of five runs of one request
+from affise_s3_assets.automation.runs import SHARD_TAG
+
 # Per run at most. What a run costs before its first export grows with the whole group, not
 # with its shard: the daemon creates a window's runs one after another, each by subsetting the
 # group's job (2-5 s of the code server's CPU at 10,000 integrations, 25-30 s a run on a busy

@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from affise_s3_assets.automation.runs import BY_HAND_TAG
 from affise_s3_assets.config.targets import ExportTarget, WindowGroup
 from affise_s3_assets.config.windows import PARTITION_KEY_FORMAT, first_window_start
 from affise_s3_assets.dagster_internal import partition_range_tags
 
-# Set on every run this module launches: the run list tells them from the sensors' runs.
-BY_HAND_TAG = "affise/by_hand"
 # Dagster's job of every asset: the one a disabled export is delivered by.
 ASSET_JOB = "__ASSET_JOB"
 

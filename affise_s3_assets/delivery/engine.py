@@ -307,7 +307,7 @@ def deliver_windows(
     targets: Sequence[ExportTarget],
     windows: Sequence[Window],
     frames: Iterable[pl.DataFrame],
-    io: DateFolderS3Writer,
+    s3_writer: DateFolderS3Writer,
     on_window: Callable[[Window, list[Outcome]], None],
     clean_up: bool = False,
     redelivery_reason: str | None = None,
@@ -347,7 +347,7 @@ def deliver_windows(
             ObjectDelivery(
                 target,
                 window,
-                io.open_object(
+                s3_writer.open_object(
                     target.destination,
                     window.start,
                     in_memory,

@@ -26,6 +26,7 @@ import dagster as dg
 
 from affise_s3_assets.automation.runs import (
     CATCH_UP_TAG,
+    PARENT_RUN_ID_TAG,
     REASON_TAG,
     REDELIVERY_TAG,
     SCHEDULED_TAG,
@@ -107,7 +108,7 @@ def _deliver_selected(
     group: WindowGroup,
     by_key: dict[dg.AssetKey, ExportTarget],
     events: EventsDatabase,
-    io: DateFolderS3Writer,
+    s3_writer: DateFolderS3Writer,
 ) -> None:
     selected = sorted(
         (by_key[key] for key in context.selected_asset_keys),
@@ -121,7 +122,7 @@ def _deliver_selected(
     if not due:
         return
     # One read of the upload journal for all of them, not one per object.
-    io.prepare([target.destination for target in due])
+    s3_writer.prepare([target.destination for target in due])
     failures: list[Outcome] = []
     delivered = 0
     # The windows each target was tried for, and the failure that stopped a destination:
@@ -202,7 +203,7 @@ def _deliver_selected(
                         due,
                         ready,
                         source.frames(),
-                        io,
+                        s3_writer,
                         report,
                         clean_up=_is_redelivery(context.run.tags),
                         redelivery_reason=reason,
@@ -312,7 +313,7 @@ def _is_redelivery(tags: Mapping[str, str]) -> bool:
     delivery by its schedule or the catch-up's backlog (re-deliveries, the UI, backfills)."""
     first = tags.get(SCHEDULED_TAG) == "1" or tags.get(CATCH_UP_TAG) == "1"
     # Dagster's own re-execution of a crashed run copies its parent's tags.
-    retried = "dagster/parent_run_id" in tags
+    retried = PARENT_RUN_ID_TAG in tags
     return tags.get(REDELIVERY_TAG) == "1" or retried or not first
 
 
