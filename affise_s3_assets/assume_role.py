@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 import botocore.config
@@ -149,6 +149,20 @@ class RoleCredentialCache:
                 self._held[key] = held
             return held.metadata()
 
+    def forget(self, session: RoleSession, token: str) -> bool:
+        """Drop the role's credentials if they are still those with session token `token`
+        (a store refused them as expired), so the next request for them assumes the role
+        again; credentials that already replaced them are kept. Whether any were dropped."""
+        key = session.cache_key
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            held = self._held.get(key)
+            if held is None or held.token != token:
+                return False
+            del self._held[key]
+            return True
+
     def _deployment_credentials(self, session: RoleSession) -> Any:
         """The deployment's own credentials, frozen, from the standard AWS chain."""
         with self._lock:
@@ -233,6 +247,45 @@ def _seconds_left(expires: datetime) -> float:
 # The process's one cache (tests clear it).
 CREDENTIALS = RoleCredentialCache()
 
+# What a store answers a request signed with temporary credentials it holds for expired,
+# whatever the local clock says of them (a clock behind the store's, a revoked session).
+EXPIRED_TOKEN_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})
+# Where a role client's request keeps the session token it was signed with.
+_SIGNED_WITH = "affise_role_session_token"
+
+
+class RejectableCredentials(Protocol):
+    """A role client's refreshable credentials (s3._RoleCredentials)."""
+
+    def reject(self, token: str) -> None:
+        """Count as expired now if still signing with session token `token`."""
+
+
+def renew_when_rejected(
+    events: Any, credentials: RejectableCredentials, session: RoleSession
+) -> None:
+    """Make a role client (its `events`, its `credentials`, refreshed from CREDENTIALS for
+    `session`) drop the credentials a store answered with EXPIRED_TOKEN_CODES: from the cache
+    and from the client, so its next request assumes the role again. The refresh otherwise
+    goes by the local clock alone. The request so answered still fails, as a transient error
+    (s3.PERMANENT_ERROR_CODES has none of these codes)."""
+
+    def note_token(request: Any, **_: Any) -> None:
+        # After the client's signer (request-created), which set the header.
+        token = request.headers.get("X-Amz-Security-Token")
+        if token:
+            request.context[_SIGNED_WITH] = token.decode() if isinstance(token, bytes) else token
+
+    def on_answer(parsed: Any = None, context: Any = None, **_: Any) -> None:
+        error = (parsed or {}).get("Error") or {}
+        token = (context or {}).get(_SIGNED_WITH)
+        if error.get("Code") in EXPIRED_TOKEN_CODES and token:
+            CREDENTIALS.forget(session, token)
+            credentials.reject(token)
+
+    events.register_last("request-created.s3", note_token)
+    events.register("after-call.s3", on_answer)
+
 
 def _no_deployment_credentials(session: RoleSession, why: str) -> RoleNotAssumed:
     return RoleNotAssumed(
@@ -264,8 +317,10 @@ _REGION = {"RegionDisabledException"}
 
 def refused(exc: botocore.exceptions.ClientError, session: RoleSession) -> RoleNotAssumed:
     """AssumeRole's refusal in words an account manager can act on; permanent unless it is a
-    throttle or the endpoint's own fault (5xx). Ceph RGW's STS errors reach botocore as code
-    "Unknown" (its S3-style error body is not STS's), so the HTTP status decides as well."""
+    throttle or the endpoint's own fault (5xx). Ceph RGW's STS errors reach botocore without
+    an Error element (its S3-style error body is not STS's; ClientError says "Unknown"): the
+    body's Code is read from the response's top level, and with none the HTTP status
+    decides."""
     response = exc.response
     error = response.get("Error") or {}
     code = str(error.get("Code") or response.get("Code") or "Unknown")

@@ -321,6 +321,14 @@ class _RoleCredentials(botocore.credentials.DeferredRefreshableCredentials):
     _advisory_refresh_timeout = 5 * 60
     _mandatory_refresh_timeout = 2 * 60
 
+    def reject(self, token: str) -> None:
+        # A store refused `token` as expired (assume_role.renew_when_rejected): unless they
+        # were replaced meanwhile, these count as expired, and the next request refreshes them.
+        with self._refresh_lock:
+            frozen = self._frozen_credentials
+            if frozen is not None and frozen.token == token:
+                self._expiry_time = self._time_fetcher()
+
 
 @functools.lru_cache(maxsize=4096)
 def _cached_role_client(
@@ -332,10 +340,11 @@ def _cached_role_client(
 ) -> Any:
     """A client whose credentials are the role's, from the process's cache of them
     (assume_role.CREDENTIALS): its first request assumes the role if no export did yet, and
-    a request within minutes of their end gets fresh ones. Its session is isolated like the
-    keys' one (isolated_botocore_session): only the deployment's AssumeRole call reads the
-    standard AWS chain."""
-    from affise_s3_assets.assume_role import CREDENTIALS
+    a request within minutes of their end gets fresh ones, as does the one after a request the
+    store answered ExpiredToken (assume_role.renew_when_rejected). Its session is isolated
+    like the keys' one (isolated_botocore_session): only the deployment's AssumeRole call
+    reads the standard AWS chain."""
+    from affise_s3_assets.assume_role import CREDENTIALS, renew_when_rejected
 
     global _role_loader
     credentials = _RoleCredentials(
@@ -357,6 +366,7 @@ def _cached_role_client(
             verify=True,
             config=_client_config(endpoint_url),
         )
+    renew_when_rejected(client.meta.events, credentials, role)
     return _ask_for_encryption(client, sse, kms_key_id)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import dagster as dg
 import pytest
 
@@ -35,6 +36,7 @@ from tests.window_rig import START
 
 DEPLOYER = Account("TESTDEPLOYERKEYID01", "testdeployersecret/0123456789")
 DEPLOYER_ARN = "arn:aws:iam:::user/deployer"
+INTRUDER_ARN = "arn:aws:iam:::user/intruder"  # the server's account with no rights (conftest)
 KEY = "test-deployment-external-id-key-0123456789"
 OTHER_KEY = "another-deployment-external-id-key-98765"
 ACCEPTED = "role {role} may not be assumed by the deployment with integration"
@@ -56,9 +58,9 @@ def deployer(s3_server: S3Server) -> Account:
     return DEPLOYER
 
 
-def create_role(s3_server: S3Server, name: str, bucket: str) -> str:
-    """A role in the customer's stead: the deployment may assume it (RGW checks no ExternalId;
-    the stand-in does), and it may write the export's objects into `bucket`."""
+def create_role(s3_server: S3Server, name: str, bucket: str, trusted: str = DEPLOYER_ARN) -> str:
+    """A role in the customer's stead: `trusted` (the deployment unless said) may assume it
+    (RGW checks no ExternalId; the stand-in does), and it may write the objects into `bucket`."""
     iam = boto3.client(
         "iam",
         endpoint_url=s3_server.endpoint_url,
@@ -71,7 +73,7 @@ def create_role(s3_server: S3Server, name: str, bucket: str) -> str:
         "Statement": [
             {
                 "Effect": "Allow",
-                "Principal": {"AWS": [DEPLOYER_ARN]},
+                "Principal": {"AWS": [trusted]},
                 "Action": ["sts:AssumeRole"],
             }
         ],
@@ -274,6 +276,48 @@ def test_a_role_that_does_not_exist_is_a_permanent_error(
     seen = observation(rig, "acme")
     assert (seen["error_code"], seen["permanent"]) == ("RoleNotFound", True)
     assert rig.objects() == []
+
+
+def test_a_trust_policy_naming_another_principal_is_refused_by_rgw_permanently(
+    rig: Any, s3_server: S3Server, deployment: Account
+) -> None:
+    """No stand-in: RGW's own STS gateway refuses a role whose trust policy names another
+    principal than the deployment (a 403 in an S3-style body, which botocore reports as
+    "Unknown"), and the delivery stops, permanently, in words an account manager acts on. The
+    same role trusting the deployment is assumed there."""
+    sts = (s3_server.directory / "sts-endpoint-url").read_text().strip()
+    other = create_role(s3_server, f"affise-{rig.bucket}-other", rig.bucket, INTRUDER_ARN)
+    ours = create_role(s3_server, f"affise-{rig.bucket}-ours", rig.bucket)
+    raw = boto3.client(
+        "sts",
+        endpoint_url=sts,
+        region_name="us-east-1",
+        aws_access_key_id=deployment.access_key,
+        aws_secret_access_key=deployment.secret_key,
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as answered:
+        raw.assume_role(RoleArn=other, RoleSessionName="affise-acme")
+    # RGW's S3-style error body: botocore finds no Error element in it (its message says
+    # "Unknown") and leaves the body's Code at the top of the response.
+    response = answered.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "Error" not in response and response.get("Code") == "AccessDenied"
+    assert "(Unknown)" in str(answered.value)
+    assert CREDENTIALS.metadata(role_session("acme", ours, "us-west-2", sts))["token"]
+
+    rig.configure([("acme", "2026-11-24 00:00:00", role_block(rig.bucket, other, sts))])
+    result = rig.run()
+    assert not result.success
+    message = failure_text(result)
+    assert ACCEPTED.format(role=other) in message
+    assert "its trust policy does not name the delivering principal" in message
+    assert "`affise-s3 external-id acme` prints what the role needs" in message
+    seen = observation(rig, "acme")
+    assert (seen["error_code"], seen["permanent"]) == ("RoleAccessDenied", True)
+    assert rig.objects() == []
+    (held,) = CREDENTIALS._held.values()  # the trusted role's alone
+    for secret in (KEY, deployment.secret_key, held.secret_key, held.token):
+        assert secret not in message + json.dumps(seen, default=str)
 
 
 def test_a_deployment_without_credentials_or_secret_says_so(

@@ -1,0 +1,362 @@
+"""How the customer's role fails, without a server: STS's refusals classified (Ceph RGW's reach
+botocore with the code "Unknown", so the HTTP status decides), a role's credentials a store
+holds for expired dropped and assumed again, and the delivering principal named from
+GetCallerIdentity. The refusals on the real S3 server are in tests/test_assume_role.py."""
+
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import botocore.exceptions
+import botocore.session
+import pytest
+from botocore.stub import Stubber
+
+from affise_s3_assets import assume_role, s3
+from affise_s3_assets.assume_role import CREDENTIALS, RoleSession, refused
+
+ROLE = "arn:aws:iam::123456789012:role/affise-delivery"
+EXTERNAL_ID = "e" * 64
+
+
+def session(region: str = "us-west-2") -> RoleSession:
+    return RoleSession("acme", ROLE, region, f"https://sts.{region}.amazonaws.com", EXTERNAL_ID)
+
+
+def sts_error(code: str | None, status: int, rgw: bool = False) -> botocore.exceptions.ClientError:
+    """As botocore raises it for AssumeRole: from STS, the code in an Error element; from Ceph
+    RGW (`rgw`), whose error body is S3-style, at the response's top level with no Error
+    element (ClientError says "Unknown"). Code None: no code at all."""
+    response: dict[str, Any] = {"ResponseMetadata": {"HTTPStatusCode": status}}
+    if code is not None and rgw:
+        response |= {"Code": code, "Message": None}
+    elif code is not None:
+        response["Error"] = {"Code": code, "Message": ""}
+    return botocore.exceptions.ClientError(response, "AssumeRole")
+
+
+FIX = "`affise-s3 external-id acme` prints what the role needs"
+DENIED = (
+    f"role {ROLE} may not be assumed by the deployment with integration 'acme''s ExternalId: "
+    "the role is missing, or its trust policy does not name the delivering principal"
+)
+MISSING = f"role {ROLE} does not exist: the customer creates it ({FIX})"
+DEPLOYMENT = "the deployment's own AWS credentials were refused by STS ({code}) when assuming"
+RENEW = "an operator renews or fixes the deployment's credentials"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "named", "words"),
+    [
+        # No code to read: the status alone tells.
+        ("Unknown", 403, "RoleAccessDenied", [DENIED, FIX]),
+        (None, 403, "RoleAccessDenied", [DENIED, FIX]),
+        ("Unknown", 404, "RoleNotFound", [MISSING]),
+        (None, 404, "RoleNotFound", [MISSING]),
+        ("Unknown", 400, "Unknown", [f"STS refused to assume role {ROLE} as asked", "role_arn"]),
+        (None, 400, "Unknown", [f"STS refused to assume role {ROLE} as asked", "role_arn"]),
+        # AWS: the code.
+        ("AccessDenied", 403, "RoleAccessDenied", [DENIED, FIX]),
+        ("NoSuchEntity", 404, "RoleNotFound", [MISSING]),
+        ("ValidationError", 400, "ValidationError", ["as asked (ValidationError): check role_arn"]),
+        ("MalformedPolicyDocument", 400, "MalformedPolicyDocument", ["check role_arn"]),
+        ("RegionDisabledException", 403, "RegionDisabledException", ["STS is not enabled"]),
+        # The deployment's own credentials, expired or refused: its operator's to fix.
+        ("ExpiredToken", 400, "DeploymentCredentialsRefused", [DEPLOYMENT, RENEW]),
+        ("ExpiredTokenException", 400, "DeploymentCredentialsRefused", [DEPLOYMENT, RENEW]),
+        ("InvalidClientTokenId", 403, "DeploymentCredentialsRefused", [DEPLOYMENT, RENEW]),
+        ("SignatureDoesNotMatch", 403, "DeploymentCredentialsRefused", [DEPLOYMENT, RENEW]),
+    ],
+)
+def test_a_refusal_no_retry_fixes_is_permanent_and_says_who_acts(
+    code: str | None, status: int, named: str, words: list[str]
+) -> None:
+    error = refused(sts_error(code, status), session())
+    assert error.kwargs["permanent"] is True and s3.is_permanent(error)
+    assert error.kwargs["code"] == named == s3.error_code(error)
+    assert error.kwargs["status"] == status
+    reason = str(error)
+    for phrase in words:
+        assert phrase.format(code=code) in reason
+    assert EXTERNAL_ID not in reason + repr(error)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "named", "permanent"),
+    [
+        # Shaped as botocore hands over Ceph RGW 16's errors (the first is what
+        # tests/test_assume_role.py gets from the real server for a trust policy refusing).
+        ("AccessDenied", 403, "RoleAccessDenied", True),
+        ("NoSuchEntity", 404, "RoleNotFound", True),
+        ("InvalidParameterValue", 400, "InvalidParameterValue", True),
+        ("ServiceUnavailable", 503, "ServiceUnavailable", False),
+        ("SlowDown", 503, "SlowDown", False),
+    ],
+)
+def test_rgws_code_outside_an_error_element_is_read(
+    code: str, status: int, named: str, permanent: bool
+) -> None:
+    raised = sts_error(code, status, rgw=True)
+    assert "(Unknown)" in str(raised)  # what botocore says of it
+    error = refused(raised, session())
+    assert (error.kwargs["code"], error.kwargs["permanent"]) == (named, permanent)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("Unknown", 500),
+        ("Unknown", 502),
+        ("Unknown", 503),
+        ("Unknown", 429),
+        (None, 503),
+        ("InternalFailure", 500),
+        ("ServiceUnavailable", 503),
+        ("Throttling", 400),
+        ("ThrottlingException", 400),
+        ("RequestLimitExceeded", 400),
+        ("SlowDown", 503),
+    ],
+)
+def test_a_throttle_or_the_endpoints_own_failure_is_transient(
+    code: str | None, status: int
+) -> None:
+    error = refused(sts_error(code, status), session())
+    assert error.kwargs["permanent"] is False and not s3.is_permanent(error)
+    assert error.kwargs["code"] == (code or "Unknown") == s3.error_code(error)
+    said = f"STS did not answer AssumeRole on role {ROLE}: {code or 'Unknown'} (HTTP {status})"
+    assert said in str(error)
+
+
+# --- a role's credentials the store holds for expired --------------------------------------
+
+
+@dataclass
+class FakeSts:
+    """AssumeRole as the cache calls it: a new session token each time, an hour to live."""
+
+    issued: list[str] = field(default_factory=list)
+
+    def __call__(self, role: RoleSession) -> Any:
+        token = f"session-token-{len(self.issued) + 1}"
+        self.issued.append(token)
+        expires = datetime.now(UTC) + timedelta(hours=1)
+        return assume_role._Temporary(f"ASIA{len(self.issued):016d}", "secret", token, expires)
+
+
+@dataclass
+class FakeStore:
+    """An S3 endpoint answering each request with the next of `answers` (then 200), recording
+    the session token each was signed with."""
+
+    url: str = ""
+    answers: list[tuple[int, str | None]] = field(default_factory=list)  # status, error code
+    tokens: list[str | None] = field(default_factory=list)
+
+
+@contextmanager
+def fake_store() -> Iterator[FakeStore]:
+    store = FakeStore()
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                store.tokens.append(self.headers.get("X-Amz-Security-Token"))
+                status, code = store.answers.pop(0) if store.answers else (200, None)
+            body = b""
+            if code is not None:
+                body = (
+                    f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                    f"<Message>{code} (a test store)</Message></Error>"
+                ).encode()
+            self.send_response(status)
+            if code is None:
+                self.send_header("ETag", '"d41d8cd98f00b204e9800998ecf8427e"')
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    store.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield store
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def sts(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSts]:
+    """The process's credential cache, assuming roles from a FakeSts."""
+    fake = FakeSts()
+    monkeypatch.setenv("AFFISE_EXTERNAL_ID_KEY", "test-deployment-external-id-key")
+    monkeypatch.setattr(CREDENTIALS, "_assume", fake)
+    CREDENTIALS.clear()
+    s3._cached_role_client.cache_clear()
+    yield fake
+    CREDENTIALS.clear()
+    s3._cached_role_client.cache_clear()
+
+
+def role_client(store: FakeStore, sse: str | None = None) -> Any:
+    destination = s3.S3Destination(
+        "acme", "clicks", "b", "us-west-2", "d", endpoint_url=store.url, role_arn=ROLE, sse=sse
+    )
+    return s3.s3_client(destination)
+
+
+def put(client: Any) -> Exception | None:
+    try:
+        client.put_object(Bucket="b", Key="d/k", Body=b"x")
+    except botocore.exceptions.ClientError as exc:
+        return exc
+    return None
+
+
+def test_credentials_the_store_answers_expired_are_assumed_again_on_the_next_request(
+    sts: FakeSts,
+) -> None:
+    with fake_store() as store:
+        client = role_client(store)
+        assert put(client) is None
+        store.answers.append((400, "ExpiredToken"))
+        failed = put(client)
+        # That attempt fails, transient: the next one is signed with a new session.
+        assert failed is not None and s3.error_code(failed) == "ExpiredToken"
+        assert not s3.is_permanent(failed)
+        assert CREDENTIALS._held == {}
+        assert put(client) is None
+        assert put(client) is None
+    assert sts.issued == ["session-token-1", "session-token-2"]
+    assert store.tokens == ["session-token-1"] * 2 + ["session-token-2"] * 2
+
+
+def test_other_refusals_keep_the_credentials(sts: FakeSts) -> None:
+    with fake_store() as store:
+        client = role_client(store)
+        store.answers += [(403, "AccessDenied"), (400, "InvalidArgument")]
+        assert put(client) is not None and put(client) is not None
+        assert put(client) is None
+    assert sts.issued == ["session-token-1"]
+    assert store.tokens == ["session-token-1"] * 3
+
+
+def test_a_session_already_replaced_is_not_dropped_again(sts: FakeSts) -> None:
+    """Two exports of one role share its credentials: the second one's rejection of the old
+    session, after the first already replaced it, assumes the role no third time."""
+    with fake_store() as store:
+        first, second = role_client(store), role_client(store, sse="AES256")
+        assert first is not second
+        assert put(first) is None and put(second) is None
+        store.answers += [(400, "ExpiredToken"), (200, None), (400, "ExpiredToken")]
+        assert put(first) is not None  # drops session 1
+        assert put(first) is None  # assumes session 2
+        assert put(second) is not None  # still signs with session 1: only its own copy goes
+        assert put(second) is None  # takes session 2 from the cache
+    assert sts.issued == ["session-token-1", "session-token-2"]
+    one, two = sts.issued
+    assert store.tokens == [one, one, one, two, one, two]
+
+
+def test_forget_drops_only_the_session_named(sts: FakeSts) -> None:
+    role = session()
+    assert CREDENTIALS.metadata(role)["token"] == "session-token-1"
+    assert CREDENTIALS.forget(role, "session-token-0") is False
+    assert CREDENTIALS.metadata(role)["token"] == "session-token-1"
+    assert CREDENTIALS.forget(role, "session-token-1") is True
+    assert CREDENTIALS.forget(role, "session-token-1") is False
+    assert CREDENTIALS.metadata(role)["token"] == "session-token-2"
+
+
+# --- the delivering principal -----------------------------------------------------------------
+
+
+class CallerIdentity:
+    """boto3.session.Session as deployment_principal uses it, its STS answering `arn`."""
+
+    def __init__(self, arn: str) -> None:
+        self.arn = arn
+        self.region_name: str | None = None
+        self.asked_region: str | None = None
+
+    def __call__(self) -> "CallerIdentity":
+        return self
+
+    def client(self, service: str, region_name: str) -> Any:
+        assert service == "sts"
+        self.asked_region = region_name
+        client = botocore.session.get_session().create_client(
+            "sts", region_name=region_name, aws_access_key_id="k", aws_secret_access_key="s"
+        )
+        stubber = Stubber(client)
+        answer = {"UserId": "AIDAEXAMPLE", "Account": "111122223333", "Arn": self.arn}
+        stubber.add_response("get_caller_identity", answer, {})
+        stubber.activate()
+        return client
+
+
+@pytest.mark.parametrize(
+    ("caller", "principal"),
+    [
+        # An assumed role's session (IRSA, an instance profile): its role.
+        (
+            "arn:aws:sts::111122223333:assumed-role/affise-delivery/botocore-session-1733",
+            "arn:aws:iam::111122223333:role/affise-delivery",
+        ),
+        (
+            "arn:aws:sts::111122223333:assumed-role/affise-delivery/i-0abc@example.com,x=y.z",
+            "arn:aws:iam::111122223333:role/affise-delivery",
+        ),
+        (
+            "arn:aws-cn:sts::111122223333:assumed-role/affise/s",
+            "arn:aws-cn:iam::111122223333:role/affise",
+        ),
+        (
+            "arn:aws-us-gov:sts::111122223333:assumed-role/affise/s",
+            "arn:aws-us-gov:iam::111122223333:role/affise",
+        ),
+        # Ceph RGW's ARNs have no account id.
+        ("arn:aws:sts:::assumed-role/affise/s", "arn:aws:iam:::role/affise"),
+        # An IAM user, with or without a path, and other principals: as they are.
+        ("arn:aws:iam::111122223333:user/deployer", "arn:aws:iam::111122223333:user/deployer"),
+        (
+            "arn:aws:iam::111122223333:user/division/deployer",
+            "arn:aws:iam::111122223333:user/division/deployer",
+        ),
+        ("arn:aws:iam:::user/deployer", "arn:aws:iam:::user/deployer"),
+        (
+            "arn:aws:sts::111122223333:federated-user/deployer",
+            "arn:aws:sts::111122223333:federated-user/deployer",
+        ),
+        ("arn:aws:iam::111122223333:root", "arn:aws:iam::111122223333:root"),
+        # No session name: not an assumed role's session ARN, left as it is.
+        (
+            "arn:aws:sts::111122223333:assumed-role/affise-delivery",
+            "arn:aws:sts::111122223333:assumed-role/affise-delivery",
+        ),
+    ],
+)
+def test_the_delivering_principal_is_the_callers_role_or_the_caller(
+    monkeypatch: pytest.MonkeyPatch, caller: str, principal: str
+) -> None:
+    identity = CallerIdentity(caller)
+    monkeypatch.setattr(assume_role.boto3.session, "Session", identity)
+    assert assume_role.deployment_principal() == principal
+    assert identity.asked_region == "us-east-1"  # no region configured: STS's global one
+    identity.region_name = "eu-west-1"
+    assert assume_role.deployment_principal() == principal
+    assert identity.asked_region == "eu-west-1"
