@@ -52,7 +52,8 @@ class SourceProgress:
 FUTURE_EVENT_SKEW = timedelta(minutes=5)
 
 
-def _horizon() -> datetime:
+def future_horizon() -> datetime:
+    """The latest event time a source may hold now: later ones are a wrong clock's."""
     return datetime.now(UTC).replace(tzinfo=None) + FUTURE_EVENT_SKEW
 
 

@@ -26,7 +26,7 @@ from affise_s3_assets.source.completeness import (
     WATERMARK_FILE,
     WATERMARK_TABLE,
     SourceProgress,
-    _horizon,
+    future_horizon,
     naive_utc,
 )
 from affise_s3_assets.source.event_types import (
@@ -223,7 +223,7 @@ class EventsDatabase(dg.ConfigurableResource):
             column = WINDOW_COLUMN[event_type]
             ((latest,),) = con.execute(
                 f"SELECT max({column}) FROM {EVENT_TABLE[event_type]} WHERE {column} <= $1",
-                [_horizon()],
+                [future_horizon()],
             ).fetchall()
         if latest is None:
             return SourceProgress(event_type, None, f"no {event_type} in {path}")
@@ -243,7 +243,7 @@ class EventsDatabase(dg.ConfigurableResource):
             return SourceProgress(event_type, None, f"{where} is unreadable: {exc}")
         if not latest:
             return None
-        horizon = _horizon()
+        horizon = future_horizon()
         # A day folder missing between others has not arrived: complete up to it, at most.
         # Folders of days after the clock's are not taken for progress (FUTURE_EVENT_SKEW).
         table = EVENT_TABLE[event_type]
