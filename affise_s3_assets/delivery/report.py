@@ -1,13 +1,15 @@
-"""How a run's failures are reported: one summary per failed window for the step's Failure, an
-observation on each failed export's page (what failed and what to do; `FailureRecord` alone
-knows its labels, and the sensors that read it back go through it), and the windows a
-stopped destination was not tried for. What an S3 failure means is s3.py's
-(`delivery_failure`); nothing here is a secret.
+"""How a run's objects are reported: a tally of what was delivered, failed and tried
+(`RunTally`, which the engine reports each window's objects to), one summary per failed
+window for the step's Failure, an observation on each failed export's page (what failed and
+what to do; `FailureRecord` alone knows its labels, and the sensors that read it back go
+through it), and the windows a stopped destination was not tried for. What an S3 failure
+means is s3.py's (`delivery_failure`); nothing here is a secret.
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -15,6 +17,49 @@ import dagster as dg
 from affise_s3_assets.config.targets import ExportTarget
 from affise_s3_assets.delivery.engine import Outcome, Window
 from affise_s3_assets.delivery.record import window_metadata
+
+
+class RunTally:
+    """What a run's objects came to, as the engine reports them window by window: how many
+    were delivered, which failed, which (export, window) pairs were tried, and the failure
+    that stopped each destination (its later windows were not tried). `delivered` and
+    `failed` record each object on the instance as it is reported."""
+
+    def __init__(
+        self,
+        delivered: Callable[[Window, Outcome, datetime], None],
+        failed: Callable[[Window, Outcome], None],
+    ) -> None:
+        self._delivered, self._failed = delivered, failed
+        self.delivered = 0
+        self.failures: list[Outcome] = []
+        self.tried: set[tuple[dg.AssetKey, str]] = set()
+        self.stopped_by: dict[dg.AssetKey, tuple[Window, Outcome]] = {}
+
+    def __call__(self, window: Window, objects: list[Outcome]) -> None:
+        """The engine's report of `window`'s objects; each delivered one is recorded with the
+        time of this report (its `delivered_after_close_s`)."""
+        reported_at = datetime.now(UTC).replace(tzinfo=None)
+        for item in objects:
+            key = item.target.asset_key
+            self.tried.add((key, window.key))
+            if item.stops_destination:
+                self.stopped_by.setdefault(key, (window, item))
+            if item.failure is None:
+                self.delivered += 1
+                self._delivered(window, item, reported_at)
+            else:
+                self.failures.append(item)
+                self._failed(window, item)
+
+    def untried(
+        self, windows: Sequence[Window], targets: Sequence[ExportTarget]
+    ) -> Iterator[tuple[Window, Outcome]]:
+        """Each window of `targets` due in `windows` that this run never tried, and why."""
+        for window in windows:
+            for target in targets:
+                if target.covers(window.start) and (target.asset_key, window.key) not in self.tried:
+                    yield window, not_attempted(target, self.stopped_by)
 
 
 def failure_summary(

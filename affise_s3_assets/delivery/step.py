@@ -43,7 +43,7 @@ from affise_s3_assets.delivery.completion import (
 )
 from affise_s3_assets.delivery.engine import Outcome, Window, deliver_windows
 from affise_s3_assets.delivery.record import filters_metadata, latest_records
-from affise_s3_assets.delivery.report import failure_observation, failure_summary, not_attempted
+from affise_s3_assets.delivery.report import RunTally, failure_observation, failure_summary
 from affise_s3_assets.delivery.writer import (
     DateFolderS3Writer,
     build_object_key,
@@ -123,12 +123,6 @@ def _deliver_selected(
         return
     # One read of the upload journal for all of them, not one per object.
     s3_writer.prepare([target.destination for target in due])
-    failures: list[Outcome] = []
-    delivered = 0
-    # The windows each target was tried for, and the failure that stopped a destination:
-    # the windows it was not tried for say why on its page.
-    tried: set[tuple[dg.AssetKey, str]] = set()
-    stopped_by: dict[dg.AssetKey, tuple[Window, Outcome]] = {}
     # What the source held for each (filter, window) delivered: recorded with the window, so
     # reconciliation can tell later whether the source's rows for it have changed since.
     fingerprints: dict[tuple[FilterKey, datetime], Fingerprint] = {}
@@ -140,39 +134,31 @@ def _deliver_selected(
     # may complete (exports with `completion`).
     markers: CompletionMarkers | None = None
 
-    def report(window: Window, objects: list[Outcome]) -> None:
-        nonlocal delivered
-        lag = (datetime.now(UTC).replace(tzinfo=None) - window.end).total_seconds()
-        for item in objects:
-            target = item.target
-            tried.add((target.asset_key, window.key))
-            if item.stops_destination:
-                stopped_by.setdefault(target.asset_key, (window, item))
-            if item.failure is None:
-                assert item.record is not None, "a delivered object has its record"
-                delivered += 1
-                source = fingerprints.get((target.filter_key, window.start), empty)
-                record = replace(
-                    item.record,
-                    reason=reason or None,
-                    rows_before=before.get((target.asset_key, window.key)) if reason else None,
-                    source_fingerprint=source.text() if source else None,
-                    delivered_after_close_s=round(lag, 1),
-                )
-                context.log_event(
-                    dg.AssetMaterialization(
-                        asset_key=target.asset_key,
-                        partition=window.key,
-                        metadata=record.to_metadata(),
-                    )
-                )
-                # After it is logged: the instance's records then hold this window.
-                if markers is not None:
-                    _completion_marker(context, markers, target, window)
-                continue
-            failures.append(item)
-            context.log.error(item.failure)
-            context.log_event(failure_observation(context, window, item))
+    def materialized(window: Window, item: Outcome, reported_at: datetime) -> None:
+        target = item.target
+        assert item.record is not None, "a delivered object has its record"
+        source = fingerprints.get((target.filter_key, window.start), empty)
+        record = replace(
+            item.record,
+            reason=reason or None,
+            rows_before=before.get((target.asset_key, window.key)) if reason else None,
+            source_fingerprint=source.text() if source else None,
+            delivered_after_close_s=round((reported_at - window.end).total_seconds(), 1),
+        )
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=target.asset_key, partition=window.key, metadata=record.to_metadata()
+            )
+        )
+        # After it is logged: the instance's records then hold this window.
+        if markers is not None:
+            _completion_marker(context, markers, target, window)
+
+    def failed(window: Window, item: Outcome) -> None:
+        context.log.error(item.failure)
+        context.log_event(failure_observation(context, window, item))
+
+    report = RunTally(materialized, failed)
 
     # Only windows the source is complete for: an empty file must mean "no events", never
     # "the events have not arrived".
@@ -211,17 +197,8 @@ def _deliver_selected(
             finally:
                 # Windows a stopped destination was not tried for, or that a failed read
                 # never reached: their pages say so rather than Dagster's bare "failed".
-                for window in due_in:
-                    for target in due:
-                        if (
-                            target.covers(window.start)
-                            and (target.asset_key, window.key) not in tried
-                        ):
-                            context.log_event(
-                                failure_observation(
-                                    context, window, not_attempted(target, stopped_by)
-                                )
-                            )
+                for window, outcome in report.untried(due_in, due):
+                    context.log_event(failure_observation(context, window, outcome))
     for window in windows[len(ready) :]:
         incomplete = SourceIncomplete(
             f"{progress.describe()}; this window ends at {window.end:%Y-%m-%d %H:%M:%S}, and is "
@@ -249,13 +226,13 @@ def _deliver_selected(
                 if target.covers(window.start)
             ],
         )
-    if failures:
-        if all(item.code == SOURCE_INCOMPLETE_CODE for item in failures):
+    if report.failures:
+        if all(item.code == SOURCE_INCOMPLETE_CODE for item in report.failures):
             # The catch-up sensor then tries these as soon as the source passes them.
             add_run_tags(context.instance, context.run.run_id, {SOURCE_ONLY_TAG: "1"})
         raise dg.Failure(
-            description=failure_summary(failures, delivered, windows),
-            metadata={"failed": len(failures), "delivered": delivered},
+            description=failure_summary(report.failures, report.delivered, windows),
+            metadata={"failed": len(report.failures), "delivered": report.delivered},
             allow_retries=False,
         )
 
