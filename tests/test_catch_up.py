@@ -18,6 +18,7 @@ from affise_s3_assets.automation.catch_up import (
     ExportProgress,
     ExportWindows,
     FailedRun,
+    WindowSpan,
     plan_catch_up,
     plan_missed_windows,
     plan_redelivery,
@@ -324,8 +325,8 @@ def test_failed_windows_are_tried_again_at_a_slow_cadence_until_delivered() -> N
     requests, state = plan_redelivery(groups, {}, [failed], t0, materialized)
     assert requests == []
     assert state["affise/acme/clicks"].spans == [
-        ["2026-11-26-10:00", "2026-11-26-10:00"],
-        ["2026-11-26-10:30", "2026-11-26-10:30"],
+        WindowSpan(datetime(2026, 11, 26, 10, 0), datetime(2026, 11, 26, 10, 0)),
+        WindowSpan(datetime(2026, 11, 26, 10, 30), datetime(2026, 11, 26, 10, 30)),
     ]
     requests, state = plan_redelivery(groups, state, [], t0 + REDELIVERY_FIRST_WAIT, materialized)
     assert requested(requests) == ["2026-11-26-10:00", "2026-11-26-10:30"]
@@ -426,7 +427,8 @@ def test_failed_windows_wait_while_paused_or_busy_and_are_dropped_on_a_replan() 
     paused, kept = plan_redelivery(
         groups, state, [], later, lambda key: set(), on_hold={"clicks_every_15min_job"}
     )
-    assert paused == [] and kept["affise/acme/clicks"].spans == [["2026-11-26-10:00"] * 2]
+    ten = datetime(2026, 11, 26, 10, 0)
+    assert paused == [] and kept["affise/acme/clicks"].spans == [WindowSpan(ten, ten)]
     busy, _ = plan_redelivery(
         groups, kept, [], later, lambda key: set(), busy={"affise/acme/clicks"}
     )
@@ -535,3 +537,39 @@ def test_a_state_written_before_typed_windows_reads_typed_and_writes_back_the_sa
         one_clicks_export(15), state.exports, datetime(2026, 11, 26, 10, 1, tzinfo=UTC)
     )
     assert progress["affise/acme/clicks"].windows == acme.windows
+
+
+def test_failed_spans_written_as_lists_of_keys_read_typed_and_write_back_the_same() -> None:
+    """Spans were kept as [first key, last key] lists: they read as `WindowSpan`s, are planned
+    as such, and a state not changed since is written back as it was read."""
+    state = CatchUpState.from_json(STATE_BEFORE_TYPED_WINDOWS)
+    acme = state.redelivery["affise/acme/clicks"]
+    assert acme.spans == [
+        WindowSpan(datetime(2026, 11, 26, 10, 0), datetime(2026, 11, 26, 10, 0)),
+        WindowSpan(datetime(2026, 11, 26, 10, 30), datetime(2026, 11, 26, 10, 45)),
+    ]
+    assert state.redelivery["affise/initech/clicks"].spans == [
+        WindowSpan(datetime(2026, 11, 26, 10, 0), datetime(2026, 11, 26, 10, 0))
+    ]
+    assert [span.stored() for span in acme.spans] == [
+        ["2026-11-26-10:00", "2026-11-26-10:00"],
+        ["2026-11-26-10:30", "2026-11-26-10:45"],
+    ]
+    assert CatchUpState.from_json(state.to_json()) == state
+    assert state.to_json() == STATE_BEFORE_TYPED_WINDOWS
+    # Planned from the stored spans: the windows they hold are the ones tried again (its
+    # source is complete past them: requested at once, 10:30 to 10:45 in one ranged run).
+    requests, planned = plan_redelivery(
+        one_clicks_export(15),
+        {"affise/acme/clicks": copy.deepcopy(acme)},
+        [],
+        datetime(2026, 11, 26, 11, 0, tzinfo=UTC),
+        lambda key: set(),
+        complete_until=lambda _: datetime(2026, 11, 26, 11, 0),
+    )
+    assert sorted(w for r in requests for w in windows_of(r)) == [
+        "2026-11-26-10:00",
+        "2026-11-26-10:30",
+        "2026-11-26-10:45",
+    ]
+    assert planned["affise/acme/clicks"].spans == acme.spans

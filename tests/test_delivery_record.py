@@ -5,7 +5,7 @@ from datetime import datetime
 
 import dagster as dg
 
-from affise_s3_assets.delivery.record import DeliveryRecord
+from affise_s3_assets.delivery.record import DeliveryRecord, filters_metadata
 from affise_s3_assets.source.fingerprint import Fingerprint
 
 START, END = datetime(2026, 11, 25, 10), datetime(2026, 11, 25, 10, 15)
@@ -44,7 +44,8 @@ def test_a_redelivery_writes_the_labels_and_values_shown_before() -> None:
             "delivered_after_close_s": 61.3,
         }
     )
-    # As delivery/step.py wrote them before DeliveryRecord: in this order.
+    # As delivery/step.py wrote them before DeliveryRecord: in this order; then the filters as
+    # data, what they are read back from.
     assert list(record.to_metadata().items()) == [
         ("window_start", "2026-11-25 10:00:00"),
         ("window_end", "2026-11-25 10:15:00"),
@@ -55,6 +56,7 @@ def test_a_redelivery_writes_the_labels_and_values_shown_before() -> None:
         ("rows_before", 1200),
         ("source_fingerprint", "duckdb-v1:00000000deadbeef"),
         ("delivered_after_close_s", 61.3),
+        ("filters", dg.MetadataValue.json({"affiliates": [102, 101], "advertisers": ["adv1"]})),
     ]
 
 
@@ -93,7 +95,10 @@ def test_a_record_written_before_newer_fields_still_reads() -> None:
     assert not record.has_filters((101,), ())
     assert record.source_fingerprint is None and record.reason is None
     assert record.fingerprint() == Fingerprint(7, 0, "rows only")
-    assert record.to_metadata() == older
+    shown = record.to_metadata()
+    filters = {"affiliates": [101, 102], "advertisers": []}
+    assert shown.pop("filters") == dg.MetadataValue.json(filters)  # written now as data too
+    assert shown == older
 
 
 def test_the_fingerprint_is_read_with_the_delivered_rows() -> None:
@@ -102,3 +107,35 @@ def test_the_fingerprint_is_read_with_the_delivered_rows() -> None:
     )
     assert record is not None and record.fingerprint() == Fingerprint(5, 255, "duckdb-v1")
     assert DeliveryRecord.from_metadata(stored({"window_start": "2026-11-25 10:00:00"})) is None
+
+
+# Advertiser ids are any non-empty strings: a comma or spaces in one are not lost.
+ODD_ADVERTISERS = ("adv,1", " adv 2 ")
+
+
+def test_advertiser_ids_with_commas_and_spaces_read_back_as_written() -> None:
+    record = DeliveryRecord.of_object(START, END, (101,), ODD_ADVERTISERS, REPORTED)
+    shown = record.to_metadata()
+    # Shown as before: the ids joined.
+    assert shown["advertisers"] == "adv,1,  adv 2 "
+    assert {k: shown[k] for k in ("affiliates", "advertisers")} == filters_metadata(
+        (101,), ODD_ADVERTISERS
+    )
+    for metadata in (shown, stored(shown)):
+        read = DeliveryRecord.from_metadata(metadata)
+        assert read == record and read is not None
+        assert read.advertisers == ODD_ADVERTISERS
+        assert read.has_filters((101,), tuple(reversed(ODD_ADVERTISERS)))
+        # What the ids shown split into is another filter.
+        assert not read.has_filters((101,), ("adv", "1", "adv 2"))
+
+
+def test_a_record_with_filters_shown_only_reads_them_as_before() -> None:
+    """Written before the filters were recorded as data (or with data not of its shape): the
+    ids shown are split at commas, spaces around them dropped, as they always were."""
+    older = {"rows": 7, "affiliates": "101, 102", "advertisers": "adv,1,  adv 2 "}
+    malformed = {**older, "filters": {"affiliates": ["101"], "advertisers": "adv"}}
+    for metadata in (older, malformed):
+        record = DeliveryRecord.from_metadata(stored(metadata))
+        assert record is not None
+        assert (record.affiliates, record.advertisers) == ((101, 102), ("adv", "1", "adv 2"))

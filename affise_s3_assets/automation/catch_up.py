@@ -33,6 +33,7 @@ import dagster as dg
 from affise_s3_assets.automation.runs import (
     CATCH_UP_TAG,
     IN_FLIGHT,
+    PARTITION_TAG,
     REASON_TAG,
     REDELIVERY_TAG,
     SOURCE_ONLY_TAG,
@@ -140,6 +141,32 @@ class Covered:
         return start < self.end and self.start < end
 
 
+@dataclass(frozen=True)
+class WindowSpan:
+    """Consecutive windows of an export, [first, last]: both included, by their starts.
+    Stored as [first key, last key]."""
+
+    first: datetime  # naive UTC
+    last: datetime
+
+    @classmethod
+    def parse(cls, stored: Sequence[str]) -> "WindowSpan":
+        first, last = stored
+        return cls(_moment(first), _moment(last))
+
+    def stored(self) -> list[str]:
+        return [_key(self.first), _key(self.last)]
+
+    def windows(self, step: timedelta) -> list[datetime]:
+        """Every window's start, `step` apart."""
+        starts = []
+        window = self.first
+        while window <= self.last:
+            starts.append(window)
+            window += step
+        return starts
+
+
 @dataclass
 class ExportProgress:
     """One export's catch-up: the windows from its start up to the moment it appeared."""
@@ -177,7 +204,7 @@ class ExportProgress:
 class Redelivery:
     """An export's windows that failed and wait for the next attempt."""
 
-    spans: list[list[str]]  # consecutive failed windows, [first, last] inclusive
+    spans: list[WindowSpan]  # consecutive failed windows
     attempts: int = 0
     next_attempt: str = ""  # ISO time, UTC
     # The windows they were recorded for (None: not recorded): after a change of start or
@@ -194,6 +221,7 @@ class Redelivery:
         """As kept in the state: fields at their default left out, so a release that does not
         know a newer field still reads the entry."""
         data = asdict(self)
+        data["spans"] = [span.stored() for span in self.spans]
         data["windows"] = self.windows.stored() if self.windows is not None else ""
         return {
             k: v
@@ -334,8 +362,11 @@ def _redelivery(data: dict[str, Any]) -> Redelivery:
     """An entry as stored; fields a later release added are ignored (rolling back works)."""
     known = {f.name for f in fields(Redelivery)}
     entry = {k: v for k, v in data.items() if k in known}
+    spans = [WindowSpan.parse(span) for span in entry.pop("spans")]
     windows = entry.pop("windows", "")
-    return Redelivery(**entry, windows=ExportWindows.parse(windows) if windows else None)
+    return Redelivery(
+        **entry, spans=spans, windows=ExportWindows.parse(windows) if windows else None
+    )
 
 
 def _covered_at_old_frequency(previous: ExportProgress, delivered: set[str]) -> list[Covered]:
@@ -596,25 +627,21 @@ def plan_missed_windows(
     return requests, state
 
 
-def _merge(keys: Iterable[str], step: timedelta) -> list[list[str]]:
-    spans: list[list[str]] = []
+def _merge(keys: Iterable[str], step: timedelta) -> list[WindowSpan]:
+    """Window keys, `step` apart, as the fewest spans, in order."""
+    spans: list[WindowSpan] = []
     for key in sorted(set(keys)):
-        if spans and _moment(spans[-1][1]) + step == _moment(key):
-            spans[-1][1] = key
+        window = _moment(key)
+        if spans and spans[-1].last + step == window:
+            spans[-1] = WindowSpan(spans[-1].first, window)
         else:
-            spans.append([key, key])
+            spans.append(WindowSpan(window, window))
     return spans
 
 
 def expand_windows(spans: Iterable[Sequence[str]], step: timedelta) -> list[str]:
-    """Every window key of the inclusive spans (first, last), `step` apart."""
-    keys = []
-    for first, last in spans:
-        window = _moment(first)
-        while window <= _moment(last):
-            keys.append(_key(window))
-            window += step
-    return keys
+    """Every window key of the inclusive spans (first key, last key), `step` apart."""
+    return [_key(w) for span in spans for w in WindowSpan.parse(span).windows(step)]
 
 
 @dataclass(frozen=True)
@@ -680,7 +707,7 @@ def plan_redelivery(
             del state[name]
             continue
         waiting[name] = {
-            k for k in expand_windows(entry.spans, group.step) if target.covers(_moment(k))
+            _key(w) for span in entry.spans for w in span.windows(group.step) if target.covers(w)
         }
     for run in failed_runs:
         for key in run.asset_keys:
@@ -716,7 +743,7 @@ def plan_redelivery(
                 wait = min(first_wait * 2**entry.attempts, REDELIVERY_MAX_WAIT)
                 entry.next_attempt = max(entry.next_attempt, (now + wait).isoformat())
     requests: list[dg.RunRequest] = []
-    due: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
+    due: dict[tuple[str, tuple[WindowSpan, ...]], list[str]] = {}
     for name in sorted(waiting):
         group, _ = targets[names[name]]
         left = waiting[name] - materialized(names[name])
@@ -735,13 +762,11 @@ def plan_redelivery(
         if until is not None:
             ready = {k for k in left if _moment(k) + group.step <= until}
             if ready:
-                spans = tuple((a, b) for a, b in _merge(ready, group.step))
-                due.setdefault((group.job_name, spans), []).append(name)
+                due.setdefault((group.job_name, tuple(_merge(ready, group.step))), []).append(name)
                 entry.asked_until = _key(until)
         # The back-off, for a destination's failures, or when the source cannot be read.
         elif datetime.fromisoformat(entry.next_attempt) <= now:
-            spans = tuple((a, b) for a, b in entry.spans)
-            due.setdefault((group.job_name, spans), []).append(name)
+            due.setdefault((group.job_name, tuple(entry.spans)), []).append(name)
     by_job = {group.job_name: group for group in groups}
     # The longest-waiting first, within the budget; the others keep their turn.
     order = sorted(due.items(), key=lambda item: min(state[n].next_attempt for n in item[1]))
@@ -750,10 +775,10 @@ def plan_redelivery(
             break
         group = by_job[job_name]
         attempt = max(state[name].attempts for name in members) + 1
-        for first_key, last_key in spans:
-            window = _moment(first_key)
-            while window <= _moment(last_key) and len(requests) < budget:
-                last = min(window + group.step * (group.windows_per_run - 1), _moment(last_key))
+        for span in spans:
+            window = span.first
+            while window <= span.last and len(requests) < budget:
+                last = min(window + group.step * (group.windows_per_run - 1), span.last)
                 requests.extend(
                     ranged_requests(
                         group,
@@ -883,7 +908,7 @@ def build_catch_up_sensor(
 
         def newest_scheduled(job_name: str) -> str | None:
             record = latest_scheduled_run(instance, job_name)
-            return record.dagster_run.tags.get("dagster/partition") if record else None
+            return record.dagster_run.tags.get(PARTITION_TAG) if record else None
 
         missed, state.window_jobs = plan_missed_windows(
             live,

@@ -2,7 +2,8 @@
 
 The one place that knows the metadata labels a delivery shows in the UI and that reconciliation
 and re-delivery read back: `to_metadata()` writes them, `from_metadata()` reads them (values as
-Dagster stores them, or as written), including records written before a field existed;
+Dagster stores them, or as written), including records written before a field existed. The
+filters are read from their data entry; from the ids shown only in records written before it.
 `latest_materializations` reads them back from the instance. Knows neither how a window is
 read, encoded or uploaded, nor Dagster's execution, S3 or the config.
 """
@@ -21,6 +22,10 @@ if TYPE_CHECKING:  # imported where used: encoding/csv_gzip.py re-exports from h
 _SHOWN_TIME = "%Y-%m-%d %H:%M:%S"
 # A filter that takes every row.
 _ALL = "all"
+# The filters as data, {"affiliates": [int, ...], "advertisers": [str, ...]}: what a record is
+# read back from (the entries shown, "101, 102", lose an advertiser id with a comma or spaces).
+# Records written before it was recorded are read from the entries shown.
+_FILTERS = "filters"
 # The object's details as its encoder and writer report them, in the order they are shown.
 _OBJECT_LABELS = (
     "rows",
@@ -108,7 +113,8 @@ class DeliveryRecord:
         )
 
     def to_metadata(self) -> dict[str, Any]:
-        """The materialization's metadata, labels and values as the UI shows them."""
+        """The materialization's metadata, labels and values as the UI shows them, then the
+        filters as data (what `from_metadata` reads them from)."""
         metadata: dict[str, Any] = {}
         if self.window_start is not None and self.window_end is not None:
             metadata.update(window_metadata(self.window_start, self.window_end))
@@ -120,6 +126,11 @@ class DeliveryRecord:
                 metadata[name] = value
         if self.delivered_after_close_s is not None:
             metadata["delivered_after_close_s"] = self.delivered_after_close_s
+        if self.affiliates is not None and self.advertisers is not None:
+            # Last: the entries shown before it keep their order.
+            metadata[_FILTERS] = dg.MetadataValue.json(
+                {"affiliates": list(self.affiliates), "advertisers": list(self.advertisers)}
+            )
         return metadata
 
     @classmethod
@@ -137,12 +148,13 @@ class DeliveryRecord:
             "affiliates",
             "advertisers",
         }
+        affiliates, advertisers = _recorded_filters(values)
         return cls(
             rows=rows,
             window_start=_shown_time(values.get("window_start")),
             window_end=_shown_time(values.get("window_end")),
-            affiliates=_shown_affiliates(values.get("affiliates")),
-            advertisers=_shown_ids(values.get("advertisers")),
+            affiliates=affiliates,
+            advertisers=advertisers,
             **{name: values[name] for name in known if values.get(name) is not None},
         )
 
@@ -175,6 +187,24 @@ def _shown_time(shown: object) -> datetime | None:
         return datetime.strptime(shown, _SHOWN_TIME)
     except ValueError:
         return None
+
+
+def _recorded_filters(
+    values: Mapping[str, object],
+) -> tuple[tuple[int, ...] | None, tuple[str, ...] | None]:
+    """The filters a record was delivered with: as data, or, for a record written before they
+    were recorded so (or whose data is not of that shape), as shown."""
+    data = values.get(_FILTERS)
+    if isinstance(data, Mapping):
+        affiliates, advertisers = data.get("affiliates"), data.get("advertisers")
+        if (
+            isinstance(affiliates, list | tuple)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in affiliates)
+            and isinstance(advertisers, list | tuple)
+            and all(isinstance(i, str) for i in advertisers)
+        ):
+            return tuple(affiliates), tuple(advertisers)
+    return _shown_affiliates(values.get("affiliates")), _shown_ids(values.get("advertisers"))
 
 
 def _shown_ids(shown: object) -> tuple[str, ...] | None:
