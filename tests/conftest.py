@@ -18,6 +18,10 @@ import pytest
 from affise_s3_assets.config.secrets import credential_variables
 from affise_s3_assets.demo.events import generate_demo_events
 
+# Helpers with asserts of their own (some moved out of test modules): pytest rewrites them as
+# it does a test module's, so a failure there still shows the values compared.
+pytest.register_assert_rewrite("tests.delivered", "tests.operations")
+
 ROOT = Path(__file__).resolve().parent.parent
 S3_SCRIPT = ROOT / "scripts" / "s3-server.sh"
 

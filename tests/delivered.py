@@ -3,6 +3,7 @@ instance, and the objects and rows a bucket and the source hold, as the contract
 
 import gzip
 import json
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,10 +28,12 @@ from affise_s3_assets.delivery.writer import DateFolderS3Writer
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.source.completeness import write_watermark
 from affise_s3_assets.source.events import EventsDatabase, connect_events_file
-from tests.conftest import S3Server
+from tests.conftest import ROOT, S3Server
 from tests.csv_reader import read_rfc4180
 
 ADVERTISER = "5a0c7d1e9f3b2a0012c4e8f1"
+# The key of the 2026-11-25 10:00 window in integration()'s default directory.
+KEY = "affise/raw/2026/11/25/2026-11-25 10:00:00.csv.gz"
 
 
 def integration(
@@ -123,6 +126,12 @@ def deliver(
     return Delivered(result, instance)
 
 
+def failure_message(result: Delivered) -> str:
+    (failure,) = result.get_step_failure_events()
+    error = failure.step_failure_data.error
+    return str(error.message) + "".join(error.stack or [])
+
+
 def range_tags(first: str, last: str) -> dict[str, str]:
     return {
         "dagster/asset_partition_range_start": first,
@@ -211,6 +220,54 @@ def hex_clicks_db(path: Path, rows: int) -> Path:
     return path
 
 
+def insert_late_rows(db: Path, at: datetime, affiliate: int, count: int = 3) -> None:
+    """Copies of existing clicks, new ids, stamped `at`, of `affiliate` and of an advertiser no
+    filter takes, written after the window's delivery."""
+    with connect_events_file(db, read_only=False) as con:
+        con.execute(
+            "INSERT INTO clicks SELECT * EXCLUDE (n) REPLACE (id || '-late-' || n AS id, "
+            "$1 AS created_at, $2 AS affiliate_id, 'late-advertiser' AS advertiser_id) "
+            "FROM (SELECT *, row_number() OVER () AS n FROM clicks LIMIT $3)",
+            [at, affiliate, count],
+        )
+
+
+# The least privilege a customer grants us, as published in docs/customer-contract.md.
+DELIVERY_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
+
+
+def grant_only_delivery(s3_server: S3Server, bucket: str) -> None:
+    """The bucket owner's policy: the delivering account may do DELIVERY_ACTIONS on the
+    bucket's objects, and is denied reading, listing and deleting them. (Ceph RGW does not
+    honour NotAction: the denials are spelled out.)"""
+    # The intruder account (tests/conftest.py) stands for the delivering one.
+    principal = {"AWS": ["arn:aws:iam:::user/intruder"]}
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": principal,
+                "Action": DELIVERY_ACTIONS,
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            },
+            {
+                "Effect": "Deny",
+                "Principal": principal,
+                "Action": [
+                    "s3:GetObject",
+                    "s3:GetObjectAcl",
+                    "s3:ListBucket",
+                    "s3:ListBucketMultipartUploads",
+                    "s3:DeleteObject",
+                ],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            },
+        ],
+    }
+    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
 def deny_intruders_puts(s3: S3Server, bucket: str, pattern: str) -> None:
     """A bucket policy letting the `intruder` user write the bucket except keys matching
     `pattern` (RGW's wildcards match `*word*` forms, not `*.suffix`)."""
@@ -233,3 +290,14 @@ def deny_intruders_puts(s3: S3Server, bucket: str, pattern: str) -> None:
         ],
     }
     s3.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+def readme_manifest_check(bucket: str, day: str) -> str:
+    """The customer contract's check of a day against its manifests (docs/customer-contract.md),
+    on this bucket and day."""
+    text = (ROOT / "docs" / "customer-contract.md").read_text()
+    block = text.split("Check a day against its")[1].split("```python")[1].split("```")[0]
+    code = textwrap.dedent(block)
+    line = 's3, bucket, day = boto3.client("s3"), "acme-affise-raw", "affise/clicks/2026/11/25/"'
+    assert line in code
+    return code.replace(line, f"s3, bucket, day = CLIENT, {bucket!r}, {day!r}")

@@ -1,14 +1,19 @@
 """A real `dagster dev` (daemon, webserver, code server) for the operations tests: started in
-its own process group, asked things through the webserver's GraphQL, stopped for sure."""
+its own process group, asked things through the webserver's GraphQL, stopped for sure. And what
+those tests (and the production ones) write and check: integration blocks, object keys,
+partition statuses, delivered rows, the runs waiting for their source and the windows a run
+planned."""
 
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,10 +21,14 @@ import dagster as dg
 import yaml
 from dagster._core.instance.ref import InstanceRef
 
-from tests.conftest import ROOT
+from affise_s3_assets.automation.runs import PARTITION_TAG
+from affise_s3_assets.config.windows import window_partitions
+from tests.conftest import ROOT, S3Server
+from tests.delivered import delivered_rows, source_rows
 
 T = TypeVar("T")
 LOCATION = "affise_s3_assets"
+FMT = "%Y-%m-%d-%H:%M"  # a window partition's key
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 2.0) -> T:
@@ -205,3 +214,91 @@ class DagsterDev:
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def block(
+    name: str,
+    start: datetime,
+    bucket: str,
+    endpoint: str,
+    frequency: int,
+    event_type: str = "clicks",
+) -> str:
+    return f"""  - name: {name}
+    start: "{start:%Y-%m-%d %H:%M:%S}"
+    {event_type}:
+      frequency: {frequency}
+      bucket: {bucket}
+      region: us-east-1
+      directory: {name}/{event_type}
+      access_key: ${{{name.upper()}_AWS_ACCESS_KEY_ID}}
+      secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
+      endpoint_url: {endpoint}
+"""
+
+
+def object_key(name: str, window: datetime, event_type: str = "clicks") -> str:
+    return f"{name}/{event_type}/{window:%Y/%m/%d}/{window:%Y-%m-%d %H:%M:%S}.csv.gz"
+
+
+def statuses(
+    instance: dg.DagsterInstance,
+    name: str,
+    start: datetime,
+    keys: list[str],
+    event_type: str = "clicks",
+) -> list[str]:
+    found = instance.get_status_by_partition(
+        dg.AssetKey(["affise", name, event_type]), keys, window_partitions(start, 1)
+    )
+    found = found or {}
+    return [found[key].value if found.get(key) else "MISSING" for key in keys]
+
+
+def assert_rows(
+    s3: S3Server,
+    bucket: str,
+    events: Path,
+    name: str,
+    window: datetime,
+    minutes: int,
+    account=None,
+    event_type: str = "clicks",
+) -> None:
+    data = (
+        (s3.client(account) if account else s3.client())
+        .get_object(Bucket=bucket, Key=object_key(name, window, event_type))["Body"]
+        .read()
+    )
+    header, rows = delivered_rows(data)
+    expected_header, expected = source_rows(
+        events, event_type, window, window + timedelta(minutes=minutes)
+    )
+    assert header == expected_header
+    assert rows == expected
+    # A minute of demo clicks is never empty; one of conversions may be.
+    assert rows or event_type == "conversions"
+
+
+def waiting_for_the_source(instance: dg.DagsterInstance, job_name: str) -> tuple[str, int] | None:
+    """A STARTED run of `job_name` waiting for its source, and its worker's pid."""
+    for run in instance.get_runs(
+        dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.STARTED])
+    ):
+        messages = [entry.message for entry in instance.all_logs(run.run_id)]
+        pids = [
+            m for message in messages if (m := re.search(r"process for run \(pid: (\d+)", message))
+        ]
+        if pids and any("waiting for the source" in message for message in messages):
+            return run.run_id, int(pids[0].group(1))
+    return None
+
+
+def run_windows(run: dg.DagsterRun, minutes: int) -> list[datetime]:
+    """The windows a run of a window job planned: its partition, or its range."""
+    if PARTITION_TAG in run.tags:
+        return [datetime.strptime(run.tags[PARTITION_TAG], FMT)]
+    first = datetime.strptime(run.tags["dagster/asset_partition_range_start"], FMT)
+    last = datetime.strptime(run.tags["dagster/asset_partition_range_end"], FMT)
+    count = (last - first) // timedelta(minutes=minutes) + 1
+    return [first + timedelta(minutes=minutes * i) for i in range(count)]

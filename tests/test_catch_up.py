@@ -3,7 +3,6 @@ failed windows delivered again at a slow cadence until they are delivered."""
 
 import copy
 import dataclasses
-import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,17 +22,11 @@ from affise_s3_assets.automation.catch_up import (
     plan_missed_windows,
     plan_redelivery,
 )
-from affise_s3_assets.config.apply import parse_integrations
-from affise_s3_assets.config.targets import WindowGroup, build_export_targets, build_window_groups
+from affise_s3_assets.config.targets import WindowGroup
 from tests.conftest import ROOT
+from tests.run_requests import groups_of, windows_of
 
 SHIPPED = (ROOT / "integrations.yaml").read_text()
-FMT = "%Y-%m-%d-%H:%M"
-
-
-def groups_of(text: str) -> list[WindowGroup]:
-    groups = build_window_groups(build_export_targets(parse_integrations(text).integrations))
-    return [group for group in groups if group.live]
 
 
 def one_clicks_export(
@@ -52,20 +45,6 @@ def one_clicks_export(
       secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
 """
     )
-
-
-def windows_of(request: dg.RunRequest) -> list[str]:
-    """Every window a (ranged) request delivers."""
-    if request.partition_key:
-        return [request.partition_key]
-    frequency = int(re.search(r"_every_(\d+)min_job", request.job_name or "").group(1))
-    first = datetime.strptime(request.tags["dagster/asset_partition_range_start"], FMT)
-    last = datetime.strptime(request.tags["dagster/asset_partition_range_end"], FMT)
-    keys = []
-    while first <= last:
-        keys.append(first.strftime(FMT))
-        first += timedelta(minutes=frequency)
-    return keys
 
 
 def requested(requests: list[dg.RunRequest], integration: str | None = None) -> list[str]:

@@ -16,9 +16,8 @@ from affise_s3_assets.config.apply import apply_integrations, parse_integrations
 from affise_s3_assets.config.targets import build_export_targets
 from affise_s3_assets.delivery.connection_check import explain
 from tests.conftest import ROOT, Account, S3Server
-from tests.delivered import keys_in
+from tests.delivered import grant_only_delivery, keys_in
 from tests.stalling_endpoint import stalling_endpoint
-from tests.test_security import grant_only_delivery
 
 CLI = ROOT / ".venv" / "bin" / "affise-s3"
 

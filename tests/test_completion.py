@@ -33,13 +33,13 @@ from tests.delivered import (
     deny_intruders_puts,
     export_asset,
     fetch,
+    insert_late_rows,
     integration,
     keys_in,
     range_tags,
     source_rows,
 )
 from tests.json_schema import problems
-from tests.test_reconciliation import insert_late_rows
 
 DAY = datetime(2026, 11, 25)
 SCHEMA = json.loads((ROOT / "docs" / "completion.schema.json").read_text())

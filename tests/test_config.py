@@ -8,30 +8,7 @@ from affise_s3_assets.config import ConfigError
 from affise_s3_assets.config.apply import load_integrations, parse_integrations
 from affise_s3_assets.config.schema import ALLOWED_FREQUENCIES
 from affise_s3_assets.config.secrets import resolve_reference
-
-VALID_EXPORT = """
-      bucket: acme-affise-raw
-      region: us-west-2
-      directory: affise/clicks
-      access_key: ${ACME_AWS_ACCESS_KEY_ID}
-      secret_key: ${ACME_AWS_SECRET_ACCESS_KEY}
-"""
-
-
-def one_integration(extra: str = "", export: str = VALID_EXPORT, head: str = "") -> str:
-    return f"""
-integrations:
-  - name: acme
-    start: "2026-11-01 00:00:00"
-{head}    clicks:
-{export}{extra}
-"""
-
-
-def error_of(text: str) -> str:
-    with pytest.raises(ConfigError) as caught:
-        parse_integrations(text)
-    return str(caught.value)
+from tests.integrations_text import VALID_EXPORT, error_of, one_integration
 
 
 def test_full_example_parses_with_defaults() -> None:

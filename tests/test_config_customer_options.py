@@ -6,7 +6,7 @@ import pytest
 from affise_s3_assets.config.apply import apply_integrations, parse_integrations
 from affise_s3_assets.config.targets import build_export_targets
 from affise_s3_assets.source.event_types import EVENT_COLUMNS
-from tests.test_config import VALID_EXPORT, error_of, one_integration
+from tests.integrations_text import VALID_EXPORT, error_of, one_integration
 
 KEYS = (
     "      access_key: ${ACME_AWS_ACCESS_KEY_ID}\n      secret_key: ${ACME_AWS_SECRET_ACCESS_KEY}\n"

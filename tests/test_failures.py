@@ -9,21 +9,14 @@ import pytest
 from affise_s3_assets.s3 import upload_stream
 from tests.conftest import S3Server
 from tests.delivered import (
-    Delivered,
+    KEY,
     deliver,
     export_asset,
+    failure_message,
     integration,
     key_of,
     keys_in,
 )
-
-KEY = "affise/raw/2026/11/25/2026-11-25 10:00:00.csv.gz"
-
-
-def failure_message(result: Delivered) -> str:
-    (failure,) = result.get_step_failure_events()
-    error = failure.step_failure_data.error
-    return str(error.message) + "".join(error.stack or [])
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from affise_s3_assets.automation.freshness import (
 from affise_s3_assets.config.apply import parse_integrations
 from affise_s3_assets.config.schema import Lateness
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
-from tests.test_config import one_integration
+from tests.integrations_text import one_integration
 
 LATENESS = timedelta(minutes=2)
 

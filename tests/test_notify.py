@@ -515,7 +515,7 @@ def test_healed_once_it_delivers_again_naming_windows_still_missing_after_a_whil
 
 def test_the_code_location_has_the_sensor_only_when_a_webhook_is_configured(tmp_path) -> None:
     from affise_s3_assets.definitions import build_definitions
-    from tests.test_config import one_integration
+    from tests.integrations_text import one_integration
 
     def sensors(text: str) -> set[str]:
         path = tmp_path / "integrations.yaml"

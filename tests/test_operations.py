@@ -5,7 +5,6 @@ destination's windows turn Failed while its neighbours deliver, and once it is f
 missed window arrives by itself, once."""
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -16,50 +15,33 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from affise_s3_assets.automation.runs import PARTITION_TAG
 from affise_s3_assets.config.targets import window_job_name
-from affise_s3_assets.config.windows import window_partitions
 from affise_s3_assets.demo.events import generate_demo_events
 from affise_s3_assets.source.completeness import write_watermark
 from affise_s3_assets.source.events import connect_events_file
 from tests.browser import run_browser_checks
 from tests.conftest import ROOT, S3_SCRIPT, S3Server
-from tests.delivered import delivered_rows, keys_in, source_rows
-from tests.operations import DagsterDev, gone, wait_for
+from tests.delivered import keys_in
+from tests.operations import (
+    FMT,
+    DagsterDev,
+    assert_rows,
+    block,
+    gone,
+    object_key,
+    run_windows,
+    statuses,
+    wait_for,
+    waiting_for_the_source,
+)
 
 # A long end-to-end test: one unit for pytest-xdist (scripts/test.sh), beside the engine tests.
 pytestmark = pytest.mark.xdist_group("dagster_dev")
 PORT = 3197
 BETA = ("BETAOPSACCESSKEY0001", "beta-ops-secret-0001")
-FMT = "%Y-%m-%d-%H:%M"
 # Short enough for a run the power cut left STARTED to be failed within the test, long enough
 # for any real run of it on a loaded 2-core machine. The demo's own value is 30 minutes.
 MAX_RUNTIME_SECONDS = 90
-
-
-def block(
-    name: str,
-    start: datetime,
-    bucket: str,
-    endpoint: str,
-    frequency: int,
-    event_type: str = "clicks",
-) -> str:
-    return f"""  - name: {name}
-    start: "{start:%Y-%m-%d %H:%M:%S}"
-    {event_type}:
-      frequency: {frequency}
-      bucket: {bucket}
-      region: us-east-1
-      directory: {name}/{event_type}
-      access_key: ${{{name.upper()}_AWS_ACCESS_KEY_ID}}
-      secret_key: ${{{name.upper()}_AWS_SECRET_ACCESS_KEY}}
-      endpoint_url: {endpoint}
-"""
-
-
-def object_key(name: str, window: datetime, event_type: str = "clicks") -> str:
-    return f"{name}/{event_type}/{window:%Y/%m/%d}/{window:%Y-%m-%d %H:%M:%S}.csv.gz"
 
 
 def rgw_admin(s3: S3Server, *args: str) -> None:
@@ -161,69 +143,6 @@ def closed_windows(start: datetime, frequency: int) -> list[datetime]:
         windows.append(window)
         window += timedelta(minutes=frequency)
     return windows
-
-
-def statuses(
-    instance: dg.DagsterInstance,
-    name: str,
-    start: datetime,
-    keys: list[str],
-    event_type: str = "clicks",
-) -> list[str]:
-    found = instance.get_status_by_partition(
-        dg.AssetKey(["affise", name, event_type]), keys, window_partitions(start, 1)
-    )
-    found = found or {}
-    return [found[key].value if found.get(key) else "MISSING" for key in keys]
-
-
-def assert_rows(
-    s3: S3Server,
-    bucket: str,
-    events: Path,
-    name: str,
-    window: datetime,
-    minutes: int,
-    account=None,
-    event_type: str = "clicks",
-) -> None:
-    data = (
-        (s3.client(account) if account else s3.client())
-        .get_object(Bucket=bucket, Key=object_key(name, window, event_type))["Body"]
-        .read()
-    )
-    header, rows = delivered_rows(data)
-    expected_header, expected = source_rows(
-        events, event_type, window, window + timedelta(minutes=minutes)
-    )
-    assert header == expected_header
-    assert rows == expected
-    # A minute of demo clicks is never empty; one of conversions may be.
-    assert rows or event_type == "conversions"
-
-
-def waiting_for_the_source(instance: dg.DagsterInstance, job_name: str) -> tuple[str, int] | None:
-    """A STARTED run of `job_name` waiting for its source, and its worker's pid."""
-    for run in instance.get_runs(
-        dg.RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.STARTED])
-    ):
-        messages = [entry.message for entry in instance.all_logs(run.run_id)]
-        pids = [
-            m for message in messages if (m := re.search(r"process for run \(pid: (\d+)", message))
-        ]
-        if pids and any("waiting for the source" in message for message in messages):
-            return run.run_id, int(pids[0].group(1))
-    return None
-
-
-def run_windows(run: dg.DagsterRun, minutes: int) -> list[datetime]:
-    """The windows a run of a window job planned: its partition, or its range."""
-    if PARTITION_TAG in run.tags:
-        return [datetime.strptime(run.tags[PARTITION_TAG], FMT)]
-    first = datetime.strptime(run.tags["dagster/asset_partition_range_start"], FMT)
-    last = datetime.strptime(run.tags["dagster/asset_partition_range_end"], FMT)
-    count = (last - first) // timedelta(minutes=minutes) + 1
-    return [first + timedelta(minutes=minutes * i) for i in range(count)]
 
 
 def test_config_changes_go_live_and_failed_windows_heal_without_anyone(

@@ -19,9 +19,16 @@ from affise_s3_assets.config.apply import parse_integrations
 from affise_s3_assets.encoding.parquet import ROW_GROUP_ROWS, ParquetEncoder
 from affise_s3_assets.source.event_types import EVENT_COLUMNS
 from tests.conftest import ROOT, S3Server
-from tests.delivered import deliver, export_asset, fetch, integration, keys_in, range_tags
+from tests.delivered import (
+    deliver,
+    export_asset,
+    fetch,
+    integration,
+    keys_in,
+    range_tags,
+    readme_manifest_check,
+)
 from tests.json_schema import problems
-from tests.test_window_delivery import readme_manifest_check
 
 PARQUET = "      format: parquet\n      manifest: true\n"
 

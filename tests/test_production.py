@@ -32,16 +32,17 @@ from affise_s3_assets.source.completeness import WATERMARK_FILE
 from tests.conftest import ROOT, S3Server
 from tests.datasets import write_dataset
 from tests.delivered import keys_in
-from tests.operations import gone, wait_for
-from tests.production import COMPONENTS, SCRIPT, ProdLocal, run_script, without_run_launcher
-from tests.test_operations import (
+from tests.operations import (
     assert_rows,
     block,
+    gone,
     object_key,
     run_windows,
     statuses,
+    wait_for,
     waiting_for_the_source,
 )
+from tests.production import COMPONENTS, SCRIPT, ProdLocal, run_script, without_run_launcher
 
 # A long end-to-end test: with the other engine test on one pytest-xdist worker
 # (scripts/test.sh), so at most two engines share the machine.

@@ -27,24 +27,12 @@ from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.source.events import EventsDatabase, SourceRead, connect_events_file
 from affise_s3_assets.source.fingerprint import Fingerprint
 from tests.conftest import ROOT
-from tests.delivered import ADVERTISER, delivered_rows, fetch, source_rows
+from tests.delivered import ADVERTISER, delivered_rows, fetch, insert_late_rows, source_rows
 from tests.json_schema import problems
 from tests.window_rig import WindowRig
 
 HOURS = ["2026-11-25-10:00", "2026-11-25-11:00", "2026-11-25-12:00"]
 LATE_AT = datetime(2026, 11, 25, 11, 30)
-
-
-def insert_late_rows(db: Path, at: datetime, affiliate: int, count: int = 3) -> None:
-    """Copies of existing clicks, new ids, stamped `at`, of `affiliate` and of an advertiser no
-    filter takes, written after the window's delivery."""
-    with connect_events_file(db, read_only=False) as con:
-        con.execute(
-            "INSERT INTO clicks SELECT * EXCLUDE (n) REPLACE (id || '-late-' || n AS id, "
-            "$1 AS created_at, $2 AS affiliate_id, 'late-advertiser' AS advertiser_id) "
-            "FROM (SELECT *, row_number() OVER () AS n FROM clicks LIMIT $3)",
-            [at, affiliate, count],
-        )
 
 
 def delivered(rig: WindowRig, events_db: Path, tmp_path: Path) -> Path:

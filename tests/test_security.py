@@ -4,7 +4,6 @@ AWS environment, and no credential in any error, against the real S3 server."""
 import base64
 import contextlib
 import hashlib
-import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -19,10 +18,13 @@ from affise_s3_assets.config.targets import build_export_targets
 from affise_s3_assets.s3 import describe_s3_error
 from tests.conftest import S3Server
 from tests.delivered import (
+    KEY,
     deliver,
     delivered_rows,
     export_asset,
+    failure_message,
     fetch,
+    grant_only_delivery,
     hex_clicks_db,
     integration,
     key_of,
@@ -30,7 +32,6 @@ from tests.delivered import (
     source_rows,
 )
 from tests.stalling_endpoint import stalling_endpoint
-from tests.test_failures import KEY, failure_message
 
 
 @contextlib.contextmanager
@@ -141,42 +142,6 @@ def test_an_unexpected_errors_text_never_carries_request_headers() -> None:
     text = describe_s3_error(refused)
     assert text == "ValueError: Invalid header value b'[request headers withheld]"
     assert "AKIDEXAMPLE" not in text
-
-
-# The least privilege a customer grants us, as published in docs/customer-contract.md.
-DELIVERY_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
-
-
-def grant_only_delivery(s3_server: S3Server, bucket: str) -> None:
-    """The bucket owner's policy: the delivering account may do DELIVERY_ACTIONS on the
-    bucket's objects, and is denied reading, listing and deleting them. (Ceph RGW does not
-    honour NotAction: the denials are spelled out.)"""
-    # The intruder account (tests/conftest.py) stands for the delivering one.
-    principal = {"AWS": ["arn:aws:iam:::user/intruder"]}
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": principal,
-                "Action": DELIVERY_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/*"],
-            },
-            {
-                "Effect": "Deny",
-                "Principal": principal,
-                "Action": [
-                    "s3:GetObject",
-                    "s3:GetObjectAcl",
-                    "s3:ListBucket",
-                    "s3:ListBucketMultipartUploads",
-                    "s3:DeleteObject",
-                ],
-                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-            },
-        ],
-    }
-    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
 
 @pytest.mark.parametrize("rows", [300, 120_000], ids=["single PUT", "multipart"])

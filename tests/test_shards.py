@@ -20,7 +20,7 @@ from affise_s3_assets.automation.schedules import scheduled_run_requests
 from affise_s3_assets.automation.shards import exports_per_run
 from affise_s3_assets.config.targets import WindowGroup
 from affise_s3_assets.source.fingerprint import Fingerprint
-from tests.test_catch_up import groups_of, windows_of
+from tests.run_requests import groups_of, windows_of
 from tests.window_rig import START, WINDOW, WindowRig
 
 NAMES = ["a1", "a2", "a3", "a4", "a5"]

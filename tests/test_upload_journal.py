@@ -36,10 +36,16 @@ from affise_s3_assets.delivery.upload_journal import (
 from affise_s3_assets.delivery.writer import sweep_abandoned_uploads
 from affise_s3_assets.s3 import MIB, Journaling, S3ObjectWriter
 from tests.conftest import ROOT, S3Server
-from tests.delivered import deliver, export_asset, fetch, integration, keys_in
-from tests.test_failures import KEY
-from tests.test_s3_writer import AnsweringStore, feed
-from tests.test_security import grant_only_delivery
+from tests.delivered import (
+    KEY,
+    deliver,
+    export_asset,
+    fetch,
+    grant_only_delivery,
+    integration,
+    keys_in,
+)
+from tests.memory_stores import AnsweringStore, feed
 
 
 @pytest.fixture

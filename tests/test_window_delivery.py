@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.delivered import (
     export_asset,
     fetch,
     integration,
+    readme_manifest_check,
     source_rows,
 )
 from tests.etag_rewriting_proxy import etag_rewriting_proxy
@@ -561,17 +561,6 @@ def test_a_manifest_beside_each_object_states_what_it_holds_and_is_the_same_on_r
     assert rig.run().success
     assert fetch(rig.s3, rig.bucket, manifest_key) == written
     assert fetch(rig.s3, rig.bucket, data_key) == data
-
-
-def readme_manifest_check(bucket: str, day: str) -> str:
-    """The customer contract's check of a day against its manifests (docs/customer-contract.md),
-    on this bucket and day."""
-    text = (ROOT / "docs" / "customer-contract.md").read_text()
-    block = text.split("Check a day against its")[1].split("```python")[1].split("```")[0]
-    code = textwrap.dedent(block)
-    line = 's3, bucket, day = boto3.client("s3"), "acme-affise-raw", "affise/clicks/2026/11/25/"'
-    assert line in code
-    return code.replace(line, f"s3, bucket, day = CLIENT, {bucket!r}, {day!r}")
 
 
 def test_a_manifest_that_cannot_be_written_fails_its_window_and_the_next_run_completes_it(
