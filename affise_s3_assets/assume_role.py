@@ -109,6 +109,8 @@ class _Temporary:
     secret_key: str = field(repr=False)
     token: str = field(repr=False)
     expires: datetime
+    # When they were assumed, on the process's monotonic clock.
+    obtained: float = field(default_factory=time.monotonic, compare=False)
 
     def metadata(self) -> dict[str, str]:
         """As botocore's RefreshableCredentials takes them."""
@@ -152,13 +154,18 @@ class RoleCredentialCache:
     def forget(self, session: RoleSession, token: str) -> bool:
         """Drop the role's credentials if they are still those with session token `token`
         (a store refused them as expired), so the next request for them assumes the role
-        again; credentials that already replaced them are kept. Whether any were dropped."""
+        again; credentials that already replaced them are kept, and so are credentials
+        assumed less than RENEW_AT_MOST_EVERY_SECONDS ago: a store that calls a session that
+        new expired (its clock far ahead of STS's) would call the next one so too, and each
+        request of every upload would otherwise call AssumeRole. Whether any were dropped."""
         key = session.cache_key
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             held = self._held.get(key)
             if held is None or held.token != token:
+                return False
+            if time.monotonic() - held.obtained < RENEW_AT_MOST_EVERY_SECONDS:
                 return False
             del self._held[key]
             return True
@@ -247,6 +254,8 @@ def _seconds_left(expires: datetime) -> float:
 # The process's one cache (tests clear it).
 CREDENTIALS = RoleCredentialCache()
 
+# A role's credentials are assumed again on a store's word at most this often.
+RENEW_AT_MOST_EVERY_SECONDS = 60.0
 # What a store answers a request signed with temporary credentials it holds for expired,
 # whatever the local clock says of them (a clock behind the store's, a revoked session).
 EXPIRED_TOKEN_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})

@@ -3,10 +3,12 @@
 dagster-postgres opens a new connection for every statement batch it runs (SQLAlchemy's
 NullPool): each event a run logs costs two or three Postgres connects (a backend process each),
 and a window run logs two events per integration (the planned materialization at its creation,
-the materialization as its object lands). These subclasses hold a small pool per process
-instead: one connection kept open, a few more while threads need them, each checked before use
-(a restarted Postgres costs a reconnect, never an error) and recycled hourly. Statements,
-transactions and tables are Dagster's own, unchanged.
+the materialization as its object lands). These subclasses hold small pools per process
+instead: one connection kept open per pool (the run storage's; the event log's for reads and
+other events, and for asset events), a few more while threads need them, each checked before
+use (a restarted Postgres costs a reconnect, never an error) and recycled hourly. Statements
+and tables are Dagster's own; an asset event's rows are written in one transaction rather
+than two (`KeptConnectionsEventLogStorage.store_event`).
 
 The instance names them in its dagster.yaml (`deploy/dagster.yaml`: the daemon, the code
 server and every run worker; the webserver swaps in a pool of its own, as Dagster does for
@@ -32,9 +34,11 @@ from dagster import StringSource
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.utils import (
+    create_pg_connection,
     create_pg_engine,
     get_token_provider_from_config,
     pg_url_from_config,
+    set_pg_statement_timeout,
 )
 
 from affise_s3_assets.dagster_internal import (
@@ -48,8 +52,8 @@ from affise_s3_assets.dagster_internal import (
     SqliteEventLogStorage,
 )
 
-# Kept open per process and storage; more are opened (and closed again) while threads need
-# them at once. A deployment's connections: about two per process (runs, events).
+# Kept open per process and pool; more are opened (and closed again) while threads need them
+# at once. A deployment's connections: about three per process (runs; events; asset events).
 KEPT_CONNECTIONS = 1
 EXTRA_CONNECTIONS = 20  # as many as Dagster's webserver allows itself
 RECYCLE_SECONDS = 3600
@@ -154,8 +158,15 @@ class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
         Dagster commits the event's row on its own, sends a `NOTIFY` that no process of this
         Dagster version listens to (dagster-postgres keeps it for older webservers), then takes
         a second connection for the index rows' transaction: four round trips and two commits
-        (two syncs of Postgres' log) besides the rows. Here the rows are one transaction on one
-        connection: an event and its index rows are seen together or not at all.
+        (two syncs of Postgres' log) besides the rows. Here an asset event's rows are one
+        transaction on one connection, seen together or not at all; each connection is taken
+        as Dagster takes its own (retried while Postgres cannot be reached).
+
+        An event's storage id is drawn when its row is inserted and seen once its transaction
+        commits: as with any Postgres sequence, events written by different processes at once
+        can become visible out of their ids' order. What reads events by id here reads each
+        export's own events (written one after another by the run that delivers it) or reads
+        the ids just behind its cursor again (automation/freshness.py).
         `tests/test_instance_storage.py` fails when an upgrade changes Dagster's method, so
         that this copy is looked at again."""
         insert = self.prepare_insert_event(event).returning(SqlEventLogStorageTable.c.id)
@@ -165,7 +176,7 @@ class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
             and dagster_event.event_type in ASSET_EVENTS
             and dagster_event.asset_key is not None
         ):
-            with self._events_engine.connect() as conn, conn.begin():
+            with create_pg_connection(self._events_engine) as conn, conn.begin():
                 event_id = int(conn.execute(insert).scalar_one())
                 self._store_asset_event_tags(conn, [event], [event_id])
                 self._store_asset_event(conn, event, event_id)
@@ -174,6 +185,29 @@ class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
                 event_id = int(conn.execute(insert).scalar_one())
         if dagster_event is not None and dagster_event.event_type in ASSET_CHECK_EVENTS:
             self.store_asset_check_event(event, event_id)
+
+    def optimize_for_webserver(
+        self, statement_timeout: int, pool_recycle: int, max_overflow: int
+    ) -> None:
+        # Dagster gives the webserver's reads a pool of its own with a statement timeout; the
+        # asset events the webserver writes (the planned ones of a run launched from the UI)
+        # get the same.
+        super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)
+        self._events_engine.dispose()
+        self._events_engine = create_pg_engine(
+            self.postgres_url,
+            self._token_provider,
+            isolation_level="READ COMMITTED",
+            pool_size=1,
+            pool_recycle=pool_recycle,
+            max_overflow=max_overflow,
+        )
+        _engines.add(self._events_engine)
+        db.event.listen(
+            self._events_engine,
+            "connect",
+            lambda connection, _: set_pg_statement_timeout(connection, statement_timeout),
+        )
 
     def dispose(self) -> None:
         super().dispose()

@@ -204,6 +204,9 @@ def sts(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSts]:
     """The process's credential cache, assuming roles from a FakeSts."""
     fake = FakeSts()
     monkeypatch.setenv("AFFISE_EXTERNAL_ID_KEY", "test-deployment-external-id-key")
+    # Sessions count as old enough to be renewed on a store's word (see the test of the
+    # interval below).
+    monkeypatch.setattr(assume_role, "RENEW_AT_MOST_EVERY_SECONDS", 0.0)
     monkeypatch.setattr(CREDENTIALS, "_assume", fake)
     CREDENTIALS.clear()
     s3._cached_role_client.cache_clear()
@@ -270,6 +273,22 @@ def test_a_session_already_replaced_is_not_dropped_again(sts: FakeSts) -> None:
     assert sts.issued == ["session-token-1", "session-token-2"]
     one, two = sts.issued
     assert store.tokens == [one, one, one, two, one, two]
+
+
+def test_a_store_calling_every_new_session_expired_gets_no_assume_role_storm(
+    sts: FakeSts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session assumed moments ago that the store calls expired (its clock far ahead) is
+    kept: every request of every upload would otherwise call AssumeRole."""
+    monkeypatch.setattr(assume_role, "RENEW_AT_MOST_EVERY_SECONDS", 60.0)
+    with fake_store() as store:
+        client = role_client(store)
+        store.answers += [(400, "ExpiredToken")] * 3
+        failures = [put(client) for _ in range(3)]
+        assert all(f is not None and s3.error_code(f) == "ExpiredToken" for f in failures)
+        assert put(client) is None
+    assert sts.issued == ["session-token-1"]
+    assert store.tokens == ["session-token-1"] * 4
 
 
 def test_forget_drops_only_the_session_named(sts: FakeSts) -> None:

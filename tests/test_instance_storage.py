@@ -26,6 +26,7 @@ from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from sqlalchemy import event as sqlalchemy_event
 
+from affise_s3_assets import instance_storage
 from affise_s3_assets.instance_storage import (
     KeptConnectionsEventLogStorage,
     KeptConnectionsRunStorage,
@@ -169,7 +170,7 @@ def what_dagster_reads(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[s
 
 
 def test_the_deployments_event_log_writes_dagsters_rows_in_one_transaction_per_event(
-    postgres: dict[str, str],
+    postgres: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """KeptConnectionsEventLogStorage.store_event writes what Dagster's writes, with one commit
     per event and no NOTIFY; and it still follows Dagster's method."""
@@ -194,6 +195,14 @@ def test_the_deployments_event_log_writes_dagsters_rows_in_one_transaction_per_e
             ("event_log_storage", "KeptConnectionsEventLogStorage"),
         )
     }
+    taken: list[object] = []
+    connect = instance_storage.create_pg_connection
+
+    def counted(engine: object) -> object:
+        taken.append(engine)
+        return connect(engine)
+
+    monkeypatch.setattr(instance_storage, "create_pg_connection", counted)
     with dg.instance_for_test(overrides=kept_storages) as instance:
         storage = instance.event_log_storage
         assert isinstance(storage, KeptConnectionsEventLogStorage)
@@ -219,6 +228,16 @@ def test_the_deployments_event_log_writes_dagsters_rows_in_one_transaction_per_e
         assert asset_events == 6
         assert len(commits) == asset_events
         seen["kept"] = what_dagster_reads(instance, kept.key)
+        # Its connections are taken as Dagster takes its own (retried while Postgres cannot
+        # be reached).
+        assert taken and len(taken) >= asset_events
+        # As the webserver runs it: asset events too under the webserver's statement timeout.
+        storage.optimize_for_webserver(statement_timeout=4321, pool_recycle=3600, max_overflow=5)
+        with storage._events_engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "4321ms"
+        materialize(instance, "after_optimize", 1)
+        (record,) = instance.fetch_materializations(dg.AssetKey("after_optimize"), limit=5).records
+        assert record.partition_key == "window-000"
     with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as stock:
         assert type(stock.event_log_storage) is PostgresEventLogStorage
         dagsters = partitioned_asset("dagsters_rows")
@@ -383,6 +402,9 @@ def test_the_private_parts_of_dagsters_storages_used_here_still_exist() -> None:
         )
     } - ours
     assert {"_store_asset_event", "_store_asset_event_tags", "_initdb"} <= reached
+    # What the module overrides or sets by Dagster's own names: they must still be Dagster's,
+    # or an override silently becomes a method nobody calls.
+    reached |= {"_connect", "_engine", "_has_asset_key_index_cols_on_connection"}
     dagsters = (PostgresEventLogStorage, PostgresRunStorage, SqliteEventLogStorage)
     inits = "".join(
         inspect.getsource(klass.__init__)
