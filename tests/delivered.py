@@ -236,41 +236,12 @@ def insert_late_rows(db: Path, at: datetime, affiliate: int, count: int = 3) -> 
 DELIVERY_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
 
 
-def grant_only_delivery(s3_server: S3Server, bucket: str) -> None:
-    """The bucket owner's policy: the delivering account may do DELIVERY_ACTIONS on the
-    bucket's objects, and is denied reading, listing and deleting them. (Ceph RGW does not
-    honour NotAction: the denials are spelled out.)"""
-    # The intruder account (tests/conftest.py) stands for the delivering one.
-    principal = {"AWS": ["arn:aws:iam:::user/intruder"]}
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": principal,
-                "Action": DELIVERY_ACTIONS,
-                "Resource": [f"arn:aws:s3:::{bucket}/*"],
-            },
-            {
-                "Effect": "Deny",
-                "Principal": principal,
-                "Action": [
-                    "s3:GetObject",
-                    "s3:GetObjectAcl",
-                    "s3:ListBucket",
-                    "s3:ListBucketMultipartUploads",
-                    "s3:DeleteObject",
-                ],
-                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-            },
-        ],
-    }
-    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
-
-
-def deny_intruders_puts(s3: S3Server, bucket: str, pattern: str) -> None:
-    """A bucket policy letting the `intruder` user write the bucket except keys matching
-    `pattern` (RGW's wildcards match `*word*` forms, not `*.suffix`)."""
+def put_intruder_policy(
+    s3_server: S3Server, bucket: str, denied: list[str], denied_resources: list[str]
+) -> None:
+    """A bucket policy letting the `intruder` user (tests/conftest.py: it stands for the
+    delivering account) do DELIVERY_ACTIONS on the bucket's objects, but `denied` on
+    `denied_resources`."""
     intruder = {"AWS": ["arn:aws:iam:::user/intruder"]}
     policy = {
         "Version": "2012-10-17",
@@ -278,18 +249,42 @@ def deny_intruders_puts(s3: S3Server, bucket: str, pattern: str) -> None:
             {
                 "Effect": "Allow",
                 "Principal": intruder,
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Action": DELIVERY_ACTIONS,
                 "Resource": [f"arn:aws:s3:::{bucket}/*"],
             },
             {
                 "Effect": "Deny",
                 "Principal": intruder,
-                "Action": ["s3:PutObject"],
-                "Resource": [f"arn:aws:s3:::{bucket}/{pattern}"],
+                "Action": denied,
+                "Resource": denied_resources,
             },
         ],
     }
-    s3.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+def grant_only_delivery(s3_server: S3Server, bucket: str) -> None:
+    """The bucket owner's policy: the delivering account may do DELIVERY_ACTIONS on the
+    bucket's objects, and is denied reading, listing and deleting them. (Ceph RGW does not
+    honour NotAction: the denials are spelled out.)"""
+    put_intruder_policy(
+        s3_server,
+        bucket,
+        [
+            "s3:GetObject",
+            "s3:GetObjectAcl",
+            "s3:ListBucket",
+            "s3:ListBucketMultipartUploads",
+            "s3:DeleteObject",
+        ],
+        [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+    )
+
+
+def deny_intruders_puts(s3: S3Server, bucket: str, pattern: str) -> None:
+    """A bucket policy letting the `intruder` user write the bucket except keys matching
+    `pattern` (RGW's wildcards match `*word*` forms, not `*.suffix`)."""
+    put_intruder_policy(s3, bucket, ["s3:PutObject"], [f"arn:aws:s3:::{bucket}/{pattern}"])
 
 
 def readme_manifest_check(bucket: str, day: str) -> str:

@@ -4,10 +4,11 @@ than were sent. Requests pass unchanged, Host header included, so their signatur
 
 import http.client
 import http.server
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
+
+from tests.local_http import serving
 
 OTHER_ETAG = '"' + "0" * 32 + '"'
 
@@ -59,11 +60,5 @@ def etag_rewriting_proxy(upstream: str) -> Iterator[tuple[str, Switch]]:
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", switch
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, switch

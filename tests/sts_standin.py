@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from tests.local_http import serving
+
 _DENIED = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <Error>
     <Type>Sender</Type>
@@ -41,7 +43,6 @@ class StandIn:
 def sts_standin(upstream: str) -> Iterator[StandIn]:
     """A StandIn at `http://127.0.0.1:<port>`, forwarding to `upstream`."""
     target = urlsplit(upstream)
-    server: http.server.ThreadingHTTPServer
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -105,12 +106,6 @@ def sts_standin(upstream: str) -> Iterator[StandIn]:
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    standin = StandIn(f"http://127.0.0.1:{server.server_address[1]}", {})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as url:
+        standin = StandIn(url, {})
         yield standin
-    finally:
-        server.shutdown()
-        server.server_close()

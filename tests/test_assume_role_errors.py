@@ -18,6 +18,7 @@ from botocore.stub import Stubber
 
 from affise_s3_assets import assume_role, s3
 from affise_s3_assets.assume_role import CREDENTIALS, RoleSession, refused
+from tests.local_http import serving
 
 ROLE = "arn:aws:iam::123456789012:role/affise-delivery"
 EXTERNAL_ID = "e" * 64
@@ -188,15 +189,9 @@ def fake_store() -> Iterator[FakeStore]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    store.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as url:
+        store.url = url
         yield store
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
