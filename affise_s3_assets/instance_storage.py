@@ -164,9 +164,11 @@ class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
 
         An event's storage id is drawn when its row is inserted and seen once its transaction
         commits: as with any Postgres sequence, events written by different processes at once
-        can become visible out of their ids' order. What reads events by id here reads each
-        export's own events (written one after another by the run that delivers it) or reads
-        the ids just behind its cursor again (automation/freshness.py).
+        can become visible out of their ids' order, here for the time of one transaction (a few
+        round trips; Dagster's own is one statement). automation/freshness.py reads the ids
+        just behind its cursor again; automation/notify.py reads each export from its last id,
+        so two runs writing one export's events at once (a catch-up beside a scheduled run) can
+        hide one of them from it, until that export's next failure or delivery.
         `tests/test_instance_storage.py` fails when an upgrade changes Dagster's method, so
         that this copy is looked at again."""
         insert = self.prepare_insert_event(event).returning(SqlEventLogStorageTable.c.id)
@@ -192,6 +194,7 @@ class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
         # Dagster gives the webserver's reads a pool of its own with a statement timeout; the
         # asset events the webserver writes (the planned ones of a run launched from the UI)
         # get the same.
+        self._engine.dispose()  # the pooled one Dagster's method replaces
         super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)
         self._events_engine.dispose()
         self._events_engine = create_pg_engine(
@@ -201,6 +204,7 @@ class KeptConnectionsEventLogStorage(_KeptConnections, PostgresEventLogStorage):
             pool_size=1,
             pool_recycle=pool_recycle,
             max_overflow=max_overflow,
+            pool_pre_ping=True,
         )
         _engines.add(self._events_engine)
         db.event.listen(

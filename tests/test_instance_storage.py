@@ -235,6 +235,7 @@ def test_the_deployments_event_log_writes_dagsters_rows_in_one_transaction_per_e
         storage.optimize_for_webserver(statement_timeout=4321, pool_recycle=3600, max_overflow=5)
         with storage._events_engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "4321ms"
+        assert storage._events_engine.pool._pre_ping  # checked before use, as everywhere
         materialize(instance, "after_optimize", 1)
         (record,) = instance.fetch_materializations(dg.AssetKey("after_optimize"), limit=5).records
         assert record.partition_key == "window-000"
