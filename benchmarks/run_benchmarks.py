@@ -541,7 +541,7 @@ def events_db(per_day: int, start: datetime, end: datetime, name: str) -> Path:
     # windows it holds are then deliverable, not SourceIncomplete.
     from affise_s3_assets.demo.events import load_schema
     from affise_s3_assets.source.completeness import write_watermark
-    from affise_s3_assets.source.events import connect_events_file
+    from affise_s3_assets.source.duckdb_file import connect_events_file
 
     with connect_events_file(path, read_only=False) as con:
         load_schema(con)
@@ -806,7 +806,7 @@ def child_parquet_read(dataset: str, files: str, partition: str) -> None:
     import polars as pl
 
     from affise_s3_assets.source.event_types import row_order, window_query
-    from affise_s3_assets.source.events import parquet_files
+    from affise_s3_assets.source.parquet_source import parquet_files
 
     start = datetime.strptime(partition, "%Y-%m-%d-%H:%M")
     end = start + timedelta(minutes=15)

@@ -27,7 +27,8 @@ from affise_s3_assets.delivery.step import S3_WRITER_KEY, build_window_asset
 from affise_s3_assets.delivery.writer import DateFolderS3Writer
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.source.completeness import write_watermark
-from affise_s3_assets.source.events import EventsDatabase, connect_events_file
+from affise_s3_assets.source.duckdb_file import connect_events_file
+from affise_s3_assets.source.events import EventsDatabase
 from tests.conftest import ROOT, S3Server
 from tests.csv_reader import read_rfc4180
 

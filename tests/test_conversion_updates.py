@@ -15,7 +15,8 @@ from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.definitions import build_definitions
 from affise_s3_assets.source.completeness import write_watermark
-from affise_s3_assets.source.events import EventsDatabase, connect_events_file
+from affise_s3_assets.source.duckdb_file import connect_events_file
+from affise_s3_assets.source.events import EventsDatabase
 from tests.conftest import S3Server
 from tests.delivered import delivered_rows, fetch, keys_in, range_tags, source_rows
 from tests.window_rig import WindowRig

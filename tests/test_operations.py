@@ -18,7 +18,7 @@ import pytest
 from affise_s3_assets.config.targets import window_job_name
 from affise_s3_assets.demo.events import generate_demo_events
 from affise_s3_assets.source.completeness import write_watermark
-from affise_s3_assets.source.events import connect_events_file
+from affise_s3_assets.source.duckdb_file import connect_events_file
 from tests.browser import run_browser_checks
 from tests.conftest import ROOT, S3_SCRIPT, S3Server
 from tests.delivered import keys_in

@@ -17,7 +17,8 @@ from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.encoding.csv_gzip import gzip_csv
 from affise_s3_assets.source.completeness import WATERMARK_FILE, write_dataset_watermark
 from affise_s3_assets.source.event_types import EVENT_COLUMNS
-from affise_s3_assets.source.events import EventsDatabase, parquet_files
+from affise_s3_assets.source.events import EventsDatabase
+from affise_s3_assets.source.parquet_source import parquet_files
 from tests.datasets import write_dataset
 
 

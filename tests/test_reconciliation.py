@@ -24,8 +24,10 @@ from affise_s3_assets.config.apply import apply_integrations
 from affise_s3_assets.config.schema import Reconciliation
 from affise_s3_assets.config.targets import build_export_targets, build_window_groups
 from affise_s3_assets.definitions import build_definitions
-from affise_s3_assets.source.events import EventsDatabase, SourceRead, connect_events_file
+from affise_s3_assets.source.duckdb_file import connect_events_file
+from affise_s3_assets.source.events import EventsDatabase
 from affise_s3_assets.source.fingerprint import Fingerprint
+from affise_s3_assets.source.window_read import SourceRead
 from tests.conftest import ROOT
 from tests.delivered import ADVERTISER, delivered_rows, fetch, insert_late_rows, source_rows
 from tests.json_schema import problems

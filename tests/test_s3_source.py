@@ -14,8 +14,9 @@ from affise_s3_assets.encoding.csv_gzip import gzip_csv
 from affise_s3_assets.encoding.parquet import ParquetEncoder
 from affise_s3_assets.source.completeness import WATERMARK_FILE, write_dataset_watermark
 from affise_s3_assets.source.event_types import EVENT_COLUMNS
-from affise_s3_assets.source.events import EventsDatabase, parquet_files
+from affise_s3_assets.source.events import EventsDatabase
 from affise_s3_assets.source.parquet_dataset import DatasetUnreadable, ParquetDataset
+from affise_s3_assets.source.parquet_source import parquet_files
 from tests.conftest import Account, S3Server
 from tests.datasets import write_dataset
 from tests.delivered import delivered_rows, fetch, source_rows

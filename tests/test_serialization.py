@@ -13,7 +13,8 @@ import pytest
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.encoding.csv_gzip import GzipCsvEncoder, event_filter, gzip_csv, in_background
 from affise_s3_assets.source.event_types import EVENT_COLUMNS, row_order
-from affise_s3_assets.source.events import EventsDatabase, sub_windows
+from affise_s3_assets.source.events import EventsDatabase
+from affise_s3_assets.source.window_read import sub_windows
 
 DAY = (datetime(2026, 11, 25), datetime(2026, 11, 26))
 

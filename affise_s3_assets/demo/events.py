@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from affise_s3_assets.config.schema import EVENT_TYPES
 from affise_s3_assets.source.completeness import write_watermark
-from affise_s3_assets.source.events import connect_events_file
+from affise_s3_assets.source.duckdb_file import connect_events_file
 
 # Bounds the Arrow working set: a 10M-click day is generated and inserted at most 500k rows at a
 # time.

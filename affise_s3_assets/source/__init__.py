@@ -1,6 +1,9 @@
-"""The events: what each event type is (columns, table, window column), one window read out
-of a DuckDB file or a Parquet dataset (events.py, parquet_dataset.py), how far the source is
-complete, and the fingerprint of what it held. The source's contract is schema.sql.
+"""The events: what each event type is (columns, table, window column: event_types.py, one
+registry), what the delivery needs of a source (protocol.py, `EventSource`) and one backend a
+kind of source: a DuckDB file (duckdb_file.py), a Parquet dataset (parquet_source.py, its
+store parquet_dataset.py), both read through one DuckDB connection a range (window_read.py),
+and the Dagster resource that picks one (events.py); how far the source is complete
+(completeness.py), and the fingerprint of what it held. The source's contract is schema.sql.
 
 Knows nothing of S3 destinations, encodings or Dagster's runs."""
 
@@ -12,7 +15,7 @@ from typing import Any
 LOADER_API = {
     "write_watermark": "affise_s3_assets.source.completeness",
     "write_dataset_watermark": "affise_s3_assets.source.completeness",
-    "connect_events_file": "affise_s3_assets.source.events",
+    "connect_events_file": "affise_s3_assets.source.duckdb_file",
 }
 
 

@@ -1,12 +1,17 @@
 """How far the source is complete: the watermarks a loader of the events writes (a table of a
-DuckDB file, a file at a Parquet dataset's root), what a window waits for, and the error of a
-window the source is not complete for.
+DuckDB file, a file at a Parquet dataset's root), how an event type windowed by a later change
+is complete no further than the one it is created with, what a window waits for, and the error
+of a window the source is not complete for.
+
+Knows how a watermark is stored; reading a source's own progress is each source's
+(duckdb_file.py, parquet_source.py).
 """
 
 import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +20,7 @@ import duckdb
 
 from affise_s3_assets.config.schema import EventType
 from affise_s3_assets.source import is_remote
+from affise_s3_assets.source.event_types import CREATED_WITH, WINDOW_COLUMN
 
 # The completeness contract with the loader of the events (schema.sql): a DuckDB file holds
 # this table, a Parquet dataset this file at its root ({"clicks": "2026-11-25 10:15:00", ...}).
@@ -44,6 +50,41 @@ class SourceProgress:
             f"the source is complete for {self.event_type} up to "
             f"{self.complete_until:%Y-%m-%d %H:%M:%S} ({self.how})"
         )
+
+
+# A source's own progress for one event type: its watermark's, or else (with `latest`) its
+# latest event's, or why there is none; without `latest`, None when there is no watermark.
+OwnProgress = Callable[[EventType, bool], SourceProgress | None]
+
+
+def progress_with_creation(event_type: EventType, own: OwnProgress) -> SourceProgress:
+    """How far a source whose own progress is `own` is complete: its watermark, or else its
+    latest event (a source holding events at or after a window's end has moved past it).
+    Every conversion is a change at its creation too: conversion_updates are complete no
+    further than the conversions are."""
+
+    def latest(kind: EventType) -> SourceProgress:
+        found = own(kind, True)
+        assert found is not None, "with `latest`, a source always says how far it is"
+        return found
+
+    if WINDOW_COLUMN[event_type] == "created_at":
+        return latest(event_type)
+    created = CREATED_WITH[event_type]
+    base = latest(created)
+    # Without a watermark of its own, its latest change is never before the latest
+    # creation (updated_at >= created_at, same rows): the conversions' progress is it,
+    # and scanning every change for it would only cost a full scan.
+    mine = own(event_type, False)
+    if base.complete_until is None:
+        return SourceProgress(event_type, None, base.how)
+    if mine is None:
+        return SourceProgress(event_type, base.complete_until, f"{created}' {base.how}")
+    if mine.complete_until is None or mine.complete_until <= base.complete_until:
+        return mine
+    return SourceProgress(
+        event_type, base.complete_until, f"{created}' {base.how}, before its own {mine.how}"
+    )
 
 
 # Without a watermark, events stamped later than this past the clock are not taken for
