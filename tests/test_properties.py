@@ -155,7 +155,7 @@ class _Collected:
         raise AssertionError("nothing fails here")
 
 
-class _CollectingIO:
+class _CollectingWriter:
     def __init__(self) -> None:
         self.objects: dict[str, _Collected] = {}
 
@@ -204,10 +204,10 @@ def test_each_integration_gets_exactly_the_rows_its_filters_select(
         schema_overrides={"affiliate_id": pl.Int32, "advertiser_id": pl.String},
     ).with_columns(pl.lit(None, pl.String).alias(c) for c in columns[4:] if c != "advertiser_id")
     frame = frame.select(columns)
-    io = _CollectingIO()
-    deliver_windows(group.targets, [window], [frame], io, lambda *_: None)
+    writer = _CollectingWriter()
+    deliver_windows(group.targets, [window], [frame], writer, lambda *_: None)
     for n, (affiliates, advertisers) in enumerate(filters):
-        data = gzip.decompress(b"".join(io.objects[f"i{n}"].chunks)).decode()
+        data = gzip.decompress(b"".join(writer.objects[f"i{n}"].chunks)).decode()
         got = [row[0] for row in read_rfc4180(data)[1:]]
         wanted = [
             f"{i:04d}"

@@ -20,9 +20,10 @@ from affise_s3_assets.automation.catch_up import ended_runs_since
 from affise_s3_assets.config.targets import build_export_targets
 from affise_s3_assets.delivery.engine import Window, deliver_windows
 from affise_s3_assets.s3 import CLEAN_UP_TIMED_OUT, DeliveryTimeout
-from affise_s3_assets.source import events as source
+from affise_s3_assets.source import duckdb_file as source
 from affise_s3_assets.source.completeness import write_watermark
-from affise_s3_assets.source.events import EventsDatabase, connect_events_file
+from affise_s3_assets.source.duckdb_file import connect_events_file
+from affise_s3_assets.source.events import EventsDatabase
 from tests.conftest import ROOT, S3Server
 from tests.delivered import (
     ADVERTISER,
@@ -285,10 +286,10 @@ class _Unreachable:
 
 
 def _deliver_hours(
-    events_db: Path, hours: tuple[int, ...], io: Any, on_window: Any, clean_up: bool = False
+    events_db: Path, hours: tuple[int, ...], s3_writer: Any, on_window: Any, clean_up: bool = False
 ) -> list[Window]:
-    """The hourly windows `hours` of 2026-11-25, one ranged delivery through `io` of one
-    integration whose destination `io` stands for; the windows."""
+    """The hourly windows `hours` of 2026-11-25, one ranged delivery through `s3_writer` of one
+    integration whose destination `s3_writer` stands for; the windows."""
     (target,) = build_export_targets(
         [integration(S3Server("http://io", *[None] * 3), "io-bucket")]  # type: ignore[arg-type]
     )
@@ -300,7 +301,7 @@ def _deliver_hours(
         [target],
         windows,
         EventsDatabase(path=str(events_db)).window_frames("clicks", START, windows[-1].end),
-        io,
+        s3_writer,
         on_window,
         clean_up=clean_up,
     )
@@ -324,16 +325,16 @@ def test_a_failing_destination_is_not_tried_for_the_rest_of_the_run(
     One whose request ran out its deadline is stopped after that one window: each window
     waits for every object of the one before, so the others wait for it once, not twice."""
     reported: list[tuple[str, str, bool]] = []
-    io = _Unreachable(failure)
+    writer = _Unreachable(failure)
     _deliver_hours(
         events_db,
         (10, 11, 12, 13),
-        io,
+        writer,
         lambda window, objects: reported.extend(
             (window.key, item.code, item.stops_destination) for item in objects if item.failure
         ),
     )
-    assert io.opened == opened
+    assert writer.opened == opened
     code = {
         _FailingObject: "EndpointConnectionError",
         _TimingOutObject: "DeliveryTimeout",
@@ -350,14 +351,14 @@ class _SlowListing:
         self.cleaned: list[bool] = []
 
     def open_object(self, destination: Any, window_start: datetime, *_: Any) -> Any:
-        io = self
+        writer = self
 
         class Landing(_FailingObject):
             def write(self, chunk: bytes) -> None:
                 pass
 
             def finish(self, last_chunk: bytes, clean_up: bool = False) -> dict[str, Any]:
-                io.cleaned.append(clean_up)
+                writer.cleaned.append(clean_up)
                 return {"leftover_uploads_aborted": CLEAN_UP_TIMED_OUT[0]} if clean_up else {}
 
         return Landing(f"k/{window_start:%H:%M}")
@@ -368,19 +369,19 @@ def test_a_clean_up_that_ran_out_its_deadline_is_not_tried_again_in_the_run(
 ) -> None:
     """Every window of a ranged re-delivery cleans up its key: a store that lists slowly
     would cost each window a deadline, and hold up every integration of the range."""
-    io = _SlowListing()
+    writer = _SlowListing()
     delivered: list[str] = []
     windows = _deliver_hours(
         events_db,
         (10, 11, 12),
-        io,
+        writer,
         lambda window, objects: delivered.extend(
             window.key for item in objects if item.failure is None
         ),
         clean_up=True,
     )
     assert delivered == [window.key for window in windows]
-    assert io.cleaned == [True, False, False]
+    assert writer.cleaned == [True, False, False]
 
 
 def _copy_with_watermark(source: Path, target: Path, until: datetime | None) -> Path:

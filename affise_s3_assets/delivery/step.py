@@ -7,9 +7,9 @@ the one an operator picked) and one window or a consecutive range of windows (ca
 backfills: up to a day). The step waits for the source to be complete, hands the range to the
 engine (engine.py: one read, one object per window and integration through the S3 writer
 resource, writer.py), logs each partition's materialization as its object lands, and reports
-what failed on its own partition (report.py); it fails at the end, after every other object is
-delivered: Dagster then shows exactly the partitions that were planned and not delivered as
-Failed.
+what failed on its own partition (report.py; `_deliver_selected` names where each failure is
+reported); it fails at the end, after every other object is delivered: Dagster then shows
+exactly the partitions that were planned and not delivered as Failed.
 
 Knows Dagster's run context and the flow of a run; the format is encoding's, keys and uploads
 writer.py's.
@@ -19,7 +19,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -56,6 +56,7 @@ from affise_s3_assets.source.completeness import SourceIncomplete, SourceProgres
 from affise_s3_assets.source.event_types import EVENT_SOURCE_KEYS
 from affise_s3_assets.source.events import EventsDatabase
 from affise_s3_assets.source.fingerprint import FilterKey, Fingerprint
+from affise_s3_assets.source.window_read import SourceRead
 
 # The resource every export step writes its objects with (DateFolderS3Writer): Dagster hands
 # it to the step's parameter of the same name, `s3_writer`.
@@ -110,56 +111,19 @@ def _deliver_selected(
     events: EventsDatabase,
     s3_writer: DateFolderS3Writer,
 ) -> None:
-    selected = sorted(
-        (by_key[key] for key in context.selected_asset_keys),
-        key=lambda target: target.integration,
-    )
+    """Deliver the run's windows to its selected integrations. A window not delivered is
+    reported on its own partition as one of three: an object that failed
+    (`_PartitionLog.failed`), a window the run never tried (`_report_untried`), a window the
+    source is not complete for (`_report_incomplete`); the step then fails (`_fail_step`)."""
     windows = _windows(context, group)
-    early = [t.integration for t in selected if not t.covers(windows[-1].start)]
-    if early:
-        context.log.warning(f"before their start, nothing to deliver for: {early}")
-    due = [t for t in selected if t.integration not in early]
+    due = _due_targets(context, by_key, windows[-1])
     if not due:
         return
     # One read of the upload journal for all of them, not one per object.
     s3_writer.prepare([target.destination for target in due])
-    # What the source held for each (filter, window) delivered: recorded with the window, so
-    # reconciliation can tell later whether the source's rows for it have changed since.
-    fingerprints: dict[tuple[FilterKey, datetime], Fingerprint] = {}
-    empty: Fingerprint | None = None  # set once the fingerprints are known
     # A window delivered again because its rows changed says so, with the rows it had.
     reason = context.run.tags.get(REASON_TAG)
     before = _delivered_rows(context.instance, due, windows) if reason else {}
-    # Set once the windows the source is ready for are known: the completion markers they
-    # may complete (exports with `completion`).
-    markers: CompletionMarkers | None = None
-
-    def materialized(window: Window, item: Outcome, reported_at: datetime) -> None:
-        target = item.target
-        assert item.record is not None, "a delivered object has its record"
-        source = fingerprints.get((target.filter_key, window.start), empty)
-        record = replace(
-            item.record,
-            reason=reason or None,
-            rows_before=before.get((target.asset_key, window.key)) if reason else None,
-            source_fingerprint=source.text() if source else None,
-            delivered_after_close_s=round((reported_at - window.end).total_seconds(), 1),
-        )
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=target.asset_key, partition=window.key, metadata=record.to_metadata()
-            )
-        )
-        # After it is logged: the instance's records then hold this window.
-        if markers is not None:
-            _completion_marker(context, markers, target, window)
-
-    def failed(window: Window, item: Outcome) -> None:
-        context.log.error(item.failure)
-        context.log_event(failure_observation(context, window, item))
-
-    report = RunTally(materialized, failed)
-
     # Only windows the source is complete for: an empty file must mean "no events", never
     # "the events have not arrived".
     progress = _source_progress(context, events, group, windows[-1].end)
@@ -169,72 +133,181 @@ def _deliver_selected(
         [window.start for window in ready],
         lambda asset_key, keys: latest_records(context.instance, asset_key, keys),
     )
-    if ready:
-        due_in = [w for w in ready if any(t.covers(w.start) for t in due)]
-        if due_in:
-            try:
-                with events.read(group.event_type, due_in[0].start, ready[-1].end) as source:
-                    # Before the rows, through the same connection: what they are read from.
-                    # Bookkeeping never fails a delivery: without one, a window is compared
-                    # by its rows alone.
-                    try:
-                        found = source.fingerprints(
-                            group.frequency, sorted({t.filter_key for t in due})
-                        )
-                        empty = source.empty()
-                        fingerprints.update(found)
-                    except Exception as exc:
-                        context.log.warning(f"no source fingerprints recorded: {exc}")
-                    deliver_windows(
-                        due,
-                        ready,
-                        source.frames(),
-                        s3_writer,
-                        report,
-                        clean_up=_is_redelivery(context.run.tags),
-                        redelivery_reason=reason,
-                    )
-            finally:
-                # Windows a stopped destination was not tried for, or that a failed read
-                # never reached: their pages say so rather than Dagster's bare "failed".
-                for window, outcome in report.untried(due_in, due):
-                    context.log_event(failure_observation(context, window, outcome))
-    for window in windows[len(ready) :]:
+    log = _PartitionLog(context, reason, before, markers)
+    tally = RunTally(log.materialized, log.failed)
+    _deliver_ready(context, group, events, s3_writer, due, ready, log, tally)
+    _report_incomplete(tally, due, windows[len(ready) :], progress)
+    _fail_step(context, tally, windows)
+
+
+def _due_targets(
+    context: dg.AssetExecutionContext, by_key: dict[dg.AssetKey, ExportTarget], last: Window
+) -> list[ExportTarget]:
+    """The selected exports, by integration, that the run's last window is due for; those it
+    is before the start of are logged as having nothing to deliver."""
+    selected = sorted(
+        (by_key[key] for key in context.selected_asset_keys),
+        key=lambda target: target.integration,
+    )
+    early = [t.integration for t in selected if not t.covers(last.start)]
+    if early:
+        context.log.warning(f"before their start, nothing to deliver for: {early}")
+    return [t for t in selected if t.integration not in early]
+
+
+@dataclass
+class _PartitionLog:
+    """What the step logs on a window's partition as the engine reports each of its objects:
+    a delivered one's materialization (then the completion marker it may complete), a failed
+    one's error and observation."""
+
+    context: dg.AssetExecutionContext
+    reason: str | None  # why the run delivers again (REASON_TAG), if it does
+    rows_before: dict[tuple[dg.AssetKey, str], int]  # per window, the rows it had
+    markers: CompletionMarkers
+    # What the source held for each (filter, window) delivered: recorded with the window, so
+    # reconciliation can tell later whether the source's rows for it have changed since. Set
+    # once the range is read; `empty` is a window with no rows for its filter.
+    fingerprints: dict[tuple[FilterKey, datetime], Fingerprint] = field(default_factory=dict)
+    empty: Fingerprint | None = None
+
+    def materialized(self, window: Window, item: Outcome, reported_at: datetime) -> None:
+        target = item.target
+        assert item.record is not None, "a delivered object has its record"
+        source = self.fingerprints.get((target.filter_key, window.start), self.empty)
+        key = (target.asset_key, window.key)
+        record = replace(
+            item.record,
+            reason=self.reason or None,
+            rows_before=self.rows_before.get(key) if self.reason else None,
+            source_fingerprint=source.text() if source else None,
+            delivered_after_close_s=round((reported_at - window.end).total_seconds(), 1),
+        )
+        self.context.log_event(
+            dg.AssetMaterialization(
+                asset_key=target.asset_key, partition=window.key, metadata=record.to_metadata()
+            )
+        )
+        # After it is logged: the instance's records then hold this window.
+        _completion_marker(self.context, self.markers, target, window)
+
+    def failed(self, window: Window, item: Outcome) -> None:
+        """An object not delivered: its failure in the run's log and on its partition's page."""
+        self.context.log.error(item.failure)
+        self.context.log_event(failure_observation(self.context, window, item))
+
+
+def _deliver_ready(
+    context: dg.AssetExecutionContext,
+    group: WindowGroup,
+    events: EventsDatabase,
+    s3_writer: DateFolderS3Writer,
+    due: list[ExportTarget],
+    ready: list[Window],
+    log: _PartitionLog,
+    tally: RunTally,
+) -> None:
+    """Deliver the windows the source is complete for from one read of their range, each
+    object reported to `tally` as it is done."""
+    due_in = [w for w in ready if any(t.covers(w.start) for t in due)]
+    if not due_in:
+        return
+    try:
+        with events.read(group.event_type, due_in[0].start, ready[-1].end) as source:
+            # Before the rows, through the same connection: what they are read from.
+            log.fingerprints, log.empty = _source_fingerprints(context, source, group, due)
+            deliver_windows(
+                due,
+                ready,
+                source.frames(),
+                s3_writer,
+                tally,
+                clean_up=_is_redelivery(context.run.tags),
+                redelivery_reason=log.reason,
+            )
+    finally:
+        _report_untried(context, tally, due_in, due)
+
+
+def _source_fingerprints(
+    context: dg.AssetExecutionContext,
+    source: SourceRead,
+    group: WindowGroup,
+    due: list[ExportTarget],
+) -> tuple[dict[tuple[FilterKey, datetime], Fingerprint], Fingerprint | None]:
+    """What the source holds for each (filter, window) of the range, and for a window with no
+    rows. Bookkeeping never fails a delivery: without them, a window is compared by its rows
+    alone."""
+    try:
+        found = source.fingerprints(group.frequency, sorted({t.filter_key for t in due}))
+        empty = source.empty()
+    except Exception as exc:
+        context.log.warning(f"no source fingerprints recorded: {exc}")
+        return {}, None
+    return found, empty
+
+
+def _report_untried(
+    context: dg.AssetExecutionContext,
+    tally: RunTally,
+    windows: list[Window],
+    due: list[ExportTarget],
+) -> None:
+    """Windows a stopped destination was not tried for, or that a failed read never reached:
+    their pages say so rather than Dagster's bare "failed"."""
+    for window, outcome in tally.untried(windows, due):
+        context.log_event(failure_observation(context, window, outcome))
+
+
+def _report_incomplete(
+    tally: RunTally,
+    due: list[ExportTarget],
+    windows: list[Window],
+    progress: SourceProgress,
+) -> None:
+    """Each of `windows`, which the source is not complete for, reported as failed for every
+    export due in it."""
+    for window in windows:
         incomplete = SourceIncomplete(
             f"{progress.describe()}; this window ends at {window.end:%Y-%m-%d %H:%M:%S}, and is "
             "delivered once the source is complete past its end"
         )
-        report(
+        tally(
             window,
             [
-                Outcome(
-                    target,
-                    delivery_failure(
-                        target.destination,
-                        build_object_key(
-                            target.destination.directory,
-                            window.start,
-                            target.file_format,
-                            target.layout,
-                            target.file_name,
-                        ),
-                        incomplete,
-                    ),
-                    error_code(incomplete),
-                )
+                _not_delivered(target, window, incomplete)
                 for target in due
                 if target.covers(window.start)
             ],
         )
-    if report.failures:
-        if all(item.code == SOURCE_INCOMPLETE_CODE for item in report.failures):
-            # The catch-up sensor then tries these as soon as the source passes them.
-            add_run_tags(context.instance, context.run.run_id, {SOURCE_ONLY_TAG: "1"})
-        raise dg.Failure(
-            description=failure_summary(report.failures, report.delivered, windows),
-            metadata={"failed": len(report.failures), "delivered": report.delivered},
-            allow_retries=False,
-        )
+
+
+def _not_delivered(target: ExportTarget, window: Window, reason: Exception) -> Outcome:
+    """`target`'s object of `window`, not delivered for `reason`: the failure names its key."""
+    key = build_object_key(
+        target.destination.directory,
+        window.start,
+        target.file_format,
+        target.layout,
+        target.file_name,
+    )
+    return Outcome(target, delivery_failure(target.destination, key, reason), error_code(reason))
+
+
+def _fail_step(context: dg.AssetExecutionContext, tally: RunTally, windows: list[Window]) -> None:
+    """The step's Failure, once every other object is delivered, if any object failed: one
+    summary per failed export (`failure_summary`); Dagster then shows the partitions not
+    delivered as Failed."""
+    if not tally.failures:
+        return
+    if all(item.code == SOURCE_INCOMPLETE_CODE for item in tally.failures):
+        # The catch-up sensor then tries these as soon as the source passes them.
+        add_run_tags(context.instance, context.run.run_id, {SOURCE_ONLY_TAG: "1"})
+    raise dg.Failure(
+        description=failure_summary(tally.failures, tally.delivered, windows),
+        metadata={"failed": len(tally.failures), "delivered": tally.delivered},
+        allow_retries=False,
+    )
 
 
 def _delivered_rows(
