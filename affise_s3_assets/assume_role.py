@@ -209,21 +209,7 @@ class RoleCredentialCache:
                 permanent=True,
             )
         own = self._deployment_credentials(session)
-        client = isolated_botocore_session().create_client(
-            "sts",
-            region_name=session.region,
-            endpoint_url=session.sts_endpoint,
-            aws_access_key_id=own.access_key,
-            aws_secret_access_key=own.secret_key,
-            aws_session_token=own.token,
-            verify=True,
-            config=botocore.config.Config(
-                retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                read_timeout=READ_TIMEOUT_SECONDS,
-                ignore_configured_endpoint_urls=True,
-            ),
-        )
+        client = _deployment_client("sts", session, own)
         try:
             answer = client.assume_role(
                 RoleArn=session.role_arn,
@@ -232,7 +218,10 @@ class RoleCredentialCache:
                 DurationSeconds=SESSION_SECONDS,
             )
         except botocore.exceptions.ClientError as exc:
-            raise refused(exc, session) from None
+            error = refused(exc, session)
+            if error.kwargs["code"] == "RoleAccessDenied" and not _aws_sts(session):
+                error = refused(exc, session, check_own_credentials(session, own))
+            raise error from None
         finally:
             client.close()
         credentials = answer["Credentials"]
@@ -249,6 +238,66 @@ class RoleCredentialCache:
 
 def _seconds_left(expires: datetime) -> float:
     return expires.timestamp() - time.time()
+
+
+def _deployment_client(service: str, session: RoleSession, own: Any) -> Any:
+    """A client of `service` at the session's STS endpoint signing with the deployment's own
+    (frozen) credentials `own`, reading no AWS_* setting."""
+    return isolated_botocore_session().create_client(
+        service,
+        region_name=session.region,
+        endpoint_url=session.sts_endpoint,
+        aws_access_key_id=own.access_key,
+        aws_secret_access_key=own.secret_key,
+        aws_session_token=own.token,
+        verify=True,
+        config=botocore.config.Config(
+            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            ignore_configured_endpoint_urls=True,
+        ),
+    )
+
+
+def _aws_sts(session: RoleSession) -> bool:
+    """Whether the session's STS endpoint is AWS's own, which answers keys it does not know, a
+    wrong secret or an expired token with codes of their own (_DEPLOYMENT), never
+    AccessDenied."""
+    return session.sts_endpoint == sts_endpoint(session.region, None)
+
+
+@dataclass(frozen=True)
+class CredentialsCheck:
+    """What an S3-compatible store's endpoint said of the deployment's own credentials to
+    ListBuckets, a request every user of the store may make: `accepted`, refused (False), or
+    None when the answer does not tell; `said` is the answer's code and HTTP status, or the
+    failure's kind."""
+
+    accepted: bool | None
+    said: str
+
+
+def check_own_credentials(session: RoleSession, own: Any) -> CredentialsCheck:
+    """Whether the session's STS endpoint (an S3-compatible store's: S3 and STS at one URL)
+    accepts the deployment's own credentials `own`, by an S3 ListBuckets signed with them.
+    Ceph RGW's STS answers an AssumeRole signed with a key it does not know, or a wrong secret,
+    with AccessDenied, as it answers a trust policy refusing; RGW 16 has no GetCallerIdentity
+    (405) and refuses GetSessionToken to users without an IAM policy allowing it, so neither
+    tells the two apart. The answer's buckets are not read."""
+    client = _deployment_client("s3", session, own)
+    try:
+        client.list_buckets()
+    except botocore.exceptions.ClientError as exc:
+        code, status = _code_and_status(exc)
+        said = f"{code} (HTTP {status})"
+        refused_here = status in (401, 403) or code in _DEPLOYMENT | _KEYS_UNKNOWN
+        return CredentialsCheck(False if refused_here else None, said)
+    except botocore.exceptions.BotoCoreError as exc:
+        return CredentialsCheck(None, type(exc).__name__)
+    finally:
+        client.close()
+    return CredentialsCheck(True, "accepted")
 
 
 # The process's one cache (tests clear it).
@@ -322,18 +371,32 @@ _DEPLOYMENT = {
 }
 _INVALID = {"ValidationError", "InvalidParameterValue", "MalformedPolicyDocument"}
 _REGION = {"RegionDisabledException"}
+# S3's words for a key it does not know, or a user it has suspended.
+_KEYS_UNKNOWN = {"InvalidAccessKeyId", "UserSuspended"}
 
 
-def refused(exc: botocore.exceptions.ClientError, session: RoleSession) -> RoleNotAssumed:
+def _code_and_status(exc: botocore.exceptions.ClientError) -> tuple[str, Any]:
+    """The error's code (from the Error element, else the body's top level, as Ceph RGW's
+    STS errors reach botocore) and HTTP status."""
+    response = exc.response
+    error = response.get("Error") or {}
+    code = str(error.get("Code") or response.get("Code") or "Unknown")
+    return code, response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def refused(
+    exc: botocore.exceptions.ClientError,
+    session: RoleSession,
+    own: CredentialsCheck | None = None,
+) -> RoleNotAssumed:
     """AssumeRole's refusal in words an account manager can act on; permanent unless it is a
     throttle or the endpoint's own fault (5xx). Ceph RGW's STS errors reach botocore without
     an Error element (its S3-style error body is not STS's; ClientError says "Unknown"): the
     body's Code is read from the response's top level, and with none the HTTP status
-    decides."""
-    response = exc.response
-    error = response.get("Error") or {}
-    code = str(error.get("Code") or response.get("Code") or "Unknown")
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    decides. An AccessDenied from an S3-compatible store's endpoint may be its answer to the
+    deployment's own credentials: `own`, what the endpoint said of them (check_own_credentials),
+    tells which; without it, the words name both."""
+    code, status = _code_and_status(exc)
     role = session.role_arn
     fix = f"`affise-s3 external-id {session.integration}` prints what the role needs"
     if code in _MISSING or (code == "Unknown" and status == 404):
@@ -345,6 +408,17 @@ def refused(exc: botocore.exceptions.ClientError, session: RoleSession) -> RoleN
             f"role {role}: an operator renews or fixes the deployment's credentials"
         )
         code = "DeploymentCredentialsRefused"
+    elif (code in _DENIED or (code == "Unknown" and status == 403)) and (
+        own is not None and own.accepted is False
+    ):
+        reason = (
+            f"the deployment's own AWS credentials were refused by {session.sts_endpoint} "
+            f"when assuming role {role}: it answered AssumeRole {code} (HTTP {status}), and "
+            f"S3 ListBuckets with the same credentials, which every user of the store may "
+            f"call, {own.said}; an operator gives the deployment the credentials of a user "
+            "that store knows, or renews them"
+        )
+        code = "DeploymentCredentialsRefused"
     elif code in _DENIED or (code == "Unknown" and status == 403):
         reason = (
             f"role {role} may not be assumed by the deployment with integration "
@@ -352,6 +426,18 @@ def refused(exc: botocore.exceptions.ClientError, session: RoleSession) -> RoleN
             "does not name the delivering principal with this ExternalId (it must be the "
             f"one derived for {session.integration!r}); {fix}"
         )
+        if own is not None and own.accepted:
+            reason += f" ({session.sts_endpoint} accepts the deployment's own credentials)"
+        elif not _aws_sts(session):
+            told = (
+                f" (S3 ListBuckets with them, which would tell, answered {own.said})" if own else ""
+            )
+            reason += (
+                f"; or {session.sts_endpoint} does not accept the deployment's own "
+                f"credentials{told}: an S3-compatible store's STS, as Ceph "
+                "RGW's, answers keys it does not know or a wrong secret with AccessDenied too, "
+                "and an operator checks them"
+            )
         code = "RoleAccessDenied"
     elif code in _REGION:
         reason = (
@@ -460,15 +546,49 @@ def permissions_policy(targets: list[PolicyTarget]) -> dict[str, Any]:
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 
-def deployment_principal() -> str:
+# An assumed role's session, as GetCallerIdentity names it: partition, account, role name.
+_ASSUMED_ROLE = re.compile(r"arn:(aws[\w-]*):sts::(\d*):assumed-role/([^/]+)/.+")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The delivering principal as a trust policy names it. `path_unread`: why `arn`, a role's,
+    may lack the role's path (None when it is the role's whole ARN, or no role's)."""
+
+    arn: str
+    path_unread: str | None = None
+
+
+def deployment_principal() -> Principal:
     """The delivering principal, from STS GetCallerIdentity of the deployment's standard AWS
-    chain; an assumed role's session (IRSA, an instance profile) is given as its role's ARN
-    (without the role's path, which GetCallerIdentity does not say)."""
+    chain. An assumed role's session (IRSA, an instance profile) is given as its role's ARN,
+    path included, which GetCallerIdentity does not say: from AWS_ROLE_ARN when it names that
+    role (IRSA sets it), else from IAM GetRole on the role; when neither says it, the ARN
+    without a path, with `path_unread` saying why (AWS refuses a trust policy naming a role
+    that has a path without it). A role's name is unique in its account, whatever its path."""
     session = boto3.session.Session()
-    client = session.client("sts", region_name=session.region_name or "us-east-1")
-    arn = str(client.get_caller_identity()["Arn"])
-    match = re.fullmatch(r"arn:(aws[\w-]*):sts::(\d*):assumed-role/([^/]+)/.+", arn)
-    if match:
-        partition, account, role = match.groups()
-        return f"arn:{partition}:iam::{account}:role/{role}"
-    return arn
+    region = session.region_name or "us-east-1"
+    arn = str(session.client("sts", region_name=region).get_caller_identity()["Arn"])
+    match = _ASSUMED_ROLE.fullmatch(arn)
+    if not match:
+        return Principal(arn)
+    partition, account, name = match.groups()
+    head = f"arn:{partition}:iam::{account}:role/"
+
+    def is_this_role(candidate: str) -> bool:
+        return candidate.startswith(head) and candidate.endswith("/" + name)
+
+    configured = os.environ.get("AWS_ROLE_ARN", "")
+    if is_this_role(configured):
+        return Principal(configured)
+    try:
+        role = session.client("iam", region_name=region).get_role(RoleName=name)
+        found = str(role["Role"]["Arn"])
+    except botocore.exceptions.ClientError as exc:
+        code, status = _code_and_status(exc)
+        return Principal(head + name, f"IAM GetRole answered {code} (HTTP {status})")
+    except botocore.exceptions.BotoCoreError as exc:
+        return Principal(head + name, f"IAM GetRole failed: {type(exc).__name__}")
+    if not is_this_role(found):
+        return Principal(head + name, f"IAM GetRole answered another role's ARN, {found}")
+    return Principal(found)

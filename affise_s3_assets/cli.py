@@ -181,7 +181,7 @@ def _deployment_principal() -> str | None:
     from affise_s3_assets.assume_role import deployment_principal
 
     try:
-        return deployment_principal()
+        principal = deployment_principal()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         print(
             "cannot tell the delivering principal from the deployment's AWS credentials "
@@ -189,6 +189,17 @@ def _deployment_principal() -> str | None:
             file=sys.stderr,
         )
         return None
+    if principal.path_unread is not None:
+        print(
+            f"warning: the trust policy below names the deployment's role as {principal.arn}, "
+            f"without a path: its path could not be read ({principal.path_unread}; the "
+            "deployment reads it with iam:GetRole on its own role, or from AWS_ROLE_ARN). "
+            "AWS refuses a trust policy naming a role that has a path without it: if the "
+            "role's ARN has a path (role/<path>/<name>), run again with --principal and "
+            "that whole ARN",
+            file=sys.stderr,
+        )
+    return principal.arn
 
 
 def _policy_targets(name: str, path: Path | None, target_type: Any) -> list[Any]:
@@ -314,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--principal",
         metavar="ARN",
         help="the delivering principal (default: the deployment's own, by STS "
-        "GetCallerIdentity of its AWS credentials)",
+        "GetCallerIdentity of its AWS credentials; an assumed role's path from AWS_ROLE_ARN "
+        "or IAM GetRole)",
     )
     role.add_argument(
         "--file", type=Path, help="default: $AFFISE_INTEGRATIONS, then integrations.yaml"

@@ -29,6 +29,7 @@ from affise_s3_assets.assume_role import CREDENTIALS, external_id, role_session
 from affise_s3_assets.config.apply import apply_integrations
 from affise_s3_assets.config.targets import build_export_targets
 from affise_s3_assets.delivery.connection_check import check_connection
+from tests.caller_identity import CallerIdentity
 from tests.conftest import S3_SCRIPT, Account, S3Server
 from tests.delivered import delivered_rows, fetch, source_rows
 from tests.sts_standin import StandIn, sts_standin
@@ -58,16 +59,24 @@ def deployer(s3_server: S3Server) -> Account:
     return DEPLOYER
 
 
-def create_role(s3_server: S3Server, name: str, bucket: str, trusted: str = DEPLOYER_ARN) -> str:
-    """A role in the customer's stead: `trusted` (the deployment unless said) may assume it
-    (RGW checks no ExternalId; the stand-in does), and it may write the objects into `bucket`."""
-    iam = boto3.client(
+def iam_client(s3_server: S3Server, account: Account | None = None) -> Any:
+    """RGW's IAM API as `account` (the admin, who may create and read roles, unless said)."""
+    account = account or s3_server.admin
+    return boto3.client(
         "iam",
         endpoint_url=s3_server.endpoint_url,
         region_name="us-east-1",
-        aws_access_key_id=s3_server.admin.access_key,
-        aws_secret_access_key=s3_server.admin.secret_key,
+        aws_access_key_id=account.access_key,
+        aws_secret_access_key=account.secret_key,
     )
+
+
+def create_role(
+    s3_server: S3Server, name: str, bucket: str, trusted: str = DEPLOYER_ARN, path: str = "/"
+) -> str:
+    """A role in the customer's stead: `trusted` (the deployment unless said) may assume it
+    (RGW checks no ExternalId; the stand-in does), and it may write the objects into `bucket`."""
+    iam = iam_client(s3_server)
     trust = {
         "Version": "2012-10-17",
         "Statement": [
@@ -78,7 +87,7 @@ def create_role(s3_server: S3Server, name: str, bucket: str, trusted: str = DEPL
             }
         ],
     }
-    arn = iam.create_role(RoleName=name, Path="/", AssumeRolePolicyDocument=compact(trust))
+    arn = iam.create_role(RoleName=name, Path=path, AssumeRolePolicyDocument=compact(trust))
     allowed = {
         "Version": "2012-10-17",
         "Statement": [
@@ -311,6 +320,8 @@ def test_a_trust_policy_naming_another_principal_is_refused_by_rgw_permanently(
     message = failure_text(result)
     assert ACCEPTED.format(role=other) in message
     assert "its trust policy does not name the delivering principal" in message
+    # RGW answers keys it does not know with AccessDenied too: asked, it accepts the deployment's.
+    assert f"({sts} accepts the deployment's own credentials)" in message
     assert "`affise-s3 external-id acme` prints what the role needs" in message
     seen = observation(rig, "acme")
     assert (seen["error_code"], seen["permanent"]) == ("RoleAccessDenied", True)
@@ -318,6 +329,70 @@ def test_a_trust_policy_naming_another_principal_is_refused_by_rgw_permanently(
     (held,) = CREDENTIALS._held.values()  # the trusted role's alone
     for secret in (KEY, deployment.secret_key, held.secret_key, held.token):
         assert secret not in message + json.dumps(seen, default=str)
+
+
+@pytest.mark.parametrize("keys", ["a wrong secret", "a key id the store does not know"])
+def test_deployment_keys_rgw_refuses_are_named_as_such_not_as_the_roles_fault(
+    rig: Any,
+    s3_server: S3Server,
+    deployment: Account,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: str,
+) -> None:
+    """RGW's STS answers an AssumeRole signed with a key it does not know, or a wrong secret,
+    with AccessDenied, as it answers a trust policy refusing (AWS's says InvalidClientTokenId
+    or SignatureDoesNotMatch); S3 ListBuckets with the same keys, which every user may call,
+    tells the two apart: the delivery stops, permanently, naming the deployment's own
+    credentials. The role trusts the deployer: its right keys would be accepted."""
+    sts = (s3_server.directory / "sts-endpoint-url").read_text().strip()
+    ours = create_role(s3_server, f"affise-{rig.bucket}-ours", rig.bucket)
+    if keys == "a wrong secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-deployers-secret/0123456789")
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "TESTUNKNOWNKEYID001")
+    raw = boto3.client("sts", endpoint_url=sts, region_name="us-east-1")
+    with pytest.raises(botocore.exceptions.ClientError) as answered:
+        raw.assume_role(RoleArn=ours, RoleSessionName="affise-acme")
+    response = answered.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert response.get("Code") == "AccessDenied"
+
+    rig.configure([("acme", "2026-11-24 00:00:00", role_block(rig.bucket, ours, sts))])
+    result = rig.run()
+    assert not result.success
+    message = failure_text(result)
+    assert (
+        f"the deployment's own AWS credentials were refused by {sts} when assuming role {ours}: "
+        "it answered AssumeRole AccessDenied (HTTP 403), and S3 ListBuckets with the same "
+        "credentials, which every user of the store may call, AccessDenied (HTTP 403)"
+    ) in message
+    assert "trust policy" not in message
+    seen = observation(rig, "acme")
+    assert (seen["error_code"], seen["permanent"]) == ("DeploymentCredentialsRefused", True)
+    assert rig.objects() == [] and CREDENTIALS._held == {}
+    for secret in (KEY, deployment.secret_key, "not-the-deployers-secret/0123456789"):
+        assert secret not in message + json.dumps(seen, default=str)
+
+
+def test_the_delivering_principal_is_its_roles_arn_with_the_path_rgws_iam_says(
+    s3_server: S3Server, deployer: Account, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GetRole on RGW's IAM API gives the role's ARN with its path; a caller without the right
+    to read roles (RGW's `roles` capability, iam:GetRole on AWS) gets the ARN without it, and
+    `path_unread` says why. RGW 16 has no GetCallerIdentity (405): a stub answers it."""
+    name = f"affise-{bucket}-deployment"
+    arn = create_role(s3_server, name, bucket, path="/team/exports/")
+    assert arn == f"arn:aws:iam:::role/team/exports/{name}"
+    monkeypatch.delenv("AWS_ROLE_ARN", raising=False)
+    caller = f"arn:aws:sts:::assumed-role/{name}/affise-session"
+    reader = CallerIdentity(caller, iam=iam_client(s3_server))
+    monkeypatch.setattr(assume_role.boto3.session, "Session", reader)
+    assert assume_role.deployment_principal() == assume_role.Principal(arn)
+    no_right = CallerIdentity(caller, iam=iam_client(s3_server, deployer))
+    monkeypatch.setattr(assume_role.boto3.session, "Session", no_right)
+    principal = assume_role.deployment_principal()
+    assert principal.arn == f"arn:aws:iam:::role/{name}"
+    assert principal.path_unread == "IAM GetRole answered AccessDenied (HTTP 403)"
 
 
 def test_a_deployment_without_credentials_or_secret_says_so(

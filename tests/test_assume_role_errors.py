@@ -1,9 +1,12 @@
 """How the customer's role fails, without a server: STS's refusals classified (Ceph RGW's reach
-botocore with the code "Unknown", so the HTTP status decides), a role's credentials a store
-holds for expired dropped and assumed again, and the delivering principal named from
-GetCallerIdentity. The refusals on the real S3 server are in tests/test_assume_role.py."""
+botocore with the code "Unknown", so the HTTP status decides; an S3-compatible store's
+AccessDenied told apart by what it says of the deployment's own credentials), a role's
+credentials a store holds for expired dropped and assumed again, and the delivering principal
+named from GetCallerIdentity and its role's path. The refusals on the real S3 server are in
+tests/test_assume_role.py."""
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,13 +14,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import botocore.config
+import botocore.credentials
 import botocore.exceptions
 import botocore.session
 import pytest
 from botocore.stub import Stubber
 
-from affise_s3_assets import assume_role, s3
+from affise_s3_assets import assume_role, cli, s3
 from affise_s3_assets.assume_role import CREDENTIALS, RoleSession, refused
+from tests.caller_identity import CallerIdentity
 from tests.local_http import serving
 
 ROLE = "arn:aws:iam::123456789012:role/affise-delivery"
@@ -296,37 +302,206 @@ def test_forget_drops_only_the_session_named(sts: FakeSts) -> None:
     assert CREDENTIALS.metadata(role)["token"] == "session-token-2"
 
 
+# --- an S3-compatible store's AccessDenied: the role, or the deployment's own credentials ------
+
+STORE = "http://127.0.0.1:9"  # an S3-compatible store's endpoint, serving STS as RGW does
+OWN_KEY_ID = "TESTOWNKEYID0000001"
+OWN_SECRET = "test-own-secret/0123456789"
+REFUSED_HERE = "the deployment's own AWS credentials were refused by {url} when assuming role"
+
+
+def store_session(url: str = STORE) -> RoleSession:
+    return RoleSession("acme", ROLE, "us-west-2", url, EXTERNAL_ID)
+
+
+@pytest.mark.parametrize("rgw", [True, False])
+def test_a_stores_access_denied_is_the_deployments_credentials_when_the_store_refuses_them(
+    rgw: bool,
+) -> None:
+    said = assume_role.CredentialsCheck(False, "AccessDenied (HTTP 403)")
+    error = refused(sts_error("AccessDenied", 403, rgw=rgw), store_session(), said)
+    assert (error.kwargs["code"], error.kwargs["permanent"]) == (
+        "DeploymentCredentialsRefused",
+        True,
+    )
+    reason = str(error)
+    assert REFUSED_HERE.format(url=STORE) + f" {ROLE}: it answered AssumeRole AccessDenied" in (
+        reason
+    )
+    assert "S3 ListBuckets with the same credentials" in reason
+    assert "an operator gives the deployment the credentials of a user that store knows" in reason
+    assert "trust policy" not in reason and EXTERNAL_ID not in reason + repr(error)
+
+
+def test_a_stores_access_denied_is_the_roles_when_the_store_accepts_the_credentials() -> None:
+    said = assume_role.CredentialsCheck(True, "accepted")
+    error = refused(sts_error("AccessDenied", 403, rgw=True), store_session(), said)
+    assert (error.kwargs["code"], error.kwargs["permanent"]) == ("RoleAccessDenied", True)
+    assert DENIED in str(error) and FIX in str(error)
+    assert f"({STORE} accepts the deployment's own credentials)" in str(error)
+
+
+@pytest.mark.parametrize("said", [None, assume_role.CredentialsCheck(None, "Unknown (HTTP 405)")])
+def test_a_stores_access_denied_names_both_causes_when_the_store_does_not_tell(
+    said: assume_role.CredentialsCheck | None,
+) -> None:
+    error = refused(sts_error(None, 403), store_session(), said)
+    assert (error.kwargs["code"], error.kwargs["permanent"]) == ("RoleAccessDenied", True)
+    reason = str(error)
+    assert DENIED in reason and FIX in reason
+    assert f"or {STORE} does not accept the deployment's own credentials" in reason
+    assert "answers keys it does not know or a wrong secret with AccessDenied too" in reason
+    if said is not None:
+        assert "(S3 ListBuckets with them, which would tell, answered Unknown (HTTP 405))" in (
+            reason
+        )
+
+
+def test_awss_access_denied_is_the_roles() -> None:
+    """AWS's STS answers keys it does not know, a wrong secret or an expired token with codes of
+    their own (DeploymentCredentialsRefused above): its AccessDenied is the role's alone."""
+    reason = str(refused(sts_error("AccessDenied", 403), session()))
+    assert DENIED in reason and "does not accept the deployment's own credentials" not in reason
+
+
+@dataclass
+class FakeStsStore:
+    """An S3-compatible store serving STS at its S3 endpoint: AssumeRole answered 403
+    AccessDenied in RGW's S3-style body; ListBuckets (GET /) answered `listing` (status, code).
+    Records each request's action and the key id it was signed with."""
+
+    url: str = ""
+    listing: tuple[int, str | None] = (200, None)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+
+@contextmanager
+def fake_sts_store() -> Iterator[FakeStsStore]:
+    store = FakeStsStore()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def _reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _note(self, action: str) -> None:
+            key_id = self.headers.get("Authorization", "").split("Credential=", 1)[-1]
+            store.requests.append((action, key_id.split("/", 1)[0]))
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._note("AssumeRole")
+            self._reply(403, b"<Error><Code>AccessDenied</Code><Message></Message></Error>")
+
+        def do_GET(self) -> None:
+            self._note("ListBuckets")
+            status, code = store.listing
+            if code is None:
+                self._reply(
+                    status,
+                    b"<ListAllMyBucketsResult><Owner><ID>deployer</ID></Owner>"
+                    b"<Buckets></Buckets></ListAllMyBucketsResult>",
+                )
+            else:
+                self._reply(status, f"<Error><Code>{code}</Code></Error>".encode())
+
+    with serving(Handler) as url:
+        store.url = url
+        yield store
+
+
+@pytest.fixture
+def own_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
+    """The deployment's standard AWS chain holds OWN_KEY_ID and nothing else; plain-http STS
+    allowed (the loopback stand-ins)."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", OWN_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", OWN_SECRET)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AFFISE_STS_ALLOW_HTTP", "1")
+    CREDENTIALS.clear()
+    yield
+    CREDENTIALS.clear()
+
+
+@pytest.mark.parametrize(
+    ("listing", "named", "words"),
+    [
+        ((200, None), "RoleAccessDenied", ["accepts the deployment's own credentials"]),
+        ((403, "AccessDenied"), "DeploymentCredentialsRefused", ["S3 ListBuckets with the same"]),
+        ((403, "InvalidAccessKeyId"), "DeploymentCredentialsRefused", ["InvalidAccessKeyId"]),
+        ((403, "SignatureDoesNotMatch"), "DeploymentCredentialsRefused", ["HTTP 403"]),
+        ((405, "MethodNotAllowed"), "RoleAccessDenied", ["which would tell, answered Method"]),
+    ],
+)
+def test_an_assume_role_a_store_denies_asks_the_store_of_the_deployments_credentials(
+    own_keys: None, listing: tuple[int, str | None], named: str, words: list[str]
+) -> None:
+    with fake_sts_store() as store:
+        store.listing = listing
+        with pytest.raises(s3.RoleNotAssumed) as raised:
+            CREDENTIALS.metadata(store_session(store.url))
+    error = raised.value
+    assert (error.kwargs["code"], error.kwargs["permanent"]) == (named, True)
+    for phrase in words:
+        assert phrase in str(error)
+    # One AssumeRole, then one ListBuckets, both signed with the deployment's own key.
+    assert store.requests == [("AssumeRole", OWN_KEY_ID), ("ListBuckets", OWN_KEY_ID)]
+    assert OWN_SECRET not in str(error) + repr(error) and EXTERNAL_ID not in str(error)
+
+
+def test_an_unreachable_store_leaves_both_causes_named(own_keys: None) -> None:
+    said = assume_role.check_own_credentials(
+        store_session("http://127.0.0.1:9"),
+        botocore.credentials.Credentials(OWN_KEY_ID, OWN_SECRET).get_frozen_credentials(),
+    )
+    assert said == assume_role.CredentialsCheck(None, "EndpointConnectionError")
+
+
+def test_awss_access_denied_asks_nothing_more(
+    own_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = botocore.session.get_session().create_client(
+        "sts", region_name="us-west-2", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    stubber = Stubber(client)
+    stubber.add_client_error("assume_role", "AccessDenied", http_status_code=403)
+    stubber.activate()
+    monkeypatch.setattr(assume_role, "_deployment_client", lambda *_: client)
+
+    def never(*_: object) -> None:
+        raise AssertionError("AWS's STS needs no check of the deployment's credentials")
+
+    monkeypatch.setattr(assume_role, "check_own_credentials", never)
+    with pytest.raises(s3.RoleNotAssumed) as raised:
+        CREDENTIALS.metadata(session())
+    assert raised.value.kwargs["code"] == "RoleAccessDenied"
+    stubber.assert_no_pending_responses()
+
+
 # --- the delivering principal -----------------------------------------------------------------
 
 
-class CallerIdentity:
-    """boto3.session.Session as deployment_principal uses it, its STS answering `arn`."""
-
-    def __init__(self, arn: str) -> None:
-        self.arn = arn
-        self.region_name: str | None = None
-        self.asked_region: str | None = None
-
-    def __call__(self) -> "CallerIdentity":
-        return self
-
-    def client(self, service: str, region_name: str) -> Any:
-        assert service == "sts"
-        self.asked_region = region_name
-        client = botocore.session.get_session().create_client(
-            "sts", region_name=region_name, aws_access_key_id="k", aws_secret_access_key="s"
-        )
-        stubber = Stubber(client)
-        answer = {"UserId": "AIDAEXAMPLE", "Account": "111122223333", "Arn": self.arn}
-        stubber.add_response("get_caller_identity", answer, {})
-        stubber.activate()
-        return client
+@pytest.fixture
+def no_role_arn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ROLE_ARN", raising=False)
 
 
 @pytest.mark.parametrize(
     ("caller", "principal"),
     [
-        # An assumed role's session (IRSA, an instance profile): its role.
+        # An assumed role's session (IRSA, an instance profile): its role, as GetRole says it.
         (
             "arn:aws:sts::111122223333:assumed-role/affise-delivery/botocore-session-1733",
             "arn:aws:iam::111122223333:role/affise-delivery",
@@ -334,6 +509,10 @@ class CallerIdentity:
         (
             "arn:aws:sts::111122223333:assumed-role/affise-delivery/i-0abc@example.com,x=y.z",
             "arn:aws:iam::111122223333:role/affise-delivery",
+        ),
+        (
+            "arn:aws:sts::111122223333:assumed-role/affise-delivery/s",
+            "arn:aws:iam::111122223333:role/team/exports/affise-delivery",
         ),
         (
             "arn:aws-cn:sts::111122223333:assumed-role/affise/s",
@@ -365,12 +544,85 @@ class CallerIdentity:
     ],
 )
 def test_the_delivering_principal_is_the_callers_role_or_the_caller(
-    monkeypatch: pytest.MonkeyPatch, caller: str, principal: str
+    monkeypatch: pytest.MonkeyPatch, no_role_arn: None, caller: str, principal: str
 ) -> None:
-    identity = CallerIdentity(caller)
+    role = principal if ":role/" in principal else None
+    identity = CallerIdentity(caller, role)
     monkeypatch.setattr(assume_role.boto3.session, "Session", identity)
-    assert assume_role.deployment_principal() == principal
-    assert identity.asked_region == "us-east-1"  # no region configured: STS's global one
+    assert assume_role.deployment_principal() == assume_role.Principal(principal)
+    # No region configured: STS's global one (and IAM's); GetRole for a role only.
+    asked = [("sts", "us-east-1")] + ([("iam", "us-east-1")] if role else [])
+    assert identity.asked == asked
     identity.region_name = "eu-west-1"
-    assert assume_role.deployment_principal() == principal
-    assert identity.asked_region == "eu-west-1"
+    identity.asked.clear()
+    assert assume_role.deployment_principal() == assume_role.Principal(principal)
+    assert identity.asked == [(service, "eu-west-1") for service, _ in asked]
+
+
+CALLER = "arn:aws:sts::111122223333:assumed-role/affise-delivery/s"
+BARE = "arn:aws:iam::111122223333:role/affise-delivery"
+WITH_PATH = "arn:aws:iam::111122223333:role/team/exports/affise-delivery"
+
+
+@pytest.mark.parametrize(
+    ("identity", "unread"),
+    [
+        # No iam:GetRole on its own role (the usual IRSA role's case).
+        (CallerIdentity(CALLER, "AccessDenied"), "IAM GetRole answered AccessDenied (HTTP 403)"),
+        (CallerIdentity(CALLER, unreachable=True), "IAM GetRole failed: EndpointConnectionError"),
+        (
+            CallerIdentity(CALLER, "arn:aws:iam::111122223333:role/team/other-role"),
+            "IAM GetRole answered another role's ARN",
+        ),
+    ],
+)
+def test_a_roles_path_that_cannot_be_read_is_said(
+    monkeypatch: pytest.MonkeyPatch, no_role_arn: None, identity: CallerIdentity, unread: str
+) -> None:
+    monkeypatch.setattr(assume_role.boto3.session, "Session", identity)
+    principal = assume_role.deployment_principal()
+    assert principal.arn == BARE
+    assert principal.path_unread is not None and principal.path_unread.startswith(unread)
+
+
+def test_irsas_role_arn_gives_the_path_without_get_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    identity = CallerIdentity(CALLER)  # no GetRole answer: it is not asked
+    monkeypatch.setattr(assume_role.boto3.session, "Session", identity)
+    monkeypatch.setenv("AWS_ROLE_ARN", WITH_PATH)
+    assert assume_role.deployment_principal() == assume_role.Principal(WITH_PATH)
+    assert [service for service, _ in identity.asked] == ["sts"]
+    # AWS_ROLE_ARN naming another role (or account) is not the caller's: GetRole says.
+    for other in (
+        "arn:aws:iam::111122223333:role/team/exports/another-role",
+        "arn:aws:iam::444455556666:role/team/exports/affise-delivery",
+    ):
+        monkeypatch.setenv("AWS_ROLE_ARN", other)
+        identity = CallerIdentity(CALLER, WITH_PATH)
+        monkeypatch.setattr(assume_role.boto3.session, "Session", identity)
+        assert assume_role.deployment_principal() == assume_role.Principal(WITH_PATH)
+
+
+def test_external_id_names_the_roles_whole_arn_or_says_it_could_not(
+    monkeypatch: pytest.MonkeyPatch, no_role_arn: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AFFISE_EXTERNAL_ID_KEY", "test-deployment-external-id-key")
+    args = ["external-id", "acme", "--file", "/nonexistent/integrations.yaml", "--json"]
+
+    monkeypatch.setattr(assume_role.boto3.session, "Session", CallerIdentity(CALLER, WITH_PATH))
+    assert cli.main(args) == 0
+    said = capsys.readouterr()
+    (statement,) = json.loads(said.out)["trust_policy"]["Statement"]
+    assert statement["Principal"] == {"AWS": WITH_PATH}
+    assert said.err == ""
+
+    refused_here = CallerIdentity(CALLER, "AccessDenied")
+    monkeypatch.setattr(assume_role.boto3.session, "Session", refused_here)
+    assert cli.main(args) == 0
+    said = capsys.readouterr()
+    (statement,) = json.loads(said.out)["trust_policy"]["Statement"]
+    assert statement["Principal"] == {"AWS": BARE}
+    warning = " ".join(said.err.split())
+    assert f"names the deployment's role as {BARE}, without a path" in warning
+    assert "its path could not be read (IAM GetRole answered AccessDenied (HTTP 403)" in warning
+    assert "AWS refuses a trust policy naming a role that has a path without it" in warning
+    assert "run again with --principal and that whole ARN" in warning
