@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 
 from affise_s3_assets.automation.catch_up import (
     CATCH_UP_IN_FLIGHT,
@@ -387,14 +388,16 @@ def test_window_runs_carry_the_tags_the_run_queue_limits_key_on() -> None:
     assert tags["affise/frequency"] == "5"
 
 
-def test_csv_exports_from_a_duckdb_file_load_no_pyarrow(tmp_path: Path) -> None:
-    """pyarrow (~26 MB of every run worker's RSS) is loaded only by Parquet output or a
-    Parquet source: loading the shipped definitions, building a CSV encoder and reading a
-    window's fingerprints and rows from a DuckDB file, in a fresh process, do not."""
+@pytest.mark.parametrize("file_format", ["csv", "parquet"])
+def test_exports_from_a_duckdb_file_load_no_pyarrow(tmp_path: Path, file_format: str) -> None:
+    """pyarrow (~26 MB of every run worker's RSS) is loaded only by a Parquet source: loading
+    the shipped definitions, reading a window's fingerprints and rows from a DuckDB file and
+    encoding them as CSV or as Parquet, in a fresh process, do not."""
     events = tmp_path / "events.duckdb"
     generate_demo_events(events, datetime(2026, 11, 25), datetime(2026, 11, 25, 2), 20_000, 3)
     code = (
         "import sys\n"
+        "from dataclasses import replace\n"
         "from datetime import datetime\n"
         "from affise_s3_assets.definitions import defs\n"
         "from affise_s3_assets.delivery.engine import encoder_of\n"
@@ -404,16 +407,22 @@ def test_csv_exports_from_a_duckdb_file_load_no_pyarrow(tmp_path: Path) -> None:
         "defs()\n"
         "(target, *_) = build_export_targets(load_integrations(sys.argv[1]).integrations)\n"
         "assert target.file_format == 'csv'\n"
+        "target = replace(target, file_format=sys.argv[3])\n"
         "encoder = encoder_of(target)\n"
         "start, end = datetime(2026, 11, 25), datetime(2026, 11, 25, 1)\n"
         "with EventsDatabase(path=sys.argv[2]).read('clicks', start, end) as source:\n"
         "    assert source.fingerprints(60, [((), ())])\n"
-        "    rows = sum(frame.height for frame in source.frames())\n"
-        "assert rows > 0\n"
+        "    rows, encoded = 0, b''\n"
+        "    for frame in source.frames():\n"
+        "        rows += frame.height\n"
+        "        data = frame if sys.argv[3] == 'parquet' else frame.write_csv().encode()\n"
+        "        encoded += b''.join(encoder.add(frame.height, data))\n"
+        "    encoded += encoder.finish()\n"
+        "assert rows > 0 and encoder.rows == rows and encoded\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(SHIPPED), str(events)],
+        [sys.executable, "-c", code, str(SHIPPED), str(events), file_format],
         cwd=ROOT,
         capture_output=True,
         text=True,

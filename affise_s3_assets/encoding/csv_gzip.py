@@ -95,7 +95,7 @@ class CsvText:
     """
 
     def __init__(self) -> None:
-        self._file = _memory_file()
+        self._file = memory_file()
         self._map: mmap.mmap | None = None
         self.view = memoryview(b"")
 
@@ -117,10 +117,12 @@ class CsvText:
         return self.view
 
 
-def _memory_file() -> io.FileIO:
+def memory_file(name: str = "affise-csv") -> io.FileIO:
+    """An anonymous in-memory file (a memfd; elsewhere a temporary file) that polars writes
+    to by its descriptor, off the GIL."""
     if hasattr(os, "memfd_create"):
-        return open(os.memfd_create("affise-csv", os.MFD_CLOEXEC), "wb", buffering=0)
-    return tempfile.TemporaryFile(buffering=0, prefix="affise-csv-")  # type: ignore[return-value]
+        return open(os.memfd_create(name, os.MFD_CLOEXEC), "wb", buffering=0)
+    return tempfile.TemporaryFile(buffering=0, prefix=f"{name}-")  # type: ignore[return-value]
 
 
 class CsvTexts:

@@ -5,98 +5,82 @@ source/event_types.py's TYPED_COLUMNS); the CSV format is encoding/csv_gzip.py's
 Columns are typed as the source declares them (schema.sql): timestamps as UTC instants with
 microseconds, decimals as DECIMAL(18,4), integers, booleans and text as themselves. Row groups
 hold exactly ROW_GROUP_ROWS rows (the last one fewer), whatever the batches they came in, so
-the same rows give the same bytes on any path; one row group is held in memory per object.
+the same rows give the same bytes on any path. Each row group is written by polars as a file
+of its own, whose column chunks are handed on as they are and whose footer's row group joins
+the object's footer (parquet_footer.py): one row group is held in memory per object, and
+writing needs no pyarrow (docs/design.md, "Tuning choices").
 """
 
-import functools
+import io
+import os
+import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from affise_s3_assets.config.schema import EventType
+from affise_s3_assets.encoding.csv_gzip import memory_file
+from affise_s3_assets.encoding.parquet_footer import (
+    MAGIC,
+    Struct,
+    joined_footer,
+    moved,
+    row_groups,
+    split_file,
+)
 from affise_s3_assets.source.event_types import TYPED_COLUMNS
 
-# pyarrow (~26 MB of a process's RSS) is imported once an encoder is made: the definitions
-# and a CSV export never load it (tests/test_definitions.py).
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 32_768
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
 
-
-@functools.cache
-def _arrow_types() -> "dict[str, pa.DataType]":
-    """The source DDL's typed columns (source.TYPED_COLUMNS) as Arrow types; the rest is text."""
-    import pyarrow as pa
-
-    return {
-        "instant": pa.timestamp("us", tz="UTC"),
-        "integer": pa.int32(),
-        "boolean": pa.bool_(),
-        "decimal": pa.decimal128(18, 4),
-    }
+_INSTANT = pl.Datetime("us", "UTC")
+_TYPES: dict[str, pl.DataType] = {
+    "instant": _INSTANT,
+    "integer": pl.Int32(),
+    "boolean": pl.Boolean(),
+    "decimal": pl.Decimal(18, 4),
+}
 
 
-def parquet_schema(columns: Sequence[str]) -> "pa.Schema":
+def parquet_schema(columns: Sequence[str]) -> pl.Schema:
     """The file's schema: every column nullable, typed as in the source, text otherwise."""
-    import pyarrow as pa
-
-    types = _arrow_types()
-    return pa.schema(
-        [pa.field(name, types.get(TYPED_COLUMNS.get(name, ""), pa.string())) for name in columns]
+    return pl.Schema(
+        {name: _TYPES.get(TYPED_COLUMNS.get(name, ""), pl.String()) for name in columns}
     )
 
 
-def _typed(frame: pl.DataFrame, schema: "pa.Schema") -> "pa.Table":
+def _typed(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     """The frame as the file's types: naive timestamps are UTC (the source's convention)."""
-    import pyarrow as pa
-
-    instant = _arrow_types()["instant"]
     columns = []
-    for field in schema:
-        series = frame[field.name]
-        if field.type == instant:
-            dtype = series.dtype
-            zoned = isinstance(dtype, pl.Datetime) and dtype.time_zone is not None
-            series = (
-                series.dt.convert_time_zone("UTC")
+    for name, dtype in schema.items():
+        column = pl.col(name)
+        if dtype == _INSTANT:
+            current = frame.schema[name]
+            zoned = isinstance(current, pl.Datetime) and current.time_zone is not None
+            column = (
+                column.dt.convert_time_zone("UTC")
                 if zoned
-                else series.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-            )
-            series = series.dt.cast_time_unit("us")
-        columns.append(series.to_arrow().cast(field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
+                else column.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+            ).dt.cast_time_unit("us")
+        else:
+            column = column.cast(dtype)
+        columns.append(column)
+    return frame.select(columns)
 
 
-class _Drain:
-    """A write-only file for ParquetWriter whose written bytes are taken as they come."""
+_THREAD = threading.local()
 
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self.closed = False
-        self.written = 0
 
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._chunks.append(chunk)
-        self.written += len(chunk)
-        return len(chunk)
-
-    def flush(self) -> None:
-        pass
-
-    def tell(self) -> int:
-        return self.written
-
-    def close(self) -> None:
-        self.closed = True
-
-    def take(self) -> bytes:
-        data, self._chunks = b"".join(self._chunks), []
-        return data
+def _scratch() -> io.FileIO:
+    """This thread's in-memory file that row groups are written to, one at a time: polars
+    writes to its descriptor off the GIL, and its pages are kept from one row group to the
+    next, where a BytesIO grows its memory anew for each."""
+    scratch = getattr(_THREAD, "scratch", None)
+    if scratch is None:
+        scratch = _THREAD.scratch = memory_file("affise-parquet")
+    return scratch
 
 
 class ParquetEncoder:
@@ -106,21 +90,13 @@ class ParquetEncoder:
     compression = COMPRESSION
 
     def __init__(self, event_type: EventType, columns: Sequence[str]) -> None:
-        import pyarrow.parquet as pq
-
         self.event_type = event_type
         self.schema = parquet_schema(columns)
-        self._drain = _Drain()
-        self._writer = pq.ParquetWriter(
-            self._drain,
-            self.schema,
-            compression=COMPRESSION,
-            compression_level=COMPRESSION_LEVEL,
-            # No pandas or Arrow extras that could vary: the schema is the file's own.
-            store_schema=False,
-        )
-        self._pending: list[pa.Table] = []
+        self._pending: list[pl.DataFrame] = []
         self._pending_rows = 0
+        self._groups: list[Struct] = []
+        self._head: Struct | None = None  # the first row group's file's footer
+        self._size = len(MAGIC)  # the object's bytes so far, the magic included
         self.rows = 0
 
     def add(self, rows: int, frame: pl.DataFrame) -> Iterator[bytes]:
@@ -131,29 +107,55 @@ class ParquetEncoder:
         self._pending.append(_typed(frame, self.schema))
         self._pending_rows += rows
         while self._pending_rows >= ROW_GROUP_ROWS:
-            pending = _concat(self._pending)
-            self._write_group(pending.slice(0, ROW_GROUP_ROWS))
+            pending = pl.concat(self._pending, rechunk=False)
+            yield self._group(pending.slice(0, ROW_GROUP_ROWS))
             rest = pending.slice(ROW_GROUP_ROWS)
-            self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-            yield self._drain.take()
+            self._pending, self._pending_rows = ([rest] if rest.height else []), rest.height
 
-    def _write_group(self, table: "pa.Table") -> None:
-        # One chunk per column: pyarrow cuts pages at chunk boundaries, which follow the
-        # batches the rows came in; combined, the bytes follow the rows alone.
-        self._writer.write_table(table.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+    def _write(self, frame: pl.DataFrame) -> tuple[bytes, Struct]:
+        """`frame` as a Parquet file of its own: its column chunks and its footer."""
+        # One chunk per column: polars cuts pages at chunk boundaries, which follow the
+        # batches the rows came in; joined, the bytes follow the rows alone.
+        target = _scratch()
+        fd = target.fileno()
+        os.lseek(fd, 0, os.SEEK_SET)
+        frame.rechunk().write_parquet(
+            target,
+            compression=COMPRESSION,
+            compression_level=COMPRESSION_LEVEL,
+            statistics=True,
+            row_group_size=ROW_GROUP_ROWS,
+        )
+        size = os.lseek(fd, 0, os.SEEK_CUR)
+        tail = os.pread(fd, 8, size - 8)
+        footer_size = int.from_bytes(tail[:4], "little")
+        footer = os.pread(fd, footer_size + 8, size - 8 - footer_size)
+        head = os.pread(fd, len(MAGIC), 0)
+        _, meta = split_file(head + footer)
+        return os.pread(fd, size - 8 - footer_size - len(MAGIC), len(MAGIC)), meta
+
+    def _group(self, frame: pl.DataFrame) -> bytes:
+        """The row group's column chunks, where they lie in the object (its magic first)."""
+        chunks, footer = self._write(frame)
+        first = self._head is None
+        if first:
+            self._head = footer
+        (group,) = row_groups(footer)
+        # Its positions were counted from its own file's magic; it follows what came before.
+        self._groups.append(moved(group, self._size - len(MAGIC), len(self._groups)))
+        self._size += len(chunks)
+        return (MAGIC if first else b"") + chunks
 
     def finish(self) -> bytes:
+        data = b""
         if self._pending_rows:
-            self._write_group(_concat(self._pending))
+            data = self._group(pl.concat(self._pending, rechunk=False))
             self._pending, self._pending_rows = [], 0
-        self._writer.close()
-        return self._drain.take()
+        if self._head is None:
+            # No rows: the schema, from the footer of an empty file, and no row group.
+            self._head = self._write(self.schema.to_frame())[1]
+            data = MAGIC
+        return data + joined_footer(self._head, self._groups, self.rows)
 
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows}
-
-
-def _concat(tables: "list[pa.Table]") -> "pa.Table":
-    import pyarrow as pa
-
-    return pa.concat_tables(tables)
