@@ -269,30 +269,36 @@ def _aws_sts(session: RoleSession) -> bool:
 
 @dataclass(frozen=True)
 class CredentialsCheck:
-    """What an S3-compatible store's endpoint said of the deployment's own credentials to
-    ListBuckets, a request every user of the store may make: `accepted`, refused (False), or
-    None when the answer does not tell; `said` is the answer's code and HTTP status, or the
+    """What an S3-compatible store's endpoint answered an S3 ListBuckets signed with the
+    deployment's own credentials: `accepted` True (it listed), False (it refused the keys
+    themselves: _KEYS_REFUSED, or HTTP 401), None when the answer does not tell; `denied`, with
+    None: the answer was AccessDenied (HTTP 403), which a store gives both to keys it does not
+    know (Ceph RGW 16) and to a user of its own without the right to list buckets (IAM-style
+    policies: MinIO, Ceph account users). `said` is the answer's code and HTTP status, or the
     failure's kind."""
 
     accepted: bool | None
     said: str
+    denied: bool = False
 
 
 def check_own_credentials(session: RoleSession, own: Any) -> CredentialsCheck:
-    """Whether the session's STS endpoint (an S3-compatible store's: S3 and STS at one URL)
-    accepts the deployment's own credentials `own`, by an S3 ListBuckets signed with them.
-    Ceph RGW's STS answers an AssumeRole signed with a key it does not know, or a wrong secret,
+    """What the session's STS endpoint (an S3-compatible store's: S3 and STS at one URL) says
+    of the deployment's own credentials `own`, by an S3 ListBuckets signed with them. Ceph
+    RGW's STS answers an AssumeRole signed with a key it does not know, or a wrong secret,
     with AccessDenied, as it answers a trust policy refusing; RGW 16 has no GetCallerIdentity
     (405) and refuses GetSessionToken to users without an IAM policy allowing it, so neither
-    tells the two apart. The answer's buckets are not read."""
+    tells the two apart. Only a key-level answer to ListBuckets refuses the keys; its bare
+    AccessDenied does not tell either. The answer's buckets are not read."""
     client = _deployment_client("s3", session, own)
     try:
         client.list_buckets()
     except botocore.exceptions.ClientError as exc:
         code, status = _code_and_status(exc)
         said = f"{code} (HTTP {status})"
-        refused_here = status in (401, 403) or code in _DEPLOYMENT | _KEYS_UNKNOWN
-        return CredentialsCheck(False if refused_here else None, said)
+        if code in _KEYS_REFUSED or status == 401:
+            return CredentialsCheck(False, said)
+        return CredentialsCheck(None, said, denied=code in _DENIED or status == 403)
     except botocore.exceptions.BotoCoreError as exc:
         return CredentialsCheck(None, type(exc).__name__)
     finally:
@@ -371,8 +377,18 @@ _DEPLOYMENT = {
 }
 _INVALID = {"ValidationError", "InvalidParameterValue", "MalformedPolicyDocument"}
 _REGION = {"RegionDisabledException"}
-# S3's words for a key it does not know, or a user it has suspended.
-_KEYS_UNKNOWN = {"InvalidAccessKeyId", "UserSuspended"}
+# What a store answers about the keys a request is signed with themselves (not about what
+# their user may do): a key it does not know, a wrong secret, a suspended user, an expired or
+# invalid session token.
+_KEYS_REFUSED = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "UserSuspended",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidToken",
+}
 
 
 def _code_and_status(exc: botocore.exceptions.ClientError) -> tuple[str, Any]:
@@ -395,7 +411,8 @@ def refused(
     body's Code is read from the response's top level, and with none the HTTP status
     decides. An AccessDenied from an S3-compatible store's endpoint may be its answer to the
     deployment's own credentials: `own`, what the endpoint said of them (check_own_credentials),
-    tells which; without it, the words name both."""
+    tells which when it refused the keys themselves or accepted them; otherwise the words name
+    both."""
     code, status = _code_and_status(exc)
     role = session.role_arn
     fix = f"`affise-s3 external-id {session.integration}` prints what the role needs"
@@ -414,9 +431,9 @@ def refused(
         reason = (
             f"the deployment's own AWS credentials were refused by {session.sts_endpoint} "
             f"when assuming role {role}: it answered AssumeRole {code} (HTTP {status}), and "
-            f"S3 ListBuckets with the same credentials, which every user of the store may "
-            f"call, {own.said}; an operator gives the deployment the credentials of a user "
-            "that store knows, or renews them"
+            f"S3 ListBuckets with the same credentials {own.said}, a refusal of the keys "
+            "themselves; an operator gives the deployment the credentials of a user that "
+            "store knows, or renews them"
         )
         code = "DeploymentCredentialsRefused"
     elif code in _DENIED or (code == "Unknown" and status == 403):
@@ -428,6 +445,14 @@ def refused(
         )
         if own is not None and own.accepted:
             reason += f" ({session.sts_endpoint} accepts the deployment's own credentials)"
+        elif own is not None and own.denied:
+            reason += (
+                f"; or {session.sts_endpoint} does not accept the deployment's own "
+                f"credentials: S3 ListBuckets with them was refused too ({own.said}), an "
+                "answer a store gives both to keys it does not know (as Ceph RGW does) and to a "
+                "user without the right to list buckets, so an operator checks the "
+                "deployment's credentials against that store"
+            )
         elif not _aws_sts(session):
             told = (
                 f" (S3 ListBuckets with them, which would tell, answered {own.said})" if own else ""

@@ -332,7 +332,7 @@ def test_a_trust_policy_naming_another_principal_is_refused_by_rgw_permanently(
 
 
 @pytest.mark.parametrize("keys", ["a wrong secret", "a key id the store does not know"])
-def test_deployment_keys_rgw_refuses_are_named_as_such_not_as_the_roles_fault(
+def test_deployment_keys_rgw_refuses_are_named_as_a_cause_beside_the_trust_policy(
     rig: Any,
     s3_server: S3Server,
     deployment: Account,
@@ -341,9 +341,11 @@ def test_deployment_keys_rgw_refuses_are_named_as_such_not_as_the_roles_fault(
 ) -> None:
     """RGW's STS answers an AssumeRole signed with a key it does not know, or a wrong secret,
     with AccessDenied, as it answers a trust policy refusing (AWS's says InvalidClientTokenId
-    or SignatureDoesNotMatch); S3 ListBuckets with the same keys, which every user may call,
-    tells the two apart: the delivery stops, permanently, naming the deployment's own
-    credentials. The role trusts the deployer: its right keys would be accepted."""
+    or SignatureDoesNotMatch); RGW 16 answers S3 ListBuckets with the same keys AccessDenied
+    too, which a store with IAM-style policies also answers a user it knows without the right
+    to list buckets. So the delivery stops, permanently, naming both causes: the role's trust
+    policy, and the deployment's own credentials, with ListBuckets refused. The role trusts the
+    deployer: its right keys would be accepted."""
     sts = (s3_server.directory / "sts-endpoint-url").read_text().strip()
     ours = create_role(s3_server, f"affise-{rig.bucket}-ours", rig.bucket)
     if keys == "a wrong secret":
@@ -361,14 +363,17 @@ def test_deployment_keys_rgw_refuses_are_named_as_such_not_as_the_roles_fault(
     result = rig.run()
     assert not result.success
     message = failure_text(result)
+    assert ACCEPTED.format(role=ours) in message
+    assert "its trust policy does not name the delivering principal" in message
     assert (
-        f"the deployment's own AWS credentials were refused by {sts} when assuming role {ours}: "
-        "it answered AssumeRole AccessDenied (HTTP 403), and S3 ListBuckets with the same "
-        "credentials, which every user of the store may call, AccessDenied (HTTP 403)"
+        f"or {sts} does not accept the deployment's own credentials: S3 ListBuckets with them "
+        "was refused too (AccessDenied (HTTP 403)), an answer a store gives both to keys it "
+        "does not know (as Ceph RGW does) and to a user without the right to list buckets"
     ) in message
-    assert "trust policy" not in message
+    assert "an operator checks the deployment's credentials against that store" in message
+    assert "every user" not in message
     seen = observation(rig, "acme")
-    assert (seen["error_code"], seen["permanent"]) == ("DeploymentCredentialsRefused", True)
+    assert (seen["error_code"], seen["permanent"]) == ("RoleAccessDenied", True)
     assert rig.objects() == [] and CREDENTIALS._held == {}
     for secret in (KEY, deployment.secret_key, "not-the-deployers-secret/0123456789"):
         assert secret not in message + json.dumps(seen, default=str)

@@ -1,9 +1,9 @@
 """How the customer's role fails, without a server: STS's refusals classified (Ceph RGW's reach
 botocore with the code "Unknown", so the HTTP status decides; an S3-compatible store's
-AccessDenied told apart by what it says of the deployment's own credentials), a role's
-credentials a store holds for expired dropped and assumed again, and the delivering principal
-named from GetCallerIdentity and its role's path. The refusals on the real S3 server are in
-tests/test_assume_role.py."""
+AccessDenied told apart, where it can be, by what it says of the deployment's own
+credentials), a role's credentials a store holds for expired dropped and assumed again, and the
+delivering principal named from GetCallerIdentity and its role's path. The refusals on the real
+S3 server are in tests/test_assume_role.py."""
 
 import http.server
 import json
@@ -308,6 +308,11 @@ STORE = "http://127.0.0.1:9"  # an S3-compatible store's endpoint, serving STS a
 OWN_KEY_ID = "TESTOWNKEYID0000001"
 OWN_SECRET = "test-own-secret/0123456789"
 REFUSED_HERE = "the deployment's own AWS credentials were refused by {url} when assuming role"
+LISTING_DENIED = (
+    "S3 ListBuckets with them was refused too (AccessDenied (HTTP 403)), an answer a store "
+    "gives both to keys it does not know (as Ceph RGW does) and to a user without the right to "
+    "list buckets, so an operator checks the deployment's credentials against that store"
+)
 
 
 def store_session(url: str = STORE) -> RoleSession:
@@ -315,11 +320,15 @@ def store_session(url: str = STORE) -> RoleSession:
 
 
 @pytest.mark.parametrize("rgw", [True, False])
-def test_a_stores_access_denied_is_the_deployments_credentials_when_the_store_refuses_them(
-    rgw: bool,
+@pytest.mark.parametrize(
+    "said",
+    ["InvalidAccessKeyId (HTTP 403)", "SignatureDoesNotMatch (HTTP 403)", "Unknown (HTTP 401)"],
+)
+def test_a_stores_access_denied_is_the_deployments_credentials_when_the_store_refuses_the_keys(
+    rgw: bool, said: str
 ) -> None:
-    said = assume_role.CredentialsCheck(False, "AccessDenied (HTTP 403)")
-    error = refused(sts_error("AccessDenied", 403, rgw=rgw), store_session(), said)
+    check = assume_role.CredentialsCheck(False, said)
+    error = refused(sts_error("AccessDenied", 403, rgw=rgw), store_session(), check)
     assert (error.kwargs["code"], error.kwargs["permanent"]) == (
         "DeploymentCredentialsRefused",
         True,
@@ -328,9 +337,29 @@ def test_a_stores_access_denied_is_the_deployments_credentials_when_the_store_re
     assert REFUSED_HERE.format(url=STORE) + f" {ROLE}: it answered AssumeRole AccessDenied" in (
         reason
     )
-    assert "S3 ListBuckets with the same credentials" in reason
+    assert f"S3 ListBuckets with the same credentials {said}, a refusal of the keys" in reason
     assert "an operator gives the deployment the credentials of a user that store knows" in reason
+    assert "every user" not in reason
     assert "trust policy" not in reason and EXTERNAL_ID not in reason + repr(error)
+
+
+@pytest.mark.parametrize("rgw", [True, False])
+def test_a_stores_access_denied_names_both_causes_when_listing_buckets_is_denied_too(
+    rgw: bool,
+) -> None:
+    """A bare AccessDenied to ListBuckets is a store's answer to keys it does not know (RGW 16)
+    and to a user of its own without the right to list buckets (IAM-style policies): it does
+    not tell, and the trust policy stays named beside the deployment's own credentials."""
+    check = assume_role.CredentialsCheck(None, "AccessDenied (HTTP 403)", denied=True)
+    error = refused(sts_error("AccessDenied", 403, rgw=rgw), store_session(), check)
+    assert (error.kwargs["code"], error.kwargs["permanent"]) == ("RoleAccessDenied", True)
+    reason = str(error)
+    assert DENIED in reason and FIX in reason
+    assert f"or {STORE} does not accept the deployment's own credentials: S3 ListBuckets" in (
+        reason
+    )
+    assert LISTING_DENIED in reason
+    assert "every user" not in reason and EXTERNAL_ID not in reason + repr(error)
 
 
 def test_a_stores_access_denied_is_the_roles_when_the_store_accepts_the_credentials() -> None:
@@ -439,9 +468,11 @@ def own_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     ("listing", "named", "words"),
     [
         ((200, None), "RoleAccessDenied", ["accepts the deployment's own credentials"]),
-        ((403, "AccessDenied"), "DeploymentCredentialsRefused", ["S3 ListBuckets with the same"]),
+        ((403, "AccessDenied"), "RoleAccessDenied", [DENIED, LISTING_DENIED]),
         ((403, "InvalidAccessKeyId"), "DeploymentCredentialsRefused", ["InvalidAccessKeyId"]),
         ((403, "SignatureDoesNotMatch"), "DeploymentCredentialsRefused", ["HTTP 403"]),
+        ((401, "Unauthorized"), "DeploymentCredentialsRefused", ["Unauthorized (HTTP 401)"]),
+        ((400, "ExpiredToken"), "DeploymentCredentialsRefused", ["ExpiredToken (HTTP 400)"]),
         ((405, "MethodNotAllowed"), "RoleAccessDenied", ["which would tell, answered Method"]),
     ],
 )
