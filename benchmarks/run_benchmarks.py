@@ -1395,7 +1395,7 @@ def export_figures(rows: int) -> dict[str, dict[str, Any]]:
             "what": f"{label}: object MB ({ours['rows']:,} rows)",
             "value": ours["object_bytes"] / 1e6,
         }
-    # The day window again as Parquet: its own RSS (pyarrow's writer and its row groups).
+    # The day window again as Parquet: its own RSS (polars' writer and one row group).
     label = f"one-day window, {rows / 1e6:g}M rows, as Parquet"
     parquet, rss = run_child(
         ["--child", "export", str(db), "1440", DAY.strftime("%Y-%m-%d-%H:%M")],

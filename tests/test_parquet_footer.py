@@ -10,11 +10,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from affise_s3_assets.encoding import parquet
+from affise_s3_assets.encoding import parquet, parquet_footer
 from affise_s3_assets.encoding.parquet import ParquetEncoder
 from affise_s3_assets.encoding.parquet_footer import (
     GROUP_ORDINAL,
+    Field,
     FooterError,
     field,
     footer_bytes,
@@ -87,7 +90,8 @@ def test_a_joined_object_reads_the_same_with_pyarrow_duckdb_and_polars(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Row groups written apart and joined: each reader finds every row, in order, in row
-    groups of exactly ROW_GROUP_ROWS rows at the places the footer says."""
+    groups of exactly ROW_GROUP_ROWS rows at the places the footer says, and the footer says
+    nothing of the page indexes that were in the files the row groups were written in."""
     monkeypatch.setattr(parquet, "ROW_GROUP_ROWS", 1_000)
     frame = _clicks(4_321)
     data = _encoded(frame, 777)
@@ -96,9 +100,20 @@ def test_a_joined_object_reads_the_same_with_pyarrow_duckdb_and_polars(
     meta = pq.ParquetFile(path).metadata
     assert meta.num_rows == 4_321 and meta.num_row_groups == 5
     assert [meta.row_group(i).num_rows for i in range(5)] == [1_000] * 4 + [321]
-    for i in range(5):
-        column = meta.row_group(i).column(0)
-        assert 4 <= column.data_page_offset < len(data) - len(_footer(data))
+    # The column chunks lie one after the other from the magic on, as the footer says (each
+    # followed by a copy of its metadata, as polars writes it), and no page index is left
+    # pointing into the files they were written in.
+    end = 4
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            dictionary = chunk.dictionary_page_offset
+            start = min(chunk.data_page_offset, dictionary or chunk.data_page_offset)
+            assert end <= start <= end + 256
+            assert not chunk.has_offset_index and not chunk.has_column_index
+            end = start + chunk.total_compressed_size
+    assert end <= len(data) - len(_footer(data)) - 8 <= end + 256
     # Each row group is numbered by its place in the object, not in the file it came from.
     groups = row_groups(split_file(data)[1])
     assert [field(group, GROUP_ORDINAL).value for group in groups] == list(range(5))  # type: ignore[union-attr]
@@ -147,3 +162,65 @@ def test_timestamps_with_a_zone_are_the_same_instants_in_utc() -> None:
         2026, 11, 25, tzinfo=table.column("created_at").to_pylist()[0].tzinfo
     )
     assert str(table.schema.field("created_at").type.tz) == "UTC"
+
+
+_SCALARS = {
+    parquet_footer._I16: st.integers(-(2**15), 2**15 - 1),
+    parquet_footer._I32: st.integers(-(2**31), 2**31 - 1),
+    parquet_footer._I64: st.integers(-(2**63), 2**63 - 1),
+    parquet_footer._BINARY: st.binary(max_size=40),
+    parquet_footer._BYTE: st.integers(0, 255),
+}
+
+
+def _structs() -> st.SearchStrategy[list[Field]]:
+    """Thrift structs of every type a Parquet footer holds: ids in order with gaps past 15,
+    bool fields, lists of fewer and of more than 14 items, structs in structs."""
+
+    def struct_of(values: st.SearchStrategy[tuple[int, object]]) -> st.SearchStrategy:
+        gaps = st.lists(st.integers(1, 40), max_size=6)
+        return st.builds(
+            lambda steps, items: [
+                Field(sum(steps[: i + 1]), kind, value)
+                for i, (kind, value) in enumerate(items[: len(steps)])
+            ],
+            gaps,
+            st.lists(values, min_size=6, max_size=6),
+        )
+
+    scalar = st.one_of(
+        st.sampled_from([(parquet_footer._TRUE, None), (parquet_footer._FALSE, None)]),
+        *[value.map(lambda v, k=kind: (k, v)) for kind, value in _SCALARS.items()],
+    )
+    return st.recursive(
+        struct_of(scalar),
+        lambda inner: struct_of(
+            st.one_of(
+                scalar,
+                inner.map(lambda fields: (parquet_footer._STRUCT, fields)),
+                st.lists(inner, max_size=3).map(
+                    lambda items: (parquet_footer._LIST, (parquet_footer._STRUCT, items))
+                ),
+                st.lists(_SCALARS[parquet_footer._I64], max_size=20).map(
+                    lambda items: (parquet_footer._LIST, (parquet_footer._I64, items))
+                ),
+            )
+        ),
+        max_leaves=12,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_structs())
+def test_any_struct_written_reads_back_as_it_was(fields: list[Field]) -> None:
+    written = footer_bytes(fields)
+    reader = parquet_footer._Reader(written)
+    assert reader.struct() == fields and reader.at == len(written)
+
+
+@pytest.mark.parametrize("size", [0, 14, 15, 16, 200])
+def test_lists_on_both_sides_of_the_short_header_read_back(size: int) -> None:
+    """A list header holds up to 14 items' count itself; from 15 on, the count follows it."""
+    fields = [Field(1, parquet_footer._LIST, (parquet_footer._I32, list(range(-size, 0))))]
+    written = footer_bytes(fields)
+    assert parquet_footer._Reader(written).struct() == fields

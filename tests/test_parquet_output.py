@@ -5,6 +5,7 @@ with the source."""
 import hashlib
 import io
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -178,3 +179,39 @@ def test_parquet_bytes_do_not_depend_on_how_the_rows_were_batched() -> None:
     whole = encoded(rows)
     assert encoded(25_000) == whole and encoded(1_000) == whole
     assert pq.ParquetFile(io.BytesIO(whole)).metadata.num_row_groups == 5
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "words"),
+    [
+        ("affiliate_id", pl.Series([7.0, 1.5]), "Float64 values that Int32 cannot hold exactly"),
+        ("payouts", pl.Series([0.5, 0.12345]), "e.g. 0.12345"),
+        (
+            "payouts",
+            pl.Series(["1.2345", "1.23456"]).cast(pl.Decimal(38, 10)),
+            "Decimal(precision=18, scale=4) cannot hold exactly",
+        ),
+        ("uniq", pl.Series(["true", "maybe"]), "e.g. 'maybe'"),
+    ],
+)
+def test_a_value_the_file_cannot_hold_exactly_is_refused_never_rounded(
+    column: str, values: pl.Series, words: str
+) -> None:
+    """A source (a Parquet dataset keeps its own types) holding a value the file's type cannot
+    hold: the object fails naming the column and the value, rather than rounding it."""
+    columns = ("created_at", "affiliate_id", "uniq", "payouts")
+    frame = pl.DataFrame(
+        {
+            "created_at": [datetime(2026, 11, 25, 10)] * 2,
+            "affiliate_id": [7, 8],
+            "uniq": ["TRUE", "0"],
+            "payouts": pl.Series(["1.5", None]).cast(pl.Decimal(18, 4)),
+        }
+    )
+    encoder = ParquetEncoder("conversions", columns)
+    # The same types, every value exact: text booleans as pyarrow reads them.
+    whole = b"".join(encoder.add(2, frame)) + encoder.finish()
+    assert pq.read_table(io.BytesIO(whole)).column("uniq").to_pylist() == [True, False]
+    wrong = frame.with_columns(values.alias(column))
+    with pytest.raises(ValueError, match=f"column '{column}'.*{re.escape(words)}"):
+        list(ParquetEncoder("conversions", columns).add(2, wrong))

@@ -43,8 +43,12 @@ from affise_s3_assets.s3 import (
 )
 from affise_s3_assets.source.event_types import EVENT_COLUMNS, WINDOW_COLUMN
 
-if TYPE_CHECKING:  # imported where used: a CSV export never loads pyarrow (~26 MB RSS)
+if TYPE_CHECKING:  # imported where used, as the Parquet format is
     from affise_s3_assets.encoding.parquet import ParquetEncoder
+
+# What one object's encoding or upload may raise and fail that object alone: any Exception,
+# and polars' panic (a BaseException), which would otherwise end the whole range's delivery.
+OBJECT_ERRORS: tuple[type[BaseException], ...] = (Exception, pl.exceptions.PanicException)
 
 
 # Finishing objects is network-bound: the last parts and small PUTs go out in parallel.
@@ -128,7 +132,7 @@ class ObjectDelivery:
                 self.object.write(chunk)
         # Anything one destination raises (a bad endpoint is a ValueError in botocore) fails
         # that destination only; the message says what and where, never a secret.
-        except Exception as exc:
+        except OBJECT_ERRORS as exc:
             self.fail(exc)
 
     def finish(self) -> None:
@@ -153,7 +157,7 @@ class ObjectDelivery:
         except VerificationFailed as exc:
             self.fail(exc, abort=False)  # complete, but not as sent: delivered again
             return
-        except Exception as exc:
+        except OBJECT_ERRORS as exc:
             self.fail(exc)
             return
         if self.target.manifest:

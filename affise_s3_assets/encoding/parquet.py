@@ -23,10 +23,13 @@ from affise_s3_assets.config.schema import EventType
 from affise_s3_assets.encoding.csv_gzip import memory_file
 from affise_s3_assets.encoding.parquet_footer import (
     MAGIC,
+    FooterError,
     Struct,
+    chunks_end,
     joined_footer,
     moved,
-    row_groups,
+    only_row_group,
+    rows_of,
     split_file,
 )
 from affise_s3_assets.source.event_types import TYPED_COLUMNS
@@ -51,23 +54,54 @@ def parquet_schema(columns: Sequence[str]) -> pl.Schema:
     )
 
 
+# Text a boolean column may hold in a source, as pyarrow's cast reads it.
+_BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
+
+
 def _typed(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
-    """The frame as the file's types: naive timestamps are UTC (the source's convention)."""
+    """The frame as the file's types: naive timestamps are UTC (the source's convention). A
+    value the file's type cannot hold exactly (a fraction in an integer column, a fifth
+    decimal place, text that is no boolean) is an error naming the column, never rounded."""
     columns = []
     for name, dtype in schema.items():
-        column = pl.col(name)
+        column, current = pl.col(name), frame.schema[name]
         if dtype == _INSTANT:
-            current = frame.schema[name]
             zoned = isinstance(current, pl.Datetime) and current.time_zone is not None
             column = (
                 column.dt.convert_time_zone("UTC")
                 if zoned
                 else column.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
             ).dt.cast_time_unit("us")
+        elif dtype == pl.Boolean and current == pl.String:
+            text = frame[name].str.to_lowercase()
+            _refuse(frame[name], text.is_not_null() & ~text.is_in(list(_BOOLEAN_TEXT)), dtype)
+            column = column.str.to_lowercase().replace_strict(_BOOLEAN_TEXT, return_dtype=dtype)
         else:
             column = column.cast(dtype)
         columns.append(column)
-    return frame.select(columns)
+    typed = frame.select(columns)
+    for name, dtype in schema.items():
+        current = frame.schema[name]
+        if dtype.is_numeric() and _may_round(current, dtype):
+            _refuse(frame[name], ~typed[name].cast(current).eq_missing(frame[name]), dtype)
+    return typed
+
+
+def _may_round(current: pl.DataType, target: pl.DataType) -> bool:
+    """Whether polars' cast of `current` to `target` (numeric) may round rather than fail."""
+    if current.is_float():
+        return True
+    if isinstance(current, pl.Decimal):
+        return not isinstance(target, pl.Decimal) or (current.scale or 0) > (target.scale or 0)
+    return False
+
+
+def _refuse(values: pl.Series, wrong: pl.Series, dtype: pl.DataType) -> None:
+    if wrong.any():
+        raise ValueError(
+            f"column {values.name!r} holds {values.dtype} values that {dtype} cannot hold "
+            f"exactly, e.g. {values.filter(wrong)[0]!r}"
+        )
 
 
 _THREAD = threading.local()
@@ -94,7 +128,8 @@ class ParquetEncoder:
         self.schema = parquet_schema(columns)
         self._pending: list[pl.DataFrame] = []
         self._pending_rows = 0
-        self._groups: list[Struct] = []
+        self._groups: list[bytes] = []  # each row group's footer entry, at its place
+        self._footer_rows = 0  # the rows the row groups say they hold
         self._head: Struct | None = None  # the first row group's file's footer
         self._size = len(MAGIC)  # the object's bytes so far, the magic included
         self.rows = 0
@@ -112,8 +147,9 @@ class ParquetEncoder:
             rest = pending.slice(ROW_GROUP_ROWS)
             self._pending, self._pending_rows = ([rest] if rest.height else []), rest.height
 
-    def _write(self, frame: pl.DataFrame) -> tuple[bytes, Struct]:
-        """`frame` as a Parquet file of its own: its column chunks and its footer."""
+    def _write(self, frame: pl.DataFrame) -> tuple[int, int, Struct]:
+        """`frame` written as a Parquet file of its own into this thread's scratch file: its
+        descriptor, where its footer starts, and its footer."""
         # One chunk per column: polars cuts pages at chunk boundaries, which follow the
         # batches the rows came in; joined, the bytes follow the rows alone.
         target = _scratch()
@@ -127,20 +163,24 @@ class ParquetEncoder:
             row_group_size=ROW_GROUP_ROWS,
         )
         size = os.lseek(fd, 0, os.SEEK_CUR)
-        tail = os.pread(fd, 8, size - 8)
-        footer_size = int.from_bytes(tail[:4], "little")
-        footer = os.pread(fd, footer_size + 8, size - 8 - footer_size)
-        head = os.pread(fd, len(MAGIC), 0)
-        _, meta = split_file(head + footer)
-        return os.pread(fd, size - 8 - footer_size - len(MAGIC), len(MAGIC)), meta
+        footer_size = int.from_bytes(os.pread(fd, 4, size - 8), "little")
+        footer_start = size - 8 - footer_size
+        if footer_start < len(MAGIC):
+            raise FooterError("a Parquet footer longer than its file")
+        _, footer = split_file(MAGIC + os.pread(fd, footer_size + 8, footer_start))
+        return fd, footer_start, footer
 
     def _group(self, frame: pl.DataFrame) -> bytes:
-        """The row group's column chunks, where they lie in the object (its magic first)."""
-        chunks, footer = self._write(frame)
+        """The row group's column chunks, where they lie in the object (its magic first);
+        the page index that follows them in their own file is left out."""
+        fd, footer_start, footer = self._write(frame)
+        group = only_row_group(footer)
+        end = chunks_end(group, footer_start)
+        chunks = os.pread(fd, end - len(MAGIC), len(MAGIC))
         first = self._head is None
         if first:
             self._head = footer
-        (group,) = row_groups(footer)
+        self._footer_rows += rows_of(group)
         # Its positions were counted from its own file's magic; it follows what came before.
         self._groups.append(moved(group, self._size - len(MAGIC), len(self._groups)))
         self._size += len(chunks)
@@ -153,9 +193,11 @@ class ParquetEncoder:
             self._pending, self._pending_rows = [], 0
         if self._head is None:
             # No rows: the schema, from the footer of an empty file, and no row group.
-            self._head = self._write(self.schema.to_frame())[1]
+            self._head = self._write(self.schema.to_frame())[2]
             data = MAGIC
-        return data + joined_footer(self._head, self._groups, self.rows)
+        if self._footer_rows != self.rows:
+            raise FooterError(f"row groups of {self._footer_rows} rows for {self.rows} rows")
+        return data + joined_footer(self._head, self._groups, self._footer_rows)
 
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows}

@@ -1,7 +1,8 @@
 """A Parquet file's footer (FileMetaData, in Thrift's compact protocol), read and written back:
 what joining one-row-group Parquet files into one file needs (encoding/parquet.py). Values are
 kept as read, field by field, so what is written back is what was read except the fields
-changed here: the row groups' offsets, their ordinals, the file's row count and row groups.
+changed here: the row groups' positions and ordinals, the file's row count and row groups, and
+no page index (its page positions would be those of the file it was written in).
 
 Knows the Parquet format's footer (parquet.thrift: FileMetaData, RowGroup, ColumnChunk,
 ColumnMetaData); nothing of polars, DuckDB or S3.
@@ -21,16 +22,24 @@ _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _M
 FILE_NUM_ROWS = 3
 FILE_ROW_GROUPS = 4
 FILE_KEY_VALUE_METADATA = 5
+FILE_ENCRYPTION_ALGORITHM = 8
 GROUP_COLUMNS = 1
+GROUP_NUM_ROWS = 3
 GROUP_FILE_OFFSET = 5
 GROUP_ORDINAL = 7
 CHUNK_FILE_OFFSET = 2
 CHUNK_META_DATA = 3
-CHUNK_OFFSET_INDEX_OFFSET = 4
-CHUNK_COLUMN_INDEX_OFFSET = 6
-# ColumnMetaData: data_page_offset, index_page_offset, dictionary_page_offset,
-# bloom_filter_offset: each a position in the file.
-META_OFFSETS = (9, 10, 11, 14)
+# The page index (offset index, column index: their positions and lengths), written after the
+# column chunks; and a chunk's encryption.
+CHUNK_PAGE_INDEX = (4, 5, 6, 7)
+CHUNK_ENCRYPTION = (8, 9)
+META_TOTAL_COMPRESSED_SIZE = 7
+META_DATA_PAGE_OFFSET = 9
+META_DICTIONARY_PAGE_OFFSET = 11
+META_BLOOM_FILTER_OFFSET = 14
+# ColumnMetaData: data_page_offset, index_page_offset, dictionary_page_offset: each a position
+# in the file.
+META_OFFSETS = (9, 10, 11)
 
 
 @dataclass
@@ -152,6 +161,8 @@ class _Writer:
                 self.varint(len(values))
             for item in values:
                 self.value(element, item)
+        elif kind == _STRUCT and isinstance(value, bytes):
+            self.out += value  # a struct written already (`struct_bytes`)
         elif kind == _STRUCT:
             self.struct(value)
         else:
@@ -190,37 +201,91 @@ def field(fields: Struct, field_id: int) -> Field | None:
     return next((item for item in fields if item.id == field_id), None)
 
 
+def _required(fields: Struct, field_id: int, what: str) -> Any:
+    found = field(fields, field_id)
+    if found is None:
+        raise FooterError(f"a Parquet footer's {what} is missing")
+    return found.value
+
+
+def only_row_group(footer: Struct) -> Struct:
+    """The one RowGroup of a one-row-group file's footer; refuses an encrypted file."""
+    if field(footer, FILE_ENCRYPTION_ALGORITHM) is not None:
+        raise FooterError("an encrypted Parquet file")
+    groups = _required(footer, FILE_ROW_GROUPS, "row groups")[1]
+    if len(groups) != 1:
+        raise FooterError(f"a file of {len(groups)} row groups where one was written")
+    return groups[0]
+
+
+def _chunks(group: Struct) -> list[Struct]:
+    chunks = _required(group, GROUP_COLUMNS, "column chunks")[1]
+    if not chunks:
+        raise FooterError("a row group without columns")
+    return chunks
+
+
+def chunks_end(group: Struct, footer_start: int) -> int:
+    """Where what belongs to the column chunks of `group`, its file's one row group, ends:
+    at the page index that follows them (its offset and column indexes), else at the footer.
+    Refuses a chunk that is encrypted or has a bloom filter (neither is written here), and an
+    index that begins among the chunks."""
+    index, data = footer_start, 0
+    for chunk in _chunks(group):
+        if any(item.id in CHUNK_ENCRYPTION for item in chunk):
+            raise FooterError("an encrypted column chunk")
+        for item in chunk:
+            if item.id in (CHUNK_PAGE_INDEX[0], CHUNK_PAGE_INDEX[2]):
+                index = min(index, item.value)
+        meta = _required(chunk, CHUNK_META_DATA, "column metadata")
+        if field(meta, META_BLOOM_FILTER_OFFSET) is not None:
+            raise FooterError("a column chunk with a bloom filter")
+        dictionary = field(meta, META_DICTIONARY_PAGE_OFFSET)
+        start = _required(meta, META_DATA_PAGE_OFFSET, "data page offset")
+        if dictionary is not None:
+            start = min(start, dictionary.value)
+        data = max(data, start + _required(meta, META_TOTAL_COMPRESSED_SIZE, "compressed size"))
+    if not len(MAGIC) <= data <= index <= footer_start:
+        raise FooterError("column chunks and a page index that overlap or leave their file")
+    return index
+
+
 def row_groups(footer: Struct) -> list[Struct]:
-    found = field(footer, FILE_ROW_GROUPS)
-    return [] if found is None else list(found.value[1])
+    return list(_required(footer, FILE_ROW_GROUPS, "row groups")[1])
 
 
-def moved(group: Struct, by: int, ordinal: int) -> Struct:
-    """`group` (a RowGroup) with every position it holds in its file moved `by` bytes, and its
-    ordinal, if it says one, set to `ordinal`: the same column chunks at another place."""
+def rows_of(group: Struct) -> int:
+    return int(_required(group, GROUP_NUM_ROWS, "row count"))
+
+
+def moved(group: Struct, by: int, ordinal: int) -> bytes:
+    """`group` (the RowGroup of a file's column chunks, without what follows them) as it is
+    in another file: every position it holds moved `by` bytes, its ordinal, if it says one,
+    set to `ordinal`, and no page index (the index's own page positions are those of the file
+    it was written in). Written as Thrift bytes: an object's footer keeps a row group's ~2 KB,
+    not its parsed fields."""
 
     def shift(fields: Struct, ids: tuple[int, ...]) -> None:
         for item in fields:
             if item.id in ids:
                 item.value += by
 
-    for chunk in field(group, GROUP_COLUMNS).value[1]:  # type: ignore[union-attr]
-        shift(chunk, (CHUNK_FILE_OFFSET, CHUNK_OFFSET_INDEX_OFFSET, CHUNK_COLUMN_INDEX_OFFSET))
-        meta = field(chunk, CHUNK_META_DATA)
-        if meta is not None:
-            shift(meta.value, META_OFFSETS)
+    for chunk in _chunks(group):
+        chunk[:] = [item for item in chunk if item.id not in CHUNK_PAGE_INDEX]
+        shift(chunk, (CHUNK_FILE_OFFSET,))
+        shift(_required(chunk, CHUNK_META_DATA, "column metadata"), META_OFFSETS)
     shift(group, (GROUP_FILE_OFFSET,))
     order = field(group, GROUP_ORDINAL)
     if order is not None:
         order.value = ordinal
-    return group
+    return footer_bytes(group)
 
 
-def joined_footer(head: Struct, groups: list[Struct], rows: int) -> bytes:
-    """The footer of a file of `groups` (RowGroups, already at their places) holding `rows`
-    rows, taking everything else (schema, writer, column orders) from `head`, a footer of a
-    file of the same schema; without the writer's key-value metadata, whose Arrow schema is
-    its own in-memory types rather than the file's. Its length and the magic follow it."""
+def joined_footer(head: Struct, groups: list[bytes], rows: int) -> bytes:
+    """The footer of a file of `groups` (RowGroups written by `moved`) holding `rows` rows,
+    taking everything else (schema, writer, column orders) from `head`, a footer of a file of
+    the same schema; without the writer's key-value metadata, whose Arrow schema is its own
+    in-memory types rather than the file's. Its length and the magic follow it."""
     fields: Struct = []
     for item in head:
         if item.id == FILE_KEY_VALUE_METADATA:
@@ -230,13 +295,12 @@ def joined_footer(head: Struct, groups: list[Struct], rows: int) -> bytes:
         elif item.id == FILE_ROW_GROUPS:
             item = Field(item.id, _LIST, (_STRUCT, groups))
         fields.append(item)
-    writer = _Writer()
-    writer.struct(fields)
-    return bytes(writer.out) + len(writer.out).to_bytes(4, "little") + MAGIC
+    footer = footer_bytes(fields)
+    return footer + len(footer).to_bytes(4, "little") + MAGIC
 
 
 def footer_bytes(footer: Struct) -> bytes:
-    """`footer` written back as Thrift's compact protocol (what `split_file` read)."""
+    """`footer` (or any struct of one) written back as Thrift's compact protocol."""
     writer = _Writer()
     writer.struct(footer)
     return bytes(writer.out)
