@@ -314,12 +314,7 @@ def test_a_trust_policy_naming_another_principal_is_refused_by_rgw_permanently(
     assert "(Unknown)" in str(answered.value)
     assert CREDENTIALS.metadata(role_session("acme", ours, "us-west-2", sts))["token"]
 
-    rig.configure([("acme", "2026-11-24 00:00:00", role_block(rig.bucket, other, sts))])
-    result = rig.run()
-    assert not result.success
-    message = failure_text(result)
-    assert ACCEPTED.format(role=other) in message
-    assert "its trust policy does not name the delivering principal" in message
+    message = refused_for_the_trust_policy(rig, other, sts)
     # RGW answers keys it does not know with AccessDenied too: asked, it accepts the deployment's.
     assert f"({sts} accepts the deployment's own credentials)" in message
     assert "`affise-s3 external-id acme` prints what the role needs" in message
@@ -329,6 +324,18 @@ def test_a_trust_policy_naming_another_principal_is_refused_by_rgw_permanently(
     (held,) = CREDENTIALS._held.values()  # the trusted role's alone
     for secret in (KEY, deployment.secret_key, held.secret_key, held.token):
         assert secret not in message + json.dumps(seen, default=str)
+
+
+def refused_for_the_trust_policy(rig: Any, role: str, sts: str) -> str:
+    """Deliver acme through `role`: the run fails, and its message says the role's trust
+    policy refused (what else it says is the caller's to check)."""
+    rig.configure([("acme", "2026-11-24 00:00:00", role_block(rig.bucket, role, sts))])
+    result = rig.run()
+    assert not result.success
+    message = failure_text(result)
+    assert ACCEPTED.format(role=role) in message
+    assert "its trust policy does not name the delivering principal" in message
+    return message
 
 
 @pytest.mark.parametrize("keys", ["a wrong secret", "a key id the store does not know"])
@@ -359,12 +366,7 @@ def test_deployment_keys_rgw_refuses_are_named_as_a_cause_beside_the_trust_polic
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert response.get("Code") == "AccessDenied"
 
-    rig.configure([("acme", "2026-11-24 00:00:00", role_block(rig.bucket, ours, sts))])
-    result = rig.run()
-    assert not result.success
-    message = failure_text(result)
-    assert ACCEPTED.format(role=ours) in message
-    assert "its trust policy does not name the delivering principal" in message
+    message = refused_for_the_trust_policy(rig, ours, sts)
     assert (
         f"or {sts} does not accept the deployment's own credentials: S3 ListBuckets with them "
         "was refused too (AccessDenied (HTTP 403)), an answer a store gives both to keys it "
