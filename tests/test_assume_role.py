@@ -359,7 +359,8 @@ def test_deployment_keys_rgw_refuses_are_named_as_a_cause_beside_the_trust_polic
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-deployers-secret/0123456789")
     else:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "TESTUNKNOWNKEYID001")
-    raw = boto3.client("sts", endpoint_url=sts, region_name="us-east-1")
+    # A session of its own: boto3's default one would keep these keys for the process.
+    raw = boto3.session.Session().client("sts", endpoint_url=sts, region_name="us-east-1")
     with pytest.raises(botocore.exceptions.ClientError) as answered:
         raw.assume_role(RoleArn=ours, RoleSessionName="affise-acme")
     response = answered.value.response

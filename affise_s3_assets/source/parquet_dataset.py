@@ -167,7 +167,9 @@ class ParquetDataset:
 
         bucket, _, prefix = self.base.partition("/")
         endpoint = os.environ.get("AFFISE_EVENTS_S3_ENDPOINT")
-        client = boto3.client(
+        # A session of its own: boto3's default one keeps the first credentials it resolved
+        # for the process, where the chain's environment may have been rotated since.
+        client = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint
             if endpoint is None or "://" in endpoint
