@@ -496,6 +496,9 @@ class _Attempt:
             self._post()
         except (WebhookRefused, WebhookFailed) as exc:
             self.error = exc
+        # The socket's own timeout, the same as the caller's wait, may end first.
+        except TimeoutError:
+            self.error = WebhookFailed(f"no answer within {self.timeout:g} s")
         except Exception as exc:  # any other is a failed send, said without the URL
             self.error = WebhookFailed(_said(exc))
         finally:
