@@ -30,6 +30,7 @@ from affise_s3_assets.encoding.parquet_footer import (
     moved,
     only_row_group,
     rows_of,
+    schema_only,
     split_file,
 )
 from affise_s3_assets.source.event_types import TYPED_COLUMNS
@@ -130,7 +131,7 @@ class ParquetEncoder:
         self._pending_rows = 0
         self._groups: list[bytes] = []  # each row group's footer entry, at its place
         self._footer_rows = 0  # the rows the row groups say they hold
-        self._head: Struct | None = None  # the first row group's file's footer
+        self._head: Struct | None = None  # the first row group's file's footer, schema only
         self._size = len(MAGIC)  # the object's bytes so far, the magic included
         self.rows = 0
 
@@ -179,7 +180,7 @@ class ParquetEncoder:
         chunks = os.pread(fd, end - len(MAGIC), len(MAGIC))
         first = self._head is None
         if first:
-            self._head = footer
+            self._head = schema_only(footer)
         self._footer_rows += rows_of(group)
         # Its positions were counted from its own file's magic; it follows what came before.
         self._groups.append(moved(group, self._size - len(MAGIC), len(self._groups)))
@@ -193,7 +194,7 @@ class ParquetEncoder:
             self._pending, self._pending_rows = [], 0
         if self._head is None:
             # No rows: the schema, from the footer of an empty file, and no row group.
-            self._head = self._write(self.schema.to_frame())[2]
+            self._head = schema_only(self._write(self.schema.to_frame())[2])
             data = MAGIC
         if self._footer_rows != self.rows:
             raise FooterError(f"row groups of {self._footer_rows} rows for {self.rows} rows")

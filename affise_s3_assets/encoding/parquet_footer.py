@@ -250,6 +250,15 @@ def chunks_end(group: Struct, footer_start: int) -> int:
     return index
 
 
+def schema_only(footer: Struct) -> Struct:
+    """`footer` without its row groups (an empty list in their place): what `joined_footer`
+    takes from it, without holding a row group's parsed fields for the object's lifetime."""
+    return [
+        Field(item.id, _LIST, (_STRUCT, [])) if item.id == FILE_ROW_GROUPS else item
+        for item in footer
+    ]
+
+
 def row_groups(footer: Struct) -> list[Struct]:
     return list(_required(footer, FILE_ROW_GROUPS, "row groups")[1])
 
