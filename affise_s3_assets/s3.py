@@ -5,9 +5,12 @@ an S3 failure means. Knows S3 and the journal's protocol; nothing of Dagster, ke
 """
 
 import base64
+import bisect
 import contextlib
 import functools
 import hashlib
+import io
+import itertools
 import os
 import re
 import tempfile
@@ -735,8 +738,10 @@ class S3ObjectWriter:
         if self._spool is not None:
             body, self._spool = self._spool, None
             body.seek(0)
+        elif len(self._pending) == 1:
+            body = self._pending[0]
         else:
-            body = b"".join(self._pending)
+            body = ChunkReader(self._pending)
         self._pending, self._pending_bytes = [], 0
         digest = self._part_md5.digest()
         self._digests.append(digest)
@@ -1020,6 +1025,59 @@ class S3ObjectWriter:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+
+
+class ChunkReader(io.RawIOBase):
+    """A request body read from its chunks in order, never joined into one buffer: joined,
+    a part held its bytes twice while it was being sent."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+        self._ends = list(itertools.accumulate(len(chunk) for chunk in chunks))
+        self._size = self._ends[-1] if self._ends else 0
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(target) and self._position < self._size:
+            index = bisect.bisect_right(self._ends, self._position)
+            start = self._ends[index] - len(self._chunks[index])
+            piece = memoryview(self._chunks[index])[self._position - start :]
+            take = min(len(piece), len(target) - filled)
+            target[filled : filled + take] = piece[:take]
+            filled += take
+            self._position += take
+        return filled
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        pieces = []
+        while self._position < end:
+            index = bisect.bisect_right(self._ends, self._position)
+            start = self._ends[index] - len(self._chunks[index])
+            piece = memoryview(self._chunks[index])[self._position - start : end - start]
+            pieces.append(piece)
+            self._position += len(piece)
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        self._chunks = []
+        super().close()
 
 
 def _body_size(body: bytes | IO[bytes]) -> int:

@@ -4,6 +4,7 @@ an outage of the real server, through a proxy in front of it that refuses connec
 
 import contextlib
 import hashlib
+import io
 import os
 import socket
 import threading
@@ -13,12 +14,15 @@ from typing import IO, Any
 
 import botocore.exceptions
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from affise_s3_assets import s3
 from affise_s3_assets.delivery.upload_journal import Holder, MemoryUploadJournal, OpenUpload
 from affise_s3_assets.s3 import (
     MIB,
     TIMEOUT_CODES,
+    ChunkReader,
     DeliveryTimeout,
     EndpointOutage,
     Journaling,
@@ -44,6 +48,32 @@ def test_every_request_carries_the_md5_of_its_own_body() -> None:
     assert store.objects == {"big": data, "small": b"a few rows\n"}
     assert len(store.md5_ok) == writer.parts + 1 and all(store.md5_ok)
     assert writer.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=20), max_size=12),
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(-1, 60), st.sampled_from(["read", "into"]))
+    ),
+)
+def test_a_part_read_from_its_chunks_reads_as_the_joined_bytes(
+    chunks: list[bytes], steps: list[tuple[int, int, str]]
+) -> None:
+    """A part's body is its chunks, never joined: any seek and read (botocore hashes it,
+    http.client sends it in blocks, a retry rewinds it) gives what the joined bytes would."""
+    body, joined = ChunkReader(chunks), io.BytesIO(b"".join(chunks))
+    assert body.seek(0, io.SEEK_END) == joined.seek(0, io.SEEK_END)
+    for position, size, how in steps:
+        assert body.seek(position) == joined.seek(position)
+        if how == "read":
+            assert body.read(size) == joined.read(size)
+        else:
+            mine, theirs = bytearray(max(size, 0)), bytearray(max(size, 0))
+            assert body.readinto(mine) == joined.readinto(theirs) and mine == theirs
+        assert body.tell() == joined.tell()
+    body.seek(0)
+    assert body.read() == b"".join(chunks)
 
 
 def test_a_slow_but_working_link_is_waited_for_not_failed() -> None:
