@@ -128,7 +128,7 @@ def test_parquet_bytes_depend_on_the_rows_alone_not_on_the_run(
     groups = pq.ParquetFile(io.BytesIO(alone)).metadata
     sizes = [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]
     assert len(sizes) > 2 and set(sizes[:-1]) == {97} and 0 < sizes[-1] <= 97
-    assert ROW_GROUP_ROWS == 32_768  # the real size is the module's own
+    assert ROW_GROUP_ROWS == 16_384  # the real size is the module's own
 
 
 def test_parquet_refuses_a_gzip_level() -> None:

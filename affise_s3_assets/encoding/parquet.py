@@ -35,7 +35,9 @@ from affise_s3_assets.encoding.parquet_footer import (
 )
 from affise_s3_assets.source.event_types import TYPED_COLUMNS
 
-ROW_GROUP_ROWS = 32_768
+# Rows per row group: what an object holds in memory while it is written, against the file's
+# size and readers' per-group cost (docs/design.md, "Tuning choices").
+ROW_GROUP_ROWS = 16_384
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
 
@@ -144,9 +146,14 @@ class ParquetEncoder:
         self._pending_rows += rows
         while self._pending_rows >= ROW_GROUP_ROWS:
             pending = pl.concat(self._pending, rechunk=False)
-            yield self._group(pending.slice(0, ROW_GROUP_ROWS))
+            # The group is copied whole before polars writes it, and the batches it came from
+            # are let go first: only the rows after it are kept.
+            group = pending.slice(0, ROW_GROUP_ROWS).rechunk()
             rest = pending.slice(ROW_GROUP_ROWS)
+            del pending
             self._pending, self._pending_rows = ([rest] if rest.height else []), rest.height
+            yield self._group(group)
+            del group
 
     def _write(self, frame: pl.DataFrame) -> tuple[int, int, Struct]:
         """`frame` written as a Parquet file of its own into this thread's scratch file: its
