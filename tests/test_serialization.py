@@ -9,14 +9,12 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from affise_s3_assets.demo.events import load_schema
 from affise_s3_assets.encoding.csv_gzip import GzipCsvEncoder, event_filter, gzip_csv, in_background
 from affise_s3_assets.source.event_types import EVENT_COLUMNS, row_order
 from affise_s3_assets.source.events import EventsDatabase
-from affise_s3_assets.source.window_read import in_row_order, sub_windows
+from affise_s3_assets.source.window_read import sub_windows
 
 DAY = (datetime(2026, 11, 25), datetime(2026, 11, 26))
 
@@ -65,34 +63,6 @@ def test_sub_windows_are_consecutive_and_cover_the_window() -> None:
         assert len(slices) == max(1, -(-rows // slice_rows))
     odd = sub_windows(start, start + timedelta(microseconds=5), 10, 1)
     assert odd[0][0] == start and odd[-1][1] == start + timedelta(microseconds=5)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.dictionaries(
-        st.tuples(st.integers(0, 5), st.one_of(st.none(), st.text("ab\u00e9", max_size=3))),
-        st.binary(max_size=4),
-        max_size=40,
-    ),
-    st.randoms(use_true_random=False),
-)
-def test_sorting_a_slice_a_column_at_a_time_is_polars_sort(keys: dict, rng: object) -> None:
-    """`in_row_order` gives `frame.sort` 's rows (NULL ids first within their time, ties of
-    time broken by id in binary order) and moves the columns out of the frame it was given."""
-    rows = list(keys.items())
-    rng.shuffle(rows)  # type: ignore[attr-defined]
-    frame = pl.DataFrame(
-        {
-            "created_at": [datetime(2026, 11, 25) + timedelta(seconds=t) for (t, _), _ in rows],
-            "id": [i for (_, i), _ in rows],
-            "payload": [p for _, p in rows],
-        },
-        schema={"created_at": pl.Datetime("us"), "id": pl.String, "payload": pl.Binary},
-    )
-    expected = frame.sort(["created_at", "id"], nulls_last=False)
-    given_frame = frame.clone()
-    assert in_row_order(given_frame, ["created_at", "id"]).equals(expected)
-    assert given_frame.width == 0
 
 
 def test_background_iteration_propagates_errors_and_stops_early() -> None:

@@ -158,7 +158,7 @@ class SourceRead:
         # Through the Arrow C stream: no pyarrow in the process (less RSS).
         frame = pl.DataFrame(con.sql(f"{query} LIMIT {limit + 1}", params=[start, end]))
         if frame.height <= limit:
-            frame = in_row_order(frame, row_order(self.event_type))
+            frame = frame.sort(row_order(self.event_type))
             for offset in range(0, frame.height, self.settings.batch_rows):
                 yield frame.slice(offset, self.settings.batch_rows)
             return
@@ -215,20 +215,12 @@ class SourceRead:
         self, con: duckdb.DuckDBPyConnection, query: str, params: list[object]
     ) -> Iterator[pl.DataFrame]:
         frame = pl.DataFrame(con.sql(query, params=params))
-        frame = in_row_order(frame, row_order(self.event_type))
+        frame = frame.sort(row_order(self.event_type), nulls_last=False)
         for offset in range(0, frame.height, self.settings.batch_rows):
             yield frame.slice(offset, self.settings.batch_rows)
 
 
 EPOCH = datetime(1970, 1, 1)
-
-
-def in_row_order(frame: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    """`frame`'s rows sorted by `by` (NULLs first, as `frame.sort(by)`), its columns moved
-    out one at a time: each is let go of as soon as its sorted copy is made, so sorting holds
-    the slice once and a column, not twice. `frame` is left with no columns."""
-    order = frame.select(pl.arg_sort_by(list(by), nulls_last=False)).to_series()
-    return pl.DataFrame([frame.drop_in_place(name).gather(order) for name in frame.columns])
 
 
 def sub_windows(
