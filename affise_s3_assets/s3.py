@@ -627,8 +627,8 @@ class S3ObjectWriter:
         self._encryption = ""  # how the store says it encrypted the object
         # An SSE-KMS object's ETag is no MD5 even where the store's answer does not say so.
         self._requested_encryption = client_encryption(client) or ""
-        # Compressed chunks waiting for the next part: joined once, when the part is full,
-        # or written to `_spool` once they pass `memory_bytes`.
+        # Compressed chunks waiting for the next part: sent as they are (`ChunkReader`) when
+        # the part is full, or written to `_spool` once they pass `memory_bytes`.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._spool: IO[bytes] | None = None
@@ -732,13 +732,13 @@ class S3ObjectWriter:
             raise self._timeout(size) from None
 
     def _take_pending(self) -> tuple[bytes | IO[bytes], str]:
-        """The pending part (bytes, or its temporary file rewound, closed once uploaded) and
-        its Content-MD5."""
+        """The pending part (its one chunk, a `ChunkReader` of its chunks, or its temporary
+        file rewound; either file is closed once uploaded) and its Content-MD5."""
         body: bytes | IO[bytes]
         if self._spool is not None:
             body, self._spool = self._spool, None
             body.seek(0)
-        elif len(self._pending) == 1:
+        elif len(self._pending) == 1 and isinstance(self._pending[0], bytes):
             body = self._pending[0]
         else:
             body = ChunkReader(self._pending)
@@ -1047,11 +1047,17 @@ class ChunkReader(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"invalid whence ({whence})")
+        if whence == io.SEEK_SET and offset < 0:
+            raise ValueError(f"negative seek value {offset}")
+        # As io.BytesIO: a relative seek before the start stops at it.
+        self._position = max(0, (0, self._position, self._size)[whence] + offset)
         return self._position
 
     def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
         target = memoryview(buffer).cast("B")
         filled = 0
         while filled < len(target) and self._position < self._size:
@@ -1065,6 +1071,8 @@ class ChunkReader(io.RawIOBase):
         return filled
 
     def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
         end = self._size if size is None or size < 0 else min(self._size, self._position + size)
         pieces = []
         while self._position < end:

@@ -54,26 +54,41 @@ def test_every_request_carries_the_md5_of_its_own_body() -> None:
 @given(
     st.lists(st.binary(min_size=1, max_size=20), max_size=12),
     st.lists(
-        st.tuples(st.integers(0, 300), st.integers(-1, 60), st.sampled_from(["read", "into"]))
+        st.tuples(
+            st.integers(-40, 300),
+            st.sampled_from([io.SEEK_SET, io.SEEK_CUR, io.SEEK_END]),
+            st.one_of(st.none(), st.integers(-1, 60)),
+            st.sampled_from(["read", "into"]),
+        )
     ),
 )
 def test_a_part_read_from_its_chunks_reads_as_the_joined_bytes(
-    chunks: list[bytes], steps: list[tuple[int, int, str]]
+    chunks: list[bytes], steps: list[tuple[int, int, int | None, str]]
 ) -> None:
     """A part's body is its chunks, never joined: any seek and read (botocore hashes it,
-    http.client sends it in blocks, a retry rewinds it) gives what the joined bytes would."""
+    http.client sends it in blocks, a retry rewinds it) gives what the joined bytes would,
+    and a seek before the start fails as it does for them."""
     body, joined = ChunkReader(chunks), io.BytesIO(b"".join(chunks))
     assert body.seek(0, io.SEEK_END) == joined.seek(0, io.SEEK_END)
-    for position, size, how in steps:
-        assert body.seek(position) == joined.seek(position)
+    for offset, whence, size, how in steps:
+        try:
+            expected = joined.seek(offset, whence)
+        except ValueError:
+            with pytest.raises(ValueError):
+                body.seek(offset, whence)
+            continue
+        assert body.seek(offset, whence) == expected
         if how == "read":
             assert body.read(size) == joined.read(size)
         else:
-            mine, theirs = bytearray(max(size, 0)), bytearray(max(size, 0))
+            mine, theirs = bytearray(max(size or 0, 0)), bytearray(max(size or 0, 0))
             assert body.readinto(mine) == joined.readinto(theirs) and mine == theirs
         assert body.tell() == joined.tell()
     body.seek(0)
     assert body.read() == b"".join(chunks)
+    body.close()
+    with pytest.raises(ValueError):
+        body.read(1)
 
 
 def test_a_slow_but_working_link_is_waited_for_not_failed() -> None:

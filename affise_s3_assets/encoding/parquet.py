@@ -146,14 +146,16 @@ class ParquetEncoder:
         self._pending_rows += rows
         while self._pending_rows >= ROW_GROUP_ROWS:
             pending = pl.concat(self._pending, rechunk=False)
-            # The group is copied whole before polars writes it, and the batches it came from
-            # are let go first: only the rows after it are kept.
+            # The group as one chunk per column (a copy when it spans batches), and only the
+            # rows after it kept: the batches it came from go before polars writes it, and it
+            # goes before its bytes are handed on (the consumer may wait on an upload).
             group = pending.slice(0, ROW_GROUP_ROWS).rechunk()
             rest = pending.slice(ROW_GROUP_ROWS)
             del pending
             self._pending, self._pending_rows = ([rest] if rest.height else []), rest.height
-            yield self._group(group)
+            data = self._group(group)
             del group
+            yield data
 
     def _write(self, frame: pl.DataFrame) -> tuple[int, int, Struct]:
         """`frame` written as a Parquet file of its own into this thread's scratch file: its
