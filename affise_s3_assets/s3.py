@@ -1028,8 +1028,9 @@ class S3ObjectWriter:
 
 
 class ChunkReader(io.RawIOBase):
-    """A request body read from its chunks in order, never joined into one buffer: joined,
-    a part held its bytes twice while it was being sent."""
+    """A request body read from its chunks in order, never joined into one buffer: joining
+    held a part's bytes twice, the chunks and their copy, at the moment it was full. botocore
+    sends a `bytes` body as a file too (a BytesIO), so the request is the same."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self._chunks = chunks

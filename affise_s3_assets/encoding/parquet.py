@@ -146,9 +146,9 @@ class ParquetEncoder:
         self._pending_rows += rows
         while self._pending_rows >= ROW_GROUP_ROWS:
             pending = pl.concat(self._pending, rechunk=False)
-            # The group as one chunk per column (a copy when it spans batches), and only the
-            # rows after it kept: the batches it came from go before polars writes it, and it
-            # goes before its bytes are handed on (the consumer may wait on an upload).
+            # The group as one chunk per column (a copy when it spans batches, which then go
+            # before polars writes it), only the rows after it kept, and the group let go
+            # before its bytes are handed on (the consumer may wait on an upload).
             group = pending.slice(0, ROW_GROUP_ROWS).rechunk()
             rest = pending.slice(ROW_GROUP_ROWS)
             del pending
