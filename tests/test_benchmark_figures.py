@@ -38,3 +38,24 @@ def test_a_figure_more_than_ten_percent_worse_is_a_regression() -> None:
     assert lines[0].startswith("REGRESSION a: 11.50 against 10.00 recorded at abc1234 (+15%)")
     assert lines[1].startswith("ok") and "b: 10.90" in lines[1]
     assert lines[2].startswith("new") and "c: 1.00" in lines[2]
+
+
+def test_a_record_keeps_each_recorded_figure_the_new_run_does_not_beat() -> None:
+    module = benchmarks()
+    last = {
+        "code": "old1234",
+        "figures": {
+            "a": {"what": "a", "value": 10.0},
+            "b": {"what": "b", "value": 10.0, "code": "older12"},
+        },
+    }
+    run = {"a": {"what": "a now", "value": 9.504}, "b": {"what": "b now", "value": 10.4}}
+    run["c"] = {"what": "c", "value": 1.0}
+    recorded = module.recorded_figures(run, last, "new5678")
+    assert recorded["code"] == "new5678" and recorded["command"]
+    assert recorded["figures"]["a"] == {"what": "a now", "value": 9.5, "code": "new5678"}
+    assert recorded["figures"]["b"] == {"what": "b", "value": 10.0, "code": "older12"}
+    assert recorded["figures"]["c"]["value"] == 1.0
+    lines = module.compare_figures({"b": {"value": 11.5}}, recorded)
+    assert lines == ["REGRESSION b: 11.50 against 10.00 recorded at older12 (+15%)"]
+    assert "| b | 10.00 | older12 |" in module.render_table(recorded)
