@@ -1057,19 +1057,10 @@ class ChunkReader(io.RawIOBase):
         return self._position
 
     def readinto(self, buffer: Any) -> int:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
         target = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(target) and self._position < self._size:
-            index = bisect.bisect_right(self._ends, self._position)
-            start = self._ends[index] - len(self._chunks[index])
-            piece = memoryview(self._chunks[index])[self._position - start :]
-            take = min(len(piece), len(target) - filled)
-            target[filled : filled + take] = piece[:take]
-            filled += take
-            self._position += take
-        return filled
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
 
     def read(self, size: int | None = -1) -> bytes:
         if self.closed:
